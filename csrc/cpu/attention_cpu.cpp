@@ -1,0 +1,57 @@
+// Window + compressed entries + sink attention on the CPU (SPEC 5), fp32 math.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "lcattn/api.h"
+#include "parallel.h"
+
+namespace lcattn {
+
+void attention_cpu(const AttentionParams& p) {
+  parallel_for(int64_t(p.B) * p.S * p.H, [&](int64_t n) {
+    const int h = int(n % p.H);
+    const int64_t row = n / p.H;  // b * S + s
+    const int b = int(row / p.S), s = int(row % p.S);
+    const int pos = p.q_start[b] + s;
+    // Keys of this query: the window, then the compressed entries.
+    std::vector<const bf16*> keys;
+    const int lo = std::max({0, pos - p.window + 1, p.kv_start[b]});
+    const int hi = std::min(pos, p.kv_start[b] + p.L - 1);
+    for (int t = lo; t <= hi; ++t) keys.push_back(p.kv + (int64_t(b) * p.L + (t - p.kv_start[b])) * p.D);
+    const bf16* pool = p.ckv + int64_t(b) * p.N * p.D;
+    if (p.indices) {
+      for (int j = 0; j < p.K; ++j) {
+        const int idx = p.indices[row * p.K + j];
+        if (idx >= 0 && idx < p.N) keys.push_back(pool + int64_t(idx) * p.D);
+      }
+    } else if (p.ratio > 0) {
+      const int visible = std::min(p.N, (pos + 1) / p.ratio);
+      for (int i = 0; i < visible; ++i) keys.push_back(pool + int64_t(i) * p.D);
+    }
+    std::vector<float> q(p.D), acc(p.D, 0.f), logits(keys.size());
+    for (int d = 0; d < p.D; ++d) q[d] = bf16_to_float(p.q[n * p.D + d]);
+    float mx = -INFINITY;
+    for (size_t u = 0; u < keys.size(); ++u) {
+      float dot = 0.f;
+      for (int d = 0; d < p.D; ++d) dot += q[d] * bf16_to_float(keys[u][d]);
+      logits[u] = dot * p.scale;
+      mx = std::max(mx, logits[u]);
+    }
+    float sum = 0.f;
+    for (size_t u = 0; u < keys.size(); ++u) {
+      const float e = std::exp(logits[u] - mx);
+      sum += e;
+      for (int d = 0; d < p.D; ++d) acc[d] += e * bf16_to_float(keys[u][d]);
+    }
+    // No key at all only happens when the window holds none of the query's positions.
+    const float denom = keys.empty() ? 1.f : sum + std::exp(p.sink[h] - mx);
+    for (int d = 0; d < p.D; ++d) acc[d] /= denom;
+    for (int k = 0; k < p.rope_dim / 2; ++k)
+      rope_rotate_pair(&acc[p.D - p.rope_dim + 2 * k], pos, p.inv_freq[k], -1.f);
+    for (int d = 0; d < p.D; ++d) p.out[n * p.D + d] = float_to_bf16(acc[d]);
+    p.lse[n] = keys.empty() ? -INFINITY : mx + std::log(sum);
+  });
+}
+
+}  // namespace lcattn

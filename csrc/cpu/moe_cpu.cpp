@@ -1,0 +1,97 @@
+// MoE on the CPU (SPEC 6): grouped GEMM in both layouts, routing, permute and unpermute.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "lcattn/api.h"
+#include "parallel.h"
+
+namespace lcattn {
+
+namespace {
+
+// y[r] = x[r] w^T for rows [0, rows) of one expert; fp32 accumulate.
+void gemm_rows(const bf16* x, const bf16* w, bf16* y, int rows, int N, int K) {
+  parallel_for(int64_t(rows) * N, [&](int64_t n) {
+    const int64_t r = n / N, col = n % N;
+    const bf16* xr = x + r * K;
+    const bf16* wc = w + col * K;
+    float acc = 0.f;
+    for (int k = 0; k < K; ++k) acc += bf16_to_float(xr[k]) * bf16_to_float(wc[k]);
+    y[r * N + col] = float_to_bf16(acc);
+  });
+}
+
+float sqrt_softplus(float u) {
+  const float sp = u > 20.f ? u : std::log1p(std::exp(u));
+  return std::sqrt(sp);
+}
+
+}  // namespace
+
+void grouped_gemm_contiguous_cpu(const GroupedGemmParams& p) {
+  for (int e = 0; e < p.E; ++e) {
+    const int r0 = p.offsets[e], rows = p.offsets[e + 1] - r0;
+    gemm_rows(p.x + int64_t(r0) * p.K, p.w + int64_t(e) * p.N * p.K, p.y + int64_t(r0) * p.N, rows, p.N, p.K);
+  }
+}
+
+void grouped_gemm_masked_cpu(const GroupedGemmParams& p) {
+  for (int e = 0; e < p.E; ++e) {
+    const int rows = p.counts[e];
+    bf16* y = p.y + int64_t(e) * p.M * p.N;
+    gemm_rows(p.x + int64_t(e) * p.M * p.K, p.w + int64_t(e) * p.N * p.K, y, rows, p.N, p.K);
+    std::fill(y + int64_t(rows) * p.N, y + int64_t(p.M) * p.N, bf16(0));
+  }
+}
+
+void moe_route_cpu(const RouteParams& p) {
+  parallel_for(p.T, [&](int64_t t) {
+    const float* u = p.logits + t * p.E;
+    int* idx = p.indices + t * p.k;
+    float* w = p.weights + t * p.k;
+    if (p.tid2eid) {
+      for (int j = 0; j < p.k; ++j) idx[j] = p.tid2eid[p.token_ids[t] * p.k + j];
+    } else {
+      // Biased top-k, best first; the lower expert id wins a tie.
+      std::vector<int> order(p.E);
+      for (int e = 0; e < p.E; ++e) order[e] = e;
+      auto key = [&](int e) { return sqrt_softplus(u[e]) + (p.bias ? p.bias[e] : 0.f); };
+      std::partial_sort(order.begin(), order.begin() + p.k, order.end(), [&](int a, int b) {
+        const float ka = key(a), kb = key(b);
+        return ka > kb || (ka == kb && a < b);
+      });
+      for (int j = 0; j < p.k; ++j) idx[j] = order[j];
+    }
+    float total = 0.f;
+    for (int j = 0; j < p.k; ++j) total += w[j] = sqrt_softplus(u[idx[j]]);
+    for (int j = 0; j < p.k; ++j) w[j] = w[j] / total * p.route_scale;
+  });
+}
+
+void moe_permute_cpu(const PermuteParams& p) {
+  const int64_t slots = int64_t(p.T) * p.k;
+  std::vector<int> fill(p.E + 1, 0);
+  for (int64_t n = 0; n < slots; ++n) ++fill[p.indices[n] + 1];
+  for (int e = 0; e < p.E; ++e) fill[e + 1] += fill[e];
+  std::copy(fill.begin(), fill.end(), p.offsets);
+  for (int64_t n = 0; n < slots; ++n) p.rows[n] = fill[p.indices[n]]++;
+  parallel_for(slots, [&](int64_t n) {
+    std::copy_n(p.x + (n / p.k) * p.D, p.D, p.x_perm + int64_t(p.rows[n]) * p.D);
+  });
+}
+
+void moe_unpermute_cpu(const UnpermuteParams& p) {
+  parallel_for(p.T, [&](int64_t t) {
+    for (int d = 0; d < p.D; ++d) {
+      float acc = 0.f;
+      for (int j = 0; j < p.k; ++j) {
+        const float wt = p.weights ? p.weights[t * p.k + j] : 1.f;
+        acc += wt * bf16_to_float(p.y[int64_t(p.rows[t * p.k + j]) * p.D + d]);
+      }
+      p.out[t * p.D + d] = float_to_bf16(acc);
+    }
+  });
+}
+
+}  // namespace lcattn

@@ -1,0 +1,36 @@
+// Entry points of the kernel library: CPU implementations and CUDA launchers on the same
+// params structs. Launchers are asynchronous on the given stream and return the launch error.
+#pragma once
+#include "lcattn/params.h"
+
+#if defined(LCATTN_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+namespace lcattn {
+
+void compress_kv_cpu(const CompressParams& p);
+void indexer_scores_cpu(const IndexerParams& p);
+void topk_cpu(const TopkParams& p);
+void gather_rows_cpu(const GatherParams& p);
+void attention_cpu(const AttentionParams& p);
+void grouped_gemm_contiguous_cpu(const GroupedGemmParams& p);
+void grouped_gemm_masked_cpu(const GroupedGemmParams& p);
+void moe_route_cpu(const RouteParams& p);
+void moe_permute_cpu(const PermuteParams& p);
+void moe_unpermute_cpu(const UnpermuteParams& p);
+
+#if defined(LCATTN_WITH_CUDA)
+cudaError_t compress_kv_cuda(const CompressParams& p, cudaStream_t stream);
+cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream);
+cudaError_t topk_cuda(const TopkParams& p, cudaStream_t stream);
+cudaError_t gather_rows_cuda(const GatherParams& p, cudaStream_t stream);
+cudaError_t attention_cuda(const AttentionParams& p, cudaStream_t stream);
+cudaError_t grouped_gemm_contiguous_cuda(const GroupedGemmParams& p, cudaStream_t stream);
+cudaError_t grouped_gemm_masked_cuda(const GroupedGemmParams& p, cudaStream_t stream);
+cudaError_t moe_route_cuda(const RouteParams& p, cudaStream_t stream);
+cudaError_t moe_permute_cuda(const PermuteParams& p, cudaStream_t stream);
+cudaError_t moe_unpermute_cuda(const UnpermuteParams& p, cudaStream_t stream);
+#endif
+
+}  // namespace lcattn

@@ -1,0 +1,47 @@
+// Scalar helpers shared by the CPU and CUDA code: bf16 storage, RoPE angles.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define LCATTN_HD __host__ __device__ __forceinline__
+#else
+#define LCATTN_HD inline
+#endif
+
+namespace lcattn {
+
+// bf16 is stored as its 16 raw bits, so these headers need neither ATen nor cuda_bf16.h.
+using bf16 = uint16_t;
+
+LCATTN_HD float bf16_to_float(bf16 v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Round to nearest even, NaN stays NaN.
+LCATTN_HD bf16 float_to_bf16(float f) {
+  uint32_t bits;
+  memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<bf16>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<bf16>(bits >> 16);
+}
+
+// RoPE (SPEC 1) rotates the interleaved pair (x[0], x[1]) of the rope channels by
+// pos * inv_freq; the angle is rounded once in fp32, as torch builds its tables.
+// sign = -1 undoes the rotation.
+LCATTN_HD void rope_rotate_pair(float* x, int pos, float inv_freq, float sign) {
+  const float a = static_cast<float>(pos) * inv_freq;
+  const float co = cosf(a), si = sign * sinf(a);
+  const float x0 = x[0], x1 = x[1];
+  x[0] = x0 * co - x1 * si;
+  x[1] = x0 * si + x1 * co;
+}
+
+LCATTN_HD int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+}  // namespace lcattn

@@ -1,0 +1,124 @@
+// One plain struct per op: the contract between the torch adapters, the CPU implementations
+// and the CUDA launchers. Every tensor is dense row-major (the adapters check contiguity);
+// offsets are computed in int64. Batches are padded: [B, S, ...] with per-sequence positions.
+#pragma once
+#include <cstdint>
+
+#include "lcattn/numeric.h"
+
+namespace lcattn {
+
+// Block KV compressor (SPEC 3) over one chunk of new tokens per sequence.
+// width = coff * c with coff = 2 when overlap (CSA) and 1 otherwise (HCA).
+// The ring keeps the raw rows of the last coff * m positions: position s lives at s % ring.
+struct CompressParams {
+  const float* kv;           // [B, S, width] a_s rows of the chunk
+  const float* score;        // [B, S, width] z_s rows of the chunk, without ape
+  const int* seq_lens;       // [B] valid rows of the chunk, 0 <= seq_lens[b] <= S
+  const int* start_pos;      // [B] absolute position of row 0 of the chunk, >= 0
+  float* ring_kv;            // [B, ring, width] carry-over a rows, updated in place
+  float* ring_score;         // [B, ring, width] carry-over z rows, updated in place
+  const float* ape;          // [m, width] added to z_s at s % m
+  const float* norm_weight;  // [c] RMSNorm weight of an entry
+  const float* inv_freq;     // [rope_dim / 2]
+  void* out;                 // [B, n_out, c] fp32 or bf16; entry i at row i, i >= n_out skipped
+  bool out_bf16;
+  bool overlap;
+  int B, S, c, m, n_out, rope_dim;
+  float eps;
+  LCATTN_HD int width() const { return overlap ? 2 * c : c; }
+  LCATTN_HD int ring() const { return overlap ? 2 * m : m; }
+};
+
+// Lightning indexer scores (SPEC 4) for flattened query rows [row_begin, row_end) of [B, S].
+struct IndexerParams {
+  const bf16* q;         // [B, S, HI, DI]
+  const float* weights;  // [B, S, HI] head weights, scale folded in
+  const bf16* keys;      // [B, N, DI] compressed indexer keys
+  const int* q_start;    // [B] position of query row 0 of each sequence
+  float* scores;         // [row_end - row_begin, N]; entry i of a query at p is -inf unless i < (p+1)/ratio
+  int B, S, HI, DI, N, ratio;
+  int64_t row_begin, row_end;
+};
+
+// Per-row top-k (SPEC 4): min(k, candidates) indices in ascending order, then -1.
+// Candidates are the entries that are neither -inf nor NaN.
+struct TopkParams {
+  const float* scores;  // [R, N]
+  int* indices;         // [R, k]
+  int64_t R;
+  int N, k;
+};
+
+// Rows of a pool picked by index; -1 gives a zero row.
+struct GatherParams {
+  const char* pool;    // [B, N, row_bytes]
+  const int* indices;  // [B, S, K] in [-1, N)
+  char* out;           // [B, S, K, row_bytes]
+  int B, S, K, N;
+  int64_t row_bytes;   // multiple of 2
+};
+
+// Attention of query heads over the raw window, compressed entries and a sink (SPEC 5).
+// Query row s of sequence b sits at p = q_start[b] + s and sees window positions
+// [max(0, p - window + 1, kv_start[b]), min(p, kv_start[b] + L - 1)], then either
+// indices[b, s, :] (sparse, indices != nullptr) or every entry i < min(N, (p+1)/ratio)
+// (dense, ratio > 0), or nothing more (window only).
+struct AttentionParams {
+  const bf16* q;          // [B, S, H, D]
+  const bf16* kv;         // [B, L, D] raw keys = values; row j holds position kv_start[b] + j
+  const int* kv_start;    // [B]
+  const int* q_start;     // [B]
+  const bf16* ckv;        // [B, N, D] compressed entries (null when N == 0)
+  const int* indices;     // [B, S, K] into ckv, -1 = none (sparse only)
+  const float* sink;      // [H] logit added to the denominator only
+  const float* inv_freq;  // [rope_dim / 2] for undoing the query rotation on the output
+  bf16* out;              // [B, S, H, D]
+  float* lse;             // [B, S, H] natural log-sum-exp of the scaled logits, sink excluded
+  int B, S, H, D, L, N, K, window, ratio, rope_dim;
+  float scale;
+};
+
+// Grouped GEMM for MoE (SPEC 6): y = x w_e^T per expert, bf16 in, fp32 accumulate, bf16 out.
+struct GroupedGemmParams {
+  const bf16* x;        // contiguous: [M, K]; masked: [E, M, K]
+  const bf16* w;        // [E, N, K]
+  const int* offsets;   // contiguous: [E + 1], expert e owns rows [offsets[e], offsets[e+1])
+  const int* counts;    // masked: [E] valid rows per expert; rows >= counts[e] are zeroed
+  bf16* y;              // contiguous: [M, N]; masked: [E, M, N]
+  int E, M, N, K;
+};
+
+// MoE routing (SPEC 6): s = sqrt(softplus(logits)); biased top-k or hash lookup.
+struct RouteParams {
+  const float* logits;        // [T, E]
+  const float* bias;          // [E] selection bias, or null
+  const int* tid2eid;         // [V, k] hash table, or null
+  const int64_t* token_ids;   // [T] with tid2eid
+  float* weights;             // [T, k] s[idx] / sum(s[idx]) * route_scale
+  int* indices;               // [T, k] expert ids, best first (table order for hash)
+  int T, E, k, V;
+  float route_scale;
+};
+
+// Permute token rows into expert-contiguous order (stable: by expert, then by slot t*k+j).
+struct PermuteParams {
+  const bf16* x;        // [T, D]
+  const int* indices;   // [T, k] in [0, E)
+  bf16* x_perm;         // [T * k, D]
+  int* offsets;         // [E + 1]
+  int* rows;            // [T, k] row of x_perm that holds slot (t, j)
+  int* scratch;         // [E] per-expert counts (CUDA only)
+  int T, k, E, D;
+};
+
+// out[t] = sum_j weights[t, j] * y[rows[t, j]] (weight 1 when weights is null), fp32 sum.
+struct UnpermuteParams {
+  const bf16* y;        // [R, D]
+  const int* rows;      // [T, k] in [0, R)
+  const float* weights; // [T, k] or null
+  bf16* out;            // [T, D]
+  int T, k, D, R;
+};
+
+}  // namespace lcattn

@@ -1,0 +1,83 @@
+// Block KV compressor (SPEC 3) on CUDA: one block per completed entry, then the ring update.
+#include "common/reduce.cuh"
+#include "lcattn/api.h"
+
+namespace lcattn {
+namespace {
+
+__device__ __forceinline__ const float* raw_row(const CompressParams& p, const float* chunk, const float* ring,
+                                                int b, int s0, int s) {
+  return s >= s0 ? chunk + (int64_t(b) * p.S + (s - s0)) * p.width()
+                 : ring + (int64_t(b) * p.ring() + s % p.ring()) * p.width();
+}
+
+// grid (entries per chunk, B); dynamic smem: c floats.
+__global__ void compress_entries_kernel(const CompressParams p) {
+  extern __shared__ float pooled[];
+  __shared__ float scratch[32];
+  const int b = blockIdx.y, m = p.m, c = p.c, W = p.width();
+  const int s0 = p.start_pos[b], end = s0 + p.seq_lens[b];
+  const int i = s0 / m + blockIdx.x;
+  if (i >= end / m || i >= p.n_out) return;
+  float ss = 0.f;
+  for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
+    float mx = -INFINITY, sum = 0.f, acc = 0.f;
+    auto visit = [&](int s, int col) {
+      const float z = raw_row(p, p.score, p.ring_score, b, s0, s)[col] + p.ape[(s % m) * W + col];
+      const float a = raw_row(p, p.kv, p.ring_kv, b, s0, s)[col];
+      const float nm = fmaxf(mx, z);
+      const float scale = expf(mx - nm), e = expf(z - nm);
+      sum = sum * scale + e;
+      acc = acc * scale + e * a;
+      mx = nm;
+    };
+    if (p.overlap) {
+      if (i > 0)
+        for (int r = 0; r < m; ++r) visit((i - 1) * m + r, ch);
+      for (int r = 0; r < m; ++r) visit(i * m + r, c + ch);
+    } else {
+      for (int r = 0; r < m; ++r) visit(i * m + r, ch);
+    }
+    pooled[ch] = acc / sum;
+    ss += pooled[ch] * pooled[ch];
+  }
+  const float inv_rms = rsqrtf(block_sum(ss, scratch) / c + p.eps);
+  for (int ch = threadIdx.x; ch < c; ch += blockDim.x) pooled[ch] *= inv_rms * p.norm_weight[ch];
+  __syncthreads();
+  for (int k = threadIdx.x; k < p.rope_dim / 2; k += blockDim.x)
+    rope_rotate_pair(&pooled[c - p.rope_dim + 2 * k], i * m, p.inv_freq[k], 1.f);
+  __syncthreads();
+  const int64_t o = (int64_t(b) * p.n_out + i) * c;
+  for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
+    if (p.out_bf16)
+      static_cast<bf16*>(p.out)[o + ch] = float_to_bf16(pooled[ch]);
+    else
+      static_cast<float*>(p.out)[o + ch] = pooled[ch];
+  }
+}
+
+// grid (ring, B): keeps the last `ring` positions of the chunk for the next one.
+__global__ void compress_ring_kernel(const CompressParams p) {
+  const int b = blockIdx.y, R = p.ring(), W = p.width();
+  const int s0 = p.start_pos[b], end = s0 + p.seq_lens[b];
+  const int s = max(s0, end - R) + blockIdx.x;
+  if (s >= end) return;
+  const int64_t src = (int64_t(b) * p.S + (s - s0)) * W, dst = (int64_t(b) * R + s % R) * W;
+  for (int x = threadIdx.x; x < W; x += blockDim.x) {
+    p.ring_kv[dst + x] = p.kv[src + x];
+    p.ring_score[dst + x] = p.score[src + x];
+  }
+}
+
+}  // namespace
+
+cudaError_t compress_kv_cuda(const CompressParams& p, cudaStream_t stream) {
+  if (p.B == 0 || p.S == 0) return cudaSuccess;
+  // A chunk of S rows completes at most (S + m - 1) / m entries.
+  const dim3 grid(ceil_div(p.S + p.m - 1, p.m), p.B);
+  compress_entries_kernel<<<grid, 256, p.c * sizeof(float), stream>>>(p);
+  compress_ring_kernel<<<dim3(p.ring(), p.B), 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace lcattn

@@ -1,0 +1,90 @@
+// Adapters of sparse_attn and dense_attn (SPEC 5).
+#include "checks.h"
+
+namespace lcattn {
+namespace {
+
+// Checks what both forms share and allocates (out, lse).
+AttentionParams attention_params(const char* op, const at::Tensor& q, const at::Tensor& kv,
+                                 const at::Tensor& kv_start, const at::Tensor& q_start, const at::Tensor& ckv,
+                                 const at::Tensor& sink, const at::Tensor& inv_freq, double scale, int64_t window,
+                                 at::Tensor& out, at::Tensor& lse) {
+  check_arg(q.dim() == 4, op, "q must be [B, S, H, D], got shape " + c10::str(q.sizes()));
+  const int64_t B = q.size(0), S = q.size(1), H = q.size(2), D = q.size(3);
+  check_tensor(op, "q", q, at::kBFloat16, {B, S, H, D}, q);
+  check_tensor(op, "kv", kv, at::kBFloat16, {B, -1, D}, q);
+  check_tensor(op, "kv_start", kv_start, at::kInt, {B}, q);
+  check_tensor(op, "q_start", q_start, at::kInt, {B}, q);
+  check_tensor(op, "ckv", ckv, at::kBFloat16, {B, -1, D}, q);
+  check_tensor(op, "sink", sink, at::kFloat, {H}, q);
+  check_tensor(op, "inv_freq", inv_freq, at::kFloat, {-1}, q);
+  check_arg(D % 2 == 0 && D <= 1024, op, "head dim must be even and <= 1024, got " + std::to_string(D));
+  check_arg(2 * inv_freq.size(0) <= D, op,
+            "rope_dim = 2 * len(inv_freq) must be <= head dim " + std::to_string(D) + ", got " +
+                std::to_string(2 * inv_freq.size(0)));
+  check_arg(window >= 1, op, "window must be >= 1, got " + std::to_string(window));
+  check_arg(B * S * H < INT32_MAX, op, "B * S * H must be < 2^31, got " + std::to_string(B * S * H));
+  check_values(op, "q_start", q_start, 0, INT32_MAX - S);
+  check_values(op, "kv_start", kv_start, 0, INT32_MAX - kv.size(1));
+  out = at::empty_like(q);
+  lse = at::empty({B, S, H}, q.options().dtype(at::kFloat));
+  AttentionParams p{};
+  p.q = ptr<const bf16>(q);
+  p.kv = ptr<const bf16>(kv);
+  p.kv_start = ptr<const int>(kv_start);
+  p.q_start = ptr<const int>(q_start);
+  p.ckv = ptr<const bf16>(ckv);
+  p.sink = ptr<const float>(sink);
+  p.inv_freq = ptr<const float>(inv_freq);
+  p.out = ptr<bf16>(out);
+  p.lse = ptr<float>(lse);
+  p.B = int(B);
+  p.S = int(S);
+  p.H = int(H);
+  p.D = int(D);
+  p.L = int(kv.size(1));
+  p.N = int(ckv.size(1));
+  p.window = int(window);
+  p.rope_dim = int(2 * inv_freq.size(0));
+  p.scale = float(scale);
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> sparse_attn(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& kv_start,
+                                               const at::Tensor& q_start, const at::Tensor& ckv,
+                                               const at::Tensor& indices, const at::Tensor& sink,
+                                               const at::Tensor& inv_freq, double scale, int64_t window) {
+  constexpr const char* op = "sparse_attn";
+  at::Tensor out, lse;
+  AttentionParams p = attention_params(op, q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, out, lse);
+  check_tensor(op, "indices", indices, at::kInt, {p.B, p.S, -1}, q);
+  check_values(op, "indices", indices, -1, p.N - 1);
+  p.indices = ptr<const int>(indices);
+  p.K = int(indices.size(2));
+  LCATTN_RUN(op, q, attention, p);
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> dense_attn(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& kv_start,
+                                              const at::Tensor& q_start, const at::Tensor& ckv, const at::Tensor& sink,
+                                              const at::Tensor& inv_freq, double scale, int64_t window,
+                                              int64_t ratio) {
+  constexpr const char* op = "dense_attn";
+  at::Tensor out, lse;
+  AttentionParams p = attention_params(op, q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, out, lse);
+  check_arg(ratio >= 0, op, "ratio must be >= 0 (0 = window only), got " + std::to_string(ratio));
+  p.ratio = int(ratio);
+  LCATTN_RUN(op, q, attention, p);
+  return {out, lse};
+}
+
+void register_ops(torch::Library& m) {
+  m.impl("sparse_attn", &sparse_attn);
+  m.impl("dense_attn", &dense_attn);
+}
+
+}  // namespace
+
+LCATTN_REGISTER(register_ops)
+
+}  // namespace lcattn

@@ -1,0 +1,137 @@
+// Adapters of the Lightning indexer ops (SPEC 4): scores, top-k, fused scoring + top-k, gather.
+#include <algorithm>
+
+#include "checks.h"
+
+namespace lcattn {
+namespace {
+
+// Default size of the fp32 score block of indexer_topk: 256 MiB.
+constexpr int64_t kScoreBlockElems = int64_t(64) << 20;
+
+IndexerParams indexer_params(const char* op, const at::Tensor& q, const at::Tensor& weights,
+                             const at::Tensor& keys, const at::Tensor& q_start, int64_t ratio) {
+  check_arg(q.dim() == 4, op, "q must be [B, S, HI, DI], got shape " + c10::str(q.sizes()));
+  check_arg(keys.dim() == 3, op, "keys must be [B, N, DI], got shape " + c10::str(keys.sizes()));
+  check_arg(ratio >= 1, op, "ratio must be >= 1, got " + std::to_string(ratio));
+  const int64_t B = q.size(0), S = q.size(1), HI = q.size(2), DI = q.size(3), N = keys.size(1);
+  check_tensor(op, "q", q, at::kBFloat16, {B, S, HI, DI}, q);
+  check_tensor(op, "weights", weights, at::kFloat, {B, S, HI}, q);
+  check_tensor(op, "keys", keys, at::kBFloat16, {B, N, DI}, q);
+  check_tensor(op, "q_start", q_start, at::kInt, {B}, q);
+  check_arg(HI * DI <= 8192, op, "HI * DI must be <= 8192, got " + std::to_string(HI * DI));
+  check_values(op, "q_start", q_start, 0, INT32_MAX - S);
+  IndexerParams p{};
+  p.q = ptr<const bf16>(q);
+  p.weights = ptr<const float>(weights);
+  p.keys = ptr<const bf16>(keys);
+  p.q_start = ptr<const int>(q_start);
+  p.B = int(B);
+  p.S = int(S);
+  p.HI = int(HI);
+  p.DI = int(DI);
+  p.N = int(N);
+  p.ratio = int(ratio);
+  p.row_begin = 0;
+  p.row_end = B * S;
+  return p;
+}
+
+at::Tensor indexer_scores(const at::Tensor& q, const at::Tensor& weights, const at::Tensor& keys,
+                          const at::Tensor& q_start, int64_t ratio) {
+  constexpr const char* op = "indexer_scores";
+  IndexerParams p = indexer_params(op, q, weights, keys, q_start, ratio);
+  at::Tensor scores = at::empty({p.B, p.S, p.N}, q.options().dtype(at::kFloat));
+  p.scores = ptr<float>(scores);
+  LCATTN_RUN(op, q, indexer_scores, p);
+  return scores;
+}
+
+void check_k(const char* op, int64_t k) {
+  check_arg(k >= 0 && k <= 65536, op, "k must lie in [0, 65536], got " + std::to_string(k));
+}
+
+at::Tensor topk_indices(const at::Tensor& scores, int64_t k) {
+  constexpr const char* op = "topk_indices";
+  check_arg(scores.dim() >= 1, op, "scores must have rank >= 1, got a scalar");
+  check_dtype_device(op, "scores", scores, at::kFloat, scores);
+  LCATTN_CHECK(scores.is_contiguous(), op, "scores must be contiguous, got strides ", scores.strides());
+  check_k(op, k);
+  std::vector<int64_t> shape = scores.sizes().vec();
+  shape.back() = k;
+  at::Tensor indices = at::empty(shape, scores.options().dtype(at::kInt));
+  TopkParams p{};
+  p.N = int(scores.size(-1));
+  if (p.N == 0 || indices.numel() == 0) return indices.fill_(-1);
+  p.scores = ptr<const float>(scores);
+  p.indices = ptr<int>(indices);
+  p.R = scores.numel() / p.N;
+  p.k = int(k);
+  LCATTN_RUN(op, scores, topk, p);
+  return indices;
+}
+
+// Scores a block of query rows at a time, so memory stays O(rows_per_block * N), not O(S * N).
+at::Tensor indexer_topk(const at::Tensor& q, const at::Tensor& weights, const at::Tensor& keys,
+                        const at::Tensor& q_start, int64_t ratio, int64_t k, int64_t block_rows) {
+  constexpr const char* op = "indexer_topk";
+  IndexerParams p = indexer_params(op, q, weights, keys, q_start, ratio);
+  check_k(op, k);
+  check_arg(block_rows >= 0, op, "block_rows must be >= 0, got " + std::to_string(block_rows));
+  at::Tensor indices = at::empty({p.B, p.S, k}, q.options().dtype(at::kInt));
+  const int64_t rows = int64_t(p.B) * p.S;
+  if (p.N == 0 || rows == 0) return indices.fill_(-1);
+  if (block_rows == 0) block_rows = std::max<int64_t>(1, kScoreBlockElems / p.N);
+  block_rows = std::min(rows, block_rows);
+  at::Tensor block = at::empty({block_rows, p.N}, q.options().dtype(at::kFloat));
+  for (int64_t r0 = 0; r0 < rows; r0 += block_rows) {
+    p.row_begin = r0;
+    p.row_end = std::min(rows, r0 + block_rows);
+    p.scores = ptr<float>(block);
+    LCATTN_RUN(op, q, indexer_scores, p);
+    TopkParams t{};
+    t.scores = ptr<const float>(block);
+    t.indices = ptr<int>(indices) + r0 * k;
+    t.R = p.row_end - p.row_begin;
+    t.N = p.N;
+    t.k = int(k);
+    LCATTN_RUN(op, q, topk, t);
+  }
+  return indices;
+}
+
+at::Tensor gather_rows(const at::Tensor& pool, const at::Tensor& indices) {
+  constexpr const char* op = "gather_rows";
+  check_arg(pool.dim() == 3, op, "pool must be [B, N, D], got shape " + c10::str(pool.sizes()));
+  check_arg(indices.dim() == 3, op, "indices must be [B, S, K], got shape " + c10::str(indices.sizes()));
+  const int64_t B = pool.size(0), N = pool.size(1), D = pool.size(2);
+  check_arg(pool.element_size() % 2 == 0, op, "pool elements must be 2 or more bytes wide");
+  check_tensor(op, "pool", pool, pool.scalar_type(), {B, N, D}, pool);
+  check_tensor(op, "indices", indices, at::kInt, {B, -1, -1}, pool);
+  check_values(op, "indices", indices, -1, N - 1);
+  at::Tensor out = at::empty({B, indices.size(1), indices.size(2), D}, pool.options());
+  GatherParams p{};
+  p.pool = static_cast<const char*>(pool.data_ptr());
+  p.indices = ptr<const int>(indices);
+  p.out = static_cast<char*>(out.data_ptr());
+  p.B = int(B);
+  p.S = int(indices.size(1));
+  p.K = int(indices.size(2));
+  p.N = int(N);
+  p.row_bytes = D * pool.element_size();
+  LCATTN_RUN(op, pool, gather_rows, p);
+  return out;
+}
+
+void register_ops(torch::Library& m) {
+  m.impl("indexer_scores", &indexer_scores);
+  m.impl("topk_indices", &topk_indices);
+  m.impl("indexer_topk", &indexer_topk);
+  m.impl("gather_rows", &gather_rows);
+}
+
+}  // namespace
+
+LCATTN_REGISTER(register_ops)
+
+}  // namespace lcattn

@@ -1,0 +1,170 @@
+// Adapters of the MoE ops (SPEC 6): grouped GEMM in both layouts, routing, permute, unpermute.
+#include "checks.h"
+
+namespace lcattn {
+namespace {
+
+// offsets[0] == 0, nondecreasing, offsets[E] == M. On CUDA this reads the offsets back (one
+// sync) and is skipped while a CUDA graph is captured; the kernel clamps rows to [0, M) anyway.
+void check_offsets(const char* op, const at::Tensor& offsets, int64_t M) {
+#if defined(LCATTN_WITH_CUDA)
+  if (offsets.is_cuda() && capturing_cuda_graph()) return;
+#endif
+  const at::Tensor o = offsets.cpu();
+  const int* v = o.data_ptr<int>();
+  const int64_t E = o.numel() - 1;
+  LCATTN_CHECK(v[0] == 0 && v[E] == M, op, "offsets must start at 0 and end at M = ", M, ", got ", v[0], " and ",
+               v[E]);
+  for (int64_t e = 0; e < E; ++e)
+    LCATTN_CHECK(v[e] <= v[e + 1], op, "offsets must be nondecreasing, got offsets[", e, "] = ", v[e],
+                 " > offsets[", e + 1, "] = ", v[e + 1]);
+}
+
+GroupedGemmParams gemm_params(const at::Tensor& x, const at::Tensor& w, const at::Tensor& y, int64_t E, int64_t M) {
+  GroupedGemmParams p{};
+  p.x = ptr<const bf16>(x);
+  p.w = ptr<const bf16>(w);
+  p.y = ptr<bf16>(y);
+  p.E = int(E);
+  p.M = int(M);
+  p.N = int(w.size(1));
+  p.K = int(w.size(2));
+  return p;
+}
+
+at::Tensor grouped_gemm_contiguous(const at::Tensor& x, const at::Tensor& w, const at::Tensor& offsets) {
+  constexpr const char* op = "grouped_gemm_contiguous";
+  check_arg(x.dim() == 2, op, "x must be [M, K], got shape " + c10::str(x.sizes()));
+  check_arg(w.dim() == 3, op, "w must be [E, N, K], got shape " + c10::str(w.sizes()));
+  const int64_t M = x.size(0), K = x.size(1), E = w.size(0), N = w.size(1);
+  check_tensor(op, "x", x, at::kBFloat16, {M, K}, x);
+  check_tensor(op, "w", w, at::kBFloat16, {E, N, K}, x);
+  check_tensor(op, "offsets", offsets, at::kInt, {E + 1}, x);
+  check_offsets(op, offsets, M);
+  at::Tensor y = at::empty({M, N}, x.options());
+  GroupedGemmParams p = gemm_params(x, w, y, E, M);
+  p.offsets = ptr<const int>(offsets);
+  LCATTN_RUN(op, x, grouped_gemm_contiguous, p);
+  return y;
+}
+
+at::Tensor grouped_gemm_masked(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts) {
+  constexpr const char* op = "grouped_gemm_masked";
+  check_arg(x.dim() == 3, op, "x must be [E, M, K], got shape " + c10::str(x.sizes()));
+  check_arg(w.dim() == 3, op, "w must be [E, N, K], got shape " + c10::str(w.sizes()));
+  const int64_t E = x.size(0), M = x.size(1), K = x.size(2), N = w.size(1);
+  check_tensor(op, "x", x, at::kBFloat16, {E, M, K}, x);
+  check_tensor(op, "w", w, at::kBFloat16, {E, N, K}, x);
+  check_tensor(op, "counts", counts, at::kInt, {E}, x);
+  check_values(op, "counts", counts, 0, M);
+  at::Tensor y = at::empty({E, M, N}, x.options());
+  GroupedGemmParams p = gemm_params(x, w, y, E, M);
+  p.counts = ptr<const int>(counts);
+  LCATTN_RUN(op, x, grouped_gemm_masked, p);
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
+                                             const std::optional<at::Tensor>& tid2eid,
+                                             const std::optional<at::Tensor>& token_ids, int64_t topk,
+                                             double route_scale) {
+  constexpr const char* op = "moe_route";
+  check_arg(logits.dim() == 2, op, "logits must be [T, E], got shape " + c10::str(logits.sizes()));
+  const int64_t T = logits.size(0), E = logits.size(1);
+  check_tensor(op, "logits", logits, at::kFloat, {T, E}, logits);
+  check_arg(topk >= 1 && topk <= E, op, "topk must lie in [1, E = " + std::to_string(E) + "], got " +
+                                            std::to_string(topk));
+  if (bias) check_tensor(op, "bias", *bias, at::kFloat, {E}, logits);
+  check_arg(tid2eid.has_value() == token_ids.has_value(), op, "tid2eid and token_ids go together");
+  check_arg(!(tid2eid && bias), op, "hash routing (tid2eid) takes no bias");
+  int64_t V = 0;
+  if (tid2eid) {
+    V = tid2eid->size(0);
+    check_tensor(op, "tid2eid", *tid2eid, at::kInt, {V, topk}, logits);
+    check_tensor(op, "token_ids", *token_ids, at::kLong, {T}, logits);
+    check_values(op, "tid2eid", *tid2eid, 0, E - 1);
+    check_values(op, "token_ids", *token_ids, 0, V - 1);
+  }
+  at::Tensor weights = at::empty({T, topk}, logits.options());
+  at::Tensor indices = at::empty({T, topk}, logits.options().dtype(at::kInt));
+  RouteParams p{};
+  p.logits = ptr<const float>(logits);
+  p.bias = optional_ptr(bias);
+  p.tid2eid = tid2eid ? ptr<const int>(*tid2eid) : nullptr;
+  p.token_ids = token_ids ? ptr<const int64_t>(*token_ids) : nullptr;
+  p.weights = ptr<float>(weights);
+  p.indices = ptr<int>(indices);
+  p.T = int(T);
+  p.E = int(E);
+  p.k = int(topk);
+  p.V = int(V);
+  p.route_scale = float(route_scale);
+  LCATTN_RUN(op, logits, moe_route, p);
+  return {weights, indices};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_permute(const at::Tensor& x, const at::Tensor& indices,
+                                                           int64_t num_experts) {
+  constexpr const char* op = "moe_permute";
+  check_arg(x.dim() == 2, op, "x must be [T, D], got shape " + c10::str(x.sizes()));
+  check_arg(num_experts >= 1, op, "num_experts must be >= 1, got " + std::to_string(num_experts));
+  const int64_t T = x.size(0), D = x.size(1);
+  check_tensor(op, "x", x, at::kBFloat16, {T, D}, x);
+  check_tensor(op, "indices", indices, at::kInt, {T, -1}, x);
+  check_values(op, "indices", indices, 0, num_experts - 1);
+  const int64_t k = indices.size(1);
+  at::Tensor x_perm = at::empty({T * k, D}, x.options());
+  at::Tensor offsets = at::empty({num_experts + 1}, x.options().dtype(at::kInt));
+  at::Tensor rows = at::empty({T, k}, x.options().dtype(at::kInt));
+  at::Tensor scratch = at::empty({num_experts}, x.options().dtype(at::kInt));
+  PermuteParams p{};
+  p.x = ptr<const bf16>(x);
+  p.indices = ptr<const int>(indices);
+  p.x_perm = ptr<bf16>(x_perm);
+  p.offsets = ptr<int>(offsets);
+  p.rows = ptr<int>(rows);
+  p.scratch = ptr<int>(scratch);
+  p.T = int(T);
+  p.k = int(k);
+  p.E = int(num_experts);
+  p.D = int(D);
+  LCATTN_RUN(op, x, moe_permute, p);
+  return {x_perm, offsets, rows};
+}
+
+at::Tensor moe_unpermute(const at::Tensor& y, const at::Tensor& rows, const std::optional<at::Tensor>& weights) {
+  constexpr const char* op = "moe_unpermute";
+  check_arg(y.dim() == 2, op, "y must be [R, D], got shape " + c10::str(y.sizes()));
+  check_arg(rows.dim() == 2, op, "rows must be [T, k], got shape " + c10::str(rows.sizes()));
+  const int64_t R = y.size(0), D = y.size(1), T = rows.size(0), k = rows.size(1);
+  check_tensor(op, "y", y, at::kBFloat16, {R, D}, y);
+  check_tensor(op, "rows", rows, at::kInt, {T, k}, y);
+  if (weights) check_tensor(op, "weights", *weights, at::kFloat, {T, k}, y);
+  check_values(op, "rows", rows, 0, R - 1);
+  at::Tensor out = at::empty({T, D}, y.options());
+  UnpermuteParams p{};
+  p.y = ptr<const bf16>(y);
+  p.rows = ptr<const int>(rows);
+  p.weights = optional_ptr(weights);
+  p.out = ptr<bf16>(out);
+  p.T = int(T);
+  p.k = int(k);
+  p.D = int(D);
+  p.R = int(R);
+  LCATTN_RUN(op, y, moe_unpermute, p);
+  return out;
+}
+
+void register_ops(torch::Library& m) {
+  m.impl("grouped_gemm_contiguous", &grouped_gemm_contiguous);
+  m.impl("grouped_gemm_masked", &grouped_gemm_masked);
+  m.impl("moe_route", &moe_route);
+  m.impl("moe_permute", &moe_permute);
+  m.impl("moe_unpermute", &moe_unpermute);
+}
+
+}  // namespace
+
+LCATTN_REGISTER(register_ops)
+
+}  // namespace lcattn

@@ -1,0 +1,197 @@
+"""Typed Python wrappers of torch.ops.lcattn.* and their fake (meta) kernels.
+
+Layout (see README): batches are padded. A query or new-token tensor is [B, S, ...]; row s of
+sequence b sits at absolute position q_start[b] + s (start_pos for the compressor). Raw window
+keys are [B, L, D] with row j at position kv_start[b] + j. Compressed entries are [B, N, D] with
+entry i at row i. Index tensors are int32 with -1 for "none"; lengths and positions are int32.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.lcattn
+
+
+def compress_kv(kv: Tensor, score: Tensor, seq_lens: Tensor, start_pos: Tensor, ring_kv: Tensor,
+                ring_score: Tensor, ape: Tensor, norm_weight: Tensor, inv_freq: Tensor, out: Tensor,
+                ratio: int, overlap: bool, eps: float = 1e-6) -> None:
+    """Block KV compressor (SPEC 3) over one chunk of new tokens per sequence, in place.
+
+    kv, score: [B, S, width] fp32 projections a_s and z_s (without ape) of the chunk's tokens;
+    width = 2c with overlap (CSA, ratio 4) else c (HCA). seq_lens [B]: valid rows of the chunk.
+    start_pos [B]: position of row 0. ring_kv, ring_score: [B, coff * ratio, width] fp32 carry-over
+    rows, updated (start a sequence from :func:`compress_state`). ape [ratio, width], norm_weight
+    [c], inv_freq [rope_dim / 2] fp32. out [B, N, c] (fp32 or bf16): every entry i completed by
+    the chunk is written at out[b, i] (entries i >= N are skipped). Chunked calls write the same
+    entries as one call over the whole sequence.
+    """
+    _ops.compress_kv(kv, score, seq_lens, start_pos, ring_kv, ring_score, ape, norm_weight, inv_freq, out,
+                     ratio, overlap, eps)
+
+
+def compress_state(batch: int, ratio: int, width: int, overlap: bool,
+                   device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
+    """Empty carry-over rings (ring_kv, ring_score) for :func:`compress_kv`."""
+    shape = (batch, (2 if overlap else 1) * ratio, width)
+    return (torch.zeros(shape, dtype=torch.float32, device=device),
+            torch.zeros(shape, dtype=torch.float32, device=device))
+
+
+def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, ratio: int = 4) -> Tensor:
+    """Lightning indexer scores (SPEC 4): [B, S, N] fp32, -inf where entry i >= (p + 1) // ratio.
+
+    q [B, S, HI, DI] bf16 (rotated), weights [B, S, HI] fp32 (scales folded in), keys [B, N, DI]
+    bf16, q_start [B] int32.
+    """
+    return _ops.indexer_scores(q, weights, keys, q_start, ratio)
+
+
+def topk_indices(scores: Tensor, k: int) -> Tensor:
+    """Per row of scores [..., N] fp32: the min(k, candidates) best indices in ascending order,
+    then -1; int32 [..., k]. -inf and NaN scores are never picked; ties go either way."""
+    return _ops.topk_indices(scores, k)
+
+
+def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, k: int, ratio: int = 4,
+                 block_rows: int = 0) -> Tensor:
+    """Indexer scoring and top-k (SPEC 4) -> [B, S, k] int32, as topk_indices(indexer_scores(...)).
+
+    Scores block_rows query rows at a time (0: as many as fit in 256 MiB), so memory is
+    O(block_rows * N) rather than O(S * N).
+    """
+    return _ops.indexer_topk(q, weights, keys, q_start, ratio, k, block_rows)
+
+
+def gather_rows(pool: Tensor, indices: Tensor) -> Tensor:
+    """pool [B, N, D], indices [B, S, K] int32 in [-1, N) -> [B, S, K, D]; -1 gives zeros."""
+    return _ops.gather_rows(pool, indices)
+
+
+def sparse_attn(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: Tensor, indices: Tensor,
+                sink: Tensor, inv_freq: Tensor, scale: Optional[float] = None,
+                window: int = 128) -> Tuple[Tensor, Tensor]:
+    """Attention over the raw window plus selected compressed entries plus a sink (SPEC 5).
+
+    q [B, S, H, D] bf16; kv [B, L, D] bf16 raw keys (= values); ckv [B, N, D] bf16 entries;
+    indices [B, S, K] int32 into ckv (-1 = none); sink [H] fp32; inv_freq [rope_dim / 2] undoes
+    the query rotation on the output's last rope_dim channels. Returns out [B, S, H, D] bf16 and
+    the log-sum-exp [B, S, H] fp32 of the scaled logits without the sink. scale defaults to D^-0.5.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return _ops.sparse_attn(q, kv, kv_start, q_start, ckv, indices, sink, inv_freq, scale, window)
+
+
+def dense_attn(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: Tensor, sink: Tensor,
+               inv_freq: Tensor, ratio: int, scale: Optional[float] = None,
+               window: int = 128) -> Tuple[Tensor, Tensor]:
+    """As :func:`sparse_attn`, with every visible entry i < (p + 1) // ratio of ckv; ratio 0 is
+    window-only attention."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return _ops.dense_attn(q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, ratio)
+
+
+def grouped_gemm_contiguous(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
+    """x [M, K] bf16, w [E, N, K] bf16, offsets [E + 1] int32 -> y [M, N] bf16 with
+    y[r] = x[r] w[e]^T for offsets[e] <= r < offsets[e + 1]; fp32 accumulate."""
+    return _ops.grouped_gemm_contiguous(x, w, offsets)
+
+
+def grouped_gemm_masked(x: Tensor, w: Tensor, counts: Tensor) -> Tensor:
+    """x [E, M, K] bf16, w [E, N, K] bf16, counts [E] int32 -> y [E, M, N] bf16; rows at or past
+    counts[e] are zero."""
+    return _ops.grouped_gemm_masked(x, w, counts)
+
+
+def moe_route(logits: Tensor, topk: int, route_scale: float, bias: Optional[Tensor] = None,
+              tid2eid: Optional[Tensor] = None, token_ids: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """MoE routing (SPEC 6) of logits [T, E] fp32: (weights [T, k] fp32, experts [T, k] int32).
+
+    Scores s = sqrt(softplus(logits)); experts are the top-k of s + bias, best first (the lower id
+    wins a tie), or tid2eid[token_ids] for hash-routed layers (tid2eid [V, k] int32, token_ids [T]
+    int64). weights = s[experts] / sum(s[experts]) * route_scale.
+    """
+    return _ops.moe_route(logits, bias, tid2eid, token_ids, topk, route_scale)
+
+
+def moe_permute(x: Tensor, indices: Tensor, num_experts: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Expert-contiguous copy of token rows for :func:`grouped_gemm_contiguous`.
+
+    x [T, D] bf16, indices [T, k] int32 experts -> x_perm [T * k, D] (by expert, then by slot
+    t * k + j), offsets [E + 1] int32, rows [T, k] int32 (row of x_perm holding slot (t, j)).
+    """
+    return _ops.moe_permute(x, indices, num_experts)
+
+
+def moe_unpermute(y: Tensor, rows: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    """out[t] = sum_j weights[t, j] * y[rows[t, j]] in fp32 -> [T, D] bf16 (weights default 1)."""
+    return _ops.moe_unpermute(y, rows, weights)
+
+
+# Fake kernels: shapes and dtypes only, for torch.compile and opcheck.
+
+@torch.library.register_fake("lcattn::compress_kv")
+def _(kv, score, seq_lens, start_pos, ring_kv, ring_score, ape, norm_weight, inv_freq, out, ratio, overlap, eps):
+    return None
+
+
+@torch.library.register_fake("lcattn::indexer_scores")
+def _(q, weights, keys, q_start, ratio):
+    return q.new_empty((q.shape[0], q.shape[1], keys.shape[1]), dtype=torch.float32)
+
+
+@torch.library.register_fake("lcattn::topk_indices")
+def _(scores, k):
+    return scores.new_empty((*scores.shape[:-1], k), dtype=torch.int32)
+
+
+@torch.library.register_fake("lcattn::indexer_topk")
+def _(q, weights, keys, q_start, ratio, k, block_rows=0):
+    return q.new_empty((q.shape[0], q.shape[1], k), dtype=torch.int32)
+
+
+@torch.library.register_fake("lcattn::gather_rows")
+def _(pool, indices):
+    return pool.new_empty((*indices.shape, pool.shape[-1]))
+
+
+def _attention_fake(q):
+    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.register_fake("lcattn::sparse_attn")
+def _(q, kv, kv_start, q_start, ckv, indices, sink, inv_freq, scale, window):
+    return _attention_fake(q)
+
+
+@torch.library.register_fake("lcattn::dense_attn")
+def _(q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, ratio):
+    return _attention_fake(q)
+
+
+@torch.library.register_fake("lcattn::grouped_gemm_contiguous")
+def _(x, w, offsets):
+    return x.new_empty((x.shape[0], w.shape[1]))
+
+
+@torch.library.register_fake("lcattn::grouped_gemm_masked")
+def _(x, w, counts):
+    return x.new_empty((x.shape[0], x.shape[1], w.shape[1]))
+
+
+@torch.library.register_fake("lcattn::moe_route")
+def _(logits, bias, tid2eid, token_ids, topk, route_scale):
+    shape = (logits.shape[0], topk)
+    return logits.new_empty(shape), logits.new_empty(shape, dtype=torch.int32)
+
+
+@torch.library.register_fake("lcattn::moe_permute")
+def _(x, indices, num_experts):
+    return (x.new_empty((indices.shape[0] * indices.shape[1], x.shape[1])),
+            x.new_empty((num_experts + 1,), dtype=torch.int32),
+            x.new_empty(indices.shape, dtype=torch.int32))
+
+
+@torch.library.register_fake("lcattn::moe_unpermute")
+def _(y, rows, weights):
+    return y.new_empty((rows.shape[0], y.shape[1]))

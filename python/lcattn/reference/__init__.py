@@ -1,0 +1,165 @@
+"""Pure-PyTorch oracles of every lcattn op, written for clarity from SPEC.md, math in fp32.
+
+Same argument conventions as :mod:`lcattn.ops`, except that the compressor reference works on a
+whole sequence at once (positions 0..T-1), which is what chunked calls must reproduce.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def rope(x: Tensor, pos: Tensor, inv_freq: Tensor, sign: float = 1.0) -> Tensor:
+    """Rotates interleaved pairs (x[2k], x[2k+1]) of the last dim by pos * inv_freq[k] (SPEC 1).
+
+    x [..., 2 * len(inv_freq)], pos broadcastable to x.shape[:-1]; sign -1 undoes the rotation.
+    """
+    angle = pos.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
+    cos, sin = torch.cos(angle), sign * torch.sin(angle)
+    x0, x1 = x[..., 0::2].float(), x[..., 1::2].float()
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+
+
+def rms_norm(x: Tensor, weight: Optional[Tensor], eps: float = 1e-6) -> Tensor:
+    x = x.float()
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return y if weight is None else y * weight.float()
+
+
+def compress_kv(kv: Tensor, score: Tensor, ape: Tensor, norm_weight: Tensor, inv_freq: Tensor, ratio: int,
+                overlap: bool, eps: float = 1e-6) -> Tensor:
+    """Entries of a whole sequence (SPEC 3): kv, score [B, T, width] -> [B, T // ratio, c] fp32."""
+    B, T, width = kv.shape
+    m, nb = ratio, T // ratio
+    c = width // 2 if overlap else width
+    a = kv[:, : nb * m].float().view(B, nb, m, width)
+    z = score[:, : nb * m].float().view(B, nb, m, width) + ape.float()
+    if overlap:
+        # Entry i: A halves of block i-1 (absent for i = 0) and B halves of block i.
+        prev_a = F.pad(a[:, :-1, :, :c], (0, 0, 0, 0, 1, 0))
+        prev_z = F.pad(z[:, :-1, :, :c], (0, 0, 0, 0, 1, 0), value=float("-inf"))
+        a = torch.cat((prev_a, a[..., c:]), dim=2)
+        z = torch.cat((prev_z, z[..., c:]), dim=2)
+    pooled = (torch.softmax(z, dim=2) * a).sum(dim=2)
+    out = rms_norm(pooled, norm_weight, eps)
+    rd = 2 * inv_freq.numel()
+    if rd:
+        pos = torch.arange(nb, device=kv.device) * m
+        out = torch.cat((out[..., : c - rd], rope(out[..., c - rd:], pos, inv_freq)), dim=-1)
+    return out
+
+
+def _positions(q_start: Tensor, S: int) -> Tensor:
+    return q_start.long()[:, None] + torch.arange(S, device=q_start.device)  # [B, S]
+
+
+def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, ratio: int = 4) -> Tensor:
+    """SPEC 4: I[b, s, i] = sum_j w_j ReLU(q_j . k_i) for visible i, else -inf."""
+    dots = torch.einsum("bshd,bnd->bshn", q.float(), keys.float()).relu()
+    scores = torch.einsum("bsh,bshn->bsn", weights.float(), dots)
+    visible = (_positions(q_start, q.shape[1]) + 1) // ratio  # [B, S]
+    i = torch.arange(keys.shape[1], device=q.device)
+    return scores.masked_fill(i >= visible[..., None], float("-inf"))
+
+
+def topk_indices(scores: Tensor, k: int) -> Tensor:
+    """min(k, candidates) best indices per row in ascending order, then -1 (SPEC 4)."""
+    N = scores.shape[-1]
+    s = scores.float().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    kk = min(k, N)
+    vals, idx = torch.topk(s, kk, dim=-1) if kk else (s[..., :0], s[..., :0].long())
+    idx = torch.where(vals == float("-inf"), N, idx).sort(dim=-1).values
+    idx = torch.where(idx == N, -1, idx)
+    pad = idx.new_full((*idx.shape[:-1], k - kk), -1)
+    return torch.cat((idx, pad), dim=-1).to(torch.int32)
+
+
+def gather_rows(pool: Tensor, indices: Tensor) -> Tensor:
+    B, S, K = indices.shape
+    idx = indices.long().clamp(min=0).view(B, S * K)
+    rows = torch.gather(pool, 1, idx[..., None].expand(-1, -1, pool.shape[-1])).view(B, S, K, -1)
+    return rows.masked_fill((indices < 0)[..., None], 0)
+
+
+def attention(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: Tensor, sink: Tensor,
+              inv_freq: Tensor, scale: Optional[float] = None, window: int = 128,
+              indices: Optional[Tensor] = None, ratio: int = 0) -> Tuple[Tensor, Tensor]:
+    """SPEC 5 in fp32: window keys, then ckv[indices] (sparse) or visible ckv (dense, ratio > 0).
+
+    Returns out [B, S, H, D] fp32 and lse [B, S, H] fp32.
+    """
+    B, S, H, D = q.shape
+    scale = D ** -0.5 if scale is None else scale
+    qf = q.float()
+    pos = _positions(q_start, S)  # [B, S]
+    kv_pos = kv_start.long()[:, None] + torch.arange(kv.shape[1], device=q.device)  # [B, L]
+    win_ok = (kv_pos[:, None, :] <= pos[..., None]) & (kv_pos[:, None, :] > pos[..., None] - window)  # [B, S, L]
+    logits = [torch.einsum("bshd,bld->bshl", qf, kv.float()).masked_fill(~win_ok[:, :, None], float("-inf"))]
+    values = [kv.float()[:, None].expand(B, S, -1, D)]  # [B, S, L, D]
+    if indices is not None:
+        picked = gather_rows(ckv.float(), indices)  # [B, S, K, D]
+        logits.append(torch.einsum("bshd,bskd->bshk", qf, picked).masked_fill((indices < 0)[:, :, None],
+                                                                                 float("-inf")))
+        values.append(picked)
+    elif ratio > 0:
+        visible = (pos + 1) // ratio
+        i = torch.arange(ckv.shape[1], device=q.device)
+        logits.append(torch.einsum("bshd,bnd->bshn", qf, ckv.float()).masked_fill(
+            (i >= visible[..., None])[:, :, None], float("-inf")))
+        values.append(ckv.float()[:, None].expand(B, S, -1, D))
+    l = torch.cat(logits, dim=-1) * scale  # [B, S, H, U]
+    v = torch.cat(values, dim=2)  # [B, S, U, D]
+    mx = l.amax(dim=-1, keepdim=True)
+    e = torch.exp(l - mx)
+    total = e.sum(dim=-1, keepdim=True)
+    out = torch.einsum("bshu,bsud->bshd", e, v) / (total + torch.exp(sink.float()[:, None] - mx))
+    rd = 2 * inv_freq.numel()
+    if rd:
+        out = torch.cat((out[..., : D - rd], rope(out[..., D - rd:], pos[..., None], inv_freq, -1.0)), dim=-1)
+    lse = (mx + torch.log(total)).squeeze(-1)
+    return out, lse
+
+
+def grouped_gemm_contiguous(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
+    y = x.new_zeros((x.shape[0], w.shape[1]), dtype=torch.float32)
+    for e in range(w.shape[0]):
+        lo, hi = int(offsets[e]), int(offsets[e + 1])
+        y[lo:hi] = x[lo:hi].float() @ w[e].float().T
+    return y
+
+
+def grouped_gemm_masked(x: Tensor, w: Tensor, counts: Tensor) -> Tensor:
+    y = torch.einsum("emk,enk->emn", x.float(), w.float())
+    rows = torch.arange(x.shape[1], device=x.device)
+    return y.masked_fill((rows[None] >= counts.to(x.device)[:, None])[..., None], 0.0)
+
+
+def moe_route(logits: Tensor, topk: int, route_scale: float, bias: Optional[Tensor] = None,
+              tid2eid: Optional[Tensor] = None, token_ids: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """SPEC 6: s = sqrt(softplus(u)); top-k of s + bias (or the hash table); normalised weights."""
+    s = F.softplus(logits.float()).sqrt()
+    if tid2eid is not None:
+        idx = tid2eid[token_ids.long()].long()
+    else:
+        idx = torch.topk(s + (0 if bias is None else bias.float()), topk, dim=-1).indices
+    w = s.gather(1, idx)
+    return w / w.sum(-1, keepdim=True) * route_scale, idx.to(torch.int32)
+
+
+def moe_permute(x: Tensor, indices: Tensor, num_experts: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Stable by expert, then by slot t * k + j."""
+    flat = indices.reshape(-1).long()
+    order = torch.sort(flat, stable=True).indices
+    rows = torch.empty_like(order)
+    rows[order] = torch.arange(order.numel(), device=x.device)
+    counts = torch.bincount(flat, minlength=num_experts)
+    offsets = F.pad(counts.cumsum(0), (1, 0))
+    x_perm = x[order // indices.shape[1]]
+    return x_perm, offsets.to(torch.int32), rows.view(indices.shape).to(torch.int32)
+
+
+def moe_unpermute(y: Tensor, rows: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    picked = y.float()[rows.long()]  # [T, k, D]
+    w = torch.ones(rows.shape, device=y.device) if weights is None else weights.float()
+    return (picked * w[..., None]).sum(1)

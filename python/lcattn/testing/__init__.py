@@ -1,0 +1,54 @@
+"""Comparison helpers and shape lists shared by the tests and benchmarks."""
+import torch
+from torch import Tensor
+
+# SPEC.md section 1, the dimensions the ops see.
+MODEL_SHAPES = {
+    "flash": dict(hidden=4096, heads=64, head_dim=512, rope_dim=64, window=128, index_heads=64,
+                  index_dim=128, index_topk=512, experts=256, experts_per_token=6, expert_dim=2048,
+                  route_scale=1.5),
+    "pro": dict(hidden=7168, heads=128, head_dim=512, rope_dim=64, window=128, index_heads=64,
+                index_dim=128, index_topk=1024, experts=384, experts_per_token=6, expert_dim=3072,
+                route_scale=2.5),
+}
+
+
+def rel_err(out: Tensor, ref: Tensor) -> float:
+    """||out - ref|| / ||ref|| over the finite positions of ref, in fp64."""
+    o, r = out.double().cpu(), ref.double().cpu()
+    finite = torch.isfinite(r)
+    denom = r[finite].norm().item()
+    return (o[finite] - r[finite]).norm().item() / max(denom, 1e-30)
+
+
+def assert_close(out: Tensor, ref: Tensor, tol: float, what: str = "output") -> None:
+    """Same shape, NaN and inf at the same places, relative error at most tol."""
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    o, r = out.double().cpu(), ref.double().cpu()
+    assert torch.equal(torch.isnan(o), torch.isnan(r)), f"{what}: NaN positions differ"
+    assert torch.equal(torch.isinf(o), torch.isinf(r)), f"{what}: inf positions differ"
+    inf = torch.isinf(r)
+    assert torch.equal(o[inf], r[inf]), f"{what}: inf signs differ"
+    err = rel_err(o, r)
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
+
+
+def check_topk(indices: Tensor, scores: Tensor, k: int) -> None:
+    """SPEC 4's contract: per row, min(k, candidates) unique in-range candidates first, -1 after,
+    and min(selected score) >= max(unselected candidate score). Candidates: not -inf, not NaN."""
+    idx, s = indices.cpu().long(), scores.cpu().float()
+    assert idx.shape == (*s.shape[:-1], k)
+    N = s.shape[-1]
+    idx, s = idx.reshape(-1, k), s.reshape(-1, N)
+    cand = ~(torch.isnan(s) | (s == float("-inf")))
+    for r in range(idx.shape[0]):
+        n_sel = min(k, int(cand[r].sum()))
+        sel, pad = idx[r, :n_sel], idx[r, n_sel:]
+        assert bool((pad == -1).all()), f"row {r}: expected {k - n_sel} trailing -1, got {idx[r].tolist()}"
+        assert bool(((sel >= 0) & (sel < N)).all()), f"row {r}: index out of range"
+        assert sel.unique().numel() == n_sel, f"row {r}: repeated index"
+        assert bool(cand[r, sel].all()), f"row {r}: picked a -inf or NaN entry"
+        rest = cand[r].clone()
+        rest[sel] = False
+        if n_sel and bool(rest.any()):
+            assert s[r, sel].min() >= s[r][rest].max(), f"row {r}: a better entry was left out"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# On a GPU machine: build lcattn with every core, run the CUDA tests, then the whole suite, then
+# compute-sanitizer memcheck over each op family's CUDA tests. Logs go under the folder given
+# as the first argument (default: gpu_results). Exit status is non-zero if any step failed.
+#   bash scripts/gpu_check.sh OUT_DIR [pytest -k expression for the sanitizer pass]
+set -uo pipefail
+out=$(realpath -m "${1:-gpu_results}")
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} PATH=${CUDA_HOME:-/usr/local/cuda}/bin:$PATH
+export MAX_JOBS=$(nproc) LCATTN_CUDA=1 PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+status=0
+step() {  # step NAME COMMAND...: runs it, logs to $out/NAME.log, records failure
+  echo "== $1"
+  local name=$1
+  shift
+  if ! "$@" >"$out/$name.log" 2>&1; then
+    echo "   FAILED (see $name.log)"
+    status=1
+  fi
+  tail -n 3 "$out/$name.log"
+}
+
+# CUTLASS headers from a carried nvidia-cutlass wheel, when there is one (no network there).
+if ls .whl/nvidia_cutlass-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/cutlass_site .whl/nvidia_cutlass-*.whl
+  export PYTHONPATH=$PYTHONPATH:/tmp/cutlass_site
+fi
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.txt" 2>&1
+step build python3 setup.py build_ext --inplace
+step tests_cuda python3 -m pytest tests -m cuda -q -rs
+step tests_all python3 -m pytest tests -q
+# Without the caching allocator every tensor is its own allocation, so memcheck sees overruns.
+for family in compress indexer attention moe opcheck; do
+  step "memcheck_$family" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+    --error-exitcode 1 python3 -m pytest "tests/test_$family.py" -m cuda -q -x ${2:+-k "$2"}
+done
+echo "== status $status"
+exit $status

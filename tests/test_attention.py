@@ -1,0 +1,117 @@
+"""sparse_attn and dense_attn (SPEC 5) against the fp32 reference."""
+import pytest
+import torch
+
+from lcattn import ops, reference
+from lcattn.testing import MODEL_SHAPES, assert_close
+
+OUT_TOL, LSE_TOL = 1e-2, 1e-4  # bf16 output; fp32 log-sum-exp
+
+
+def make_attention(B, S, H, D, rope_dim, L, N, q_start, kv_start, device):
+    q = torch.randn(B, S, H, D, device=device).bfloat16()
+    kv = torch.randn(B, L, D, device=device).bfloat16()
+    ckv = torch.randn(B, N, D, device=device).bfloat16()
+    sink = torch.randn(H, device=device)
+    inv_freq = 10000.0 ** (-torch.arange(0, rope_dim, 2, device=device).float() / rope_dim)
+    as_int = lambda v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
+    return q, kv, as_int(kv_start), as_int(q_start), ckv, sink, inv_freq
+
+
+def random_indices(B, S, K, N, device, invalid=0.2):
+    idx = torch.stack([torch.stack([torch.randperm(N, device=device)[:K] for _ in range(S)]) for _ in range(B)])
+    idx = idx.masked_fill(torch.rand(B, S, K, device=device) < invalid, -1)
+    return idx.to(torch.int32)
+
+
+def check(out, lse, ref_out, ref_lse):
+    assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    assert_close(out.float(), ref_out, OUT_TOL, "out")
+    assert_close(lse, ref_lse, LSE_TOL, "lse")
+
+
+# (B, S, H, D, rope_dim, window, L, N, K, q_start, kv_start)
+SPARSE_CASES = [
+    (2, 9, 3, 64, 16, 8, 30, 11, 5, [20, 3], [0, 0]),         # irregular; window smaller than history
+    (2, 5, 4, 512, 64, 128, 140, 40, 16, [133, 200], [0, 70]),  # kv buffer starting mid-sequence
+    (3, 1, 64, 512, 64, 128, 128, 64, 24, [127, 500, 999], [0, 373, 872]),  # decode, V4 head dim
+]
+
+
+@pytest.mark.parametrize("B,S,H,D,rd,window,L,N,K,q_start,kv_start", SPARSE_CASES)
+def test_sparse_matches_reference(device, B, S, H, D, rd, window, L, N, K, q_start, kv_start):
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, D, rd, L, N, q_start, kv_start, device)
+    idx = random_indices(B, S, K, N, device)
+    out, lse = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f, window=window)
+    check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, window=window, indices=idx))
+
+
+@pytest.mark.parametrize("model", ["flash", "pro"])
+def test_sparse_model_shapes(device, model):
+    shape = MODEL_SHAPES[model]
+    H, D, K = shape["heads"], shape["head_dim"], shape["index_topk"]
+    N = K + 37
+    q, kv, kvs, qs, ckv, sink, f = make_attention(1, 2, H, D, shape["rope_dim"], 130, N, [4 * N - 2], [4 * N - 131],
+                                                  device)
+    idx = random_indices(1, 2, K, N, device, invalid=0.0)
+    out, lse = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+    check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
+
+
+@pytest.mark.parametrize("ratio,q_start", [(128, [0, 1000]), (4, [5, 61]), (0, [3, 300])])
+def test_dense_matches_reference(device, ratio, q_start):
+    B, S, H, D, N = 2, 6, 4, 128, 9
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, D, 32, 140, N, q_start, [0, max(0, q_start[1] - 133)], device)
+    out, lse = ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
+    check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
+
+
+def test_dense_hca_decode_model_shape(device):
+    shape = MODEL_SHAPES["flash"]
+    pos = [128 * 300 + 5, 128 * 17]
+    q, kv, kvs, qs, ckv, sink, f = make_attention(2, 1, shape["heads"], 512, 64, 128, 301, pos,
+                                                  [p - 127 for p in pos], device)
+    out, lse = ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=128)
+    check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=128))
+
+
+def test_all_indices_invalid_is_window_only(device):
+    q, kv, kvs, qs, ckv, sink, f = make_attention(2, 4, 2, 64, 16, 20, 6, [16, 0], [0, 0], device)
+    idx = torch.full((2, 4, 5), -1, dtype=torch.int32, device=device)
+    sparse = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+    window = ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=0)
+    assert torch.equal(sparse[0], window[0]) and torch.equal(sparse[1], window[1])
+    check(*window, *reference.attention(q, kv, kvs, qs, ckv, sink, f))
+    empty = ckv[:, :0].contiguous()
+    out, lse = ops.sparse_attn(q, kv, kvs, qs, empty, idx[..., :0].contiguous(), sink, f)
+    assert torch.equal(out, window[0])
+
+
+def test_repeat_runs_are_bitwise_identical(device):
+    q, kv, kvs, qs, ckv, sink, f = make_attention(1, 3, 8, 512, 64, 130, 50, [140], [12], device)
+    idx = random_indices(1, 3, 32, 50, device)
+    first = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+    for _ in range(3):
+        again = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+def test_bad_input_is_rejected(device):
+    q, kv, kvs, qs, ckv, sink, f = make_attention(1, 2, 2, 64, 16, 10, 6, [8], [0], device)
+    idx = random_indices(1, 2, 3, 6, device)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: indices values must lie in \[-1, 5\]"):
+        ops.sparse_attn(q, kv, kvs, qs, ckv, idx + 6, sink, f)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: q must be BFloat16, got Float"):
+        ops.sparse_attn(q.float(), kv, kvs, qs, ckv, idx, sink, f)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: kv dim 2 must be 64"):
+        ops.sparse_attn(q, kv[..., :32].contiguous(), kvs, qs, ckv, idx, sink, f)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: sink dim 0 must be 2"):
+        ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink[:1], f)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: indices must be Int"):
+        ops.sparse_attn(q, kv, kvs, qs, ckv, idx.long(), sink, f)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: ratio must be >= 0"):
+        ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=-1)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: q_start values must lie in"):
+        ops.dense_attn(q, kv, kvs, -qs - 1, ckv, sink, f, ratio=4)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: q must be contiguous"):
+        ops.dense_attn(q.transpose(1, 2), kv, kvs, qs, ckv, sink, f, ratio=4)

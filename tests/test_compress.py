@@ -1,0 +1,110 @@
+"""compress_kv (SPEC 3): one-shot, chunked and token-by-token against the reference."""
+import pytest
+import torch
+
+from lcattn import ops, reference
+from lcattn.testing import assert_close
+
+# (ratio, overlap, c, rope_dim): the three compressor instances of V4, plus a tiny one.
+INSTANCES = [(4, True, 512, 64), (4, True, 128, 64), (128, False, 512, 64), (3, True, 8, 4)]
+
+
+def make_inputs(B, T, ratio, overlap, c, rope_dim, device):
+    width = 2 * c if overlap else c
+    kv = torch.randn(B, T, width, device=device)
+    score = torch.randn(B, T, width, device=device) * 2
+    ape = torch.randn(ratio, width, device=device)
+    norm_weight = torch.rand(c, device=device) + 0.5
+    inv_freq = 160000.0 ** (-torch.arange(0, rope_dim, 2, device=device).float() / rope_dim)
+    return kv, score, ape, norm_weight, inv_freq
+
+
+def run_chunks(kv, score, ape, norm_weight, inv_freq, ratio, overlap, chunks, lengths, out_dtype=torch.float32):
+    """Feeds each sequence its tokens in the given chunk sizes (a list per call, padded batch)."""
+    B, T, width = kv.shape
+    c = width // 2 if overlap else width
+    out = torch.full((B, T // ratio + 1, c), float("nan"), device=kv.device, dtype=out_dtype)
+    ring_kv, ring_score = ops.compress_state(B, ratio, width, overlap, kv.device)
+    ring_kv.fill_(float("nan"))  # never read before written
+    pos = [0] * B
+    for sizes in chunks:
+        S = max(sizes)
+        ckv = torch.zeros(B, S, width, device=kv.device)
+        csc = torch.zeros(B, S, width, device=kv.device)
+        for b, n in enumerate(sizes):
+            ckv[b, :n] = kv[b, pos[b]:pos[b] + n]
+            csc[b, :n] = score[b, pos[b]:pos[b] + n]
+        seq_lens = torch.tensor(sizes, dtype=torch.int32, device=kv.device)
+        start = torch.tensor(pos, dtype=torch.int32, device=kv.device)
+        ops.compress_kv(ckv, csc, seq_lens, start, ring_kv, ring_score, ape, norm_weight, inv_freq, out, ratio,
+                        overlap)
+        pos = [p + n for p, n in zip(pos, sizes)]
+    assert pos == lengths
+    return out
+
+
+@pytest.mark.parametrize("ratio,overlap,c,rope_dim", INSTANCES)
+def test_one_shot_matches_reference(device, ratio, overlap, c, rope_dim):
+    lengths = [ratio * 5 + 3, ratio * 2 + 1]  # not multiples of the ratio
+    T = max(lengths)
+    inputs = make_inputs(2, T, ratio, overlap, c, rope_dim, device)
+    out = run_chunks(*inputs, ratio, overlap, [lengths], lengths)
+    for b, n in enumerate(lengths):
+        kv, score, ape, w, f = inputs
+        ref = reference.compress_kv(kv[b:b + 1, :n], score[b:b + 1, :n], ape, w, f, ratio, overlap)[0]
+        assert_close(out[b, : n // ratio], ref, 1e-5, f"entries of sequence {b}")
+        assert torch.isnan(out[b, n // ratio:]).all(), "an unfinished block produced an entry"
+
+
+@pytest.mark.parametrize("ratio,overlap,c,rope_dim", INSTANCES)
+def test_chunked_and_decode_match_one_shot(device, ratio, overlap, c, rope_dim):
+    T = ratio * 3 + 2
+    inputs = make_inputs(2, T, ratio, overlap, c, rope_dim, device)
+    one_shot = run_chunks(*inputs, ratio, overlap, [[T, T]], [T, T])
+    # Irregular chunks that differ between the two sequences, including empty ones.
+    cuts = [[1, 5], [ratio + 1, 0], [2, ratio * 2], [T - ratio - 4, T - ratio * 2 - 5]]
+    chunked = run_chunks(*inputs, ratio, overlap, cuts, [T, T])
+    decode = run_chunks(*inputs, ratio, overlap, [[1, 1]] * T, [T, T])
+    n = T // ratio
+    assert_close(chunked[:, :n], one_shot[:, :n], 1e-6, "chunked entries")
+    assert_close(decode[:, :n], one_shot[:, :n], 1e-6, "decode entries")
+
+
+def test_bf16_output_and_short_sequences(device):
+    ratio, overlap, c = 4, True, 128
+    inputs = make_inputs(2, 11, ratio, overlap, c, 64, device)
+    out = run_chunks(*inputs, ratio, overlap, [[3, 11]], [3, 11], out_dtype=torch.bfloat16)
+    assert torch.isnan(out[0].float()).all(), "3 tokens complete no block of 4"
+    kv, score, ape, w, f = inputs
+    ref = reference.compress_kv(kv[1:], score[1:], ape, w, f, ratio, overlap)[0]
+    assert_close(out[1, :2].float(), ref, 1e-2, "bf16 entries")
+
+
+def test_empty_chunk_changes_nothing(device):
+    inputs = make_inputs(1, 4, 4, True, 8, 4, device)
+    out = run_chunks(*inputs, 4, True, [[0], [4], [0]], [4])
+    kv, score, ape, w, f = inputs
+    assert_close(out[:, :1], reference.compress_kv(kv, score, ape, w, f, 4, True), 1e-6)
+
+
+def test_bad_input_is_rejected(device):
+    kv, score, ape, w, f = make_inputs(1, 8, 4, True, 8, 4, device)
+    ring_kv, ring_score = ops.compress_state(1, 4, 16, True, device)
+    out = torch.empty(1, 2, 8, device=device)
+    ok = dict(kv=kv, score=score, seq_lens=torch.tensor([8], dtype=torch.int32, device=device),
+              start_pos=torch.zeros(1, dtype=torch.int32, device=device), ring_kv=ring_kv, ring_score=ring_score,
+              ape=ape, norm_weight=w, inv_freq=f, out=out, ratio=4, overlap=True)
+    bad = [
+        (dict(kv=kv.double()), "kv must be Float"),
+        (dict(ring_kv=ring_kv[:, :4]), "ring_kv dim 1 must be 8"),
+        (dict(seq_lens=torch.tensor([9], dtype=torch.int32, device=device)), "seq_lens values must lie in"),
+        (dict(start_pos=torch.tensor([-1], dtype=torch.int32, device=device)), "start_pos values must lie in"),
+        (dict(out=out.half()), "out must be float32 or bfloat16"),
+        (dict(ratio=0), "ratio must be >= 1"),
+        (dict(kv=kv[..., :15], score=score[..., :15]), "kv width must be even"),
+    ]
+    for change, msg in bad:
+        with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: " + msg):
+            ops.compress_kv(**{**ok, **change})
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: kv must be contiguous"):
+        ops.compress_kv(**{**ok, "kv": torch.randn(1, 16, 8, device=device).transpose(1, 2)})

@@ -1,0 +1,99 @@
+"""Indexer scores, top-k, fused indexer + top-k and gather (SPEC 4) against the reference."""
+import pytest
+import torch
+
+from lcattn import ops, reference
+from lcattn.testing import MODEL_SHAPES, assert_close, check_topk
+
+
+def make_indexer(B, S, N, HI, DI, device, q_start):
+    q = torch.randn(B, S, HI, DI, device=device).bfloat16()
+    weights = torch.randn(B, S, HI, device=device) * HI ** -0.5 * DI ** -0.5
+    keys = torch.randn(B, N, DI, device=device).bfloat16()
+    return q, weights, keys, torch.tensor(q_start, dtype=torch.int32, device=device)
+
+
+@pytest.mark.parametrize("B,S,N,HI,DI,q_start", [
+    (2, 7, 13, 4, 32, [0, 45]),        # irregular, one sequence before its first full block
+    (1, 33, 70, 64, 128, [250]),       # V4 indexer heads and dim
+    (3, 1, 9, 8, 16, [3, 30, 17]),     # decode: one token per sequence
+])
+def test_indexer_scores_match_reference(device, B, S, N, HI, DI, q_start):
+    args = make_indexer(B, S, N, HI, DI, device, q_start)
+    out = ops.indexer_scores(*args, ratio=4)
+    assert_close(out, reference.indexer_scores(*args, ratio=4), 1e-5, "scores")
+
+
+@pytest.mark.parametrize("rows,N,k", [(5, 37, 8), (3, 32768, 512), (2, 1000, 1024), (4, 300, 300), (1, 1, 1)])
+def test_topk_selects_the_best(device, rows, N, k):
+    scores = torch.randn(rows, N, device=device)
+    scores[0, ::3] = float("-inf")
+    if N > 4:
+        scores[-1, 1::4] = float("nan")
+    out = ops.topk_indices(scores, k)
+    check_topk(out, scores, k)
+    assert torch.equal(out.cpu(), reference.topk_indices(scores, k).cpu()), "ties are unlikely on random data"
+
+
+def test_topk_corner_cases(device):
+    ties = torch.randint(0, 3, (6, 200), device=device).float()  # many equal scores
+    check_topk(ops.topk_indices(ties, 17), ties, 17)
+    none = torch.full((2, 50), float("-inf"), device=device)
+    assert (ops.topk_indices(none, 8) == -1).all()
+    nan = torch.full((2, 50), float("nan"), device=device)
+    nan[1, 7] = 1.0
+    out = ops.topk_indices(nan, 4).cpu()
+    assert (out[0] == -1).all() and out[1].tolist() == [7, -1, -1, -1]
+    empty = torch.empty(3, 0, device=device)
+    assert ops.topk_indices(empty, 5).shape == (3, 5) and (ops.topk_indices(empty, 5) == -1).all()
+    assert ops.topk_indices(torch.randn(0, 10, device=device), 5).shape == (0, 5)
+    inf = torch.randn(1, 40, device=device)
+    inf[0, 5] = float("inf")
+    assert 5 in ops.topk_indices(inf, 3).tolist()[0]
+
+
+@pytest.mark.parametrize("block_rows", [0, 1, 5])
+def test_indexer_topk_matches_scores_then_topk(device, block_rows):
+    args = make_indexer(2, 13, 60, 8, 32, device, [0, 200])
+    out = ops.indexer_topk(*args, k=16, ratio=4, block_rows=block_rows)
+    scores = reference.indexer_scores(*args, ratio=4)
+    check_topk(out, scores, 16)
+    assert (out[0, :3] == -1).all(), "positions 0..2 see no entry"
+
+
+def test_indexer_topk_model_shape(device):
+    shape = MODEL_SHAPES["flash"]
+    args = make_indexer(1, 3, 2048, shape["index_heads"], shape["index_dim"], device, [8190])
+    out = ops.indexer_topk(*args, k=shape["index_topk"], ratio=4)
+    check_topk(out, reference.indexer_scores(*args, ratio=4), shape["index_topk"])
+
+
+def test_gather_rows(device):
+    pool = torch.randn(2, 9, 24, device=device).bfloat16()
+    idx = torch.randint(-1, 9, (2, 5, 7), dtype=torch.int32, device=device)
+    idx[1] = -1
+    out = ops.gather_rows(pool, idx)
+    assert torch.equal(out.cpu(), reference.gather_rows(pool, idx).cpu())
+    assert (out[1] == 0).all()
+    assert torch.equal(ops.gather_rows(pool.float(), idx).cpu(), reference.gather_rows(pool.float(), idx).cpu())
+
+
+def test_bad_input_is_rejected(device):
+    q, w, keys, q_start = make_indexer(1, 4, 8, 2, 16, device, [0])
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_scores: q must be BFloat16, got Float"):
+        ops.indexer_scores(q.float(), w, keys, q_start)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_scores: keys dim 2 must be 16"):
+        ops.indexer_scores(q, w, keys[..., :8].contiguous(), q_start)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_topk: ratio must be >= 1"):
+        ops.indexer_topk(q, w, keys, q_start, k=4, ratio=0)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] topk_indices: scores must be Float"):
+        ops.topk_indices(torch.randn(2, 5, device=device).half(), 2)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] topk_indices: k must lie in"):
+        ops.topk_indices(torch.randn(2, 5, device=device), -1)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] gather_rows: indices values must lie in \[-1, 8\]"):
+        ops.gather_rows(torch.randn(1, 9, 4, device=device), torch.tensor([[[9]]], dtype=torch.int32, device=device))
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] gather_rows: indices must be Int, got Long"):
+        ops.gather_rows(torch.randn(1, 9, 4, device=device), torch.tensor([[[1]]], device=device))
+    if device.type == "cuda":
+        with pytest.raises(RuntimeError, match=r"\[lcattn\] gather_rows: indices must be on"):
+            ops.gather_rows(torch.randn(1, 9, 4, device=device), torch.tensor([[[1]]], dtype=torch.int32))

@@ -1,0 +1,43 @@
+"""torch.library.opcheck on every op: schema, fake kernel, autograd registration, AOT dispatch."""
+import pytest
+import torch
+
+from lcattn import ops
+
+
+def cases(device):
+    def i32(v):
+        return torch.tensor(v, dtype=torch.int32, device=device)
+
+    def rand(*shape, dtype=torch.float32):
+        return torch.randn(*shape, device=device).to(dtype)
+
+    bf = torch.bfloat16
+    ring_kv, ring_score = ops.compress_state(2, 4, 16, True, device)
+    q, kv, ckv = rand(2, 3, 4, 32, dtype=bf), rand(2, 10, 32, dtype=bf), rand(2, 5, 32, dtype=bf)
+    attn = (q, kv, i32([0, 0]), i32([4, 7]), ckv)
+    sink, inv_freq = rand(4), torch.rand(8, device=device)
+    indices = i32([[[0, -1], [3, 4], [2, -1]], [[1, 2], [-1, -1], [0, 4]]])
+    iq, iw, ik = rand(2, 3, 2, 16, dtype=bf), rand(2, 3, 2), rand(2, 6, 16, dtype=bf)
+    x, w = rand(6, 8, dtype=bf), rand(3, 5, 8, dtype=bf)
+    return {
+        "compress_kv": (rand(2, 9, 16), rand(2, 9, 16), i32([9, 5]), i32([0, 3]), ring_kv, ring_score, rand(4, 16),
+                        rand(8), torch.rand(2, device=device), torch.zeros(2, 4, 8, device=device), 4, True, 1e-6),
+        "indexer_scores": (iq, iw, ik, i32([2, 20]), 4),
+        "topk_indices": (rand(3, 20), 5),
+        "indexer_topk": (iq, iw, ik, i32([2, 20]), 4, 3, 2),
+        "gather_rows": (ckv, indices),
+        "sparse_attn": (*attn, indices, sink, inv_freq, 0.1, 4),
+        "dense_attn": (*attn, sink, inv_freq, 0.1, 4, 4),
+        "grouped_gemm_contiguous": (x, w, i32([0, 2, 2, 6])),
+        "grouped_gemm_masked": (rand(3, 4, 8, dtype=bf), w, i32([4, 0, 2])),
+        "moe_route": (rand(5, 8), rand(8), None, None, 3, 1.5),
+        "moe_permute": (x, i32([[0, 1], [2, 0], [1, 2], [0, 2], [1, 0], [2, 1]]), 3),
+        "moe_unpermute": (rand(12, 8, dtype=bf), i32([[0, 5], [11, 2]]), rand(2, 2)),
+    }
+
+
+@pytest.mark.parametrize("name", list(cases("cpu")))
+def test_opcheck(device, name):
+    args = cases(device)[name]
+    torch.library.opcheck(getattr(torch.ops.lcattn, name).default, args)
