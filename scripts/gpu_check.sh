@@ -7,6 +7,8 @@ set -uo pipefail
 out=$(realpath -m "${1:-gpu_results}")
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
+# The system compiler: a wrapper that links libstdc++ statically breaks iostreams beside torch.
+export CXX=/usr/bin/g++ CC=/usr/bin/gcc
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} PATH=${CUDA_HOME:-/usr/local/cuda}/bin:$PATH
 export MAX_JOBS=$(nproc) LCATTN_CUDA=1 PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 status=0

@@ -47,8 +47,6 @@ inline bool capturing_cuda_graph() {
 }
 #endif
 
-inline void check_arg(bool ok, const char* op, const std::string& what) { LCATTN_CHECK(ok, op, what); }
-
 // Every value of an integer tensor lies in [lo, hi]. On CUDA this reads two numbers back
 // (one sync), and is skipped while a CUDA graph is being captured: the kernels themselves
 // never read outside their buffers, whatever the values.

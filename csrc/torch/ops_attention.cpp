@@ -9,7 +9,7 @@ AttentionParams attention_params(const char* op, const at::Tensor& q, const at::
                                  const at::Tensor& kv_start, const at::Tensor& q_start, const at::Tensor& ckv,
                                  const at::Tensor& sink, const at::Tensor& inv_freq, double scale, int64_t window,
                                  at::Tensor& out, at::Tensor& lse) {
-  check_arg(q.dim() == 4, op, "q must be [B, S, H, D], got shape " + c10::str(q.sizes()));
+  LCATTN_CHECK(q.dim() == 4, op, "q must be [B, S, H, D], got shape ", q.sizes());
   const int64_t B = q.size(0), S = q.size(1), H = q.size(2), D = q.size(3);
   check_tensor(op, "q", q, at::kBFloat16, {B, S, H, D}, q);
   check_tensor(op, "kv", kv, at::kBFloat16, {B, -1, D}, q);
@@ -18,12 +18,11 @@ AttentionParams attention_params(const char* op, const at::Tensor& q, const at::
   check_tensor(op, "ckv", ckv, at::kBFloat16, {B, -1, D}, q);
   check_tensor(op, "sink", sink, at::kFloat, {H}, q);
   check_tensor(op, "inv_freq", inv_freq, at::kFloat, {-1}, q);
-  check_arg(D % 2 == 0 && D <= 1024, op, "head dim must be even and <= 1024, got " + std::to_string(D));
-  check_arg(2 * inv_freq.size(0) <= D, op,
-            "rope_dim = 2 * len(inv_freq) must be <= head dim " + std::to_string(D) + ", got " +
-                std::to_string(2 * inv_freq.size(0)));
-  check_arg(window >= 1, op, "window must be >= 1, got " + std::to_string(window));
-  check_arg(B * S * H < INT32_MAX, op, "B * S * H must be < 2^31, got " + std::to_string(B * S * H));
+  LCATTN_CHECK(D % 2 == 0 && D <= 1024, op, "head dim must be even and <= 1024, got ", D);
+  LCATTN_CHECK(2 * inv_freq.size(0) <= D, op,
+            "rope_dim = 2 * len(inv_freq) must be <= head dim ", D, ", got ", 2 * inv_freq.size(0));
+  LCATTN_CHECK(window >= 1, op, "window must be >= 1, got ", window);
+  LCATTN_CHECK(B * S * H < INT32_MAX, op, "B * S * H must be < 2^31, got ", B * S * H);
   check_values(op, "q_start", q_start, 0, INT32_MAX - S);
   check_values(op, "kv_start", kv_start, 0, INT32_MAX - kv.size(1));
   out = at::empty_like(q);
@@ -72,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor> dense_attn(const at::Tensor& q, const at::Ten
   constexpr const char* op = "dense_attn";
   at::Tensor out, lse;
   AttentionParams p = attention_params(op, q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, out, lse);
-  check_arg(ratio >= 0, op, "ratio must be >= 0 (0 = window only), got " + std::to_string(ratio));
+  LCATTN_CHECK(ratio >= 0, op, "ratio must be >= 0 (0 = window only), got ", ratio);
   p.ratio = int(ratio);
   LCATTN_RUN(op, q, attention, p);
   return {out, lse};

@@ -10,10 +10,10 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
                  const at::Tensor& start_pos, const at::Tensor& ring_kv, const at::Tensor& ring_score, const at::Tensor& ape,
                  const at::Tensor& norm_weight, const at::Tensor& inv_freq, const at::Tensor& out, int64_t ratio,
                  bool overlap, double eps) {
-  check_arg(kv.dim() == 3, kOp, "kv must be [B, S, width], got shape " + c10::str(kv.sizes()));
-  check_arg(ratio >= 1, kOp, "ratio must be >= 1, got " + std::to_string(ratio));
+  LCATTN_CHECK(kv.dim() == 3, kOp, "kv must be [B, S, width], got shape ", kv.sizes());
+  LCATTN_CHECK(ratio >= 1, kOp, "ratio must be >= 1, got ", ratio);
   const int64_t B = kv.size(0), S = kv.size(1), width = kv.size(2), coff = overlap ? 2 : 1;
-  check_arg(width % coff == 0, kOp, "kv width must be even when overlap, got " + std::to_string(width));
+  LCATTN_CHECK(width % coff == 0, kOp, "kv width must be even when overlap, got ", width);
   const int64_t c = width / coff, ring = coff * ratio;
   check_tensor(kOp, "kv", kv, at::kFloat, {B, S, width}, kv);
   check_tensor(kOp, "score", score, at::kFloat, {B, S, width}, kv);
@@ -23,12 +23,11 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
   check_tensor(kOp, "ring_score", ring_score, at::kFloat, {B, ring, width}, kv);
   check_tensor(kOp, "ape", ape, at::kFloat, {ratio, width}, kv);
   check_tensor(kOp, "norm_weight", norm_weight, at::kFloat, {c}, kv);
-  check_arg(inv_freq.dim() == 1 && 2 * inv_freq.size(0) <= c, kOp,
-            "inv_freq must be [rope_dim / 2] with rope_dim <= " + std::to_string(c) + ", got shape " +
-                c10::str(inv_freq.sizes()));
+  LCATTN_CHECK(inv_freq.dim() == 1 && 2 * inv_freq.size(0) <= c, kOp,
+            "inv_freq must be [rope_dim / 2] with rope_dim <= ", c, ", got shape ", inv_freq.sizes());
   check_tensor(kOp, "inv_freq", inv_freq, at::kFloat, {-1}, kv);
-  check_arg(out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16, kOp,
-            std::string("out must be float32 or bfloat16, got ") + c10::toString(out.scalar_type()));
+  LCATTN_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16, kOp,
+            "out must be float32 or bfloat16, got ", c10::toString(out.scalar_type()));
   check_tensor(kOp, "out", out, out.scalar_type(), {B, -1, c}, kv);
   check_values(kOp, "seq_lens", seq_lens, 0, S);
   check_values(kOp, "start_pos", start_pos, 0, INT32_MAX - S);

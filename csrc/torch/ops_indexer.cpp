@@ -11,15 +11,15 @@ constexpr int64_t kScoreBlockElems = int64_t(64) << 20;
 
 IndexerParams indexer_params(const char* op, const at::Tensor& q, const at::Tensor& weights,
                              const at::Tensor& keys, const at::Tensor& q_start, int64_t ratio) {
-  check_arg(q.dim() == 4, op, "q must be [B, S, HI, DI], got shape " + c10::str(q.sizes()));
-  check_arg(keys.dim() == 3, op, "keys must be [B, N, DI], got shape " + c10::str(keys.sizes()));
-  check_arg(ratio >= 1, op, "ratio must be >= 1, got " + std::to_string(ratio));
+  LCATTN_CHECK(q.dim() == 4, op, "q must be [B, S, HI, DI], got shape ", q.sizes());
+  LCATTN_CHECK(keys.dim() == 3, op, "keys must be [B, N, DI], got shape ", keys.sizes());
+  LCATTN_CHECK(ratio >= 1, op, "ratio must be >= 1, got ", ratio);
   const int64_t B = q.size(0), S = q.size(1), HI = q.size(2), DI = q.size(3), N = keys.size(1);
   check_tensor(op, "q", q, at::kBFloat16, {B, S, HI, DI}, q);
   check_tensor(op, "weights", weights, at::kFloat, {B, S, HI}, q);
   check_tensor(op, "keys", keys, at::kBFloat16, {B, N, DI}, q);
   check_tensor(op, "q_start", q_start, at::kInt, {B}, q);
-  check_arg(HI * DI <= 8192, op, "HI * DI must be <= 8192, got " + std::to_string(HI * DI));
+  LCATTN_CHECK(HI * DI <= 8192, op, "HI * DI must be <= 8192, got ", HI * DI);
   check_values(op, "q_start", q_start, 0, INT32_MAX - S);
   IndexerParams p{};
   p.q = ptr<const bf16>(q);
@@ -48,12 +48,12 @@ at::Tensor indexer_scores(const at::Tensor& q, const at::Tensor& weights, const 
 }
 
 void check_k(const char* op, int64_t k) {
-  check_arg(k >= 0 && k <= 65536, op, "k must lie in [0, 65536], got " + std::to_string(k));
+  LCATTN_CHECK(k >= 0 && k <= 65536, op, "k must lie in [0, 65536], got ", k);
 }
 
 at::Tensor topk_indices(const at::Tensor& scores, int64_t k) {
   constexpr const char* op = "topk_indices";
-  check_arg(scores.dim() >= 1, op, "scores must have rank >= 1, got a scalar");
+  LCATTN_CHECK(scores.dim() >= 1, op, "scores must have rank >= 1, got a scalar");
   check_dtype_device(op, "scores", scores, at::kFloat, scores);
   LCATTN_CHECK(scores.is_contiguous(), op, "scores must be contiguous, got strides ", scores.strides());
   check_k(op, k);
@@ -77,7 +77,7 @@ at::Tensor indexer_topk(const at::Tensor& q, const at::Tensor& weights, const at
   constexpr const char* op = "indexer_topk";
   IndexerParams p = indexer_params(op, q, weights, keys, q_start, ratio);
   check_k(op, k);
-  check_arg(block_rows >= 0, op, "block_rows must be >= 0, got " + std::to_string(block_rows));
+  LCATTN_CHECK(block_rows >= 0, op, "block_rows must be >= 0, got ", block_rows);
   at::Tensor indices = at::empty({p.B, p.S, k}, q.options().dtype(at::kInt));
   const int64_t rows = int64_t(p.B) * p.S;
   if (p.N == 0 || rows == 0) return indices.fill_(-1);
@@ -102,10 +102,10 @@ at::Tensor indexer_topk(const at::Tensor& q, const at::Tensor& weights, const at
 
 at::Tensor gather_rows(const at::Tensor& pool, const at::Tensor& indices) {
   constexpr const char* op = "gather_rows";
-  check_arg(pool.dim() == 3, op, "pool must be [B, N, D], got shape " + c10::str(pool.sizes()));
-  check_arg(indices.dim() == 3, op, "indices must be [B, S, K], got shape " + c10::str(indices.sizes()));
+  LCATTN_CHECK(pool.dim() == 3, op, "pool must be [B, N, D], got shape ", pool.sizes());
+  LCATTN_CHECK(indices.dim() == 3, op, "indices must be [B, S, K], got shape ", indices.sizes());
   const int64_t B = pool.size(0), N = pool.size(1), D = pool.size(2);
-  check_arg(pool.element_size() % 2 == 0, op, "pool elements must be 2 or more bytes wide");
+  LCATTN_CHECK(pool.element_size() % 2 == 0, op, "pool elements must be 2 or more bytes wide");
   check_tensor(op, "pool", pool, pool.scalar_type(), {B, N, D}, pool);
   check_tensor(op, "indices", indices, at::kInt, {B, -1, -1}, pool);
   check_values(op, "indices", indices, -1, N - 1);

@@ -34,8 +34,8 @@ GroupedGemmParams gemm_params(const at::Tensor& x, const at::Tensor& w, const at
 
 at::Tensor grouped_gemm_contiguous(const at::Tensor& x, const at::Tensor& w, const at::Tensor& offsets) {
   constexpr const char* op = "grouped_gemm_contiguous";
-  check_arg(x.dim() == 2, op, "x must be [M, K], got shape " + c10::str(x.sizes()));
-  check_arg(w.dim() == 3, op, "w must be [E, N, K], got shape " + c10::str(w.sizes()));
+  LCATTN_CHECK(x.dim() == 2, op, "x must be [M, K], got shape ", x.sizes());
+  LCATTN_CHECK(w.dim() == 3, op, "w must be [E, N, K], got shape ", w.sizes());
   const int64_t M = x.size(0), K = x.size(1), E = w.size(0), N = w.size(1);
   check_tensor(op, "x", x, at::kBFloat16, {M, K}, x);
   check_tensor(op, "w", w, at::kBFloat16, {E, N, K}, x);
@@ -50,8 +50,8 @@ at::Tensor grouped_gemm_contiguous(const at::Tensor& x, const at::Tensor& w, con
 
 at::Tensor grouped_gemm_masked(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts) {
   constexpr const char* op = "grouped_gemm_masked";
-  check_arg(x.dim() == 3, op, "x must be [E, M, K], got shape " + c10::str(x.sizes()));
-  check_arg(w.dim() == 3, op, "w must be [E, N, K], got shape " + c10::str(w.sizes()));
+  LCATTN_CHECK(x.dim() == 3, op, "x must be [E, M, K], got shape ", x.sizes());
+  LCATTN_CHECK(w.dim() == 3, op, "w must be [E, N, K], got shape ", w.sizes());
   const int64_t E = x.size(0), M = x.size(1), K = x.size(2), N = w.size(1);
   check_tensor(op, "x", x, at::kBFloat16, {E, M, K}, x);
   check_tensor(op, "w", w, at::kBFloat16, {E, N, K}, x);
@@ -69,14 +69,13 @@ std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& logits, const std
                                              const std::optional<at::Tensor>& token_ids, int64_t topk,
                                              double route_scale) {
   constexpr const char* op = "moe_route";
-  check_arg(logits.dim() == 2, op, "logits must be [T, E], got shape " + c10::str(logits.sizes()));
+  LCATTN_CHECK(logits.dim() == 2, op, "logits must be [T, E], got shape ", logits.sizes());
   const int64_t T = logits.size(0), E = logits.size(1);
   check_tensor(op, "logits", logits, at::kFloat, {T, E}, logits);
-  check_arg(topk >= 1 && topk <= E, op, "topk must lie in [1, E = " + std::to_string(E) + "], got " +
-                                            std::to_string(topk));
+  LCATTN_CHECK(topk >= 1 && topk <= E, op, "topk must lie in [1, E = ", E, "], got ", topk);
   if (bias) check_tensor(op, "bias", *bias, at::kFloat, {E}, logits);
-  check_arg(tid2eid.has_value() == token_ids.has_value(), op, "tid2eid and token_ids go together");
-  check_arg(!(tid2eid && bias), op, "hash routing (tid2eid) takes no bias");
+  LCATTN_CHECK(tid2eid.has_value() == token_ids.has_value(), op, "tid2eid and token_ids go together");
+  LCATTN_CHECK(!(tid2eid && bias), op, "hash routing (tid2eid) takes no bias");
   int64_t V = 0;
   if (tid2eid) {
     V = tid2eid->size(0);
@@ -106,8 +105,8 @@ std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& logits, const std
 std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_permute(const at::Tensor& x, const at::Tensor& indices,
                                                            int64_t num_experts) {
   constexpr const char* op = "moe_permute";
-  check_arg(x.dim() == 2, op, "x must be [T, D], got shape " + c10::str(x.sizes()));
-  check_arg(num_experts >= 1, op, "num_experts must be >= 1, got " + std::to_string(num_experts));
+  LCATTN_CHECK(x.dim() == 2, op, "x must be [T, D], got shape ", x.sizes());
+  LCATTN_CHECK(num_experts >= 1, op, "num_experts must be >= 1, got ", num_experts);
   const int64_t T = x.size(0), D = x.size(1);
   check_tensor(op, "x", x, at::kBFloat16, {T, D}, x);
   check_tensor(op, "indices", indices, at::kInt, {T, -1}, x);
@@ -134,8 +133,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_permute(const at::Tensor& x, 
 
 at::Tensor moe_unpermute(const at::Tensor& y, const at::Tensor& rows, const std::optional<at::Tensor>& weights) {
   constexpr const char* op = "moe_unpermute";
-  check_arg(y.dim() == 2, op, "y must be [R, D], got shape " + c10::str(y.sizes()));
-  check_arg(rows.dim() == 2, op, "rows must be [T, k], got shape " + c10::str(rows.sizes()));
+  LCATTN_CHECK(y.dim() == 2, op, "y must be [R, D], got shape ", y.sizes());
+  LCATTN_CHECK(rows.dim() == 2, op, "rows must be [T, k], got shape ", rows.sizes());
   const int64_t R = y.size(0), D = y.size(1), T = rows.size(0), k = rows.size(1);
   check_tensor(op, "y", y, at::kBFloat16, {R, D}, y);
   check_tensor(op, "rows", rows, at::kInt, {T, k}, y);
