@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# On a GPU machine: build lcattn with every core, run the CUDA tests, then the whole suite, then
-# compute-sanitizer memcheck over each op family's CUDA tests. Logs go under the folder given
-# as the first argument (default: gpu_results). Exit status is non-zero if any step failed.
+# On a GPU machine: build lcattn with every core, run the CUDA tests, the whole suite and the
+# example, then compute-sanitizer memcheck and racecheck over each op family's CUDA tests. Logs go
+# under the folder given as the first argument (default: gpu_results); the exit status is
+# non-zero if any step failed.
 #   bash scripts/gpu_check.sh OUT_DIR [pytest -k expression for the sanitizer pass]
 set -uo pipefail
 out=$(realpath -m "${1:-gpu_results}")
@@ -33,10 +34,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.
 step build python3 setup.py build_ext --inplace
 step tests_cuda python3 -m pytest tests -m cuda -q -rs
 step tests_all python3 -m pytest tests -q
+step example python3 -m lcattn.example
 # Without the caching allocator every tensor is its own allocation, so memcheck sees overruns.
 for family in compress indexer attention moe opcheck; do
   step "memcheck_$family" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
     --error-exitcode 1 python3 -m pytest "tests/test_$family.py" -m cuda -q -x ${2:+-k "$2"}
+  step "racecheck_$family" compute-sanitizer --tool racecheck --error-exitcode 1 \
+    python3 -m pytest "tests/test_$family.py" -m cuda -q -x ${2:+-k "$2"}
 done
 echo "== status $status"
 exit $status

@@ -75,6 +75,26 @@ def test_dense_hca_decode_model_shape(device):
     check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=128))
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sparse_prefill_scale_cuda():
+    """A prefill chunk of 256 tokens of a V4-Flash CSA layer deep in a sequence."""
+    shape = MODEL_SHAPES["flash"]
+    S, K, N, p0 = 256, shape["index_topk"], 4000, 16000
+    q, kv, kvs, qs, ckv, sink, f = make_attention(1, S, shape["heads"], 512, 64, S + 127, N, [p0], [p0 - 127], "cuda")
+    idx = random_indices(1, S, K, N, "cuda", invalid=0.05)
+    out, lse = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+    check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
+
+
+def test_empty_inputs(device):
+    q, kv, kvs, qs, ckv, sink, f = make_attention(2, 0, 4, 64, 16, 5, 3, [0, 9], [0, 4], device)
+    out, lse = ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=4)
+    assert out.shape == (2, 0, 4, 64) and lse.shape == (2, 0, 4)
+    idx = torch.empty(2, 0, 7, dtype=torch.int32, device=device)
+    assert ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)[0].shape == (2, 0, 4, 64)
+
+
 def test_all_indices_invalid_is_window_only(device):
     q, kv, kvs, qs, ckv, sink, f = make_attention(2, 4, 2, 64, 16, 20, 6, [16, 0], [0, 0], device)
     idx = torch.full((2, 4, 5), -1, dtype=torch.int32, device=device)
@@ -113,5 +133,12 @@ def test_bad_input_is_rejected(device):
         ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=-1)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: q_start values must lie in"):
         ops.dense_attn(q, kv, kvs, -qs - 1, ckv, sink, f, ratio=4)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: q must be \[B, S, H, D\], got shape"):
+        ops.sparse_attn(q[0], kv, kvs, qs, ckv, idx, sink, f)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: kv must have rank 3"):
+        ops.sparse_attn(q, kv[0], kvs, qs, ckv, idx, sink, f)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: head dim must be even"):
+        ops.dense_attn(q[..., :63].contiguous(), kv[..., :63].contiguous(), kvs, qs, ckv[..., :63].contiguous(),
+                       sink, f[:4].contiguous(), ratio=4)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: q must be contiguous"):
         ops.dense_attn(q.transpose(1, 2), kv, kvs, qs, ckv, sink, f, ratio=4)

@@ -24,7 +24,8 @@ def test_indexer_scores_match_reference(device, B, S, N, HI, DI, q_start):
     assert_close(out, reference.indexer_scores(*args, ratio=4), 1e-5, "scores")
 
 
-@pytest.mark.parametrize("rows,N,k", [(5, 37, 8), (3, 32768, 512), (2, 1000, 1024), (4, 300, 300), (1, 1, 1)])
+@pytest.mark.parametrize("rows,N,k", [(5, 37, 8), (3, 32768, 512), (2, 1000, 1024), (4, 300, 300), (1, 1, 1),
+                                      (2, 262144, 1024)])  # the last: a 1M-token context's CSA entries
 def test_topk_selects_the_best(device, rows, N, k):
     scores = torch.randn(rows, N, device=device)
     scores[0, ::3] = float("-inf")
@@ -66,6 +67,27 @@ def test_indexer_topk_model_shape(device):
     args = make_indexer(1, 3, 2048, shape["index_heads"], shape["index_dim"], device, [8190])
     out = ops.indexer_topk(*args, k=shape["index_topk"], ratio=4)
     check_topk(out, reference.indexer_scores(*args, ratio=4), shape["index_topk"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_indexer_topk_prefill_scale_cuda():
+    shape = MODEL_SHAPES["pro"]
+    args = make_indexer(1, 256, 8192, shape["index_heads"], shape["index_dim"], "cuda", [32768 - 256])
+    out = ops.indexer_topk(*args, k=shape["index_topk"], ratio=4, block_rows=100)
+    check_topk(out, reference.indexer_scores(*args, ratio=4), shape["index_topk"])
+
+
+def test_empty_inputs(device):
+    q, w, keys, q_start = make_indexer(2, 0, 8, 2, 16, device, [0, 5])
+    assert ops.indexer_scores(q, w, keys, q_start).shape == (2, 0, 8)
+    assert ops.indexer_topk(q, w, keys, q_start, k=4).shape == (2, 0, 4)
+    q, w, keys, q_start = make_indexer(1, 3, 0, 2, 16, device, [40])
+    assert ops.indexer_scores(q, w, keys, q_start).shape == (1, 3, 0)
+    assert (ops.indexer_topk(q, w, keys, q_start, k=4) == -1).all()
+    pool = torch.randn(1, 0, 8, device=device)
+    idx = torch.full((1, 2, 3), -1, dtype=torch.int32, device=device)
+    assert (ops.gather_rows(pool, idx) == 0).all()
 
 
 def test_gather_rows(device):

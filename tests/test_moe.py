@@ -28,7 +28,11 @@ def test_grouped_gemm_contiguous(device, counts, N, K):
         assert_close(y.float(), reference.grouped_gemm_contiguous(x, w, offsets), GEMM_TOL)
 
 
-@pytest.mark.parametrize("counts,M,N,K", [([3, 0, 17, 20], 20, 33, 50), ([1, 2], 4, 2 * 2048, 4096)])
+@pytest.mark.parametrize("counts,M,N,K", [
+    ([3, 0, 17, 20], 20, 33, 50),
+    ([1, 2], 4, 2 * 2048, 4096),  # V4-Flash gate + up
+    ([2, 0], 3, 2 * 3072, 7168),  # V4-Pro gate + up
+])
 def test_grouped_gemm_masked(device, counts, M, N, K):
     E = len(counts)
     x = torch.randn(E, M, K, device=device).bfloat16()
