@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "lcattn/api.h"
+#include "lcattn/shared_math.h"
 #include "parallel.h"
 
 namespace lcattn {
@@ -12,35 +13,11 @@ void compress_kv_cpu(const CompressParams& p) {
   const int W = p.width(), R = p.ring(), c = p.c, m = p.m;
   for (int b = 0; b < p.B; ++b) {
     const int s0 = p.start_pos[b], end = s0 + p.seq_lens[b];
-    // Raw row of position s: from the chunk when it is new, else from the ring.
-    auto row = [&](const float* chunk, const float* ring, int s) {
-      return s >= s0 ? chunk + (int64_t(b) * p.S + (s - s0)) * W : ring + (int64_t(b) * R + s % R) * W;
-    };
     const int i_lo = s0 / m, i_hi = std::min(end / m, p.n_out);  // entries completed by this chunk
     parallel_for(std::max(0, i_hi - i_lo), [&](int64_t n) {
       const int i = i_lo + int(n);
       std::vector<float> pooled(c);
-      for (int ch = 0; ch < c; ++ch) {
-        // Candidates (position, column): CSA pools A halves of block i-1 and B halves of block i.
-        float mx = -INFINITY, sum = 0.f, acc = 0.f;
-        auto visit = [&](int s, int col) {
-          const float z = row(p.score, p.ring_score, s)[col] + p.ape[(s % m) * W + col];
-          const float a = row(p.kv, p.ring_kv, s)[col];
-          const float nm = std::max(mx, z);
-          const float scale = std::exp(mx - nm), e = std::exp(z - nm);
-          sum = sum * scale + e;
-          acc = acc * scale + e * a;
-          mx = nm;
-        };
-        if (p.overlap) {
-          if (i > 0)
-            for (int r = 0; r < m; ++r) visit((i - 1) * m + r, ch);
-          for (int r = 0; r < m; ++r) visit(i * m + r, c + ch);
-        } else {
-          for (int r = 0; r < m; ++r) visit(i * m + r, ch);
-        }
-        pooled[ch] = acc / sum;
-      }
+      for (int ch = 0; ch < c; ++ch) pooled[ch] = compress_pool_channel(p, b, i, ch);
       float ss = 0.f;
       for (float v : pooled) ss += v * v;
       const float inv_rms = 1.f / std::sqrt(ss / c + p.eps);

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "lcattn/api.h"
+#include "lcattn/shared_math.h"
 #include "parallel.h"
 
 namespace lcattn {
@@ -20,11 +21,6 @@ void gemm_rows(const bf16* x, const bf16* w, bf16* y, int rows, int N, int K) {
     for (int k = 0; k < K; ++k) acc += bf16_to_float(xr[k]) * bf16_to_float(wc[k]);
     y[r * N + col] = float_to_bf16(acc);
   });
-}
-
-float sqrt_softplus(float u) {
-  const float sp = u > 20.f ? u : std::log1p(std::exp(u));
-  return std::sqrt(sp);
 }
 
 }  // namespace
@@ -46,27 +42,7 @@ void grouped_gemm_masked_cpu(const GroupedGemmParams& p) {
 }
 
 void moe_route_cpu(const RouteParams& p) {
-  parallel_for(p.T, [&](int64_t t) {
-    const float* u = p.logits + t * p.E;
-    int* idx = p.indices + t * p.k;
-    float* w = p.weights + t * p.k;
-    if (p.tid2eid) {
-      for (int j = 0; j < p.k; ++j) idx[j] = p.tid2eid[p.token_ids[t] * p.k + j];
-    } else {
-      // Biased top-k, best first; the lower expert id wins a tie.
-      std::vector<int> order(p.E);
-      for (int e = 0; e < p.E; ++e) order[e] = e;
-      auto key = [&](int e) { return sqrt_softplus(u[e]) + (p.bias ? p.bias[e] : 0.f); };
-      std::partial_sort(order.begin(), order.begin() + p.k, order.end(), [&](int a, int b) {
-        const float ka = key(a), kb = key(b);
-        return ka > kb || (ka == kb && a < b);
-      });
-      for (int j = 0; j < p.k; ++j) idx[j] = order[j];
-    }
-    float total = 0.f;
-    for (int j = 0; j < p.k; ++j) total += w[j] = sqrt_softplus(u[idx[j]]);
-    for (int j = 0; j < p.k; ++j) w[j] = w[j] / total * p.route_scale;
-  });
+  parallel_for(p.T, [&](int64_t t) { route_token(p, t); });
 }
 
 void moe_permute_cpu(const PermuteParams& p) {

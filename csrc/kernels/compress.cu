@@ -1,44 +1,22 @@
 // Block KV compressor (SPEC 3) on CUDA: one block per completed entry, then the ring update.
 #include "common/reduce.cuh"
 #include "lcattn/api.h"
+#include "lcattn/shared_math.h"
 
 namespace lcattn {
 namespace {
-
-__device__ __forceinline__ const float* raw_row(const CompressParams& p, const float* chunk, const float* ring,
-                                                int b, int s0, int s) {
-  return s >= s0 ? chunk + (int64_t(b) * p.S + (s - s0)) * p.width()
-                 : ring + (int64_t(b) * p.ring() + s % p.ring()) * p.width();
-}
 
 // grid (entries per chunk, B); dynamic smem: c floats.
 __global__ void compress_entries_kernel(const CompressParams p) {
   extern __shared__ float pooled[];
   __shared__ float scratch[32];
-  const int b = blockIdx.y, m = p.m, c = p.c, W = p.width();
+  const int b = blockIdx.y, m = p.m, c = p.c;
   const int s0 = p.start_pos[b], end = s0 + p.seq_lens[b];
   const int i = s0 / m + blockIdx.x;
   if (i >= end / m || i >= p.n_out) return;
   float ss = 0.f;
   for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
-    float mx = -INFINITY, sum = 0.f, acc = 0.f;
-    auto visit = [&](int s, int col) {
-      const float z = raw_row(p, p.score, p.ring_score, b, s0, s)[col] + p.ape[(s % m) * W + col];
-      const float a = raw_row(p, p.kv, p.ring_kv, b, s0, s)[col];
-      const float nm = fmaxf(mx, z);
-      const float scale = expf(mx - nm), e = expf(z - nm);
-      sum = sum * scale + e;
-      acc = acc * scale + e * a;
-      mx = nm;
-    };
-    if (p.overlap) {
-      if (i > 0)
-        for (int r = 0; r < m; ++r) visit((i - 1) * m + r, ch);
-      for (int r = 0; r < m; ++r) visit(i * m + r, c + ch);
-    } else {
-      for (int r = 0; r < m; ++r) visit(i * m + r, ch);
-    }
-    pooled[ch] = acc / sum;
+    pooled[ch] = compress_pool_channel(p, b, i, ch);
     ss += pooled[ch] * pooled[ch];
   }
   const float inv_rms = rsqrtf(block_sum(ss, scratch) / c + p.eps);

@@ -4,6 +4,7 @@
 
 #include "common/reduce.cuh"
 #include "lcattn/api.h"
+#include "lcattn/shared_math.h"
 
 namespace lcattn {
 namespace {
@@ -65,41 +66,10 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_masked_kernel(const
   }
 }
 
-__device__ __forceinline__ float sqrt_softplus(float u) { return sqrtf(u > 20.f ? u : log1pf(expf(u))); }
-
-// One thread per token. Selection order is (key desc, expert asc); NaN keys count as -inf so
-// that k distinct experts are always chosen.
+// One thread per token.
 __global__ void moe_route_kernel(const RouteParams p) {
   const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= p.T) return;
-  const float* u = p.logits + t * p.E;
-  int* idx = p.indices + t * p.k;
-  float* w = p.weights + t * p.k;
-  if (p.tid2eid) {
-    for (int j = 0; j < p.k; ++j) idx[j] = p.tid2eid[p.token_ids[t] * p.k + j];
-  } else {
-    float prev_key = INFINITY;
-    int prev = -1;
-    for (int j = 0; j < p.k; ++j) {
-      float best_key = -INFINITY;
-      int best = -1;
-      for (int e = 0; e < p.E; ++e) {
-        float key = sqrt_softplus(u[e]) + (p.bias ? p.bias[e] : 0.f);
-        if (isnan(key)) key = -INFINITY;
-        const bool after_prev = key < prev_key || (key == prev_key && e > prev);
-        if (after_prev && (best < 0 || key > best_key)) {
-          best_key = key;
-          best = e;
-        }
-      }
-      idx[j] = best;
-      prev_key = best_key;
-      prev = best;
-    }
-  }
-  float total = 0.f;
-  for (int j = 0; j < p.k; ++j) total += w[j] = sqrt_softplus(u[idx[j]]);
-  for (int j = 0; j < p.k; ++j) w[j] = w[j] / total * p.route_scale;
+  if (t < p.T) route_token(p, t);
 }
 
 constexpr int kPermuteThreads = 256;

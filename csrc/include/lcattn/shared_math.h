@@ -1,0 +1,75 @@
+// Per-element definitions that the CPU and CUDA implementations share, so the two cannot drift.
+#pragma once
+#include <cmath>
+
+#include "lcattn/params.h"
+
+namespace lcattn {
+
+// Raw row of position s of sequence b: from the chunk when s is new, else from the ring (SPEC 3).
+LCATTN_HD const float* compress_row(const CompressParams& p, const float* chunk, const float* ring, int b, int s) {
+  const int s0 = p.start_pos[b];
+  return s >= s0 ? chunk + (int64_t(b) * p.S + (s - s0)) * p.width()
+                 : ring + (int64_t(b) * p.ring() + s % p.ring()) * p.width();
+}
+
+// Channel ch of entry i before RMSNorm: softmax over the candidates' logits z + ape of their a.
+// CSA pools the A halves of block i-1 (absent for i = 0) and the B halves of block i.
+LCATTN_HD float compress_pool_channel(const CompressParams& p, int b, int i, int ch) {
+  const int m = p.m, W = p.width();
+  float mx = -INFINITY, sum = 0.f, acc = 0.f;
+  auto visit = [&](int s, int col) {
+    const float z = compress_row(p, p.score, p.ring_score, b, s)[col] + p.ape[(s % m) * W + col];
+    const float a = compress_row(p, p.kv, p.ring_kv, b, s)[col];
+    const float nm = fmaxf(mx, z);
+    const float scale = expf(mx - nm), e = expf(z - nm);
+    sum = sum * scale + e;
+    acc = acc * scale + e * a;
+    mx = nm;
+  };
+  if (p.overlap) {
+    if (i > 0)
+      for (int r = 0; r < m; ++r) visit((i - 1) * m + r, ch);
+    for (int r = 0; r < m; ++r) visit(i * m + r, p.c + ch);
+  } else {
+    for (int r = 0; r < m; ++r) visit(i * m + r, ch);
+  }
+  return acc / sum;
+}
+
+LCATTN_HD float sqrt_softplus(float u) { return sqrtf(u > 20.f ? u : log1pf(expf(u))); }
+
+// Routes token t (SPEC 6). Biased selection takes k times the best key after the previous pick
+// in (key desc, expert asc) order; a NaN key counts as -inf, so k distinct experts always come out.
+LCATTN_HD void route_token(const RouteParams& p, int64_t t) {
+  const float* u = p.logits + t * p.E;
+  int* idx = p.indices + t * p.k;
+  float* w = p.weights + t * p.k;
+  if (p.tid2eid) {
+    for (int j = 0; j < p.k; ++j) idx[j] = p.tid2eid[p.token_ids[t] * p.k + j];
+  } else {
+    float prev_key = INFINITY;
+    int prev = -1;
+    for (int j = 0; j < p.k; ++j) {
+      float best_key = -INFINITY;
+      int best = -1;
+      for (int e = 0; e < p.E; ++e) {
+        float key = sqrt_softplus(u[e]) + (p.bias ? p.bias[e] : 0.f);
+        if (key != key) key = -INFINITY;
+        const bool after_prev = key < prev_key || (key == prev_key && e > prev);
+        if (after_prev && (best < 0 || key > best_key)) {
+          best_key = key;
+          best = e;
+        }
+      }
+      idx[j] = best;
+      prev_key = best_key;
+      prev = best;
+    }
+  }
+  float total = 0.f;
+  for (int j = 0; j < p.k; ++j) total += w[j] = sqrt_softplus(u[idx[j]]);
+  for (int j = 0; j < p.k; ++j) w[j] = w[j] / total * p.route_scale;
+}
+
+}  // namespace lcattn
