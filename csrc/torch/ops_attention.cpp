@@ -24,7 +24,8 @@ AttentionParams attention_params(const char* op, const at::Tensor& q, const at::
   LCATTN_CHECK(window >= 1, op, "window must be >= 1, got ", window);
   LCATTN_CHECK(B * S * H < INT32_MAX, op, "B * S * H must be < 2^31, got ", B * S * H);
   check_values(op, "q_start", q_start, 0, INT32_MAX - S);
-  check_values(op, "kv_start", kv_start, 0, INT32_MAX - kv.size(1));
+  // Rows before position 0 are never read, so the buffer may start before it.
+  check_values(op, "kv_start", kv_start, -kv.size(1), INT32_MAX - kv.size(1));
   out = at::empty_like(q);
   lse = at::empty({B, S, H}, q.options().dtype(at::kFloat));
   AttentionParams p{};

@@ -1,0 +1,105 @@
+"""The main job: a DeepSeek-V4 model with random weights prefills a long prompt, then decodes.
+
+    python -m lcattn.demo [--context N] [--decode N] [--chunk N] [--device cpu|cuda]
+
+On a GPU the model has V4-Flash's attention dimensions (64 heads of 512, indexer 64 x 128, top-k
+512, window 128) with a window-only, two CSA and two HCA layers, and a 128K-token prompt; on a
+CPU it is the tiny configuration with a 16K-token prompt. Prints prefill tokens/s, decode ms per
+token, peak memory, and the cache's bytes per token beside a dense-attention cache of the same model.
+"""
+import argparse
+import resource
+import sys
+import time
+
+import torch
+
+import lcattn
+from lcattn.modules import CSA, HCA, SLIDING, DeepseekV4Config, DeepseekV4ForCausalLM
+
+
+def gpu_config(experts: int) -> DeepseekV4Config:
+    config = DeepseekV4Config.flash().with_layers([SLIDING, CSA, HCA, CSA, HCA])
+    config.num_experts = experts  # all 256 experts of 5 layers would need 64 GB of weights alone
+    return config
+
+
+def progress(label: str, done: int, total: int, started: float) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    rate = done / max(time.perf_counter() - started, 1e-9)
+    sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} ({rate:,.0f}/s)")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (GPU, allocated)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    on_gpu = torch.cuda.is_available() and lcattn.cuda_kernels_built()
+    parser.add_argument("--device", default="cuda" if on_gpu else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--context", type=int, help="prompt tokens (default 131072 on GPU, 16384 on CPU)")
+    parser.add_argument("--decode", type=int, default=32, help="tokens to decode after the prompt")
+    parser.add_argument("--chunk", type=int, default=8192, help="prefill chunk (bounds activation memory)")
+    parser.add_argument("--experts", type=int, default=32, help="routed experts per layer on the GPU")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    config = gpu_config(args.experts) if device.type == "cuda" else DeepseekV4Config.tiny()
+    context = args.context or (131072 if device.type == "cuda" else 16384)
+    torch.manual_seed(args.seed)
+
+    # bf16 weights on the GPU (the norms, sinks and mHC weights stay fp32), fp32 on the CPU.
+    torch.set_default_dtype(torch.bfloat16 if device.type == "cuda" else torch.float32)
+    with torch.device(device):
+        model = DeepseekV4ForCausalLM(config).init_weights()
+    torch.set_default_dtype(torch.float32)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"lcattn demo on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}: "
+          f"{config.num_layers} layers {config.layer_types}, hidden {config.hidden_size}, {config.num_heads} heads x "
+          f"{config.head_dim}, {config.num_experts} experts, {params / 1e6:,.0f} M parameters, random weights", flush=True)
+
+    prompt = torch.randint(0, config.vocab_size, (1, context), device=device)
+    cache = model.new_cache(1)
+    synchronize(device)
+    started = time.perf_counter()
+    for start in range(0, context, args.chunk):
+        logits = model(prompt[:, start:start + args.chunk], cache)
+        synchronize(device)
+        progress("prefill", min(start + args.chunk, context), context, started)
+    prefill_s = time.perf_counter() - started
+
+    token = logits[:, -1:].argmax(-1)
+    decode_times = []
+    for _ in range(args.decode):
+        t0 = time.perf_counter()
+        token = model(token, cache)[:, -1:].argmax(-1)
+        synchronize(device)
+        decode_times.append(time.perf_counter() - t0)
+    decode_ms = sorted(decode_times)[len(decode_times) // 2] * 1e3 if decode_times else float("nan")
+
+    tokens = cache.host_lengths[0]
+    dense = config.num_layers * config.head_dim * 2  # one bf16 K=V row of head_dim per layer and token
+    ours = cache.nbytes() / tokens
+    print(f"prompt {context} tokens, then {args.decode} decoded; chunks of {args.chunk}")
+    print(f"prefill:        {context / prefill_s:,.0f} tokens/s ({prefill_s:.2f} s)")
+    print(f"decode:         {decode_ms:.2f} ms/token (median, batch 1)")
+    print(f"peak memory:    {peak_memory(device)}")
+    print(f"cache:          {ours:,.1f} bytes/token ({cache.nbytes() / 2**20:,.1f} MiB at {tokens} tokens); "
+          f"a dense-attention cache: {dense:,} bytes/token ({dense * tokens / 2**20:,.1f} MiB), "
+          f"{dense / ours:.1f}x more")
+
+
+if __name__ == "__main__":
+    main()

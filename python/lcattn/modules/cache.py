@@ -1,0 +1,94 @@
+"""Inference state of a batch of sequences: per layer the raw window, the compressed entries, the
+indexer keys and the compressors' carry-over rings, so that prefill, chunked prefill and decode
+give the same results."""
+from typing import List, Optional
+
+import torch
+
+from lcattn import ops
+from lcattn.modules.config import CSA, SLIDING, DeepseekV4Config
+
+
+class CompressedStream:
+    """Entries of one compressor, [B, capacity, dim] bf16 (entry i at row i), and its rings."""
+
+    def __init__(self, batch: int, ratio: int, dim: int, overlap: bool, device: torch.device):
+        self.ratio, self.overlap = ratio, overlap
+        self.ring_kv, self.ring_score = ops.compress_state(batch, ratio, (2 if overlap else 1) * dim, overlap, device)
+        self.entries = torch.zeros(batch, 0, dim, dtype=torch.bfloat16, device=device)
+
+    def append(self, kv: torch.Tensor, score: torch.Tensor, step: "Step", ape: torch.Tensor, norm_weight: torch.Tensor,
+               inv_freq: torch.Tensor, eps: float) -> None:
+        """Pools the chunk's new tokens (kv, score [B, S, width] fp32) into entries."""
+        need = step.end_max // self.ratio
+        capacity = self.entries.shape[1]
+        if need > capacity:  # grow by a quarter at least, so long prefills copy O(log) times
+            grown = torch.zeros(self.entries.shape[0], max(need, capacity + capacity // 4), self.entries.shape[2],
+                                dtype=self.entries.dtype, device=self.entries.device)
+            grown[:, :capacity] = self.entries
+            self.entries = grown
+        ops.compress_kv(kv, score, step.seq_lens, step.q_start, self.ring_kv, self.ring_score, ape, norm_weight, inv_freq,
+                        self.entries, self.ratio, self.overlap, eps)
+
+    def nbytes(self, entries: int) -> int:
+        return entries * self.entries.shape[2] * 2 + self.ring_kv.nbytes + self.ring_score.nbytes
+
+
+class LayerCache:
+    def __init__(self, config: DeepseekV4Config, layer: int, batch: int, device: torch.device):
+        kind = config.layer_types[layer]
+        # The last window - 1 raw keys (= values) before the next token: row j at position len - (window-1) + j.
+        self.window = torch.zeros(batch, config.window - 1, config.head_dim, dtype=torch.bfloat16, device=device)
+        ratio = config.ratio(layer)
+        self.kv: Optional[CompressedStream] = None
+        self.index: Optional[CompressedStream] = None
+        if kind != SLIDING:
+            self.kv = CompressedStream(batch, ratio, config.head_dim, kind == CSA, device)
+        if kind == CSA:
+            self.index = CompressedStream(batch, ratio, config.index_dim, True, device)
+
+
+class Step:
+    """Positions of one forward call: sequence b adds seq_lens[b] tokens at q_start[b]."""
+
+    def __init__(self, q_start: torch.Tensor, seq_lens: torch.Tensor, host_start: List[int], host_lens: List[int],
+                 token_ids: torch.Tensor):
+        self.q_start, self.seq_lens, self.token_ids, self.host_lens = q_start, seq_lens, token_ids, host_lens
+        self.end_max = max(s + n for s, n in zip(host_start, host_lens))
+        S = token_ids.shape[1]
+        self.positions = q_start.long()[:, None] + torch.arange(S, device=q_start.device)  # [B, S]
+
+
+class DeepseekV4Cache:
+    """Per-layer state plus each sequence's length. Sequences may have different lengths."""
+
+    def __init__(self, config: DeepseekV4Config, batch: int, device: torch.device):
+        self.config = config
+        self.layers = [LayerCache(config, i, batch, device) for i in range(config.num_layers)]
+        self.lengths = torch.zeros(batch, dtype=torch.int32, device=device)
+        self.host_lengths = [0] * batch  # the same, on the host: sizes without a device sync
+
+    def step(self, input_ids: torch.Tensor, lengths: Optional[List[int]]) -> Step:
+        B, S = input_ids.shape
+        lens = [S] * B if lengths is None else [int(n) for n in lengths]
+        if len(lens) != B or any(n < 0 or n > S for n in lens):
+            raise ValueError(f"[lcattn] lengths must be {B} values in [0, {S}], got {lens}")
+        if max(h + n for h, n in zip(self.host_lengths, lens)) > self.config.max_positions:
+            raise ValueError(f"[lcattn] a sequence would pass max_positions = {self.config.max_positions}")
+        seq_lens = torch.tensor(lens, dtype=torch.int32, device=self.lengths.device)
+        return Step(self.lengths.clone(), seq_lens, self.host_lengths, lens, input_ids)
+
+    def advance(self, step: Step) -> None:
+        self.lengths += step.seq_lens
+        self.host_lengths = [h + n for h, n in zip(self.host_lengths, step.host_lens)]
+
+    def nbytes(self) -> int:
+        """Bytes the cache needs for its current lengths (windows, visible entries, rings)."""
+        longest = max(self.host_lengths)
+        total = 0
+        for layer in self.layers:
+            total += layer.window.nbytes
+            for stream in (layer.kv, layer.index):
+                if stream is not None:
+                    total += stream.nbytes(len(self.host_lengths) * (longest // stream.ratio))
+        return total

@@ -1,0 +1,364 @@
+"""DeepSeek-V4 blocks on lcattn ops (SPEC 2-7). Module and parameter names follow the transformers
+`deepseek_v4` model, so its state dicts load as they are."""
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lcattn import ops
+from lcattn.modules.cache import DeepseekV4Cache, LayerCache, Step
+from lcattn.modules.config import CSA, HCA, SLIDING, DeepseekV4Config
+from lcattn.modules.rope import apply_rope, inv_freq
+
+
+class RMSNorm(nn.Module):
+    """w * x / sqrt(mean(x^2) + eps) in fp32; the weight stays fp32 (SPEC 2)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        return (self.weight * xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+def unit_rms(x: Tensor, eps: float) -> Tensor:
+    return x * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps).to(x.dtype)
+
+
+def linear(dim_in: int, dim_out: int) -> nn.Linear:
+    return nn.Linear(dim_in, dim_out, bias=False)
+
+
+class Compressor(nn.Module):
+    """Block KV compressor (SPEC 3) of width `dim`; overlapping (CSA) or not (HCA)."""
+
+    def __init__(self, config: DeepseekV4Config, dim: int, ratio: int, overlap: bool):
+        super().__init__()
+        width = (2 if overlap else 1) * dim
+        self.kv_proj, self.gate_proj = linear(config.hidden_size, width), linear(config.hidden_size, width)
+        self.position_bias = nn.Parameter(torch.zeros(ratio, width, dtype=torch.float32))
+        self.kv_norm = RMSNorm(dim, config.rms_eps)
+        self.eps = config.rms_eps
+
+    def append(self, x: Tensor, stream, step: Step, freqs: Tensor) -> None:
+        stream.append(self.kv_proj(x).float().contiguous(), self.gate_proj(x).float().contiguous(), step,
+                      self.position_bias, self.kv_norm.weight, freqs, self.eps)
+
+
+class IndexerScorer(nn.Module):
+    def __init__(self, config: DeepseekV4Config):
+        super().__init__()
+        self.weights_proj = linear(config.hidden_size, config.index_heads)
+
+
+class Indexer(Compressor):
+    """Lightning indexer (SPEC 4): its own compressor over the same blocks, plus query heads."""
+
+    def __init__(self, config: DeepseekV4Config):
+        super().__init__(config, config.index_dim, config.csa_ratio, overlap=True)
+        self.q_b_proj = linear(config.q_lora_rank, config.index_heads * config.index_dim)
+        self.scorer = IndexerScorer(config)
+        self.heads, self.dim, self.topk = config.index_heads, config.index_dim, config.index_topk
+        self.ratio = config.csa_ratio
+
+    def select(self, x: Tensor, q_residual: Tensor, state: LayerCache, step: Step, freqs: Tensor) -> Tensor:
+        """Indices [B, S, topk] int32 of the compressed entries each query attends to."""
+        self.append(x, state.index, step, freqs)
+        B, S, _ = x.shape
+        q = apply_rope(self.q_b_proj(q_residual).view(B, S, self.heads, self.dim), step.positions, freqs)
+        weights = self.scorer.weights_proj(x).float() * (self.heads ** -0.5 * self.dim ** -0.5)
+        return ops.indexer_topk(q.to(torch.bfloat16).contiguous(), weights.contiguous(), state.index.entries,
+                                step.q_start, self.topk, self.ratio)
+
+
+class CSACompressor(Compressor):
+    def __init__(self, config: DeepseekV4Config):
+        super().__init__(config, config.head_dim, config.csa_ratio, overlap=True)
+        self.indexer = Indexer(config)
+
+
+class HCACompressor(Compressor):
+    def __init__(self, config: DeepseekV4Config):
+        super().__init__(config, config.head_dim, config.hca_ratio, overlap=False)
+
+
+class GroupedLinear(nn.Linear):
+    """Output projection per group of heads: weight [groups * rank, heads * head_dim / groups]."""
+
+    def __init__(self, dim_in_per_group: int, dim_out: int, groups: int):
+        super().__init__(dim_in_per_group, dim_out, bias=False)
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> Tensor:  # [..., groups, dim_in_per_group] -> [..., groups * rank]
+        w = self.weight.view(self.groups, -1, self.weight.shape[-1])
+        return torch.einsum("...gi,gri->...gr", x, w).flatten(-2)
+
+
+class Attention(nn.Module):
+    """Attention layer of any kind (SPEC 2, 5): window only, CSA or HCA."""
+
+    def __init__(self, config: DeepseekV4Config, layer: int):
+        super().__init__()
+        self.config, self.kind, self.ratio = config, config.layer_types[layer], config.ratio(layer)
+        H, D, G = config.num_heads, config.head_dim, config.o_groups
+        self.q_a_proj = linear(config.hidden_size, config.q_lora_rank)
+        self.q_a_norm = RMSNorm(config.q_lora_rank, config.rms_eps)
+        self.q_b_proj = linear(config.q_lora_rank, H * D)
+        self.kv_proj = linear(config.hidden_size, D)
+        self.kv_norm = RMSNorm(D, config.rms_eps)
+        self.o_a_proj = GroupedLinear(H * D // G, G * config.o_lora_rank, G)
+        self.o_b_proj = linear(G * config.o_lora_rank, config.hidden_size)
+        self.sinks = nn.Parameter(torch.zeros(H, dtype=torch.float32))
+        self.compressor = {SLIDING: lambda: None, CSA: lambda: CSACompressor(config),
+                           HCA: lambda: HCACompressor(config)}[self.kind]()
+        self.register_buffer("freqs", inv_freq(config, self.kind), persistent=False)
+
+    def forward(self, x: Tensor, state: LayerCache, step: Step) -> Tensor:
+        cfg, bf16 = self.config, torch.bfloat16
+        B, S, _ = x.shape
+        W = cfg.window
+        q_residual = self.q_a_norm(self.q_a_proj(x))
+        q = unit_rms(self.q_b_proj(q_residual).view(B, S, cfg.num_heads, cfg.head_dim), cfg.rms_eps)
+        q = apply_rope(q, step.positions, self.freqs).to(bf16).contiguous()
+        kv = apply_rope(self.kv_norm(self.kv_proj(x)), step.positions, self.freqs).to(bf16)
+        # Raw keys of this call: the cached window - 1 positions before each sequence's chunk, then the chunk.
+        keys = torch.cat((state.window, kv), dim=1)
+        kv_start = step.q_start - (W - 1)
+        rows = step.seq_lens.long()[:, None] + torch.arange(W - 1, device=x.device)
+        state.window = keys.gather(1, rows[..., None].expand(-1, -1, cfg.head_dim))
+        empty = keys[:, :0]
+        if self.kind == SLIDING:
+            out, _ = ops.dense_attn(q, keys, kv_start, step.q_start, empty, self.sinks, self.freqs, ratio=0,
+                                    window=W)
+        else:
+            self.compressor.append(x, state.kv, step, self.freqs)
+            if self.kind == CSA:
+                indices = self.compressor.indexer.select(x, q_residual, state, step, self.freqs)
+                out, _ = ops.sparse_attn(q, keys, kv_start, step.q_start, state.kv.entries, indices, self.sinks,
+                                         self.freqs, window=W)
+            else:
+                out, _ = ops.dense_attn(q, keys, kv_start, step.q_start, state.kv.entries, self.sinks, self.freqs,
+                                        ratio=self.ratio, window=W)
+        grouped = out.to(x.dtype).view(B, S, cfg.o_groups, -1)
+        return self.o_b_proj(self.o_a_proj(grouped))
+
+
+class SharedExpert(nn.Module):
+    def __init__(self, config: DeepseekV4Config):
+        super().__init__()
+        self.gate_proj = linear(config.hidden_size, config.expert_dim)
+        self.up_proj = linear(config.hidden_size, config.expert_dim)
+        self.down_proj = linear(config.expert_dim, config.hidden_size)
+        self.limit = config.swiglu_limit
+
+    def forward(self, x: Tensor) -> Tensor:
+        up = self.up_proj(x).clamp(-self.limit, self.limit)
+        return self.down_proj(F.silu(self.gate_proj(x).clamp(max=self.limit)) * up)
+
+
+class Experts(nn.Module):
+    """Routed experts: gate_up_proj [E, 2I, D] (gate rows first), down_proj [E, D, I]."""
+
+    def __init__(self, config: DeepseekV4Config):
+        super().__init__()
+        E, I, D = config.num_experts, config.expert_dim, config.hidden_size
+        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, D))
+        self.down_proj = nn.Parameter(torch.empty(E, D, I))
+        self.limit = config.swiglu_limit
+
+
+class Router(nn.Module):
+    def __init__(self, config: DeepseekV4Config, hashed: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        if hashed:
+            self.register_buffer("tid2eid", torch.zeros(config.vocab_size, config.experts_per_token, dtype=torch.long))
+        else:
+            self.register_buffer("e_score_correction_bias", torch.zeros(config.num_experts))
+
+
+class MoE(nn.Module):
+    """Routed experts through the grouped GEMM plus the shared expert (SPEC 6)."""
+
+    def __init__(self, config: DeepseekV4Config, layer: int):
+        super().__init__()
+        self.config, self.hashed = config, layer < config.num_hash_layers
+        self.gate = Router(config, self.hashed)
+        self.experts = Experts(config)
+        self.shared_experts = SharedExpert(config)
+
+    def forward(self, x: Tensor, token_ids: Tensor) -> Tensor:
+        cfg, bf16 = self.config, torch.bfloat16
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        logits = F.linear(flat.float(), self.gate.weight.float())
+        if self.hashed:
+            weights, experts = ops.moe_route(logits, cfg.experts_per_token, cfg.route_scale,
+                                             tid2eid=self.gate.tid2eid.to(torch.int32), token_ids=token_ids.reshape(-1).contiguous())
+        else:
+            weights, experts = ops.moe_route(logits, cfg.experts_per_token, cfg.route_scale,
+                                             bias=self.gate.e_score_correction_bias.float())
+        x_perm, offsets, rows = ops.moe_permute(flat.to(bf16).contiguous(), experts, cfg.num_experts)
+        gate_up = ops.grouped_gemm_contiguous(x_perm, self.experts.gate_up_proj.to(bf16), offsets)
+        gate, up = gate_up.float().chunk(2, dim=-1)
+        h = F.silu(gate.clamp(max=cfg.swiglu_limit)) * up.clamp(-cfg.swiglu_limit, cfg.swiglu_limit)
+        y = ops.grouped_gemm_contiguous(h.to(bf16).contiguous(), self.experts.down_proj.to(bf16), offsets)
+        routed = ops.moe_unpermute(y, rows, weights).to(x.dtype).view(shape)
+        return routed + self.shared_experts(x)
+
+
+class HyperConnection(nn.Module):
+    """mHC weights of one site (SPEC 7): returns (post, comb, collapsed input)."""
+
+    def __init__(self, config: DeepseekV4Config):
+        super().__init__()
+        n = config.hc_mult
+        self.n, self.iters, self.eps, self.rms_eps = n, config.hc_sinkhorn_iters, config.hc_eps, config.rms_eps
+        self.fn = nn.Parameter(torch.empty((2 + n) * n, n * config.hidden_size, dtype=torch.float32))
+        self.base = nn.Parameter(torch.zeros((2 + n) * n, dtype=torch.float32))
+        self.scale = nn.Parameter(torch.ones(3, dtype=torch.float32))
+
+    def forward(self, streams: Tensor):
+        n = self.n
+        mix = F.linear(unit_rms(streams.flatten(2).float(), self.rms_eps), self.fn.float())
+        pre_w, post_w, comb_w = mix.split([n, n, n * n], dim=-1)
+        pre_b, post_b, comb_b = self.base.split([n, n, n * n])
+        pre = torch.sigmoid(pre_w * self.scale[0] + pre_b) + self.eps
+        post = 2 * torch.sigmoid(post_w * self.scale[1] + post_b)
+        comb = torch.softmax(comb_w.unflatten(-1, (n, n)) * self.scale[2] + comb_b.view(n, n), dim=-1) + self.eps
+        comb = comb / (comb.sum(dim=-2, keepdim=True) + self.eps)
+        for _ in range(self.iters - 1):
+            comb = comb / (comb.sum(dim=-1, keepdim=True) + self.eps)
+            comb = comb / (comb.sum(dim=-2, keepdim=True) + self.eps)
+        collapsed = (pre.unsqueeze(-1) * streams).sum(dim=2).to(streams.dtype)
+        return post, comb, collapsed
+
+
+def mix_streams(streams: Tensor, post: Tensor, comb: Tensor, out: Tensor) -> Tensor:
+    """X'_j = post_j * f(h) + sum_i comb_ij X_i (SPEC 7)."""
+    dtype = streams.dtype
+    return post.to(dtype).unsqueeze(-1) * out.unsqueeze(-2) + torch.matmul(comb.to(dtype).transpose(-1, -2), streams)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: DeepseekV4Config, layer: int):
+        super().__init__()
+        self.self_attn = Attention(config, layer)
+        self.mlp = MoE(config, layer)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_eps)
+        self.attn_hc = HyperConnection(config)
+        self.ffn_hc = HyperConnection(config)
+
+    def forward(self, streams: Tensor, state: LayerCache, step: Step) -> Tensor:
+        post, comb, h = self.attn_hc(streams)
+        streams = mix_streams(streams, post, comb, self.self_attn(self.input_layernorm(h), state, step))
+        post, comb, h = self.ffn_hc(streams)
+        return mix_streams(streams, post, comb, self.mlp(self.post_attention_layernorm(h), step.token_ids))
+
+
+class HyperHead(nn.Module):
+    """Collapses the residual streams before the final norm (SPEC 7)."""
+
+    def __init__(self, config: DeepseekV4Config):
+        super().__init__()
+        n = config.hc_mult
+        self.eps, self.rms_eps = config.hc_eps, config.rms_eps
+        self.hc_fn = nn.Parameter(torch.empty(n, n * config.hidden_size, dtype=torch.float32))
+        self.hc_base = nn.Parameter(torch.zeros(n, dtype=torch.float32))
+        self.hc_scale = nn.Parameter(torch.ones(1, dtype=torch.float32))
+
+    def forward(self, streams: Tensor) -> Tensor:
+        mix = F.linear(unit_rms(streams.flatten(2).float(), self.rms_eps), self.hc_fn.float())
+        pre = torch.sigmoid(mix * self.hc_scale.float() + self.hc_base.float()) + self.eps
+        return (pre.unsqueeze(-1) * streams).sum(dim=2).to(streams.dtype)
+
+
+class DeepseekV4Model(nn.Module):
+    def __init__(self, config: DeepseekV4Config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_eps)
+        self.hc_head = HyperHead(config)
+
+
+class DeepseekV4ForCausalLM(nn.Module):
+    """forward(input_ids [B, S], cache=None, lengths=None) -> logits [B, S, vocab].
+
+    With a cache, the call continues each sequence where the cache left it; `lengths` gives the
+    valid tokens of each row of input_ids (default all S), so a batch may hold sequences of
+    different lengths (rows past a sequence's length give logits to ignore).
+    """
+
+    def __init__(self, config: DeepseekV4Config):
+        super().__init__()
+        self.config = config
+        self.model = DeepseekV4Model(config)
+        self.lm_head = linear(config.hidden_size, config.vocab_size)
+
+    def new_cache(self, batch: int) -> DeepseekV4Cache:
+        return DeepseekV4Cache(self.config, batch, self.lm_head.weight.device)
+
+    @torch.no_grad()
+    def forward(self, input_ids: Tensor, cache: Optional[DeepseekV4Cache] = None,
+                lengths: Optional[List[int]] = None) -> Tensor:
+        cache = self.new_cache(input_ids.shape[0]) if cache is None else cache
+        step = cache.step(input_ids, lengths)
+        x = self.model.embed_tokens(input_ids)
+        streams = x.unsqueeze(2).expand(-1, -1, self.config.hc_mult, -1).contiguous()
+        for layer, state in zip(self.model.layers, cache.layers):
+            streams = layer(streams, state, step)
+        cache.advance(step)
+        return self.lm_head(self.model.norm(self.model.hc_head(streams)))
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02, generator: Optional[torch.Generator] = None) -> "DeepseekV4ForCausalLM":
+        """Random weights for demos and tests (normal(0, std) matrices, unit norms, zero biases)."""
+        for name, p in self.named_parameters():
+            if name.endswith(("norm.weight", "layernorm.weight", "scale", "hc_scale")):
+                p.fill_(1.0)
+            elif name.endswith(("base", "hc_base", "sinks", "position_bias")):
+                p.zero_()
+            else:
+                p.normal_(0.0, std, generator=generator)
+        return self
+
+    @classmethod
+    def from_hf(cls, hf_model) -> "DeepseekV4ForCausalLM":
+        """Same weights as a transformers DeepseekV4ForCausalLM (on its device, in its dtype)."""
+        weight = hf_model.lm_head.weight
+        model = cls(DeepseekV4Config.from_hf(hf_model.config)).to(device=weight.device)
+        model.load_hf_state_dict(hf_model.state_dict())
+        return model
+
+    def load_hf_state_dict(self, state_dict: dict) -> None:
+        """Loads a transformers-format state dict; multi-token-prediction (`mtp.`) weights are skipped.
+        Tensors keep the checkpoint's dtype, except the fp32 ones (norms, sinks, mHC, biases)."""
+        own = self.state_dict()
+        wanted = {k: v for k, v in state_dict.items() if not (k.startswith("mtp.") or ".mtp." in k)}
+        missing, unexpected = sorted(set(own) - set(wanted)), sorted(set(wanted) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"[lcattn] state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for name, tensor in wanted.items():
+            if tuple(own[name].shape) != tuple(tensor.shape):
+                raise ValueError(f"[lcattn] {name}: shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}")
+        self.load_state_dict({k: v.float() if k.endswith(FP32_PARAMETERS) else v for k, v in wanted.items()},
+                             strict=True, assign=True)
+
+    def cast(self, dtype: torch.dtype) -> "DeepseekV4ForCausalLM":
+        """Moves the weights to dtype, keeping the fp32 ones (norms, sinks, mHC, biases) in fp32."""
+        for name, p in self.named_parameters():
+            if not name.endswith(FP32_PARAMETERS):
+                p.data = p.data.to(dtype)
+        return self
+
+
+# Parameters that stay fp32 whatever the model dtype, as in the published model.
+FP32_PARAMETERS = ("norm.weight", "layernorm.weight", "sinks", "position_bias", ".fn", ".base", ".scale", "hc_fn",
+                   "hc_base", "hc_scale", "e_score_correction_bias")
