@@ -3,7 +3,8 @@
 # example, then compute-sanitizer memcheck and racecheck over each op family's CUDA tests. Logs go
 # under the folder given as the first argument (default: gpu_results); the exit status is
 # non-zero if any step failed.
-#   bash scripts/gpu_check.sh OUT_DIR [FAMILY...]   (sanitizer families; default: all)
+#   bash scripts/gpu_check.sh OUT_DIR [FAMILY...]   (sanitizer families; default: all; "none": skip)
+# DEMO_CONTEXT=N also runs the demo with an N-token prompt.
 set -uo pipefail
 out=$(realpath -m "${1:-gpu_results}")
 mkdir -p "$out"
@@ -35,10 +36,12 @@ step build python3 setup.py build_ext --inplace
 step tests_cuda python3 -m pytest tests -m cuda -q -rs
 step tests_all python3 -m pytest tests -q
 step example python3 -m lcattn.example
+if [ -n "${DEMO_CONTEXT:-}" ]; then step demo python3 -m lcattn.demo --context "$DEMO_CONTEXT"; fi
 # Without the caching allocator every tensor is its own allocation, so memcheck sees overruns.
 # racecheck runs minutes per large case: it skips the prefill-scale and 1M-context cases.
 families=("${@:2}")
 [ ${#families[@]} -gt 0 ] || families=(compress indexer attention moe opcheck)
+[ "${families[0]}" != none ] || families=()
 for family in "${families[@]}"; do
   step "memcheck_$family" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
     --error-exitcode 1 python3 -m pytest "tests/test_$family.py" -m cuda -q -x
