@@ -1,6 +1,7 @@
 // Lightning indexer scoring, top-k selection and row gather on CUDA (SPEC 4).
 #include <cub/block/block_scan.cuh>
 
+#include "common/mma.cuh"
 #include "common/reduce.cuh"
 #include "lcattn/api.h"
 
@@ -40,6 +41,102 @@ __global__ void indexer_scores_kernel(const IndexerParams p) {
       __syncwarp();
     }
     if (lane == 0) p.scores[n * p.N + i] = total;
+  }
+}
+
+// Tensor-core scoring for DI = 128: a block scores 64 query rows of one sequence against 128
+// keys. Per head, the warps multiply q_h [64 x 128] by the key tile [128 x 128] with mma.sync
+// (each warp 16 rows x 64 keys) and fold w_h * ReLU(.) into fp32 accumulators in registers.
+// Shared rows are padded by 8 bf16 so that the fragment loads hit 32 distinct banks.
+constexpr int kTileRows = 64, kTileKeys = 128, kTileDim = 128, kTileThreads = 256;
+constexpr int kTileStride = kTileDim + 8;
+constexpr size_t kTileSmem = (kTileKeys + kTileRows) * kTileStride * sizeof(bf16) + kTileRows * sizeof(float);
+
+__host__ __device__ __forceinline__ int64_t score_tile_of(const IndexerParams& p, int64_t row) {
+  return row / p.S * ceil_div(p.S, kTileRows) + row % p.S / kTileRows;
+}
+
+// Copies rows [0, rows) of kTileDim bf16 (row r from src_row(r), zeros where it returns null).
+template <typename Src>
+__device__ __forceinline__ void stage_rows(bf16* dst, int rows, Src src_row) {
+  constexpr int kVectors = kTileDim / 8;  // 16-byte vectors per row
+  for (int v = threadIdx.x; v < rows * kVectors; v += kTileThreads) {
+    const int r = v / kVectors, col = v % kVectors * 8;
+    const bf16* src = src_row(r);
+    *reinterpret_cast<uint4*>(dst + r * kTileStride + col) =
+        src ? *reinterpret_cast<const uint4*>(src + col) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// grid (row tiles of [row_begin, row_end), N / kTileKeys).
+__global__ void __launch_bounds__(kTileThreads) indexer_scores_mma_kernel(const IndexerParams p) {
+  extern __shared__ __align__(16) unsigned char tile_smem[];
+  bf16* keys = reinterpret_cast<bf16*>(tile_smem);
+  bf16* q = keys + kTileKeys * kTileStride;
+  float* w = reinterpret_cast<float*>(q + kTileRows * kTileStride);
+  const int64_t tile = score_tile_of(p, p.row_begin) + blockIdx.x;
+  const int tiles_per_seq = ceil_div(p.S, kTileRows);
+  const int b = int(tile / tiles_per_seq), s0 = int(tile % tiles_per_seq) * kTileRows;
+  const int64_t seq_row0 = int64_t(b) * p.S;  // flattened row of position s = 0
+  // Positions of this tile that lie in the rows being scored.
+  const int s_lo = int(s0 > p.row_begin - seq_row0 ? s0 : p.row_begin - seq_row0);
+  const int s_end = min(s0 + kTileRows, p.S);
+  const int s_hi = int(s_end < p.row_end - seq_row0 ? s_end : p.row_end - seq_row0);
+  if (s_lo >= s_hi) return;
+  const int n0 = blockIdx.y * kTileKeys, q0 = p.q_start[b];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int wm = (warp & 3) * 16, wn = (warp >> 2) * 64;  // this warp's rows and keys in the tile
+  float out[8][4] = {};
+  if (n0 < min(p.N, (q0 + s_hi) / p.ratio)) {  // some key of the tile is visible to some row
+    stage_rows(keys, kTileKeys, [&](int r) {
+      return n0 + r < p.N ? p.keys + (int64_t(b) * p.N + n0 + r) * kTileDim : nullptr;
+    });
+    for (int h = 0; h < p.HI; ++h) {
+      __syncthreads();  // the previous head's q and w are consumed
+      stage_rows(q, kTileRows, [&](int r) {
+        const int s = s0 + r;
+        return s >= s_lo && s < s_hi ? p.q + ((seq_row0 + s) * p.HI + h) * kTileDim : nullptr;
+      });
+      if (threadIdx.x < kTileRows) {
+        const int s = s0 + threadIdx.x;
+        w[threadIdx.x] = s >= s_lo && s < s_hi ? p.weights[(seq_row0 + s) * p.HI + h] : 0.f;
+      }
+      __syncthreads();
+      float acc[8][4] = {};
+#pragma unroll
+      for (int k0 = 0; k0 < kTileDim; k0 += 16) {
+        const bf16* a = q + (wm + g) * kTileStride + k0 + 2 * t;
+        const uint32_t a0 = load_pair(a), a1 = load_pair(a + 8 * kTileStride), a2 = load_pair(a + 8),
+                       a3 = load_pair(a + 8 * kTileStride + 8);
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          const bf16* bk = keys + (wn + nt * 8 + g) * kTileStride + k0 + 2 * t;
+          mma_bf16_16816(acc[nt], a0, a1, a2, a3, load_pair(bk), load_pair(bk + 8));
+        }
+      }
+      const float w_lo = w[wm + g], w_hi = w[wm + g + 8];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        out[nt][0] += w_lo * fmaxf(acc[nt][0], 0.f);
+        out[nt][1] += w_lo * fmaxf(acc[nt][1], 0.f);
+        out[nt][2] += w_hi * fmaxf(acc[nt][2], 0.f);
+        out[nt][3] += w_hi * fmaxf(acc[nt][3], 0.f);
+      }
+    }
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int s = s0 + wm + g + 8 * half;
+    if (s < s_lo || s >= s_hi) continue;
+    const int visible = min(p.N, (q0 + s + 1) / p.ratio);
+    float* dst = p.scores + (seq_row0 + s - p.row_begin) * p.N;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int n = n0 + wn + nt * 8 + 2 * t + j;
+        if (n < p.N) dst[n] = n < visible ? out[nt][2 * half + j] : -INFINITY;
+      }
   }
 }
 
@@ -135,6 +232,15 @@ __global__ void gather_rows_kernel(const GatherParams p) {
 cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream) {
   const int64_t rows = p.row_end - p.row_begin;
   if (rows == 0 || p.N == 0) return cudaSuccess;
+  if (p.DI == kTileDim) {  // the V4 indexer head dim: tensor cores
+    static const cudaError_t attr = cudaFuncSetAttribute(
+        indexer_scores_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kTileSmem));
+    if (attr != cudaSuccess) return attr;
+    const int64_t tiles = score_tile_of(p, p.row_end - 1) - score_tile_of(p, p.row_begin) + 1;
+    const dim3 grid(unsigned(tiles), ceil_div(p.N, kTileKeys));
+    indexer_scores_mma_kernel<<<grid, kTileThreads, kTileSmem, stream>>>(p);
+    return cudaGetLastError();
+  }
   const size_t smem = sizeof(float) * (size_t(p.HI) * p.DI + p.HI + kScoreWarps * p.DI);
   if (smem > 48 * 1024) return cudaErrorInvalidValue;
   const dim3 grid(unsigned(rows), ceil_div(p.N, kScoreKeys));

@@ -18,8 +18,8 @@ import lcattn
 from lcattn.modules import CSA, HCA, SLIDING, DeepseekV4Config, DeepseekV4ForCausalLM
 
 
-def gpu_config(experts: int) -> DeepseekV4Config:
-    config = DeepseekV4Config.flash().with_layers([SLIDING, CSA, HCA, CSA, HCA])
+def gpu_config(experts: int, layers) -> DeepseekV4Config:
+    config = DeepseekV4Config.flash().with_layers(layers or [SLIDING, CSA, HCA, CSA, HCA])
     config.num_experts = experts  # all 256 experts of 5 layers would need 64 GB of weights alone
     return config
 
@@ -53,10 +53,17 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=32, help="tokens to decode after the prompt")
     parser.add_argument("--chunk", type=int, default=8192, help="prefill chunk (bounds activation memory)")
     parser.add_argument("--experts", type=int, default=32, help="routed experts per layer on the GPU")
+    parser.add_argument("--layers", help="layer kinds, e.g. sliding,csa,hca,csa (GPU; default "
+                        "sliding,csa,hca,csa,hca)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     device = torch.device(args.device)
-    config = gpu_config(args.experts) if device.type == "cuda" else DeepseekV4Config.tiny()
+    layers = args.layers.split(",") if args.layers else None
+    if layers and not set(layers) <= {SLIDING, CSA, HCA}:
+        parser.error(f"--layers takes {SLIDING}, {CSA} and {HCA}, got {args.layers}")
+    config = gpu_config(args.experts, layers) if device.type == "cuda" else DeepseekV4Config.tiny()
+    if layers and device.type != "cuda":
+        config = config.with_layers(layers)
     context = args.context or (131072 if device.type == "cuda" else 16384)
     torch.manual_seed(args.seed)
 
