@@ -49,7 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     on_gpu = torch.cuda.is_available() and lcattn.cuda_kernels_built()
     parser.add_argument("--device", default="cuda" if on_gpu else "cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--context", type=int, help="prompt tokens (default 131072 on GPU, 16384 on CPU)")
+    parser.add_argument("--context", type=int, help="positions: the prompt and the decoded tokens "
+                        "(default 131072 on GPU, 16384 on CPU; at most 1048576)")
     parser.add_argument("--decode", type=int, default=32, help="tokens to decode after the prompt")
     parser.add_argument("--chunk", type=int, default=8192, help="prefill chunk (bounds activation memory)")
     parser.add_argument("--experts", type=int, default=32, help="routed experts per layer on the GPU")
@@ -65,6 +66,9 @@ def main() -> None:
     if layers and device.type != "cuda":
         config = config.with_layers(layers)
     context = args.context or (131072 if device.type == "cuda" else 16384)
+    if not args.decode < context <= config.max_positions:
+        parser.error(f"--context must exceed --decode and be at most {config.max_positions}")
+    prompt_len = context - args.decode
     torch.manual_seed(args.seed)
 
     # bf16 weights on the GPU (the norms, sinks and mHC weights stay fp32), fp32 on the CPU.
@@ -77,14 +81,14 @@ def main() -> None:
           f"{config.num_layers} layers {config.layer_types}, hidden {config.hidden_size}, {config.num_heads} heads x "
           f"{config.head_dim}, {config.num_experts} experts, {params / 1e6:,.0f} M parameters, random weights", flush=True)
 
-    prompt = torch.randint(0, config.vocab_size, (1, context), device=device)
+    prompt = torch.randint(0, config.vocab_size, (1, prompt_len), device=device)
     cache = model.new_cache(1)
     synchronize(device)
     started = time.perf_counter()
-    for start in range(0, context, args.chunk):
+    for start in range(0, prompt_len, args.chunk):
         logits = model(prompt[:, start:start + args.chunk], cache)
         synchronize(device)
-        progress("prefill", min(start + args.chunk, context), context, started)
+        progress("prefill", min(start + args.chunk, prompt_len), prompt_len, started)
     prefill_s = time.perf_counter() - started
 
     token = logits[:, -1:].argmax(-1)
@@ -99,8 +103,8 @@ def main() -> None:
     tokens = cache.host_lengths[0]
     dense = config.num_layers * config.head_dim * 2  # one bf16 K=V row of head_dim per layer and token
     ours = cache.nbytes() / tokens
-    print(f"prompt {context} tokens, then {args.decode} decoded; chunks of {args.chunk}")
-    print(f"prefill:        {context / prefill_s:,.0f} tokens/s ({prefill_s:.2f} s)")
+    print(f"prompt {prompt_len} tokens, then {args.decode} decoded; chunks of {args.chunk}")
+    print(f"prefill:        {prompt_len / prefill_s:,.0f} tokens/s ({prefill_s:.2f} s)")
     print(f"decode:         {decode_ms:.2f} ms/token (median, batch 1)")
     print(f"peak memory:    {peak_memory(device)}")
     print(f"cache:          {ours:,.1f} bytes/token ({cache.nbytes() / 2**20:,.1f} MiB at {tokens} tokens); "
