@@ -319,7 +319,13 @@ class DeepseekV4ForCausalLM(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, generator: Optional[torch.Generator] = None) -> "DeepseekV4ForCausalLM":
-        """Random weights for demos and tests (normal(0, std) matrices, unit norms, zero biases)."""
+        """Random weights for demos and tests (normal(0, std) matrices, unit norms, zero biases, a
+        random hash-routing table of distinct experts per token)."""
+        cfg = self.config
+        for name, table in self.named_buffers():
+            if name.endswith("tid2eid"):
+                scores = torch.rand(cfg.vocab_size, cfg.num_experts, device=table.device, generator=generator)
+                table.copy_(scores.argsort(dim=-1)[:, :cfg.experts_per_token])
         for name, p in self.named_parameters():
             if name.endswith(("norm.weight", "layernorm.weight", "scale", "hc_scale")):
                 p.fill_(1.0)
