@@ -62,6 +62,15 @@ def test_indexer_topk_matches_scores_then_topk(device, block_rows):
     assert (out[0, :3] == -1).all(), "positions 0..2 see no entry"
 
 
+@pytest.mark.parametrize("block_rows", [0, 50])
+def test_indexer_topk_batch_of_sequences_head_dim_128(device, block_rows):
+    """Several sequences of irregular length; with block_rows 50 the blocks cross sequences."""
+    args = make_indexer(3, 70, 300, 8, 128, device, [0, 1000, 133])
+    out = ops.indexer_topk(*args, k=32, ratio=4, block_rows=block_rows)
+    check_topk(out, reference.indexer_scores(*args, ratio=4), 32)
+    assert_close(ops.indexer_scores(*args, ratio=4), reference.indexer_scores(*args, ratio=4), 1e-5, "scores")
+
+
 def test_indexer_topk_model_shape(device):
     shape = MODEL_SHAPES["flash"]
     args = make_indexer(1, 3, 2048, shape["index_heads"], shape["index_dim"], device, [8190])
