@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# On a GPU machine: build lcattn with every core, run the CUDA tests, the whole suite and the
-# example, then compute-sanitizer memcheck and racecheck over each op family's CUDA tests. Logs go
+# On a GPU machine: build lcattn with every core, run the CUDA tests, the whole suite, the
+# example and the C++ microbenchmarks, then compute-sanitizer memcheck and racecheck over each op family's CUDA tests. Logs go
 # under the folder given as the first argument (default: gpu_results); the exit status is
 # non-zero if any step failed.
 #   bash scripts/gpu_check.sh OUT_DIR [FAMILY...]   (sanitizer families; default: all; "none": skip)
@@ -36,6 +36,8 @@ step build python3 setup.py build_ext --inplace
 step tests_cuda python3 -m pytest tests -m cuda -q -rs
 step tests_all python3 -m pytest tests -q
 step example python3 -m lcattn.example
+step cpp_bench bash -c 'cmake -S . -B build/cmake >/dev/null && cmake --build build/cmake -j "$(nproc)" >/dev/null &&
+  for b in attention indexer moe compress; do build/cmake/bench_$b || exit 1; done'
 if [ -n "${DEMO_CONTEXT:-}" ]; then step demo python3 -m lcattn.demo --context "$DEMO_CONTEXT"; fi
 # Without the caching allocator every tensor is its own allocation, so memcheck sees overruns.
 # racecheck runs minutes per large case: it skips the prefill-scale and 1M-context cases.
