@@ -84,11 +84,10 @@ class DeepseekV4Cache:
 
     def nbytes(self) -> int:
         """Bytes the cache needs for its current lengths (windows, visible entries, rings)."""
-        longest = max(self.host_lengths)
         total = 0
         for layer in self.layers:
             total += layer.window.nbytes
             for stream in (layer.kv, layer.index):
                 if stream is not None:
-                    total += stream.nbytes(len(self.host_lengths) * (longest // stream.ratio))
+                    total += stream.nbytes(sum(n // stream.ratio for n in self.host_lengths))
         return total
