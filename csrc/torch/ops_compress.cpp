@@ -4,33 +4,33 @@
 namespace lcattn {
 namespace {
 
-constexpr const char* kOp = "compress_kv";
+constexpr const char* op = "compress_kv";
 
 void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor& seq_lens,
                  const at::Tensor& start_pos, const at::Tensor& ring_kv, const at::Tensor& ring_score, const at::Tensor& ape,
                  const at::Tensor& norm_weight, const at::Tensor& inv_freq, const at::Tensor& out, int64_t ratio,
                  bool overlap, double eps) {
-  LCATTN_CHECK(kv.dim() == 3, kOp, "kv must be [B, S, width], got shape ", kv.sizes());
-  LCATTN_CHECK(ratio >= 1, kOp, "ratio must be >= 1, got ", ratio);
+  LCATTN_CHECK(kv.dim() == 3, op, "kv must be [B, S, width], got shape ", kv.sizes());
+  LCATTN_CHECK(ratio >= 1, op, "ratio must be >= 1, got ", ratio);
   const int64_t B = kv.size(0), S = kv.size(1), width = kv.size(2), coff = overlap ? 2 : 1;
-  LCATTN_CHECK(width % coff == 0, kOp, "kv width must be even when overlap, got ", width);
+  LCATTN_CHECK(width % coff == 0, op, "kv width must be even when overlap, got ", width);
   const int64_t c = width / coff, ring = coff * ratio;
-  check_tensor(kOp, "kv", kv, at::kFloat, {B, S, width}, kv);
-  check_tensor(kOp, "score", score, at::kFloat, {B, S, width}, kv);
-  check_tensor(kOp, "seq_lens", seq_lens, at::kInt, {B}, kv);
-  check_tensor(kOp, "start_pos", start_pos, at::kInt, {B}, kv);
-  check_tensor(kOp, "ring_kv", ring_kv, at::kFloat, {B, ring, width}, kv);
-  check_tensor(kOp, "ring_score", ring_score, at::kFloat, {B, ring, width}, kv);
-  check_tensor(kOp, "ape", ape, at::kFloat, {ratio, width}, kv);
-  check_tensor(kOp, "norm_weight", norm_weight, at::kFloat, {c}, kv);
-  LCATTN_CHECK(inv_freq.dim() == 1 && 2 * inv_freq.size(0) <= c, kOp,
+  check_tensor(op, "kv", kv, at::kFloat, {B, S, width}, kv);
+  check_tensor(op, "score", score, at::kFloat, {B, S, width}, kv);
+  check_tensor(op, "seq_lens", seq_lens, at::kInt, {B}, kv);
+  check_tensor(op, "start_pos", start_pos, at::kInt, {B}, kv);
+  check_tensor(op, "ring_kv", ring_kv, at::kFloat, {B, ring, width}, kv);
+  check_tensor(op, "ring_score", ring_score, at::kFloat, {B, ring, width}, kv);
+  check_tensor(op, "ape", ape, at::kFloat, {ratio, width}, kv);
+  check_tensor(op, "norm_weight", norm_weight, at::kFloat, {c}, kv);
+  LCATTN_CHECK(inv_freq.dim() == 1 && 2 * inv_freq.size(0) <= c, op,
             "inv_freq must be [rope_dim / 2] with rope_dim <= ", c, ", got shape ", inv_freq.sizes());
-  check_tensor(kOp, "inv_freq", inv_freq, at::kFloat, {-1}, kv);
-  LCATTN_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16, kOp,
+  check_tensor(op, "inv_freq", inv_freq, at::kFloat, {-1}, kv);
+  LCATTN_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16, op,
             "out must be float32 or bfloat16, got ", c10::toString(out.scalar_type()));
-  check_tensor(kOp, "out", out, out.scalar_type(), {B, -1, c}, kv);
-  check_values(kOp, "seq_lens", seq_lens, 0, S);
-  check_values(kOp, "start_pos", start_pos, 0, INT32_MAX - S);
+  check_tensor(op, "out", out, out.scalar_type(), {B, -1, c}, kv);
+  check_values(op, "seq_lens", seq_lens, 0, S);
+  check_values(op, "start_pos", start_pos, 0, INT32_MAX - S);
 
   CompressParams p{};
   p.kv = ptr<const float>(kv);
@@ -52,7 +52,7 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
   p.n_out = int(out.size(1));
   p.rope_dim = int(2 * inv_freq.size(0));
   p.eps = float(eps);
-  LCATTN_RUN(kOp, kv, compress_kv, p);
+  LCATTN_RUN(op, kv, compress_kv, p);
 }
 
 void register_ops(torch::Library& m) { m.impl("compress_kv", &compress_kv); }

@@ -147,6 +147,11 @@ class Attention(nn.Module):
         return self.o_b_proj(self.o_a_proj(grouped))
 
 
+def swiglu(gate: Tensor, up: Tensor, limit: float) -> Tensor:
+    """silu(min(gate, limit)) * clamp(up, -limit, limit): the experts' clamped SwiGLU (SPEC 6)."""
+    return F.silu(gate.clamp(max=limit)) * up.clamp(-limit, limit)
+
+
 class SharedExpert(nn.Module):
     def __init__(self, config: DeepseekV4Config):
         super().__init__()
@@ -156,8 +161,7 @@ class SharedExpert(nn.Module):
         self.limit = config.swiglu_limit
 
     def forward(self, x: Tensor) -> Tensor:
-        up = self.up_proj(x).clamp(-self.limit, self.limit)
-        return self.down_proj(F.silu(self.gate_proj(x).clamp(max=self.limit)) * up)
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x), self.limit))
 
 
 class Experts(nn.Module):
@@ -168,7 +172,6 @@ class Experts(nn.Module):
         E, I, D = config.num_experts, config.expert_dim, config.hidden_size
         self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, D))
         self.down_proj = nn.Parameter(torch.empty(E, D, I))
-        self.limit = config.swiglu_limit
 
 
 class Router(nn.Module):
@@ -198,17 +201,27 @@ class MoE(nn.Module):
         logits = F.linear(flat.float(), self.gate.weight.float())
         if self.hashed:
             weights, experts = ops.moe_route(logits, cfg.experts_per_token, cfg.route_scale,
-                                             tid2eid=self.gate.tid2eid.to(torch.int32), token_ids=token_ids.reshape(-1).contiguous())
+                                             tid2eid=self.gate.tid2eid.to(torch.int32),
+                                             token_ids=token_ids.reshape(-1).contiguous())
         else:
             weights, experts = ops.moe_route(logits, cfg.experts_per_token, cfg.route_scale,
                                              bias=self.gate.e_score_correction_bias.float())
         x_perm, offsets, rows = ops.moe_permute(flat.to(bf16).contiguous(), experts, cfg.num_experts)
         gate_up = ops.grouped_gemm_contiguous(x_perm, self.experts.gate_up_proj.to(bf16), offsets)
-        gate, up = gate_up.float().chunk(2, dim=-1)
-        h = F.silu(gate.clamp(max=cfg.swiglu_limit)) * up.clamp(-cfg.swiglu_limit, cfg.swiglu_limit)
+        h = swiglu(*gate_up.float().chunk(2, dim=-1), cfg.swiglu_limit)
         y = ops.grouped_gemm_contiguous(h.to(bf16).contiguous(), self.experts.down_proj.to(bf16), offsets)
         routed = ops.moe_unpermute(y, rows, weights).to(x.dtype).view(shape)
         return routed + self.shared_experts(x)
+
+
+def stream_mix(streams: Tensor, fn: Tensor, eps: float) -> Tensor:
+    """(flatten(X) / rms(flatten(X))) @ fn^T in fp32 (SPEC 7)."""
+    return F.linear(unit_rms(streams.flatten(2).float(), eps), fn.float())
+
+
+def collapse(streams: Tensor, pre: Tensor) -> Tensor:
+    """sum_i pre_i X_i."""
+    return (pre.unsqueeze(-1) * streams).sum(dim=2).to(streams.dtype)
 
 
 class HyperConnection(nn.Module):
@@ -224,7 +237,7 @@ class HyperConnection(nn.Module):
 
     def forward(self, streams: Tensor):
         n = self.n
-        mix = F.linear(unit_rms(streams.flatten(2).float(), self.rms_eps), self.fn.float())
+        mix = stream_mix(streams, self.fn, self.rms_eps)
         pre_w, post_w, comb_w = mix.split([n, n, n * n], dim=-1)
         pre_b, post_b, comb_b = self.base.split([n, n, n * n])
         pre = torch.sigmoid(pre_w * self.scale[0] + pre_b) + self.eps
@@ -234,8 +247,7 @@ class HyperConnection(nn.Module):
         for _ in range(self.iters - 1):
             comb = comb / (comb.sum(dim=-1, keepdim=True) + self.eps)
             comb = comb / (comb.sum(dim=-2, keepdim=True) + self.eps)
-        collapsed = (pre.unsqueeze(-1) * streams).sum(dim=2).to(streams.dtype)
-        return post, comb, collapsed
+        return post, comb, collapse(streams, pre)
 
 
 def mix_streams(streams: Tensor, post: Tensor, comb: Tensor, out: Tensor) -> Tensor:
@@ -273,9 +285,8 @@ class HyperHead(nn.Module):
         self.hc_scale = nn.Parameter(torch.ones(1, dtype=torch.float32))
 
     def forward(self, streams: Tensor) -> Tensor:
-        mix = F.linear(unit_rms(streams.flatten(2).float(), self.rms_eps), self.hc_fn.float())
-        pre = torch.sigmoid(mix * self.hc_scale.float() + self.hc_base.float()) + self.eps
-        return (pre.unsqueeze(-1) * streams).sum(dim=2).to(streams.dtype)
+        mix = stream_mix(streams, self.hc_fn, self.rms_eps)
+        return collapse(streams, torch.sigmoid(mix * self.hc_scale.float() + self.hc_base.float()) + self.eps)
 
 
 class DeepseekV4Model(nn.Module):
