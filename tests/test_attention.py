@@ -35,6 +35,7 @@ SPARSE_CASES = [
     (2, 9, 3, 64, 16, 8, 30, 11, 5, [20, 3], [0, 0]),         # irregular; window smaller than history
     (2, 5, 4, 512, 64, 128, 140, 40, 16, [133, 200], [0, 70]),  # kv buffer starting mid-sequence
     (3, 1, 64, 512, 64, 128, 128, 64, 24, [127, 500, 999], [0, 373, 872]),  # decode, V4 head dim
+    (2, 7, 3, 64, 16, 16, 22, 10, 4, [0, 5], [-15, -10]),  # sequence start: rows before position 0
 ]
 
 

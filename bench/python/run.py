@@ -1,11 +1,15 @@
 """Times every lcattn op on the GPU at the shapes of SPEC.md against the best baseline in the same run.
 
-    python bench/python/run.py [--ops sparse_attn,topk,...] [--quick] [--out DIR]
+    python bench/python/run.py [--ops sparse_attn,dense_attn,...,layers] [--quick] [--contexts 8192,...]
+                               [--reps N] [--out DIR]
 
 Measures its own ceilings first (dense bf16 matmul, device-to-device copy), then per case the
 median time over rotated input sets (CUDA events, after warm-up), TFLOP/s, TB/s, the fraction of
 the ceiling (the larger of FLOPs / matmul rate and bytes / copy rate, over the time) and the ratio
-to each baseline. Writes results.json and results.csv under --out and prints a table last.
+to each baseline: unfused stock-torch ops, torch.topk, F.grouped_mm, FlexAttention, and FlashMLA
+when it is importable. The `layers` family times one V4-Flash CSA and one HCA attention layer at
+8K to 1M context (bench/python/layers.py). Writes results.json, results.csv, layers.csv and the
+plots ops.png and layers.png under --out, and prints a table last.
 """
 import argparse
 import csv
@@ -20,6 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from lcattn import ops, reference
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import layers  # noqa: E402
 
 DEV = "cuda"
 BF = torch.bfloat16
@@ -57,9 +64,10 @@ class Result:
     tbps: float
     ceiling_fraction: float
     baselines: Dict[str, float] = field(default_factory=dict)  # name -> baseline ms / our ms
+    context: int = 0  # the context length the case stands for, where it has one
 
 
-def measure(op, case, flops, nbytes, ours, baselines, ceilings, reps) -> Result:
+def measure(op, case, flops, nbytes, ours, baselines, ceilings, reps, context=0) -> Result:
     ms = median_ms(ours, reps)
     floor_ms = max(flops / ceilings["tflops"] / 1e9, nbytes / ceilings["tbps"] / 1e9)
     ratios = {}
@@ -70,7 +78,7 @@ def measure(op, case, flops, nbytes, ours, baselines, ceilings, reps) -> Result:
             ratios[name] = float("nan")
             print(f"\n  {name} skipped at {case}: {str(err).splitlines()[0][:100]}", file=sys.stderr)
             torch.cuda.empty_cache()
-    return Result(op, case, ms, flops / ms / 1e9, nbytes / ms / 1e9, floor_ms / ms, ratios)
+    return Result(op, case, ms, flops / ms / 1e9, nbytes / ms / 1e9, floor_ms / ms, ratios, context)
 
 
 def ceilings() -> Dict[str, float]:
@@ -108,22 +116,47 @@ def unfused_sparse(q, kv, kv_start, q_start, ckv, sink, idx, window=128):
     return torch.einsum("bshu,bsud->bshd", p.to(BF), keys)
 
 
+def flash_mla_sparse():
+    """FlashMLA's sparse prefill, when the flash_mla package is importable: (q, kv, idx, sink) -> out."""
+    try:
+        import flash_mla
+    except ImportError:
+        return None
+    def run(q, kv, kv_start, q_start, ckv, sink, idx, window=128):
+        B, S, H, D = q.shape
+        assert B == 1, "FlashMLA's sparse prefill takes one sequence"
+        # One key pool: the window rows, then the entries; window key j of query s is row s + j.
+        pool = torch.cat((kv[0], ckv[0]), 0)[:, None]  # [L + N, 1, D]
+        win = torch.arange(S, device=DEV)[:, None] + torch.arange(window, device=DEV)
+        full = torch.cat((win.int(), idx[0] + kv.shape[1]), 1)[:, None]  # [S, 1, window + K]
+        return flash_mla.flash_mla_sparse_fwd(q[0], pool, full, D ** -0.5, D, attn_sink=sink)[0]
+    return run
+
+
 def sparse_attn_cases(quick):
-    shapes = [("flash", 1, 4096, 64, 512), ("pro", 1, 4096, 128, 1024)]
+    shapes = [("flash", 4096, 64, 512), ("pro", 4096, 128, 1024)]
     if not quick:
-        shapes.insert(1, ("flash", 1, 16384, 64, 512))
-    for model, B, S, H, K in shapes:
+        shapes = [("flash", 4096, 64, 512), ("flash", 16384, 64, 512), ("flash", 65536, 64, 512),
+                  ("pro", 4096, 128, 1024), ("pro", 16384, 128, 1024)]
+    flash_mla = flash_mla_sparse()
+    for model, S, H, K in shapes:
         N = 32768
-        def make(B=B, S=S, H=H, K=K, N=N):
-            a = attention_inputs(B, S, H, K, N, pos=4 * N - S)
+        def make(S=S, H=H, K=K, N=N):
+            a = attention_inputs(1, S, H, K, N, pos=4 * N - S)
             return lambda: ops.sparse_attn(*a[:5], a[7], a[5], a[6])
-        def make_base(B=B, S=S, H=H, K=K, N=N):
-            a = attention_inputs(B, S, H, K, N, pos=4 * N - S)
+        def make_base(S=S, H=H, K=K, N=N):
+            a = attention_inputs(1, S, H, K, N, pos=4 * N - S)
             return lambda: unfused_sparse(*a[:5], a[5], a[7])
-        flops = 4 * H * 512 * (K + 128) * S * B
-        nbytes = 2 * (2 * B * S * H * 512 + B * S * (K + 128) * 512)  # q, out, keys once per token
-        yield "sparse_attn", f"{model} prefill S={S} H={H} keys={K}+128", flops, nbytes, make, {"unfused torch": make_base}
-    for B in (64, 128):
+        def make_flash_mla(S=S, H=H, K=K, N=N):
+            a = attention_inputs(1, S, H, K, N, pos=4 * N - S)
+            return lambda: flash_mla(*a[:6], a[7])
+        baselines = {"unfused torch": make_base} if S <= 16384 else {}  # the gathered keys need S * 640 KB
+        if flash_mla is not None:
+            baselines["FlashMLA"] = make_flash_mla
+        flops = 4 * H * 512 * (K + 128) * S
+        nbytes = 2 * (2 * S * H * 512 + S * (K + 128) * 512)  # q, out, keys once per token
+        yield "sparse_attn", f"{model} prefill S={S} H={H} keys={K}+128", flops, nbytes, make, baselines
+    for B in (1, 64, 128):
         H, K, N = 64, 512, 32768
         def make(B=B):
             a = attention_inputs(B, 1, H, K, N, pos=4 * N - 1)
@@ -136,18 +169,42 @@ def sparse_attn_cases(quick):
         yield "sparse_attn", f"flash decode B={B} keys={K}+128", flops, nbytes, make, {"unfused torch": make_base}
 
 
+def flex_dense(q, kv, kv_start, q_start, ckv, sink, window=128, ratio=128):
+    """FlexAttention over [window rows | entries] with a visibility mask; the sink folded in from the lse."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    B, S, H, D = q.shape
+    L = kv.shape[1]
+    keys = torch.cat((kv, ckv), 1)[:, None]  # [B, 1, L + N, D]
+    def visible(b, h, qi, ki):
+        p, s = q_start[b] + qi, kv_start[b] + ki
+        return torch.where(ki < L, (s <= p) & (s > p - window), ki - L < (p + 1) // ratio)
+    mask = create_block_mask(visible, B, None, S, keys.shape[2], device=DEV)
+    compiled = torch.compile(flex_attention)
+    def run():
+        out, lse = compiled(q.transpose(1, 2), keys, keys, block_mask=mask, enable_gqa=True, return_lse=True)
+        return out * torch.sigmoid(lse - sink[:, None])[..., None]  # exp(lse) / (exp(lse) + exp(sink))
+    return run
+
+
 def dense_attn_cases(quick):
-    for S in (1024,) if quick else (1024, 4096):
-        N, H = 1024, 64  # an HCA layer at 128K context
+    # An HCA layer's prefill chunk of S queries at a context of 128 * N tokens.
+    for S, N in ((4096, 1024),) if quick else ((1024, 1024), (4096, 1024), (4096, 4096), (4096, 8192)):
+        H = 64
         def make(S=S):
             a = attention_inputs(1, S, H, 0, N, pos=128 * N - S, sparse=False)
             return lambda: ops.dense_attn(*a[:5], a[5], a[6], ratio=128)
+        def make_flex(S=S):
+            a = attention_inputs(1, S, H, 0, N, pos=128 * N - S, sparse=False)
+            return flex_dense(*a[:6])
         flops = 4 * H * 512 * (N + 128) * S
-        yield "dense_attn", f"flash hca prefill S={S} entries={N}", flops, 2 * (2 * S * H * 512 + N * 512), make, {}
+        yield "dense_attn", f"flash hca prefill S={S} entries={N}", flops, 2 * (2 * S * H * 512 + N * 512), make, {
+            "FlexAttention": make_flex}, 128 * N
 
 
 def indexer_cases(quick):
-    for S, N in ((1024, 32768),) if quick else ((1024, 32768), (4096, 32768)):
+    # A prefill chunk of S queries of a CSA layer at a context of 4 * N tokens.
+    for S, N in ((4096, 32768),) if quick else ((1024, 32768), (4096, 8192), (4096, 32768), (4096, 131072),
+                                                 (4096, 262144)):
         def make(S=S, N=N):
             q = torch.randn(1, S, 64, 128, device=DEV, dtype=BF)
             w = torch.randn(1, S, 64, device=DEV) * 0.01
@@ -162,19 +219,22 @@ def indexer_cases(quick):
             return lambda: torch.topk(torch.einsum("bshd,bnd->bshn", q, keys).relu_().float().mul_(
                 w[..., None]).sum(2), 512, dim=-1)
         flops = 2 * 64 * 128 * N * S
-        yield "indexer_topk", f"S={S} entries={N} k=512", flops, 2 * (S * 64 * 128 + N * 128), ours, {
-            "unfused torch": unfused}
+        # The unfused path holds S * 64 * N fp32 scores: 34 GB at N = 32768.
+        baselines = {"unfused torch": unfused} if N <= 32768 else {}
+        yield "indexer_topk", f"S={S} entries={N} k=512", flops, 2 * (S * 64 * 128 + N * 128), ours, baselines, 4 * N
 
 
 def topk_cases(quick):
-    for R, N in ((64, 262144), (4096, 32768)) if quick else ((1, 262144), (64, 262144), (4096, 32768), (4096, 262144)):
+    for R, N in ((64, 262144), (4096, 32768)) if quick else ((1, 262144), (64, 262144), (4096, 8192), (4096, 32768),
+                                                              (4096, 131072), (4096, 262144)):
         def make(R=R, N=N):
             s = torch.randn(R, N, device=DEV)
             return lambda: ops.topk_indices(s, 512)
         def base(R=R, N=N):
             s = torch.randn(R, N, device=DEV)
             return lambda: torch.topk(s, 512, dim=-1)
-        yield "topk_indices", f"rows={R} N={N} k=512", 0, 4 * R * N, make, {"torch.topk": base}
+        # Rows of a 4096-query prefill chunk form the context curve; 1 and 64 rows are decode batches.
+        yield "topk_indices", f"rows={R} N={N} k=512", 0, 4 * R * N, make, {"torch.topk": base}, 4 * N if R == 4096 else 0
 
 
 def gemm_cases(quick):
@@ -222,44 +282,144 @@ FAMILIES = {"sparse_attn": sparse_attn_cases, "dense_attn": dense_attn_cases, "i
             "topk_indices": topk_cases, "grouped_gemm": gemm_cases, "compress_kv": compress_cases}
 
 
+def progress(done: int, total: int, label: str) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:70]:<70}")
+    sys.stderr.flush()
+
+
+def write_plots(results: List[Result], layer_rows: List[dict], out_dir: str) -> None:
+    """ops.png: time and fraction of the ceiling against context for the ops measured at several
+    contexts; layers.png: prefill time and decode ms per token against context per layer kind."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots", file=sys.stderr)
+        return
+    by_op = {}
+    for r in results:
+        if r.context:
+            by_op.setdefault(r.op, []).append(r)
+    if by_op:
+        fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for op, rs in by_op.items():
+            rs.sort(key=lambda r: r.context)
+            ax_t.plot([r.context for r in rs], [r.ms for r in rs], "o-", label=op)
+            ax_c.plot([r.context for r in rs], [100 * r.ceiling_fraction for r in rs], "o-", label=op)
+        for ax, what in ((ax_t, "median time (ms)"), (ax_c, "fraction of the measured ceiling (%)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("context (tokens)")
+            ax.set_ylabel(what)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        ax_t.set_yscale("log")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "ops.png"), dpi=110)
+    if layer_rows:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for kind in sorted({r["layer"] for r in layer_rows}):
+            rows = sorted((r for r in layer_rows if r["layer"] == kind), key=lambda r: r["context"])
+            ctx = [r["context"] for r in rows]
+            axes[0].plot(ctx, [r["prefill_s"] for r in rows], "o-", label=f"{kind} lcattn")
+            for b in (1, 64):
+                axes[1].plot(ctx, [r[f"decode_ms_b{b}"] for r in rows], "o-", label=f"{kind} lcattn B={b}")
+            un = [r for r in rows if "unfused_prefill_s" in r]
+            if un:
+                axes[0].plot([r["context"] for r in un], [r["unfused_prefill_s"] for r in un], "x--",
+                             label=f"{kind} unfused torch")
+        for ax, what in ((axes[0], "prefill time (s)"), (axes[1], "decode ms per token")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("context (tokens)")
+            ax.set_ylabel(what)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle("one V4-Flash attention layer")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "layers.png"), dpi=110)
+
+
+def write_tables(results: List[Result], layer_rows: List[dict], meta: dict, out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump({**meta, "results": [asdict(r) for r in results], "layers": layer_rows}, f, indent=1)
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["op", "case", "context", "ms", "tflops", "tbps", "ceiling_fraction", "baseline",
+                         "baseline_over_ours"])
+        for r in results:
+            for name, ratio in (r.baselines or {"": float("nan")}).items():
+                writer.writerow([r.op, r.case, r.context, f"{r.ms:.4f}", f"{r.tflops:.2f}", f"{r.tbps:.3f}",
+                                 f"{r.ceiling_fraction:.4f}", name, f"{ratio:.3f}"])
+    if layer_rows:
+        keys = sorted({k for r in layer_rows for k in r}, key=lambda k: (k not in ("layer", "context"), k))
+        with open(os.path.join(out_dir, "layers.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, keys)
+            writer.writeheader()
+            writer.writerows(layer_rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ops", default=",".join(FAMILIES), help=f"comma list of {', '.join(FAMILIES)}")
+    parser.add_argument("--ops", default=",".join(FAMILIES) + ",layers",
+                        help=f"comma list of {', '.join(FAMILIES)}, layers")
     parser.add_argument("--quick", action="store_true", help="fewer and smaller cases")
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--contexts", help="layer cases: comma list of contexts (default 8K to 1M; quick: 8K, 32K)")
+    parser.add_argument("--no-unfused-layer", action="store_true", help="skip the unfused PyTorch layer")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args()
+    wanted = args.ops.split(",")
+    unknown = set(wanted) - set(FAMILIES) - {"layers"}
+    if unknown:
+        parser.error(f"unknown --ops {sorted(unknown)}; choose from {', '.join(FAMILIES)}, layers")
     torch.manual_seed(0)
     ceil = ceilings()
-    print(f"{torch.cuda.get_device_name()}: ceilings {ceil['tflops']:.0f} TFLOP/s bf16 matmul, "
-          f"{ceil['tbps']:.2f} TB/s copy", flush=True)
-    cases = [c for name in args.ops.split(",") for c in FAMILIES[name](args.quick)]
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "ceilings": ceil}
+    print(f"{meta['device']}: ceilings {ceil['tflops']:.0f} TFLOP/s bf16 matmul, {ceil['tbps']:.2f} TB/s copy",
+          flush=True)
+    cases = [c for name in wanted if name in FAMILIES for c in FAMILIES[name](args.quick)]
     results = []
-    for i, (op, case, flops, nbytes, ours, baselines) in enumerate(cases):
-        sys.stderr.write(f"\r[{i + 1}/{len(cases)}] {op} {case}{' ' * 20}")
-        sys.stderr.flush()
+    for i, (op, case, flops, nbytes, ours, baselines, *context) in enumerate(cases):
+        progress(i, len(cases), f"{op} {case}")
         set_bytes = max(nbytes, 1)
         fns = rotated(ours, set_bytes)
         base_fns = {name: rotated(make, set_bytes) for name, make in baselines.items()}
-        results.append(measure(op, case, flops, nbytes, fns, base_fns, ceil, args.reps))
+        results.append(measure(op, case, flops, nbytes, fns, base_fns, ceil, args.reps, *context))
         del fns, base_fns
         torch.cuda.empty_cache()
+    progress(len(cases), len(cases), "ops done")
     sys.stderr.write("\n")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "ceilings": ceil,
-                   "results": [asdict(r) for r in results]}, f, indent=1)
-    with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["op", "case", "ms", "tflops", "tbps", "ceiling_fraction", "baseline", "baseline_over_ours"])
-        for r in results:
-            for name, ratio in (r.baselines or {"": float("nan")}).items():
-                writer.writerow([r.op, r.case, f"{r.ms:.4f}", f"{r.tflops:.2f}", f"{r.tbps:.3f}",
-                                 f"{r.ceiling_fraction:.4f}", name, f"{ratio:.3f}"])
+
+    layer_rows = []
+    if "layers" in wanted:
+        contexts = ([int(c) for c in args.contexts.split(",")] if args.contexts
+                    else [8192, 32768] if args.quick else layers.DEFAULT_CONTEXTS)
+        total = 2 * len(contexts)
+        for row in layers.layer_rows(contexts, unfused=not args.no_unfused_layer):
+            layer_rows.append(row)
+            progress(len(layer_rows), total, f"layer {row['layer']} context {row['context']}")
+            write_tables(results, layer_rows, meta, args.out)  # keep what is done if a later case dies
+        sys.stderr.write("\n")
+
+    write_tables(results, layer_rows, meta, args.out)
+    write_plots(results, layer_rows, args.out)
     print(f"{'op':<24}{'case':<42}{'ms':>10}{'TFLOP/s':>9}{'TB/s':>7}{'ceil':>7}  baseline/ours")
     for r in results:
         base = ", ".join(f"{n} {x:.2f}x" for n, x in r.baselines.items())
         print(f"{r.op:<24}{r.case:<42}{r.ms:>10.3f}{r.tflops:>9.1f}{r.tbps:>7.2f}{r.ceiling_fraction:>7.1%}  {base}")
+    if layer_rows:
+        print(f"\n{'layer':<7}{'context':>9}{'prefill s':>11}{'tok/s':>10}{'peak GiB':>10}{'dec ms B=1':>12}"
+              f"{'dec ms B=64':>13}  unfused torch (prefill s; decode ms B=1, B=64)")
+        for r in layer_rows:
+            un = "; ".join(f"{r[k]:.3g}" for k in ("unfused_prefill_s", "unfused_decode_ms_b1", "unfused_decode_ms_b64")
+                           if k in r)
+            print(f"{r['layer']:<7}{r['context']:>9}{r['prefill_s']:>11.3f}{layers.tokens_per_s(r):>10,.0f}"
+                  f"{r['prefill_peak_gib']:>10.2f}{r['decode_ms_b1']:>12.3f}{r['decode_ms_b64']:>13.3f}  {un}")
 
 
 if __name__ == "__main__":

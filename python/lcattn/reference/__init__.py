@@ -94,7 +94,9 @@ def attention(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: Ten
     qf = q.float()
     pos = _positions(q_start, S)  # [B, S]
     kv_pos = kv_start.long()[:, None] + torch.arange(kv.shape[1], device=q.device)  # [B, L]
-    win_ok = (kv_pos[:, None, :] <= pos[..., None]) & (kv_pos[:, None, :] > pos[..., None] - window)  # [B, S, L]
+    # SPEC 5's window: positions max(0, p - window + 1) .. p; rows before position 0 hold nothing.
+    win_ok = ((kv_pos[:, None, :] <= pos[..., None]) & (kv_pos[:, None, :] > pos[..., None] - window)
+              & (kv_pos[:, None, :] >= 0))  # [B, S, L]
     logits = [torch.einsum("bshd,bld->bshl", qf, kv.float()).masked_fill(~win_ok[:, :, None], float("-inf"))]
     values = [kv.float()[:, None].expand(B, S, -1, D)]  # [B, S, L, D]
     if indices is not None:
