@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# On a GPU machine: build lcattn with every core, run the CUDA tests, the whole suite, the
-# example and the C++ microbenchmarks, then compute-sanitizer memcheck and racecheck over each op family's CUDA tests. Logs go
-# under the folder given as the first argument (default: gpu_results); the exit status is
-# non-zero if any step failed.
+# On a GPU machine: build lcattn with every core, record the kernels' registers and spills, run the
+# CUDA tests, the whole suite, the example and the C++ microbenchmarks, then compute-sanitizer
+# memcheck and racecheck over each op family's CUDA tests. Logs go under the folder given as the
+# first argument (default: gpu_results); the exit status is non-zero if any step failed.
 #   bash scripts/gpu_check.sh OUT_DIR [FAMILY...]   (sanitizer families; default: all; "none": skip)
-# DEMO_CONTEXT=N also runs the demo with an N-token prompt.
+# QUICK=1 runs only the CUDA tests of the sanitizer families given (no suite, example or C++ benches).
+# BENCH="ARGS" also runs python bench/python/run.py ARGS --out OUT_DIR/bench.
+# DEMO_CONTEXT=N also runs the demo with an N-token prompt; STEP_TIMEOUT=S bounds each step (1800 s).
 set -uo pipefail
 out=$(realpath -m "${1:-gpu_results}")
 mkdir -p "$out"
@@ -18,7 +20,7 @@ step() {  # step NAME COMMAND...: runs it, logs to $out/NAME.log, records failur
   echo "== $1"
   local name=$1
   shift
-  if ! "$@" >"$out/$name.log" 2>&1; then
+  if ! timeout "${STEP_TIMEOUT:-1800}" "$@" >"$out/$name.log" 2>&1; then
     echo "   FAILED (see $name.log)"
     status=1
   fi
@@ -33,17 +35,26 @@ fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.txt" 2>&1
 step build python3 setup.py build_ext --inplace
-step tests_cuda python3 -m pytest tests -m cuda -q -rs
-step tests_all python3 -m pytest tests -q
-step example python3 -m lcattn.example
-step cpp_bench bash -c 'cmake -S . -B build/cmake >/dev/null && cmake --build build/cmake -j "$(nproc)" >/dev/null &&
-  for b in attention indexer moe compress; do build/cmake/bench_$b || exit 1; done'
-if [ -n "${DEMO_CONTEXT:-}" ]; then step demo python3 -m lcattn.demo --context "$DEMO_CONTEXT"; fi
-# Without the caching allocator every tensor is its own allocation, so memcheck sees overruns.
-# racecheck runs minutes per large case: it skips the prefill-scale and 1M-context cases.
+step resources bash -c 'cuobjdump -res-usage python/lcattn/_C*.so | grep -A1 -E "attention|indexer" | grep -E "Function|REG"'
 families=("${@:2}")
 [ ${#families[@]} -gt 0 ] || families=(compress indexer attention moe opcheck)
 [ "${families[0]}" != none ] || families=()
+if [ -n "${QUICK:-}" ]; then
+  files=()
+  for family in "${families[@]}"; do files+=("tests/test_$family.py"); done
+  step tests_cuda python3 -m pytest "${files[@]}" -m cuda -q -rs --durations=5
+  families=()
+else
+  step tests_cuda python3 -m pytest tests -m cuda -q -rs --durations=10
+  step tests_all python3 -m pytest tests -q
+  step example python3 -m lcattn.example
+  step cpp_bench bash -c 'cmake -S . -B build/cmake >/dev/null && cmake --build build/cmake -j "$(nproc)" >/dev/null &&
+    for b in attention indexer moe compress; do build/cmake/bench_$b || exit 1; done'
+fi
+if [ -n "${BENCH:-}" ]; then step bench python3 bench/python/run.py $BENCH --out "$out/bench"; fi
+if [ -n "${DEMO_CONTEXT:-}" ]; then step demo python3 -m lcattn.demo --context "$DEMO_CONTEXT"; fi
+# Without the caching allocator every tensor is its own allocation, so memcheck sees overruns.
+# racecheck runs minutes per large case: it skips the prefill-scale and 1M-context cases.
 for family in "${families[@]}"; do
   step "memcheck_$family" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
     --error-exitcode 1 python3 -m pytest "tests/test_$family.py" -m cuda -q -x

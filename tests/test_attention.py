@@ -3,7 +3,11 @@ import pytest
 import torch
 
 from lcattn import ops, reference
+import lcattn
 from lcattn.testing import MODEL_SHAPES, assert_close
+
+requires_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and lcattn.cuda_kernels_built()),
+                                   reason="needs a CUDA GPU and build")
 
 OUT_TOL, LSE_TOL = 1e-2, 1e-4  # bf16 output; fp32 log-sum-exp
 
@@ -86,6 +90,60 @@ def test_sparse_prefill_scale_cuda():
     idx = random_indices(1, S, K, N, "cuda", invalid=0.05)
     out, lse = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
     check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
+
+
+# Shapes that run on the Hopper kernels on CUDA (head dim 512, heads in groups of 64): prefill, one
+# CTA per token and head group; decode, where the keys are split over CTAs and combined.
+# (B, S, H, K, N, q_start, kv_start, L)
+HOPPER_CASES = [
+    (1, 200, 64, 512, 700, [2700], [2573], 327),                    # V4-Flash prefill, 640 keys
+    (1, 70, 128, 1024, 1100, [4397], [4270], 197),                  # V4-Pro prefill, 1152 keys
+    (4, 1, 64, 512, 900, [3599, 130, 2000, 64], [3472, 3, 1873, 0], 128),  # decode batch
+    (2, 33, 64, 100, 140, [0, 37], [-127, -90], 160),               # sequence start, 100 slots
+]
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES)
+@pytest.mark.parametrize("form", ["sparse", "dense128", "dense4", "window"])
+def test_hopper_shapes_cuda(B, S, H, K, N, q_start, kv_start, L, form):
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
+    if form == "sparse":
+        idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
+        out, lse = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+        ref = reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx)
+    else:
+        ratio = {"dense128": 128, "dense4": 4, "window": 0}[form]
+        out, lse = ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
+        ref = reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
+    check(out, lse, *ref)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_hopper_repeat_runs_are_bitwise_identical_cuda():
+    for B, S in ((1, 96), (2, 1)):  # prefill and split decode
+        q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, 64, 512, 64, S + 127, 600, [2000] * B, [1873] * B, "cuda")
+        idx = random_indices(B, S, 512, 600, "cuda")
+        first = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+        for _ in range(3):
+            again = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+            assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_hopper_no_keys_and_extreme_sinks_cuda():
+    # Query 0 of sequence 1 sees no window row (its buffer starts later) and no index: output 0, lse -inf.
+    q, kv, kvs, qs, ckv, sink, f = make_attention(2, 3, 64, 512, 64, 130, 50, [400, 10], [273, 11], "cuda")
+    idx = random_indices(2, 3, 64, 50, "cuda", invalid=0.0)
+    idx[1] = -1
+    sink[:8], sink[8:16] = float("-inf"), 30.0  # a sink that takes nothing, and one that takes almost all
+    out, lse = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+    ref_out, ref_lse = reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx)
+    assert torch.equal(out[1, 0], torch.zeros_like(out[1, 0])) and bool((lse[1, 0] == float("-inf")).all())
+    check(out, lse, ref_out, ref_lse)
 
 
 def test_empty_inputs(device):

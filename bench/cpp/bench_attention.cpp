@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   lcattn::AttentionParams p{};
   p.B = B, p.S = S, p.H = H, p.D = D, p.L = L, p.N = N, p.K = K, p.window = W, p.rope_dim = rope;
   p.scale = 1.f / std::sqrt(float(D));
+  p.splits = 1;
   auto point = [&](bool device) {
     p.q = device ? q.dev : q.host.data();
     p.kv = device ? kv.dev : kv.host.data();
@@ -51,6 +52,11 @@ int main(int argc, char** argv) {
   point(true);
   p.out = out.dev;
   p.lse = lse.dev;
+  int sms = 0;
+  BENCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  p.splits = lcattn::attention_splits(p, sms);
+  bench::Buffer<float> workspace(size_t(lcattn::attention_workspace_floats(p)));
+  p.workspace = workspace.dev;
   const double ms = bench::time_ms([&] { return lcattn::attention_cuda(p, nullptr); });
   out.download();
   lse.download();

@@ -1,5 +1,7 @@
-// Window + compressed entries + sink attention on CUDA (SPEC 5): one block per (token, head),
-// keys in chunks with an online softmax in fp32. The fast Hopper kernels replace this later.
+// Window + compressed entries + sink attention on CUDA (SPEC 5). The model's shapes (head dim 512,
+// heads in groups of 64) run on the Hopper kernels of attention_sm90.cu; every other shape runs on
+// the general kernel here: one block per (token, head), keys in chunks with an online softmax in fp32.
+#include "attention_sm90.h"
 #include "common/reduce.cuh"
 #include "lcattn/api.h"
 
@@ -104,6 +106,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionPara
 
 cudaError_t attention_cuda(const AttentionParams& p, cudaStream_t stream) {
   if (p.B == 0 || p.S == 0 || p.H == 0) return cudaSuccess;
+  if (attention_sm90_supported(p)) return attention_sm90(p, stream);
   if (p.D > kThreads * kMaxDimPerThread) return cudaErrorInvalidValue;
   attention_kernel<<<unsigned(int64_t(p.B) * p.S * p.H), kThreads, 2 * p.D * sizeof(float), stream>>>(p);
   return cudaGetLastError();

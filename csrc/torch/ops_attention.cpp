@@ -1,6 +1,7 @@
 // Adapters of sparse_attn and dense_attn (SPEC 5).
 #include "checks.h"
 
+
 namespace lcattn {
 namespace {
 
@@ -47,7 +48,23 @@ AttentionParams attention_params(const char* op, const at::Tensor& q, const at::
   p.window = int(window);
   p.rope_dim = int(2 * inv_freq.size(0));
   p.scale = float(scale);
+  p.splits = 1;
   return p;
+}
+
+// On CUDA: how the keys of each query are split, and the scratch that needs (held by `workspace`).
+void plan_splits(AttentionParams& p, const at::Tensor& q, at::Tensor& workspace) {
+#if defined(LCATTN_WITH_CUDA)
+  if (!q.is_cuda()) return;
+  int num_sms = 0;
+  const cudaError_t err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, q.get_device());
+  LCATTN_CHECK(err == cudaSuccess, "attention", "cannot read the multiprocessor count: ", cudaGetErrorString(err));
+  p.splits = attention_splits(p, num_sms);
+  if (const int64_t floats = attention_workspace_floats(p)) {
+    workspace = at::empty({floats}, q.options().dtype(at::kFloat));
+    p.workspace = workspace.data_ptr<float>();
+  }
+#endif
 }
 
 std::tuple<at::Tensor, at::Tensor> sparse_attn(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& kv_start,
@@ -61,6 +78,8 @@ std::tuple<at::Tensor, at::Tensor> sparse_attn(const at::Tensor& q, const at::Te
   check_values(op, "indices", indices, -1, p.N - 1);
   p.indices = ptr<const int>(indices);
   p.K = int(indices.size(2));
+  at::Tensor workspace;
+  plan_splits(p, q, workspace);
   LCATTN_RUN(op, q, attention, p);
   return {out, lse};
 }
@@ -74,6 +93,8 @@ std::tuple<at::Tensor, at::Tensor> dense_attn(const at::Tensor& q, const at::Ten
   AttentionParams p = attention_params(op, q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, out, lse);
   LCATTN_CHECK(ratio >= 0, op, "ratio must be >= 0 (0 = window only), got ", ratio);
   p.ratio = int(ratio);
+  at::Tensor workspace;
+  plan_splits(p, q, workspace);
   LCATTN_RUN(op, q, attention, p);
   return {out, lse};
 }

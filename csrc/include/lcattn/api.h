@@ -26,6 +26,11 @@ cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream);
 cudaError_t topk_cuda(const TopkParams& p, cudaStream_t stream);
 cudaError_t gather_rows_cuda(const GatherParams& p, cudaStream_t stream);
 cudaError_t attention_cuda(const AttentionParams& p, cudaStream_t stream);
+// How many parts attention_cuda splits each query's keys into on a GPU with num_sms multiprocessors
+// (1 when the queries alone fill it); with more than one, p.workspace must hold
+// attention_workspace_floats(p) floats.
+int attention_splits(const AttentionParams& p, int num_sms);
+int64_t attention_workspace_floats(const AttentionParams& p);
 cudaError_t grouped_gemm_contiguous_cuda(const GroupedGemmParams& p, cudaStream_t stream);
 cudaError_t grouped_gemm_masked_cuda(const GroupedGemmParams& p, cudaStream_t stream);
 cudaError_t moe_route_cuda(const RouteParams& p, cudaStream_t stream);

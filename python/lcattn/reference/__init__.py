@@ -113,6 +113,7 @@ def attention(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: Ten
     l = torch.cat(logits, dim=-1) * scale  # [B, S, H, U]
     v = torch.cat(values, dim=2)  # [B, S, U, D]
     mx = l.amax(dim=-1, keepdim=True)
+    mx = torch.where(mx == float("-inf"), 0.0, mx)  # a query with no key at all: output 0, lse -inf
     e = torch.exp(l - mx)
     total = e.sum(dim=-1, keepdim=True)
     out = torch.einsum("bshu,bsud->bshd", e, v) / (total + torch.exp(sink.float()[:, None] - mx))

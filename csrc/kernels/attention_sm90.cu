@@ -1,0 +1,376 @@
+// Window + compressed entries + sink attention on Hopper (SPEC 5) for head dim 512 and heads in
+// groups of 64: wgmma with the 64 heads of one query token as the M dimension, since they all
+// share the token's keys.
+//
+// One CTA = one query token x 64 heads (x one split of its keys), three warpgroups:
+//   WG2, producer: gathers key rows (window rows, then selected or visible entries) with cp.async
+//        into two 64-key buffers, and marks invalid keys (-1 indices, past the end) with -inf.
+//   WG0, WG1, math: per step, WG w computes S_w = Q K_w^T for buffer w (64 heads x 64 keys,
+//        K = 512), the two exchange row maxima, then each computes its half of the output
+//        (dims 256w .. 256w + 255) from both buffers: P_w from registers, P_{1-w} from shared
+//        memory. Online softmax in fp32 (base 2), P rounded to bf16 for the P.V product.
+// Shared memory: Q 64 KB + 2 key buffers of 64 KB + the P exchange 16 KB, all 128B-swizzled.
+// With several splits (decode), each CTA writes its unnormalised output and (max, sum) to the
+// workspace and a second kernel combines them, adds the sink and undoes the query rotation.
+#include "attention_sm90.h"
+#include "common/sm90.cuh"
+
+#include <cuda_bf16.h>
+
+namespace lcattn {
+namespace {
+
+using namespace sm90;
+
+constexpr int kHeads = 64;                      // M of every wgmma
+constexpr int kDim = 512;                       // head dim
+constexpr int kKeys = 64;                       // keys per buffer
+constexpr int kChunk = 64;                      // bf16 per 128-byte swizzled row
+constexpr int kChunks = kDim / kChunk;          // 8
+constexpr int kChunkBytes = kKeys * 128;        // one [64 rows][64 cols] swizzled chunk: 8 KB
+constexpr int kThreads = 384;
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+struct SharedStorage {
+  alignas(1024) uint8_t q[kChunks * kChunkBytes];     // Q [8 chunks][64 heads][128 B]
+  alignas(1024) uint8_t k[2][kChunks * kChunkBytes];  // key buffers [8 chunks][64 keys][128 B]
+  alignas(1024) uint8_t p[2][kChunkBytes];            // P of WG w, [64 heads][64 keys] bf16
+  float key_bias[2][kKeys];                           // 0, or -inf for an invalid key
+  float row_max[2][kHeads];                           // per-step maxima, exchanged between WGs
+  float row_sum[2][kHeads];                           // final sums, exchanged between WGs
+  uint64_t q_full, full[2], empty[2];
+};
+constexpr int kSmemBytes = sizeof(SharedStorage) + 1024;  // + room to align the base to 1024
+
+// Named barriers (0 is __syncthreads) over the 256 math threads.
+enum : int { kBarMax = 1, kBarP = 2, kBarSum = 3 };
+
+// Keys of one query: window rows first, then entries (selected, or the visible prefix).
+struct QueryKeys {
+  const bf16* window;   // row of position lo
+  const bf16* pool;     // [N, D] of this sequence
+  const int* indices;   // [K] of this query, or null for dense
+  int n_window, n_keys, N;
+  __device__ QueryKeys(const AttentionParams& p, int64_t row, int b, int pos) {
+    const int kv0 = p.kv_start[b];
+    const int lo = max(max(0, pos - p.window + 1), kv0), hi = min(pos, kv0 + p.L - 1);
+    window = p.kv + (int64_t(b) * p.L + (lo - kv0)) * kDim;
+    pool = p.ckv + int64_t(b) * p.N * kDim;
+    indices = p.indices ? p.indices + row * p.K : nullptr;
+    n_window = max(0, hi - lo + 1);
+    N = p.N;
+    const int n_comp = p.indices ? p.K : (p.ratio > 0 ? min(p.N, (pos + 1) / p.ratio) : 0);
+    n_keys = n_window + n_comp;
+  }
+  // Row of key u, or null when it is absent (index -1 or out of range, or u past the end).
+  __device__ const bf16* row(int u) const {
+    if (u < n_window) return window + int64_t(u) * kDim;
+    if (u >= n_keys) return nullptr;
+    const int i = indices ? __ldg(indices + (u - n_window)) : u - n_window;
+    return i >= 0 && i < N ? pool + int64_t(i) * kDim : nullptr;
+  }
+};
+
+// Steps [first, last) of this split: a step is two 64-key blocks.
+struct SplitRange {
+  int first, last;
+  __device__ SplitRange(int n_keys, int splits, int split) {
+    const int steps = (n_keys + 2 * kKeys - 1) / (2 * kKeys);
+    const int per = (steps + splits - 1) / splits;
+    first = min(steps, split * per);
+    last = min(steps, first + per);
+  }
+};
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Producer: loads 64 rows of 512 bf16 into a swizzled [8 chunks][64 rows][128 B] tile. Warp w takes
+// rows 16w .. 16w + 15; each row is two warp-wide 512-byte copies. row_of(r) gives the source or null.
+template <typename RowOf>
+__device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, RowOf row_of, const bf16* any,
+                                          float* bias) {
+#pragma unroll 4
+  for (int j = 0; j < 16; ++j) {
+    const int r = warp * 16 + j;
+    const bf16* src = row_of(r);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int unit = half * 32 + lane;  // 16-byte unit of the 1 KB row
+      uint8_t* dst = tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8);
+      cp_async_16(dst, src ? src + unit * 8 : any, src ? 16 : 0);
+    }
+    if (bias && lane == 0) bias[r] = src ? 0.f : -INFINITY;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
+  extern __shared__ uint8_t smem_raw[];
+  SharedStorage& sm = *reinterpret_cast<SharedStorage*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const int groups = p.H / kHeads;
+  const int split = blockIdx.x % p.splits;
+  const int64_t cta = blockIdx.x / p.splits;
+  const int64_t row = cta / groups;  // b * S + s
+  const int group = int(cta % groups);
+  const int b = int(row / p.S), s = int(row % p.S);
+  const int pos = p.q_start[b] + s;
+  const QueryKeys keys(p, row, b, pos);
+  const SplitRange range(keys.n_keys, p.splits, split);
+  const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
+
+  if (threadIdx.x == 0) {
+    mbar_init(&sm.q_full, 128);
+    for (int i = 0; i < 2; ++i) {
+      mbar_init(&sm.full[i], 128 + 4);  // 128 cp.async arrivals + 4 warps' key_bias stores
+      mbar_init(&sm.empty[i], 256);     // every math thread, after its P.V products
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 2) {  // ---------------------------------------------------------------- producer
+    reg_dealloc<40>();
+    const bf16* q = p.q + (row * p.H + group * kHeads) * kDim;
+    load_tile(sm.q, warp, lane, [&](int r) { return q + r * kDim; }, q, nullptr);  // q: any valid address
+    mbar_arrive_cp_async(&sm.q_full);
+    for (int step = range.first; step < range.last; ++step) {
+      const int it = step - range.first;
+      for (int buf = 0; buf < 2; ++buf) {
+        if (it > 0) mbar_wait(&sm.empty[buf], (it - 1) & 1);
+        const int u0 = (2 * step + buf) * kKeys;
+        load_tile(sm.k[buf], warp, lane, [&](int r) { return keys.row(u0 + r); }, q, sm.key_bias[buf]);
+        mbar_arrive_cp_async(&sm.full[buf]);
+        if (lane == 0) mbar_arrive(&sm.full[buf]);
+      }
+    }
+    return;
+  }
+
+  // ------------------------------------------------------------------------------------ math
+  reg_alloc<232>();
+  const int other = 1 - wg;
+  const int r0 = warp * 16 + lane / 4;  // this thread's rows r0 and r0 + 8 of every accumulator
+  const int c0 = (lane % 4) * 2;        // and columns c0, c0 + 1 of every 8-column block
+  const float scale = p.scale * kLog2e;
+  float o[128];  // O[64 heads, dims 256 wg .. 256 wg + 255], unnormalised
+#pragma unroll
+  for (int i = 0; i < 128; ++i) o[i] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // base-2 max, partial sums
+
+  mbar_wait(&sm.q_full, 0);
+  fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
+  for (int step = range.first; step < range.last; ++step) {
+    const uint32_t phase = (step - range.first) & 1;
+    mbar_wait(&sm.full[wg], phase);
+    mbar_wait(&sm.full[other], phase);  // P.V reads both buffers
+    fence_proxy_async();
+
+    // S = Q K^T over 512 dims: 32 k-steps of 16, four per 64-wide chunk.
+    float sacc[32];
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 32; ++ks) {
+      const int chunk = ks / 4, off = (ks % 4) * 32;
+      wgmma_m64n64k16_ss(sacc, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
+                         smem_desc(sm.k[wg] + chunk * kChunkBytes + off, 16, 1024), ks > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(sacc);
+
+    // Scaled base-2 logits, -inf for invalid keys; this block's row maxima.
+    float m_blk[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float& x = sacc[j * 4 + e];
+        x = x * scale + sm.key_bias[wg][j * 8 + c0 + (e & 1)];
+        m_blk[e / 2] = fmaxf(m_blk[e / 2], x);
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      m_blk[h] = fmaxf(m_blk[h], __shfl_xor_sync(0xffffffff, m_blk[h], 1));
+      m_blk[h] = fmaxf(m_blk[h], __shfl_xor_sync(0xffffffff, m_blk[h], 2));
+    }
+    if (lane % 4 == 0) {
+      sm.row_max[wg][r0] = m_blk[0];
+      sm.row_max[wg][r0 + 8] = m_blk[1];
+    }
+    named_barrier_sync(kBarMax, 256);
+
+    // Both warpgroups reach the same new maximum; rescale O and the sums, exponentiate.
+    float m_use[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float m_new = fmaxf(m_run[h], fmaxf(m_blk[h], sm.row_max[other][r0 + 8 * h]));
+      m_use[h] = m_new == -INFINITY ? 0.f : m_new;
+      const float corr = exp2f(m_run[h] - m_use[h]);  // 0 while nothing was seen (O and l are 0)
+      l_run[h] *= corr;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        o[j * 4 + 2 * h] *= corr;
+        o[j * 4 + 2 * h + 1] *= corr;
+      }
+      m_run[h] = m_new;
+    }
+    uint32_t pa[4][4];  // P as the A operand of 4 k-steps of 16 keys
+    uint8_t* p_mine = sm.p[wg];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      float e[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        e[i] = exp2f(sacc[j * 4 + i] - m_use[i / 2]);
+        l_run[i / 2] += e[i];
+      }
+      const uint32_t top = pack_bf16(e[0], e[1]), bottom = pack_bf16(e[2], e[3]);
+      pa[j / 2][(j % 2) * 2] = top;
+      pa[j / 2][(j % 2) * 2 + 1] = bottom;
+      *reinterpret_cast<uint32_t*>(p_mine + swizzled(r0, j) + c0 * 2) = top;
+      *reinterpret_cast<uint32_t*>(p_mine + swizzled(r0 + 8, j) + c0 * 2) = bottom;
+    }
+    fence_proxy_async();
+    named_barrier_sync(kBarP, 256);
+
+    // O[:, my half] += P_mine V_mine + P_other V_other (V = K, read MN-major).
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_m64n256k16_rs_bmn(o, pa[kk], smem_desc(sm.k[wg] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_m64n256k16_ss_bmn(o, smem_desc(sm.p[other] + kk * 32, 16, 1024),
+                              smem_desc(sm.k[other] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(o);
+    mbar_arrive(&sm.empty[0]);
+    mbar_arrive(&sm.empty[1]);
+  }
+
+  // Row sums over the quad, then over both warpgroups.
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
+  }
+  if (lane % 4 == 0) {
+    sm.row_sum[wg][r0] = l_run[0];
+    sm.row_sum[wg][r0 + 8] = l_run[1];
+  }
+  named_barrier_sync(kBarSum, 256);
+  float l_tot[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) l_tot[h] = l_run[h] + sm.row_sum[other][r0 + 8 * h];
+
+  const int64_t head0 = row * p.H + group * kHeads;  // flat (row, head) of accumulator row 0
+  const int dim0 = 256 * wg + c0;
+  if (p.splits > 1) {  // partial result: unnormalised O, base-2 max and sum
+    const int64_t rows_total = int64_t(p.B) * p.S * p.H;
+    float* part = p.workspace + (split * rows_total + head0) * (kDim + 2);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float* dst = part + int64_t(r0 + 8 * h) * (kDim + 2);
+#pragma unroll
+      for (int j = 0; j < 32; ++j)
+        *reinterpret_cast<float2*>(dst + dim0 + 8 * j) = make_float2(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1]);
+      if (wg == 0 && lane % 4 == 0) *reinterpret_cast<float2*>(dst + kDim) = make_float2(m_run[h], l_tot[h]);
+    }
+    return;
+  }
+  const int rope_begin = kDim - p.rope_dim;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int head = group * kHeads + r0 + 8 * h;
+    const float sink = exp2f(p.sink[head] * kLog2e - m_run[h]);
+    const float inv = l_tot[h] > 0.f ? 1.f / (l_tot[h] + sink) : 0.f;  // no key at all: output 0
+    bf16* dst = p.out + (head0 + r0 + 8 * h) * kDim;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      float v[2] = {o[j * 4 + 2 * h] * inv, o[j * 4 + 2 * h + 1] * inv};
+      const int d = dim0 + 8 * j;
+      if (d >= rope_begin) rope_rotate_pair(v, pos, p.inv_freq[(d - rope_begin) / 2], -1.f);
+      *reinterpret_cast<uint32_t*>(dst + d) = pack_bf16(v[0], v[1]);
+    }
+    if (wg == 0 && lane % 4 == 0)
+      p.lse[head0 + r0 + 8 * h] = l_tot[h] > 0.f ? (m_run[h] + log2f(l_tot[h])) * kLn2 : -INFINITY;
+  }
+}
+
+// Combines the splits of one (row, head): 128 threads x 4 dims.
+__global__ void __launch_bounds__(128) attention_combine_kernel(const AttentionParams p) {
+  const int64_t n = blockIdx.x;  // flat (row, head)
+  const int64_t rows_total = int64_t(p.B) * p.S * p.H;
+  const int h = int(n % p.H);
+  const int64_t row = n / p.H;
+  const int pos = p.q_start[row / p.S] + int(row % p.S);
+  float m = -INFINITY;
+  for (int i = 0; i < p.splits; ++i) m = fmaxf(m, p.workspace[(i * rows_total + n) * (kDim + 2) + kDim]);
+  const float m_use = m == -INFINITY ? 0.f : m;
+  float l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+  const int d = threadIdx.x * 4;
+  for (int i = 0; i < p.splits; ++i) {
+    const float* part = p.workspace + (i * rows_total + n) * (kDim + 2);
+    const float w = exp2f(part[kDim] - m_use);  // 0 for a split that saw no key
+    l += w * part[kDim + 1];
+    const float4 v = *reinterpret_cast<const float4*>(part + d);
+    acc[0] += w * v.x, acc[1] += w * v.y, acc[2] += w * v.z, acc[3] += w * v.w;
+  }
+  const float inv = l > 0.f ? 1.f / (l + exp2f(p.sink[h] * kLog2e - m_use)) : 0.f;
+  const int rope_begin = kDim - p.rope_dim;
+  for (int i = 0; i < 4; ++i) acc[i] *= inv;
+  for (int i = 0; i < 4; i += 2)
+    if (d + i >= rope_begin) rope_rotate_pair(&acc[i], pos, p.inv_freq[(d + i - rope_begin) / 2], -1.f);
+  uint2 packed = make_uint2(pack_bf16(acc[0], acc[1]), pack_bf16(acc[2], acc[3]));
+  *reinterpret_cast<uint2*>(p.out + n * kDim + d) = packed;
+  if (threadIdx.x == 0) p.lse[n] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
+}
+
+}  // namespace
+
+bool attention_sm90_supported(const AttentionParams& p) {
+  // Head dim 512, whole groups of 64 heads, and the RoPE channels inside the second half of the
+  // dims (the warpgroup that holds them undoes the rotation).
+  return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= kDim / 2;
+}
+
+int attention_splits(const AttentionParams& p, int num_sms) {
+  if (!attention_sm90_supported(p)) return 1;
+  // One CTA per SM (shared memory): split the keys only while the CTAs fit in one wave, and never
+  // into parts of less than one step (128 keys).
+  const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads);
+  if (ctas == 0 || ctas * 2 > num_sms) return 1;
+  const int max_keys = min(p.window, p.L) + (p.indices ? p.K : (p.ratio > 0 ? p.N : 0));
+  const int steps = (max_keys + 2 * kKeys - 1) / (2 * kKeys);
+  return max(1, min(int(num_sms / ctas), steps));
+}
+
+int64_t attention_workspace_floats(const AttentionParams& p) {
+  return p.splits > 1 ? int64_t(p.splits) * p.B * p.S * p.H * (kDim + 2) : 0;
+}
+
+cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
+  if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
+  static bool configured = false;  // the attribute is per function, set once
+  if (!configured) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(attention_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+    if (err != cudaSuccess) return err;
+    configured = true;
+  }
+  const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
+  attention_sm90_kernel<<<unsigned(ctas), kThreads, kSmemBytes, stream>>>(p);
+  if (p.splits > 1) {
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    attention_combine_kernel<<<unsigned(int64_t(p.B) * p.S * p.H), 128, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace lcattn

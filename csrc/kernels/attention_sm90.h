@@ -1,0 +1,11 @@
+// The Hopper attention kernels of attention_sm90.cu, dispatched to by attention_cuda.
+#pragma once
+#include "lcattn/api.h"
+
+namespace lcattn {
+
+// Shapes the sm_90a kernels take: head dim 512, heads in groups of 64, RoPE channels <= 256.
+bool attention_sm90_supported(const AttentionParams& p);
+cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream);
+
+}  // namespace lcattn
