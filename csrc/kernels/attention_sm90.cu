@@ -29,6 +29,7 @@ constexpr int kChunk = 64;                      // bf16 per 128-byte swizzled ro
 constexpr int kChunks = kDim / kChunk;          // 8
 constexpr int kChunkBytes = kKeys * 128;        // one [64 rows][64 cols] swizzled chunk: 8 KB
 constexpr int kThreads = 384;
+constexpr int kPartStride = kDim + 4;          // workspace row: O (512), then (max, sum), 16-byte rows
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 struct SharedStorage {
@@ -38,6 +39,7 @@ struct SharedStorage {
   float key_bias[2][kKeys];                           // 0, or -inf for an invalid key
   float row_max[2][kHeads];                           // per-step maxima, exchanged between WGs
   float row_sum[2][kHeads];                           // final sums, exchanged between WGs
+  float2 unrotate[kDim / 4];                          // (cos, -sin) of the query position per RoPE pair
   uint64_t q_full, full[2], empty[2];
 };
 constexpr int kSmemBytes = sizeof(SharedStorage) + 1024;  // + room to align the base to 1024
@@ -92,10 +94,13 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 template <typename RowOf>
 __device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, RowOf row_of, const bf16* any,
                                           float* bias) {
+  // Lane l finds row l % 16 (all 16 index reads in flight at once), then each row is broadcast.
+  const bf16* mine = row_of(warp * 16 + lane % 16);
 #pragma unroll 4
   for (int j = 0; j < 16; ++j) {
     const int r = warp * 16 + j;
-    const bf16* src = row_of(r);
+    const bf16* src = reinterpret_cast<const bf16*>(
+        __shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j));
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int unit = half * 32 + lane;  // 16-byte unit of the 1 KB row
@@ -129,19 +134,25 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     }
     fence_barrier_init();
   }
+  // One angle per RoPE pair, shared by all heads (the accurate sincos of a large angle is slow).
+  if (threadIdx.x < p.rope_dim / 2) {
+    float si, co;
+    sincosf(rope_angle(pos, p.inv_freq[threadIdx.x]), &si, &co);
+    sm.unrotate[threadIdx.x] = make_float2(co, -si);
+  }
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
     reg_dealloc<40>();
     const bf16* q = p.q + (row * p.H + group * kHeads) * kDim;
-    load_tile(sm.q, warp, lane, [&](int r) { return q + r * kDim; }, q, nullptr);  // q: any valid address
+    load_tile(sm.q, warp, lane, [q](int r) { return q + r * kDim; }, q, nullptr);  // q: any valid address
     mbar_arrive_cp_async(&sm.q_full);
     for (int step = range.first; step < range.last; ++step) {
       const int it = step - range.first;
       for (int buf = 0; buf < 2; ++buf) {
         if (it > 0) mbar_wait(&sm.empty[buf], (it - 1) & 1);
         const int u0 = (2 * step + buf) * kKeys;
-        load_tile(sm.k[buf], warp, lane, [&](int r) { return keys.row(u0 + r); }, q, sm.key_bias[buf]);
+        load_tile(sm.k[buf], warp, lane, [keys, u0](int r) { return keys.row(u0 + r); }, q, sm.key_bias[buf]);
         mbar_arrive_cp_async(&sm.full[buf]);
         if (lane == 0) mbar_arrive(&sm.full[buf]);
       }
@@ -272,10 +283,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   const int dim0 = 256 * wg + c0;
   if (p.splits > 1) {  // partial result: unnormalised O, base-2 max and sum
     const int64_t rows_total = int64_t(p.B) * p.S * p.H;
-    float* part = p.workspace + (split * rows_total + head0) * (kDim + 2);
+    float* part = p.workspace + (split * rows_total + head0) * kPartStride;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float* dst = part + int64_t(r0 + 8 * h) * (kDim + 2);
+      float* dst = part + int64_t(r0 + 8 * h) * kPartStride;
 #pragma unroll
       for (int j = 0; j < 32; ++j)
         *reinterpret_cast<float2*>(dst + dim0 + 8 * j) = make_float2(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1]);
@@ -292,10 +303,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     bf16* dst = p.out + (head0 + r0 + 8 * h) * kDim;
 #pragma unroll
     for (int j = 0; j < 32; ++j) {
-      float v[2] = {o[j * 4 + 2 * h] * inv, o[j * 4 + 2 * h + 1] * inv};
+      float x0 = o[j * 4 + 2 * h] * inv, x1 = o[j * 4 + 2 * h + 1] * inv;
       const int d = dim0 + 8 * j;
-      if (d >= rope_begin) rope_rotate_pair(v, pos, p.inv_freq[(d - rope_begin) / 2], -1.f);
-      *reinterpret_cast<uint32_t*>(dst + d) = pack_bf16(v[0], v[1]);
+      if (d >= rope_begin) {
+        const float2 cs = sm.unrotate[(d - rope_begin) / 2];
+        rotate_pair(x0, x1, cs.x, cs.y);
+      }
+      *reinterpret_cast<uint32_t*>(dst + d) = pack_bf16(x0, x1);
     }
     if (wg == 0 && lane % 4 == 0)
       p.lse[head0 + r0 + 8 * h] = l_tot[h] > 0.f ? (m_run[h] + log2f(l_tot[h])) * kLn2 : -INFINITY;
@@ -310,12 +324,12 @@ __global__ void __launch_bounds__(128) attention_combine_kernel(const AttentionP
   const int64_t row = n / p.H;
   const int pos = p.q_start[row / p.S] + int(row % p.S);
   float m = -INFINITY;
-  for (int i = 0; i < p.splits; ++i) m = fmaxf(m, p.workspace[(i * rows_total + n) * (kDim + 2) + kDim]);
+  for (int i = 0; i < p.splits; ++i) m = fmaxf(m, p.workspace[(i * rows_total + n) * kPartStride + kDim]);
   const float m_use = m == -INFINITY ? 0.f : m;
   float l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
   const int d = threadIdx.x * 4;
   for (int i = 0; i < p.splits; ++i) {
-    const float* part = p.workspace + (i * rows_total + n) * (kDim + 2);
+    const float* part = p.workspace + (i * rows_total + n) * kPartStride;
     const float w = exp2f(part[kDim] - m_use);  // 0 for a split that saw no key
     l += w * part[kDim + 1];
     const float4 v = *reinterpret_cast<const float4*>(part + d);
@@ -351,7 +365,7 @@ int attention_splits(const AttentionParams& p, int num_sms) {
 }
 
 int64_t attention_workspace_floats(const AttentionParams& p) {
-  return p.splits > 1 ? int64_t(p.splits) * p.B * p.S * p.H * (kDim + 2) : 0;
+  return p.splits > 1 ? int64_t(p.splits) * p.B * p.S * p.H * kPartStride : 0;
 }
 
 cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {

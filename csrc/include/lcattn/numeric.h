@@ -34,12 +34,18 @@ LCATTN_HD bf16 float_to_bf16(float f) {
 // RoPE (SPEC 1) rotates the interleaved pair (x[0], x[1]) of the rope channels by
 // pos * inv_freq; the angle is rounded once in fp32, as torch builds its tables.
 // sign = -1 undoes the rotation.
+LCATTN_HD float rope_angle(int pos, float inv_freq) { return static_cast<float>(pos) * inv_freq; }
+
+// Rotates (x0, x1) by the angle whose cosine and sine are co and si.
+LCATTN_HD void rotate_pair(float& x0, float& x1, float co, float si) {
+  const float a = x0, b = x1;
+  x0 = a * co - b * si;
+  x1 = a * si + b * co;
+}
+
 LCATTN_HD void rope_rotate_pair(float* x, int pos, float inv_freq, float sign) {
-  const float a = static_cast<float>(pos) * inv_freq;
-  const float co = cosf(a), si = sign * sinf(a);
-  const float x0 = x[0], x1 = x[1];
-  x[0] = x0 * co - x1 * si;
-  x[1] = x0 * si + x1 * co;
+  const float a = rope_angle(pos, inv_freq);
+  rotate_pair(x[0], x[1], cosf(a), sign * sinf(a));
 }
 
 LCATTN_HD int ceil_div(int a, int b) { return (a + b - 1) / b; }

@@ -1,0 +1,34 @@
+"""Runs one attention call at a bench shape, for profilers (ncu, compute-sanitizer):
+
+    ncu --clock-control none -k regex:attention_sm90 --launch-skip 1 --launch-count 1 \\
+        python bench/python/attention_once.py --form dense --tokens 1024 --entries 1024
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import attention_inputs  # noqa: E402
+
+from lcattn import ops  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--form", choices=["sparse", "dense"], default="sparse")
+parser.add_argument("--batch", type=int, default=1)
+parser.add_argument("--tokens", type=int, default=1024)
+parser.add_argument("--heads", type=int, default=64)
+parser.add_argument("--topk", type=int, default=512)
+parser.add_argument("--entries", type=int, default=32768)
+parser.add_argument("--calls", type=int, default=2)
+args = parser.parse_args()
+ratio = 4 if args.form == "sparse" else 128
+a = attention_inputs(args.batch, args.tokens, args.heads, args.topk, args.entries,
+                     pos=ratio * args.entries - args.tokens, sparse=args.form == "sparse")
+for _ in range(args.calls):
+    if args.form == "sparse":
+        ops.sparse_attn(*a[:5], a[7], a[5], a[6])
+    else:
+        ops.dense_attn(*a[:5], a[5], a[6], ratio=ratio)
+torch.cuda.synchronize()
