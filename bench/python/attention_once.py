@@ -26,9 +26,15 @@ args = parser.parse_args()
 ratio = 4 if args.form == "sparse" else 128
 a = attention_inputs(args.batch, args.tokens, args.heads, args.topk, args.entries,
                      pos=ratio * args.entries - args.tokens, sparse=args.form == "sparse")
+times = []
 for _ in range(args.calls):
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
     if args.form == "sparse":
         ops.sparse_attn(*a[:5], a[7], a[5], a[6])
     else:
         ops.dense_attn(*a[:5], a[5], a[6], ratio=ratio)
-torch.cuda.synchronize()
+    end.record()
+    end.synchronize()
+    times.append(start.elapsed_time(end))
+print(f"{args.form}: ms per call {', '.join(f'{t:.3f}' for t in times)}")

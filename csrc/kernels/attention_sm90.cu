@@ -90,12 +90,10 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 }
 
 // Producer: loads 64 rows of 512 bf16 into a swizzled [8 chunks][64 rows][128 B] tile. Warp w takes
-// rows 16w .. 16w + 15; each row is two warp-wide 512-byte copies. row_of(r) gives the source or null.
-template <typename RowOf>
-__device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, RowOf row_of, const bf16* any,
+// rows 16w .. 16w + 15; lane l brings the source of row 16w + l % 16 (null: absent, zero-filled),
+// and each row is two warp-wide 512-byte copies.
+__device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, const bf16* mine, const bf16* any,
                                           float* bias) {
-  // Lane l finds row l % 16 (all 16 index reads in flight at once), then each row is broadcast.
-  const bf16* mine = row_of(warp * 16 + lane % 16);
 #pragma unroll 4
   for (int j = 0; j < 16; ++j) {
     const int r = warp * 16 + j;
@@ -109,6 +107,14 @@ __device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, Row
     }
     if (bias && lane == 0) bias[r] = src ? 0.f : -INFINITY;
   }
+}
+
+// Asks L2 for this lane's half of a 1 KB row (lanes l and l + 16 share a row).
+__device__ __forceinline__ void prefetch_row_l2(const bf16* row, int lane) {
+  if (!row) return;
+#pragma unroll
+  for (int line = 0; line < 4; ++line)
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(row + (lane / 16 * 4 + line) * 64));
 }
 
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
@@ -144,17 +150,27 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
     reg_dealloc<40>();
+    const int my_row = warp * 16 + lane % 16;
     const bf16* q = p.q + (row * p.H + group * kHeads) * kDim;
-    load_tile(sm.q, warp, lane, [q](int r) { return q + r * kDim; }, q, nullptr);  // q: any valid address
+    load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills
     mbar_arrive_cp_async(&sm.q_full);
+    // The rows of step t + 1 are looked up and prefetched into L2 while step t computes.
+    const bf16* next[2];
+    for (int buf = 0; buf < 2; ++buf) next[buf] = keys.row((2 * range.first + buf) * kKeys + my_row);
     for (int step = range.first; step < range.last; ++step) {
       const int it = step - range.first;
+      const bf16* cur[2] = {next[0], next[1]};
       for (int buf = 0; buf < 2; ++buf) {
         if (it > 0) mbar_wait(&sm.empty[buf], (it - 1) & 1);
-        const int u0 = (2 * step + buf) * kKeys;
-        load_tile(sm.k[buf], warp, lane, [keys, u0](int r) { return keys.row(u0 + r); }, q, sm.key_bias[buf]);
+        load_tile(sm.k[buf], warp, lane, cur[buf], q, sm.key_bias[buf]);
         mbar_arrive_cp_async(&sm.full[buf]);
         if (lane == 0) mbar_arrive(&sm.full[buf]);
+      }
+      if (step + 1 < range.last) {
+        for (int buf = 0; buf < 2; ++buf) {
+          next[buf] = keys.row((2 * step + 2 + buf) * kKeys + my_row);
+          prefetch_row_l2(next[buf], lane);
+        }
       }
     }
     return;
