@@ -4,7 +4,7 @@
 # memcheck and racecheck over each op family's CUDA tests. Logs go under the folder given as the
 # first argument (default: gpu_results); the exit status is non-zero if any step failed.
 #   bash scripts/gpu_check.sh OUT_DIR [FAMILY...]   (sanitizer families; default: all; "none": skip)
-# QUICK=1 runs only the CUDA tests of the sanitizer families given (no suite, example or C++ benches).
+# QUICK=1 runs only the CUDA tests of the sanitizer families (no suite, example or C++ benches).
 # BENCH="ARGS" also runs python bench/python/run.py ARGS --out OUT_DIR/bench.
 # DEMO_CONTEXT=N also runs the demo with an N-token prompt; STEP_TIMEOUT=S bounds each step (1800 s).
 set -uo pipefail
@@ -43,7 +43,6 @@ if [ -n "${QUICK:-}" ]; then
   files=()
   for family in "${families[@]}"; do files+=("tests/test_$family.py"); done
   step tests_cuda python3 -m pytest "${files[@]}" -m cuda -q -rs --durations=5
-  families=()
 else
   step tests_cuda python3 -m pytest tests -m cuda -q -rs --durations=10
   step tests_all python3 -m pytest tests -q
