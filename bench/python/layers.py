@@ -152,6 +152,8 @@ def layer_rows(contexts: List[int], unfused: bool = True):
     and the unfused layer's numbers where it fits."""
     for kind in (CSA, HCA):
         config, layer = attention_layer(kind)
+        prefill_seconds(config, layer, CHUNK)  # warm-up: module loads, kernel attributes, allocator
+        decode_ms(config, layer, 1, CHUNK, steps=1)
         for context in contexts:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
