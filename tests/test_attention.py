@@ -146,6 +146,34 @@ def test_hopper_no_keys_and_extreme_sinks_cuda():
     check(out, lse, ref_out, ref_lse)
 
 
+@pytest.mark.cuda
+@requires_cuda
+def test_hopper_decode_replays_in_cuda_graph_cuda():
+    """Decode captured once at a fixed batch, replayed on new inputs and positions: no host sync."""
+    B, H, K, N = 6, 64, 512, 700
+    pos = lambda: [int(p) for p in torch.randint(128, 4 * N, (B,))]  # noqa: E731
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, 1, H, 512, 64, 128, N, pos(), [0] * B, "cuda")
+    idx = random_indices(B, 1, K, N, "cuda")
+    args = (q, kv, kvs, qs, ckv, idx, sink, f)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        ops.sparse_attn(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = ops.sparse_attn(*args)
+    for _ in range(2):
+        p = torch.tensor(pos(), dtype=torch.int32, device="cuda")
+        qs.copy_(p)
+        kvs.copy_(p - 127)
+        for t in (q, kv, ckv):
+            t.copy_(torch.randn_like(t, dtype=torch.float32))
+        idx.copy_(random_indices(B, 1, K, N, "cuda"))
+        graph.replay()
+        check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
+
+
 def test_empty_inputs(device):
     q, kv, kvs, qs, ckv, sink, f = make_attention(2, 0, 4, 64, 16, 5, 3, [0, 9], [0, 4], device)
     out, lse = ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=4)

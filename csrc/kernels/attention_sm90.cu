@@ -3,13 +3,15 @@
 // share the token's keys.
 //
 // One CTA = one query token x 64 heads (x one split of its keys), three warpgroups:
-//   WG2, producer: gathers key rows (window rows, then selected or visible entries) with cp.async
-//        into two 64-key buffers, and marks invalid keys (-1 indices, past the end) with -inf.
-//   WG0, WG1, math: per step, WG w computes S_w = Q K_w^T for buffer w (64 heads x 64 keys,
-//        K = 512), the two exchange row maxima, then each computes its half of the output
-//        (dims 256w .. 256w + 255) from both buffers: P_w from registers, P_{1-w} from shared
-//        memory. Online softmax in fp32 (base 2), P rounded to bf16 for the P.V product.
-// Shared memory: Q 64 KB + 2 key buffers of 64 KB + the P exchange 16 KB, all 128B-swizzled.
+//   WG2, producer: gathers key rows (window rows, then selected or visible entries) with cp.async,
+//        64 keys a block, into a ring of two buffers, so block b + 1 loads while block b computes;
+//        marks absent keys (-1 indices, past the end) with a -inf bias and zero rows.
+//   WG0, WG1, math: WG w owns head dims 256w .. 256w + 255. Per block, WG w computes its partial
+//        logits Q[:, dims w] K[:, dims w]^T (64 heads x 64 keys), the two add each other's partial
+//        through shared memory (both then hold the same logits, bit for bit), run the same online
+//        softmax in fp32 (base 2), and accumulate O[:, dims w] += P V[:, dims w] with P (bf16) in
+//        registers and V = K read MN-major from the same buffer.
+// Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB, 128B-swizzled tiles.
 // With several splits (decode), each CTA writes its unnormalised output and (max, sum) to the
 // workspace and a second kernel combines them, adds the sink and undoes the query rotation.
 #include "attention_sm90.h"
@@ -32,20 +34,21 @@ constexpr int kThreads = 384;
 constexpr int kPartStride = kDim + 4;          // workspace row: O (512), then (max, sum), 16-byte rows
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
+constexpr int kMaxRopePairs = 32;               // RoPE channels <= 64
+
 struct SharedStorage {
   alignas(1024) uint8_t q[kChunks * kChunkBytes];     // Q [8 chunks][64 heads][128 B]
-  alignas(1024) uint8_t k[2][kChunks * kChunkBytes];  // key buffers [8 chunks][64 keys][128 B]
-  alignas(1024) uint8_t p[2][kChunkBytes];            // P of WG w, [64 heads][64 keys] bf16
-  float key_bias[2][kKeys];                           // 0, or -inf for an invalid key
-  float row_max[2][kHeads];                           // per-step maxima, exchanged between WGs
-  float row_sum[2][kHeads];                           // final sums, exchanged between WGs
-  float2 unrotate[kDim / 4];                          // (cos, -sin) of the query position per RoPE pair
+  alignas(1024) uint8_t k[2][kChunks * kChunkBytes];  // key ring [8 chunks][64 keys][128 B]
+  float logits[2][32 * 128];                          // WG w's partial S in accumulator order
+  float key_bias[2][kKeys];                           // 0, or -inf for an absent key
+  float2 unrotate[kMaxRopePairs];                     // (cos, -sin) of the query position per RoPE pair
   uint64_t q_full, full[2], empty[2];
 };
 constexpr int kSmemBytes = sizeof(SharedStorage) + 1024;  // + room to align the base to 1024
+static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
 
 // Named barriers (0 is __syncthreads) over the 256 math threads.
-enum : int { kBarMax = 1, kBarP = 2, kBarSum = 3 };
+enum : int { kBarLogits = 1, kBarRead = 2 };
 
 // Keys of one query: window rows first, then entries (selected, or the visible prefix).
 struct QueryKeys {
@@ -73,14 +76,14 @@ struct QueryKeys {
   }
 };
 
-// Steps [first, last) of this split: a step is two 64-key blocks.
+// Blocks [first, last) of 64 keys that this split computes.
 struct SplitRange {
   int first, last;
   __device__ SplitRange(int n_keys, int splits, int split) {
-    const int steps = (n_keys + 2 * kKeys - 1) / (2 * kKeys);
-    const int per = (steps + splits - 1) / splits;
-    first = min(steps, split * per);
-    last = min(steps, first + per);
+    const int blocks = (n_keys + kKeys - 1) / kKeys;
+    const int per = (blocks + splits - 1) / splits;
+    first = min(blocks, split * per);
+    last = min(blocks, first + per);
   }
 };
 
@@ -136,7 +139,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     mbar_init(&sm.q_full, 128);
     for (int i = 0; i < 2; ++i) {
       mbar_init(&sm.full[i], 128 + 4);  // 128 cp.async arrivals + 4 warps' key_bias stores
-      mbar_init(&sm.empty[i], 256);     // every math thread, after its P.V products
+      mbar_init(&sm.empty[i], 256);     // every math thread, after its P.V product
     }
     fence_barrier_init();
   }
@@ -149,93 +152,86 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
-    reg_dealloc<40>();
+    reg_dealloc<56>();
     const int my_row = warp * 16 + lane % 16;
     const bf16* q = p.q + (row * p.H + group * kHeads) * kDim;
     load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills
     mbar_arrive_cp_async(&sm.q_full);
-    // The rows of step t + 1 are looked up and prefetched into L2 while step t computes.
-    const bf16* next[2];
-    for (int buf = 0; buf < 2; ++buf) next[buf] = keys.row((2 * range.first + buf) * kKeys + my_row);
-    for (int step = range.first; step < range.last; ++step) {
-      const int it = step - range.first;
-      const bf16* cur[2] = {next[0], next[1]};
-      for (int buf = 0; buf < 2; ++buf) {
-        if (it > 0) mbar_wait(&sm.empty[buf], (it - 1) & 1);
-        load_tile(sm.k[buf], warp, lane, cur[buf], q, sm.key_bias[buf]);
-        mbar_arrive_cp_async(&sm.full[buf]);
-        if (lane == 0) mbar_arrive(&sm.full[buf]);
-      }
-      if (step + 1 < range.last) {
-        for (int buf = 0; buf < 2; ++buf) {
-          next[buf] = keys.row((2 * step + 2 + buf) * kKeys + my_row);
-          prefetch_row_l2(next[buf], lane);
-        }
+    // Block b + 1's rows are looked up and prefetched into L2 while block b loads.
+    const bf16* next = keys.row(range.first * kKeys + my_row);
+    for (int blk = range.first; blk < range.last; ++blk) {
+      const int it = blk - range.first, buf = it & 1;
+      const bf16* cur = next;
+      if (it >= 2) mbar_wait(&sm.empty[buf], ((it >> 1) - 1) & 1);
+      load_tile(sm.k[buf], warp, lane, cur, q, sm.key_bias[buf]);
+      mbar_arrive_cp_async(&sm.full[buf]);
+      if (lane == 0) mbar_arrive(&sm.full[buf]);
+      if (blk + 1 < range.last) {
+        next = keys.row((blk + 1) * kKeys + my_row);
+        prefetch_row_l2(next, lane);
       }
     }
     return;
   }
 
   // ------------------------------------------------------------------------------------ math
-  reg_alloc<232>();
-  const int other = 1 - wg;
+  reg_alloc<224>();
   const int r0 = warp * 16 + lane / 4;  // this thread's rows r0 and r0 + 8 of every accumulator
   const int c0 = (lane % 4) * 2;        // and columns c0, c0 + 1 of every 8-column block
   const float scale = p.scale * kLog2e;
   float o[128];  // O[64 heads, dims 256 wg .. 256 wg + 255], unnormalised
 #pragma unroll
   for (int i = 0; i < 128; ++i) o[i] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // base-2 max, partial sums
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // base-2 max and sum per row
 
   mbar_wait(&sm.q_full, 0);
-  fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
-  for (int step = range.first; step < range.last; ++step) {
-    const uint32_t phase = (step - range.first) & 1;
-    mbar_wait(&sm.full[wg], phase);
-    mbar_wait(&sm.full[other], phase);  // P.V reads both buffers
-    fence_proxy_async();
+  for (int blk = range.first; blk < range.last; ++blk) {
+    const int it = blk - range.first, buf = it & 1;
+    mbar_wait(&sm.full[buf], (it >> 1) & 1);
+    fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
 
-    // S = Q K^T over 512 dims: 32 k-steps of 16, four per 64-wide chunk.
+    // Partial S over this warpgroup's 256 dims: 16 k-steps of 16, four per 64-wide chunk.
     float sacc[32];
     wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < 32; ++ks) {
-      const int chunk = ks / 4, off = (ks % 4) * 32;
+    for (int ks = 0; ks < 16; ++ks) {
+      const int chunk = 4 * wg + ks / 4, off = (ks % 4) * 32;
       wgmma_m64n64k16_ss(sacc, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
-                         smem_desc(sm.k[wg] + chunk * kChunkBytes + off, 16, 1024), ks > 0);
+                         smem_desc(sm.k[buf] + chunk * kChunkBytes + off, 16, 1024), ks > 0);
     }
     wgmma_commit();
     wgmma_wait<0>();
     fence_registers(sacc);
 
-    // Scaled base-2 logits, -inf for invalid keys; this block's row maxima.
-    float m_blk[2] = {-INFINITY, -INFINITY};
+    // Exchange partials: thread tid of either warpgroup holds the same (row, column) positions.
+#pragma unroll
+    for (int i = 0; i < 32; ++i) sm.logits[wg][i * 128 + tid] = sacc[i];
+    named_barrier_sync(kBarLogits, 256);
+    // Both sums are taken in the order (WG0 part) + (WG1 part), so both warpgroups agree exactly.
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      const float theirs = sm.logits[1 - wg][i * 128 + tid];
+      sacc[i] = wg == 0 ? sacc[i] + theirs : theirs + sacc[i];
+    }
+    named_barrier_sync(kBarRead, 256);  // both read before either writes the next block's partial
+
+    // Scaled base-2 logits, -inf for absent keys; the new row maxima.
+    float m_new[2] = {m_run[0], m_run[1]};
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float& x = sacc[j * 4 + e];
-        x = x * scale + sm.key_bias[wg][j * 8 + c0 + (e & 1)];
-        m_blk[e / 2] = fmaxf(m_blk[e / 2], x);
+        x = x * scale + sm.key_bias[buf][j * 8 + c0 + (e & 1)];
+        m_new[e / 2] = fmaxf(m_new[e / 2], x);
       }
     }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      m_blk[h] = fmaxf(m_blk[h], __shfl_xor_sync(0xffffffff, m_blk[h], 1));
-      m_blk[h] = fmaxf(m_blk[h], __shfl_xor_sync(0xffffffff, m_blk[h], 2));
-    }
-    if (lane % 4 == 0) {
-      sm.row_max[wg][r0] = m_blk[0];
-      sm.row_max[wg][r0 + 8] = m_blk[1];
-    }
-    named_barrier_sync(kBarMax, 256);
-
-    // Both warpgroups reach the same new maximum; rescale O and the sums, exponentiate.
     float m_use[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const float m_new = fmaxf(m_run[h], fmaxf(m_blk[h], sm.row_max[other][r0 + 8 * h]));
-      m_use[h] = m_new == -INFINITY ? 0.f : m_new;
+      m_new[h] = fmaxf(m_new[h], __shfl_xor_sync(0xffffffff, m_new[h], 1));
+      m_new[h] = fmaxf(m_new[h], __shfl_xor_sync(0xffffffff, m_new[h], 2));
+      m_use[h] = m_new[h] == -INFINITY ? 0.f : m_new[h];
       const float corr = exp2f(m_run[h] - m_use[h]);  // 0 while nothing was seen (O and l are 0)
       l_run[h] *= corr;
 #pragma unroll
@@ -243,10 +239,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
         o[j * 4 + 2 * h] *= corr;
         o[j * 4 + 2 * h + 1] *= corr;
       }
-      m_run[h] = m_new;
+      m_run[h] = m_new[h];
     }
     uint32_t pa[4][4];  // P as the A operand of 4 k-steps of 16 keys
-    uint8_t* p_mine = sm.p[wg];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       float e[4];
@@ -255,45 +250,28 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
         e[i] = exp2f(sacc[j * 4 + i] - m_use[i / 2]);
         l_run[i / 2] += e[i];
       }
-      const uint32_t top = pack_bf16(e[0], e[1]), bottom = pack_bf16(e[2], e[3]);
-      pa[j / 2][(j % 2) * 2] = top;
-      pa[j / 2][(j % 2) * 2 + 1] = bottom;
-      *reinterpret_cast<uint32_t*>(p_mine + swizzled(r0, j) + c0 * 2) = top;
-      *reinterpret_cast<uint32_t*>(p_mine + swizzled(r0 + 8, j) + c0 * 2) = bottom;
+      pa[j / 2][(j % 2) * 2] = pack_bf16(e[0], e[1]);
+      pa[j / 2][(j % 2) * 2 + 1] = pack_bf16(e[2], e[3]);
     }
-    fence_proxy_async();
-    named_barrier_sync(kBarP, 256);
 
-    // O[:, my half] += P_mine V_mine + P_other V_other (V = K, read MN-major).
+    // O[:, my dims] += P V[:, my dims] (V = K, read MN-major: 4 chunks of 64 dims, 16 keys a k-step).
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
-      wgmma_m64n256k16_rs_bmn(o, pa[kk], smem_desc(sm.k[wg] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_m64n256k16_ss_bmn(o, smem_desc(sm.p[other] + kk * 32, 16, 1024),
-                              smem_desc(sm.k[other] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
+      wgmma_m64n256k16_rs_bmn(o, pa[kk], smem_desc(sm.k[buf] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024),
+                              1);
     wgmma_commit();
     wgmma_wait<0>();
     fence_registers(o);
-    mbar_arrive(&sm.empty[0]);
-    mbar_arrive(&sm.empty[1]);
+    mbar_arrive(&sm.empty[buf]);
   }
 
-  // Row sums over the quad, then over both warpgroups.
+  // Row sums over the quad (both warpgroups hold the same sums).
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 1);
     l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
   }
-  if (lane % 4 == 0) {
-    sm.row_sum[wg][r0] = l_run[0];
-    sm.row_sum[wg][r0 + 8] = l_run[1];
-  }
-  named_barrier_sync(kBarSum, 256);
-  float l_tot[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) l_tot[h] = l_run[h] + sm.row_sum[other][r0 + 8 * h];
 
   const int64_t head0 = row * p.H + group * kHeads;  // flat (row, head) of accumulator row 0
   const int dim0 = 256 * wg + c0;
@@ -306,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
 #pragma unroll
       for (int j = 0; j < 32; ++j)
         *reinterpret_cast<float2*>(dst + dim0 + 8 * j) = make_float2(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1]);
-      if (wg == 0 && lane % 4 == 0) *reinterpret_cast<float2*>(dst + kDim) = make_float2(m_run[h], l_tot[h]);
+      if (wg == 0 && lane % 4 == 0) *reinterpret_cast<float2*>(dst + kDim) = make_float2(m_run[h], l_run[h]);
     }
     return;
   }
@@ -315,7 +293,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   for (int h = 0; h < 2; ++h) {
     const int head = group * kHeads + r0 + 8 * h;
     const float sink = exp2f(p.sink[head] * kLog2e - m_run[h]);
-    const float inv = l_tot[h] > 0.f ? 1.f / (l_tot[h] + sink) : 0.f;  // no key at all: output 0
+    const float inv = l_run[h] > 0.f ? 1.f / (l_run[h] + sink) : 0.f;  // no key at all: output 0
     bf16* dst = p.out + (head0 + r0 + 8 * h) * kDim;
 #pragma unroll
     for (int j = 0; j < 32; ++j) {
@@ -328,7 +306,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       *reinterpret_cast<uint32_t*>(dst + d) = pack_bf16(x0, x1);
     }
     if (wg == 0 && lane % 4 == 0)
-      p.lse[head0 + r0 + 8 * h] = l_tot[h] > 0.f ? (m_run[h] + log2f(l_tot[h])) * kLn2 : -INFINITY;
+      p.lse[head0 + r0 + 8 * h] = l_run[h] > 0.f ? (m_run[h] + log2f(l_run[h])) * kLn2 : -INFINITY;
   }
 }
 
@@ -364,20 +342,19 @@ __global__ void __launch_bounds__(128) attention_combine_kernel(const AttentionP
 }  // namespace
 
 bool attention_sm90_supported(const AttentionParams& p) {
-  // Head dim 512, whole groups of 64 heads, and the RoPE channels inside the second half of the
-  // dims (the warpgroup that holds them undoes the rotation).
-  return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= kDim / 2;
+  // Head dim 512, whole groups of 64 heads, at most 64 RoPE channels (V4 has 64).
+  return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs;
 }
 
 int attention_splits(const AttentionParams& p, int num_sms) {
   if (!attention_sm90_supported(p)) return 1;
-  // One CTA per SM (shared memory): split the keys only while the CTAs fit in one wave, and never
-  // into parts of less than one step (128 keys).
+  // One CTA per SM (shared memory): split the keys only while the CTAs fit in one wave, into parts
+  // of at least two blocks (so each part still overlaps a load with the math).
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads);
   if (ctas == 0 || ctas * 2 > num_sms) return 1;
   const int max_keys = min(p.window, p.L) + (p.indices ? p.K : (p.ratio > 0 ? p.N : 0));
-  const int steps = (max_keys + 2 * kKeys - 1) / (2 * kKeys);
-  return max(1, min(int(num_sms / ctas), steps));
+  const int blocks = (max_keys + kKeys - 1) / kKeys;
+  return max(1, min(int(num_sms / ctas), blocks / 2));
 }
 
 int64_t attention_workspace_floats(const AttentionParams& p) {
