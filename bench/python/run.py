@@ -147,13 +147,15 @@ def flash_mla_sparse():
 
 
 def sparse_attn_cases(quick):
-    shapes = [("flash", 4096, 64, 512), ("pro", 4096, 128, 1024)]
+    # Entries of a 128K context (32 MB of keys, near the L2 size) with uniformly random picks, and of a
+    # 16K context (4 MB, L2-resident): the gather's cost depends on where the picked rows live.
+    shapes = [("flash", 4096, 64, 512, 32768), ("pro", 4096, 128, 1024, 32768)]
     if not quick:
-        shapes = [("flash", 4096, 64, 512), ("flash", 16384, 64, 512), ("flash", 65536, 64, 512),
-                  ("pro", 4096, 128, 1024), ("pro", 16384, 128, 1024)]
+        shapes = [("flash", 4096, 64, 512, 32768), ("flash", 16384, 64, 512, 32768), ("flash", 65536, 64, 512, 32768),
+                  ("flash", 16384, 64, 512, 4096), ("pro", 4096, 128, 1024, 32768), ("pro", 16384, 128, 1024, 32768),
+                  ("pro", 16384, 128, 1024, 4096)]
     flash_mla = flash_mla_sparse()
-    for model, S, H, K in shapes:
-        N = 32768
+    for model, S, H, K, N in shapes:
         def make(S=S, H=H, K=K, N=N):
             a = attention_inputs(1, S, H, K, N, pos=4 * N - S)
             return lambda: ops.sparse_attn(*a[:5], a[7], a[5], a[6])
@@ -168,7 +170,7 @@ def sparse_attn_cases(quick):
             baselines["FlashMLA"] = make_flash_mla
         flops = 4 * H * 512 * (K + 128) * S
         nbytes = 2 * (2 * S * H * 512 + S * (K + 128) * 512)  # q, out, keys once per token
-        yield "sparse_attn", f"{model} prefill S={S} H={H} keys={K}+128", flops, nbytes, make, baselines
+        yield "sparse_attn", f"{model} prefill S={S} H={H} keys={K}+128 N={N}", flops, nbytes, make, baselines
     # Decode as a serving loop runs it: captured in a CUDA graph (no host checks), ours and the baseline.
     for B in (1, 64, 128):
         H, K, N = 64, 512, 32768
