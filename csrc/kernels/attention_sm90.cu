@@ -96,7 +96,7 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 // rows 16w .. 16w + 15; lane l brings the source of row 16w + l % 16 (null: absent, zero-filled),
 // and each row is two warp-wide 512-byte copies.
 __device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, const bf16* mine, const bf16* any,
-                                          float* bias, uint64_t policy) {
+                                          float* bias) {
 #pragma unroll 4
   for (int j = 0; j < 16; ++j) {
     const int r = warp * 16 + j;
@@ -106,7 +106,7 @@ __device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, con
     for (int half = 0; half < 2; ++half) {
       const int unit = half * 32 + lane;  // 16-byte unit of the 1 KB row
       uint8_t* dst = tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8);
-      cp_async_16(dst, src ? src + unit * 8 : any, src ? 16 : 0, policy);
+      cp_async_16(dst, src ? src + unit * 8 : any, src ? 16 : 0);
     }
     if (bias && lane == 0) bias[r] = src ? 0.f : -INFINITY;
   }
@@ -155,9 +155,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     reg_dealloc<56>();
     const int my_row = warp * 16 + lane % 16;
     const bf16* q = p.q + (row * p.H + group * kHeads) * kDim;
-    // Q is read once; the key rows are shared by neighbouring tokens (window) and repeat picks.
-    load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr, l2_evict_first());  // q: valid address for zero fills
-    const uint64_t keep = l2_evict_last();
+    load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills
     mbar_arrive_cp_async(&sm.q_full);
     // Block b + 1's rows are looked up and prefetched into L2 while block b loads.
     const bf16* next = keys.row(range.first * kKeys + my_row);
@@ -165,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       const int it = blk - range.first, buf = it & 1;
       const bf16* cur = next;
       if (it >= 2) mbar_wait(&sm.empty[buf], ((it >> 1) - 1) & 1);
-      load_tile(sm.k[buf], warp, lane, cur, q, sm.key_bias[buf], keep);
+      load_tile(sm.k[buf], warp, lane, cur, q, sm.key_bias[buf]);
       mbar_arrive_cp_async(&sm.full[buf]);
       if (lane == 0) mbar_arrive(&sm.full[buf]);
       if (blk + 1 < range.last) {
@@ -305,7 +303,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
         const float2 cs = sm.unrotate[(d - rope_begin) / 2];
         rotate_pair(x0, x1, cs.x, cs.y);
       }
-      __stcs(reinterpret_cast<unsigned int*>(dst + d), pack_bf16(x0, x1));  // streaming: no L2 residency
+      *reinterpret_cast<uint32_t*>(dst + d) = pack_bf16(x0, x1);
     }
     if (wg == 0 && lane % 4 == 0)
       p.lse[head0 + r0 + 8 * h] = l_run[h] > 0.f ? (m_run[h] + log2f(l_run[h])) * kLn2 : -INFINITY;
