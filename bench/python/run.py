@@ -80,17 +80,25 @@ class Result:
     context: int = 0  # the context length the case stands for, where it has one
 
 
-def measure(op, case, flops, nbytes, ours, baselines, ceilings, reps, context=0) -> Result:
-    ms = median_ms(ours, reps)
+def measure(op, case, flops, nbytes, make_ours, make_baselines, ceilings, reps, context=0) -> Result:
+    """Times ours, then each baseline; each one's inputs are made just before it runs and freed after,
+    so that no baseline's state (memory, compiled graphs) is alive while another runs."""
+    set_bytes = max(nbytes, 1)
+    fns = rotated(make_ours, set_bytes)
+    ms = median_ms(fns, reps)
+    del fns
+    torch.cuda.empty_cache()
     floor_ms = max(flops / ceilings["tflops"] / 1e9, nbytes / ceilings["tbps"] / 1e9)
     ratios = {}
-    for name, fns in baselines.items():
+    for name, make in make_baselines.items():
         try:
+            fns = rotated(make, set_bytes)
             ratios[name] = median_ms(fns, max(3, reps // 4)) / ms
         except (RuntimeError, torch.OutOfMemoryError) as err:  # a baseline that cannot run this shape
             ratios[name] = float("nan")
             print(f"\n  {name} skipped at {case}: {str(err).splitlines()[0][:100]}", file=sys.stderr)
-            torch.cuda.empty_cache()
+        fns = None
+        torch.cuda.empty_cache()
     return Result(op, case, ms, flops / ms / 1e9, nbytes / ms / 1e9, floor_ms / ms, ratios, context)
 
 
@@ -403,11 +411,7 @@ def main() -> None:
     results = []
     for i, (op, case, flops, nbytes, ours, baselines, *context) in enumerate(cases):
         progress(i, len(cases), f"{op} {case}")
-        set_bytes = max(nbytes, 1)
-        fns = rotated(ours, set_bytes)
-        base_fns = {name: rotated(make, set_bytes) for name, make in baselines.items()}
-        results.append(measure(op, case, flops, nbytes, fns, base_fns, ceil, args.reps, *context))
-        del fns, base_fns
+        results.append(measure(op, case, flops, nbytes, ours, baselines, ceil, args.reps, *context))
         torch.cuda.empty_cache()
     progress(len(cases), len(cases), "ops done")
     sys.stderr.write("\n")
