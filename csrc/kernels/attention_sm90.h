@@ -4,7 +4,7 @@
 
 namespace lcattn {
 
-// Shapes the sm_90a kernels take: head dim 512, heads in groups of 64, RoPE channels <= 256.
+// Shapes the sm_90a kernels take: head dim 512, heads in groups of 64, RoPE channels <= 64.
 bool attention_sm90_supported(const AttentionParams& p);
 cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream);
 
