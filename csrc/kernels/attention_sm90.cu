@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
-    reg_dealloc<40>();
+    reg_dealloc<56>();
     const int my_row = warp * 16 + lane % 16;
     const bf16* q = p.q + (row * p.H + group * kHeads) * kDim;
     load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills
@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   }
 
   // ------------------------------------------------------------------------------------ math
-  reg_alloc<232>();
+  reg_alloc<224>();
   const int r0 = warp * 16 + lane / 4;  // this thread's rows r0 and r0 + 8 of every accumulator
   const int c0 = (lane % 4) * 2;        // and columns c0, c0 + 1 of every 8-column block
   const float scale = p.scale * kLog2e;
@@ -184,31 +184,24 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   for (int i = 0; i < 128; ++i) o[i] = 0.f;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // base-2 max and sum per row
 
-  // Partial S of block `it` (of this split) over this warpgroup's 256 dims: 16 k-steps of 16, four
-  // per 64-wide chunk; issued asynchronously (committed, not waited for).
-  auto issue_logits = [&](float (&acc)[32], int it) {
-    const int buf = it & 1;
+  mbar_wait(&sm.q_full, 0);
+  for (int blk = range.first; blk < range.last; ++blk) {
+    const int it = blk - range.first, buf = it & 1;
     mbar_wait(&sm.full[buf], (it >> 1) & 1);
     fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
+
+    // Partial S over this warpgroup's 256 dims: 16 k-steps of 16, four per 64-wide chunk.
+    float sacc[32];
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < 16; ++ks) {
       const int chunk = 4 * wg + ks / 4, off = (ks % 4) * 32;
-      wgmma_m64n64k16_ss(acc, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
+      wgmma_m64n64k16_ss(sacc, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
                          smem_desc(sm.k[buf] + chunk * kChunkBytes + off, 16, 1024), ks > 0);
     }
     wgmma_commit();
-  };
-
-  mbar_wait(&sm.q_full, 0);
-  float sacc[32], snext[32];
-  if (range.first < range.last) issue_logits(snext, 0);
-  for (int blk = range.first; blk < range.last; ++blk) {
-    const int it = blk - range.first, buf = it & 1;
     wgmma_wait<0>();
-    fence_registers(snext);
-#pragma unroll
-    for (int i = 0; i < 32; ++i) sacc[i] = snext[i];
+    fence_registers(sacc);
 
     // Exchange partials: thread tid of either warpgroup holds the same (row, column) positions.
 #pragma unroll
@@ -221,8 +214,6 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       sacc[i] = wg == 0 ? sacc[i] + theirs : theirs + sacc[i];
     }
     named_barrier_sync(kBarRead, 256);  // both read before either writes the next block's partial
-    // The next block's partial S runs on the tensor cores during this block's softmax.
-    if (blk + 1 < range.last) issue_logits(snext, it + 1);
 
     // Scaled base-2 logits, -inf for absent keys; the new row maxima.
     float m_new[2] = {m_run[0], m_run[1]};
@@ -270,7 +261,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       wgmma_m64n256k16_rs_bmn(o, pa[kk], smem_desc(sm.k[buf] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024),
                               1);
     wgmma_commit();
-    wgmma_wait<0>();  // the P.V product and the next block's partial S
+    wgmma_wait<0>();
     fence_registers(o);
     mbar_arrive(&sm.empty[buf]);
   }
