@@ -87,6 +87,20 @@ struct SplitRange {
   }
 };
 
+// A row's running maximum as a reference point: 0 while no key was seen, so that exp2(x - ref) is never NaN.
+__device__ __forceinline__ float max_ref(float m) { return m == -INFINITY ? 0.f : m; }
+
+// The factor that turns a row's unnormalised output into the result: 1 / (sum + exp(sink)), all
+// relative to the base-2 maximum m; 0 when the row saw no key at all (SPEC 5, sink in the denominator).
+__device__ __forceinline__ float output_scale(float sum, float m, float sink) {
+  return sum > 0.f ? 1.f / (sum + exp2f(sink * kLog2e - max_ref(m))) : 0.f;
+}
+
+// Natural log-sum-exp of the scaled logits from the base-2 maximum and sum; -inf with no key.
+__device__ __forceinline__ float natural_lse(float sum, float m) {
+  return sum > 0.f ? (m + log2f(sum)) * kLn2 : -INFINITY;
+}
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
@@ -231,7 +245,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     for (int h = 0; h < 2; ++h) {
       m_new[h] = fmaxf(m_new[h], __shfl_xor_sync(0xffffffff, m_new[h], 1));
       m_new[h] = fmaxf(m_new[h], __shfl_xor_sync(0xffffffff, m_new[h], 2));
-      m_use[h] = m_new[h] == -INFINITY ? 0.f : m_new[h];
+      m_use[h] = max_ref(m_new[h]);
       const float corr = exp2f(m_run[h] - m_use[h]);  // 0 while nothing was seen (O and l are 0)
       l_run[h] *= corr;
 #pragma unroll
@@ -291,9 +305,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   const int rope_begin = kDim - p.rope_dim;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int head = group * kHeads + r0 + 8 * h;
-    const float sink = exp2f(p.sink[head] * kLog2e - m_run[h]);
-    const float inv = l_run[h] > 0.f ? 1.f / (l_run[h] + sink) : 0.f;  // no key at all: output 0
+    const float inv = output_scale(l_run[h], m_run[h], p.sink[group * kHeads + r0 + 8 * h]);
     bf16* dst = p.out + (head0 + r0 + 8 * h) * kDim;
 #pragma unroll
     for (int j = 0; j < 32; ++j) {
@@ -306,7 +318,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       *reinterpret_cast<uint32_t*>(dst + d) = pack_bf16(x0, x1);
     }
     if (wg == 0 && lane % 4 == 0)
-      p.lse[head0 + r0 + 8 * h] = l_run[h] > 0.f ? (m_run[h] + log2f(l_run[h])) * kLn2 : -INFINITY;
+      p.lse[head0 + r0 + 8 * h] = natural_lse(l_run[h], m_run[h]);
   }
 }
 
@@ -319,7 +331,7 @@ __global__ void __launch_bounds__(128) attention_combine_kernel(const AttentionP
   const int pos = p.q_start[row / p.S] + int(row % p.S);
   float m = -INFINITY;
   for (int i = 0; i < p.splits; ++i) m = fmaxf(m, p.workspace[(i * rows_total + n) * kPartStride + kDim]);
-  const float m_use = m == -INFINITY ? 0.f : m;
+  const float m_use = max_ref(m);
   float l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
   const int d = threadIdx.x * 4;
   for (int i = 0; i < p.splits; ++i) {
@@ -329,14 +341,14 @@ __global__ void __launch_bounds__(128) attention_combine_kernel(const AttentionP
     const float4 v = *reinterpret_cast<const float4*>(part + d);
     acc[0] += w * v.x, acc[1] += w * v.y, acc[2] += w * v.z, acc[3] += w * v.w;
   }
-  const float inv = l > 0.f ? 1.f / (l + exp2f(p.sink[h] * kLog2e - m_use)) : 0.f;
+  const float inv = output_scale(l, m, p.sink[h]);
   const int rope_begin = kDim - p.rope_dim;
   for (int i = 0; i < 4; ++i) acc[i] *= inv;
   for (int i = 0; i < 4; i += 2)
     if (d + i >= rope_begin) rope_rotate_pair(&acc[i], pos, p.inv_freq[(d + i - rope_begin) / 2], -1.f);
   uint2 packed = make_uint2(pack_bf16(acc[0], acc[1]), pack_bf16(acc[2], acc[3]));
   *reinterpret_cast<uint2*>(p.out + n * kDim + d) = packed;
-  if (threadIdx.x == 0) p.lse[n] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
+  if (threadIdx.x == 0) p.lse[n] = natural_lse(l, m);
 }
 
 }  // namespace
@@ -363,17 +375,20 @@ int64_t attention_workspace_floats(const AttentionParams& p) {
 
 cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
-  static bool configured = false;  // the attribute is per function, set once
-  if (!configured) {
-    const cudaError_t err =
-        cudaFuncSetAttribute(attention_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  // The shared-memory limit is an attribute of the kernel on each device: raise it once per device.
+  static bool configured[64] = {};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device >= 64 || !configured[device]) {
+    err = cudaFuncSetAttribute(attention_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
     if (err != cudaSuccess) return err;
-    configured = true;
+    if (device < 64) configured[device] = true;
   }
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
   attention_sm90_kernel<<<unsigned(ctas), kThreads, kSmemBytes, stream>>>(p);
   if (p.splits > 1) {
-    const cudaError_t err = cudaGetLastError();
+    err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     attention_combine_kernel<<<unsigned(int64_t(p.B) * p.S * p.H), 128, 0, stream>>>(p);
   }

@@ -1,7 +1,6 @@
 // Adapters of sparse_attn and dense_attn (SPEC 5).
 #include "checks.h"
 
-
 namespace lcattn {
 namespace {
 
@@ -56,10 +55,15 @@ AttentionParams attention_params(const char* op, const at::Tensor& q, const at::
 void plan_splits(AttentionParams& p, const at::Tensor& q, at::Tensor& workspace) {
 #if defined(LCATTN_WITH_CUDA)
   if (!q.is_cuda()) return;
-  int num_sms = 0;
-  const cudaError_t err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, q.get_device());
-  LCATTN_CHECK(err == cudaSuccess, "attention", "cannot read the multiprocessor count: ", cudaGetErrorString(err));
-  p.splits = attention_splits(p, num_sms);
+  static int num_sms[64] = {};  // per device, read once: decode calls this every step
+  const int device = q.get_device();
+  int sms = device < 64 ? num_sms[device] : 0;
+  if (sms == 0) {
+    const cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    LCATTN_CHECK(err == cudaSuccess, "attention", "cannot read the multiprocessor count: ", cudaGetErrorString(err));
+    if (device < 64) num_sms[device] = sms;
+  }
+  p.splits = attention_splits(p, sms);
   if (const int64_t floats = attention_workspace_floats(p)) {
     workspace = at::empty({floats}, q.options().dtype(at::kFloat));
     p.workspace = workspace.data_ptr<float>();

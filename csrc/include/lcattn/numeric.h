@@ -31,9 +31,7 @@ LCATTN_HD bf16 float_to_bf16(float f) {
   return static_cast<bf16>(bits >> 16);
 }
 
-// RoPE (SPEC 1) rotates the interleaved pair (x[0], x[1]) of the rope channels by
-// pos * inv_freq; the angle is rounded once in fp32, as torch builds its tables.
-// sign = -1 undoes the rotation.
+// RoPE angle of a position: pos * inv_freq rounded once in fp32, as torch builds its tables.
 LCATTN_HD float rope_angle(int pos, float inv_freq) { return static_cast<float>(pos) * inv_freq; }
 
 // Rotates (x0, x1) by the angle whose cosine and sine are co and si.
@@ -43,6 +41,8 @@ LCATTN_HD void rotate_pair(float& x0, float& x1, float co, float si) {
   x1 = a * si + b * co;
 }
 
+// RoPE (SPEC 1) rotates the interleaved pair (x[0], x[1]) of the rope channels by the angle of pos;
+// sign = -1 undoes the rotation.
 LCATTN_HD void rope_rotate_pair(float* x, int pos, float inv_freq, float sign) {
   const float a = rope_angle(pos, inv_freq);
   rotate_pair(x[0], x[1], cosf(a), sign * sinf(a));
