@@ -6,7 +6,8 @@
 #   bash scripts/gpu_check.sh OUT_DIR [FAMILY...]   (sanitizer families; default: all; "none": skip)
 # The C++ benches run at shapes whose single-threaded CPU check takes seconds, not minutes.
 # QUICK=1 runs only the CUDA tests of the sanitizer families (no suite, example or C++ benches).
-# BENCH="ARGS" also runs python bench/python/run.py ARGS --out OUT_DIR/bench.
+# BENCH="ARGS" also runs python bench/python/run.py ARGS --out OUT_DIR/bench (with a FlashMLA column
+# when build/baselines/flashmla_baseline.so, from scripts/build_flashmla.sh, is carried along).
 # DEMO_CONTEXT=N also runs the demo with an N-token prompt; STEP_TIMEOUT=S bounds each step (1800 s).
 set -uo pipefail
 out=$(realpath -m "${1:-gpu_results}")
