@@ -239,10 +239,11 @@ def dense_attn_cases(quick):
     # An HCA layer's prefill chunk of S queries at a context of 128 * N tokens.
     for S, N in ((4096, 1024),) if quick else ((1024, 1024), (4096, 1024), (4096, 4096), (4096, 8192)):
         H = 64
-        def make(S=S):
+        # Every loop value a builder reads is bound as a default: the driver lists all cases before it runs any.
+        def make(S=S, N=N):
             a = attention_inputs(1, S, H, 0, N, pos=128 * N - S, sparse=False)
             return lambda: ops.dense_attn(*a[:5], a[5], a[6], ratio=128)
-        def make_flex(S=S):
+        def make_flex(S=S, N=N):
             a = attention_inputs(1, S, H, 0, N, pos=128 * N - S, sparse=False)
             return flex_dense(*a[:6])
         flops = 4 * H * 512 * (N + 128) * S
