@@ -6,6 +6,7 @@
 
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 #if defined(LCATTN_WITH_CUDA)
 #include <c10/cuda/CUDAGraphsC10Utils.h>
@@ -47,18 +48,59 @@ inline bool capturing_cuda_graph() {
 }
 #endif
 
-// Every value of an integer tensor lies in [lo, hi]. On CUDA this reads two numbers back
-// (one sync), and is skipped while a CUDA graph is being captured: the kernels themselves
-// never read outside their buffers, whatever the values.
-inline void check_values(const char* op, const char* name, const at::Tensor& t, int64_t lo, int64_t hi) {
-  if (t.numel() == 0) return;
+// Range checks of an op's integer tensors: every value of each lies in its [lo, hi]. The (min, max)
+// of all of them come back in one device-to-host copy when run() is called (one sync per op, not
+// two per tensor), and CUDA tensors are not checked while a CUDA graph is being captured: the
+// kernels never read outside their buffers, whatever the values.
+class ValueChecks {
+ public:
+  explicit ValueChecks(const char* op) : op_(op) {}
+
+  void add(const char* name, const at::Tensor& t, int64_t lo, int64_t hi) {
+    if (t.numel() == 0) return;
 #if defined(LCATTN_WITH_CUDA)
-  if (t.is_cuda() && capturing_cuda_graph()) return;
+    if (t.is_cuda() && capturing_cuda_graph()) return;
 #endif
-  const auto [mn, mx] = at::aminmax(t);
-  const int64_t vmin = mn.item<int64_t>(), vmax = mx.item<int64_t>();
-  LCATTN_CHECK(vmin >= lo && vmax <= hi, op, name, " values must lie in [", lo, ", ", hi, "], got [", vmin,
-               ", ", vmax, "]");
+    const auto [mn, mx] = at::aminmax(t);
+    bounds_.push_back(mn);
+    bounds_.push_back(mx);
+    ranges_.push_back({name, lo, hi});
+  }
+
+  // Throws for the first tensor, in the order added, with a value out of its range.
+  void run() const {
+    if (ranges_.empty()) return;
+    std::vector<at::Tensor> bounds = bounds_;
+    for (const at::Tensor& b : bounds_) {
+      if (b.scalar_type() != bounds_[0].scalar_type()) {  // mixed widths: compare as int64
+        for (at::Tensor& c : bounds) c = c.to(at::kLong);
+        break;
+      }
+    }
+    const at::Tensor host = at::stack(bounds).cpu().to(at::kLong);
+    const int64_t* v = host.data_ptr<int64_t>();
+    for (size_t i = 0; i < ranges_.size(); ++i) {
+      const Range& r = ranges_[i];
+      LCATTN_CHECK(v[2 * i] >= r.lo && v[2 * i + 1] <= r.hi, op_, r.name, " values must lie in [", r.lo, ", ",
+                   r.hi, "], got [", v[2 * i], ", ", v[2 * i + 1], "]");
+    }
+  }
+
+ private:
+  struct Range {
+    const char* name;
+    int64_t lo, hi;
+  };
+  const char* op_;
+  std::vector<at::Tensor> bounds_;  // (min, max) of each checked tensor, in its dtype and on its device
+  std::vector<Range> ranges_;
+};
+
+// One tensor's range check (one sync on CUDA).
+inline void check_values(const char* op, const char* name, const at::Tensor& t, int64_t lo, int64_t hi) {
+  ValueChecks checks(op);
+  checks.add(name, t, lo, hi);
+  checks.run();
 }
 
 inline const float* optional_ptr(const std::optional<at::Tensor>& t) {

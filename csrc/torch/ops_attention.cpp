@@ -4,11 +4,11 @@
 namespace lcattn {
 namespace {
 
-// Checks what both forms share and allocates (out, lse).
+// Checks what both forms share (the value ranges go to `checks`) and allocates (out, lse).
 AttentionParams attention_params(const char* op, const at::Tensor& q, const at::Tensor& kv,
                                  const at::Tensor& kv_start, const at::Tensor& q_start, const at::Tensor& ckv,
                                  const at::Tensor& sink, const at::Tensor& inv_freq, double scale, int64_t window,
-                                 at::Tensor& out, at::Tensor& lse) {
+                                 ValueChecks& checks, at::Tensor& out, at::Tensor& lse) {
   LCATTN_CHECK(q.dim() == 4, op, "q must be [B, S, H, D], got shape ", q.sizes());
   const int64_t B = q.size(0), S = q.size(1), H = q.size(2), D = q.size(3);
   check_tensor(op, "q", q, at::kBFloat16, {B, S, H, D}, q);
@@ -23,9 +23,9 @@ AttentionParams attention_params(const char* op, const at::Tensor& q, const at::
             "rope_dim = 2 * len(inv_freq) must be <= head dim ", D, ", got ", 2 * inv_freq.size(0));
   LCATTN_CHECK(window >= 1, op, "window must be >= 1, got ", window);
   LCATTN_CHECK(B * S * H < INT32_MAX, op, "B * S * H must be < 2^31, got ", B * S * H);
-  check_values(op, "q_start", q_start, 0, INT32_MAX - S);
+  checks.add("q_start", q_start, 0, INT32_MAX - S);
   // Rows before position 0 are never read, so the buffer may start before it.
-  check_values(op, "kv_start", kv_start, -kv.size(1), INT32_MAX - kv.size(1));
+  checks.add("kv_start", kv_start, -kv.size(1), INT32_MAX - kv.size(1));
   out = at::empty_like(q);
   lse = at::empty({B, S, H}, q.options().dtype(at::kFloat));
   AttentionParams p{};
@@ -77,9 +77,12 @@ std::tuple<at::Tensor, at::Tensor> sparse_attn(const at::Tensor& q, const at::Te
                                                const at::Tensor& inv_freq, double scale, int64_t window) {
   constexpr const char* op = "sparse_attn";
   at::Tensor out, lse;
-  AttentionParams p = attention_params(op, q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, out, lse);
+  ValueChecks checks(op);
+  AttentionParams p =
+      attention_params(op, q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, checks, out, lse);
   check_tensor(op, "indices", indices, at::kInt, {p.B, p.S, -1}, q);
-  check_values(op, "indices", indices, -1, p.N - 1);
+  checks.add("indices", indices, -1, p.N - 1);
+  checks.run();
   p.indices = ptr<const int>(indices);
   p.K = int(indices.size(2));
   at::Tensor workspace;
@@ -94,8 +97,11 @@ std::tuple<at::Tensor, at::Tensor> dense_attn(const at::Tensor& q, const at::Ten
                                               int64_t ratio) {
   constexpr const char* op = "dense_attn";
   at::Tensor out, lse;
-  AttentionParams p = attention_params(op, q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, out, lse);
+  ValueChecks checks(op);
+  AttentionParams p =
+      attention_params(op, q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, checks, out, lse);
   LCATTN_CHECK(ratio >= 0, op, "ratio must be >= 0 (0 = window only), got ", ratio);
+  checks.run();
   p.ratio = int(ratio);
   at::Tensor workspace;
   plan_splits(p, q, workspace);

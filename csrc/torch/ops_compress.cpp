@@ -29,8 +29,10 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
   LCATTN_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16, op,
             "out must be float32 or bfloat16, got ", c10::toString(out.scalar_type()));
   check_tensor(op, "out", out, out.scalar_type(), {B, -1, c}, kv);
-  check_values(op, "seq_lens", seq_lens, 0, S);
-  check_values(op, "start_pos", start_pos, 0, INT32_MAX - S);
+  ValueChecks checks(op);
+  checks.add("seq_lens", seq_lens, 0, S);
+  checks.add("start_pos", start_pos, 0, INT32_MAX - S);
+  checks.run();
 
   CompressParams p{};
   p.kv = ptr<const float>(kv);

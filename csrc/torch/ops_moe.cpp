@@ -81,8 +81,10 @@ std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& logits, const std
     V = tid2eid->size(0);
     check_tensor(op, "tid2eid", *tid2eid, at::kInt, {V, topk}, logits);
     check_tensor(op, "token_ids", *token_ids, at::kLong, {T}, logits);
-    check_values(op, "tid2eid", *tid2eid, 0, E - 1);
-    check_values(op, "token_ids", *token_ids, 0, V - 1);
+    ValueChecks checks(op);
+    checks.add("tid2eid", *tid2eid, 0, E - 1);
+    checks.add("token_ids", *token_ids, 0, V - 1);
+    checks.run();
   }
   at::Tensor weights = at::empty({T, topk}, logits.options());
   at::Tensor indices = at::empty({T, topk}, logits.options().dtype(at::kInt));
