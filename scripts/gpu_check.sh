@@ -44,7 +44,8 @@ families=("${@:2}")
 if [ -n "${QUICK:-}" ]; then
   files=()
   for family in "${families[@]}"; do files+=("tests/test_$family.py"); done
-  step tests_cuda python3 -m pytest "${files[@]}" -m cuda -q -rs --durations=5
+  # -v names each test as it starts, so a hanging kernel shows in the log (with STEP_TIMEOUT).
+  step tests_cuda python3 -m pytest "${files[@]}" -m cuda -v -rs --durations=5
 else
   step tests_cuda python3 -m pytest tests -m cuda -q -rs --durations=10
   step tests_all python3 -m pytest tests -q
