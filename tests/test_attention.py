@@ -102,6 +102,8 @@ HOPPER_CASES = [
     (1, 70, 128, 1024, 1100, [4397], [4270], 197),                  # V4-Pro prefill, 1152 keys
     (4, 1, 64, 512, 900, [3599, 130, 2000, 64], [3472, 3, 1873, 0], 128),  # decode batch
     (2, 33, 64, 100, 140, [0, 37], [-127, -90], 160),               # sequence start, 100 slots
+    # 600 (token, head group) items, several per SM, from 1 key (position 0) to several blocks.
+    (2, 300, 64, 100, 140, [0, 250], [-127, 123], 427),
 ]
 
 
