@@ -171,7 +171,11 @@ def flash_mla_agrees(prepare) -> bool:
     the output rotated, lcattn undoes the rotation), so the table compares like with like."""
     a = attention_inputs(1, 64, 64, 512, 4096, pos=4 * 4096 - 64)
     ours = ops.sparse_attn(*a[:5], a[7], a[5], a[6])[0][0, ..., :448].float()
-    theirs = prepare(*a[:6], a[7])()[..., :448].float()
+    try:
+        theirs = prepare(*a[:6], a[7])()[..., :448].float()
+    except RuntimeError as err:
+        print(f"FlashMLA failed on a small case: {err}", file=sys.stderr)
+        return False
     return torch.allclose(ours, theirs, atol=2e-2, rtol=2e-2)
 
 
@@ -185,7 +189,7 @@ def sparse_attn_cases(quick):
                   ("pro", 16384, 128, 1024, 4096)]
     flash_mla = flash_mla_sparse()
     if flash_mla is not None and not flash_mla_agrees(flash_mla):
-        print("FlashMLA's output differs from lcattn's on a small case: left out of the table", file=sys.stderr)
+        print("FlashMLA left out of the table: it does not match lcattn's sparse_attn on a small case", file=sys.stderr)
         flash_mla = None
     for model, S, H, K, N in shapes:
         def make(S=S, H=H, K=K, N=N):
