@@ -4,8 +4,16 @@ import torch
 import lcattn
 
 HAS_CUDA = torch.cuda.is_available() and lcattn.cuda_kernels_built()
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
-                                              pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and build")])]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def pytest_collection_modifyitems(config, items):
+    # Every test marked `cuda` needs a GPU and the CUDA kernels built.
+    if not HAS_CUDA:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU and build")
+        for item in items:
+            if item.get_closest_marker("cuda"):
+                item.add_marker(skip)
 
 
 @pytest.fixture(params=DEVICES)

@@ -79,7 +79,6 @@ def test_indexer_topk_model_shape(device):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_indexer_topk_prefill_scale_cuda():
     shape = MODEL_SHAPES["pro"]
     args = make_indexer(1, 256, 8192, shape["index_heads"], shape["index_dim"], "cuda", [32768 - 256])
