@@ -45,10 +45,15 @@ def extension():
     if not with_cuda():
         return CppExtension("lcattn._C", sources, include_dirs=includes, extra_compile_args={"cxx": cxx},
                             extra_link_args=["-fopenmp"], py_limited_api=True)
+    cutlass = cutlass_includes()
+    if not cutlass:
+        raise RuntimeError("[lcattn] the CUDA build needs the CUTLASS headers: pip install --no-deps "
+                           "nvidia-cutlass==4.2.0.0, or set CUTLASS_DIR to a CUTLASS checkout (or LCATTN_CUDA=0)")
+    # -DNDEBUG: CUTLASS's device asserts would split its wgmma pipelines across calls (ptxas C7510).
     nvcc = ["-O3", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "--expt-relaxed-constexpr",
-            "-DLCATTN_WITH_CUDA", "-lineinfo"]
+            "-DLCATTN_WITH_CUDA", "-DNDEBUG", "-lineinfo"]
     return CUDAExtension("lcattn._C", sources + sorted(glob.glob("csrc/kernels/*.cu")),
-                         include_dirs=includes + cutlass_includes(),
+                         include_dirs=includes + cutlass,
                          extra_compile_args={"cxx": cxx + ["-DLCATTN_WITH_CUDA"], "nvcc": nvcc},
                          extra_link_args=["-fopenmp"], py_limited_api=True)
 

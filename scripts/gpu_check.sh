@@ -37,7 +37,7 @@ fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.txt" 2>&1
 step build python3 setup.py build_ext --inplace
-step resources bash -c 'cuobjdump -res-usage python/lcattn/_C*.so | grep -A1 -E "attention|indexer" | grep -E "Function|REG"'
+step resources bash -c 'cuobjdump -res-usage python/lcattn/_C*.so | grep -A1 -E "attention|indexer|moe|cutlass" | grep -E "Function|REG"'
 families=("${@:2}")
 [ ${#families[@]} -gt 0 ] || families=(compress indexer attention moe opcheck)
 [ "${families[0]}" != none ] || families=()
@@ -50,7 +50,7 @@ else
   step tests_cuda python3 -m pytest tests -m cuda -q -rs --durations=10
   step tests_all python3 -m pytest tests -q
   step example python3 -m lcattn.example
-  step cpp_bench bash -c 'cmake -S . -B build/cmake >/dev/null && cmake --build build/cmake -j "$(nproc)" >/dev/null &&
+  step cpp_bench bash -c 'cmake -S . -B build/cmake -DPython3_EXECUTABLE="$(command -v python3)" >/dev/null && cmake --build build/cmake -j "$(nproc)" >/dev/null &&
     build/cmake/bench_attention && build/cmake/bench_indexer --tokens=128 && build/cmake/bench_moe --experts=16 &&
     build/cmake/bench_compress --tokens=16384'
 fi

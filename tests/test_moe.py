@@ -1,4 +1,6 @@
 """Grouped GEMM, routing, permute and unpermute (SPEC 6) against the reference."""
+import os
+
 import pytest
 import torch
 
@@ -12,16 +14,39 @@ def as_int(values, device):
     return torch.tensor(values, dtype=torch.int32, device=device)
 
 
+def offsets_of(counts, device):
+    return as_int([0] + torch.tensor(counts).cumsum(0).tolist(), device)
+
+
+def random_counts(E, total):
+    """E nonnegative row counts that add up to total, some of them 0."""
+    return torch.bincount(torch.randint(0, E, (total,)) * (torch.rand(total) < 0.9), minlength=E).tolist()
+
+
+def expert_weights(E, N, K, device):
+    return (torch.randn(E, N, K, device=device) * K ** -0.5).bfloat16()
+
+
+# Rows per expert (the tile heuristic follows their mean: 32, 64, 128 and 256-row tiles), E from 1
+# to 384, empty experts, one expert with every row, V4-Flash and V4-Pro dims.
 @pytest.mark.parametrize("counts,N,K", [
-    ([3, 0, 70, 1, 0, 129], 40, 24),  # experts with no rows; tiles spanning experts
-    ([0, 0], 16, 8),                   # no rows at all
-    ([5, 2, 9], 4096, 2048),           # V4-Flash down projection (N = hidden, K = expert dim)
+    ([3, 0, 70, 1, 0, 129], 40, 24),           # experts with no rows; rows not multiples of a tile
+    ([0, 1, 7, 129, 300], 64, 32),
+    ([300], 136, 72),                          # E = 1
+    ([0, 0, 257], 64, 64),                     # every row on one expert
+    ([0, 0], 16, 8),                           # no rows at all
+    (("random", 256), 64, 48),                 # E = 256, ~16 rows each
+    (("random", 384), 40, 16),                 # E = 384
+    ([5, 2, 9], 4096, 2048),                   # V4-Flash down projection (N = hidden, K = expert dim)
+    ([1, 0, 6], 2 * 3072, 7168),               # V4-Pro gate + up
 ])
 def test_grouped_gemm_contiguous(device, counts, N, K):
+    if isinstance(counts, tuple):
+        counts = random_counts(counts[1], 16 * counts[1])
     E, M = len(counts), sum(counts)
     x = torch.randn(M, K, device=device).bfloat16()
-    w = (torch.randn(E, N, K, device=device) * K ** -0.5).bfloat16()
-    offsets = as_int([0] + torch.tensor(counts).cumsum(0).tolist(), device)
+    w = expert_weights(E, N, K, device)
+    offsets = offsets_of(counts, device)
     y = ops.grouped_gemm_contiguous(x, w, offsets)
     assert y.dtype == torch.bfloat16 and y.shape == (M, N)
     if M:
@@ -29,18 +54,110 @@ def test_grouped_gemm_contiguous(device, counts, N, K):
 
 
 @pytest.mark.parametrize("counts,M,N,K", [
-    ([3, 0, 17, 20], 20, 33, 50),
+    ([3, 0, 17, 20], 20, 32, 48),
+    ([0, 64, 1, 63], 64, 64, 24),
+    ([129, 0, 7], 129, 40, 64),
+    ([300, 1, 0], 300, 24, 16),
     ([1, 2], 4, 2 * 2048, 4096),  # V4-Flash gate + up
     ([2, 0], 3, 2 * 3072, 7168),  # V4-Pro gate + up
 ])
 def test_grouped_gemm_masked(device, counts, M, N, K):
     E = len(counts)
     x = torch.randn(E, M, K, device=device).bfloat16()
-    w = (torch.randn(E, N, K, device=device) * K ** -0.5).bfloat16()
+    w = expert_weights(E, N, K, device)
     c = as_int(counts, device)
     y = ops.grouped_gemm_masked(x, w, c)
     assert_close(y.float(), reference.grouped_gemm_masked(x, w, c), GEMM_TOL)
-    assert (y[1, counts[1]:] == 0).all()
+    for e, n in enumerate(counts):
+        assert (y[e, n:] == 0).all()
+
+
+def test_grouped_gemm_empty_input(device):
+    w = expert_weights(3, 16, 8, device)
+    y = ops.grouped_gemm_contiguous(torch.empty(0, 8, device=device).bfloat16(), w, as_int([0, 0, 0, 0], device))
+    assert y.shape == (0, 16)
+    assert ops.grouped_gemm_masked(torch.empty(3, 0, 8, device=device).bfloat16(), w,
+                                   as_int([0, 0, 0], device)).shape == (3, 0, 16)
+
+
+@pytest.mark.cuda
+def test_grouped_gemm_is_repeatable_cuda():
+    counts = random_counts(64, 64 * 40)
+    x = torch.randn(sum(counts), 256, device="cuda").bfloat16()
+    w, offsets = expert_weights(64, 512, 256, "cuda"), offsets_of(counts, "cuda")
+    first = ops.grouped_gemm_contiguous(x, w, offsets)
+    for _ in range(3):
+        assert torch.equal(ops.grouped_gemm_contiguous(x, w, offsets), first)
+
+
+def capture(fn):
+    """fn() captured in a CUDA graph after a warm-up on a side stream: (graph, its output)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
+                    reason="graph capture allocates through the caching allocator")
+def test_grouped_gemm_replays_in_cuda_graph_cuda():
+    """Captured once, replayed with new rows per expert: the problems are read on the device."""
+    E, M, N, K = 16, 96, 256, 128
+    x, w = torch.randn(M, K, device="cuda").bfloat16(), expert_weights(E, N, K, "cuda")
+    xm = torch.randn(E, M // 4, K, device="cuda").bfloat16()
+    offsets, counts = offsets_of(random_counts(E, M), "cuda"), as_int([M // 4] * E, "cuda")
+    graph, (y, ym) = capture(lambda: (ops.grouped_gemm_contiguous(x, w, offsets),
+                                      ops.grouped_gemm_masked(xm, w, counts)))
+    for _ in range(3):
+        offsets.copy_(offsets_of(random_counts(E, M), "cuda"))
+        counts.copy_(torch.randint(0, M // 4 + 1, (E,), dtype=torch.int32))
+        x.copy_(torch.randn_like(x, dtype=torch.float32))
+        graph.replay()
+        assert_close(y.float(), reference.grouped_gemm_contiguous(x, w, offsets), GEMM_TOL)
+        assert_close(ym.float(), reference.grouped_gemm_masked(xm, w, counts), GEMM_TOL)
+
+
+@pytest.mark.parametrize("T,k,E,D,I", [
+    (13, 2, 8, 32, 24),
+    (1, 6, 256, 64, 32),     # decode: 6 of 256 experts
+    (0, 2, 4, 16, 8),        # no tokens
+    (9, 6, 16, 4096, 2048),  # V4-Flash dims
+])
+def test_moe_experts(device, T, k, E, D, I):
+    x = torch.randn(T, D, device=device).bfloat16()
+    w_gate_up, w_down = expert_weights(E, 2 * I, D, device), expert_weights(E, D, I, device)
+    weights, idx = ops.moe_route(torch.randn(T, E, device=device), k, 1.5)
+    limit = 0.5  # small enough that the clamps bite
+    out = ops.moe_experts(x, weights, idx, w_gate_up, w_down, limit)
+    assert out.shape == (T, D) and out.dtype == torch.bfloat16
+    if T:
+        assert_close(out.float(), reference.moe_experts(x, weights, idx, w_gate_up, w_down, limit), 2e-2)
+        unweighted = ops.moe_experts(x, None, idx, w_gate_up, w_down, limit)
+        assert_close(unweighted.float(), reference.moe_experts(x, None, idx, w_gate_up, w_down, limit), 2e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
+                    reason="graph capture allocates through the caching allocator")
+def test_moe_experts_replays_in_cuda_graph_cuda():
+    T, k, E, D, I = 8, 6, 64, 256, 128
+    x = torch.randn(T, D, device="cuda").bfloat16()
+    w_gate_up, w_down = expert_weights(E, 2 * I, D, "cuda"), expert_weights(E, D, I, "cuda")
+    weights, idx = ops.moe_route(torch.randn(T, E, device="cuda"), k, 1.5)
+    graph, out = capture(lambda: ops.moe_experts(x, weights, idx, w_gate_up, w_down, 10.0))
+    for _ in range(3):
+        new_w, new_idx = ops.moe_route(torch.randn(T, E, device="cuda"), k, 1.5)
+        weights.copy_(new_w)
+        idx.copy_(new_idx)
+        x.copy_(torch.randn_like(x, dtype=torch.float32))
+        graph.replay()
+        assert_close(out.float(), reference.moe_experts(x, weights, idx, w_gate_up, w_down, 10.0), 2e-2)
 
 
 @pytest.mark.parametrize("model", ["flash", "pro"])
@@ -109,7 +226,7 @@ def test_moe_pipeline_matches_dense_loop(device):
 
 def test_bad_input_is_rejected(device):
     x = torch.randn(6, 8, device=device).bfloat16()
-    w = torch.randn(2, 4, 8, device=device).bfloat16()
+    w = torch.randn(2, 16, 8, device=device).bfloat16()
     with pytest.raises(RuntimeError, match=r"\[lcattn\] grouped_gemm_contiguous: offsets must be nondecreasing"):
         ops.grouped_gemm_contiguous(x, w, as_int([0, 7, 6], device))
     with pytest.raises(RuntimeError, match=r"offsets must start at 0 and end at M = 6, got 0 and 5"):
@@ -127,3 +244,18 @@ def test_bad_input_is_rejected(device):
         ops.moe_permute(x, as_int([[0], [1], [2], [3], [4], [0]], device), 4)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_unpermute: rows values must lie in \[0, 5\]"):
         ops.moe_unpermute(x, as_int([[6]], device))
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] grouped_gemm_contiguous: N and K must be multiples of 8, "
+                                           r"got N = 33, K = 8"):
+        ops.grouped_gemm_contiguous(x, torch.randn(2, 33, 8, device=device).bfloat16(), as_int([0, 2, 6], device))
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] grouped_gemm_masked: N and K must be multiples of 8, "
+                                           r"got N = 8, K = 12"):
+        ops.grouped_gemm_masked(torch.randn(2, 3, 12, device=device).bfloat16(),
+                                torch.randn(2, 8, 12, device=device).bfloat16(), as_int([1, 1], device))
+    offset_view = torch.randn(6 * 8 + 1, device=device).bfloat16()[1:].view(6, 8)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] grouped_gemm_contiguous: x must start at a 16-byte aligned"):
+        ops.grouped_gemm_contiguous(offset_view, w, as_int([0, 2, 6], device))
+    w_gate_up, w_down = torch.randn(4, 16, 8, device=device).bfloat16(), torch.randn(4, 8, 8, device=device).bfloat16()
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_experts: indices values must lie in \[0, 3\]"):
+        ops.moe_experts(x, None, as_int([[0], [1], [2], [3], [4], [0]], device), w_gate_up, w_down, 10.0)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_experts: w_down dim 2 must be 8"):
+        ops.moe_experts(x, None, as_int([[0]] * 6, device), w_gate_up, w_down[..., :4].contiguous(), 10.0)

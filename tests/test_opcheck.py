@@ -19,7 +19,7 @@ def cases(device):
     sink, inv_freq = rand(4), torch.rand(8, device=device)
     indices = i32([[[0, -1], [3, 4], [2, -1]], [[1, 2], [-1, -1], [0, 4]]])
     iq, iw, ik = rand(2, 3, 2, 16, dtype=bf), rand(2, 3, 2), rand(2, 6, 16, dtype=bf)
-    x, w = rand(6, 8, dtype=bf), rand(3, 5, 8, dtype=bf)
+    x, w = rand(6, 8, dtype=bf), rand(3, 16, 8, dtype=bf)
     return {
         "compress_kv": (rand(2, 9, 16), rand(2, 9, 16), i32([9, 5]), i32([0, 3]), ring_kv, ring_score, rand(4, 16),
                         rand(8), torch.rand(2, device=device), torch.zeros(2, 4, 8, device=device), 4, True, 1e-6),
@@ -34,6 +34,8 @@ def cases(device):
         "moe_route": (rand(5, 8), rand(8), None, None, 3, 1.5),
         "moe_permute": (x, i32([[0, 1], [2, 0], [1, 2], [0, 2], [1, 0], [2, 1]]), 3),
         "moe_unpermute": (rand(12, 8, dtype=bf), i32([[0, 5], [11, 2]]), rand(2, 2)),
+        "moe_experts": (x, rand(6, 2), i32([[0, 1], [2, 0], [1, 2], [0, 2], [1, 0], [2, 1]]), w,
+                        rand(3, 8, 8, dtype=bf), 10.0),
     }
 
 

@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   p.y = ref.data();
   lcattn::grouped_gemm_contiguous_cpu(p);
   p.x = x.dev, p.w = w.dev, p.offsets = offsets.dev, p.y = y.dev;
+  bench::Buffer<char> workspace(lcattn::grouped_gemm_workspace_bytes(p));
+  p.workspace = workspace.dev;
   const double ms = bench::time_ms([&] { return lcattn::grouped_gemm_contiguous_cuda(p, nullptr); });
   y.download();
   const double err = bench::rel_err(y.host, ref);

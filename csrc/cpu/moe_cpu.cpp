@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "lcattn/api.h"
+#include "lcattn/moe_experts_plan.h"
 #include "lcattn/shared_math.h"
 #include "parallel.h"
 
@@ -68,6 +69,35 @@ void moe_unpermute_cpu(const UnpermuteParams& p) {
       p.out[t * p.D + d] = float_to_bf16(acc);
     }
   });
+}
+
+void swiglu_cpu(const SwigluParams& p) {
+  parallel_for(p.R, [&](int64_t r) {
+    const bf16* g = p.gate_up + r * 2 * p.I;
+    for (int i = 0; i < p.I; ++i)
+      p.h[r * p.I + i] = float_to_bf16(swiglu(bf16_to_float(g[i]), bf16_to_float(g[p.I + i]), p.limit));
+  });
+}
+
+size_t moe_experts_workspace_bytes(const MoeExpertsParams& p, bool cuda) {
+  const MoeExpertsPlan plan(p, nullptr);
+  size_t gemm = 0;
+#if defined(LCATTN_WITH_CUDA)
+  if (cuda)
+    gemm = std::max(grouped_gemm_workspace_bytes(plan.gate_up_gemm(p)), grouped_gemm_workspace_bytes(plan.down_gemm(p)));
+#else
+  (void)cuda;
+#endif
+  return plan.bytes + gemm;
+}
+
+void moe_experts_cpu(const MoeExpertsParams& p) {
+  const MoeExpertsPlan plan(p, p.workspace);
+  moe_permute_cpu(plan.permute(p));
+  grouped_gemm_contiguous_cpu(plan.gate_up_gemm(p));
+  swiglu_cpu(plan.swiglu(p));
+  grouped_gemm_contiguous_cpu(plan.down_gemm(p));
+  moe_unpermute_cpu(plan.unpermute(p));
 }
 
 }  // namespace lcattn

@@ -1,75 +1,60 @@
-// MoE on CUDA (SPEC 6): tiled grouped GEMM in both layouts, routing, permute and unpermute.
-// The GEMM is a plain shared-memory FMA tiling; the Hopper GEMM replaces it later.
+// MoE on CUDA (SPEC 6): the grouped GEMM (CUTLASS, moe_gemm_sm90*) in both layouts, routing,
+// permute, SwiGLU, unpermute, and the routed experts composed from them.
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+
 #include <cub/block/block_scan.cuh>
 
 #include "common/reduce.cuh"
 #include "lcattn/api.h"
+#include "lcattn/moe_experts_plan.h"
 #include "lcattn/shared_math.h"
+#include "moe_gemm_sm90.h"
 
 namespace lcattn {
 namespace {
 
-constexpr int kTile = 64, kTileK = 16, kGemmThreads = 256;  // 64x64 outputs, 4x4 per thread
-
-// y[r, n0 + .] = x[r] w^T for rows r in [r_lo, r_hi) of the 64-row tile starting at r0.
-__device__ void gemm_tile(const bf16* x, const bf16* w, bf16* y, int r0, int r_lo, int r_hi, int n0, int N,
-                          int K) {
-  __shared__ float xs[kTileK][kTile + 1], ws[kTileK][kTile + 1];
-  const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
-  float acc[4][4] = {};
-  for (int k0 = 0; k0 < K; k0 += kTileK) {
-    for (int e = threadIdx.x; e < kTile * kTileK; e += kGemmThreads) {
-      const int rr = e / kTileK, kk = e % kTileK, r = r0 + rr, col = n0 + rr, k = k0 + kk;
-      xs[kk][rr] = r >= r_lo && r < r_hi && k < K ? bf16_to_float(x[int64_t(r) * K + k]) : 0.f;
-      ws[kk][rr] = col < N && k < K ? bf16_to_float(w[int64_t(col) * K + k]) : 0.f;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kTileK; ++kk)
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += xs[kk][tr + 16 * i] * ws[kk][tc + 16 * j];
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int r = r0 + tr + 16 * i;
-    if (r < r_lo || r >= r_hi) continue;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int col = n0 + tc + 16 * j;
-      if (col < N) y[int64_t(r) * N + col] = float_to_bf16(acc[i][j]);
-    }
-  }
-}
-
-// grid (N / 64, M / 64): a row tile may span several experts; each gets its own pass.
-__global__ void __launch_bounds__(kGemmThreads) grouped_gemm_contiguous_kernel(const GroupedGemmParams p) {
-  const int r0 = blockIdx.y * kTile, n0 = blockIdx.x * kTile, r_end = min(r0 + kTile, p.M);
-  for (int e = 0; e < p.E; ++e) {
-    const int lo = max(p.offsets[e], r0), hi = min(p.offsets[e + 1], r_end);
-    if (lo < hi) gemm_tile(p.x, p.w + int64_t(e) * p.N * p.K, p.y, r0, lo, hi, n0, p.N, p.K);
-  }
-}
-
-// grid (N / 64, M / 64, E): rows past the expert's count are zeroed.
-__global__ void __launch_bounds__(kGemmThreads) grouped_gemm_masked_kernel(const GroupedGemmParams p) {
-  const int e = blockIdx.z, r0 = blockIdx.y * kTile, n0 = blockIdx.x * kTile;
-  const int count = min(p.counts[e], p.M);
-  const bf16* x = p.x + int64_t(e) * p.M * p.K;
-  bf16* y = p.y + int64_t(e) * p.M * p.N;
-  if (r0 < count) gemm_tile(x, p.w + int64_t(e) * p.N * p.K, y, r0, r0, min(count, r0 + kTile), n0, p.N, p.K);
-  for (int x_ = threadIdx.x; x_ < kTile * kTile; x_ += kGemmThreads) {
-    const int r = r0 + x_ / kTile, col = n0 + x_ % kTile;
-    if (r >= count && r < p.M && col < p.N) y[int64_t(r) * p.N + col] = bf16(0);
-  }
-}
-
-// One thread per token.
+// One thread per token (hash routing, or more experts than moe_route_warp_kernel keeps in shared memory).
 __global__ void moe_route_kernel(const RouteParams p) {
   const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t < p.T) route_token(p, t);
+}
+
+constexpr int kRouteWarps = 4, kRouteMaxExperts = 3072;  // keys of 4 tokens in 48 KB of shared memory
+
+// One warp per token: its E keys in shared memory, then k rounds of a warp argmax (higher key, then
+// lower id, skipping the experts already picked): route_token's order, in O(E k / 32) steps per lane.
+__global__ void __launch_bounds__(32 * kRouteWarps) moe_route_warp_kernel(const RouteParams p) {
+  extern __shared__ float route_keys[];  // [kRouteWarps, E]; NaN marks a picked expert
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
+  if (t >= p.T) return;
+  float* keys = route_keys + warp * p.E;
+  for (int e = lane; e < p.E; e += 32) keys[e] = route_key(p, t, e);
+  __syncwarp();
+  constexpr int kNone = 0x7fffffff;
+  for (int j = 0; j < p.k; ++j) {
+    float best_key = -INFINITY;
+    int best = kNone;
+    for (int e = lane; e < p.E; e += 32) {  // ascending e: a tie keeps the lower id
+      const float key = keys[e];
+      if (key == key && (best == kNone || key > best_key)) best_key = key, best = e;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float other_key = __shfl_xor_sync(0xffffffffu, best_key, o);
+      const int other = __shfl_xor_sync(0xffffffffu, best, o);
+      if (other != kNone && (best == kNone || other_key > best_key || (other_key == best_key && other < best)))
+        best_key = other_key, best = other;
+    }
+    if (lane == 0) {
+      p.indices[t * p.k + j] = best;
+      keys[best] = NAN;
+    }
+    __syncwarp();
+  }
+  if (lane == 0) route_weights(p, t);
 }
 
 constexpr int kPermuteThreads = 256;
@@ -109,46 +94,131 @@ __global__ void __launch_bounds__(kPermuteThreads) moe_place_kernel(const Permut
   }
 }
 
-// grid (T * k): copies token row x[t] to its permuted row.
+__device__ __forceinline__ bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// grid (T * k): copies token row x[t] to its permuted row, 16 bytes at a time when D % 8 == 0.
 __global__ void moe_scatter_kernel(const PermuteParams p) {
   const int64_t slot = blockIdx.x;
   const bf16* src = p.x + (slot / p.k) * p.D;
   bf16* dst = p.x_perm + int64_t(p.rows[slot]) * p.D;
-  for (int d = threadIdx.x; d < p.D; d += blockDim.x) dst[d] = src[d];
+  if (p.D % 8 == 0 && aligned16(src) && aligned16(dst)) {
+    for (int d = threadIdx.x; d < p.D / 8; d += blockDim.x)
+      reinterpret_cast<uint4*>(dst)[d] = reinterpret_cast<const uint4*>(src)[d];
+  } else {
+    for (int d = threadIdx.x; d < p.D; d += blockDim.x) dst[d] = src[d];
+  }
+}
+
+// out[t, d0 .. d0 + n) = sum_j w[t, j] y[rows[t, j], d0 .. d0 + n) in fp32, n = 8 or 1 channels.
+template <int n>
+__device__ __forceinline__ void unpermute_channels(const UnpermuteParams& p, int64_t t, int d0) {
+  float acc[n] = {};
+  for (int j = 0; j < p.k; ++j) {
+    const float wt = p.weights ? p.weights[t * p.k + j] : 1.f;
+    const bf16* y = p.y + int64_t(p.rows[t * p.k + j]) * p.D + d0;
+    bf16 v[n];
+    if constexpr (n == 8) *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(y);
+    else v[0] = y[0];
+#pragma unroll
+    for (int c = 0; c < n; ++c) acc[c] += wt * bf16_to_float(v[c]);
+  }
+  bf16 out[n];
+#pragma unroll
+  for (int c = 0; c < n; ++c) out[c] = float_to_bf16(acc[c]);
+  if constexpr (n == 8) *reinterpret_cast<uint4*>(p.out + t * p.D + d0) = *reinterpret_cast<const uint4*>(out);
+  else p.out[t * p.D + d0] = out[0];
 }
 
 // grid (T): out[t] = sum_j w[t, j] y[rows[t, j]].
 __global__ void moe_unpermute_kernel(const UnpermuteParams p) {
   const int64_t t = blockIdx.x;
-  for (int d = threadIdx.x; d < p.D; d += blockDim.x) {
-    float acc = 0.f;
-    for (int j = 0; j < p.k; ++j) {
-      const float wt = p.weights ? p.weights[t * p.k + j] : 1.f;
-      acc += wt * bf16_to_float(p.y[int64_t(p.rows[t * p.k + j]) * p.D + d]);
-    }
-    p.out[t * p.D + d] = float_to_bf16(acc);
+  if (p.D % 8 == 0 && aligned16(p.y) && aligned16(p.out)) {
+    for (int d = threadIdx.x * 8; d < p.D; d += blockDim.x * 8) unpermute_channels<8>(p, t, d);
+  } else {
+    for (int d = threadIdx.x; d < p.D; d += blockDim.x) unpermute_channels<1>(p, t, d);
   }
+}
+
+// 8 outputs per thread: h[r, 8c .. 8c + 8) from the gate and up halves of gate_up row r.
+__global__ void swiglu_kernel(const SwigluParams p) {
+  const int64_t chunks = p.R * (p.I / 8);
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < chunks; c += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = c / (p.I / 8), i = (c % (p.I / 8)) * 8;
+    const uint4 g = *reinterpret_cast<const uint4*>(p.gate_up + r * 2 * p.I + i);
+    const uint4 u = *reinterpret_cast<const uint4*>(p.gate_up + r * 2 * p.I + p.I + i);
+    const bf16* gv = reinterpret_cast<const bf16*>(&g);
+    const bf16* uv = reinterpret_cast<const bf16*>(&u);
+    uint4 out;
+    bf16* ov = reinterpret_cast<bf16*>(&out);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) ov[j] = float_to_bf16(swiglu(bf16_to_float(gv[j]), bf16_to_float(uv[j]), p.limit));
+    *reinterpret_cast<uint4*>(p.h + r * p.I + i) = out;
+  }
+}
+
+using GemmFn = cudaError_t (*)(const GroupedGemmParams&, cudaStream_t);
+using GemmWorkspaceFn = size_t (*)(const GroupedGemmParams&);
+
+struct GemmConfig {
+  GemmFn run;
+  GemmWorkspaceFn workspace;
+};
+
+// LCATTN_GROUPED_GEMM_TILE=n32|n64|n128|n256 overrides the heuristic (for tuning it).
+moe_sm90::Tile tile_for(const GroupedGemmParams& p) {
+  static const char* forced = std::getenv("LCATTN_GROUPED_GEMM_TILE");
+  if (forced) {
+    const std::string name(forced);
+    if (name == "n32") return moe_sm90::Tile::n32;
+    if (name == "n64") return moe_sm90::Tile::n64;
+    if (name == "n128") return moe_sm90::Tile::n128;
+    if (name == "n256") return moe_sm90::Tile::n256;
+  }
+  return moe_sm90::pick_tile(p);
+}
+
+GemmConfig gemm_config(const GroupedGemmParams& p) {
+  switch (tile_for(p)) {
+    case moe_sm90::Tile::n32: return {moe_sm90::grouped_gemm_n32, moe_sm90::grouped_gemm_workspace_n32};
+    case moe_sm90::Tile::n64: return {moe_sm90::grouped_gemm_n64, moe_sm90::grouped_gemm_workspace_n64};
+    case moe_sm90::Tile::n128: return {moe_sm90::grouped_gemm_n128, moe_sm90::grouped_gemm_workspace_n128};
+    default: return {moe_sm90::grouped_gemm_n256, moe_sm90::grouped_gemm_workspace_n256};
+  }
+}
+
+cudaError_t grouped_gemm_cuda(const GroupedGemmParams& p, cudaStream_t stream) {
+  if (p.E == 0 || p.M == 0 || p.N == 0) return cudaSuccess;
+  if (p.N % 8 || p.K % 8 || !p.workspace) return cudaErrorInvalidValue;
+  return gemm_config(p).run(p, stream);
 }
 
 }  // namespace
 
+size_t grouped_gemm_workspace_bytes(const GroupedGemmParams& p) {
+  if (p.E == 0 || p.M == 0 || p.N == 0) return 0;
+  return gemm_config(p).workspace(p);
+}
+
 cudaError_t grouped_gemm_contiguous_cuda(const GroupedGemmParams& p, cudaStream_t stream) {
-  if (p.M == 0 || p.N == 0) return cudaSuccess;
-  const dim3 grid(ceil_div(p.N, kTile), ceil_div(p.M, kTile));
-  grouped_gemm_contiguous_kernel<<<grid, kGemmThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  GroupedGemmParams q = p;
+  q.counts = nullptr;
+  return grouped_gemm_cuda(q, stream);
 }
 
 cudaError_t grouped_gemm_masked_cuda(const GroupedGemmParams& p, cudaStream_t stream) {
-  if (p.E == 0 || p.M == 0 || p.N == 0) return cudaSuccess;
-  const dim3 grid(ceil_div(p.N, kTile), ceil_div(p.M, kTile), p.E);
-  grouped_gemm_masked_kernel<<<grid, kGemmThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  GroupedGemmParams q = p;
+  q.offsets = nullptr;
+  return grouped_gemm_cuda(q, stream);
 }
 
 cudaError_t moe_route_cuda(const RouteParams& p, cudaStream_t stream) {
   if (p.T == 0) return cudaSuccess;
-  moe_route_kernel<<<ceil_div(p.T, 128), 128, 0, stream>>>(p);
+  if (p.tid2eid || p.E > kRouteMaxExperts) {
+    moe_route_kernel<<<ceil_div(p.T, 128), 128, 0, stream>>>(p);
+  } else {
+    const size_t smem = sizeof(float) * kRouteWarps * p.E;
+    moe_route_warp_kernel<<<ceil_div(p.T, kRouteWarps), 32 * kRouteWarps, smem, stream>>>(p);
+  }
   return cudaGetLastError();
 }
 
@@ -164,6 +234,24 @@ cudaError_t moe_unpermute_cuda(const UnpermuteParams& p, cudaStream_t stream) {
   if (p.T == 0) return cudaSuccess;
   moe_unpermute_kernel<<<p.T, 128, 0, stream>>>(p);
   return cudaGetLastError();
+}
+
+cudaError_t swiglu_cuda(const SwigluParams& p, cudaStream_t stream) {
+  const int64_t chunks = p.R * (p.I / 8);
+  if (chunks == 0) return cudaSuccess;
+  swiglu_kernel<<<unsigned(std::min<int64_t>((chunks + 255) / 256, 4096)), 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t moe_experts_cuda(const MoeExpertsParams& p, cudaStream_t stream) {
+  if (p.T == 0) return cudaSuccess;
+  const MoeExpertsPlan plan(p, p.workspace);
+  cudaError_t err = moe_permute_cuda(plan.permute(p), stream);
+  if (err == cudaSuccess) err = grouped_gemm_contiguous_cuda(plan.gate_up_gemm(p), stream);
+  if (err == cudaSuccess) err = swiglu_cuda(plan.swiglu(p), stream);
+  if (err == cudaSuccess) err = grouped_gemm_contiguous_cuda(plan.down_gemm(p), stream);
+  if (err == cudaSuccess) err = moe_unpermute_cuda(plan.unpermute(p), stream);
+  return err;
 }
 
 }  // namespace lcattn

@@ -20,6 +20,33 @@ void check_offsets(const char* op, const at::Tensor& offsets, int64_t M) {
                  " > offsets[", e + 1, "] = ", v[e + 1]);
 }
 
+// The Hopper GEMM moves 16-byte rows (TMA): N and K multiples of 8 on every device, so CPU and CUDA
+// accept the same shapes.
+void check_gemm_dims(const char* op, int64_t N, int64_t K) {
+  LCATTN_CHECK(N % 8 == 0 && K % 8 == 0, op, "N and K must be multiples of 8, got N = ", N, ", K = ", K);
+}
+
+void check_aligned(const char* op, const char* name, const at::Tensor& t) {
+  LCATTN_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, op, name,
+               " must start at a 16-byte aligned address (a tensor of its own, not an offset view)");
+}
+
+// The GEMM's per-expert problems (CUDA) live in a workspace owned by the caller's allocator.
+void run_grouped_gemm(const char* op, const at::Tensor& x, GroupedGemmParams& p, bool masked) {
+  at::Tensor workspace;
+#if defined(LCATTN_WITH_CUDA)
+  if (x.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    workspace = at::empty({int64_t(grouped_gemm_workspace_bytes(p))}, x.options().dtype(at::kByte));
+    p.workspace = workspace.data_ptr();
+  }
+#endif
+  if (masked)
+    LCATTN_RUN(op, x, grouped_gemm_masked, p);
+  else
+    LCATTN_RUN(op, x, grouped_gemm_contiguous, p);
+}
+
 GroupedGemmParams gemm_params(const at::Tensor& x, const at::Tensor& w, const at::Tensor& y, int64_t E, int64_t M) {
   GroupedGemmParams p{};
   p.x = ptr<const bf16>(x);
@@ -40,11 +67,14 @@ at::Tensor grouped_gemm_contiguous(const at::Tensor& x, const at::Tensor& w, con
   check_tensor(op, "x", x, at::kBFloat16, {M, K}, x);
   check_tensor(op, "w", w, at::kBFloat16, {E, N, K}, x);
   check_tensor(op, "offsets", offsets, at::kInt, {E + 1}, x);
+  check_gemm_dims(op, N, K);
+  check_aligned(op, "x", x);
+  check_aligned(op, "w", w);
   check_offsets(op, offsets, M);
   at::Tensor y = at::empty({M, N}, x.options());
   GroupedGemmParams p = gemm_params(x, w, y, E, M);
   p.offsets = ptr<const int>(offsets);
-  LCATTN_RUN(op, x, grouped_gemm_contiguous, p);
+  run_grouped_gemm(op, x, p, false);
   return y;
 }
 
@@ -56,11 +86,14 @@ at::Tensor grouped_gemm_masked(const at::Tensor& x, const at::Tensor& w, const a
   check_tensor(op, "x", x, at::kBFloat16, {E, M, K}, x);
   check_tensor(op, "w", w, at::kBFloat16, {E, N, K}, x);
   check_tensor(op, "counts", counts, at::kInt, {E}, x);
+  check_gemm_dims(op, N, K);
+  check_aligned(op, "x", x);
+  check_aligned(op, "w", w);
   check_values(op, "counts", counts, 0, M);
   at::Tensor y = at::empty({E, M, N}, x.options());
   GroupedGemmParams p = gemm_params(x, w, y, E, M);
   p.counts = ptr<const int>(counts);
-  LCATTN_RUN(op, x, grouped_gemm_masked, p);
+  run_grouped_gemm(op, x, p, true);
   return y;
 }
 
@@ -156,12 +189,61 @@ at::Tensor moe_unpermute(const at::Tensor& y, const at::Tensor& rows, const std:
   return out;
 }
 
+at::Tensor moe_experts(const at::Tensor& x, const std::optional<at::Tensor>& weights, const at::Tensor& indices,
+                       const at::Tensor& w_gate_up, const at::Tensor& w_down, double swiglu_limit) {
+  constexpr const char* op = "moe_experts";
+  LCATTN_CHECK(x.dim() == 2, op, "x must be [T, D], got shape ", x.sizes());
+  LCATTN_CHECK(indices.dim() == 2, op, "indices must be [T, k], got shape ", indices.sizes());
+  LCATTN_CHECK(w_gate_up.dim() == 3, op, "w_gate_up must be [E, 2I, D], got shape ", w_gate_up.sizes());
+  const int64_t T = x.size(0), D = x.size(1), k = indices.size(1), E = w_gate_up.size(0);
+  const int64_t I = w_gate_up.size(1) / 2;
+  check_tensor(op, "x", x, at::kBFloat16, {T, D}, x);
+  check_tensor(op, "indices", indices, at::kInt, {T, k}, x);
+  if (weights) check_tensor(op, "weights", *weights, at::kFloat, {T, k}, x);
+  check_tensor(op, "w_gate_up", w_gate_up, at::kBFloat16, {E, 2 * I, D}, x);
+  LCATTN_CHECK(w_gate_up.size(1) % 2 == 0, op, "w_gate_up dim 1 must be even (gate and up rows), got ",
+               w_gate_up.size(1));
+  check_tensor(op, "w_down", w_down, at::kBFloat16, {E, D, I}, x);
+  check_gemm_dims(op, 2 * I, D);
+  check_gemm_dims(op, D, I);
+  check_aligned(op, "w_gate_up", w_gate_up);
+  check_aligned(op, "w_down", w_down);
+  LCATTN_CHECK(T * k < (int64_t(1) << 31), op, "T * k must be below 2^31, got ", T * k);
+  check_values(op, "indices", indices, 0, E - 1);
+  at::Tensor out = at::empty({T, D}, x.options());
+  MoeExpertsParams p{};
+  p.x = ptr<const bf16>(x);
+  p.weights = optional_ptr(weights);
+  p.indices = ptr<const int>(indices);
+  p.w_gate_up = ptr<const bf16>(w_gate_up);
+  p.w_down = ptr<const bf16>(w_down);
+  p.out = ptr<bf16>(out);
+  p.T = int(T);
+  p.k = int(k);
+  p.E = int(E);
+  p.D = int(D);
+  p.I = int(I);
+  p.swiglu_limit = float(swiglu_limit);
+  at::Tensor workspace;
+  {
+#if defined(LCATTN_WITH_CUDA)
+    std::optional<c10::cuda::CUDAGuard> guard;
+    if (x.is_cuda()) guard.emplace(x.device());
+#endif
+    workspace = at::empty({int64_t(moe_experts_workspace_bytes(p, x.is_cuda()))}, x.options().dtype(at::kByte));
+  }
+  p.workspace = workspace.data_ptr();
+  LCATTN_RUN(op, x, moe_experts, p);
+  return out;
+}
+
 void register_ops(torch::Library& m) {
   m.impl("grouped_gemm_contiguous", &grouped_gemm_contiguous);
   m.impl("grouped_gemm_masked", &grouped_gemm_masked);
   m.impl("moe_route", &moe_route);
   m.impl("moe_permute", &moe_permute);
   m.impl("moe_unpermute", &moe_unpermute);
+  m.impl("moe_experts", &moe_experts);
 }
 
 }  // namespace

@@ -26,4 +26,6 @@ TORCH_LIBRARY(lcattn, m) {
         "float route_scale) -> (Tensor, Tensor)");
   m.def("moe_permute(Tensor x, Tensor indices, int num_experts) -> (Tensor, Tensor, Tensor)");
   m.def("moe_unpermute(Tensor y, Tensor rows, Tensor? weights) -> Tensor");
+  m.def("moe_experts(Tensor x, Tensor? weights, Tensor indices, Tensor w_gate_up, Tensor w_down, "
+        "float swiglu_limit) -> Tensor");
 }

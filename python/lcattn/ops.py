@@ -128,6 +128,18 @@ def moe_unpermute(y: Tensor, rows: Tensor, weights: Optional[Tensor] = None) -> 
     return _ops.moe_unpermute(y, rows, weights)
 
 
+def moe_experts(x: Tensor, weights: Optional[Tensor], indices: Tensor, w_gate_up: Tensor, w_down: Tensor,
+                swiglu_limit: float) -> Tensor:
+    """The routed experts of a MoE block (SPEC 6) -> [T, D] bf16:
+    out[t] = sum_j weights[t, j] * down_e(swiglu(gate_up_e(x[t]))) with e = indices[t, j].
+
+    x [T, D] bf16, weights [T, k] fp32 (None: 1), indices [T, k] int32 in [0, E), w_gate_up
+    [E, 2I, D] bf16 (the I gate rows first), w_down [E, D, I] bf16; D and I multiples of 8.
+    swiglu(g, u) = silu(min(g, limit)) * clamp(u, -limit, limit) on the bf16 gate_up outputs.
+    """
+    return _ops.moe_experts(x, weights, indices, w_gate_up, w_down, swiglu_limit)
+
+
 # Fake kernels: shapes and dtypes only, for torch.compile and opcheck.
 
 @torch.library.register_fake("lcattn::compress_kv")
@@ -195,3 +207,8 @@ def _(x, indices, num_experts):
 @torch.library.register_fake("lcattn::moe_unpermute")
 def _(y, rows, weights):
     return y.new_empty((rows.shape[0], y.shape[1]))
+
+
+@torch.library.register_fake("lcattn::moe_experts")
+def _(x, weights, indices, w_gate_up, w_down, swiglu_limit):
+    return torch.empty_like(x)

@@ -1,6 +1,8 @@
 // Entry points of the kernel library: CPU implementations and CUDA launchers on the same
 // params structs. Launchers are asynchronous on the given stream and return the launch error.
 #pragma once
+#include <cstddef>
+
 #include "lcattn/params.h"
 
 #if defined(LCATTN_WITH_CUDA)
@@ -19,6 +21,10 @@ void grouped_gemm_masked_cpu(const GroupedGemmParams& p);
 void moe_route_cpu(const RouteParams& p);
 void moe_permute_cpu(const PermuteParams& p);
 void moe_unpermute_cpu(const UnpermuteParams& p);
+void swiglu_cpu(const SwigluParams& p);
+void moe_experts_cpu(const MoeExpertsParams& p);
+// Scratch bytes moe_experts_{cpu,cuda} need in p.workspace (cuda: with the grouped GEMM's problems).
+size_t moe_experts_workspace_bytes(const MoeExpertsParams& p, bool cuda);
 
 #if defined(LCATTN_WITH_CUDA)
 cudaError_t compress_kv_cuda(const CompressParams& p, cudaStream_t stream);
@@ -33,9 +39,13 @@ int attention_splits(const AttentionParams& p, int num_sms);
 int64_t attention_workspace_floats(const AttentionParams& p);
 cudaError_t grouped_gemm_contiguous_cuda(const GroupedGemmParams& p, cudaStream_t stream);
 cudaError_t grouped_gemm_masked_cuda(const GroupedGemmParams& p, cudaStream_t stream);
+// Bytes of p.workspace the grouped GEMM needs on the current device.
+size_t grouped_gemm_workspace_bytes(const GroupedGemmParams& p);
 cudaError_t moe_route_cuda(const RouteParams& p, cudaStream_t stream);
 cudaError_t moe_permute_cuda(const PermuteParams& p, cudaStream_t stream);
 cudaError_t moe_unpermute_cuda(const UnpermuteParams& p, cudaStream_t stream);
+cudaError_t swiglu_cuda(const SwigluParams& p, cudaStream_t stream);
+cudaError_t moe_experts_cuda(const MoeExpertsParams& p, cudaStream_t stream);
 #endif
 
 }  // namespace lcattn

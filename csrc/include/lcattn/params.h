@@ -88,7 +88,8 @@ struct GroupedGemmParams {
   const int* offsets;   // contiguous: [E + 1], expert e owns rows [offsets[e], offsets[e+1])
   const int* counts;    // masked: [E] valid rows per expert; rows >= counts[e] are zeroed
   bf16* y;              // contiguous: [M, N]; masked: [E, M, N]
-  int E, M, N, K;
+  void* workspace;      // CUDA: grouped_gemm_workspace_bytes(p) bytes (per-expert problems, TMA descriptors)
+  int E, M, N, K;       // N and K multiples of 8 on CUDA (16-byte rows for TMA)
 };
 
 // MoE routing (SPEC 6): s = sqrt(softplus(logits)); biased top-k or hash lookup.
@@ -121,6 +122,31 @@ struct UnpermuteParams {
   const float* weights; // [T, k] or null
   bf16* out;            // [T, D]
   int T, k, D, R;
+};
+
+// The routed experts of a MoE block (SPEC 6), routing given:
+//   out[t] = sum_j weights[t, j] * down_e(swiglu(gate_up_e(x[t]))), e = indices[t, j],
+// swiglu(g, u) = silu(min(g, limit)) * clamp(u, -limit, limit), gate_up and down bf16 GEMMs with
+// fp32 accumulation. Runs as permute -> grouped GEMM -> SwiGLU -> grouped GEMM -> weighted unpermute.
+struct MoeExpertsParams {
+  const bf16* x;          // [T, D]
+  const float* weights;   // [T, k] routing weights, or null for 1
+  const int* indices;     // [T, k] experts in [0, E)
+  const bf16* w_gate_up;  // [E, 2I, D], the I gate rows first
+  const bf16* w_down;     // [E, D, I]
+  bf16* out;              // [T, D]
+  void* workspace;        // moe_experts_workspace_bytes(p, cuda): permuted rows, activations, GEMM problems
+  int T, k, E, D, I;      // D and I multiples of 8
+  float swiglu_limit;
+};
+
+// h[r, i] = swiglu(gate_up[r, i], gate_up[r, I + i]) in fp32, rounded to bf16.
+struct SwigluParams {
+  const bf16* gate_up;  // [R, 2I]
+  bf16* h;              // [R, I]
+  int64_t R;
+  int I;                // multiple of 8
+  float limit;
 };
 
 }  // namespace lcattn

@@ -37,14 +37,36 @@ LCATTN_HD float compress_pool_channel(const CompressParams& p, int b, int i, int
   return acc / sum;
 }
 
+// The experts' clamped SwiGLU (SPEC 6): silu(min(g, limit)) * clamp(u, -limit, limit); NaN stays NaN.
+LCATTN_HD float swiglu(float g, float u, float limit) {
+  g = g > limit ? limit : g;
+  u = u > limit ? limit : (u < -limit ? -limit : u);
+  return g / (1.f + expf(-g)) * u;
+}
+
 LCATTN_HD float sqrt_softplus(float u) { return sqrtf(u > 20.f ? u : log1pf(expf(u))); }
 
 // Routes token t (SPEC 6). Biased selection takes k times the best key after the previous pick
 // in (key desc, expert asc) order; a NaN key counts as -inf, so k distinct experts always come out.
-LCATTN_HD void route_token(const RouteParams& p, int64_t t) {
+// Selection key of expert e for token t: sqrt_softplus(logit) + bias, with NaN as -inf.
+LCATTN_HD float route_key(const RouteParams& p, int64_t t, int e) {
+  const float key = sqrt_softplus(p.logits[t * p.E + e]) + (p.bias ? p.bias[e] : 0.f);
+  return key != key ? -INFINITY : key;
+}
+
+// The routing weights of token t's chosen experts (indices already written).
+LCATTN_HD void route_weights(const RouteParams& p, int64_t t) {
   const float* u = p.logits + t * p.E;
-  int* idx = p.indices + t * p.k;
+  const int* idx = p.indices + t * p.k;
   float* w = p.weights + t * p.k;
+  float total = 0.f;
+  for (int j = 0; j < p.k; ++j) total += w[j] = sqrt_softplus(u[idx[j]]);
+  for (int j = 0; j < p.k; ++j) w[j] = w[j] / total * p.route_scale;
+}
+
+// Experts of token t, best first: by key, a tie to the lower id; or the hash table's row.
+LCATTN_HD void route_token(const RouteParams& p, int64_t t) {
+  int* idx = p.indices + t * p.k;
   if (p.tid2eid) {
     for (int j = 0; j < p.k; ++j) idx[j] = p.tid2eid[p.token_ids[t] * p.k + j];
   } else {
@@ -54,8 +76,7 @@ LCATTN_HD void route_token(const RouteParams& p, int64_t t) {
       float best_key = -INFINITY;
       int best = -1;
       for (int e = 0; e < p.E; ++e) {
-        float key = sqrt_softplus(u[e]) + (p.bias ? p.bias[e] : 0.f);
-        if (key != key) key = -INFINITY;
+        const float key = route_key(p, t, e);
         const bool after_prev = key < prev_key || (key == prev_key && e > prev);
         if (after_prev && (best < 0 || key > best_key)) {
           best_key = key;
@@ -67,9 +88,7 @@ LCATTN_HD void route_token(const RouteParams& p, int64_t t) {
       prev = best;
     }
   }
-  float total = 0.f;
-  for (int j = 0; j < p.k; ++j) total += w[j] = sqrt_softplus(u[idx[j]]);
-  for (int j = 0; j < p.k; ++j) w[j] = w[j] / total * p.route_scale;
+  route_weights(p, t);
 }
 
 }  // namespace lcattn

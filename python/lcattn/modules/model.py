@@ -165,21 +165,22 @@ class SharedExpert(nn.Module):
 
 
 class Experts(nn.Module):
-    """Routed experts: gate_up_proj [E, 2I, D] (gate rows first), down_proj [E, D, I]."""
+    """Routed experts: gate_up_proj [E, 2I, D] (gate rows first), down_proj [E, D, I], stored once in
+    bf16, the grouped GEMM's dtype, whatever the model's dtype."""
 
     def __init__(self, config: DeepseekV4Config):
         super().__init__()
         E, I, D = config.num_experts, config.expert_dim, config.hidden_size
-        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, D))
-        self.down_proj = nn.Parameter(torch.empty(E, D, I))
+        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, D, dtype=torch.bfloat16))
+        self.down_proj = nn.Parameter(torch.empty(E, D, I, dtype=torch.bfloat16))
 
 
 class Router(nn.Module):
     def __init__(self, config: DeepseekV4Config, hashed: bool):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
-        if hashed:
-            self.register_buffer("tid2eid", torch.zeros(config.vocab_size, config.experts_per_token, dtype=torch.long))
+        if hashed:  # int32, as moe_route reads it (transformers stores int64)
+            self.register_buffer("tid2eid", torch.zeros(config.vocab_size, config.experts_per_token, dtype=torch.int32))
         else:
             self.register_buffer("e_score_correction_bias", torch.zeros(config.num_experts))
 
@@ -201,17 +202,13 @@ class MoE(nn.Module):
         logits = F.linear(flat.float(), self.gate.weight.float())
         if self.hashed:
             weights, experts = ops.moe_route(logits, cfg.experts_per_token, cfg.route_scale,
-                                             tid2eid=self.gate.tid2eid.to(torch.int32),
-                                             token_ids=token_ids.reshape(-1).contiguous())
+                                             tid2eid=self.gate.tid2eid, token_ids=token_ids.reshape(-1).contiguous())
         else:
             weights, experts = ops.moe_route(logits, cfg.experts_per_token, cfg.route_scale,
                                              bias=self.gate.e_score_correction_bias.float())
-        x_perm, offsets, rows = ops.moe_permute(flat.to(bf16).contiguous(), experts, cfg.num_experts)
-        gate_up = ops.grouped_gemm_contiguous(x_perm, self.experts.gate_up_proj.to(bf16), offsets)
-        h = swiglu(*gate_up.float().chunk(2, dim=-1), cfg.swiglu_limit)
-        y = ops.grouped_gemm_contiguous(h.to(bf16).contiguous(), self.experts.down_proj.to(bf16), offsets)
-        routed = ops.moe_unpermute(y, rows, weights).to(x.dtype).view(shape)
-        return routed + self.shared_experts(x)
+        routed = ops.moe_experts(flat.to(bf16).contiguous(), weights, experts, self.experts.gate_up_proj,
+                                 self.experts.down_proj, cfg.swiglu_limit)
+        return routed.to(x.dtype).view(shape) + self.shared_experts(x)
 
 
 def stream_mix(streams: Tensor, fn: Tensor, eps: float) -> Tensor:
@@ -356,7 +353,8 @@ class DeepseekV4ForCausalLM(nn.Module):
 
     def load_hf_state_dict(self, state_dict: dict) -> None:
         """Loads a transformers-format state dict; multi-token-prediction (`mtp.`) weights are skipped.
-        Tensors keep the checkpoint's dtype, except the fp32 ones (norms, sinks, mHC, biases)."""
+        Tensors keep the checkpoint's dtype, except those of a fixed dtype: fp32 (norms, sinks, mHC, biases),
+        bf16 (the routed experts) and int32 (the hash-routing table)."""
         own = self.state_dict()
         wanted = {k: v for k, v in state_dict.items() if not (k.startswith("mtp.") or ".mtp." in k)}
         missing, unexpected = sorted(set(own) - set(wanted)), sorted(set(wanted) - set(own))
@@ -365,17 +363,13 @@ class DeepseekV4ForCausalLM(nn.Module):
         for name, tensor in wanted.items():
             if tuple(own[name].shape) != tuple(tensor.shape):
                 raise ValueError(f"[lcattn] {name}: shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}")
-        self.load_state_dict({k: v.float() if k.endswith(FP32_PARAMETERS) else v for k, v in wanted.items()},
+        self.load_state_dict({k: v.to(own[k].dtype) if k.endswith(FIXED_DTYPE) else v for k, v in wanted.items()},
                              strict=True, assign=True)
-
-    def cast(self, dtype: torch.dtype) -> "DeepseekV4ForCausalLM":
-        """Moves the weights to dtype, keeping the fp32 ones (norms, sinks, mHC, biases) in fp32."""
-        for name, p in self.named_parameters():
-            if not name.endswith(FP32_PARAMETERS):
-                p.data = p.data.to(dtype)
-        return self
 
 
 # Parameters that stay fp32 whatever the model dtype, as in the published model.
 FP32_PARAMETERS = ("norm.weight", "layernorm.weight", "sinks", "position_bias", ".fn", ".base", ".scale", "hc_fn",
                    "hc_base", "hc_scale", "e_score_correction_bias")
+# Tensors whose dtype the model fixes whatever the checkpoint's: FP32_PARAMETERS, the experts (bf16,
+# the grouped GEMM's) and the hash-routing table (int32, moe_route's).
+FIXED_DTYPE = FP32_PARAMETERS + ("experts.gate_up_proj", "experts.down_proj", "tid2eid")

@@ -167,3 +167,22 @@ def moe_unpermute(y: Tensor, rows: Tensor, weights: Optional[Tensor] = None) -> 
     picked = y.float()[rows.long()]  # [T, k, D]
     w = torch.ones(rows.shape, device=y.device) if weights is None else weights.float()
     return (picked * w[..., None]).sum(1)
+
+
+def swiglu(gate: Tensor, up: Tensor, limit: float) -> Tensor:
+    """SPEC 6's clamped SwiGLU: silu(min(gate, limit)) * clamp(up, -limit, limit), in fp32."""
+    return F.silu(gate.float().clamp(max=limit)) * up.float().clamp(-limit, limit)
+
+
+def moe_experts(x: Tensor, weights: Optional[Tensor], indices: Tensor, w_gate_up: Tensor, w_down: Tensor,
+                swiglu_limit: float) -> Tensor:
+    """sum_j weights[t, j] * down_e(swiglu(gate_up_e(x[t]))), e = indices[t, j], all in fp32."""
+    T, k = indices.shape
+    out = torch.zeros(T, w_down.shape[1], device=x.device)
+    w = torch.ones(T, k, device=x.device) if weights is None else weights.float()
+    for e in indices.unique().tolist():
+        t, j = (indices == e).nonzero(as_tuple=True)
+        gate, up = (x[t].float() @ w_gate_up[e].float().T).chunk(2, dim=-1)
+        out.index_add_(0, t, (swiglu(gate, up, swiglu_limit) @ w_down[e].float().T) * w[t, j, None])
+    return out
+

@@ -1,0 +1,199 @@
+// Grouped GEMM for MoE on sm_90a (SPEC 6) with CUTLASS 3.x: TMA loads, WGMMA, warp-specialized
+// persistent kernels over all experts' tiles, fp32 accumulate, bf16 out. Each config is
+// instantiated in its own moe_gemm_sm90_<tile>.cu (one CUTLASS kernel per file keeps the build's
+// memory and time per file low).
+//
+// The product runs swapped: y_e^T [N, rows_e] = w_e [N, K] . x_e^T [K, rows_e]. An expert's output
+// features (N, thousands) are the tile's M and its token rows (a few in decode, hundreds in prefill)
+// the tile's N, so a decode tile wastes no tensor-core work on padding rows and its shared memory
+// goes to weights in flight. All three operands stay in their natural layouts: w_e and x_e are
+// K-major, and y_e^T column-major is y_e row-major.
+//
+// The per-expert problems are written on the device by grouped_gemm_setup_kernel from offsets or
+// counts (no host sync, so a call replays in a CUDA graph with new offsets); CUTLASS reads them
+// there (no host problem shapes) and updates its TMA descriptors per expert.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/group_array_problem_shape.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/util/packed_stride.hpp"
+#include "lcattn/params.h"
+#include "moe_gemm_sm90.h"
+
+namespace lcattn::moe_sm90 {
+
+using namespace cute;
+
+// TileShape (features, rows, K); cluster along features, so the CTAs of a cluster share (multicast)
+// the token rows they read.
+template <class TileShape, class ClusterShape>
+struct GroupedGemm {
+  using ProblemShape = cutlass::gemm::GroupProblemShape<Shape<int, int, int>>;  // (N, rows_e, K) per expert
+  using Element = cutlass::bfloat16_t;
+  using LayoutA = cutlass::layout::RowMajor;     // w_e [N, K]
+  using LayoutB = cutlass::layout::ColumnMajor;  // x_e^T [K, rows_e], i.e. x_e [rows_e, K] row-major
+  using LayoutD = cutlass::layout::ColumnMajor;  // y_e^T [N, rows_e], i.e. y_e [rows_e, N] row-major
+  static constexpr int kAlign = 8;               // 16 bytes: K and N multiples of 8
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD*, kAlign, Element, LayoutD*,
+      kAlign, cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
+      cutlass::epilogue::fusion::LinearCombination<Element, float, void>>::CollectiveOp;
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA*, kAlign, Element, LayoutB*, kAlign,
+      float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using StrideA = typename Kernel::InternalStrideA;
+  using StrideB = typename Kernel::InternalStrideB;
+  using StrideD = typename Kernel::InternalStrideD;
+  using Shape3 = typename ProblemShape::UnderlyingProblemShape;
+
+  // Per-expert arrays the setup kernel fills, carved from the front of the workspace; CUTLASS's own
+  // workspace (its per-SM TMA descriptors) follows.
+  struct Arrays {
+    Shape3* shapes;
+    const Element** a;
+    const Element** b;
+    Element** d;
+    StrideA* stride_a;
+    StrideB* stride_b;
+    StrideD* stride_d;
+    void* cutlass;
+  };
+
+  static size_t align(size_t n) { return (n + 255) / 256 * 256; }
+
+  static Arrays carve(void* workspace, int E) {
+    char* at = static_cast<char*>(workspace);
+    auto take = [&](size_t bytes) {
+      char* here = at;
+      at += align(bytes * size_t(E));
+      return here;
+    };
+    Arrays arr;
+    arr.shapes = reinterpret_cast<Shape3*>(take(sizeof(Shape3)));
+    arr.a = reinterpret_cast<const Element**>(take(sizeof(void*)));
+    arr.b = reinterpret_cast<const Element**>(take(sizeof(void*)));
+    arr.d = reinterpret_cast<Element**>(take(sizeof(void*)));
+    arr.stride_a = reinterpret_cast<StrideA*>(take(sizeof(StrideA)));
+    arr.stride_b = reinterpret_cast<StrideB*>(take(sizeof(StrideB)));
+    arr.stride_d = reinterpret_cast<StrideD*>(take(sizeof(StrideD)));
+    arr.cutlass = at;
+    return arr;
+  }
+
+  static size_t arrays_bytes(int E) {
+    return align(sizeof(Shape3) * E) + 3 * align(sizeof(void*) * E) + align(sizeof(StrideA) * E) +
+           align(sizeof(StrideB) * E) + align(sizeof(StrideD) * E);
+  }
+
+  static typename Gemm::Arguments arguments(const GroupedGemmParams& p, const Arrays& arr, int device, int num_sms) {
+    cutlass::KernelHardwareInfo hw;
+    hw.device_id = device;
+    hw.sm_count = num_sms;
+    typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGrouped,
+                                  {p.E, arr.shapes, nullptr},
+                                  {arr.a, arr.stride_a, arr.b, arr.stride_b},
+                                  {{}, nullptr, nullptr, arr.d, arr.stride_d},
+                                  hw};
+    args.epilogue.thread.alpha = 1.f;
+    args.epilogue.thread.beta = 0.f;
+    return args;
+  }
+
+  static size_t workspace_bytes(const GroupedGemmParams& p, int device, int num_sms) {
+    const Arrays none = carve(nullptr, p.E);
+    return arrays_bytes(p.E) + Gemm::get_workspace_size(arguments(p, none, device, num_sms));
+  }
+};
+
+// Block e writes expert e's problem (N, rows, K), operand pointers and strides; with counts (the
+// masked layout) every block also zeroes its share of the rows at or past each count. Offsets and
+// counts are clamped into [0, M], so no value makes the GEMM touch memory outside x or y.
+template <class G>
+__global__ void grouped_gemm_setup_kernel(const GroupedGemmParams p, typename G::Arrays arr,
+                                          typename G::StrideA stride_a, typename G::StrideB stride_b,
+                                          typename G::StrideD stride_d) {
+  const int e = blockIdx.x;
+  int64_t begin;
+  int rows;
+  if (p.counts) {
+    begin = int64_t(e) * p.M;
+    rows = min(max(p.counts[e], 0), p.M);
+  } else {
+    const int lo = min(max(p.offsets[e], 0), p.M);
+    begin = lo;
+    rows = min(max(p.offsets[e + 1], lo), p.M) - lo;
+  }
+  if (blockIdx.y == 0 && threadIdx.x == 0) {
+    arr.shapes[e] = typename G::Shape3(p.N, rows, p.K);
+    arr.a[e] = reinterpret_cast<const typename G::Element*>(p.w) + int64_t(e) * p.N * p.K;
+    arr.b[e] = reinterpret_cast<const typename G::Element*>(p.x) + begin * p.K;
+    arr.d[e] = reinterpret_cast<typename G::Element*>(p.y) + begin * p.N;
+    arr.stride_a[e] = stride_a;
+    arr.stride_b[e] = stride_b;
+    arr.stride_d[e] = stride_d;
+  }
+  if (p.counts) {  // rows [rows, M) of y_e, 8 bf16 at a time (N % 8 == 0)
+    uint4* tail = reinterpret_cast<uint4*>(p.y + (begin + rows) * p.N);
+    const int64_t n = int64_t(p.M - rows) * p.N / 8;
+    for (int64_t i = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.y) * blockDim.x)
+      tail[i] = make_uint4(0, 0, 0, 0);
+  }
+}
+
+template <class G>
+size_t workspace_bytes(const GroupedGemmParams& p) {
+  int device = 0, num_sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return 0;
+  return G::workspace_bytes(p, device, num_sms);
+}
+
+template <class G>
+cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
+  int device = 0, num_sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  const typename G::Arrays arr = G::carve(p.workspace, p.E);
+  const auto stride_a = cutlass::make_cute_packed_stride(typename G::StrideA{}, make_shape(p.N, p.K, 1));
+  const auto stride_b = cutlass::make_cute_packed_stride(typename G::StrideB{}, make_shape(p.M, p.K, 1));
+  const auto stride_d = cutlass::make_cute_packed_stride(typename G::StrideD{}, make_shape(p.N, p.M, 1));
+  // Zeroing the masked tails is spread over up to 16 blocks per expert.
+  const int spread = p.counts ? min(16, max(1, int((int64_t(p.M) * p.N / 8 + 4095) / 4096))) : 1;
+  grouped_gemm_setup_kernel<G><<<dim3(p.E, spread), 256, 0, stream>>>(p, arr, stride_a, stride_b, stride_d);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  typename G::Gemm gemm;
+  const auto args = G::arguments(p, arr, device, num_sms);
+  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+  if (gemm.initialize(args, arr.cutlass, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+  if (gemm.run(stream) != cutlass::Status::kSuccess) {
+    err = cudaGetLastError();
+    return err == cudaSuccess ? cudaErrorLaunchFailure : err;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace lcattn::moe_sm90
+
+// One config per file: defines grouped_gemm_sm90_<name> and grouped_gemm_sm90_workspace_<name>.
+#define LCATTN_GROUPED_GEMM_SM90(name, TILE_M, TILE_N, TILE_K, CLUSTER_M)                                  \
+  namespace lcattn::moe_sm90 {                                                                           \
+  using Gemm_##name = GroupedGemm<Shape<Int<TILE_M>, Int<TILE_N>, Int<TILE_K>>, Shape<Int<CLUSTER_M>, _1, _1>>; \
+  cudaError_t grouped_gemm_##name(const GroupedGemmParams& p, cudaStream_t stream) {                     \
+    return run<Gemm_##name>(p, stream);                                                                  \
+  }                                                                                                      \
+  size_t grouped_gemm_workspace_##name(const GroupedGemmParams& p) { return workspace_bytes<Gemm_##name>(p); } \
+  }
