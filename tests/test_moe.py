@@ -123,13 +123,26 @@ def test_grouped_gemm_replays_in_cuda_graph_cuda():
         assert_close(ym.float(), reference.grouped_gemm_masked(xm, w, counts), GEMM_TOL)
 
 
+@pytest.fixture(params=["separate", "fused"])
+def swiglu_pass(request, monkeypatch):
+    """moe_experts with SwiGLU as its own pass, and in the gate+up GEMM's epilogue."""
+    monkeypatch.setenv("LCATTN_MOE_FUSED_SWIGLU", "1" if request.param == "fused" else "0")
+    return request.param
+
+
+# Mean rows per expert 3, 48, 100 and 350 pick each tile of the gated GEMM; 2I = 272 is not a
+# multiple of the 128-feature tile.
 @pytest.mark.parametrize("T,k,E,D,I", [
     (13, 2, 8, 32, 24),
     (1, 6, 256, 64, 32),     # decode: 6 of 256 experts
     (0, 2, 4, 16, 8),        # no tokens
+    (96, 2, 4, 256, 136),
+    (200, 2, 4, 256, 136),
+    (700, 2, 4, 128, 64),
     (9, 6, 16, 4096, 2048),  # V4-Flash dims
+    (3, 6, 8, 7168, 3072),   # V4-Pro dims
 ])
-def test_moe_experts(device, T, k, E, D, I):
+def test_moe_experts(device, swiglu_pass, T, k, E, D, I):
     x = torch.randn(T, D, device=device).bfloat16()
     w_gate_up, w_down = expert_weights(E, 2 * I, D, device), expert_weights(E, D, I, device)
     weights, idx = ops.moe_route(torch.randn(T, E, device=device), k, 1.5)
@@ -142,10 +155,37 @@ def test_moe_experts(device, T, k, E, D, I):
         assert_close(unweighted.float(), reference.moe_experts(x, None, idx, w_gate_up, w_down, limit), 2e-2)
 
 
+def test_interleave_gate_up_layout():
+    E, I, D = 2, 24, 5
+    gate, up = torch.randn(E, I, D), torch.randn(E, I, D)
+    w = ops.interleave_gate_up(torch.cat([gate, up], 1))
+    for i in range(I):
+        assert torch.equal(w[:, i // 8 * 16 + i % 8], gate[:, i])
+        assert torch.equal(w[:, i // 8 * 16 + 8 + i % 8], up[:, i])
+    with pytest.raises(ValueError, match=r"\[lcattn\] interleave_gate_up: 2I must be a multiple of 16, got 24"):
+        ops.interleave_gate_up(torch.randn(E, 24, D))
+
+
+def test_moe_experts_checkpoint_layout(device, swiglu_pass):
+    """moe_experts on interleave_gate_up of gate-rows-first weights, against fp32 math on those weights."""
+    T, k, E, D, I, limit = 11, 2, 4, 64, 48, 0.5
+    x = torch.randn(T, D, device=device).bfloat16()
+    w_gate_up, w_down = expert_weights(E, 2 * I, D, device), expert_weights(E, D, I, device)
+    weights, idx = ops.moe_route(torch.randn(T, E, device=device), k, 1.5)
+    out = ops.moe_experts(x, weights, idx, ops.interleave_gate_up(w_gate_up), w_down, limit)
+    expected = torch.zeros(T, D, device=device)
+    for t in range(T):
+        for j in range(k):
+            e = int(idx[t, j])
+            gate, up = (w_gate_up[e].float() @ x[t].float()).chunk(2)
+            expected[t] += weights[t, j] * (w_down[e].float() @ reference.swiglu(gate, up, limit))
+    assert_close(out.float(), expected, 2e-2)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
-def test_moe_experts_replays_in_cuda_graph_cuda():
+def test_moe_experts_replays_in_cuda_graph_cuda(swiglu_pass):
     T, k, E, D, I = 8, 6, 64, 256, 128
     x = torch.randn(T, D, device="cuda").bfloat16()
     w_gate_up, w_down = expert_weights(E, 2 * I, D, "cuda"), expert_weights(E, D, I, "cuda")

@@ -13,6 +13,7 @@ plots ops.png and layers.png under --out, and prints a table last.
 """
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -383,8 +384,10 @@ def moe_block_cases(quick):
             w_gate_up = torch.randn(E, 2 * I, D, device=DEV, dtype=BF) * D ** -0.5
             w_down = torch.randn(E, D, I, device=DEV, dtype=BF) * I ** -0.5
             return x, gate, bias, w_gate_up, w_down, k, 1.5, 10.0
-        def ours(T=T):
-            args = inputs(T)
+        def ours(T=T, fused="0"):
+            x, gate, bias, w_gate_up, *rest = inputs(T)
+            args = (x, gate, bias, ops.interleave_gate_up(w_gate_up), *rest)
+            os.environ["LCATTN_MOE_FUSED_SWIGLU"] = fused  # read by moe_experts when the graph is captured
             return graphed(lambda: lcattn_moe_block(*args))
         def base(T=T):
             args = inputs(T)
@@ -392,7 +395,9 @@ def moe_block_cases(quick):
         active = E * (1 - (1 - k / E) ** T)  # experts that get a token, expected under random routing
         flops = 2 * T * k * 3 * I * D
         nbytes = round(2 * 3 * I * D * active + 4 * E * D)
-        yield "moe_block", f"flash T={T} E={E} k={k}", flops, nbytes, ours, {"stock torch": base}
+        for fused, label in (("0", ""), ("1", " fused SwiGLU")):
+            yield ("moe_block", f"flash T={T} E={E} k={k}{label}", flops, nbytes,
+                   functools.partial(ours, fused=fused), {"stock torch": base})
 
 
 def compress_cases(quick):

@@ -12,15 +12,23 @@ namespace lcattn {
 
 namespace {
 
-// y[r] = x[r] w^T for rows [0, rows) of one expert; fp32 accumulate.
-void gemm_rows(const bf16* x, const bf16* w, bf16* y, int rows, int N, int K) {
-  parallel_for(int64_t(rows) * N, [&](int64_t n) {
-    const int64_t r = n / N, col = n % N;
+float dot(const bf16* x, const bf16* w, int K) {
+  float acc = 0.f;
+  for (int k = 0; k < K; ++k) acc += bf16_to_float(x[k]) * bf16_to_float(w[k]);
+  return acc;
+}
+
+// y[r] = x[r] w^T (gated: swiglu of the interleaved gate and up products) for rows [0, rows) of one
+// expert; fp32 accumulate.
+void gemm_rows(const GroupedGemmParams& p, const bf16* x, const bf16* w, bf16* y, int rows) {
+  const int cols = p.out_cols(), K = p.K;
+  parallel_for(int64_t(rows) * cols, [&](int64_t n) {
+    const int64_t r = n / cols, col = n % cols;
     const bf16* xr = x + r * K;
-    const bf16* wc = w + col * K;
-    float acc = 0.f;
-    for (int k = 0; k < K; ++k) acc += bf16_to_float(xr[k]) * bf16_to_float(wc[k]);
-    y[r * N + col] = float_to_bf16(acc);
+    const float v = p.gated ? swiglu(dot(xr, w + int64_t(gate_up_row(int(col), false)) * K, K),
+                                     dot(xr, w + int64_t(gate_up_row(int(col), true)) * K, K), p.swiglu_limit)
+                            : dot(xr, w + col * K, K);
+    y[r * cols + col] = float_to_bf16(v);
   });
 }
 
@@ -29,16 +37,17 @@ void gemm_rows(const bf16* x, const bf16* w, bf16* y, int rows, int N, int K) {
 void grouped_gemm_contiguous_cpu(const GroupedGemmParams& p) {
   for (int e = 0; e < p.E; ++e) {
     const int r0 = p.offsets[e], rows = p.offsets[e + 1] - r0;
-    gemm_rows(p.x + int64_t(r0) * p.K, p.w + int64_t(e) * p.N * p.K, p.y + int64_t(r0) * p.N, rows, p.N, p.K);
+    gemm_rows(p, p.x + int64_t(r0) * p.K, p.w + int64_t(e) * p.N * p.K, p.y + int64_t(r0) * p.out_cols(), rows);
   }
 }
 
 void grouped_gemm_masked_cpu(const GroupedGemmParams& p) {
+  const int64_t cols = p.out_cols();
   for (int e = 0; e < p.E; ++e) {
     const int rows = p.counts[e];
-    bf16* y = p.y + int64_t(e) * p.M * p.N;
-    gemm_rows(p.x + int64_t(e) * p.M * p.K, p.w + int64_t(e) * p.N * p.K, y, rows, p.N, p.K);
-    std::fill(y + int64_t(rows) * p.N, y + int64_t(p.M) * p.N, bf16(0));
+    bf16* y = p.y + int64_t(e) * p.M * cols;
+    gemm_rows(p, p.x + int64_t(e) * p.M * p.K, p.w + int64_t(e) * p.N * p.K, y, rows);
+    std::fill(y + rows * cols, y + p.M * cols, bf16(0));
   }
 }
 
@@ -75,7 +84,8 @@ void swiglu_cpu(const SwigluParams& p) {
   parallel_for(p.R, [&](int64_t r) {
     const bf16* g = p.gate_up + r * 2 * p.I;
     for (int i = 0; i < p.I; ++i)
-      p.h[r * p.I + i] = float_to_bf16(swiglu(bf16_to_float(g[i]), bf16_to_float(g[p.I + i]), p.limit));
+      p.h[r * p.I + i] = float_to_bf16(
+          swiglu(bf16_to_float(g[gate_up_row(i, false)]), bf16_to_float(g[gate_up_row(i, true)]), p.limit));
   });
 }
 
@@ -95,7 +105,7 @@ void moe_experts_cpu(const MoeExpertsParams& p) {
   const MoeExpertsPlan plan(p, p.workspace);
   moe_permute_cpu(plan.permute(p));
   grouped_gemm_contiguous_cpu(plan.gate_up_gemm(p));
-  swiglu_cpu(plan.swiglu(p));
+  if (!p.fused_swiglu) swiglu_cpu(plan.swiglu(p));
   grouped_gemm_contiguous_cpu(plan.down_gemm(p));
   moe_unpermute_cpu(plan.unpermute(p));
 }

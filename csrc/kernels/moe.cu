@@ -139,13 +139,14 @@ __global__ void moe_unpermute_kernel(const UnpermuteParams p) {
   }
 }
 
-// 8 outputs per thread: h[r, 8c .. 8c + 8) from the gate and up halves of gate_up row r.
+// 8 outputs per thread: h[r, i .. i + 8) from gate_up row r, whose 16 values from 2i are the 8 gates,
+// then their 8 ups (gate_up_row).
 __global__ void swiglu_kernel(const SwigluParams p) {
   const int64_t chunks = p.R * (p.I / 8);
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < chunks; c += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = c / (p.I / 8), i = (c % (p.I / 8)) * 8;
-    const uint4 g = *reinterpret_cast<const uint4*>(p.gate_up + r * 2 * p.I + i);
-    const uint4 u = *reinterpret_cast<const uint4*>(p.gate_up + r * 2 * p.I + p.I + i);
+    const uint4 g = *reinterpret_cast<const uint4*>(p.gate_up + r * 2 * p.I + 2 * i);
+    const uint4 u = *reinterpret_cast<const uint4*>(p.gate_up + r * 2 * p.I + 2 * i + 8);
     const bf16* gv = reinterpret_cast<const bf16*>(&g);
     const bf16* uv = reinterpret_cast<const bf16*>(&u);
     uint4 out;
@@ -177,18 +178,22 @@ moe_sm90::Tile tile_for(const GroupedGemmParams& p) {
   return moe_sm90::pick_tile(p);
 }
 
+#define LCATTN_GEMM_CONFIG(name) \
+  GemmConfig { moe_sm90::grouped_gemm_##name, moe_sm90::grouped_gemm_workspace_##name }
+
 GemmConfig gemm_config(const GroupedGemmParams& p) {
   switch (tile_for(p)) {
-    case moe_sm90::Tile::n32: return {moe_sm90::grouped_gemm_n32, moe_sm90::grouped_gemm_workspace_n32};
-    case moe_sm90::Tile::n64: return {moe_sm90::grouped_gemm_n64, moe_sm90::grouped_gemm_workspace_n64};
-    case moe_sm90::Tile::n128: return {moe_sm90::grouped_gemm_n128, moe_sm90::grouped_gemm_workspace_n128};
-    default: return {moe_sm90::grouped_gemm_n256, moe_sm90::grouped_gemm_workspace_n256};
+    case moe_sm90::Tile::n32: return p.gated ? LCATTN_GEMM_CONFIG(n32_gated) : LCATTN_GEMM_CONFIG(n32);
+    case moe_sm90::Tile::n64: return p.gated ? LCATTN_GEMM_CONFIG(n64_gated) : LCATTN_GEMM_CONFIG(n64);
+    case moe_sm90::Tile::n128: return p.gated ? LCATTN_GEMM_CONFIG(n128_gated) : LCATTN_GEMM_CONFIG(n128);
+    default: return p.gated ? LCATTN_GEMM_CONFIG(n256_gated) : LCATTN_GEMM_CONFIG(n256);
   }
 }
+#undef LCATTN_GEMM_CONFIG
 
 cudaError_t grouped_gemm_cuda(const GroupedGemmParams& p, cudaStream_t stream) {
   if (p.E == 0 || p.M == 0 || p.N == 0) return cudaSuccess;
-  if (p.N % 8 || p.K % 8 || !p.workspace) return cudaErrorInvalidValue;
+  if (p.N % (p.gated ? 16 : 8) || p.K % 8 || !p.workspace) return cudaErrorInvalidValue;
   return gemm_config(p).run(p, stream);
 }
 
@@ -248,7 +253,7 @@ cudaError_t moe_experts_cuda(const MoeExpertsParams& p, cudaStream_t stream) {
   const MoeExpertsPlan plan(p, p.workspace);
   cudaError_t err = moe_permute_cuda(plan.permute(p), stream);
   if (err == cudaSuccess) err = grouped_gemm_contiguous_cuda(plan.gate_up_gemm(p), stream);
-  if (err == cudaSuccess) err = swiglu_cuda(plan.swiglu(p), stream);
+  if (err == cudaSuccess && !p.fused_swiglu) err = swiglu_cuda(plan.swiglu(p), stream);
   if (err == cudaSuccess) err = grouped_gemm_contiguous_cuda(plan.down_gemm(p), stream);
   if (err == cudaSuccess) err = moe_unpermute_cuda(plan.unpermute(p), stream);
   return err;

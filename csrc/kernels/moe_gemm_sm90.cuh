@@ -12,6 +12,11 @@
 // The per-expert problems are written on the device by grouped_gemm_setup_kernel from offsets or
 // counts (no host sync, so a call replays in a CUDA graph with new offsets); CUTLASS reads them
 // there (no host problem shapes) and updates its TMA descriptors per expert.
+//
+// Gated (p.gated, moe_experts' gate+up projection): w_e's rows hold gate and up interleaved in
+// blocks of 8, so a WGMMA accumulator thread holds the gate of feature f (tile row r, r % 16 < 8) and
+// its up (row r + 8) side by side; SwigluEpilogue combines them in registers and writes h_e [rows_e,
+// N/2] directly, with no [rows_e, N] intermediate.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -24,16 +29,105 @@
 #include "cutlass/gemm/group_array_problem_shape.hpp"
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 #include "cutlass/util/packed_stride.hpp"
+#include "cutlass/epilogue/collective/detail.hpp"
 #include "lcattn/params.h"
+#include "lcattn/shared_math.h"
 #include "moe_gemm_sm90.h"
 
 namespace lcattn::moe_sm90 {
 
 using namespace cute;
 
+// Collective epilogue (operator-style, stores from registers) for the gated product: out feature
+// f = 8 (r / 16) + r % 8 of tile row r gets swiglu(acc[r], acc[r + 8]) for r % 16 < 8.
+template <class StrideD_>
+class SwigluEpilogue {
+ public:
+  using EpilogueSchedule = cutlass::epilogue::PtrArrayNoSmemWarpSpecialized;
+  using DispatchPolicy = EpilogueSchedule;
+  using ThreadEpilogueOp = void;
+  using ElementAccumulator = float;
+  using ElementC = void;
+  using StrideC = StrideD_;
+  using InternalStrideC = cute::remove_pointer_t<StrideC>;
+  using ElementD = cutlass::bfloat16_t;
+  using StrideD = StrideD_;
+  using InternalStrideD = cute::remove_pointer_t<StrideD>;
+  using GmemTiledCopyC = void;
+  using GmemTiledCopyD = void;
+  struct SharedStorage {};
+  using TensorMapStorage = SharedStorage;
+
+  struct Arguments {
+    float limit = 0.f;
+    ElementD** ptr_D = nullptr;  // per expert: h_e [rows_e, N / 2] row-major
+    StrideD dD{};                // per expert: (1, N / 2, 0), i.e. h_e^T column-major
+  };
+  using Params = Arguments;
+
+  template <class ProblemShape>
+  static constexpr Params to_underlying_arguments(ProblemShape const&, Arguments const& args, void*) {
+    return args;
+  }
+  template <class ProblemShape>
+  static size_t get_workspace_size(ProblemShape const&, Arguments const&, int) {
+    return 0;
+  }
+  template <class ProblemShape>
+  static cutlass::Status initialize_workspace(ProblemShape const&, Arguments const&, void*, cudaStream_t,
+                                              cutlass::CudaHostAdapter* = nullptr) {
+    return cutlass::Status::kSuccess;
+  }
+  template <class ProblemShape>
+  static bool can_implement(ProblemShape const&, Arguments const&) {
+    return true;
+  }
+
+  CUTLASS_HOST_DEVICE SwigluEpilogue(Params const& params) : params(params) {}
+  CUTLASS_DEVICE bool is_source_needed() { return false; }
+
+  // accumulators: (MMA, MMA_M, MMA_N) with MMA = (2 columns, 2 row halves 8 apart, N / 8 column
+  // blocks), the sm90 WGMMA register layout; the tile's M offset is a multiple of 16.
+  template <class ProblemShapeMNKL, class BlockShapeMNK, class BlockCoordMNKL, class FrgEngine, class FrgLayout,
+            class TiledMma, class ResidueMNK>
+  CUTLASS_DEVICE void operator()(ProblemShapeMNKL problem_mnkl, BlockShapeMNK blk_shape, BlockCoordMNKL blk_coord,
+                                 cute::Tensor<FrgEngine, FrgLayout> const& acc, TiledMma tiled_mma, ResidueMNK,
+                                 int thread_idx, char*) {
+    static_assert(is_static<FrgLayout>::value && rank<0>(FrgLayout{}) == 3, "WGMMA accumulator layout expected");
+    static_assert(size<0, 0>(FrgLayout{}) == 2 && size<0, 1>(FrgLayout{}) == 2, "WGMMA accumulator layout expected");
+    const int M = get<0>(problem_mnkl), N = get<1>(problem_mnkl);
+    const int l = get<3>(blk_coord);
+    ElementD* out = params.ptr_D[l];
+    const int64_t ld = get<1>(params.dD[l]);
+    Tensor coords = local_tile(make_identity_tensor(make_shape(M, N)), take<0, 2>(blk_shape),
+                               make_coord(get<0>(blk_coord), get<1>(blk_coord)));
+    Tensor thr_coords = tiled_mma.get_thread_slice(thread_idx).partition_C(coords);
+    CUTLASS_PRAGMA_UNROLL
+    for (int mm = 0; mm < size<1>(acc); ++mm) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int nn = 0; nn < size<2>(acc); ++nn) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int j = 0; j < size<0, 2>(acc); ++j) {
+          CUTLASS_PRAGMA_UNROLL
+          for (int c = 0; c < 2; ++c) {
+            const auto gate = make_coord(make_coord(c, 0, j), mm, nn);
+            const auto up = make_coord(make_coord(c, 1, j), mm, nn);
+            const int r = get<0>(thr_coords(gate)), n = get<1>(thr_coords(gate));
+            if (r < M && n < N)
+              out[n * ld + r / 16 * 8 + r % 8] = ElementD(swiglu(acc(gate), acc(up), params.limit));
+          }
+        }
+      }
+    }
+  }
+
+ protected:
+  Params params;
+};
+
 // TileShape (features, rows, K); cluster along features, so the CTAs of a cluster share (multicast)
 // the token rows they read.
-template <class TileShape, class ClusterShape>
+template <class TileShape, class ClusterShape, bool Gated>
 struct GroupedGemm {
   using ProblemShape = cutlass::gemm::GroupProblemShape<Shape<int, int, int>>;  // (N, rows_e, K) per expert
   using Element = cutlass::bfloat16_t;
@@ -41,11 +135,16 @@ struct GroupedGemm {
   using LayoutB = cutlass::layout::ColumnMajor;  // x_e^T [K, rows_e], i.e. x_e [rows_e, K] row-major
   using LayoutD = cutlass::layout::ColumnMajor;  // y_e^T [N, rows_e], i.e. y_e [rows_e, N] row-major
   static constexpr int kAlign = 8;               // 16 bytes: K and N multiples of 8
-  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+  using StoreEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD*, kAlign, Element, LayoutD*,
       kAlign, cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
       cutlass::epilogue::fusion::LinearCombination<Element, float, void>>::CollectiveOp;
+  using Epilogue = cute::conditional_t<
+      Gated,
+      cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<
+          SwigluEpilogue<cutlass::detail::TagToStrideC_t<LayoutD*>>>,
+      StoreEpilogue>;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA*, kAlign, Element, LayoutB*, kAlign,
       float, TileShape, ClusterShape,
@@ -104,10 +203,15 @@ struct GroupedGemm {
     typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGrouped,
                                   {p.E, arr.shapes, nullptr},
                                   {arr.a, arr.stride_a, arr.b, arr.stride_b},
-                                  {{}, nullptr, nullptr, arr.d, arr.stride_d},
+                                  {},
                                   hw};
-    args.epilogue.thread.alpha = 1.f;
-    args.epilogue.thread.beta = 0.f;
+    if constexpr (Gated) {
+      args.epilogue = {p.swiglu_limit, arr.d, arr.stride_d};
+    } else {
+      args.epilogue = {{}, nullptr, nullptr, arr.d, arr.stride_d};
+      args.epilogue.thread.alpha = 1.f;
+      args.epilogue.thread.beta = 0.f;
+    }
     return args;
   }
 
@@ -119,7 +223,8 @@ struct GroupedGemm {
 
 // Block e writes expert e's problem (N, rows, K), operand pointers and strides; with counts (the
 // masked layout) every block also zeroes its share of the rows at or past each count. Offsets and
-// counts are clamped into [0, M], so no value makes the GEMM touch memory outside x or y.
+// counts are clamped into [0, M], so no value makes the GEMM touch memory outside x or y. y's rows
+// hold p.out_cols() values.
 template <class G>
 __global__ void grouped_gemm_setup_kernel(const GroupedGemmParams p, typename G::Arrays arr,
                                           typename G::StrideA stride_a, typename G::StrideB stride_b,
@@ -139,14 +244,14 @@ __global__ void grouped_gemm_setup_kernel(const GroupedGemmParams p, typename G:
     arr.shapes[e] = typename G::Shape3(p.N, rows, p.K);
     arr.a[e] = reinterpret_cast<const typename G::Element*>(p.w) + int64_t(e) * p.N * p.K;
     arr.b[e] = reinterpret_cast<const typename G::Element*>(p.x) + begin * p.K;
-    arr.d[e] = reinterpret_cast<typename G::Element*>(p.y) + begin * p.N;
+    arr.d[e] = reinterpret_cast<typename G::Element*>(p.y) + begin * p.out_cols();
     arr.stride_a[e] = stride_a;
     arr.stride_b[e] = stride_b;
     arr.stride_d[e] = stride_d;
   }
-  if (p.counts) {  // rows [rows, M) of y_e, 8 bf16 at a time (N % 8 == 0)
-    uint4* tail = reinterpret_cast<uint4*>(p.y + (begin + rows) * p.N);
-    const int64_t n = int64_t(p.M - rows) * p.N / 8;
+  if (p.counts) {  // rows [rows, M) of y_e, 8 bf16 at a time (p.out_cols() % 8 == 0)
+    uint4* tail = reinterpret_cast<uint4*>(p.y + (begin + rows) * p.out_cols());
+    const int64_t n = int64_t(p.M - rows) * p.out_cols() / 8;
     for (int64_t i = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.y) * blockDim.x)
       tail[i] = make_uint4(0, 0, 0, 0);
   }
@@ -170,9 +275,9 @@ cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
   const typename G::Arrays arr = G::carve(p.workspace, p.E);
   const auto stride_a = cutlass::make_cute_packed_stride(typename G::StrideA{}, make_shape(p.N, p.K, 1));
   const auto stride_b = cutlass::make_cute_packed_stride(typename G::StrideB{}, make_shape(p.M, p.K, 1));
-  const auto stride_d = cutlass::make_cute_packed_stride(typename G::StrideD{}, make_shape(p.N, p.M, 1));
+  const auto stride_d = cutlass::make_cute_packed_stride(typename G::StrideD{}, make_shape(p.out_cols(), p.M, 1));
   // Zeroing the masked tails is spread over up to 16 blocks per expert.
-  const int spread = p.counts ? min(16, max(1, int((int64_t(p.M) * p.N / 8 + 4095) / 4096))) : 1;
+  const int spread = p.counts ? min(16, max(1, int((int64_t(p.M) * p.out_cols() / 8 + 4095) / 4096))) : 1;
   grouped_gemm_setup_kernel<G><<<dim3(p.E, spread), 256, 0, stream>>>(p, arr, stride_a, stride_b, stride_d);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   typename G::Gemm gemm;
@@ -188,10 +293,11 @@ cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
 
 }  // namespace lcattn::moe_sm90
 
-// One config per file: defines grouped_gemm_sm90_<name> and grouped_gemm_sm90_workspace_<name>.
-#define LCATTN_GROUPED_GEMM_SM90(name, TILE_M, TILE_N, TILE_K, CLUSTER_M)                                  \
+// One config per file: defines grouped_gemm_<name> and grouped_gemm_workspace_<name>.
+#define LCATTN_GROUPED_GEMM_SM90(name, TILE_M, TILE_N, TILE_K, CLUSTER_M, GATED)                           \
   namespace lcattn::moe_sm90 {                                                                           \
-  using Gemm_##name = GroupedGemm<Shape<Int<TILE_M>, Int<TILE_N>, Int<TILE_K>>, Shape<Int<CLUSTER_M>, _1, _1>>; \
+  using Gemm_##name =                                                                                    \
+      GroupedGemm<Shape<Int<TILE_M>, Int<TILE_N>, Int<TILE_K>>, Shape<Int<CLUSTER_M>, _1, _1>, GATED>;   \
   cudaError_t grouped_gemm_##name(const GroupedGemmParams& p, cudaStream_t stream) {                     \
     return run<Gemm_##name>(p, stream);                                                                  \
   }                                                                                                      \

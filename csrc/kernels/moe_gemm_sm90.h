@@ -9,7 +9,8 @@
 namespace lcattn::moe_sm90 {
 
 // Each runs y = x w_e^T for every expert (contiguous when p.offsets, masked when p.counts) and needs
-// p.workspace of grouped_gemm_workspace_<name>(p) bytes. Tiles are (features, rows, K), see the .cuh.
+// p.workspace of grouped_gemm_workspace_<name>(p) bytes; the <name>_gated configs run p.gated
+// problems (SwiGLU in the epilogue). Tiles are (features, rows, K), see the .cuh.
 #define LCATTN_GROUPED_GEMM_SM90_DECLARE(name)                                  \
   cudaError_t grouped_gemm_##name(const GroupedGemmParams& p, cudaStream_t stream); \
   size_t grouped_gemm_workspace_##name(const GroupedGemmParams& p);
@@ -17,6 +18,10 @@ LCATTN_GROUPED_GEMM_SM90_DECLARE(n32)   // 128 x 32 x 128
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n64)   // 256 x 64 x 64
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n128)  // 128 x 128 x 64, cluster 2
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n256)  // 128 x 256 x 64, cluster 2
+LCATTN_GROUPED_GEMM_SM90_DECLARE(n32_gated)
+LCATTN_GROUPED_GEMM_SM90_DECLARE(n64_gated)
+LCATTN_GROUPED_GEMM_SM90_DECLARE(n128_gated)
+LCATTN_GROUPED_GEMM_SM90_DECLARE(n256_gated)
 #undef LCATTN_GROUPED_GEMM_SM90_DECLARE
 
 enum class Tile { n32, n64, n128, n256 };

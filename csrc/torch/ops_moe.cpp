@@ -1,4 +1,7 @@
 // Adapters of the MoE ops (SPEC 6): grouped GEMM in both layouts, routing, permute, unpermute.
+#include <cstdlib>
+#include <string>
+
 #include "checks.h"
 
 namespace lcattn {
@@ -224,6 +227,8 @@ at::Tensor moe_experts(const at::Tensor& x, const std::optional<at::Tensor>& wei
   p.D = int(D);
   p.I = int(I);
   p.swiglu_limit = float(swiglu_limit);
+  const char* fused = std::getenv("LCATTN_MOE_FUSED_SWIGLU");  // read per call: tests switch it
+  p.fused_swiglu = fused && std::string(fused) == "1";
   at::Tensor workspace;
   {
 #if defined(LCATTN_WITH_CUDA)

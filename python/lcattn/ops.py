@@ -134,10 +134,22 @@ def moe_experts(x: Tensor, weights: Optional[Tensor], indices: Tensor, w_gate_up
     out[t] = sum_j weights[t, j] * down_e(swiglu(gate_up_e(x[t]))) with e = indices[t, j].
 
     x [T, D] bf16, weights [T, k] fp32 (None: 1), indices [T, k] int32 in [0, E), w_gate_up
-    [E, 2I, D] bf16 (the I gate rows first), w_down [E, D, I] bf16; D and I multiples of 8.
-    swiglu(g, u) = silu(min(g, limit)) * clamp(u, -limit, limit) on the bf16 gate_up outputs.
+    [E, 2I, D] bf16 with gate and up rows interleaved in blocks of 8 (`interleave_gate_up` of the
+    checkpoint's gate-rows-first tensor), w_down [E, D, I] bf16; D and I multiples of 8.
+    swiglu(g, u) = silu(min(g, limit)) * clamp(u, -limit, limit) on the gate and up products
+    (rounded to bf16 first, or in fp32 in the gate+up GEMM's epilogue with LCATTN_MOE_FUSED_SWIGLU=1).
     """
     return _ops.moe_experts(x, weights, indices, w_gate_up, w_down, swiglu_limit)
+
+
+def interleave_gate_up(w: Tensor) -> Tensor:
+    """[..., 2I, D] gate rows then up rows -> the layout moe_experts reads: rows 16b .. 16b + 7 are gate
+    features 8b .. 8b + 7 and the next 8 rows their up features, so the gate+up GEMM's epilogue finds each
+    gate beside its up (I a multiple of 8). A copy; do it once, when loading weights."""
+    *lead, rows, cols = w.shape
+    if rows % 16:
+        raise ValueError(f"[lcattn] interleave_gate_up: 2I must be a multiple of 16, got {rows}")
+    return w.reshape(*lead, 2, rows // 16, 8, cols).transpose(-4, -3).reshape(w.shape).contiguous()
 
 
 # Fake kernels: shapes and dtypes only, for torch.compile and opcheck.

@@ -8,8 +8,8 @@ namespace lcattn {
 
 struct MoeExpertsPlan {
   bf16* x_perm;    // [T * k, D] token rows in expert order; reused for the down projection's output
-  bf16* gate_up;   // [T * k, 2I]
-  bf16* h;         // [T * k, I] SwiGLU of gate_up
+  bf16* gate_up;   // [T * k, 2I] gate+up projection (gate_up_row order); null with p.fused_swiglu
+  bf16* h;         // [T * k, I] SwiGLU of the gate+up projection
   int* offsets;    // [E + 1]
   int* rows;       // [T, k] row of x_perm holding slot (t, j)
   int* scratch;    // [E]
@@ -27,7 +27,7 @@ struct MoeExpertsPlan {
       return here;
     };
     x_perm = reinterpret_cast<bf16*>(take(R * p.D * sizeof(bf16)));
-    gate_up = reinterpret_cast<bf16*>(take(R * 2 * p.I * sizeof(bf16)));
+    gate_up = p.fused_swiglu ? nullptr : reinterpret_cast<bf16*>(take(R * 2 * p.I * sizeof(bf16)));
     h = reinterpret_cast<bf16*>(take(R * p.I * sizeof(bf16)));
     offsets = reinterpret_cast<int*>(take((p.E + 1) * sizeof(int)));
     rows = reinterpret_cast<int*>(take(R * sizeof(int)));
@@ -40,7 +40,8 @@ struct MoeExpertsPlan {
     return PermuteParams{p.x, p.indices, x_perm, offsets, rows, scratch, p.T, p.k, p.E, p.D};
   }
   GroupedGemmParams gate_up_gemm(const MoeExpertsParams& p) const {
-    return GroupedGemmParams{x_perm, p.w_gate_up, offsets, nullptr, gate_up, gemm, p.E, p.T * p.k, 2 * p.I, p.D};
+    return GroupedGemmParams{x_perm, p.w_gate_up, offsets, nullptr, p.fused_swiglu ? h : gate_up, gemm,
+                             p.E, p.T * p.k, 2 * p.I, p.D, p.fused_swiglu, p.swiglu_limit};
   }
   SwigluParams swiglu(const MoeExpertsParams& p) const {
     return SwigluParams{gate_up, h, int64_t(p.T) * p.k, p.I, p.swiglu_limit};

@@ -87,10 +87,19 @@ struct GroupedGemmParams {
   const bf16* w;        // [E, N, K]
   const int* offsets;   // contiguous: [E + 1], expert e owns rows [offsets[e], offsets[e+1])
   const int* counts;    // masked: [E] valid rows per expert; rows >= counts[e] are zeroed
-  bf16* y;              // contiguous: [M, N]; masked: [E, M, N]
+  bf16* y;              // contiguous: [M, out_cols()]; masked: [E, M, out_cols()]
   void* workspace;      // CUDA: grouped_gemm_workspace_bytes(p) bytes (per-expert problems, TMA descriptors)
   int E, M, N, K;       // N and K multiples of 8 on CUDA (16-byte rows for TMA)
+  // Gated (moe_experts' gate+up projection): w's N rows are gate and up interleaved in blocks of 8
+  // (gate_up_row below) and y [.., N / 2] = swiglu(gate, up, swiglu_limit) of the fp32 products.
+  bool gated = false;   // N a multiple of 16
+  float swiglu_limit = 0.f;
+  LCATTN_HD int out_cols() const { return gated ? N / 2 : N; }
 };
+
+// Row of the interleaved gate+up weight [2I, D] that holds gate (up = false) or up feature i < I:
+// rows 16b .. 16b + 7 are gate features 8b .. 8b + 7 and the next 8 rows their up features.
+LCATTN_HD int gate_up_row(int i, bool up) { return i / 8 * 16 + (up ? 8 : 0) + i % 8; }
 
 // MoE routing (SPEC 6): s = sqrt(softplus(logits)); biased top-k or hash lookup.
 struct RouteParams {
@@ -132,15 +141,20 @@ struct MoeExpertsParams {
   const bf16* x;          // [T, D]
   const float* weights;   // [T, k] routing weights, or null for 1
   const int* indices;     // [T, k] experts in [0, E)
-  const bf16* w_gate_up;  // [E, 2I, D], the I gate rows first
+  const bf16* w_gate_up;  // [E, 2I, D], gate and up rows interleaved in blocks of 8 (gate_up_row)
   const bf16* w_down;     // [E, D, I]
   bf16* out;              // [T, D]
   void* workspace;        // moe_experts_workspace_bytes(p, cuda): permuted rows, activations, GEMM problems
   int T, k, E, D, I;      // D and I multiples of 8
   float swiglu_limit;
+  // SwiGLU in the gate+up GEMM's epilogue (no [T * k, 2I] intermediate); else a separate pass over
+  // the GEMM's output. The adapter sets it from LCATTN_MOE_FUSED_SWIGLU=1: off by default until the
+  // fused epilogue has been measured on the GPU.
+  bool fused_swiglu = false;
 };
 
-// h[r, i] = swiglu(gate_up[r, i], gate_up[r, I + i]) in fp32, rounded to bf16.
+// h[r, i] = swiglu(gate, up) of row r of the gate+up GEMM's output (gate_up_row order), in fp32,
+// rounded to bf16.
 struct SwigluParams {
   const bf16* gate_up;  // [R, 2I]
   bf16* h;              // [R, I]

@@ -165,8 +165,9 @@ class SharedExpert(nn.Module):
 
 
 class Experts(nn.Module):
-    """Routed experts: gate_up_proj [E, 2I, D] (gate rows first), down_proj [E, D, I], stored once in
-    bf16, the grouped GEMM's dtype, whatever the model's dtype."""
+    """Routed experts: gate_up_proj [E, 2I, D] with gate and up rows interleaved in blocks of 8 (as
+    moe_experts reads it; load_hf_state_dict interleaves the checkpoint's gate-rows-first tensor),
+    down_proj [E, D, I]; stored once in bf16, the grouped GEMM's dtype, whatever the model's dtype."""
 
     def __init__(self, config: DeepseekV4Config):
         super().__init__()
@@ -354,7 +355,8 @@ class DeepseekV4ForCausalLM(nn.Module):
     def load_hf_state_dict(self, state_dict: dict) -> None:
         """Loads a transformers-format state dict; multi-token-prediction (`mtp.`) weights are skipped.
         Tensors keep the checkpoint's dtype, except those of a fixed dtype: fp32 (norms, sinks, mHC, biases),
-        bf16 (the routed experts) and int32 (the hash-routing table)."""
+        bf16 (the routed experts) and int32 (the hash-routing table). The experts' gate and up rows are
+        interleaved (ops.interleave_gate_up)."""
         own = self.state_dict()
         wanted = {k: v for k, v in state_dict.items() if not (k.startswith("mtp.") or ".mtp." in k)}
         missing, unexpected = sorted(set(own) - set(wanted)), sorted(set(wanted) - set(own))
@@ -363,8 +365,11 @@ class DeepseekV4ForCausalLM(nn.Module):
         for name, tensor in wanted.items():
             if tuple(own[name].shape) != tuple(tensor.shape):
                 raise ValueError(f"[lcattn] {name}: shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}")
-        self.load_state_dict({k: v.to(own[k].dtype) if k.endswith(FIXED_DTYPE) else v for k, v in wanted.items()},
-                             strict=True, assign=True)
+        converted = {k: v.to(own[k].dtype) if k.endswith(FIXED_DTYPE) else v for k, v in wanted.items()}
+        for name in converted:
+            if name.endswith("experts.gate_up_proj"):
+                converted[name] = ops.interleave_gate_up(converted[name])
+        self.load_state_dict(converted, strict=True, assign=True)
 
 
 # Parameters that stay fp32 whatever the model dtype, as in the published model.

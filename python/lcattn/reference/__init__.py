@@ -176,13 +176,17 @@ def swiglu(gate: Tensor, up: Tensor, limit: float) -> Tensor:
 
 def moe_experts(x: Tensor, weights: Optional[Tensor], indices: Tensor, w_gate_up: Tensor, w_down: Tensor,
                 swiglu_limit: float) -> Tensor:
-    """sum_j weights[t, j] * down_e(swiglu(gate_up_e(x[t]))), e = indices[t, j], all in fp32."""
+    """sum_j weights[t, j] * down_e(swiglu(gate_up_e(x[t]))), e = indices[t, j], all in fp32; w_gate_up
+    [E, 2I, D] with gate and up rows interleaved in blocks of 8, as the op takes it."""
     T, k = indices.shape
+    E, I, D = w_gate_up.shape[0], w_gate_up.shape[1] // 2, w_gate_up.shape[2]
+    blocks = w_gate_up.float().view(E, I // 8, 2, 8, D)  # [E, block, gate | up, 8, D]
+    w_gate, w_up = blocks[:, :, 0].reshape(E, I, D), blocks[:, :, 1].reshape(E, I, D)
     out = torch.zeros(T, w_down.shape[1], device=x.device)
     w = torch.ones(T, k, device=x.device) if weights is None else weights.float()
     for e in indices.unique().tolist():
         t, j = (indices == e).nonzero(as_tuple=True)
-        gate, up = (x[t].float() @ w_gate_up[e].float().T).chunk(2, dim=-1)
+        gate, up = x[t].float() @ w_gate[e].T, x[t].float() @ w_up[e].T
         out.index_add_(0, t, (swiglu(gate, up, swiglu_limit) @ w_down[e].float().T) * w[t, j, None])
     return out
 

@@ -1,0 +1,5 @@
+// Gated grouped GEMM config n256 (gate+up with SwiGLU in the epilogue): tiles of 128 features x 256 rows x 64 K,
+// clusters of 2 along the features.
+#include "moe_gemm_sm90.cuh"
+
+LCATTN_GROUPED_GEMM_SM90(n256_gated, 128, 256, 64, 2, true)
