@@ -275,7 +275,7 @@ def test_bad_input_is_rejected(device):
         ops.grouped_gemm_contiguous(x, w[..., :4].contiguous(), as_int([0, 2, 6], device))
     with pytest.raises(RuntimeError, match=r"\[lcattn\] grouped_gemm_masked: counts values must lie in \[0, 3\]"):
         ops.grouped_gemm_masked(x.view(2, 3, 8), w, as_int([1, 4], device))
-    with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_route: topk must lie in \[1, E = 4\]"):
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_route: k must lie in \[1, E = 4\]"):
         ops.moe_route(torch.randn(3, 4, device=device), 5, 1.0)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_route: token_ids values must lie in \[0, 9\]"):
         ops.moe_route(torch.randn(3, 4, device=device), 2, 1.0, tid2eid=as_int([[0, 1]] * 10, device),

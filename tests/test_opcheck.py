@@ -1,4 +1,7 @@
-"""torch.library.opcheck on every op: schema, fake kernel, autograd registration, AOT dispatch."""
+"""torch.library.opcheck on every op (schema, fake kernel, autograd registration, AOT dispatch), one
+signature per op (wrapper = schema), and no silent backward."""
+import inspect
+
 import pytest
 import torch
 
@@ -25,13 +28,14 @@ def cases(device):
                         rand(8), torch.rand(2, device=device), torch.zeros(2, 4, 8, device=device), 4, True, 1e-6),
         "indexer_scores": (iq, iw, ik, i32([2, 20]), 4),
         "topk_indices": (rand(3, 20), 5),
-        "indexer_topk": (iq, iw, ik, i32([2, 20]), 4, 3, 2),
+        "indexer_topk": (iq, iw, ik, i32([2, 20]), 3, 4, 2),
         "gather_rows": (ckv, indices),
         "sparse_attn": (*attn, indices, sink, inv_freq, 0.1, 4),
-        "dense_attn": (*attn, sink, inv_freq, 0.1, 4, 4),
+        "sparse_attn (defaults)": (*attn, indices, sink, inv_freq),
+        "dense_attn": (*attn, sink, inv_freq, 4, 0.1, 4),
         "grouped_gemm_contiguous": (x, w, i32([0, 2, 2, 6])),
         "grouped_gemm_masked": (rand(3, 4, 8, dtype=bf), w, i32([4, 0, 2])),
-        "moe_route": (rand(5, 8), rand(8), None, None, 3, 1.5),
+        "moe_route": (rand(5, 8), 3, 1.5, rand(8)),
         "moe_permute": (x, i32([[0, 1], [2, 0], [1, 2], [0, 2], [1, 0], [2, 1]]), 3),
         "moe_unpermute": (rand(12, 8, dtype=bf), i32([[0, 5], [11, 2]]), rand(2, 2)),
         "moe_experts": (x, rand(6, 2), i32([[0, 1], [2, 0], [1, 2], [0, 2], [1, 0], [2, 1]]), w,
@@ -42,4 +46,31 @@ def cases(device):
 @pytest.mark.parametrize("name", list(cases("cpu")))
 def test_opcheck(device, name):
     args = cases(device)[name]
-    torch.library.opcheck(getattr(torch.ops.lcattn, name).default, args)
+    torch.library.opcheck(getattr(torch.ops.lcattn, name.split()[0]).default, args)
+
+
+OPS = sorted({name.split()[0] for name in cases("cpu")})
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_wrapper_takes_the_schema(name):
+    """ops.<name> has the schema's arguments, in its order, with its defaults, so a positional call
+    to the wrapper and to torch.ops.lcattn.<name> mean the same."""
+    schema = getattr(torch.ops.lcattn, name).default._schema
+    wrapper = inspect.signature(getattr(ops, name)).parameters
+    assert list(wrapper) == [a.name for a in schema.arguments]
+    for arg in schema.arguments:
+        want = arg.default_value if arg.has_default_value() else inspect.Parameter.empty
+        assert wrapper[arg.name].default == want, f"{name}({arg.name}): wrapper default differs from the schema's"
+
+
+def test_no_silent_backward():
+    q, kv, kv_start, q_start, ckv, sink, inv_freq = cases("cpu")["dense_attn"][:7]
+    sink = sink.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: an input requires grad, but the lcattn ops "
+                                           r"have no backward"):
+        ops.dense_attn(q, kv, kv_start, q_start, ckv, sink, inv_freq, 4)
+    with torch.no_grad():
+        out, _ = ops.dense_attn(q, kv, kv_start, q_start, ckv, sink, inv_freq, 4)
+    with torch.inference_mode():
+        assert torch.equal(ops.dense_attn(q, kv, kv_start, q_start, ckv, sink, inv_freq, 4)[0], out)

@@ -15,6 +15,7 @@
 // With several splits (decode), each CTA writes its unnormalised output and (max, sum) to the
 // workspace and a second kernel combines them, adds the sink and undoes the query rotation.
 #include "attention_sm90.h"
+#include "common/device.h"
 #include "common/sm90.cuh"
 
 #include <cuda_bf16.h>
@@ -375,16 +376,9 @@ int64_t attention_workspace_floats(const AttentionParams& p) {
 
 cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
-  // The shared-memory limit is an attribute of the kernel on each device: raise it once per device.
-  static bool configured[64] = {};
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
+  static PerDevice<cudaError_t> smem_limit;
+  cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(attention_sm90_kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
-  if (device >= 64 || !configured[device]) {
-    err = cudaFuncSetAttribute(attention_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-    if (err != cudaSuccess) return err;
-    if (device < 64) configured[device] = true;
-  }
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
   attention_sm90_kernel<<<unsigned(ctas), kThreads, kSmemBytes, stream>>>(p);
   if (p.splits > 1) {

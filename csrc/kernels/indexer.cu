@@ -1,6 +1,7 @@
 // Lightning indexer scoring, top-k selection and row gather on CUDA (SPEC 4).
 #include <cub/block/block_scan.cuh>
 
+#include "common/device.h"
 #include "common/mma.cuh"
 #include "common/reduce.cuh"
 #include "lcattn/api.h"
@@ -233,8 +234,9 @@ cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream) {
   const int64_t rows = p.row_end - p.row_begin;
   if (rows == 0 || p.N == 0) return cudaSuccess;
   if (p.DI == kTileDim) {  // the V4 indexer head dim: tensor cores
-    static const cudaError_t attr = cudaFuncSetAttribute(
-        indexer_scores_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kTileSmem));
+    static PerDevice<cudaError_t> smem_limit;
+    const cudaError_t attr =
+        allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(indexer_scores_mma_kernel), int(kTileSmem));
     if (attr != cudaSuccess) return attr;
     const int64_t tiles = score_tile_of(p, p.row_end - 1) - score_tile_of(p, p.row_begin) + 1;
     const dim3 grid(unsigned(tiles), ceil_div(p.N, kTileKeys));

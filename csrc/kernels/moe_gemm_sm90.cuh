@@ -30,6 +30,7 @@
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 #include "cutlass/util/packed_stride.hpp"
 #include "cutlass/epilogue/collective/detail.hpp"
+#include "common/device.h"
 #include "lcattn/params.h"
 #include "lcattn/shared_math.h"
 #include "moe_gemm_sm90.h"
@@ -259,19 +260,18 @@ __global__ void grouped_gemm_setup_kernel(const GroupedGemmParams p, typename G:
 
 template <class G>
 size_t workspace_bytes(const GroupedGemmParams& p) {
-  int device = 0, num_sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-    return 0;
-  return G::workspace_bytes(p, device, num_sms);
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  return G::workspace_bytes(p, device, device_sm_count(device));
 }
 
 template <class G>
 cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
-  int device = 0, num_sms = 0;
+  int device = 0;
   cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
+  const int num_sms = device_sm_count(device);
+  if (num_sms == 0) return cudaErrorInvalidDevice;
   const typename G::Arrays arr = G::carve(p.workspace, p.E);
   const auto stride_a = cutlass::make_cute_packed_stride(typename G::StrideA{}, make_shape(p.N, p.K, 1));
   const auto stride_b = cutlass::make_cute_packed_stride(typename G::StrideB{}, make_shape(p.M, p.K, 1));

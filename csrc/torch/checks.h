@@ -12,6 +12,8 @@
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include "common/device.h"
 #endif
 
 #include "lcattn/api.h"
@@ -43,6 +45,13 @@ inline void check_tensor(const char* op, const char* name, const at::Tensor& t, 
 }
 
 #if defined(LCATTN_WITH_CUDA)
+// The CUDA kernels are built for sm_90a only (wgmma, setmaxnreg): on another GPU they cannot load.
+inline void check_sm90(const char* op, const at::Tensor& t) {
+  const int cc = device_capability(t.get_device());
+  LCATTN_CHECK(cc == 90, op, "the lcattn CUDA kernels are built for sm_90a (H100, H200) only; ", t.device(),
+               " has compute capability ", cc / 10, ".", cc % 10);
+}
+
 inline bool capturing_cuda_graph() {
   return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
 }
@@ -119,6 +128,7 @@ T* ptr(const at::Tensor& t) {
 #define LCATTN_RUN(op, ref, fn, ...)                                                                  \
   do {                                                                                                \
     if ((ref).is_cuda()) {                                                                            \
+      check_sm90(op, ref);                                                                            \
       const c10::cuda::CUDAGuard guard((ref).device());                                               \
       const cudaError_t err = fn##_cuda(__VA_ARGS__, c10::cuda::getCurrentCUDAStream().stream());      \
       LCATTN_CHECK(err == cudaSuccess, op, "CUDA launch failed: ", cudaGetErrorString(err));          \

@@ -1,4 +1,7 @@
 // Adapters of sparse_attn and dense_attn (SPEC 5).
+#include <cmath>
+#include <optional>
+
 #include "checks.h"
 
 namespace lcattn {
@@ -7,8 +10,8 @@ namespace {
 // Checks what both forms share (the value ranges go to `checks`) and allocates (out, lse).
 AttentionParams attention_params(const char* op, const at::Tensor& q, const at::Tensor& kv,
                                  const at::Tensor& kv_start, const at::Tensor& q_start, const at::Tensor& ckv,
-                                 const at::Tensor& sink, const at::Tensor& inv_freq, double scale, int64_t window,
-                                 ValueChecks& checks, at::Tensor& out, at::Tensor& lse) {
+                                 const at::Tensor& sink, const at::Tensor& inv_freq, std::optional<double> scale,
+                                 int64_t window, ValueChecks& checks, at::Tensor& out, at::Tensor& lse) {
   LCATTN_CHECK(q.dim() == 4, op, "q must be [B, S, H, D], got shape ", q.sizes());
   const int64_t B = q.size(0), S = q.size(1), H = q.size(2), D = q.size(3);
   check_tensor(op, "q", q, at::kBFloat16, {B, S, H, D}, q);
@@ -46,7 +49,7 @@ AttentionParams attention_params(const char* op, const at::Tensor& q, const at::
   p.N = int(ckv.size(1));
   p.window = int(window);
   p.rope_dim = int(2 * inv_freq.size(0));
-  p.scale = float(scale);
+  p.scale = float(scale.value_or(std::pow(double(D), -0.5)));
   p.splits = 1;
   return p;
 }
@@ -55,14 +58,8 @@ AttentionParams attention_params(const char* op, const at::Tensor& q, const at::
 void plan_splits(AttentionParams& p, const at::Tensor& q, at::Tensor& workspace) {
 #if defined(LCATTN_WITH_CUDA)
   if (!q.is_cuda()) return;
-  static int num_sms[64] = {};  // per device, read once: decode calls this every step
-  const int device = q.get_device();
-  int sms = device < 64 ? num_sms[device] : 0;
-  if (sms == 0) {
-    const cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    LCATTN_CHECK(err == cudaSuccess, "attention", "cannot read the multiprocessor count: ", cudaGetErrorString(err));
-    if (device < 64) num_sms[device] = sms;
-  }
+  const int sms = device_sm_count(q.get_device());  // read once per device: decode calls this every step
+  LCATTN_CHECK(sms > 0, "attention", "cannot read the multiprocessor count of ", q.device());
   p.splits = attention_splits(p, sms);
   if (const int64_t floats = attention_workspace_floats(p)) {
     workspace = at::empty({floats}, q.options().dtype(at::kFloat));
@@ -74,7 +71,8 @@ void plan_splits(AttentionParams& p, const at::Tensor& q, at::Tensor& workspace)
 std::tuple<at::Tensor, at::Tensor> sparse_attn(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& kv_start,
                                                const at::Tensor& q_start, const at::Tensor& ckv,
                                                const at::Tensor& indices, const at::Tensor& sink,
-                                               const at::Tensor& inv_freq, double scale, int64_t window) {
+                                               const at::Tensor& inv_freq, std::optional<double> scale,
+                                               int64_t window) {
   constexpr const char* op = "sparse_attn";
   at::Tensor out, lse;
   ValueChecks checks(op);
@@ -93,8 +91,8 @@ std::tuple<at::Tensor, at::Tensor> sparse_attn(const at::Tensor& q, const at::Te
 
 std::tuple<at::Tensor, at::Tensor> dense_attn(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& kv_start,
                                               const at::Tensor& q_start, const at::Tensor& ckv, const at::Tensor& sink,
-                                              const at::Tensor& inv_freq, double scale, int64_t window,
-                                              int64_t ratio) {
+                                              const at::Tensor& inv_freq, int64_t ratio,
+                                              std::optional<double> scale, int64_t window) {
   constexpr const char* op = "dense_attn";
   at::Tensor out, lse;
   ValueChecks checks(op);

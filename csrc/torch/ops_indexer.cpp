@@ -73,7 +73,7 @@ at::Tensor topk_indices(const at::Tensor& scores, int64_t k) {
 
 // Scores a block of query rows at a time, so memory stays O(rows_per_block * N), not O(S * N).
 at::Tensor indexer_topk(const at::Tensor& q, const at::Tensor& weights, const at::Tensor& keys,
-                        const at::Tensor& q_start, int64_t ratio, int64_t k, int64_t block_rows) {
+                        const at::Tensor& q_start, int64_t k, int64_t ratio, int64_t block_rows) {
   constexpr const char* op = "indexer_topk";
   IndexerParams p = indexer_params(op, q, weights, keys, q_start, ratio);
   check_k(op, k);

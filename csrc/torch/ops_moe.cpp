@@ -100,30 +100,30 @@ at::Tensor grouped_gemm_masked(const at::Tensor& x, const at::Tensor& w, const a
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& logits, const std::optional<at::Tensor>& bias,
+std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& logits, int64_t k, double route_scale,
+                                             const std::optional<at::Tensor>& bias,
                                              const std::optional<at::Tensor>& tid2eid,
-                                             const std::optional<at::Tensor>& token_ids, int64_t topk,
-                                             double route_scale) {
+                                             const std::optional<at::Tensor>& token_ids) {
   constexpr const char* op = "moe_route";
   LCATTN_CHECK(logits.dim() == 2, op, "logits must be [T, E], got shape ", logits.sizes());
   const int64_t T = logits.size(0), E = logits.size(1);
   check_tensor(op, "logits", logits, at::kFloat, {T, E}, logits);
-  LCATTN_CHECK(topk >= 1 && topk <= E, op, "topk must lie in [1, E = ", E, "], got ", topk);
+  LCATTN_CHECK(k >= 1 && k <= E, op, "k must lie in [1, E = ", E, "], got ", k);
   if (bias) check_tensor(op, "bias", *bias, at::kFloat, {E}, logits);
   LCATTN_CHECK(tid2eid.has_value() == token_ids.has_value(), op, "tid2eid and token_ids go together");
   LCATTN_CHECK(!(tid2eid && bias), op, "hash routing (tid2eid) takes no bias");
   int64_t V = 0;
   if (tid2eid) {
     V = tid2eid->size(0);
-    check_tensor(op, "tid2eid", *tid2eid, at::kInt, {V, topk}, logits);
+    check_tensor(op, "tid2eid", *tid2eid, at::kInt, {V, k}, logits);
     check_tensor(op, "token_ids", *token_ids, at::kLong, {T}, logits);
     ValueChecks checks(op);
     checks.add("tid2eid", *tid2eid, 0, E - 1);
     checks.add("token_ids", *token_ids, 0, V - 1);
     checks.run();
   }
-  at::Tensor weights = at::empty({T, topk}, logits.options());
-  at::Tensor indices = at::empty({T, topk}, logits.options().dtype(at::kInt));
+  at::Tensor weights = at::empty({T, k}, logits.options());
+  at::Tensor indices = at::empty({T, k}, logits.options().dtype(at::kInt));
   RouteParams p{};
   p.logits = ptr<const float>(logits);
   p.bias = optional_ptr(bias);
@@ -133,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& logits, const std
   p.indices = ptr<int>(indices);
   p.T = int(T);
   p.E = int(E);
-  p.k = int(topk);
+  p.k = int(k);
   p.V = int(V);
   p.route_scale = float(route_scale);
   LCATTN_RUN(op, logits, moe_route, p);
@@ -203,9 +203,9 @@ at::Tensor moe_experts(const at::Tensor& x, const std::optional<at::Tensor>& wei
   check_tensor(op, "x", x, at::kBFloat16, {T, D}, x);
   check_tensor(op, "indices", indices, at::kInt, {T, k}, x);
   if (weights) check_tensor(op, "weights", *weights, at::kFloat, {T, k}, x);
-  check_tensor(op, "w_gate_up", w_gate_up, at::kBFloat16, {E, 2 * I, D}, x);
   LCATTN_CHECK(w_gate_up.size(1) % 2 == 0, op, "w_gate_up dim 1 must be even (gate and up rows), got ",
                w_gate_up.size(1));
+  check_tensor(op, "w_gate_up", w_gate_up, at::kBFloat16, {E, 2 * I, D}, x);
   check_tensor(op, "w_down", w_down, at::kBFloat16, {E, D, I}, x);
   check_gemm_dims(op, 2 * I, D);
   check_gemm_dims(op, D, I);

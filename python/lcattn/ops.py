@@ -1,9 +1,14 @@
-"""Typed Python wrappers of torch.ops.lcattn.* and their fake (meta) kernels.
+"""Typed Python wrappers of torch.ops.lcattn.*, each beside its fake (meta) kernel.
 
-Layout (see README): batches are padded. A query or new-token tensor is [B, S, ...]; row s of
-sequence b sits at absolute position q_start[b] + s (start_pos for the compressor). Raw window
-keys are [B, L, D] with row j at position kv_start[b] + j. Compressed entries are [B, N, D] with
-entry i at row i. Index tensors are int32 with -1 for "none"; lengths and positions are int32.
+A wrapper takes the arguments of its op's schema (csrc/torch/registration.cpp) in the same order,
+with the same defaults, and forwards them unchanged: `ops.f(*args)` and `torch.ops.lcattn.f(*args)`
+are the same call. The ops are for inference: they have no backward, and a call with an input that
+requires grad (under grad mode) raises an `[lcattn]` error.
+
+Layout (docs/SPEC.md section 0): batches are padded. A query or new-token tensor is [B, S, ...];
+row s of sequence b sits at absolute position q_start[b] + s (start_pos for the compressor). Raw
+window keys are [B, L, D] with row j at position kv_start[b] + j. Compressed entries are [B, N, D]
+with entry i at row i. Index tensors are int32 with -1 for "none"; lengths and positions are int32.
 """
 from typing import Optional, Tuple
 
@@ -30,6 +35,12 @@ def compress_kv(kv: Tensor, score: Tensor, seq_lens: Tensor, start_pos: Tensor, 
                      ratio, overlap, eps)
 
 
+@torch.library.register_fake("lcattn::compress_kv")
+def _(kv, score, seq_lens, start_pos, ring_kv, ring_score, ape, norm_weight, inv_freq, out, ratio, overlap,
+      eps=1e-6):
+    return None
+
+
 def compress_state(batch: int, ratio: int, width: int, overlap: bool,
                    device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
     """Empty carry-over rings (ring_kv, ring_score) for :func:`compress_kv`."""
@@ -47,10 +58,20 @@ def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, ra
     return _ops.indexer_scores(q, weights, keys, q_start, ratio)
 
 
+@torch.library.register_fake("lcattn::indexer_scores")
+def _(q, weights, keys, q_start, ratio=4):
+    return q.new_empty((q.shape[0], q.shape[1], keys.shape[1]), dtype=torch.float32)
+
+
 def topk_indices(scores: Tensor, k: int) -> Tensor:
     """Per row of scores [..., N] fp32: the min(k, candidates) best indices in ascending order,
     then -1; int32 [..., k]. -inf and NaN scores are never picked; ties go either way."""
     return _ops.topk_indices(scores, k)
+
+
+@torch.library.register_fake("lcattn::topk_indices")
+def _(scores, k):
+    return scores.new_empty((*scores.shape[:-1], k), dtype=torch.int32)
 
 
 def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, k: int, ratio: int = 4,
@@ -60,12 +81,22 @@ def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, k: i
     Scores block_rows query rows at a time (0: as many as fit in 256 MiB), so memory is
     O(block_rows * N) rather than O(S * N).
     """
-    return _ops.indexer_topk(q, weights, keys, q_start, ratio, k, block_rows)
+    return _ops.indexer_topk(q, weights, keys, q_start, k, ratio, block_rows)
+
+
+@torch.library.register_fake("lcattn::indexer_topk")
+def _(q, weights, keys, q_start, k, ratio=4, block_rows=0):
+    return q.new_empty((q.shape[0], q.shape[1], k), dtype=torch.int32)
 
 
 def gather_rows(pool: Tensor, indices: Tensor) -> Tensor:
     """pool [B, N, D], indices [B, S, K] int32 in [-1, N) -> [B, S, K, D]; -1 gives zeros."""
     return _ops.gather_rows(pool, indices)
+
+
+@torch.library.register_fake("lcattn::gather_rows")
+def _(pool, indices):
+    return pool.new_empty((*indices.shape, pool.shape[-1]))
 
 
 def sparse_attn(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: Tensor, indices: Tensor,
@@ -78,8 +109,16 @@ def sparse_attn(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: T
     the query rotation on the output's last rope_dim channels. Returns out [B, S, H, D] bf16 and
     the log-sum-exp [B, S, H] fp32 of the scaled logits without the sink. scale defaults to D^-0.5.
     """
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
     return _ops.sparse_attn(q, kv, kv_start, q_start, ckv, indices, sink, inv_freq, scale, window)
+
+
+def _attention_fake(q):
+    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.register_fake("lcattn::sparse_attn")
+def _(q, kv, kv_start, q_start, ckv, indices, sink, inv_freq, scale=None, window=128):
+    return _attention_fake(q)
 
 
 def dense_attn(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: Tensor, sink: Tensor,
@@ -87,8 +126,12 @@ def dense_attn(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: Te
                window: int = 128) -> Tuple[Tensor, Tensor]:
     """As :func:`sparse_attn`, with every visible entry i < (p + 1) // ratio of ckv; ratio 0 is
     window-only attention."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return _ops.dense_attn(q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, ratio)
+    return _ops.dense_attn(q, kv, kv_start, q_start, ckv, sink, inv_freq, ratio, scale, window)
+
+
+@torch.library.register_fake("lcattn::dense_attn")
+def _(q, kv, kv_start, q_start, ckv, sink, inv_freq, ratio, scale=None, window=128):
+    return _attention_fake(q)
 
 
 def grouped_gemm_contiguous(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
@@ -97,13 +140,23 @@ def grouped_gemm_contiguous(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
     return _ops.grouped_gemm_contiguous(x, w, offsets)
 
 
+@torch.library.register_fake("lcattn::grouped_gemm_contiguous")
+def _(x, w, offsets):
+    return x.new_empty((x.shape[0], w.shape[1]))
+
+
 def grouped_gemm_masked(x: Tensor, w: Tensor, counts: Tensor) -> Tensor:
     """x [E, M, K] bf16, w [E, N, K] bf16, counts [E] int32 -> y [E, M, N] bf16; rows at or past
     counts[e] are zero."""
     return _ops.grouped_gemm_masked(x, w, counts)
 
 
-def moe_route(logits: Tensor, topk: int, route_scale: float, bias: Optional[Tensor] = None,
+@torch.library.register_fake("lcattn::grouped_gemm_masked")
+def _(x, w, counts):
+    return x.new_empty((x.shape[0], x.shape[1], w.shape[1]))
+
+
+def moe_route(logits: Tensor, k: int, route_scale: float, bias: Optional[Tensor] = None,
               tid2eid: Optional[Tensor] = None, token_ids: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """MoE routing (SPEC 6) of logits [T, E] fp32: (weights [T, k] fp32, experts [T, k] int32).
 
@@ -111,7 +164,13 @@ def moe_route(logits: Tensor, topk: int, route_scale: float, bias: Optional[Tens
     wins a tie), or tid2eid[token_ids] for hash-routed layers (tid2eid [V, k] int32, token_ids [T]
     int64). weights = s[experts] / sum(s[experts]) * route_scale.
     """
-    return _ops.moe_route(logits, bias, tid2eid, token_ids, topk, route_scale)
+    return _ops.moe_route(logits, k, route_scale, bias, tid2eid, token_ids)
+
+
+@torch.library.register_fake("lcattn::moe_route")
+def _(logits, k, route_scale, bias=None, tid2eid=None, token_ids=None):
+    shape = (logits.shape[0], k)
+    return logits.new_empty(shape), logits.new_empty(shape, dtype=torch.int32)
 
 
 def moe_permute(x: Tensor, indices: Tensor, num_experts: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -123,9 +182,21 @@ def moe_permute(x: Tensor, indices: Tensor, num_experts: int) -> Tuple[Tensor, T
     return _ops.moe_permute(x, indices, num_experts)
 
 
+@torch.library.register_fake("lcattn::moe_permute")
+def _(x, indices, num_experts):
+    return (x.new_empty((indices.shape[0] * indices.shape[1], x.shape[1])),
+            x.new_empty((num_experts + 1,), dtype=torch.int32),
+            x.new_empty(indices.shape, dtype=torch.int32))
+
+
 def moe_unpermute(y: Tensor, rows: Tensor, weights: Optional[Tensor] = None) -> Tensor:
     """out[t] = sum_j weights[t, j] * y[rows[t, j]] in fp32 -> [T, D] bf16 (weights default 1)."""
     return _ops.moe_unpermute(y, rows, weights)
+
+
+@torch.library.register_fake("lcattn::moe_unpermute")
+def _(y, rows, weights=None):
+    return y.new_empty((rows.shape[0], y.shape[1]))
 
 
 def moe_experts(x: Tensor, weights: Optional[Tensor], indices: Tensor, w_gate_up: Tensor, w_down: Tensor,
@@ -142,6 +213,11 @@ def moe_experts(x: Tensor, weights: Optional[Tensor], indices: Tensor, w_gate_up
     return _ops.moe_experts(x, weights, indices, w_gate_up, w_down, swiglu_limit)
 
 
+@torch.library.register_fake("lcattn::moe_experts")
+def _(x, weights, indices, w_gate_up, w_down, swiglu_limit):
+    return torch.empty_like(x)
+
+
 def interleave_gate_up(w: Tensor) -> Tensor:
     """[..., 2I, D] gate rows then up rows -> the layout moe_experts reads: rows 16b .. 16b + 7 are gate
     features 8b .. 8b + 7 and the next 8 rows their up features, so the gate+up GEMM's epilogue finds each
@@ -150,77 +226,3 @@ def interleave_gate_up(w: Tensor) -> Tensor:
     if rows % 16:
         raise ValueError(f"[lcattn] interleave_gate_up: 2I must be a multiple of 16, got {rows}")
     return w.reshape(*lead, 2, rows // 16, 8, cols).transpose(-4, -3).reshape(w.shape).contiguous()
-
-
-# Fake kernels: shapes and dtypes only, for torch.compile and opcheck.
-
-@torch.library.register_fake("lcattn::compress_kv")
-def _(kv, score, seq_lens, start_pos, ring_kv, ring_score, ape, norm_weight, inv_freq, out, ratio, overlap, eps):
-    return None
-
-
-@torch.library.register_fake("lcattn::indexer_scores")
-def _(q, weights, keys, q_start, ratio):
-    return q.new_empty((q.shape[0], q.shape[1], keys.shape[1]), dtype=torch.float32)
-
-
-@torch.library.register_fake("lcattn::topk_indices")
-def _(scores, k):
-    return scores.new_empty((*scores.shape[:-1], k), dtype=torch.int32)
-
-
-@torch.library.register_fake("lcattn::indexer_topk")
-def _(q, weights, keys, q_start, ratio, k, block_rows=0):
-    return q.new_empty((q.shape[0], q.shape[1], k), dtype=torch.int32)
-
-
-@torch.library.register_fake("lcattn::gather_rows")
-def _(pool, indices):
-    return pool.new_empty((*indices.shape, pool.shape[-1]))
-
-
-def _attention_fake(q):
-    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
-
-
-@torch.library.register_fake("lcattn::sparse_attn")
-def _(q, kv, kv_start, q_start, ckv, indices, sink, inv_freq, scale, window):
-    return _attention_fake(q)
-
-
-@torch.library.register_fake("lcattn::dense_attn")
-def _(q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, ratio):
-    return _attention_fake(q)
-
-
-@torch.library.register_fake("lcattn::grouped_gemm_contiguous")
-def _(x, w, offsets):
-    return x.new_empty((x.shape[0], w.shape[1]))
-
-
-@torch.library.register_fake("lcattn::grouped_gemm_masked")
-def _(x, w, counts):
-    return x.new_empty((x.shape[0], x.shape[1], w.shape[1]))
-
-
-@torch.library.register_fake("lcattn::moe_route")
-def _(logits, bias, tid2eid, token_ids, topk, route_scale):
-    shape = (logits.shape[0], topk)
-    return logits.new_empty(shape), logits.new_empty(shape, dtype=torch.int32)
-
-
-@torch.library.register_fake("lcattn::moe_permute")
-def _(x, indices, num_experts):
-    return (x.new_empty((indices.shape[0] * indices.shape[1], x.shape[1])),
-            x.new_empty((num_experts + 1,), dtype=torch.int32),
-            x.new_empty(indices.shape, dtype=torch.int32))
-
-
-@torch.library.register_fake("lcattn::moe_unpermute")
-def _(y, rows, weights):
-    return y.new_empty((rows.shape[0], y.shape[1]))
-
-
-@torch.library.register_fake("lcattn::moe_experts")
-def _(x, weights, indices, w_gate_up, w_down, swiglu_limit):
-    return torch.empty_like(x)
