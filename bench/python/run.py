@@ -211,10 +211,10 @@ def sparse_attn_cases(quick):
     # Decode as a serving loop runs it: captured in a CUDA graph (no host checks), ours and the baseline.
     for B in (1, 64, 128):
         H, K, N = 64, 512, 32768
-        def make(B=B):
+        def make(B=B, H=H, K=K, N=N):
             a = attention_inputs(B, 1, H, K, N, pos=4 * N - 1)
             return graphed(lambda: ops.sparse_attn(*a[:5], a[7], a[5], a[6]))
-        def make_base(B=B):
+        def make_base(B=B, H=H, K=K, N=N):
             a = attention_inputs(B, 1, H, K, N, pos=4 * N - 1)
             return graphed(lambda: unfused_sparse(*a[:5], a[5], a[7]))
         flops = 4 * H * 512 * (K + 128) * B
@@ -245,10 +245,10 @@ def dense_attn_cases(quick):
     for S, N in ((4096, 1024),) if quick else ((1024, 1024), (4096, 1024), (4096, 4096), (4096, 8192)):
         H = 64
         # Every loop value a builder reads is bound as a default: the driver lists all cases before it runs any.
-        def make(S=S, N=N):
+        def make(S=S, N=N, H=H):
             a = attention_inputs(1, S, H, 0, N, pos=128 * N - S, sparse=False)
             return lambda: ops.dense_attn(*a[:5], a[5], a[6], ratio=128)
-        def make_flex(S=S, N=N):
+        def make_flex(S=S, N=N, H=H):
             a = attention_inputs(1, S, H, 0, N, pos=128 * N - S, sparse=False)
             return flex_dense(*a[:6])
         flops = 4 * H * 512 * (N + 128) * S

@@ -11,7 +11,16 @@ def _load_extension():
     if not found:
         raise ImportError(f"[lcattn] the compiled extension lcattn/_C*.so is missing under {here}: "
                           "install the package with `pip install --no-build-isolation .`")
-    torch.ops.load_library(found[0])
+    rebuild = "rebuild it against this torch with `pip install --no-build-isolation .`"
+    try:
+        torch.ops.load_library(found[0])
+    except OSError as err:
+        raise ImportError(f"[lcattn] cannot load {found[0]} with torch {torch.__version__} ({err}); it was likely "
+                          f"built against another torch: {rebuild}") from err
+    built = torch.ops.lcattn._built_with_torch()
+    if built not in ("unknown", torch.__version__):
+        raise ImportError(f"[lcattn] {found[0]} was built against torch {built}, but torch {torch.__version__} "
+                          f"is installed: {rebuild}")
 
 
 _load_extension()
