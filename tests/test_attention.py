@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lcattn import ops, reference
+from lcattn.modules.rope import plain_inv_freq
 from lcattn.testing import MODEL_SHAPES, assert_close
 
 OUT_TOL, LSE_TOL = 1e-2, 1e-4  # bf16 output; fp32 log-sum-exp
@@ -15,7 +16,7 @@ def make_attention(B, S, H, D, rope_dim, L, N, q_start, kv_start, device):
     kv = torch.randn(B, L, D, device=device).bfloat16()
     ckv = torch.randn(B, N, D, device=device).bfloat16()
     sink = torch.randn(H, device=device)
-    inv_freq = 10000.0 ** (-torch.arange(0, rope_dim, 2, device=device).float() / rope_dim)
+    inv_freq = plain_inv_freq(10000.0, rope_dim, device)
     as_int = lambda v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
     return q, kv, as_int(kv_start), as_int(q_start), ckv, sink, inv_freq
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from lcattn import ops, reference
+from lcattn.modules.rope import plain_inv_freq
 from lcattn.testing import assert_close
 
 # (ratio, overlap, c, rope_dim): the three compressor instances of V4, plus a tiny one.
@@ -15,7 +16,7 @@ def make_inputs(B, T, ratio, overlap, c, rope_dim, device):
     score = torch.randn(B, T, width, device=device) * 2
     ape = torch.randn(ratio, width, device=device)
     norm_weight = torch.rand(c, device=device) + 0.5
-    inv_freq = 160000.0 ** (-torch.arange(0, rope_dim, 2, device=device).float() / rope_dim)
+    inv_freq = plain_inv_freq(160000.0, rope_dim, device)
     return kv, score, ape, norm_weight, inv_freq
 
 

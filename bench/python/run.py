@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lcattn import ops, reference
+from lcattn.modules.rope import plain_inv_freq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import layers  # noqa: E402
@@ -123,7 +124,7 @@ def attention_inputs(B, S, H, K, N, pos, window=128, D=512, sparse=True):
     q_start = torch.full((B,), pos, dtype=torch.int32, device=DEV)
     kv_start = q_start - (window - 1)
     sink = torch.randn(H, device=DEV)
-    freqs = 160000.0 ** (-torch.arange(0, 64, 2, device=DEV).float() / 64)
+    freqs = plain_inv_freq(160000.0, 64, DEV)
     idx = torch.argsort(torch.rand(B * S, N, device=DEV), dim=1)[:, :K].to(torch.int32).view(B, S, K) if sparse else None
     return q, kv, kv_start, q_start, ckv, sink, freqs, idx
 
@@ -407,7 +408,7 @@ def compress_cases(quick):
         def inputs(ratio=ratio, overlap=overlap, width=width):
             kv, score = torch.randn(1, T, width, device=DEV), torch.randn(1, T, width, device=DEV)
             ape, w = torch.randn(ratio, width, device=DEV), torch.ones(512, device=DEV)
-            freqs = 160000.0 ** (-torch.arange(0, 64, 2, device=DEV).float() / 64)
+            freqs = plain_inv_freq(160000.0, 64, DEV)
             return kv, score, ape, w, freqs
         def ours(ratio=ratio, overlap=overlap, width=width):
             kv, score, ape, w, f = inputs(ratio, overlap, width)

@@ -6,15 +6,20 @@ import torch
 from lcattn.modules.config import SLIDING, DeepseekV4Config
 
 
+def plain_inv_freq(base: float, dim: int, device=None) -> torch.Tensor:
+    """[dim / 2] fp32 inverse frequencies base^(-2k / dim) of plain RoPE (SPEC 1)."""
+    return 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim)
+
+
 def inv_freq(config: DeepseekV4Config, layer_type: str) -> torch.Tensor:
     """[rope_dim / 2] fp32 inverse frequencies of a layer kind (YaRN: frequencies only)."""
     dim = config.rope_dim
     if layer_type == SLIDING:
-        return 1.0 / config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)
+        return plain_inv_freq(config.rope_theta, dim)
     base = config.compress_rope_theta
-    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)
+    plain = plain_inv_freq(base, dim)
     if not config.yarn_factor:
-        return 1.0 / pos_freqs
+        return plain
 
     def correction_dim(rotations: float) -> float:
         return dim * math.log(config.yarn_original_positions / (rotations * 2 * math.pi)) / (2 * math.log(base))
@@ -23,7 +28,7 @@ def inv_freq(config: DeepseekV4Config, layer_type: str) -> torch.Tensor:
     high = min(math.ceil(correction_dim(config.yarn_beta_slow)), dim - 1)
     ramp = ((torch.arange(dim // 2, dtype=torch.float) - low) / max(high - low, 1e-3)).clamp(0, 1)
     keep = 1 - ramp  # 1: extrapolate (high frequencies), 0: interpolate by the factor
-    return 1.0 / (config.yarn_factor * pos_freqs) * (1 - keep) + 1.0 / pos_freqs * keep
+    return plain / config.yarn_factor * (1 - keep) + plain * keep
 
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, sign: float = 1.0) -> torch.Tensor:

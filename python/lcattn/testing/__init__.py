@@ -2,15 +2,19 @@
 import torch
 from torch import Tensor
 
-# SPEC.md section 1, the dimensions the ops see.
-MODEL_SHAPES = {
-    "flash": dict(hidden=4096, heads=64, head_dim=512, rope_dim=64, window=128, index_heads=64,
-                  index_dim=128, index_topk=512, experts=256, experts_per_token=6, expert_dim=2048,
-                  route_scale=1.5),
-    "pro": dict(hidden=7168, heads=128, head_dim=512, rope_dim=64, window=128, index_heads=64,
-                index_dim=128, index_topk=1024, experts=384, experts_per_token=6, expert_dim=3072,
-                route_scale=2.5),
-}
+from lcattn.modules.config import DeepseekV4Config
+
+
+def _op_shapes(config: DeepseekV4Config) -> dict:
+    """The dimensions the ops see in a model preset (SPEC 1)."""
+    return dict(hidden=config.hidden_size, heads=config.num_heads, head_dim=config.head_dim,
+                rope_dim=config.rope_dim, window=config.window, index_heads=config.index_heads,
+                index_dim=config.index_dim, index_topk=config.index_topk, experts=config.num_experts,
+                experts_per_token=config.experts_per_token, expert_dim=config.expert_dim,
+                route_scale=config.route_scale)
+
+
+MODEL_SHAPES = {"flash": _op_shapes(DeepseekV4Config.flash()), "pro": _op_shapes(DeepseekV4Config.pro())}
 
 
 def rel_err(out: Tensor, ref: Tensor) -> float:
