@@ -65,7 +65,8 @@ def test_sparse_model_shapes(device, model):
 @pytest.mark.parametrize("ratio,q_start", [(128, [0, 1000]), (4, [5, 61]), (0, [3, 300])])
 def test_dense_matches_reference(device, ratio, q_start):
     B, S, H, D, N = 2, 6, 4, 128, 9
-    q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, D, 32, 140, N, q_start, [0, max(0, q_start[1] - 133)], device)
+    kv_start = [0, max(0, q_start[1] - 133)]
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, D, 32, 140, N, q_start, kv_start, device)
     out, lse = ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
     check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
 

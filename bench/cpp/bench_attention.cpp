@@ -4,8 +4,8 @@
 
 int main(int argc, char** argv) {
   const bench::Args args{argc, argv};
-  const int B = args.get("batch", 1), S = args.get("tokens", 256), H = args.get("heads", 64),
-            K = args.get("topk", 512), N = args.get("entries", 8192), W = args.get("window", 128);
+  const int B = args.get("batch", 1), S = args.get("tokens", 256), H = args.get("heads", 64), K = args.get("topk", 512),
+            N = args.get("entries", 8192), W = args.get("window", 128);
   const int D = 512, rope = 64, L = S + W - 1, pos = 4 * N - S;
   bench::Buffer<lcattn::bf16> q(size_t(B) * S * H * D), kv(size_t(B) * L * D), ckv(size_t(B) * N * D);
   bench::Buffer<lcattn::bf16> out(size_t(B) * S * H * D);
@@ -64,8 +64,9 @@ int main(int argc, char** argv) {
   const double flops = 4.0 * H * D * (K + W) * S * B;
   const double bytes = 2.0 * (2.0 * B * S * H * D + double(B) * S * (K + W) * D);
   bench::csv_header();
-  bench::csv_line("sparse_attn", "B=" + std::to_string(B) + " S=" + std::to_string(S) + " H=" + std::to_string(H) +
-                                     " K=" + std::to_string(K) + "+" + std::to_string(W),
+  bench::csv_line("sparse_attn",
+                  "B=" + std::to_string(B) + " S=" + std::to_string(S) + " H=" + std::to_string(H) +
+                      " K=" + std::to_string(K) + "+" + std::to_string(W),
                   ms, flops, bytes, err);
   return err < 2e-2 ? 0 : 1;
 }

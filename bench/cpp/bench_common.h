@@ -15,13 +15,13 @@
 
 #include "lcattn/api.h"
 
-#define BENCH_CHECK(call)                                                                       \
-  do {                                                                                          \
-    const cudaError_t err_ = (call);                                                            \
-    if (err_ != cudaSuccess) {                                                                  \
+#define BENCH_CHECK(call)                                                                           \
+  do {                                                                                              \
+    const cudaError_t err_ = (call);                                                                \
+    if (err_ != cudaSuccess) {                                                                      \
       std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                             \
-    }                                                                                           \
+      std::exit(1);                                                                                 \
+    }                                                                                               \
   } while (0)
 
 namespace bench {
@@ -92,8 +92,10 @@ double time_ms(Launch launch, int reps = 20) {
 template <typename A, typename B>
 double rel_err(const std::vector<A>& a, const std::vector<B>& b) {
   auto val = [](auto x) -> double {
-    if constexpr (std::is_same_v<decltype(x), lcattn::bf16>) return lcattn::bf16_to_float(x);
-    else return double(x);
+    if constexpr (std::is_same_v<decltype(x), lcattn::bf16>)
+      return lcattn::bf16_to_float(x);
+    else
+      return double(x);
   };
   double num = 0, den = 0;
   size_t mismatched = 0;

@@ -37,8 +37,8 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < ref_indices.size(); ++i) differing += indices.host[i] != ref_indices[i];
   const double topk_err = double(differing) / ref_indices.size();
 
-  const std::string shape = "S=" + std::to_string(S) + " N=" + std::to_string(N) + " HI=" + std::to_string(HI) +
-                            " DI=" + std::to_string(DI);
+  const std::string shape =
+      "S=" + std::to_string(S) + " N=" + std::to_string(N) + " HI=" + std::to_string(HI) + " DI=" + std::to_string(DI);
   bench::csv_header();
   bench::csv_line("indexer_scores", shape, score_ms, 2.0 * S * N * HI * DI,
                   2.0 * (double(S) * HI * DI + double(N) * DI) + 4.0 * S * N, score_err);

@@ -26,9 +26,9 @@ int main(int argc, char** argv) {
   y.download();
   const double err = bench::rel_err(y.host, ref);
   bench::csv_header();
-  bench::csv_line("grouped_gemm_contiguous",
-                  "E=" + std::to_string(E) + " rows=" + std::to_string(R) + " N=" + std::to_string(N) +
-                      " K=" + std::to_string(K),
-                  ms, 2.0 * M * N * K, 2.0 * (double(M) * K + double(E) * N * K + double(M) * N), err);
+  bench::csv_line(
+      "grouped_gemm_contiguous",
+      "E=" + std::to_string(E) + " rows=" + std::to_string(R) + " N=" + std::to_string(N) + " K=" + std::to_string(K),
+      ms, 2.0 * M * N * K, 2.0 * (double(M) * K + double(E) * N * K + double(M) * N), err);
   return err < 1e-2 ? 0 : 1;
 }

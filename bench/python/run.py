@@ -125,7 +125,9 @@ def attention_inputs(B, S, H, K, N, pos, window=128, D=512, sparse=True):
     kv_start = q_start - (window - 1)
     sink = torch.randn(H, device=DEV)
     freqs = plain_inv_freq(160000.0, 64, DEV)
-    idx = torch.argsort(torch.rand(B * S, N, device=DEV), dim=1)[:, :K].to(torch.int32).view(B, S, K) if sparse else None
+    idx = None
+    if sparse:
+        idx = torch.argsort(torch.rand(B * S, N, device=DEV), dim=1)[:, :K].to(torch.int32).view(B, S, K)
     return q, kv, kv_start, q_start, ckv, sink, freqs, idx
 
 
@@ -148,8 +150,8 @@ def flash_mla_sparse():
     index, so the window rows and the entries are joined and the window indices added beforehand."""
     try:
         import flash_mla
-        kernel = lambda q, pool, full, scale, sink: flash_mla.flash_mla_sparse_fwd(q, pool, full, scale, 512,
-                                                                                  attn_sink=sink)[0]
+        def kernel(q, pool, full, scale, sink):
+            return flash_mla.flash_mla_sparse_fwd(q, pool, full, scale, 512, attn_sink=sink)[0]
     except ImportError:
         lib = os.environ.get("LCATTN_FLASHMLA_LIB", str(ROOT / "build/baselines/flashmla_baseline.so"))
         try:
@@ -290,7 +292,8 @@ def topk_cases(quick):
             s = torch.randn(R, N, device=DEV)
             return lambda: torch.topk(s, 512, dim=-1)
         # Rows of a 4096-query prefill chunk form the context curve; 1 and 64 rows are decode batches.
-        yield "topk_indices", f"rows={R} N={N} k=512", 0, 4 * R * N, make, {"torch.topk": base}, 4 * N if R == 4096 else 0
+        yield ("topk_indices", f"rows={R} N={N} k=512", 0, 4 * R * N, make, {"torch.topk": base},
+               4 * N if R == 4096 else 0)
 
 
 def gemm_cases(quick):
@@ -358,7 +361,8 @@ def torch_moe_block(x, gate, bias, w_gate_up, w_down, k, route_scale, limit):
     weights = weights / weights.sum(-1, keepdim=True) * route_scale
     flat = idx.flatten()
     order = torch.argsort(flat, stable=True)
-    counts = torch.zeros(E, dtype=torch.int32, device=x.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+    ones = torch.ones_like(flat, dtype=torch.int32)
+    counts = torch.zeros(E, dtype=torch.int32, device=x.device).index_add_(0, flat, ones)
     offs = counts.cumsum(0).to(torch.int32)
     gate_up = F.grouped_mm(x[order // k], w_gate_up.transpose(-2, -1), offs=offs)
     g, u = gate_up.float().chunk(2, dim=-1)
@@ -414,7 +418,8 @@ def compress_cases(quick):
             kv, score, ape, w, f = inputs(ratio, overlap, width)
             rk, rs = ops.compress_state(1, ratio, width, overlap, DEV)
             out = torch.empty(1, T // ratio, 512, device=DEV, dtype=BF)
-            lens, start = torch.tensor([T], dtype=torch.int32, device=DEV), torch.zeros(1, dtype=torch.int32, device=DEV)
+            lens = torch.tensor([T], dtype=torch.int32, device=DEV)
+            start = torch.zeros(1, dtype=torch.int32, device=DEV)
             return lambda: ops.compress_kv(kv, score, lens, start, rk, rs, ape, w, f, out, ratio, overlap)
         def base(ratio=ratio, overlap=overlap, width=width):
             a = inputs(ratio, overlap, width)

@@ -47,8 +47,7 @@ void attention_cpu(const AttentionParams& p) {
     // No key at all only happens when the window holds none of the query's positions.
     const float denom = keys.empty() ? 1.f : sum + std::exp(p.sink[h] - mx);
     for (int d = 0; d < p.D; ++d) acc[d] /= denom;
-    for (int k = 0; k < p.rope_dim / 2; ++k)
-      rope_rotate_pair(&acc[p.D - p.rope_dim + 2 * k], pos, p.inv_freq[k], -1.f);
+    for (int k = 0; k < p.rope_dim / 2; ++k) rope_rotate_pair(&acc[p.D - p.rope_dim + 2 * k], pos, p.inv_freq[k], -1.f);
     for (int d = 0; d < p.D; ++d) p.out[n * p.D + d] = float_to_bf16(acc[d]);
     p.lse[n] = keys.empty() ? -INFINITY : mx + std::log(sum);
   });

@@ -62,9 +62,7 @@ void moe_permute_cpu(const PermuteParams& p) {
   for (int e = 0; e < p.E; ++e) fill[e + 1] += fill[e];
   std::copy(fill.begin(), fill.end(), p.offsets);
   for (int64_t n = 0; n < slots; ++n) p.rows[n] = fill[p.indices[n]]++;
-  parallel_for(slots, [&](int64_t n) {
-    std::copy_n(p.x + (n / p.k) * p.D, p.D, p.x_perm + int64_t(p.rows[n]) * p.D);
-  });
+  parallel_for(slots, [&](int64_t n) { std::copy_n(p.x + (n / p.k) * p.D, p.D, p.x_perm + int64_t(p.rows[n]) * p.D); });
 }
 
 void moe_unpermute_cpu(const UnpermuteParams& p) {
@@ -94,7 +92,8 @@ size_t moe_experts_workspace_bytes(const MoeExpertsParams& p, bool cuda) {
   size_t gemm = 0;
 #if defined(LCATTN_WITH_CUDA)
   if (cuda)
-    gemm = std::max(grouped_gemm_workspace_bytes(plan.gate_up_gemm(p)), grouped_gemm_workspace_bytes(plan.down_gemm(p)));
+    gemm =
+        std::max(grouped_gemm_workspace_bytes(plan.gate_up_gemm(p)), grouped_gemm_workspace_bytes(plan.down_gemm(p)));
 #else
   (void)cuda;
 #endif

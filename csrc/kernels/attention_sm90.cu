@@ -25,17 +25,17 @@ namespace {
 
 using namespace sm90;
 
-constexpr int kHeads = 64;                      // M of every wgmma
-constexpr int kDim = 512;                       // head dim
-constexpr int kKeys = 64;                       // keys per buffer
-constexpr int kChunk = 64;                      // bf16 per 128-byte swizzled row
-constexpr int kChunks = kDim / kChunk;          // 8
-constexpr int kChunkBytes = kKeys * 128;        // one [64 rows][64 cols] swizzled chunk: 8 KB
+constexpr int kHeads = 64;                // M of every wgmma
+constexpr int kDim = 512;                 // head dim
+constexpr int kKeys = 64;                 // keys per buffer
+constexpr int kChunk = 64;                // bf16 per 128-byte swizzled row
+constexpr int kChunks = kDim / kChunk;    // 8
+constexpr int kChunkBytes = kKeys * 128;  // one [64 rows][64 cols] swizzled chunk: 8 KB
 constexpr int kThreads = 384;
-constexpr int kPartStride = kDim + 4;          // workspace row: O (512), then (max, sum), 16-byte rows
+constexpr int kPartStride = kDim + 4;  // workspace row: O (512), then (max, sum), 16-byte rows
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
-constexpr int kMaxRopePairs = 32;               // RoPE channels <= 64
+constexpr int kMaxRopePairs = 32;  // RoPE channels <= 64
 
 struct SharedStorage {
   alignas(1024) uint8_t q[kChunks * kChunkBytes];     // Q [8 chunks][64 heads][128 B]
@@ -53,9 +53,9 @@ enum : int { kBarLogits = 1, kBarRead = 2 };
 
 // Keys of one query: window rows first, then entries (selected, or the visible prefix).
 struct QueryKeys {
-  const bf16* window;   // row of position lo
-  const bf16* pool;     // [N, D] of this sequence
-  const int* indices;   // [K] of this query, or null for dense
+  const bf16* window;  // row of position lo
+  const bf16* pool;    // [N, D] of this sequence
+  const int* indices;  // [K] of this query, or null for dense
   int n_window, n_keys, N;
   __device__ QueryKeys(const AttentionParams& p, int64_t row, int b, int pos) {
     const int kv0 = p.kv_start[b];
@@ -115,8 +115,8 @@ __device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, con
 #pragma unroll 4
   for (int j = 0; j < 16; ++j) {
     const int r = warp * 16 + j;
-    const bf16* src = reinterpret_cast<const bf16*>(
-        __shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j));
+    const bf16* src =
+        reinterpret_cast<const bf16*>(__shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j));
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int unit = half * 32 + lane;  // 16-byte unit of the 1 KB row
@@ -137,8 +137,8 @@ __device__ __forceinline__ void prefetch_row_l2(const bf16* row, int lane) {
 
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
   extern __shared__ uint8_t smem_raw[];
-  SharedStorage& sm = *reinterpret_cast<SharedStorage*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  SharedStorage& sm =
+      *reinterpret_cast<SharedStorage*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   const int groups = p.H / kHeads;
   const int split = blockIdx.x % p.splits;
   const int64_t cta = blockIdx.x / p.splits;
@@ -273,8 +273,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
-      wgmma_m64n256k16_rs_bmn(o, pa[kk], smem_desc(sm.k[buf] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024),
-                              1);
+      wgmma_m64n256k16_rs_bmn(o, pa[kk], smem_desc(sm.k[buf] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
     wgmma_commit();
     wgmma_wait<0>();
     fence_registers(o);
@@ -318,8 +317,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       }
       *reinterpret_cast<uint32_t*>(dst + d) = pack_bf16(x0, x1);
     }
-    if (wg == 0 && lane % 4 == 0)
-      p.lse[head0 + r0 + 8 * h] = natural_lse(l_run[h], m_run[h]);
+    if (wg == 0 && lane % 4 == 0) p.lse[head0 + r0 + 8 * h] = natural_lse(l_run[h], m_run[h]);
   }
 }
 

@@ -89,9 +89,8 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_mma_kernel(const 
   const int wm = (warp & 3) * 16, wn = (warp >> 2) * 64;  // this warp's rows and keys in the tile
   float out[8][4] = {};
   if (n0 < min(p.N, (q0 + s_hi) / p.ratio)) {  // some key of the tile is visible to some row
-    stage_rows(keys, kTileKeys, [&](int r) {
-      return n0 + r < p.N ? p.keys + (int64_t(b) * p.N + n0 + r) * kTileDim : nullptr;
-    });
+    stage_rows(keys, kTileKeys,
+               [&](int r) { return n0 + r < p.N ? p.keys + (int64_t(b) * p.N + n0 + r) * kTileDim : nullptr; });
     for (int h = 0; h < p.HI; ++h) {
       __syncthreads();  // the previous head's q and w are consumed
       stage_rows(q, kTileRows, [&](int r) {
@@ -222,8 +221,8 @@ __global__ void gather_rows_kernel(const GatherParams p) {
   const int idx = p.indices[n];
   const int64_t units = p.row_bytes / 2;
   uint16_t* dst = reinterpret_cast<uint16_t*>(p.out + n * p.row_bytes);
-  const uint16_t* src =
-      idx >= 0 && idx < p.N ? reinterpret_cast<const uint16_t*>(p.pool + (int64_t(b) * p.N + idx) * p.row_bytes)
+  const uint16_t* src = idx >= 0 && idx < p.N
+                            ? reinterpret_cast<const uint16_t*>(p.pool + (int64_t(b) * p.N + idx) * p.row_bytes)
                             : nullptr;
   for (int64_t x = threadIdx.x; x < units; x += blockDim.x) dst[x] = src ? src[x] : uint16_t(0);
 }

@@ -117,16 +117,20 @@ __device__ __forceinline__ void unpermute_channels(const UnpermuteParams& p, int
     const float wt = p.weights ? p.weights[t * p.k + j] : 1.f;
     const bf16* y = p.y + int64_t(p.rows[t * p.k + j]) * p.D + d0;
     bf16 v[n];
-    if constexpr (n == 8) *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(y);
-    else v[0] = y[0];
+    if constexpr (n == 8)
+      *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(y);
+    else
+      v[0] = y[0];
 #pragma unroll
     for (int c = 0; c < n; ++c) acc[c] += wt * bf16_to_float(v[c]);
   }
   bf16 out[n];
 #pragma unroll
   for (int c = 0; c < n; ++c) out[c] = float_to_bf16(acc[c]);
-  if constexpr (n == 8) *reinterpret_cast<uint4*>(p.out + t * p.D + d0) = *reinterpret_cast<const uint4*>(out);
-  else p.out[t * p.D + d0] = out[0];
+  if constexpr (n == 8)
+    *reinterpret_cast<uint4*>(p.out + t * p.D + d0) = *reinterpret_cast<const uint4*>(out);
+  else
+    p.out[t * p.D + d0] = out[0];
 }
 
 // grid (T): out[t] = sum_j w[t, j] y[rows[t, j]].
@@ -183,10 +187,14 @@ moe_sm90::Tile tile_for(const GroupedGemmParams& p) {
 
 GemmConfig gemm_config(const GroupedGemmParams& p) {
   switch (tile_for(p)) {
-    case moe_sm90::Tile::n32: return p.gated ? LCATTN_GEMM_CONFIG(n32_gated) : LCATTN_GEMM_CONFIG(n32);
-    case moe_sm90::Tile::n64: return p.gated ? LCATTN_GEMM_CONFIG(n64_gated) : LCATTN_GEMM_CONFIG(n64);
-    case moe_sm90::Tile::n128: return p.gated ? LCATTN_GEMM_CONFIG(n128_gated) : LCATTN_GEMM_CONFIG(n128);
-    default: return p.gated ? LCATTN_GEMM_CONFIG(n256_gated) : LCATTN_GEMM_CONFIG(n256);
+    case moe_sm90::Tile::n32:
+      return p.gated ? LCATTN_GEMM_CONFIG(n32_gated) : LCATTN_GEMM_CONFIG(n32);
+    case moe_sm90::Tile::n64:
+      return p.gated ? LCATTN_GEMM_CONFIG(n64_gated) : LCATTN_GEMM_CONFIG(n64);
+    case moe_sm90::Tile::n128:
+      return p.gated ? LCATTN_GEMM_CONFIG(n128_gated) : LCATTN_GEMM_CONFIG(n128);
+    default:
+      return p.gated ? LCATTN_GEMM_CONFIG(n256_gated) : LCATTN_GEMM_CONFIG(n256);
   }
 }
 #undef LCATTN_GEMM_CONFIG

@@ -114,8 +114,7 @@ class SwigluEpilogue {
             const auto gate = make_coord(make_coord(c, 0, j), mm, nn);
             const auto up = make_coord(make_coord(c, 1, j), mm, nn);
             const int r = get<0>(thr_coords(gate)), n = get<1>(thr_coords(gate));
-            if (r < M && n < N)
-              out[n * ld + r / 16 * 8 + r % 8] = ElementD(swiglu(acc(gate), acc(up), params.limit));
+            if (r < M && n < N) out[n * ld + r / 16 * 8 + r % 8] = ElementD(swiglu(acc(gate), acc(up), params.limit));
           }
         }
       }
@@ -138,17 +137,16 @@ struct GroupedGemm {
   static constexpr int kAlign = 8;               // 16 bytes: K and N multiples of 8
   using StoreEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD*, kAlign, Element, LayoutD*,
-      kAlign, cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD*, kAlign, Element, LayoutD*, kAlign,
+      cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
       cutlass::epilogue::fusion::LinearCombination<Element, float, void>>::CollectiveOp;
-  using Epilogue = cute::conditional_t<
-      Gated,
-      cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<
-          SwigluEpilogue<cutlass::detail::TagToStrideC_t<LayoutD*>>>,
-      StoreEpilogue>;
+  using Epilogue = cute::conditional_t<Gated,
+                                       cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<
+                                           SwigluEpilogue<cutlass::detail::TagToStrideC_t<LayoutD*>>>,
+                                       StoreEpilogue>;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA*, kAlign, Element, LayoutB*, kAlign,
-      float, TileShape, ClusterShape,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA*, kAlign, Element, LayoutB*, kAlign, float,
+      TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
@@ -294,12 +292,11 @@ cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
 }  // namespace lcattn::moe_sm90
 
 // One config per file: defines grouped_gemm_<name> and grouped_gemm_workspace_<name>.
-#define LCATTN_GROUPED_GEMM_SM90(name, TILE_M, TILE_N, TILE_K, CLUSTER_M, GATED)                           \
-  namespace lcattn::moe_sm90 {                                                                           \
-  using Gemm_##name =                                                                                    \
-      GroupedGemm<Shape<Int<TILE_M>, Int<TILE_N>, Int<TILE_K>>, Shape<Int<CLUSTER_M>, _1, _1>, GATED>;   \
-  cudaError_t grouped_gemm_##name(const GroupedGemmParams& p, cudaStream_t stream) {                     \
-    return run<Gemm_##name>(p, stream);                                                                  \
-  }                                                                                                      \
-  size_t grouped_gemm_workspace_##name(const GroupedGemmParams& p) { return workspace_bytes<Gemm_##name>(p); } \
+#define LCATTN_GROUPED_GEMM_SM90(name, TILE_M, TILE_N, TILE_K, CLUSTER_M, GATED)                                       \
+  namespace lcattn::moe_sm90 {                                                                                         \
+  using Gemm_##name = GroupedGemm<Shape<Int<TILE_M>, Int<TILE_N>, Int<TILE_K>>, Shape<Int<CLUSTER_M>, _1, _1>, GATED>; \
+  cudaError_t grouped_gemm_##name(const GroupedGemmParams& p, cudaStream_t stream) {                                   \
+    return run<Gemm_##name>(p, stream);                                                                                \
+  }                                                                                                                    \
+  size_t grouped_gemm_workspace_##name(const GroupedGemmParams& p) { return workspace_bytes<Gemm_##name>(p); }         \
   }

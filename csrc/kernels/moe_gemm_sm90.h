@@ -11,7 +11,7 @@ namespace lcattn::moe_sm90 {
 // Each runs y = x w_e^T for every expert (contiguous when p.offsets, masked when p.counts) and needs
 // p.workspace of grouped_gemm_workspace_<name>(p) bytes; the <name>_gated configs run p.gated
 // problems (SwiGLU in the epilogue). Tiles are (features, rows, K), see the .cuh.
-#define LCATTN_GROUPED_GEMM_SM90_DECLARE(name)                                  \
+#define LCATTN_GROUPED_GEMM_SM90_DECLARE(name)                                      \
   cudaError_t grouped_gemm_##name(const GroupedGemmParams& p, cudaStream_t stream); \
   size_t grouped_gemm_workspace_##name(const GroupedGemmParams& p);
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n32)   // 128 x 32 x 128

@@ -33,12 +33,10 @@ inline void check_dtype_device(const char* op, const char* name, const at::Tenso
 inline void check_tensor(const char* op, const char* name, const at::Tensor& t, at::ScalarType dtype,
                          std::initializer_list<int64_t> shape, const at::Tensor& like) {
   check_dtype_device(op, name, t, dtype, like);
-  LCATTN_CHECK(t.dim() == int64_t(shape.size()), op, name, " must have rank ", shape.size(), ", got shape ",
-               t.sizes());
+  LCATTN_CHECK(t.dim() == int64_t(shape.size()), op, name, " must have rank ", shape.size(), ", got shape ", t.sizes());
   int64_t d = 0;
   for (int64_t want : shape) {
-    LCATTN_CHECK(want < 0 || t.size(d) == want, op, name, " dim ", d, " must be ", want, ", got shape ",
-                 t.sizes());
+    LCATTN_CHECK(want < 0 || t.size(d) == want, op, name, " dim ", d, " must be ", want, ", got shape ", t.sizes());
     ++d;
   }
   LCATTN_CHECK(t.is_contiguous(), op, name, " must be contiguous, got strides ", t.strides());
@@ -90,8 +88,8 @@ class ValueChecks {
     const int64_t* v = host.data_ptr<int64_t>();
     for (size_t i = 0; i < ranges_.size(); ++i) {
       const Range& r = ranges_[i];
-      LCATTN_CHECK(v[2 * i] >= r.lo && v[2 * i + 1] <= r.hi, op_, r.name, " values must lie in [", r.lo, ", ",
-                   r.hi, "], got [", v[2 * i], ", ", v[2 * i + 1], "]");
+      LCATTN_CHECK(v[2 * i] >= r.lo && v[2 * i + 1] <= r.hi, op_, r.name, " values must lie in [", r.lo, ", ", r.hi,
+                   "], got [", v[2 * i], ", ", v[2 * i + 1], "]");
     }
   }
 
@@ -125,29 +123,29 @@ T* ptr(const at::Tensor& t) {
 
 // Runs fn_cpu(args...) or fn_cuda(args..., stream) by the device of `ref`.
 #if defined(LCATTN_WITH_CUDA)
-#define LCATTN_RUN(op, ref, fn, ...)                                                                  \
-  do {                                                                                                \
-    if ((ref).is_cuda()) {                                                                            \
-      check_sm90(op, ref);                                                                            \
-      const c10::cuda::CUDAGuard guard((ref).device());                                               \
-      const cudaError_t err = fn##_cuda(__VA_ARGS__, c10::cuda::getCurrentCUDAStream().stream());      \
-      LCATTN_CHECK(err == cudaSuccess, op, "CUDA launch failed: ", cudaGetErrorString(err));          \
-    } else {                                                                                          \
-      fn##_cpu(__VA_ARGS__);                                                                          \
-    }                                                                                                 \
+#define LCATTN_RUN(op, ref, fn, ...)                                                              \
+  do {                                                                                            \
+    if ((ref).is_cuda()) {                                                                        \
+      check_sm90(op, ref);                                                                        \
+      const c10::cuda::CUDAGuard guard((ref).device());                                           \
+      const cudaError_t err = fn##_cuda(__VA_ARGS__, c10::cuda::getCurrentCUDAStream().stream()); \
+      LCATTN_CHECK(err == cudaSuccess, op, "CUDA launch failed: ", cudaGetErrorString(err));      \
+    } else {                                                                                      \
+      fn##_cpu(__VA_ARGS__);                                                                      \
+    }                                                                                             \
   } while (0)
 #else
-#define LCATTN_RUN(op, ref, fn, ...)                                                        \
-  do {                                                                                      \
-    LCATTN_CHECK(!(ref).is_cuda(), op, "this lcattn build has no CUDA kernels");            \
-    fn##_cpu(__VA_ARGS__);                                                                  \
+#define LCATTN_RUN(op, ref, fn, ...)                                             \
+  do {                                                                           \
+    LCATTN_CHECK(!(ref).is_cuda(), op, "this lcattn build has no CUDA kernels"); \
+    fn##_cpu(__VA_ARGS__);                                                       \
   } while (0)
 #endif
 
 // Registers the adapters of one file, `register_fn(torch::Library&)`, for CPU and (when built) CUDA.
 #if defined(LCATTN_WITH_CUDA)
-#define LCATTN_REGISTER(register_fn)                        \
-  TORCH_LIBRARY_IMPL(lcattn, CPU, m) { register_fn(m); }  \
+#define LCATTN_REGISTER(register_fn)                     \
+  TORCH_LIBRARY_IMPL(lcattn, CPU, m) { register_fn(m); } \
   TORCH_LIBRARY_IMPL(lcattn, CUDA, m) { register_fn(m); }
 #else
 #define LCATTN_REGISTER(register_fn) \

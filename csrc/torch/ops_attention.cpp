@@ -8,10 +8,10 @@ namespace lcattn {
 namespace {
 
 // Checks what both forms share (the value ranges go to `checks`) and allocates (out, lse).
-AttentionParams attention_params(const char* op, const at::Tensor& q, const at::Tensor& kv,
-                                 const at::Tensor& kv_start, const at::Tensor& q_start, const at::Tensor& ckv,
-                                 const at::Tensor& sink, const at::Tensor& inv_freq, std::optional<double> scale,
-                                 int64_t window, ValueChecks& checks, at::Tensor& out, at::Tensor& lse) {
+AttentionParams attention_params(const char* op, const at::Tensor& q, const at::Tensor& kv, const at::Tensor& kv_start,
+                                 const at::Tensor& q_start, const at::Tensor& ckv, const at::Tensor& sink,
+                                 const at::Tensor& inv_freq, std::optional<double> scale, int64_t window,
+                                 ValueChecks& checks, at::Tensor& out, at::Tensor& lse) {
   LCATTN_CHECK(q.dim() == 4, op, "q must be [B, S, H, D], got shape ", q.sizes());
   const int64_t B = q.size(0), S = q.size(1), H = q.size(2), D = q.size(3);
   check_tensor(op, "q", q, at::kBFloat16, {B, S, H, D}, q);
@@ -22,8 +22,8 @@ AttentionParams attention_params(const char* op, const at::Tensor& q, const at::
   check_tensor(op, "sink", sink, at::kFloat, {H}, q);
   check_tensor(op, "inv_freq", inv_freq, at::kFloat, {-1}, q);
   LCATTN_CHECK(D % 2 == 0 && D <= 1024, op, "head dim must be even and <= 1024, got ", D);
-  LCATTN_CHECK(2 * inv_freq.size(0) <= D, op,
-            "rope_dim = 2 * len(inv_freq) must be <= head dim ", D, ", got ", 2 * inv_freq.size(0));
+  LCATTN_CHECK(2 * inv_freq.size(0) <= D, op, "rope_dim = 2 * len(inv_freq) must be <= head dim ", D, ", got ",
+               2 * inv_freq.size(0));
   LCATTN_CHECK(window >= 1, op, "window must be >= 1, got ", window);
   LCATTN_CHECK(B * S * H < INT32_MAX, op, "B * S * H must be < 2^31, got ", B * S * H);
   checks.add("q_start", q_start, 0, INT32_MAX - S);
@@ -91,8 +91,8 @@ std::tuple<at::Tensor, at::Tensor> sparse_attn(const at::Tensor& q, const at::Te
 
 std::tuple<at::Tensor, at::Tensor> dense_attn(const at::Tensor& q, const at::Tensor& kv, const at::Tensor& kv_start,
                                               const at::Tensor& q_start, const at::Tensor& ckv, const at::Tensor& sink,
-                                              const at::Tensor& inv_freq, int64_t ratio,
-                                              std::optional<double> scale, int64_t window) {
+                                              const at::Tensor& inv_freq, int64_t ratio, std::optional<double> scale,
+                                              int64_t window) {
   constexpr const char* op = "dense_attn";
   at::Tensor out, lse;
   ValueChecks checks(op);

@@ -6,8 +6,8 @@ namespace {
 
 constexpr const char* op = "compress_kv";
 
-void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor& seq_lens,
-                 const at::Tensor& start_pos, const at::Tensor& ring_kv, const at::Tensor& ring_score, const at::Tensor& ape,
+void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor& seq_lens, const at::Tensor& start_pos,
+                 const at::Tensor& ring_kv, const at::Tensor& ring_score, const at::Tensor& ape,
                  const at::Tensor& norm_weight, const at::Tensor& inv_freq, const at::Tensor& out, int64_t ratio,
                  bool overlap, double eps) {
   LCATTN_CHECK(kv.dim() == 3, op, "kv must be [B, S, width], got shape ", kv.sizes());
@@ -24,10 +24,10 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
   check_tensor(op, "ape", ape, at::kFloat, {ratio, width}, kv);
   check_tensor(op, "norm_weight", norm_weight, at::kFloat, {c}, kv);
   LCATTN_CHECK(inv_freq.dim() == 1 && 2 * inv_freq.size(0) <= c, op,
-            "inv_freq must be [rope_dim / 2] with rope_dim <= ", c, ", got shape ", inv_freq.sizes());
+               "inv_freq must be [rope_dim / 2] with rope_dim <= ", c, ", got shape ", inv_freq.sizes());
   check_tensor(op, "inv_freq", inv_freq, at::kFloat, {-1}, kv);
   LCATTN_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16, op,
-            "out must be float32 or bfloat16, got ", c10::toString(out.scalar_type()));
+               "out must be float32 or bfloat16, got ", c10::toString(out.scalar_type()));
   check_tensor(op, "out", out, out.scalar_type(), {B, -1, c}, kv);
   ValueChecks checks(op);
   checks.add("seq_lens", seq_lens, 0, S);

@@ -9,8 +9,8 @@ namespace {
 // Default size of the fp32 score block of indexer_topk: 256 MiB.
 constexpr int64_t kScoreBlockElems = int64_t(64) << 20;
 
-IndexerParams indexer_params(const char* op, const at::Tensor& q, const at::Tensor& weights,
-                             const at::Tensor& keys, const at::Tensor& q_start, int64_t ratio) {
+IndexerParams indexer_params(const char* op, const at::Tensor& q, const at::Tensor& weights, const at::Tensor& keys,
+                             const at::Tensor& q_start, int64_t ratio) {
   LCATTN_CHECK(q.dim() == 4, op, "q must be [B, S, HI, DI], got shape ", q.sizes());
   LCATTN_CHECK(keys.dim() == 3, op, "keys must be [B, N, DI], got shape ", keys.sizes());
   LCATTN_CHECK(ratio >= 1, op, "ratio must be >= 1, got ", ratio);
@@ -47,9 +47,7 @@ at::Tensor indexer_scores(const at::Tensor& q, const at::Tensor& weights, const 
   return scores;
 }
 
-void check_k(const char* op, int64_t k) {
-  LCATTN_CHECK(k >= 0 && k <= 65536, op, "k must lie in [0, 65536], got ", k);
-}
+void check_k(const char* op, int64_t k) { LCATTN_CHECK(k >= 0 && k <= 65536, op, "k must lie in [0, 65536], got ", k); }
 
 at::Tensor topk_indices(const at::Tensor& scores, int64_t k) {
   constexpr const char* op = "topk_indices";

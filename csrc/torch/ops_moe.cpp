@@ -16,11 +16,10 @@ void check_offsets(const char* op, const at::Tensor& offsets, int64_t M) {
   const at::Tensor o = offsets.cpu();
   const int* v = o.data_ptr<int>();
   const int64_t E = o.numel() - 1;
-  LCATTN_CHECK(v[0] == 0 && v[E] == M, op, "offsets must start at 0 and end at M = ", M, ", got ", v[0], " and ",
-               v[E]);
+  LCATTN_CHECK(v[0] == 0 && v[E] == M, op, "offsets must start at 0 and end at M = ", M, ", got ", v[0], " and ", v[E]);
   for (int64_t e = 0; e < E; ++e)
-    LCATTN_CHECK(v[e] <= v[e + 1], op, "offsets must be nondecreasing, got offsets[", e, "] = ", v[e],
-                 " > offsets[", e + 1, "] = ", v[e + 1]);
+    LCATTN_CHECK(v[e] <= v[e + 1], op, "offsets must be nondecreasing, got offsets[", e, "] = ", v[e], " > offsets[",
+                 e + 1, "] = ", v[e + 1]);
 }
 
 // The Hopper GEMM moves 16-byte rows (TMA): N and K multiples of 8 on every device, so CPU and CUDA

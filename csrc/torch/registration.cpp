@@ -28,8 +28,8 @@ void inference_only(const c10::OperatorHandle& op, c10::DispatchKeySet keys, tor
 }
 
 void def(torch::Library& m, const char* schema) {
-  m.def(schema, torch::dispatch(c10::DispatchKey::Autograd,
-                                torch::CppFunction::makeFromBoxedFunction<&inference_only>()));
+  m.def(schema,
+        torch::dispatch(c10::DispatchKey::Autograd, torch::CppFunction::makeFromBoxedFunction<&inference_only>()));
 }
 
 }  // namespace
@@ -38,28 +38,34 @@ TORCH_LIBRARY(lcattn, m) {
   // The torch version this library was built against; lcattn/__init__.py compares it at import.
   m.def("_built_with_torch() -> str", [] { return std::string(LCATTN_TORCH_VERSION); });
   // [3] Block KV compressor over a chunk of new tokens; updates the rings and writes entries.
-  def(m, "compress_kv(Tensor kv, Tensor score, Tensor seq_lens, Tensor start_pos, Tensor(a!) ring_kv, "
-         "Tensor(b!) ring_score, Tensor ape, Tensor norm_weight, Tensor inv_freq, Tensor(c!) out, int ratio, "
-         "bool overlap, float eps=1e-06) -> ()");
+  def(m,
+      "compress_kv(Tensor kv, Tensor score, Tensor seq_lens, Tensor start_pos, Tensor(a!) ring_kv, "
+      "Tensor(b!) ring_score, Tensor ape, Tensor norm_weight, Tensor inv_freq, Tensor(c!) out, int ratio, "
+      "bool overlap, float eps=1e-06) -> ()");
   // [4] Lightning indexer.
   def(m, "indexer_scores(Tensor q, Tensor weights, Tensor keys, Tensor q_start, int ratio=4) -> Tensor");
   def(m, "topk_indices(Tensor scores, int k) -> Tensor");
   // block_rows: query rows scored at a time (0 = as many as fit in 256 MiB of fp32 scores).
-  def(m, "indexer_topk(Tensor q, Tensor weights, Tensor keys, Tensor q_start, int k, int ratio=4, "
-         "int block_rows=0) -> Tensor");
+  def(m,
+      "indexer_topk(Tensor q, Tensor weights, Tensor keys, Tensor q_start, int k, int ratio=4, "
+      "int block_rows=0) -> Tensor");
   def(m, "gather_rows(Tensor pool, Tensor indices) -> Tensor");
   // [5] Attention over the window, compressed entries and the sink; scale None = head_dim^-0.5.
-  def(m, "sparse_attn(Tensor q, Tensor kv, Tensor kv_start, Tensor q_start, Tensor ckv, Tensor indices, "
-         "Tensor sink, Tensor inv_freq, float? scale=None, int window=128) -> (Tensor, Tensor)");
-  def(m, "dense_attn(Tensor q, Tensor kv, Tensor kv_start, Tensor q_start, Tensor ckv, Tensor sink, "
-         "Tensor inv_freq, int ratio, float? scale=None, int window=128) -> (Tensor, Tensor)");
+  def(m,
+      "sparse_attn(Tensor q, Tensor kv, Tensor kv_start, Tensor q_start, Tensor ckv, Tensor indices, "
+      "Tensor sink, Tensor inv_freq, float? scale=None, int window=128) -> (Tensor, Tensor)");
+  def(m,
+      "dense_attn(Tensor q, Tensor kv, Tensor kv_start, Tensor q_start, Tensor ckv, Tensor sink, "
+      "Tensor inv_freq, int ratio, float? scale=None, int window=128) -> (Tensor, Tensor)");
   // [6] MoE.
   def(m, "grouped_gemm_contiguous(Tensor x, Tensor w, Tensor offsets) -> Tensor");
   def(m, "grouped_gemm_masked(Tensor x, Tensor w, Tensor counts) -> Tensor");
-  def(m, "moe_route(Tensor logits, int k, float route_scale, Tensor? bias=None, Tensor? tid2eid=None, "
-         "Tensor? token_ids=None) -> (Tensor, Tensor)");
+  def(m,
+      "moe_route(Tensor logits, int k, float route_scale, Tensor? bias=None, Tensor? tid2eid=None, "
+      "Tensor? token_ids=None) -> (Tensor, Tensor)");
   def(m, "moe_permute(Tensor x, Tensor indices, int num_experts) -> (Tensor, Tensor, Tensor)");
   def(m, "moe_unpermute(Tensor y, Tensor rows, Tensor? weights=None) -> Tensor");
-  def(m, "moe_experts(Tensor x, Tensor? weights, Tensor indices, Tensor w_gate_up, Tensor w_down, "
-         "float swiglu_limit) -> Tensor");
+  def(m,
+      "moe_experts(Tensor x, Tensor? weights, Tensor indices, Tensor w_gate_up, Tensor w_down, "
+      "float swiglu_limit) -> Tensor");
 }

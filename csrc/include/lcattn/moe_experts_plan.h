@@ -7,14 +7,14 @@
 namespace lcattn {
 
 struct MoeExpertsPlan {
-  bf16* x_perm;    // [T * k, D] token rows in expert order; reused for the down projection's output
-  bf16* gate_up;   // [T * k, 2I] gate+up projection (gate_up_row order); null with p.fused_swiglu
-  bf16* h;         // [T * k, I] SwiGLU of the gate+up projection
-  int* offsets;    // [E + 1]
-  int* rows;       // [T, k] row of x_perm holding slot (t, j)
-  int* scratch;    // [E]
-  void* gemm;      // grouped GEMM workspace (CUDA)
-  size_t bytes;    // up to and excluding the GEMM workspace
+  bf16* x_perm;   // [T * k, D] token rows in expert order; reused for the down projection's output
+  bf16* gate_up;  // [T * k, 2I] gate+up projection (gate_up_row order); null with p.fused_swiglu
+  bf16* h;        // [T * k, I] SwiGLU of the gate+up projection
+  int* offsets;   // [E + 1]
+  int* rows;      // [T, k] row of x_perm holding slot (t, j)
+  int* scratch;   // [E]
+  void* gemm;     // grouped GEMM workspace (CUDA)
+  size_t bytes;   // up to and excluding the GEMM workspace
 
   // With workspace null, only `bytes` is meaningful.
   MoeExpertsPlan(const MoeExpertsParams& p, void* workspace) {
@@ -40,8 +40,9 @@ struct MoeExpertsPlan {
     return PermuteParams{p.x, p.indices, x_perm, offsets, rows, scratch, p.T, p.k, p.E, p.D};
   }
   GroupedGemmParams gate_up_gemm(const MoeExpertsParams& p) const {
-    return GroupedGemmParams{x_perm, p.w_gate_up, offsets, nullptr, p.fused_swiglu ? h : gate_up, gemm,
-                             p.E, p.T * p.k, 2 * p.I, p.D, p.fused_swiglu, p.swiglu_limit};
+    return GroupedGemmParams{x_perm,         p.w_gate_up,   offsets,   nullptr, p.fused_swiglu ? h : gate_up,
+                             gemm,           p.E,           p.T * p.k, 2 * p.I, p.D,
+                             p.fused_swiglu, p.swiglu_limit};
   }
   SwigluParams swiglu(const MoeExpertsParams& p) const {
     return SwigluParams{gate_up, h, int64_t(p.T) * p.k, p.I, p.swiglu_limit};

@@ -56,7 +56,7 @@ struct GatherParams {
   const int* indices;  // [B, S, K] in [-1, N)
   char* out;           // [B, S, K, row_bytes]
   int B, S, K, N;
-  int64_t row_bytes;   // multiple of 2
+  int64_t row_bytes;  // multiple of 2
 };
 
 // Attention of query heads over the raw window, compressed entries and a sink (SPEC 5).
@@ -77,22 +77,22 @@ struct AttentionParams {
   float* lse;             // [B, S, H] natural log-sum-exp of the scaled logits, sink excluded
   float* workspace;       // CUDA, splits > 1: [splits, B * S * H, D + 4] partial outputs, (max, sum), pad
   int B, S, H, D, L, N, K, window, ratio, rope_dim;
-  int splits;             // CUDA: parts the keys of each query are split into (attention_splits)
+  int splits;  // CUDA: parts the keys of each query are split into (attention_splits)
   float scale;
 };
 
 // Grouped GEMM for MoE (SPEC 6): y = x w_e^T per expert, bf16 in, fp32 accumulate, bf16 out.
 struct GroupedGemmParams {
-  const bf16* x;        // contiguous: [M, K]; masked: [E, M, K]
-  const bf16* w;        // [E, N, K]
-  const int* offsets;   // contiguous: [E + 1], expert e owns rows [offsets[e], offsets[e+1])
-  const int* counts;    // masked: [E] valid rows per expert; rows >= counts[e] are zeroed
-  bf16* y;              // contiguous: [M, out_cols()]; masked: [E, M, out_cols()]
-  void* workspace;      // CUDA: grouped_gemm_workspace_bytes(p) bytes (per-expert problems, TMA descriptors)
-  int E, M, N, K;       // N and K multiples of 8 on CUDA (16-byte rows for TMA)
+  const bf16* x;       // contiguous: [M, K]; masked: [E, M, K]
+  const bf16* w;       // [E, N, K]
+  const int* offsets;  // contiguous: [E + 1], expert e owns rows [offsets[e], offsets[e+1])
+  const int* counts;   // masked: [E] valid rows per expert; rows >= counts[e] are zeroed
+  bf16* y;             // contiguous: [M, out_cols()]; masked: [E, M, out_cols()]
+  void* workspace;     // CUDA: grouped_gemm_workspace_bytes(p) bytes (per-expert problems, TMA descriptors)
+  int E, M, N, K;      // N and K multiples of 8 on CUDA (16-byte rows for TMA)
   // Gated (moe_experts' gate+up projection): w's N rows are gate and up interleaved in blocks of 8
   // (gate_up_row below) and y [.., N / 2] = swiglu(gate, up, swiglu_limit) of the fp32 products.
-  bool gated = false;   // N a multiple of 16
+  bool gated = false;  // N a multiple of 16
   float swiglu_limit = 0.f;
   LCATTN_HD int out_cols() const { return gated ? N / 2 : N; }
 };
@@ -103,33 +103,33 @@ LCATTN_HD int gate_up_row(int i, bool up) { return i / 8 * 16 + (up ? 8 : 0) + i
 
 // MoE routing (SPEC 6): s = sqrt(softplus(logits)); biased top-k or hash lookup.
 struct RouteParams {
-  const float* logits;        // [T, E]
-  const float* bias;          // [E] selection bias, or null
-  const int* tid2eid;         // [V, k] hash table, or null
-  const int64_t* token_ids;   // [T] with tid2eid
-  float* weights;             // [T, k] s[idx] / sum(s[idx]) * route_scale
-  int* indices;               // [T, k] expert ids, best first (table order for hash)
+  const float* logits;       // [T, E]
+  const float* bias;         // [E] selection bias, or null
+  const int* tid2eid;        // [V, k] hash table, or null
+  const int64_t* token_ids;  // [T] with tid2eid
+  float* weights;            // [T, k] s[idx] / sum(s[idx]) * route_scale
+  int* indices;              // [T, k] expert ids, best first (table order for hash)
   int T, E, k, V;
   float route_scale;
 };
 
 // Permute token rows into expert-contiguous order (stable: by expert, then by slot t*k+j).
 struct PermuteParams {
-  const bf16* x;        // [T, D]
-  const int* indices;   // [T, k] in [0, E)
-  bf16* x_perm;         // [T * k, D]
-  int* offsets;         // [E + 1]
-  int* rows;            // [T, k] row of x_perm that holds slot (t, j)
-  int* scratch;         // [E] per-expert counts (CUDA only)
+  const bf16* x;       // [T, D]
+  const int* indices;  // [T, k] in [0, E)
+  bf16* x_perm;        // [T * k, D]
+  int* offsets;        // [E + 1]
+  int* rows;           // [T, k] row of x_perm that holds slot (t, j)
+  int* scratch;        // [E] per-expert counts (CUDA only)
   int T, k, E, D;
 };
 
 // out[t] = sum_j weights[t, j] * y[rows[t, j]] (weight 1 when weights is null), fp32 sum.
 struct UnpermuteParams {
-  const bf16* y;        // [R, D]
-  const int* rows;      // [T, k] in [0, R)
-  const float* weights; // [T, k] or null
-  bf16* out;            // [T, D]
+  const bf16* y;         // [R, D]
+  const int* rows;       // [T, k] in [0, R)
+  const float* weights;  // [T, k] or null
+  bf16* out;             // [T, D]
   int T, k, D, R;
 };
 
@@ -159,7 +159,7 @@ struct SwigluParams {
   const bf16* gate_up;  // [R, 2I]
   bf16* h;              // [R, I]
   int64_t R;
-  int I;                // multiple of 8
+  int I;  // multiple of 8
   float limit;
 };
 

@@ -54,9 +54,8 @@ inline cudaError_t allow_dynamic_smem(PerDevice<cudaError_t>& done, const void* 
   int device = 0;
   const cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
-  return done.get(device, [&](int) {
-    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  });
+  return done.get(
+      device, [&](int) { return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes); });
 }
 
 }  // namespace lcattn

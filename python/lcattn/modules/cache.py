@@ -27,8 +27,8 @@ class CompressedStream:
                                 dtype=self.entries.dtype, device=self.entries.device)
             grown[:, :capacity] = self.entries
             self.entries = grown
-        ops.compress_kv(kv, score, step.seq_lens, step.q_start, self.ring_kv, self.ring_score, ape, norm_weight, inv_freq,
-                        self.entries, self.ratio, self.overlap, eps)
+        ops.compress_kv(kv, score, step.seq_lens, step.q_start, self.ring_kv, self.ring_score, ape, norm_weight,
+                        inv_freq, self.entries, self.ratio, self.overlap, eps)
 
     def nbytes(self, entries: int) -> int:
         return entries * self.entries.shape[2] * 2 + self.ring_kv.nbytes + self.ring_score.nbytes
