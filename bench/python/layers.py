@@ -5,7 +5,6 @@ Prefill runs the whole context through the layer in chunks (as the model does); 
 cache filled with random entries at that context (prefilling 64 sequences of 1M tokens would take
 hours) and times single-token steps at batch 1 and 64.
 """
-import contextlib
 import math
 from types import SimpleNamespace
 from typing import List
@@ -45,7 +44,7 @@ def step_for(batch: int, start: int, length: int) -> Step:
 
 
 @torch.no_grad()
-def prefill_seconds(config, layer, context: int) -> float:
+def prefill_seconds(config, layer, context: int, attention_ops=ops) -> float:
     """Wall time of one sequence's prefill through the layer, chunk by chunk."""
     state = LayerCache(config, 0, 1, torch.device(DEV))
     xs = [torch.randn(1, min(CHUNK, context - s), config.hidden_size, device=DEV, dtype=torch.bfloat16)
@@ -55,7 +54,7 @@ def prefill_seconds(config, layer, context: int) -> float:
     start.record()
     for i, s in enumerate(range(0, context, CHUNK)):
         x = xs[i % len(xs)][:, : min(CHUNK, context - s)]
-        layer(x, state, step_for(1, s, x.shape[1]))
+        layer(x, state, step_for(1, s, x.shape[1]), attention_ops)
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / 1e3
@@ -73,7 +72,7 @@ def filled_state(config, batch: int, context: int, decode_steps: int) -> LayerCa
 
 
 @torch.no_grad()
-def decode_ms(config, layer, batch: int, context: int, steps: int = 8) -> float:
+def decode_ms(config, layer, batch: int, context: int, steps: int = 8, attention_ops=ops) -> float:
     """Median time of a single-token step of `batch` sequences at `context` positions."""
     state = filled_state(config, batch, context, steps + 2)
     x = torch.randn(batch, 1, config.hidden_size, device=DEV, dtype=torch.bfloat16)
@@ -81,7 +80,7 @@ def decode_ms(config, layer, batch: int, context: int, steps: int = 8) -> float:
     for i in range(steps + 2):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        layer(x, state, step_for(batch, context + i, 1))
+        layer(x, state, step_for(batch, context + i, 1), attention_ops)
         end.record()
         end.synchronize()
         if i >= 2:  # two warm-up steps
@@ -120,6 +119,8 @@ def _unfused_indexer_topk(q, weights, keys, q_start, k, ratio=4):
                       for s0 in range(0, q.shape[1], ROWS)], 1)
 
 
+# The attention ops of Attention.forward on reference math (the compressor stays lcattn's: it has no
+# unfused chunked form).
 UNFUSED_OPS = SimpleNamespace(
     sparse_attn=lambda q, kv, kvs, qs, ckv, idx, sink, f, scale=None, window=128: _unfused_attention(
         q, kv, kvs, qs, ckv, sink, f, scale, window, indices=idx),
@@ -127,17 +128,6 @@ UNFUSED_OPS = SimpleNamespace(
         q, kv, kvs, qs, ckv, sink, f, scale, window, ratio=ratio),
     indexer_topk=_unfused_indexer_topk,
 )
-
-
-@contextlib.contextmanager
-def unfused_ops():
-    """Runs the model blocks on UNFUSED_OPS (the compressor stays lcattn's: it has no unfused chunked form)."""
-    saved = model_module.ops
-    model_module.ops = SimpleNamespace(**{**vars(ops), **vars(UNFUSED_OPS)})
-    try:
-        yield
-    finally:
-        model_module.ops = saved
 
 
 # ---- cases ----------------------------------------------------------------------------------------
@@ -163,12 +153,11 @@ def layer_rows(contexts: List[int], unfused: bool = True):
                 torch.cuda.empty_cache()
                 row[f"decode_ms_b{batch}"] = decode_ms(config, layer, batch, context)
             if unfused:
-                with unfused_ops():
-                    if context <= UNFUSED_MAX_PREFILL:
-                        row["unfused_prefill_s"] = prefill_seconds(config, layer, context)
-                    if context <= UNFUSED_MAX_DECODE:
-                        for batch in (1, 64):
-                            row[f"unfused_decode_ms_b{batch}"] = decode_ms(config, layer, batch, context, steps=3)
+                if context <= UNFUSED_MAX_PREFILL:
+                    row["unfused_prefill_s"] = prefill_seconds(config, layer, context, UNFUSED_OPS)
+                if context <= UNFUSED_MAX_DECODE:
+                    for batch in (1, 64):
+                        row[f"unfused_decode_ms_b{batch}"] = decode_ms(config, layer, batch, context, 3, UNFUSED_OPS)
             yield row
         del layer
         torch.cuda.empty_cache()

@@ -65,14 +65,15 @@ class Indexer(Compressor):
         self.heads, self.dim, self.topk = config.index_heads, config.index_dim, config.index_topk
         self.ratio = config.csa_ratio
 
-    def select(self, x: Tensor, q_residual: Tensor, state: LayerCache, step: Step, freqs: Tensor) -> Tensor:
+    def select(self, x: Tensor, q_residual: Tensor, state: LayerCache, step: Step, freqs: Tensor,
+               attention_ops=ops) -> Tensor:
         """Indices [B, S, topk] int32 of the compressed entries each query attends to."""
         self.append(x, state.index, step, freqs)
         B, S, _ = x.shape
         q = apply_rope(self.q_b_proj(q_residual).view(B, S, self.heads, self.dim), step.positions, freqs)
         weights = self.scorer.weights_proj(x).float() * (self.heads ** -0.5 * self.dim ** -0.5)
-        return ops.indexer_topk(q.to(torch.bfloat16).contiguous(), weights.contiguous(), state.index.entries,
-                                step.q_start, self.topk, self.ratio)
+        return attention_ops.indexer_topk(q.to(torch.bfloat16).contiguous(), weights.contiguous(),
+                                          state.index.entries, step.q_start, self.topk, self.ratio)
 
 
 class CSACompressor(Compressor):
@@ -117,7 +118,9 @@ class Attention(nn.Module):
                            HCA: lambda: HCACompressor(config)}[self.kind]()
         self.register_buffer("freqs", inv_freq(config, self.kind), persistent=False)
 
-    def forward(self, x: Tensor, state: LayerCache, step: Step) -> Tensor:
+    def forward(self, x: Tensor, state: LayerCache, step: Step, attention_ops=ops) -> Tensor:
+        """attention_ops provides sparse_attn, dense_attn and indexer_topk with lcattn.ops' signatures
+        (a benchmark passes unfused torch versions)."""
         cfg, bf16 = self.config, torch.bfloat16
         B, S, _ = x.shape
         W = cfg.window
@@ -132,17 +135,17 @@ class Attention(nn.Module):
         state.window = keys.gather(1, rows[..., None].expand(-1, -1, cfg.head_dim))
         empty = keys[:, :0]
         if self.kind == SLIDING:
-            out, _ = ops.dense_attn(q, keys, kv_start, step.q_start, empty, self.sinks, self.freqs, ratio=0,
-                                    window=W)
+            out, _ = attention_ops.dense_attn(q, keys, kv_start, step.q_start, empty, self.sinks, self.freqs,
+                                              ratio=0, window=W)
         else:
             self.compressor.append(x, state.kv, step, self.freqs)
             if self.kind == CSA:
-                indices = self.compressor.indexer.select(x, q_residual, state, step, self.freqs)
-                out, _ = ops.sparse_attn(q, keys, kv_start, step.q_start, state.kv.entries, indices, self.sinks,
-                                         self.freqs, window=W)
+                indices = self.compressor.indexer.select(x, q_residual, state, step, self.freqs, attention_ops)
+                out, _ = attention_ops.sparse_attn(q, keys, kv_start, step.q_start, state.kv.entries, indices,
+                                                   self.sinks, self.freqs, window=W)
             else:
-                out, _ = ops.dense_attn(q, keys, kv_start, step.q_start, state.kv.entries, self.sinks, self.freqs,
-                                        ratio=self.ratio, window=W)
+                out, _ = attention_ops.dense_attn(q, keys, kv_start, step.q_start, state.kv.entries, self.sinks,
+                                                  self.freqs, ratio=self.ratio, window=W)
         grouped = out.to(x.dtype).view(B, S, cfg.o_groups, -1)
         return self.o_b_proj(self.o_a_proj(grouped))
 
