@@ -4,15 +4,11 @@
         python bench/python/attention_once.py --form dense --tokens 1024 --entries 1024
 """
 import argparse
-import os
-import sys
 
 import torch
+from run import attention_inputs  # bench/python/run.py, beside this script
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import attention_inputs  # noqa: E402
-
-from lcattn import ops  # noqa: E402
+from lcattn import ops
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--form", choices=["sparse", "dense"], default="sparse")

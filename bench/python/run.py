@@ -15,61 +15,23 @@ import argparse
 import csv
 import functools
 import json
-import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
 
+import layers  # bench/python/layers.py, beside this script
 import torch
 import torch.nn.functional as F
 
 from lcattn import ops, reference
 from lcattn.modules.rope import plain_inv_freq
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import layers  # noqa: E402
+from lcattn.testing.bench import Progress, ceilings, graphed, median_ms, rotated
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV = "cuda"
 BF = torch.bfloat16
-L2_BYTES = 50 * 2**20
-
-
-def median_ms(fns: List[Callable[[], object]], reps: int) -> float:
-    """Median of reps timed calls, cycling through input sets so that L2 holds none of them."""
-    for fn in fns[:3]:
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for r in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        fn = fns[r % len(fns)]
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
-def graphed(fn: Callable[[], object]) -> Callable[[], object]:
-    """fn captured in a CUDA graph (after a warm-up on a side stream): decode's launch path."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
-def rotated(make: Callable[[], Callable[[], object]], set_bytes: int) -> List[Callable[[], object]]:
-    """Enough input sets (each built by make()) to exceed twice the L2 cache."""
-    return [make() for _ in range(min(8, max(1, math.ceil(2 * L2_BYTES / max(set_bytes, 1)))))]
 
 
 @dataclass
@@ -104,15 +66,6 @@ def measure(op, case, flops, nbytes, make_ours, make_baselines, ceilings, reps, 
         fns = None
         torch.cuda.empty_cache()
     return Result(op, case, ms, flops / ms / 1e9, nbytes / ms / 1e9, floor_ms / ms, ratios, context)
-
-
-def ceilings() -> Dict[str, float]:
-    a, b = torch.randn(8192, 8192, device=DEV, dtype=BF), torch.randn(8192, 8192, device=DEV, dtype=BF)
-    mm = median_ms([lambda: a @ b], 20)
-    src = torch.randn(2**29, device=DEV)  # 2 GiB
-    dst = torch.empty_like(src)
-    cp = median_ms([lambda: dst.copy_(src)], 20)
-    return {"tflops": 2 * 8192**3 / mm / 1e9, "tbps": 2 * src.nbytes / cp / 1e9}
 
 
 # ---- cases --------------------------------------------------------------------------------------
@@ -433,13 +386,6 @@ FAMILIES = {"sparse_attn": sparse_attn_cases, "dense_attn": dense_attn_cases, "i
             "compress_kv": compress_cases}
 
 
-def progress(done: int, total: int, label: str) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:70]:<70}")
-    sys.stderr.flush()
-
-
 def write_plots(results: List[Result], layer_rows: List[dict], out_dir: str) -> None:
     """ops.png: time and fraction of the ceiling against context for the ops measured at several
     contexts; layers.png: prefill time and decode ms per token against context per layer kind."""
@@ -528,30 +474,29 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown --ops {sorted(unknown)}; choose from {', '.join(FAMILIES)}, layers")
     torch.manual_seed(0)
-    ceil = ceilings()
+    ceil = ceilings(DEV)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "ceilings": ceil}
     print(f"{meta['device']}: ceilings {ceil['tflops']:.0f} TFLOP/s bf16 matmul, {ceil['tbps']:.2f} TB/s copy",
           flush=True)
     cases = [c for name in wanted if name in FAMILIES for c in FAMILIES[name](args.quick)]
     results = []
+    bar = Progress("ops", len(cases))
     for i, (op, case, flops, nbytes, ours, baselines, *context) in enumerate(cases):
-        progress(i, len(cases), f"{op} {case}")
+        bar.update(i, f"{op} {case}")
         results.append(measure(op, case, flops, nbytes, ours, baselines, ceil, args.reps, *context))
         torch.cuda.empty_cache()
-    progress(len(cases), len(cases), "ops done")
-    sys.stderr.write("\n")
+    bar.update(len(cases), "ops done")
 
     layer_rows = []
     if "layers" in wanted:
         contexts = ([int(c) for c in args.contexts.split(",")] if args.contexts
                     else [8192, 32768] if args.quick else layers.DEFAULT_CONTEXTS)
-        total = 2 * len(contexts)
+        bar = Progress("layers", 2 * len(contexts))
         for row in layers.layer_rows(contexts, unfused=not args.no_unfused_layer):
             layer_rows.append(row)
-            progress(len(layer_rows), total, f"layer {row['layer']} context {row['context']}")
+            bar.update(len(layer_rows), f"layer {row['layer']} context {row['context']}")
             write_tables(results, layer_rows, meta, args.out)  # keep what is done if a later case dies
-        sys.stderr.write("\n")
 
     write_tables(results, layer_rows, meta, args.out)
     write_plots(results, layer_rows, args.out)

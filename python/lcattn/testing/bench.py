@@ -1,0 +1,80 @@
+"""Timing helpers shared by the benchmark driver (bench/python) and the demo: CUDA-event medians over
+rotated input sets, CUDA-graph capture, the measured ceilings, and a progress bar."""
+import math
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+L2_BYTES = 50 * 2**20  # H100 / H200
+
+
+def median_ms(fns: List[Callable[[], object]], reps: int) -> float:
+    """Median of reps timed calls, cycling through input sets so that L2 holds none of them."""
+    for fn in fns[:3]:
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for r in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        fn = fns[r % len(fns)]
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def graphed(fn: Callable[[], object]) -> Callable[[], object]:
+    """fn captured in a CUDA graph (after a warm-up on a side stream): decode's launch path."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def rotated(make: Callable[[], Callable[[], object]], set_bytes: int) -> List[Callable[[], object]]:
+    """Enough input sets (each built by make()) to exceed twice the L2 cache."""
+    return [make() for _ in range(min(8, max(1, math.ceil(2 * L2_BYTES / max(set_bytes, 1)))))]
+
+
+def ceilings(device: str = "cuda") -> Dict[str, float]:
+    """The measured rates to compare with: bf16 matmul at 8192^3 (TFLOP/s) and a 2 GiB device copy,
+    read + write (TB/s)."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    mm = median_ms([lambda: a @ b], 20)
+    src = torch.randn(2**29, device=device)  # 2 GiB
+    dst = torch.empty_like(src)
+    cp = median_ms([lambda: dst.copy_(src)], 20)
+    return {"tflops": 2 * 8192**3 / mm / 1e9, "tbps": 2 * src.nbytes / cp / 1e9}
+
+
+class Progress:
+    """A bar on stderr, redrawn in place on a terminal; in a log (stderr not a TTY), a line at most
+    every `every` seconds and the last one."""
+
+    def __init__(self, label: str, total: int, every: float = 5.0):
+        self.label, self.total, self.every = label, total, every
+        self.started = self.printed = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, done: int, what: str = "") -> None:
+        now = time.perf_counter()
+        rate = done / max(now - self.started, 1e-9)
+        what = f" {what[:70]:<70}" if what else ""
+        if self.tty:
+            filled = 30 * done // max(self.total, 1)
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} "
+                             f"({rate:,.1f}/s){what}" + ("\n" if done == self.total else ""))
+        elif done == self.total or now - self.printed >= self.every:
+            sys.stderr.write(f"{self.label} {done}/{self.total} ({rate:,.1f}/s){what}\n")
+            self.printed = now
+        sys.stderr.flush()
