@@ -75,6 +75,6 @@ class Progress:
             sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} "
                              f"({rate:,.1f}/s){what}" + ("\n" if done == self.total else ""))
         elif done == self.total or now - self.printed >= self.every:
-            sys.stderr.write(f"{self.label} {done}/{self.total} ({rate:,.1f}/s){what}\n")
+            sys.stderr.write(f"{self.label} {done}/{self.total} ({rate:,.1f}/s){what}".rstrip() + "\n")
             self.printed = now
         sys.stderr.flush()
