@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -22,8 +24,18 @@ def device(request):
 
 
 @pytest.fixture(autouse=True)
-def fresh_seed():
-    # Fresh random inputs every run; the seed is printed on failure to replay it.
-    seed = torch.seed() % (2**31)
+def fresh_seed(request):
+    # Fresh random inputs every run; a failure's report shows the seed, LCATTN_SEED=<seed> replays it.
+    replay = os.environ.get("LCATTN_SEED")
+    seed = int(replay) if replay else torch.seed() % (2**31)
     torch.manual_seed(seed)
+    request.node.user_properties.append(("seed", seed))
     yield seed
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    seed = dict(item.user_properties).get("seed")
+    if report.failed and seed is not None:
+        report.sections.append(("seed", f"LCATTN_SEED={seed} python -m pytest '{item.nodeid}'"))
