@@ -91,7 +91,7 @@ def attention(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: Ten
     """
     B, S, H, D = q.shape
     scale = D ** -0.5 if scale is None else scale
-    qf = q.float()
+    qf = q.float() * scale  # scaled before the masks: -inf * scale is NaN at scale 0 and +inf below
     pos = _positions(q_start, S)  # [B, S]
     kv_pos = kv_start.long()[:, None] + torch.arange(kv.shape[1], device=q.device)  # [B, L]
     # SPEC 5's window: positions max(0, p - window + 1) .. p; rows before position 0 hold nothing.
@@ -110,7 +110,7 @@ def attention(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: Ten
         logits.append(torch.einsum("bshd,bnd->bshn", qf, ckv.float()).masked_fill(
             (i >= visible[..., None])[:, :, None], float("-inf")))
         values.append(ckv.float()[:, None].expand(B, S, -1, D))
-    l = torch.cat(logits, dim=-1) * scale  # [B, S, H, U]
+    l = torch.cat(logits, dim=-1)  # [B, S, H, U]
     v = torch.cat(values, dim=2)  # [B, S, U, D]
     mx = l.amax(dim=-1, keepdim=True)
     mx = torch.where(mx == float("-inf"), 0.0, mx)  # a query with no key at all: output 0, lse -inf
@@ -141,12 +141,18 @@ def grouped_gemm_masked(x: Tensor, w: Tensor, counts: Tensor) -> Tensor:
 
 def moe_route(logits: Tensor, topk: int, route_scale: float, bias: Optional[Tensor] = None,
               tid2eid: Optional[Tensor] = None, token_ids: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """SPEC 6: s = sqrt(softplus(u)); top-k of s + bias (or the hash table); normalised weights."""
+    """SPEC 6: s = sqrt(softplus(u)); top-k of s + bias (or the hash table); normalised weights.
+
+    Experts come best first, a tie to the lower id; a NaN key counts as -inf, so a row of NaN logits
+    still gets k distinct experts (with NaN weights).
+    """
     s = F.softplus(logits.float()).sqrt()
     if tid2eid is not None:
         idx = tid2eid[token_ids.long()].long()
     else:
-        idx = torch.topk(s + (0 if bias is None else bias.float()), topk, dim=-1).indices
+        key = s if bias is None else s + bias.float()
+        key = key.masked_fill(key.isnan(), float("-inf"))
+        idx = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :topk]
     w = s.gather(1, idx)
     return w / w.sum(-1, keepdim=True) * route_scale, idx.to(torch.int32)
 
