@@ -3,35 +3,26 @@
     python -m lcattn.demo [--context N] [--decode N] [--chunk N] [--device cpu|cuda]
 
 On a GPU the model has V4-Flash's attention dimensions (64 heads of 512, indexer 64 x 128, top-k
-512, window 128) with a window-only, two CSA and two HCA layers, and a 128K-token prompt; on a
-CPU it is the tiny configuration with a 16K-token prompt. Prints prefill tokens/s, decode ms per
-token, peak memory, and the cache's bytes per token beside a dense-attention cache of the same model.
+512, window 128) with a window-only, two CSA and two HCA layers, and 128K positions (prompt and
+decoded tokens); on a CPU it is the tiny configuration with 16K positions. Prints prefill tokens/s,
+decode ms per token, peak memory, and the cache's bytes per token beside a dense-attention cache of
+the same model.
 """
 import argparse
 import resource
-import sys
 import time
 
 import torch
 
 import lcattn
 from lcattn.modules import CSA, HCA, SLIDING, DeepseekV4Config, DeepseekV4ForCausalLM
+from lcattn.testing.bench import Progress
 
 
 def gpu_config(experts: int, layers) -> DeepseekV4Config:
     config = DeepseekV4Config.flash().with_layers(layers or [SLIDING, CSA, HCA, CSA, HCA])
     config.num_experts = experts  # all 256 experts of 5 layers would need 64 GB of weights alone
     return config
-
-
-def progress(label: str, done: int, total: int, started: float) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    rate = done / max(time.perf_counter() - started, 1e-9)
-    sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} ({rate:,.0f}/s)")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
 
 
 def synchronize(device: torch.device) -> None:
@@ -54,8 +45,8 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=32, help="tokens to decode after the prompt")
     parser.add_argument("--chunk", type=int, default=8192, help="prefill chunk (bounds activation memory)")
     parser.add_argument("--experts", type=int, default=32, help="routed experts per layer on the GPU")
-    parser.add_argument("--layers", help="layer kinds, e.g. sliding,csa,hca,csa (GPU; default "
-                        "sliding,csa,hca,csa,hca)")
+    parser.add_argument("--layers", help="layer kinds, e.g. sliding,csa,hca,csa (default sliding,csa,hca,csa,hca "
+                        "on GPU, the tiny model's sliding,csa,hca,csa on CPU)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -79,16 +70,18 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     print(f"lcattn demo on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}: "
           f"{config.num_layers} layers {config.layer_types}, hidden {config.hidden_size}, {config.num_heads} heads x "
-          f"{config.head_dim}, {config.num_experts} experts, {params / 1e6:,.0f} M parameters, random weights", flush=True)
+          f"{config.head_dim}, {config.num_experts} experts, {params / 1e6:,.0f} M parameters, random weights",
+          flush=True)
 
     prompt = torch.randint(0, config.vocab_size, (1, prompt_len), device=device)
     cache = model.new_cache(1)
     synchronize(device)
     started = time.perf_counter()
+    bar = Progress("prefill", prompt_len)
     for start in range(0, prompt_len, args.chunk):
         logits = model(prompt[:, start:start + args.chunk], cache)
         synchronize(device)
-        progress("prefill", min(start + args.chunk, prompt_len), prompt_len, started)
+        bar.update(min(start + args.chunk, prompt_len))
     prefill_s = time.perf_counter() - started
 
     token = logits[:, -1:].argmax(-1)
@@ -109,7 +102,7 @@ def main() -> None:
     print(f"peak memory:    {peak_memory(device)}")
     print(f"cache:          {ours:,.1f} bytes/token ({cache.nbytes() / 2**20:,.1f} MiB at {tokens} tokens); "
           f"a dense-attention cache: {dense:,} bytes/token ({dense * tokens / 2**20:,.1f} MiB), "
-          f"{dense / ours:.1f}x more")
+          + (f"{dense / ours:.1f}x more" if dense >= ours else f"{ours / dense:.1f}x smaller"))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Calls every lcattn op once and checks it against the pure-PyTorch reference.
+"""Calls every lcattn op once and checks it against the pure-PyTorch reference; exits 1 if an op's
+error exceeds its tolerance.
 
     python -m lcattn.example [--device cpu|cuda]
 
@@ -6,13 +7,23 @@ On a GPU the shapes are V4-Flash's (64 heads, head dim 512, top-k 512, 256 exper
 they are scaled down so the run takes seconds.
 """
 import argparse
+import sys
 import time
 
 import torch
 
 import lcattn
 from lcattn import ops, reference
+from lcattn.modules.rope import plain_inv_freq
 from lcattn.testing import MODEL_SHAPES, rel_err
+
+# Largest error that passes, as in the tests of the same op and dtype: relative error of fp32 outputs
+# 1e-5 (routing weights 1e-6), of bf16 outputs 1e-2; indices, gathers and permutations must be exact.
+TOLERANCES = {
+    "compress_kv csa": 1e-5, "compress_kv hca": 1e-5, "indexer_scores": 1e-5, "topk_indices": 0.0,
+    "indexer_topk": 0.0, "gather_rows": 0.0, "sparse_attn": 1e-2, "dense_attn": 1e-2, "moe_route": 1e-6,
+    "moe_permute": 0.0, "grouped_gemm_contiguous": 1e-2, "grouped_gemm_masked": 1e-2, "moe_unpermute": 1e-2,
+}
 
 
 def shapes(device: torch.device) -> dict:
@@ -29,7 +40,7 @@ def run(device: torch.device) -> list:
     torch.manual_seed(0)
     bf = torch.bfloat16
     T, ctx, H, D, rd = cfg["tokens"], cfg["context"], cfg["heads"], cfg["head_dim"], cfg["rope_dim"]
-    inv_freq = 160000.0 ** (-torch.arange(0, rd, 2, device=device).float() / rd)
+    inv_freq = plain_inv_freq(160000.0, rd, device)
 
     def record(name, fn, check):
         if device.type == "cuda":
@@ -41,17 +52,22 @@ def run(device: torch.device) -> list:
         rows.append((name, (time.perf_counter() - t0) * 1e3, check(out)))
         return out
 
+    def i32(values):
+        return torch.tensor(values, dtype=torch.int32, device=device)
+
     # Compressors of a CSA layer (ratio 4, overlapping) and an HCA layer (ratio 128).
-    for name, ratio, overlap in (("compress_kv csa", 4, True), ("compress_kv hca", 128, False)):
+    def compressor(name, ratio, overlap):
         width = (2 if overlap else 1) * D
         kv, score = torch.randn(1, ctx, width, device=device), torch.randn(1, ctx, width, device=device)
         ape, w = torch.randn(ratio, width, device=device), torch.ones(D, device=device)
         ring_kv, ring_score = ops.compress_state(1, ratio, width, overlap, device)
         out = torch.empty(1, ctx // ratio, D, device=device)
-        i32 = lambda v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
         record(name, lambda: ops.compress_kv(kv, score, i32([ctx]), i32([0]), ring_kv, ring_score, ape, w,
                                              inv_freq, out, ratio, overlap),
                lambda _: rel_err(out, reference.compress_kv(kv, score, ape, w, inv_freq, ratio, overlap)))
+
+    compressor("compress_kv csa", 4, True)
+    compressor("compress_kv hca", 128, False)
 
     # Lightning indexer on the last T query tokens of the context.
     HI, DI, K, N = cfg["index_heads"], cfg["index_dim"], cfg["index_topk"], ctx // 4
@@ -116,9 +132,15 @@ def main() -> None:
     device = torch.device(parser.parse_args().device)
     print(f"lcattn example on {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}); "
           "first-call times include warm-up, they are not benchmarks")
-    print(f"{'op':<26}{'ms':>10}{'error vs reference':>22}")
+    print(f"{'op':<26}{'ms':>10}{'error vs reference':>22}{'tolerance':>12}  result")
+    failed = 0
     for name, ms, err in run(device):
-        print(f"{name:<26}{ms:>10.2f}{err:>22.2e}")
+        ok = err <= TOLERANCES[name]  # a NaN error fails
+        failed += not ok
+        print(f"{name:<26}{ms:>10.2f}{err:>22.2e}{TOLERANCES[name]:>12.0e}  {'PASS' if ok else 'FAIL'}")
+    if failed:
+        print(f"{failed} op(s) failed", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
