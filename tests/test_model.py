@@ -65,3 +65,14 @@ def test_presets():
     assert flash.num_layers == 43 and flash.layer_types[:4] == [SLIDING, SLIDING, CSA, HCA]
     assert pro.num_layers == 61 and pro.layer_types[:4] == [HCA, HCA, CSA, HCA] and pro.hidden_size == 7168
     assert [flash.ratio(i) for i in range(4)] == [0, 0, 4, 128]
+
+
+def test_hf_state_dict_round_trip():
+    """hf_state_dict gives the checkpoint's layout (gate rows first) that load_hf_state_dict takes back."""
+    model = tiny_model("cpu")
+    ids = torch.randint(0, model.config.vocab_size, (1, 20))
+    again = DeepseekV4ForCausalLM(model.config)
+    again.load_hf_state_dict(model.hf_state_dict())
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+    assert torch.equal(again(ids), model(ids))

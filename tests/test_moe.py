@@ -162,6 +162,7 @@ def test_interleave_gate_up_layout():
     for i in range(I):
         assert torch.equal(w[:, i // 8 * 16 + i % 8], gate[:, i])
         assert torch.equal(w[:, i // 8 * 16 + 8 + i % 8], up[:, i])
+    assert torch.equal(ops.deinterleave_gate_up(w), torch.cat([gate, up], 1))
     with pytest.raises(ValueError, match=r"\[lcattn\] interleave_gate_up: 2I must be a multiple of 16, got 24"):
         ops.interleave_gate_up(torch.randn(E, 24, D))
 

@@ -226,3 +226,11 @@ def interleave_gate_up(w: Tensor) -> Tensor:
     if rows % 16:
         raise ValueError(f"[lcattn] interleave_gate_up: 2I must be a multiple of 16, got {rows}")
     return w.reshape(*lead, 2, rows // 16, 8, cols).transpose(-4, -3).reshape(w.shape).contiguous()
+
+
+def deinterleave_gate_up(w: Tensor) -> Tensor:
+    """The inverse of :func:`interleave_gate_up`: [..., 2I, D] gate rows then up rows (the checkpoint's layout)."""
+    *lead, rows, cols = w.shape
+    if rows % 16:
+        raise ValueError(f"[lcattn] deinterleave_gate_up: 2I must be a multiple of 16, got {rows}")
+    return w.reshape(*lead, rows // 16, 2, 8, cols).transpose(-4, -3).reshape(w.shape).contiguous()

@@ -374,6 +374,12 @@ class DeepseekV4ForCausalLM(nn.Module):
                 converted[name] = ops.interleave_gate_up(converted[name])
         self.load_state_dict(converted, strict=True, assign=True)
 
+    def hf_state_dict(self) -> dict:
+        """The state dict in transformers' format, as load_hf_state_dict takes it: the experts' gate rows
+        first, then the up rows (the model's own state_dict keeps them interleaved)."""
+        return {k: ops.deinterleave_gate_up(v) if k.endswith("experts.gate_up_proj") else v
+                for k, v in self.state_dict().items()}
+
 
 # Parameters that stay fp32 whatever the model dtype, as in the published model.
 FP32_PARAMETERS = ("norm.weight", "layernorm.weight", "sinks", "position_bias", ".fn", ".base", ".scale", "hc_fn",
