@@ -17,6 +17,7 @@ def make_indexer(B, S, N, HI, DI, device, q_start):
     (2, 7, 13, 4, 32, [0, 45]),        # irregular, one sequence before its first full block
     (1, 33, 70, 64, 128, [250]),       # V4 indexer heads and dim
     (3, 1, 9, 8, 16, [3, 30, 17]),     # decode: one token per sequence
+    (1, 3, 20, 16, 512, [70]),         # general CUDA kernel past 48 KB of shared memory
 ])
 def test_indexer_scores_match_reference(device, B, S, N, HI, DI, q_start):
     args = make_indexer(B, S, N, HI, DI, device, q_start)

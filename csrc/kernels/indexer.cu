@@ -243,7 +243,14 @@ cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream) {
     return cudaGetLastError();
   }
   const size_t smem = sizeof(float) * (size_t(p.HI) * p.DI + p.HI + kScoreWarps * p.DI);
-  if (smem > 48 * 1024) return cudaErrorInvalidValue;
+  if (smem > 48 * 1024) {  // a large HI * DI or DI: raise the kernel's limit to the 227 KB a Hopper block may use
+    constexpr int kMaxSmem = 227 * 1024;
+    if (smem > kMaxSmem) return cudaErrorInvalidValue;
+    static PerDevice<cudaError_t> smem_limit;
+    const cudaError_t err =
+        allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(indexer_scores_kernel), kMaxSmem);
+    if (err != cudaSuccess) return err;
+  }
   const dim3 grid(unsigned(rows), ceil_div(p.N, kScoreKeys));
   indexer_scores_kernel<<<grid, kScoreWarps * 32, smem, stream>>>(p);
   return cudaGetLastError();
