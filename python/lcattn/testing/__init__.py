@@ -37,6 +37,18 @@ def assert_close(out: Tensor, ref: Tensor, tol: float, what: str = "output") -> 
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
 
 
+def assert_within_bf16_error(out: Tensor, ref: Tensor, bf16: Tensor, factor: float = 2.0,
+                              what: str = "output") -> None:
+    """A fast kernel judged by the error of the same computation in bf16 PyTorch: max |out - ref| at most
+    factor * max |bf16 - ref| plus 1% of a bf16 ulp at ref's largest magnitude (ref in fp32). Stricter than
+    a fixed relative tolerance where bf16 rounding is the whole error."""
+    o, r, b = out.double().cpu(), ref.double().cpu(), bf16.double().cpu()
+    finite = torch.isfinite(r)
+    err, base = (o - r)[finite].abs().max().item(), (b - r)[finite].abs().max().item()
+    floor = 0.01 * 2.0 ** -8 * r[finite].abs().max().item()
+    assert err <= factor * base + floor, f"{what}: max error {err:.3e} > {factor} x {base:.3e} of bf16 torch"
+
+
 def check_topk(indices: Tensor, scores: Tensor, k: int) -> None:
     """SPEC 4's contract: per row, min(k, candidates) unique in-range candidates first, -1 after,
     and min(selected score) >= max(unselected candidate score). Candidates: not -inf, not NaN."""
