@@ -6,6 +6,7 @@ import torch
 
 from lcattn import ops, reference
 from lcattn.testing import MODEL_SHAPES, assert_close, assert_within_bf16_error
+from lcattn.testing.bench import capture
 
 GEMM_TOL = 1e-2  # bf16 output
 
@@ -102,19 +103,6 @@ def test_grouped_gemm_is_repeatable_cuda():
     first = ops.grouped_gemm_contiguous(x, w, offsets)
     for _ in range(3):
         assert torch.equal(ops.grouped_gemm_contiguous(x, w, offsets), first)
-
-
-def capture(fn):
-    """fn() captured in a CUDA graph after a warm-up on a side stream: (graph, its output)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
 
 
 @pytest.mark.cuda

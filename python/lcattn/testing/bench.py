@@ -3,7 +3,7 @@ rotated input sets, CUDA-graph capture, the measured ceilings, and a progress ba
 import math
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -27,8 +27,8 @@ def median_ms(fns: List[Callable[[], object]], reps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def graphed(fn: Callable[[], object]) -> Callable[[], object]:
-    """fn captured in a CUDA graph (after a warm-up on a side stream): decode's launch path."""
+def capture(fn: Callable[[], object]) -> Tuple[torch.cuda.CUDAGraph, object]:
+    """fn() captured in a CUDA graph after a warm-up on a side stream: (graph, its output)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -36,8 +36,13 @@ def graphed(fn: Callable[[], object]) -> Callable[[], object]:
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+        out = fn()
+    return graph, out
+
+
+def graphed(fn: Callable[[], object]) -> Callable[[], object]:
+    """fn as a replay of its CUDA graph: decode's launch path."""
+    return capture(fn)[0].replay
 
 
 def rotated(make: Callable[[], Callable[[], object]], set_bytes: int) -> List[Callable[[], object]]:
