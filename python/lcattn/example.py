@@ -23,6 +23,7 @@ TOLERANCES = {
     "compress_kv csa": 1e-5, "compress_kv hca": 1e-5, "indexer_scores": 1e-5, "topk_indices": 0.0,
     "indexer_topk": 0.0, "gather_rows": 0.0, "sparse_attn": 1e-2, "dense_attn": 1e-2, "moe_route": 1e-6,
     "moe_permute": 0.0, "grouped_gemm_contiguous": 1e-2, "grouped_gemm_masked": 1e-2, "moe_unpermute": 1e-2,
+    "moe_experts": 2e-2,
 }
 
 
@@ -122,6 +123,9 @@ def run(device: torch.device) -> list:
     y = ops.grouped_gemm_contiguous(h, w_down, offsets)
     record("moe_unpermute", lambda: ops.moe_unpermute(y, slot_rows, weights),
            lambda o: rel_err(o.float(), reference.moe_unpermute(y, slot_rows, weights)))
+    w_gate_up = (torch.randn(E, 2 * inter, hidden, device=device) * hidden ** -0.5).to(bf)
+    record("moe_experts", lambda: ops.moe_experts(x, weights, experts, w_gate_up, w_down, 10.0),
+           lambda o: rel_err(o.float(), reference.moe_experts(x, weights, experts, w_gate_up, w_down, 10.0)))
     return rows
 
 

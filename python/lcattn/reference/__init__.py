@@ -139,7 +139,7 @@ def grouped_gemm_masked(x: Tensor, w: Tensor, counts: Tensor) -> Tensor:
     return y.masked_fill((rows[None] >= counts.to(x.device)[:, None])[..., None], 0.0)
 
 
-def moe_route(logits: Tensor, topk: int, route_scale: float, bias: Optional[Tensor] = None,
+def moe_route(logits: Tensor, k: int, route_scale: float, bias: Optional[Tensor] = None,
               tid2eid: Optional[Tensor] = None, token_ids: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """SPEC 6: s = sqrt(softplus(u)); top-k of s + bias (or the hash table); normalised weights.
 
@@ -152,7 +152,7 @@ def moe_route(logits: Tensor, topk: int, route_scale: float, bias: Optional[Tens
     else:
         key = s if bias is None else s + bias.float()
         key = key.masked_fill(key.isnan(), float("-inf"))
-        idx = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :topk]
+        idx = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :k]
     w = s.gather(1, idx)
     return w / w.sum(-1, keepdim=True) * route_scale, idx.to(torch.int32)
 
