@@ -218,19 +218,23 @@ def _(x, weights, indices, w_gate_up, w_down, swiglu_limit):
     return torch.empty_like(x)
 
 
+def _regroup_gate_up(w: Tensor, name: str, interleave: bool) -> Tensor:
+    """w [..., 2I, D] as [..., 2, I / 8, 8, D] (gate rows, then up rows) <-> [..., I / 8, 2, 8, D]
+    (blocks of 8 gate rows, each followed by their 8 up rows)."""
+    *lead, rows, cols = w.shape
+    if rows % 16:
+        raise ValueError(f"[lcattn] {name}: 2I must be a multiple of 16, got {rows}")
+    groups = (2, rows // 16) if interleave else (rows // 16, 2)
+    return w.reshape(*lead, *groups, 8, cols).transpose(-4, -3).reshape(w.shape).contiguous()
+
+
 def interleave_gate_up(w: Tensor) -> Tensor:
     """[..., 2I, D] gate rows then up rows -> the layout moe_experts reads: rows 16b .. 16b + 7 are gate
     features 8b .. 8b + 7 and the next 8 rows their up features, so the gate+up GEMM's epilogue finds each
     gate beside its up (I a multiple of 8). A copy; do it once, when loading weights."""
-    *lead, rows, cols = w.shape
-    if rows % 16:
-        raise ValueError(f"[lcattn] interleave_gate_up: 2I must be a multiple of 16, got {rows}")
-    return w.reshape(*lead, 2, rows // 16, 8, cols).transpose(-4, -3).reshape(w.shape).contiguous()
+    return _regroup_gate_up(w, "interleave_gate_up", interleave=True)
 
 
 def deinterleave_gate_up(w: Tensor) -> Tensor:
     """The inverse of :func:`interleave_gate_up`: [..., 2I, D] gate rows then up rows (the checkpoint's layout)."""
-    *lead, rows, cols = w.shape
-    if rows % 16:
-        raise ValueError(f"[lcattn] deinterleave_gate_up: 2I must be a multiple of 16, got {rows}")
-    return w.reshape(*lead, rows // 16, 2, 8, cols).transpose(-4, -3).reshape(w.shape).contiguous()
+    return _regroup_gate_up(w, "deinterleave_gate_up", interleave=False)
