@@ -125,6 +125,36 @@ def test_grouped_gemm_replays_in_cuda_graph_cuda():
         assert_close(ym.float(), reference.grouped_gemm_masked(xm, w, counts), GEMM_TOL)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("tile", ["n32", "n64", "n128", "n256"])
+def test_grouped_gemm_each_tile_cuda(monkeypatch, tile):
+    """Each CUTLASS tile forced (LCATTN_GROUPED_GEMM_TILE) on irregular shapes in both layouts, and in
+    moe_experts with the gated epilogue, whatever the heuristic would pick for them."""
+    monkeypatch.setenv("LCATTN_GROUPED_GEMM_TILE", tile)
+    for counts, N, K in (([3, 0, 70, 1, 0, 9], 40, 24), ([1, 2, 0, 12], 4096, 2048), ([0] * 9 + [1] * 7, 136, 520)):
+        x = torch.randn(sum(counts), K, device="cuda").bfloat16()
+        w, offsets = expert_weights(len(counts), N, K, "cuda"), offsets_of(counts, "cuda")
+        # fp32 references only: cuBLAS's bf16 kernels trip compute-sanitizer racecheck.
+        assert_close(ops.grouped_gemm_contiguous(x, w, offsets).float(),
+                     reference.grouped_gemm_contiguous(x, w, offsets), GEMM_TOL)
+    for counts, M, N, K in (([3, 0, 9, 1], 9, 264, 72), ([0, 1, 1, 0, 0, 1, 1, 0, 1], 1, 4096, 256)):  # E > M too
+        E = len(counts)
+        x, w = torch.randn(E, M, K, device="cuda").bfloat16(), expert_weights(E, N, K, "cuda")
+        c = as_int(counts, "cuda")
+        y = ops.grouped_gemm_masked(x, w, c)
+        assert_close(y.float(), reference.grouped_gemm_masked(x, w, c), GEMM_TOL)
+        for e, n in enumerate(counts):
+            assert (y[e, n:] == 0).all()
+    for fused in ("0", "1"):
+        monkeypatch.setenv("LCATTN_MOE_FUSED_SWIGLU", fused)
+        T, k, E, D, I = 3, 6, 16, 256, 136
+        x = torch.randn(T, D, device="cuda").bfloat16()
+        w_gate_up, w_down = expert_weights(E, 2 * I, D, "cuda"), expert_weights(E, D, I, "cuda")
+        weights, idx = ops.moe_route(torch.randn(T, E, device="cuda"), k, 1.5)
+        out = ops.moe_experts(x, weights, idx, w_gate_up, w_down, 0.5)
+        assert_close(out.float(), reference.moe_experts(x, weights, idx, w_gate_up, w_down, 0.5), 2e-2)
+
+
 @pytest.fixture(params=["separate", "fused"])
 def swiglu_pass(request, monkeypatch):
     """moe_experts with SwiGLU as its own pass, and in the gate+up GEMM's epilogue."""

@@ -169,10 +169,10 @@ struct GemmConfig {
   GemmWorkspaceFn workspace;
 };
 
-// LCATTN_GROUPED_GEMM_TILE=n32|n64|n128|n256 overrides the heuristic (for tuning it).
+// The CUTLASS tile by rows per expert; LCATTN_GROUPED_GEMM_TILE=n32|n64|n128|n256 overrides it (for
+// tuning, and for tests that run every tile on the same shapes); read per call.
 moe_sm90::Tile tile_for(const GroupedGemmParams& p) {
-  static const char* forced = std::getenv("LCATTN_GROUPED_GEMM_TILE");
-  if (forced) {
+  if (const char* forced = std::getenv("LCATTN_GROUPED_GEMM_TILE")) {
     const std::string name(forced);
     if (name == "n32") return moe_sm90::Tile::n32;
     if (name == "n64") return moe_sm90::Tile::n64;

@@ -221,9 +221,9 @@ struct GroupedGemm {
 };
 
 // Block e writes expert e's problem (N, rows, K), operand pointers and strides; with counts (the
-// masked layout) every block also zeroes its share of the rows at or past each count. Offsets and
-// counts are clamped into [0, M], so no value makes the GEMM touch memory outside x or y. y's rows
-// hold p.out_cols() values.
+// masked layout) every block also zeroes its share of the rows at or past each count. Rows come from
+// p.expert_rows, so no offset or count makes the GEMM touch memory outside x or y. y's rows hold
+// p.out_cols() values.
 template <class G>
 __global__ void grouped_gemm_setup_kernel(const GroupedGemmParams p, typename G::Arrays arr,
                                           typename G::StrideA stride_a, typename G::StrideB stride_b,
@@ -231,14 +231,7 @@ __global__ void grouped_gemm_setup_kernel(const GroupedGemmParams p, typename G:
   const int e = blockIdx.x;
   int64_t begin;
   int rows;
-  if (p.counts) {
-    begin = int64_t(e) * p.M;
-    rows = min(max(p.counts[e], 0), p.M);
-  } else {
-    const int lo = min(max(p.offsets[e], 0), p.M);
-    begin = lo;
-    rows = min(max(p.offsets[e + 1], lo), p.M) - lo;
-  }
+  p.expert_rows(e, begin, rows);
   if (blockIdx.y == 0 && threadIdx.x == 0) {
     arr.shapes[e] = typename G::Shape3(p.N, rows, p.K);
     arr.a[e] = reinterpret_cast<const typename G::Element*>(p.w) + int64_t(e) * p.N * p.K;

@@ -95,6 +95,19 @@ struct GroupedGemmParams {
   bool gated = false;  // N a multiple of 16
   float swiglu_limit = 0.f;
   LCATTN_HD int out_cols() const { return gated ? N / 2 : N; }
+  // Expert e's rows [begin, begin + rows) of x and y: from offsets (contiguous) or counts (masked,
+  // begin = e M), clamped into [0, M] so that no value reaches outside x or y.
+  LCATTN_HD void expert_rows(int e, int64_t& begin, int& rows) const {
+    auto clamp = [](int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); };
+    if (counts) {
+      begin = int64_t(e) * M;
+      rows = clamp(counts[e], 0, M);
+    } else {
+      const int lo = clamp(offsets[e], 0, M);
+      begin = lo;
+      rows = clamp(offsets[e + 1], lo, M) - lo;
+    }
+  }
 };
 
 // Row of the interleaved gate+up weight [2I, D] that holds gate (up = false) or up feature i < I:
@@ -148,8 +161,8 @@ struct MoeExpertsParams {
   int T, k, E, D, I;      // D and I multiples of 8
   float swiglu_limit;
   // SwiGLU in the gate+up GEMM's epilogue (no [T * k, 2I] intermediate); else a separate pass over
-  // the GEMM's output. The adapter sets it from LCATTN_MOE_FUSED_SWIGLU=1: off by default until the
-  // fused epilogue has been measured on the GPU.
+  // the GEMM's output. The adapter sets it from LCATTN_MOE_FUSED_SWIGLU=1: off by default, as the
+  // fused epilogue measured slower than the separate pass (csrc/kernels/NOTES.md).
   bool fused_swiglu = false;
 };
 
