@@ -1,12 +1,15 @@
-"""The main job: a DeepSeek-V4 model with random weights prefills a long prompt, then decodes.
+"""The main job: a DeepSeek-V4 model with random weights prefills a long prompt, then decodes; then
+a batch of shorter sequences decodes together.
 
-    python -m lcattn.demo [--context N] [--decode N] [--chunk N] [--device cpu|cuda]
+    python -m lcattn.demo [--context N] [--decode N] [--chunk N] [--batch N] [--batch-prompt N]
+                          [--device cpu|cuda]
 
 On a GPU the model has V4-Flash's attention dimensions (64 heads of 512, indexer 64 x 128, top-k
 512, window 128) with a window-only, two CSA and two HCA layers, and 128K positions (prompt and
 decoded tokens); on a CPU it is the tiny configuration with 16K positions. Prints prefill tokens/s,
 decode ms per token, peak memory, and the cache's bytes per token beside a dense-attention cache of
-the same model.
+the same model. Decoding runs through model.decoder: a cache of fixed capacity and, on a GPU, one
+captured CUDA graph per batch size, replayed each step.
 """
 import argparse
 import resource
@@ -36,6 +39,17 @@ def peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)"
 
 
+def decode_median_ms(decoder, token: torch.Tensor, steps: int, device: torch.device) -> float:
+    """Median ms of `steps` greedy decode steps (the first one, which captures the graph, included)."""
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        token = decoder.step(token).argmax(-1)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] * 1e3 if times else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     on_gpu = torch.cuda.is_available() and lcattn.cuda_kernels_built()
@@ -47,6 +61,9 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=32, help="routed experts per layer on the GPU")
     parser.add_argument("--layers", help="layer kinds, e.g. sliding,csa,hca,csa (default sliding,csa,hca,csa,hca "
                         "on GPU, the tiny model's sliding,csa,hca,csa on CPU)")
+    parser.add_argument("--batch", type=int, default=64, help="sequences of the batched decode (0: skip it)")
+    parser.add_argument("--batch-prompt", type=int, help="prompt tokens per sequence of the batched decode "
+                        "(default 2048 on GPU, 128 on CPU)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -74,35 +91,38 @@ def main() -> None:
           flush=True)
 
     prompt = torch.randint(0, config.vocab_size, (1, prompt_len), device=device)
-    cache = model.new_cache(1)
+    decoder = model.decoder(1, context)
     synchronize(device)
     started = time.perf_counter()
     bar = Progress("prefill", prompt_len)
     for start in range(0, prompt_len, args.chunk):
-        logits = model(prompt[:, start:start + args.chunk], cache)
+        logits = decoder.prefill(prompt[:, start:start + args.chunk])
         synchronize(device)
         bar.update(min(start + args.chunk, prompt_len))
     prefill_s = time.perf_counter() - started
-
-    token = logits[:, -1:].argmax(-1)
-    decode_times = []
-    for _ in range(args.decode):
-        t0 = time.perf_counter()
-        token = model(token, cache)[:, -1:].argmax(-1)
-        synchronize(device)
-        decode_times.append(time.perf_counter() - t0)
-    decode_ms = sorted(decode_times)[len(decode_times) // 2] * 1e3 if decode_times else float("nan")
-
+    decode_ms = decode_median_ms(decoder, logits.argmax(-1), args.decode, device)
+    cache = decoder.cache
+    graphed = "CUDA graph replays" if decoder.use_graph else "eager"
     tokens = cache.host_lengths[0]
     dense = config.num_layers * config.head_dim * 2  # one bf16 K=V row of head_dim per layer and token
     ours = cache.nbytes() / tokens
     print(f"prompt {prompt_len} tokens, then {args.decode} decoded; chunks of {args.chunk}")
     print(f"prefill:        {prompt_len / prefill_s:,.0f} tokens/s ({prefill_s:.2f} s)")
-    print(f"decode:         {decode_ms:.2f} ms/token (median, batch 1)")
+    print(f"decode:         {decode_ms:.2f} ms/token (median, batch 1, {graphed})")
     print(f"peak memory:    {peak_memory(device)}")
     print(f"cache:          {ours:,.1f} bytes/token ({cache.nbytes() / 2**20:,.1f} MiB at {tokens} tokens); "
           f"a dense-attention cache: {dense:,} bytes/token ({dense * tokens / 2**20:,.1f} MiB), "
           + (f"{dense / ours:.1f}x more" if dense >= ours else f"{ours / dense:.1f}x smaller"))
+    if args.batch > 0:
+        B, n = args.batch, args.batch_prompt or (2048 if device.type == "cuda" else 128)
+        batched = model.decoder(B, n + args.decode)
+        started = time.perf_counter()
+        logits = batched.prefill(torch.randint(0, config.vocab_size, (B, n), device=device), chunk=args.chunk)
+        synchronize(device)
+        prefill_s = time.perf_counter() - started
+        ms = decode_median_ms(batched, logits.argmax(-1), args.decode, device)
+        print(f"batch {B}:       {n}-token prompts prefilled at {B * n / prefill_s:,.0f} tokens/s; decode "
+              f"{ms:.2f} ms/step, {B * 1e3 / ms:,.0f} tokens/s (median, {graphed})")
 
 
 if __name__ == "__main__":

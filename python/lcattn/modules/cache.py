@@ -1,6 +1,8 @@
 """Inference state of a batch of sequences: per layer the raw window, the compressed entries, the
 indexer keys and the compressors' carry-over rings, so that prefill, chunked prefill and decode
-give the same results."""
+give the same results. Every tensor is updated in place; with a fixed capacity (max_context) the
+entries are allocated once, so a decode step's tensors keep their addresses and a CUDA graph of the
+step can be replayed."""
 from typing import List, Optional
 
 import torch
@@ -12,17 +14,17 @@ from lcattn.modules.config import CSA, SLIDING, DeepseekV4Config
 class CompressedStream:
     """Entries of one compressor, [B, capacity, dim] bf16 (entry i at row i), and its rings."""
 
-    def __init__(self, batch: int, ratio: int, dim: int, overlap: bool, device: torch.device):
+    def __init__(self, batch: int, ratio: int, dim: int, overlap: bool, device: torch.device, capacity: int = 0):
         self.ratio, self.overlap = ratio, overlap
         self.ring_kv, self.ring_score = ops.compress_state(batch, ratio, (2 if overlap else 1) * dim, overlap, device)
-        self.entries = torch.zeros(batch, 0, dim, dtype=torch.bfloat16, device=device)
+        self.entries = torch.zeros(batch, capacity, dim, dtype=torch.bfloat16, device=device)
 
     def append(self, kv: torch.Tensor, score: torch.Tensor, step: "Step", ape: torch.Tensor, norm_weight: torch.Tensor,
                inv_freq: torch.Tensor, eps: float) -> None:
         """Pools the chunk's new tokens (kv, score [B, S, width] fp32) into entries."""
         need = step.end_max // self.ratio
         capacity = self.entries.shape[1]
-        if need > capacity:  # grow by a quarter at least, so long prefills copy O(log) times
+        if need > capacity:  # (no fixed capacity) grow by a quarter at least: long prefills copy O(log) times
             grown = torch.zeros(self.entries.shape[0], max(need, capacity + capacity // 4), self.entries.shape[2],
                                 dtype=self.entries.dtype, device=self.entries.device)
             grown[:, :capacity] = self.entries
@@ -35,7 +37,7 @@ class CompressedStream:
 
 
 class LayerCache:
-    def __init__(self, config: DeepseekV4Config, layer: int, batch: int, device: torch.device):
+    def __init__(self, config: DeepseekV4Config, layer: int, batch: int, device: torch.device, max_context: int = 0):
         kind = config.layer_types[layer]
         # The last window - 1 raw keys (= values) before the next token: row j at position len - (window-1) + j.
         self.window = torch.zeros(batch, config.window - 1, config.head_dim, dtype=torch.bfloat16, device=device)
@@ -43,9 +45,9 @@ class LayerCache:
         self.kv: Optional[CompressedStream] = None
         self.index: Optional[CompressedStream] = None
         if kind != SLIDING:
-            self.kv = CompressedStream(batch, ratio, config.head_dim, kind == CSA, device)
+            self.kv = CompressedStream(batch, ratio, config.head_dim, kind == CSA, device, max_context // ratio)
         if kind == CSA:
-            self.index = CompressedStream(batch, ratio, config.index_dim, True, device)
+            self.index = CompressedStream(batch, ratio, config.index_dim, True, device, max_context // ratio)
 
 
 class Step:
@@ -60,22 +62,40 @@ class Step:
 
 
 class DeepseekV4Cache:
-    """Per-layer state plus each sequence's length. Sequences may have different lengths."""
+    """Per-layer state plus each sequence's length. Sequences may have different lengths.
 
-    def __init__(self, config: DeepseekV4Config, batch: int, device: torch.device):
-        self.config = config
-        self.layers = [LayerCache(config, i, batch, device) for i in range(config.num_layers)]
+    max_context (positions per sequence, prompt and decoded tokens) fixes the capacity: the entries
+    are allocated once and a sequence that would pass it gets an error. Without it (None) the entries
+    grow as the sequences do, up to the model's max_positions."""
+
+    def __init__(self, config: DeepseekV4Config, batch: int, device: torch.device, max_context: Optional[int] = None):
+        if max_context is not None and not 0 < max_context <= config.max_positions:
+            raise ValueError(f"[lcattn] max_context must be in [1, {config.max_positions}], got {max_context}")
+        self.config, self.max_context = config, max_context
+        self.layers = [LayerCache(config, i, batch, device, max_context or 0) for i in range(config.num_layers)]
         self.lengths = torch.zeros(batch, dtype=torch.int32, device=device)
         self.host_lengths = [0] * batch  # the same, on the host: sizes without a device sync
 
+    def check_room(self, lens: List[int]) -> None:
+        """Raises unless every sequence b can take lens[b] more tokens."""
+        limit, what = ((self.max_context, "the cache's max_context") if self.max_context is not None
+                       else (self.config.max_positions, "max_positions"))
+        if max(h + n for h, n in zip(self.host_lengths, lens)) > limit:
+            raise ValueError(f"[lcattn] a sequence would pass {what} = {limit} (lengths {self.host_lengths}, "
+                             f"adding {lens})")
+
     def step(self, input_ids: torch.Tensor, lengths: Optional[List[int]]) -> Step:
         B, S = input_ids.shape
-        lens = [S] * B if lengths is None else [int(n) for n in lengths]
-        if len(lens) != B or any(n < 0 or n > S for n in lens):
-            raise ValueError(f"[lcattn] lengths must be {B} values in [0, {S}], got {lens}")
-        if max(h + n for h, n in zip(self.host_lengths, lens)) > self.config.max_positions:
-            raise ValueError(f"[lcattn] a sequence would pass max_positions = {self.config.max_positions}")
-        seq_lens = torch.tensor(lens, dtype=torch.int32, device=self.lengths.device)
+        device = self.lengths.device
+        if lengths is None:  # every row full: filled on the device, no host-to-device copy
+            lens = [S] * B
+            seq_lens = torch.full((B,), S, dtype=torch.int32, device=device)
+        else:
+            lens = [int(n) for n in lengths]
+            if len(lens) != B or any(n < 0 or n > S for n in lens):
+                raise ValueError(f"[lcattn] lengths must be {B} values in [0, {S}], got {lens}")
+            seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+        self.check_room(lens)
         return Step(self.lengths.clone(), seq_lens, self.host_lengths, lens, input_ids)
 
     def advance(self, step: Step) -> None:

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from lcattn import ops
 from lcattn.modules.cache import DeepseekV4Cache, LayerCache, Step
 from lcattn.modules.config import CSA, HCA, SLIDING, DeepseekV4Config
+from lcattn.modules.decoder import Decoder
 from lcattn.modules.rope import apply_rope, inv_freq
 
 
@@ -132,7 +133,7 @@ class Attention(nn.Module):
         keys = torch.cat((state.window, kv), dim=1)
         kv_start = step.q_start - (W - 1)
         rows = step.seq_lens.long()[:, None] + torch.arange(W - 1, device=x.device)
-        state.window = keys.gather(1, rows[..., None].expand(-1, -1, cfg.head_dim))
+        state.window.copy_(keys.gather(1, rows[..., None].expand(-1, -1, cfg.head_dim)))  # in place: graph replays
         empty = keys[:, :0]
         if self.kind == SLIDING:
             out, _ = attention_ops.dense_attn(q, keys, kv_start, step.q_start, empty, self.sinks, self.freqs,
@@ -314,8 +315,14 @@ class DeepseekV4ForCausalLM(nn.Module):
         self.model = DeepseekV4Model(config)
         self.lm_head = linear(config.hidden_size, config.vocab_size)
 
-    def new_cache(self, batch: int) -> DeepseekV4Cache:
-        return DeepseekV4Cache(self.config, batch, self.lm_head.weight.device)
+    def new_cache(self, batch: int, max_context: Optional[int] = None) -> DeepseekV4Cache:
+        """A cache for `batch` sequences; max_context fixes its capacity (positions per sequence)."""
+        return DeepseekV4Cache(self.config, batch, self.lm_head.weight.device, max_context)
+
+    def decoder(self, batch: int, max_context: int, graph: Optional[bool] = None) -> "Decoder":
+        """Prefill and decode for `batch` sequences of at most max_context positions; with graph=True
+        each decode step replays one captured CUDA graph (default: LCATTN_DECODE_GRAPH=1 on CUDA)."""
+        return Decoder(self, batch, max_context, graph)
 
     @torch.no_grad()
     def forward(self, input_ids: Tensor, cache: Optional[DeepseekV4Cache] = None,

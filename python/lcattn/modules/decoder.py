@@ -1,0 +1,89 @@
+"""Prefill, then decode one token per sequence per step, from a cache of fixed capacity. With a CUDA
+graph a decode step is captured once and replayed: the token ids are copied into a static input,
+the logits come back in a static output, and no host work runs but the replay itself. The graph is
+on with graph=True, or by default on CUDA with LCATTN_DECODE_GRAPH=1 (off until it has been measured
+on a GPU)."""
+import os
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+
+class Decoder:
+    """model.decoder(batch, max_context): prefill(prompts) once, then step(tokens) per token.
+
+    Sequences may have different lengths; every step adds one token to each. The logits step()
+    returns are overwritten by the next step (clone them to keep them)."""
+
+    def __init__(self, model, batch: int, max_context: int, graph: Optional[bool] = None):
+        self.model, self.batch = model, batch
+        self.cache = model.new_cache(batch, max_context=max_context)
+        device = self.cache.lengths.device
+        if graph is None:
+            graph = device.type == "cuda" and os.environ.get("LCATTN_DECODE_GRAPH") == "1"
+        self.use_graph = graph
+        if self.use_graph and device.type != "cuda":
+            raise ValueError("[lcattn] a CUDA graph needs the model on a CUDA device")
+        self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)  # the step's static input
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.logits: Optional[Tensor] = None  # the graph's static output, [batch, vocab]
+
+    @torch.no_grad()
+    def prefill(self, input_ids: Tensor, lengths: Optional[List[int]] = None, chunk: int = 8192) -> Tensor:
+        """Runs the prompts (row b of input_ids [batch, S], its first lengths[b] tokens, default all S)
+        in calls of about `chunk` tokens (all sequences together: it bounds the activations and the
+        logits); returns each sequence's logits at its last prompt token [batch, vocab] (zeros for an
+        empty prompt)."""
+        B, S = input_ids.shape
+        if B != self.batch:
+            raise ValueError(f"[lcattn] the decoder holds {self.batch} sequences, got input_ids of {B}")
+        lens = [S] * B if lengths is None else [int(n) for n in lengths]
+        last: List[Optional[Tensor]] = [None] * B
+        positions = max(1, chunk // B)
+        for start in range(0, S, positions):
+            piece = input_ids[:, start:start + positions]
+            n = [min(max(length - start, 0), piece.shape[1]) for length in lens]
+            if not any(n):
+                break
+            logits = self.model(piece, self.cache, lengths=None if lengths is None else n)
+            for b in range(B):
+                if n[b] and start + n[b] == lens[b]:
+                    last[b] = logits[b, n[b] - 1].clone()
+        vocab = self.model.config.vocab_size
+        zeros = torch.zeros(vocab, device=input_ids.device, dtype=self.model.lm_head.weight.dtype)
+        return torch.stack([zeros if row is None else row for row in last])
+
+    @torch.no_grad()
+    def step(self, token_ids: Tensor) -> Tensor:
+        """Appends token_ids [batch] (one per sequence); returns the next-token logits [batch, vocab]."""
+        if token_ids.numel() != self.batch:
+            raise ValueError(f"[lcattn] step takes {self.batch} token ids, got {token_ids.numel()}")
+        self.ids.copy_(token_ids.reshape(self.batch, 1))
+        if not self.use_graph:
+            return self.model(self.ids, self.cache)[:, 0]
+        if self.graph is None:
+            return self.first_step()
+        ones = [1] * self.batch
+        self.cache.check_room(ones)
+        self.graph.replay()
+        self.cache.host_lengths = [h + 1 for h in self.cache.host_lengths]
+        return self.logits
+
+    def first_step(self) -> Tensor:
+        """Runs the first step eagerly on a side stream (it warms up every kernel and library handle),
+        then captures the next one: capture records kernels without running them, so the cache's host
+        lengths, which the captured forward advanced, are put back."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            logits = self.model(self.ids, self.cache)[:, 0].clone()
+        torch.cuda.current_stream().wait_stream(side)
+        host = list(self.cache.host_lengths)
+        self.cache.check_room([1] * self.batch)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self.model(self.ids, self.cache)[:, 0]
+        self.cache.host_lengths = host
+        self.graph = graph
+        return logits

@@ -1,0 +1,102 @@
+"""Decoding from a cache of fixed capacity (model.decoder): eager and CUDA-graph steps against
+one-shot prefill, capacity errors, torch.compile."""
+import os
+
+import pytest
+import torch
+from model_helpers import rel, same_argmax
+
+from lcattn.modules import DeepseekV4Config, DeepseekV4ForCausalLM
+
+TOL = 1e-2  # as in test_model.py: bf16 rounding of the ops' inputs
+STEPS = 50
+# Past the tiny model's window (16), its CSA and HCA blocks (4, 16) and the first full block, with
+# the sequences of one batch at different lengths.
+LENGTHS = [37, 11, 60]
+needs_graph_allocator = pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
+                                           reason="graph capture allocates through the caching allocator")
+
+
+def tiny_model(device, **changes):
+    config = DeepseekV4Config.tiny()
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return DeepseekV4ForCausalLM(config).init_weights(std=0.05).to(device)
+
+
+def decode(model, ids, graph, chunk=8192):
+    """Logits [B, 1 + STEPS, vocab]: the prompts' last tokens, then each step's (teacher-forced)."""
+    B = ids.shape[0]
+    dec = model.decoder(B, max(LENGTHS) + STEPS, graph=graph)
+    out = [dec.prefill(ids[:, :max(LENGTHS)], LENGTHS, chunk=chunk)]
+    for t in range(STEPS):
+        out.append(dec.step(torch.stack([ids[b, LENGTHS[b] + t] for b in range(B)])).clone())
+    assert dec.cache.host_lengths == [n + STEPS for n in LENGTHS]
+    assert dec.cache.lengths.tolist() == dec.cache.host_lengths
+    return torch.stack(out, 1)
+
+
+def assert_matches_one_shot(model, ids, logits):
+    for b, n in enumerate(LENGTHS):
+        full = model(ids[b:b + 1, :n + STEPS])[0, n - 1:]
+        assert rel(logits[b], full) < TOL and same_argmax(logits[b], full) > 0.9
+
+
+def test_decoder_matches_one_shot_prefill(device):
+    model = tiny_model(device)
+    ids = torch.randint(0, model.config.vocab_size, (len(LENGTHS), max(LENGTHS) + STEPS), device=device)
+    logits = decode(model, ids, graph=False, chunk=40)  # prefill in calls of 13 positions
+    assert_matches_one_shot(model, ids, logits)
+
+
+@pytest.mark.cuda
+@needs_graph_allocator
+def test_graph_steps_equal_eager_steps_cuda():
+    """Capture raises on any host sync in the step; the replays match eager steps bitwise."""
+    model = tiny_model("cuda")
+    ids = torch.randint(0, model.config.vocab_size, (len(LENGTHS), max(LENGTHS) + STEPS), device="cuda")
+    replayed = decode(model, ids, graph=True)
+    assert torch.equal(replayed, decode(model, ids, graph=False))
+    assert_matches_one_shot(model, ids, replayed)
+
+
+@pytest.mark.parametrize("graph", [False, pytest.param(True, marks=[pytest.mark.cuda, needs_graph_allocator])])
+def test_full_cache_is_an_error(device, graph):
+    if graph and device.type != "cuda":
+        pytest.skip("CUDA graphs run on CUDA")
+    model = tiny_model(device)
+    dec = model.decoder(2, 12, graph=graph)
+    dec.prefill(torch.randint(0, model.config.vocab_size, (2, 9), device=device), [9, 4])
+    tokens = torch.zeros(2, dtype=torch.long, device=device)
+    for _ in range(3):
+        dec.step(tokens)
+    with pytest.raises(ValueError, match=r"\[lcattn\] a sequence would pass the cache's max_context = 12"):
+        dec.step(tokens)
+    assert dec.cache.host_lengths == [12, 7]
+    with pytest.raises(ValueError, match=r"\[lcattn\] max_context must be in"):
+        model.decoder(1, model.config.max_positions + 1)
+
+
+def test_decoder_rejects_bad_calls(device):
+    model = tiny_model(device)
+    dec = model.decoder(2, 32, graph=False)
+    with pytest.raises(ValueError, match=r"\[lcattn\] the decoder holds 2 sequences"):
+        dec.prefill(torch.zeros(3, 4, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match=r"\[lcattn\] step takes 2 token ids"):
+        dec.step(torch.zeros(3, dtype=torch.long, device=device))
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match=r"\[lcattn\] a CUDA graph needs"):
+            model.decoder(1, 8, graph=True)
+
+
+def test_compiled_model_matches_eager(device):
+    """torch.compile(fullgraph=True) traces prefill and decode with no graph break (lcattn's ops are
+    custom ops with fake kernels) and gives the eager logits."""
+    model = tiny_model(device, layer_types=["sliding", "csa", "hca"])
+    compiled = torch.compile(model, fullgraph=True)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), device=device)
+    eager_cache, compiled_cache = model.new_cache(2, max_context=32), model.new_cache(2, max_context=32)
+    for part in (ids[:, :21], ids[:, 21:22], ids[:, 22:23], ids[:, 23:]):
+        want, got = model(part, eager_cache), compiled(part, compiled_cache)
+        assert rel(got, want) < TOL and same_argmax(got, want) > 0.9
+    assert compiled_cache.host_lengths == eager_cache.host_lengths == [24, 24]
