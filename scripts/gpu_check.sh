@@ -8,7 +8,8 @@
 # QUICK=1 runs only the CUDA tests of the sanitizer families (no suite, example or C++ benches).
 # BENCH="ARGS" also runs python bench/python/run.py ARGS --out OUT_DIR/bench (with a FlashMLA column
 # when build/baselines/flashmla_baseline.so, from scripts/build_flashmla.sh, is carried along).
-# DEMO_CONTEXT=N also runs the demo with an N-token prompt; STEP_TIMEOUT=S bounds each step (1800 s).
+# DEMO_CONTEXT=N also runs the demo with an N-token prompt (DEMO_ARGS="--graph --compile" adds its
+# flags); STEP_TIMEOUT=S bounds each step (1800 s).
 set -uo pipefail
 out=$(realpath -m "${1:-gpu_results}")
 mkdir -p "$out"
@@ -55,7 +56,7 @@ else
     build/cmake/bench_compress --tokens=16384'
 fi
 if [ -n "${BENCH:-}" ]; then step bench python3 bench/python/run.py $BENCH --out "$out/bench"; fi
-if [ -n "${DEMO_CONTEXT:-}" ]; then step demo python3 -m lcattn.demo --context "$DEMO_CONTEXT"; fi
+if [ -n "${DEMO_CONTEXT:-}" ]; then step demo python3 -m lcattn.demo --context "$DEMO_CONTEXT" ${DEMO_ARGS:-}; fi
 # Without the caching allocator every tensor is its own allocation, so memcheck sees overruns.
 # racecheck runs minutes per large case: it skips the prefill-scale and 1M-context cases, the
 # 200-, 70- and 300-token Hopper attention prefills (the 33-token and decode cases run), and the

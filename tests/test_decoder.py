@@ -24,14 +24,14 @@ def tiny_model(device, **changes):
     return DeepseekV4ForCausalLM(config).init_weights(std=0.05).to(device)
 
 
-def decode(model, ids, graph, chunk=8192):
-    """Logits [B, 1 + STEPS, vocab]: the prompts' last tokens, then each step's (teacher-forced)."""
+def decode(model, ids, graph, chunk=8192, steps=STEPS, compile=False):
+    """Logits [B, 1 + steps, vocab]: the prompts' last tokens, then each step's (teacher-forced)."""
     B = ids.shape[0]
-    dec = model.decoder(B, max(LENGTHS) + STEPS, graph=graph)
+    dec = model.decoder(B, max(LENGTHS) + steps, graph=graph, compile=compile)
     out = [dec.prefill(ids[:, :max(LENGTHS)], LENGTHS, chunk=chunk)]
-    for t in range(STEPS):
+    for t in range(steps):
         out.append(dec.step(torch.stack([ids[b, LENGTHS[b] + t] for b in range(B)])).clone())
-    assert dec.cache.host_lengths == [n + STEPS for n in LENGTHS]
+    assert dec.cache.host_lengths == [n + steps for n in LENGTHS]
     assert dec.cache.lengths.tolist() == dec.cache.host_lengths
     return torch.stack(out, 1)
 
@@ -87,6 +87,13 @@ def test_decoder_rejects_bad_calls(device):
     if device.type == "cpu":
         with pytest.raises(ValueError, match=r"\[lcattn\] a CUDA graph needs"):
             model.decoder(1, 8, graph=True)
+
+
+def test_compiled_decode_steps_match_eager(device):
+    model = tiny_model(device, layer_types=["sliding", "csa", "hca"])
+    ids = torch.randint(0, model.config.vocab_size, (len(LENGTHS), max(LENGTHS) + 4), device=device)
+    compiled, eager = decode(model, ids, False, steps=4, compile=True), decode(model, ids, False, steps=4)
+    assert rel(compiled, eager) < TOL and same_argmax(compiled, eager) > 0.9
 
 
 def test_compiled_model_matches_eager(device):

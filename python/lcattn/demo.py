@@ -2,14 +2,15 @@
 a batch of shorter sequences decodes together.
 
     python -m lcattn.demo [--context N] [--decode N] [--chunk N] [--batch N] [--batch-prompt N]
-                          [--device cpu|cuda]
+                          [--graph] [--compile] [--device cpu|cuda]
 
 On a GPU the model has V4-Flash's attention dimensions (64 heads of 512, indexer 64 x 128, top-k
 512, window 128) with a window-only, two CSA and two HCA layers, and 128K positions (prompt and
 decoded tokens); on a CPU it is the tiny configuration with 16K positions. Prints prefill tokens/s,
 decode ms per token, peak memory, and the cache's bytes per token beside a dense-attention cache of
-the same model. Decoding runs through model.decoder: a cache of fixed capacity and, on a GPU, one
-captured CUDA graph per batch size, replayed each step.
+the same model. Decoding runs through model.decoder: a cache of fixed capacity, with --graph one
+captured CUDA graph per batch size replayed each step (or LCATTN_DECODE_GRAPH=1), with --compile the
+step through torch.compile.
 """
 import argparse
 import resource
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="sequences of the batched decode (0: skip it)")
     parser.add_argument("--batch-prompt", type=int, help="prompt tokens per sequence of the batched decode "
                         "(default 2048 on GPU, 128 on CPU)")
+    parser.add_argument("--graph", action="store_true", help="decode steps as CUDA graph replays (GPU)")
+    parser.add_argument("--compile", action="store_true", help="decode steps through torch.compile")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -91,7 +94,10 @@ def main() -> None:
           flush=True)
 
     prompt = torch.randint(0, config.vocab_size, (1, prompt_len), device=device)
-    decoder = model.decoder(1, context)
+    if args.graph and device.type != "cuda":
+        parser.error("--graph needs --device cuda")
+    graph = True if args.graph else None  # None: LCATTN_DECODE_GRAPH decides
+    decoder = model.decoder(1, context, graph=graph, compile=args.compile)
     synchronize(device)
     started = time.perf_counter()
     bar = Progress("prefill", prompt_len)
@@ -102,7 +108,7 @@ def main() -> None:
     prefill_s = time.perf_counter() - started
     decode_ms = decode_median_ms(decoder, logits.argmax(-1), args.decode, device)
     cache = decoder.cache
-    graphed = "CUDA graph replays" if decoder.use_graph else "eager"
+    graphed = ("CUDA graph replays" if decoder.use_graph else "eager") + (", compiled" if args.compile else "")
     tokens = cache.host_lengths[0]
     dense = config.num_layers * config.head_dim * 2  # one bf16 K=V row of head_dim per layer and token
     ours = cache.nbytes() / tokens
@@ -115,13 +121,13 @@ def main() -> None:
           + (f"{dense / ours:.1f}x more" if dense >= ours else f"{ours / dense:.1f}x smaller"))
     if args.batch > 0:
         B, n = args.batch, args.batch_prompt or (2048 if device.type == "cuda" else 128)
-        batched = model.decoder(B, n + args.decode)
+        batched = model.decoder(B, n + args.decode, graph=graph, compile=args.compile)
         started = time.perf_counter()
         logits = batched.prefill(torch.randint(0, config.vocab_size, (B, n), device=device), chunk=args.chunk)
         synchronize(device)
         prefill_s = time.perf_counter() - started
         ms = decode_median_ms(batched, logits.argmax(-1), args.decode, device)
-        print(f"batch {B}:       {n}-token prompts prefilled at {B * n / prefill_s:,.0f} tokens/s; decode "
+        print(f"{f'batch {B}:':<16}{n}-token prompts prefilled at {B * n / prefill_s:,.0f} tokens/s; decode "
               f"{ms:.2f} ms/step, {B * 1e3 / ms:,.0f} tokens/s (median, {graphed})")
 
 

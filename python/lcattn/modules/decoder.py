@@ -2,7 +2,9 @@
 graph a decode step is captured once and replayed: the token ids are copied into a static input,
 the logits come back in a static output, and no host work runs but the replay itself. The graph is
 on with graph=True, or by default on CUDA with LCATTN_DECODE_GRAPH=1 (off until it has been measured
-on a GPU)."""
+on a GPU). compile=True runs the decode step through torch.compile(model, fullgraph=True), which
+fuses the glue between the lcattn ops (norms, RoPE, mHC, router) into fewer kernels; prefill stays
+eager (its chunk shapes vary)."""
 import os
 from typing import List, Optional
 
@@ -16,8 +18,9 @@ class Decoder:
     Sequences may have different lengths; every step adds one token to each. The logits step()
     returns are overwritten by the next step (clone them to keep them)."""
 
-    def __init__(self, model, batch: int, max_context: int, graph: Optional[bool] = None):
+    def __init__(self, model, batch: int, max_context: int, graph: Optional[bool] = None, compile: bool = False):
         self.model, self.batch = model, batch
+        self.forward = torch.compile(model, fullgraph=True) if compile else model  # the decode step's
         self.cache = model.new_cache(batch, max_context=max_context)
         device = self.cache.lengths.device
         if graph is None:
@@ -61,7 +64,7 @@ class Decoder:
             raise ValueError(f"[lcattn] step takes {self.batch} token ids, got {token_ids.numel()}")
         self.ids.copy_(token_ids.reshape(self.batch, 1))
         if not self.use_graph:
-            return self.model(self.ids, self.cache)[:, 0]
+            return self.forward(self.ids, self.cache)[:, 0]
         if self.graph is None:
             return self.first_step()
         ones = [1] * self.batch
@@ -71,19 +74,19 @@ class Decoder:
         return self.logits
 
     def first_step(self) -> Tensor:
-        """Runs the first step eagerly on a side stream (it warms up every kernel and library handle),
+        """Runs the first step on a side stream (it warms up, and compiles, every kernel and library handle),
         then captures the next one: capture records kernels without running them, so the cache's host
         lengths, which the captured forward advanced, are put back."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            logits = self.model(self.ids, self.cache)[:, 0].clone()
+            logits = self.forward(self.ids, self.cache)[:, 0].clone()
         torch.cuda.current_stream().wait_stream(side)
         host = list(self.cache.host_lengths)
         self.cache.check_room([1] * self.batch)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self.logits = self.model(self.ids, self.cache)[:, 0]
+            self.logits = self.forward(self.ids, self.cache)[:, 0]
         self.cache.host_lengths = host
         self.graph = graph
         return logits

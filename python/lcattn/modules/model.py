@@ -319,10 +319,11 @@ class DeepseekV4ForCausalLM(nn.Module):
         """A cache for `batch` sequences; max_context fixes its capacity (positions per sequence)."""
         return DeepseekV4Cache(self.config, batch, self.lm_head.weight.device, max_context)
 
-    def decoder(self, batch: int, max_context: int, graph: Optional[bool] = None) -> "Decoder":
+    def decoder(self, batch: int, max_context: int, graph: Optional[bool] = None, compile: bool = False) -> "Decoder":
         """Prefill and decode for `batch` sequences of at most max_context positions; with graph=True
-        each decode step replays one captured CUDA graph (default: LCATTN_DECODE_GRAPH=1 on CUDA)."""
-        return Decoder(self, batch, max_context, graph)
+        each decode step replays one captured CUDA graph (default: LCATTN_DECODE_GRAPH=1 on CUDA);
+        compile=True runs the decode step through torch.compile."""
+        return Decoder(self, batch, max_context, graph, compile)
 
     @torch.no_grad()
     def forward(self, input_ids: Tensor, cache: Optional[DeepseekV4Cache] = None,
