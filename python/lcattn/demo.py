@@ -3,6 +3,7 @@ a batch of shorter sequences decodes together.
 
     python -m lcattn.demo [--context N] [--decode N] [--chunk N] [--batch N] [--batch-prompt N]
                           [--graph] [--compile] [--device cpu|cuda]
+    torchrun --nproc-per-node N -m lcattn.demo --expert-parallel [...]
 
 On a GPU the model has V4-Flash's attention dimensions (64 heads of 512, indexer 64 x 128, top-k
 512, window 128) with a window-only, two CSA and two HCA layers, and 128K positions (prompt and
@@ -10,15 +11,19 @@ decoded tokens); on a CPU it is the tiny configuration with 16K positions. Print
 decode ms per token, peak memory, and the cache's bytes per token beside a dense-attention cache of
 the same model. Decoding runs through model.decoder: a cache of fixed capacity, with --graph one
 captured CUDA graph per batch size replayed each step (or LCATTN_DECODE_GRAPH=1), with --compile the
-step through torch.compile.
+step through torch.compile. With --expert-parallel (under torchrun) the routed experts are split
+over the ranks (lcattn.parallel; NCCL on GPUs, gloo on CPUs), each rank runs its own prompts, and
+rank 0 prints its figures.
 """
 import argparse
+import os
 import resource
 import time
 
 import torch
 
 import lcattn
+import lcattn.parallel
 from lcattn.modules import CSA, HCA, SLIDING, DeepseekV4Config, DeepseekV4ForCausalLM
 from lcattn.testing.bench import Progress
 
@@ -67,9 +72,21 @@ def main() -> None:
                         "(default 2048 on GPU, 128 on CPU)")
     parser.add_argument("--graph", action="store_true", help="decode steps as CUDA graph replays (GPU)")
     parser.add_argument("--compile", action="store_true", help="decode steps through torch.compile")
+    parser.add_argument("--expert-parallel", action="store_true", help="under torchrun: split the routed experts "
+                        "over the ranks, each rank decoding its own sequences")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     device = torch.device(args.device)
+    rank = 0
+    if args.expert_parallel:
+        if args.graph:
+            parser.error("--expert-parallel exchanges row counts through the host: it cannot run in a CUDA graph")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank = torch.distributed.get_rank()
+    say = print if rank == 0 else (lambda *a, **k: None)
     layers = args.layers.split(",") if args.layers else None
     if layers and not set(layers) <= {SLIDING, CSA, HCA}:
         parser.error(f"--layers takes {SLIDING}, {CSA} and {HCA}, got {args.layers}")
@@ -88,7 +105,13 @@ def main() -> None:
         model = DeepseekV4ForCausalLM(config).init_weights()
     torch.set_default_dtype(torch.float32)
     params = sum(p.numel() for p in model.parameters())
-    print(f"lcattn demo on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}: "
+    if args.expert_parallel:
+        lcattn.parallel.expert_parallel(model)
+        world = torch.distributed.get_world_size()
+        say(f"expert parallel over {world} ranks ({torch.distributed.get_backend()}): "
+            f"{config.num_experts // world} routed experts per rank; the figures below are rank 0's")
+    torch.manual_seed(args.seed + 1 + rank)  # each rank its own prompts
+    say(f"lcattn demo on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}: "
           f"{config.num_layers} layers {config.layer_types}, hidden {config.hidden_size}, {config.num_heads} heads x "
           f"{config.head_dim}, {config.num_experts} experts, {params / 1e6:,.0f} M parameters, random weights",
           flush=True)
@@ -100,11 +123,12 @@ def main() -> None:
     decoder = model.decoder(1, context, graph=graph, compile=args.compile)
     synchronize(device)
     started = time.perf_counter()
-    bar = Progress("prefill", prompt_len)
+    bar = Progress("prefill", prompt_len) if rank == 0 else None
     for start in range(0, prompt_len, args.chunk):
         logits = decoder.prefill(prompt[:, start:start + args.chunk])
         synchronize(device)
-        bar.update(min(start + args.chunk, prompt_len))
+        if bar:
+            bar.update(min(start + args.chunk, prompt_len))
     prefill_s = time.perf_counter() - started
     decode_ms = decode_median_ms(decoder, logits.argmax(-1), args.decode, device)
     cache = decoder.cache
@@ -112,11 +136,11 @@ def main() -> None:
     tokens = cache.host_lengths[0]
     dense = config.num_layers * config.head_dim * 2  # one bf16 K=V row of head_dim per layer and token
     ours = cache.nbytes() / tokens
-    print(f"prompt {prompt_len} tokens, then {args.decode} decoded; chunks of {args.chunk}")
-    print(f"prefill:        {prompt_len / prefill_s:,.0f} tokens/s ({prefill_s:.2f} s)")
-    print(f"decode:         {decode_ms:.2f} ms/token (median, batch 1, {graphed})")
-    print(f"peak memory:    {peak_memory(device)}")
-    print(f"cache:          {ours:,.1f} bytes/token ({cache.nbytes() / 2**20:,.1f} MiB at {tokens} tokens); "
+    say(f"prompt {prompt_len} tokens, then {args.decode} decoded; chunks of {args.chunk}")
+    say(f"prefill:        {prompt_len / prefill_s:,.0f} tokens/s ({prefill_s:.2f} s)")
+    say(f"decode:         {decode_ms:.2f} ms/token (median, batch 1, {graphed})")
+    say(f"peak memory:    {peak_memory(device)}")
+    say(f"cache:          {ours:,.1f} bytes/token ({cache.nbytes() / 2**20:,.1f} MiB at {tokens} tokens); "
           f"a dense-attention cache: {dense:,} bytes/token ({dense * tokens / 2**20:,.1f} MiB), "
           + (f"{dense / ours:.1f}x more" if dense >= ours else f"{ours / dense:.1f}x smaller"))
     if args.batch > 0:
@@ -127,8 +151,11 @@ def main() -> None:
         synchronize(device)
         prefill_s = time.perf_counter() - started
         ms = decode_median_ms(batched, logits.argmax(-1), args.decode, device)
-        print(f"{f'batch {B}:':<16}{n}-token prompts prefilled at {B * n / prefill_s:,.0f} tokens/s; decode "
+        say(f"{f'batch {B}:':<16}{n}-token prompts prefilled at {B * n / prefill_s:,.0f} tokens/s; decode "
               f"{ms:.2f} ms/step, {B * 1e3 / ms:,.0f} tokens/s (median, {graphed})")
+
+    if args.expert_parallel:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

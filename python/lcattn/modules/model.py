@@ -201,19 +201,26 @@ class MoE(nn.Module):
         self.shared_experts = SharedExpert(config)
 
     def forward(self, x: Tensor, token_ids: Tensor) -> Tensor:
-        cfg, bf16 = self.config, torch.bfloat16
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        logits = F.linear(flat.float(), self.gate.weight.float())
-        if self.hashed:
-            weights, experts = ops.moe_route(logits, cfg.experts_per_token, cfg.route_scale,
-                                             tid2eid=self.gate.tid2eid, token_ids=token_ids.reshape(-1).contiguous())
-        else:
-            weights, experts = ops.moe_route(logits, cfg.experts_per_token, cfg.route_scale,
-                                             bias=self.gate.e_score_correction_bias.float())
-        routed = ops.moe_experts(flat.to(bf16).contiguous(), weights, experts, self.experts.gate_up_proj,
-                                 self.experts.down_proj, cfg.swiglu_limit)
+        weights, experts = self.route(flat, token_ids)
+        routed = self.routed_experts(flat.to(torch.bfloat16).contiguous(), weights, experts)
         return routed.to(x.dtype).view(shape) + self.shared_experts(x)
+
+    def route(self, x: Tensor, token_ids: Tensor):
+        """(weights [T, k] fp32, experts [T, k] int32) for the tokens x [T, D]."""
+        cfg = self.config
+        logits = F.linear(x.float(), self.gate.weight.float())
+        if self.hashed:
+            return ops.moe_route(logits, cfg.experts_per_token, cfg.route_scale, tid2eid=self.gate.tid2eid,
+                                 token_ids=token_ids.reshape(-1).contiguous())
+        return ops.moe_route(logits, cfg.experts_per_token, cfg.route_scale,
+                             bias=self.gate.e_score_correction_bias.float())
+
+    def routed_experts(self, x: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
+        """sum_j weights[t, j] expert_{experts[t, j]}(x[t]) for x [T, D] bf16 (lcattn.parallel overrides it)."""
+        return ops.moe_experts(x, weights, experts, self.experts.gate_up_proj, self.experts.down_proj,
+                               self.config.swiglu_limit)
 
 
 def stream_mix(streams: Tensor, fn: Tensor, eps: float) -> Tensor:
@@ -370,6 +377,9 @@ class DeepseekV4ForCausalLM(nn.Module):
         interleaved (ops.interleave_gate_up)."""
         own = self.state_dict()
         wanted = {k: v for k, v in state_dict.items() if not (k.startswith("mtp.") or ".mtp." in k)}
+        for prefix, module in self.named_modules():  # expert-parallel layers keep their own experts' rows
+            if hasattr(module, "take_shard"):
+                module.take_shard(prefix + ".", wanted)
         missing, unexpected = sorted(set(own) - set(wanted)), sorted(set(wanted) - set(own))
         if missing or unexpected:
             raise ValueError(f"[lcattn] state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -1,0 +1,93 @@
+"""Expert parallelism over a torch.distributed process group (NCCL on GPUs, gloo on CPUs).
+
+The routed experts of each MoE layer are split evenly over the ranks (rank r owns experts
+[r E / W, (r + 1) E / W)); attention, the shared expert, the router and the caches are
+data-parallel: each rank runs its own sequences through a full copy of the other weights. Per MoE
+layer a rank routes its tokens, sends each (token, expert) row to the expert's rank
+(`all_to_all_single`, row counts exchanged first), runs the rows it receives through its experts
+with lcattn's grouped GEMM, sends the outputs back, and sums each token's k outputs with their
+routing weights, in the same order and precision as the one-device model.
+
+    group = torch.distributed.new_group()          # or the default group (None)
+    model = lcattn.parallel.expert_parallel(model, group)
+
+Every rank must call the model the same number of times (each MoE layer is a collective); a rank
+with no tokens for a call passes an empty batch or zero lengths.
+"""
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from lcattn import ops
+from lcattn.modules.model import MoE
+
+
+class LocalExperts(nn.Module):
+    """This rank's slice of the routed experts: gate_up_proj [E / W, 2I, D], down_proj [E / W, D, I]."""
+
+    def __init__(self, gate_up_proj: Tensor, down_proj: Tensor):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(gate_up_proj, requires_grad=False)
+        self.down_proj = nn.Parameter(down_proj, requires_grad=False)
+
+
+class ExpertParallelMoE(MoE):
+    """A MoE layer whose routed experts are spread over `group`; routing and the shared expert are
+    the MoE's own (module names as in MoE, so the layer's state dict keeps its keys)."""
+
+    def __init__(self, moe: MoE, group: Optional[dist.ProcessGroup]):
+        nn.Module.__init__(self)
+        self.config, self.hashed, self.group = moe.config, moe.hashed, group
+        self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        E = moe.config.num_experts
+        if E % self.world:
+            raise ValueError(f"[lcattn] {E} experts do not split evenly over {self.world} ranks")
+        self.local = E // self.world
+        self.first = self.rank * self.local
+        self.gate, self.shared_experts = moe.gate, moe.shared_experts
+        own = slice(self.first, self.first + self.local)
+        self.experts = LocalExperts(moe.experts.gate_up_proj.detach()[own].clone(),
+                                    moe.experts.down_proj.detach()[own].clone())
+
+    def take_shard(self, prefix: str, state_dict: dict) -> None:
+        """Replaces this layer's full expert tensors in a checkpoint's state dict by this rank's rows."""
+        for name in ("gate_up_proj", "down_proj"):
+            key = f"{prefix}experts.{name}"
+            if key in state_dict and state_dict[key].shape[0] == self.config.num_experts:
+                state_dict[key] = state_dict[key][self.first:self.first + self.local]
+
+    def exchange(self, rows: Tensor, send: list, recv: list) -> Tensor:
+        out = rows.new_empty((sum(recv),) + tuple(rows.shape[1:]))
+        dist.all_to_all_single(out, rows, recv, send, group=self.group)
+        return out
+
+    def routed_experts(self, x: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
+        T, k = experts.shape
+        slots = experts.reshape(-1).long()  # slot t * k + j -> expert
+        owner = slots // self.local
+        order = torch.argsort(owner, stable=True)  # slots grouped by the rank that owns their expert
+        send_counts = torch.bincount(owner, minlength=self.world)
+        recv_counts = torch.empty_like(send_counts)
+        dist.all_to_all_single(recv_counts, send_counts, group=self.group)
+        send, recv = send_counts.tolist(), recv_counts.tolist()  # the split sizes, on the host
+        rows = self.exchange(x[order // k], send, recv)
+        local_ids = self.exchange((slots[order] % self.local).to(torch.int32), send, recv)
+        y = ops.moe_experts(rows, None, local_ids[:, None].contiguous(), self.experts.gate_up_proj,
+                            self.experts.down_proj, self.config.swiglu_limit)
+        back = self.exchange(y, recv, send)  # outputs in `order`
+        row_of_slot = torch.empty_like(order)
+        row_of_slot[order] = torch.arange(order.numel(), device=order.device)
+        return ops.moe_unpermute(back, row_of_slot.view(T, k).to(torch.int32), weights)
+
+
+def expert_parallel(model: nn.Module, group: Optional[dist.ProcessGroup] = None) -> nn.Module:
+    """Makes every MoE layer of `model` (a DeepseekV4ForCausalLM) expert-parallel over `group`, in
+    place: each rank keeps only its experts' weights. Returns the model."""
+    if not dist.is_initialized():
+        raise RuntimeError("[lcattn] expert_parallel needs torch.distributed.init_process_group first")
+    for layer in model.model.layers:
+        if not isinstance(layer.mlp, ExpertParallelMoE):
+            layer.mlp = ExpertParallelMoE(layer.mlp, group)
+    return model

@@ -1,0 +1,56 @@
+"""Expert parallelism (lcattn.parallel) on CPU processes over gloo: the same logits as one process."""
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lcattn.modules import DeepseekV4Config, DeepseekV4ForCausalLM
+from lcattn.parallel import ExpertParallelMoE, expert_parallel
+
+
+def run_calls(model, ids, lengths):
+    """Prefill in two chunks (sequences of different lengths), then three decode steps: logits of each call."""
+    cache = model.new_cache(ids.shape[0])
+    out = [model(ids[:, :7], cache, lengths=[min(n, 7) for n in lengths]),
+           model(ids[:, 7:lengths[0]], cache, lengths=[max(n - 7, 0) for n in lengths])]
+    for t in range(3):
+        out.append(model(ids[:, lengths[0] + t:lengths[0] + t + 1], cache))
+    return out
+
+
+def worker(rank: int, world: int, store: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same weights on every rank
+        model = DeepseekV4ForCausalLM(DeepseekV4Config.tiny()).init_weights(std=0.05)
+        checkpoint = model.hf_state_dict()
+        torch.manual_seed(1 + rank)  # each rank its own sequences, of its own lengths
+        lengths = [9 + 5 * rank, 7 + rank]
+        ids = torch.randint(0, model.config.vocab_size, (2, lengths[0] + 3))
+        single = run_calls(model, ids, lengths)
+
+        expert_parallel(model)
+        local = model.config.num_experts // world
+        for layer in model.model.layers:
+            assert isinstance(layer.mlp, ExpertParallelMoE) and layer.mlp.experts.gate_up_proj.shape[0] == local
+        parallel = run_calls(model, ids, lengths)
+        for want, got in zip(single, parallel):
+            assert torch.equal(got, want), (rank, (got - want).abs().max().item())
+
+        # A transformers-format checkpoint loads into the sharded model as this rank's experts.
+        model.load_hf_state_dict(checkpoint)
+        reloaded = run_calls(model, ids, lengths)
+        assert all(torch.equal(a, b) for a, b in zip(reloaded, single))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_expert_parallel_matches_one_process(world, tmp_path):
+    mp.spawn(worker, args=(world, str(tmp_path / "store")), nprocs=world)  # gloo's rendezvous file
+
+
+def test_expert_parallel_needs_a_process_group():
+    model = DeepseekV4ForCausalLM(DeepseekV4Config.tiny())
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] expert_parallel needs torch.distributed"):
+        expert_parallel(model)
