@@ -12,7 +12,7 @@ namespace lcattn {
 void compress_kv_cpu(const CompressParams& p) {
   const int W = p.width(), R = p.ring(), c = p.c, m = p.m;
   for (int b = 0; b < p.B; ++b) {
-    const int s0 = p.start_pos[b], end = s0 + p.seq_lens[b];
+    const int s0 = p.start(b), end = p.end(b);
     const int i_lo = s0 / m, i_hi = std::min(end / m, p.n_out);  // entries completed by this chunk
     parallel_for(std::max(0, i_hi - i_lo), [&](int64_t n) {
       const int i = i_lo + int(n);

@@ -59,7 +59,7 @@ void gather_rows_cpu(const GatherParams& p) {
     const int b = int(n / (int64_t(p.S) * p.K));
     const int idx = p.indices[n];
     char* dst = p.out + n * p.row_bytes;
-    if (idx < 0)
+    if (idx < 0 || idx >= p.N)
       std::memset(dst, 0, p.row_bytes);
     else
       std::memcpy(dst, p.pool + (int64_t(b) * p.N + idx) * p.row_bytes, p.row_bytes);

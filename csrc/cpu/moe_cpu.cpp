@@ -36,17 +36,21 @@ void gemm_rows(const GroupedGemmParams& p, const bf16* x, const bf16* w, bf16* y
 
 void grouped_gemm_contiguous_cpu(const GroupedGemmParams& p) {
   for (int e = 0; e < p.E; ++e) {
-    const int r0 = p.offsets[e], rows = p.offsets[e + 1] - r0;
-    gemm_rows(p, p.x + int64_t(r0) * p.K, p.w + int64_t(e) * p.N * p.K, p.y + int64_t(r0) * p.out_cols(), rows);
+    int64_t r0;
+    int rows;
+    p.expert_rows(e, r0, rows);
+    gemm_rows(p, p.x + r0 * p.K, p.w + int64_t(e) * p.N * p.K, p.y + r0 * p.out_cols(), rows);
   }
 }
 
 void grouped_gemm_masked_cpu(const GroupedGemmParams& p) {
   const int64_t cols = p.out_cols();
   for (int e = 0; e < p.E; ++e) {
-    const int rows = p.counts[e];
-    bf16* y = p.y + int64_t(e) * p.M * cols;
-    gemm_rows(p, p.x + int64_t(e) * p.M * p.K, p.w + int64_t(e) * p.N * p.K, y, rows);
+    int64_t begin;
+    int rows;
+    p.expert_rows(e, begin, rows);
+    bf16* y = p.y + begin * cols;
+    gemm_rows(p, p.x + begin * p.K, p.w + int64_t(e) * p.N * p.K, y, rows);
     std::fill(y + rows * cols, y + p.M * cols, bf16(0));
   }
 }
@@ -58,11 +62,14 @@ void moe_route_cpu(const RouteParams& p) {
 void moe_permute_cpu(const PermuteParams& p) {
   const int64_t slots = int64_t(p.T) * p.k;
   std::vector<int> fill(p.E + 1, 0);
-  for (int64_t n = 0; n < slots; ++n) ++fill[p.indices[n] + 1];
+  for (int64_t n = 0; n < slots; ++n)
+    if (p.routed(n)) ++fill[p.indices[n] + 1];
   for (int e = 0; e < p.E; ++e) fill[e + 1] += fill[e];
   std::copy(fill.begin(), fill.end(), p.offsets);
-  for (int64_t n = 0; n < slots; ++n) p.rows[n] = fill[p.indices[n]]++;
-  parallel_for(slots, [&](int64_t n) { std::copy_n(p.x + (n / p.k) * p.D, p.D, p.x_perm + int64_t(p.rows[n]) * p.D); });
+  for (int64_t n = 0; n < slots; ++n) p.rows[n] = p.routed(n) ? fill[p.indices[n]]++ : -1;
+  parallel_for(slots, [&](int64_t n) {
+    if (p.rows[n] >= 0) std::copy_n(p.x + (n / p.k) * p.D, p.D, p.x_perm + int64_t(p.rows[n]) * p.D);
+  });
 }
 
 void moe_unpermute_cpu(const UnpermuteParams& p) {
@@ -70,8 +77,10 @@ void moe_unpermute_cpu(const UnpermuteParams& p) {
     for (int d = 0; d < p.D; ++d) {
       float acc = 0.f;
       for (int j = 0; j < p.k; ++j) {
+        const int row = p.rows[t * p.k + j];
+        if (row < 0 || row >= p.R) continue;
         const float wt = p.weights ? p.weights[t * p.k + j] : 1.f;
-        acc += wt * bf16_to_float(p.y[int64_t(p.rows[t * p.k + j]) * p.D + d]);
+        acc += wt * bf16_to_float(p.y[int64_t(row) * p.D + d]);
       }
       p.out[t * p.D + d] = float_to_bf16(acc);
     }

@@ -11,7 +11,7 @@ __global__ void compress_entries_kernel(const CompressParams p) {
   extern __shared__ float pooled[];
   __shared__ float scratch[32];
   const int b = blockIdx.y, m = p.m, c = p.c;
-  const int s0 = p.start_pos[b], end = s0 + p.seq_lens[b];
+  const int s0 = p.start(b), end = p.end(b);
   const int i = s0 / m + blockIdx.x;
   if (i >= end / m || i >= p.n_out) return;
   float ss = 0.f;
@@ -37,7 +37,7 @@ __global__ void compress_entries_kernel(const CompressParams p) {
 // grid (ring, B): keeps the last `ring` positions of the chunk for the next one.
 __global__ void compress_ring_kernel(const CompressParams p) {
   const int b = blockIdx.y, R = p.ring(), W = p.width();
-  const int s0 = p.start_pos[b], end = s0 + p.seq_lens[b];
+  const int s0 = p.start(b), end = p.end(b);
   const int s = max(s0, end - R) + blockIdx.x;
   if (s >= end) return;
   const int64_t src = (int64_t(b) * p.S + (s - s0)) * W, dst = (int64_t(b) * R + s % R) * W;

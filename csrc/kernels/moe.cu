@@ -85,6 +85,7 @@ __global__ void __launch_bounds__(kPermuteThreads) moe_place_kernel(const Permut
   const int64_t slots = int64_t(p.T) * p.k;
   for (int64_t base = 0; base < slots; base += blockDim.x) {
     const int64_t x = base + threadIdx.x;
+    if (e == 0 && x < slots && !p.routed(x)) p.rows[x] = -1;  // routed nowhere
     const int mine = x < slots && p.indices[x] == e;
     int rank, total;
     Scan(scan_storage).ExclusiveSum(mine, rank, total);
@@ -96,9 +97,11 @@ __global__ void __launch_bounds__(kPermuteThreads) moe_place_kernel(const Permut
 
 __device__ __forceinline__ bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
-// grid (T * k): copies token row x[t] to its permuted row, 16 bytes at a time when D % 8 == 0.
+// grid (T * k): copies token row x[t] to its permuted row (none for a slot routed nowhere), 16 bytes
+// at a time when D % 8 == 0.
 __global__ void moe_scatter_kernel(const PermuteParams p) {
   const int64_t slot = blockIdx.x;
+  if (p.rows[slot] < 0) return;
   const bf16* src = p.x + (slot / p.k) * p.D;
   bf16* dst = p.x_perm + int64_t(p.rows[slot]) * p.D;
   if (p.D % 8 == 0 && aligned16(src) && aligned16(dst)) {
@@ -114,8 +117,10 @@ template <int n>
 __device__ __forceinline__ void unpermute_channels(const UnpermuteParams& p, int64_t t, int d0) {
   float acc[n] = {};
   for (int j = 0; j < p.k; ++j) {
+    const int row = p.rows[t * p.k + j];
+    if (row < 0 || row >= p.R) continue;  // routed nowhere
     const float wt = p.weights ? p.weights[t * p.k + j] : 1.f;
-    const bf16* y = p.y + int64_t(p.rows[t * p.k + j]) * p.D + d0;
+    const bf16* y = p.y + int64_t(row) * p.D + d0;
     bf16 v[n];
     if constexpr (n == 8)
       *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(y);

@@ -8,11 +8,9 @@ namespace lcattn {
 namespace {
 
 // offsets[0] == 0, nondecreasing, offsets[E] == M. On CUDA this reads the offsets back (one
-// sync) and is skipped while a CUDA graph is captured; the kernel clamps rows to [0, M) anyway.
+// sync); skipped when value_checks_on is false: the kernels clamp rows to [0, M) anyway.
 void check_offsets(const char* op, const at::Tensor& offsets, int64_t M) {
-#if defined(LCATTN_WITH_CUDA)
-  if (offsets.is_cuda() && capturing_cuda_graph()) return;
-#endif
+  if (!value_checks_on(offsets)) return;
   const at::Tensor o = offsets.cpu();
   const int* v = o.data_ptr<int>();
   const int64_t E = o.numel() - 1;

@@ -28,6 +28,12 @@ struct CompressParams {
   float eps;
   LCATTN_HD int width() const { return overlap ? 2 * c : c; }
   LCATTN_HD int ring() const { return overlap ? 2 * m : m; }
+  // Sequence b's chunk [start(b), end(b)) with start_pos and seq_lens clamped into their ranges
+  // (start >= 0, 0 <= length <= S), so no value reaches outside kv, score or the rings.
+  LCATTN_HD int start(int b) const {
+    return start_pos[b] < 0 ? 0 : (start_pos[b] > INT32_MAX - S ? INT32_MAX - S : start_pos[b]);
+  }
+  LCATTN_HD int end(int b) const { return start(b) + (seq_lens[b] < 0 ? 0 : (seq_lens[b] > S ? S : seq_lens[b])); }
 };
 
 // Lightning indexer scores (SPEC 4) for flattened query rows [row_begin, row_end) of [B, S].
@@ -127,20 +133,23 @@ struct RouteParams {
 };
 
 // Permute token rows into expert-contiguous order (stable: by expert, then by slot t*k+j).
+// A slot whose expert lies outside [0, E) (-1 from hash routing, or unchecked input) is routed
+// nowhere: it takes no row (rows = -1) and adds nothing to its token's output.
 struct PermuteParams {
   const bf16* x;       // [T, D]
   const int* indices;  // [T, k] in [0, E)
-  bf16* x_perm;        // [T * k, D]
+  bf16* x_perm;        // [T * k, D]; rows past offsets[E] unused
   int* offsets;        // [E + 1]
-  int* rows;           // [T, k] row of x_perm that holds slot (t, j)
+  int* rows;           // [T, k] row of x_perm that holds slot (t, j), or -1
   int* scratch;        // [E] per-expert counts (CUDA only)
   int T, k, E, D;
+  LCATTN_HD bool routed(int64_t slot) const { return indices[slot] >= 0 && indices[slot] < E; }
 };
 
 // out[t] = sum_j weights[t, j] * y[rows[t, j]] (weight 1 when weights is null), fp32 sum.
 struct UnpermuteParams {
   const bf16* y;         // [R, D]
-  const int* rows;       // [T, k] in [0, R)
+  const int* rows;       // [T, k] in [0, R); any other value adds nothing
   const float* weights;  // [T, k] or null
   bf16* out;             // [T, D]
   int T, k, D, R;

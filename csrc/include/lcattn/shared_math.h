@@ -8,7 +8,7 @@ namespace lcattn {
 
 // Raw row of position s of sequence b: from the chunk when s is new, else from the ring (SPEC 3).
 LCATTN_HD const float* compress_row(const CompressParams& p, const float* chunk, const float* ring, int b, int s) {
-  const int s0 = p.start_pos[b];
+  const int s0 = p.start(b);
   return s >= s0 ? chunk + (int64_t(b) * p.S + (s - s0)) * p.width()
                  : ring + (int64_t(b) * p.ring() + s % p.ring()) * p.width();
 }
@@ -60,15 +60,24 @@ LCATTN_HD void route_weights(const RouteParams& p, int64_t t) {
   const int* idx = p.indices + t * p.k;
   float* w = p.weights + t * p.k;
   float total = 0.f;
-  for (int j = 0; j < p.k; ++j) total += w[j] = sqrt_softplus(u[idx[j]]);
-  for (int j = 0; j < p.k; ++j) w[j] = w[j] / total * p.route_scale;
+  bool any = false;  // an expert at all (hash routing gives -1 for none)
+  for (int j = 0; j < p.k; ++j) {
+    any |= idx[j] >= 0;
+    total += w[j] = idx[j] >= 0 ? sqrt_softplus(u[idx[j]]) : 0.f;
+  }
+  for (int j = 0; j < p.k; ++j) w[j] = any ? w[j] / total * p.route_scale : 0.f;
 }
 
-// Experts of token t, best first: by key, a tie to the lower id; or the hash table's row.
+// Experts of token t, best first: by key, a tie to the lower id; or the hash table's row. A token id
+// outside [0, V) or a table entry outside [0, E) (unchecked input) gives -1, no expert, weight 0.
 LCATTN_HD void route_token(const RouteParams& p, int64_t t) {
   int* idx = p.indices + t * p.k;
   if (p.tid2eid) {
-    for (int j = 0; j < p.k; ++j) idx[j] = p.tid2eid[p.token_ids[t] * p.k + j];
+    const int64_t token = p.token_ids[t];
+    for (int j = 0; j < p.k; ++j) {
+      const int e = token >= 0 && token < p.V ? p.tid2eid[token * p.k + j] : -1;
+      idx[j] = e >= 0 && e < p.E ? e : -1;
+    }
   } else {
     float prev_key = INFINITY;
     int prev = -1;
