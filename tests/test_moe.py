@@ -155,6 +155,14 @@ def test_grouped_gemm_each_tile_cuda(monkeypatch, tile):
         assert_close(out.float(), reference.moe_experts(x, weights, idx, w_gate_up, w_down, 0.5), 2e-2)
 
 
+@pytest.mark.cuda
+def test_unknown_tile_override_is_an_error_cuda(monkeypatch):
+    monkeypatch.setenv("LCATTN_GROUPED_GEMM_TILE", "n48")
+    x, w = torch.randn(4, 16, device="cuda").bfloat16(), expert_weights(2, 8, 16, "cuda")
+    with pytest.raises(RuntimeError, match=r"LCATTN_GROUPED_GEMM_TILE must be n32, n64, n128 or n256, got 'n48'"):
+        ops.grouped_gemm_contiguous(x, w, offsets_of([1, 3], "cuda"))
+
+
 @pytest.fixture(params=["separate", "fused"])
 def swiglu_pass(request, monkeypatch):
     """moe_experts with SwiGLU as its own pass, and in the gate+up GEMM's epilogue."""

@@ -31,11 +31,22 @@ void check_aligned(const char* op, const char* name, const at::Tensor& t) {
                " must start at a 16-byte aligned address (a tensor of its own, not an offset view)");
 }
 
+// LCATTN_GROUPED_GEMM_TILE (a tuning override the kernel library reads) must name a tile: a typo
+// would silently run the heuristic's.
+void check_tile_override(const char* op) {
+  const char* tile = std::getenv("LCATTN_GROUPED_GEMM_TILE");
+  if (!tile) return;
+  const std::string name(tile);
+  LCATTN_CHECK(name == "n32" || name == "n64" || name == "n128" || name == "n256", op,
+               "LCATTN_GROUPED_GEMM_TILE must be n32, n64, n128 or n256, got '", name, "'");
+}
+
 // The GEMM's per-expert problems (CUDA) live in a workspace owned by the caller's allocator.
 void run_grouped_gemm(const char* op, const at::Tensor& x, GroupedGemmParams& p, bool masked) {
   at::Tensor workspace;
 #if defined(LCATTN_WITH_CUDA)
   if (x.is_cuda()) {
+    check_tile_override(op);
     const c10::cuda::CUDAGuard guard(x.device());
     workspace = at::empty({int64_t(grouped_gemm_workspace_bytes(p))}, x.options().dtype(at::kByte));
     p.workspace = workspace.data_ptr();
@@ -230,7 +241,10 @@ at::Tensor moe_experts(const at::Tensor& x, const std::optional<at::Tensor>& wei
   {
 #if defined(LCATTN_WITH_CUDA)
     std::optional<c10::cuda::CUDAGuard> guard;
-    if (x.is_cuda()) guard.emplace(x.device());
+    if (x.is_cuda()) {
+      guard.emplace(x.device());
+      check_tile_override(op);
+    }
 #endif
     workspace = at::empty({int64_t(moe_experts_workspace_bytes(p, x.is_cuda()))}, x.options().dtype(at::kByte));
   }

@@ -119,7 +119,7 @@ def main() -> None:
     prompt = torch.randint(0, config.vocab_size, (1, prompt_len), device=device)
     if args.graph and device.type != "cuda":
         parser.error("--graph needs --device cuda")
-    graph = True if args.graph else None  # None: LCATTN_DECODE_GRAPH decides
+    graph = True if args.graph else (False if args.expert_parallel else None)  # None: LCATTN_DECODE_GRAPH
     decoder = model.decoder(1, context, graph=graph, compile=args.compile)
     synchronize(device)
     started = time.perf_counter()

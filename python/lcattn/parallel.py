@@ -11,8 +11,10 @@ routing weights, in the same order and precision as the one-device model.
     group = torch.distributed.new_group()          # or the default group (None)
     model = lcattn.parallel.expert_parallel(model, group)
 
-Every rank must call the model the same number of times (each MoE layer is a collective); a rank
-with no tokens for a call passes an empty batch or zero lengths.
+Every rank must make the same calls (each MoE layer is a collective): the same number of model
+calls, so Decoder.prefill with the same prompt width, batch and chunk on every rank; a rank with
+no tokens for a call passes zero lengths. A slot routed nowhere (expert -1 from hash routing of
+unchecked input) is sent nowhere and adds nothing.
 """
 from typing import Optional
 
@@ -66,19 +68,21 @@ class ExpertParallelMoE(MoE):
     def routed_experts(self, x: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
         T, k = experts.shape
         slots = experts.reshape(-1).long()  # slot t * k + j -> expert
-        owner = slots // self.local
+        routed = (slots >= 0) & (slots < self.config.num_experts)
+        owner = torch.where(routed, slots // self.local, self.world)  # world: routed nowhere, sorted last
         order = torch.argsort(owner, stable=True)  # slots grouped by the rank that owns their expert
-        send_counts = torch.bincount(owner, minlength=self.world)
+        send_counts = torch.bincount(owner, minlength=self.world + 1)[:self.world]
         recv_counts = torch.empty_like(send_counts)
         dist.all_to_all_single(recv_counts, send_counts, group=self.group)
         send, recv = send_counts.tolist(), recv_counts.tolist()  # the split sizes, on the host
-        rows = self.exchange(x[order // k], send, recv)
-        local_ids = self.exchange((slots[order] % self.local).to(torch.int32), send, recv)
+        sent = order[:sum(send)]
+        rows = self.exchange(x[sent // k], send, recv)
+        local_ids = self.exchange((slots[sent] % self.local).to(torch.int32), send, recv)
         y = ops.moe_experts(rows, None, local_ids[:, None].contiguous(), self.experts.gate_up_proj,
                             self.experts.down_proj, self.config.swiglu_limit)
-        back = self.exchange(y, recv, send)  # outputs in `order`
-        row_of_slot = torch.empty_like(order)
-        row_of_slot[order] = torch.arange(order.numel(), device=order.device)
+        back = self.exchange(y, recv, send)  # outputs in `sent` order
+        row_of_slot = torch.full_like(order, -1)  # -1: routed nowhere, adds nothing
+        row_of_slot[sent] = torch.arange(sent.numel(), device=order.device)
         return ops.moe_unpermute(back, row_of_slot.view(T, k).to(torch.int32), weights)
 
 

@@ -21,6 +21,8 @@ class Decoder:
     def __init__(self, model, batch: int, max_context: int, graph: Optional[bool] = None, compile: bool = False):
         self.model, self.batch = model, batch
         self.forward = torch.compile(model, fullgraph=True) if compile else model  # the decode step's
+        # Eager steps before the capture: a compiled step may compile again on its second call.
+        self.warmup_steps, self.steps = (2 if compile else 1), 0
         self.cache = model.new_cache(batch, max_context=max_context)
         device = self.cache.lengths.device
         if graph is None:
@@ -42,6 +44,7 @@ class Decoder:
         if B != self.batch:
             raise ValueError(f"[lcattn] the decoder holds {self.batch} sequences, got input_ids of {B}")
         lens = [S] * B if lengths is None else [int(n) for n in lengths]
+        self.cache.check_room(lens)  # the whole prompt, before any chunk runs
         last: List[Optional[Tensor]] = [None] * B
         positions = max(1, chunk // B)
         for start in range(0, S, positions):
@@ -66,27 +69,31 @@ class Decoder:
         if not self.use_graph:
             return self.forward(self.ids, self.cache)[:, 0]
         if self.graph is None:
-            return self.first_step()
+            return self.warm_up_or_capture()
         ones = [1] * self.batch
         self.cache.check_room(ones)
         self.graph.replay()
         self.cache.host_lengths = [h + 1 for h in self.cache.host_lengths]
         return self.logits
 
-    def first_step(self) -> Tensor:
-        """Runs the first step on a side stream (it warms up, and compiles, every kernel and library handle),
-        then captures the next one: capture records kernels without running them, so the cache's host
-        lengths, which the captured forward advanced, are put back."""
+    def warm_up_or_capture(self) -> Tensor:
+        """Runs the step on a side stream (the first ones warm up, and compile, every kernel and library
+        handle); after warmup_steps of them, captures the next step, if the cache has room for it.
+        Capture records kernels without running them, so the cache's host lengths, which the captured
+        forward advanced, are put back."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             logits = self.forward(self.ids, self.cache)[:, 0].clone()
         torch.cuda.current_stream().wait_stream(side)
+        self.steps += 1
         host = list(self.cache.host_lengths)
-        self.cache.check_room([1] * self.batch)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = self.forward(self.ids, self.cache)[:, 0]
-        self.cache.host_lengths = host
-        self.graph = graph
+        if self.steps >= self.warmup_steps and max(host, default=0) < self.cache.max_context:
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    self.logits = self.forward(self.ids, self.cache)[:, 0]
+                self.graph = graph
+            finally:
+                self.cache.host_lengths = host
         return logits
