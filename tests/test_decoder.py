@@ -9,6 +9,10 @@ from model_helpers import rel, same_argmax
 from lcattn.modules import DeepseekV4Config, DeepseekV4ForCausalLM
 
 TOL = 1e-2  # as in test_model.py: bf16 rounding of the ops' inputs
+# Over 50 decode steps a flipped discrete choice (an expert, an indexer pick) also changes the cached
+# keys of later tokens: the model's own token-by-token decode drifts from one-shot prefill by up to
+# 3% (median token, 12 seeds on the CPU), so that comparison takes a looser bound.
+DRIFT_TOL = 5e-2
 STEPS = 50
 # Past the tiny model's window (16), its CSA and HCA blocks (4, 16) and the first full block, with
 # the sequences of one batch at different lengths.
@@ -39,14 +43,32 @@ def decode(model, ids, graph, chunk=8192, steps=STEPS, compile=False):
 def assert_matches_one_shot(model, ids, logits):
     for b, n in enumerate(LENGTHS):
         full = model(ids[b:b + 1, :n + STEPS])[0, n - 1:]
-        assert rel(logits[b], full) < TOL and same_argmax(logits[b], full) > 0.9
+        assert rel(logits[b], full) < DRIFT_TOL and same_argmax(logits[b], full) > 0.8
 
 
-def test_decoder_matches_one_shot_prefill(device):
+def model_calls(model, ids):
+    """The same prompts and steps as decode(), as plain model calls on a growing cache."""
+    B = ids.shape[0]
+    cache = model.new_cache(B)
+    first = model(ids[:, :max(LENGTHS)], cache, lengths=LENGTHS)
+    out = [torch.stack([first[b, n - 1] for b, n in enumerate(LENGTHS)])]
+    for t in range(STEPS):
+        out.append(model(torch.stack([ids[b, n + t] for b, n in enumerate(LENGTHS)])[:, None], cache)[:, 0])
+    return torch.stack(out, 1)
+
+
+def test_decoder_matches_model_calls_and_one_shot_prefill(device):
     model = tiny_model(device)
     ids = torch.randint(0, model.config.vocab_size, (len(LENGTHS), max(LENGTHS) + STEPS), device=device)
-    logits = decode(model, ids, graph=False, chunk=40)  # prefill in calls of 13 positions
+    logits = decode(model, ids, graph=False)
+    calls = model_calls(model, ids)
+    if device.type == "cpu":  # the same ops on the same values: a fixed capacity changes nothing
+        assert torch.equal(logits, calls)
+    else:  # the attention kernels split keys by the entries' capacity
+        assert rel(logits, calls) < TOL and same_argmax(logits, calls) > 0.9
     assert_matches_one_shot(model, ids, logits)
+    chunked = decode(model, ids, graph=False, chunk=40)  # prefill in calls of 13 positions
+    assert_matches_one_shot(model, ids, chunked)
 
 
 @pytest.mark.cuda
