@@ -104,6 +104,11 @@ def test_decoder_rejects_bad_calls(device):
     dec = model.decoder(2, 32, graph=False)
     with pytest.raises(ValueError, match=r"\[lcattn\] the decoder holds 2 sequences"):
         dec.prefill(torch.zeros(3, 4, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match=r"\[lcattn\] lengths must be 2 values in \[0, 4\]"):
+        dec.prefill(torch.zeros(2, 4, dtype=torch.long, device=device), [5, 1])
+    with pytest.raises(ValueError, match=r"\[lcattn\] a sequence would pass the cache's max_context = 32"):
+        dec.prefill(torch.zeros(2, 40, dtype=torch.long, device=device))
+    assert dec.cache.host_lengths == [0, 0]
     with pytest.raises(ValueError, match=r"\[lcattn\] step takes 2 token ids"):
         dec.step(torch.zeros(3, dtype=torch.long, device=device))
     if device.type == "cpu":

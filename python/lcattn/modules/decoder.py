@@ -44,6 +44,8 @@ class Decoder:
         if B != self.batch:
             raise ValueError(f"[lcattn] the decoder holds {self.batch} sequences, got input_ids of {B}")
         lens = [S] * B if lengths is None else [int(n) for n in lengths]
+        if len(lens) != B or any(n < 0 or n > S for n in lens):
+            raise ValueError(f"[lcattn] lengths must be {B} values in [0, {S}], got {lens}")
         self.cache.check_room(lens)  # the whole prompt, before any chunk runs
         last: List[Optional[Tensor]] = [None] * B
         positions = max(1, chunk // B)
