@@ -56,7 +56,7 @@ class Step:
     def __init__(self, q_start: torch.Tensor, seq_lens: torch.Tensor, host_start: List[int], host_lens: List[int],
                  token_ids: torch.Tensor):
         self.q_start, self.seq_lens, self.token_ids, self.host_lens = q_start, seq_lens, token_ids, host_lens
-        self.end_max = max((s + n for s, n in zip(host_start, host_lens)), default=0)
+        self.end_max = max([s + n for s, n in zip(host_start, host_lens)] + [0])
         S = token_ids.shape[1]
         self.positions = q_start.long()[:, None] + torch.arange(S, device=q_start.device)  # [B, S]
 
@@ -80,7 +80,8 @@ class DeepseekV4Cache:
         """Raises unless every sequence b can take lens[b] more tokens."""
         limit, what = ((self.max_context, "the cache's max_context") if self.max_context is not None
                        else (self.config.max_positions, "max_positions"))
-        if max((h + n for h, n in zip(self.host_lengths, lens)), default=0) > limit:
+        ends = [h + n for h, n in zip(self.host_lengths, lens)]  # a list, as torch.compile traces it
+        if ends and max(ends) > limit:
             raise ValueError(f"[lcattn] a sequence would pass {what} = {limit} (lengths {self.host_lengths}, "
                              f"adding {lens})")
 
