@@ -1,4 +1,12 @@
-"""Logit comparisons shared by the model tests."""
+"""The tiny model and the logit comparisons shared by the model tests."""
+from lcattn.modules import DeepseekV4Config, DeepseekV4ForCausalLM
+
+
+def tiny_model(device, **changes):
+    config = DeepseekV4Config.tiny()
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return DeepseekV4ForCausalLM(config).init_weights(std=0.05).to(device)
 
 
 def rel(a, b):

@@ -4,9 +4,7 @@ import os
 
 import pytest
 import torch
-from model_helpers import rel, same_argmax
-
-from lcattn.modules import DeepseekV4Config, DeepseekV4ForCausalLM
+from model_helpers import rel, same_argmax, tiny_model
 
 TOL = 1e-2  # as in test_model.py: bf16 rounding of the ops' inputs
 # Over 50 decode steps a flipped discrete choice (an expert, an indexer pick) also changes the cached
@@ -19,13 +17,6 @@ STEPS = 50
 LENGTHS = [37, 11, 60]
 needs_graph_allocator = pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                                            reason="graph capture allocates through the caching allocator")
-
-
-def tiny_model(device, **changes):
-    config = DeepseekV4Config.tiny()
-    for key, value in changes.items():
-        setattr(config, key, value)
-    return DeepseekV4ForCausalLM(config).init_weights(std=0.05).to(device)
 
 
 def decode(model, ids, graph, chunk=8192, steps=STEPS, compile=False):

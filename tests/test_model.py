@@ -1,20 +1,13 @@
 """DeepSeek-V4 model blocks: cache consistency, batching and presets."""
 import pytest
 import torch
-from model_helpers import rel, same_argmax
+from model_helpers import rel, same_argmax, tiny_model
 
 from lcattn.modules import CSA, HCA, SLIDING, DeepseekV4Config, DeepseekV4ForCausalLM
 
 # Logits agree up to bf16 rounding of the ops' inputs; where rounding flips a discrete choice (an
 # expert, an indexer pick) a token differs more, so the tests bound the median token and the argmax.
 TOL = 1e-2
-
-
-def tiny_model(device, **changes):
-    config = DeepseekV4Config.tiny()
-    for key, value in changes.items():
-        setattr(config, key, value)
-    return DeepseekV4ForCausalLM(config).init_weights(std=0.05).to(device)
 
 
 def test_chunked_prefill_and_decode_match_one_shot(device):

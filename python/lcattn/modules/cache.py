@@ -61,6 +61,14 @@ class Step:
         self.positions = q_start.long()[:, None] + torch.arange(S, device=q_start.device)  # [B, S]
 
 
+def valid_lengths(lengths: List[int], B: int, S: int) -> List[int]:
+    """lengths as B ints in [0, S], or an [lcattn] error."""
+    lens = [int(n) for n in lengths]
+    if len(lens) != B or any(n < 0 or n > S for n in lens):
+        raise ValueError(f"[lcattn] lengths must be {B} values in [0, {S}], got {lens}")
+    return lens
+
+
 class DeepseekV4Cache:
     """Per-layer state plus each sequence's length. Sequences may have different lengths.
 
@@ -92,9 +100,7 @@ class DeepseekV4Cache:
             lens = [S] * B
             seq_lens = torch.full((B,), S, dtype=torch.int32, device=device)
         else:
-            lens = [int(n) for n in lengths]
-            if len(lens) != B or any(n < 0 or n > S for n in lens):
-                raise ValueError(f"[lcattn] lengths must be {B} values in [0, {S}], got {lens}")
+            lens = valid_lengths(lengths, B, S)
             seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
         self.check_room(lens)
         return Step(self.lengths.clone(), seq_lens, self.host_lengths, lens, input_ids)

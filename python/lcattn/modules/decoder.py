@@ -11,6 +11,8 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from lcattn.modules.cache import valid_lengths
+
 
 class Decoder:
     """model.decoder(batch, max_context): prefill(prompts) once, then step(tokens) per token.
@@ -43,9 +45,7 @@ class Decoder:
         B, S = input_ids.shape
         if B != self.batch:
             raise ValueError(f"[lcattn] the decoder holds {self.batch} sequences, got input_ids of {B}")
-        lens = [S] * B if lengths is None else [int(n) for n in lengths]
-        if len(lens) != B or any(n < 0 or n > S for n in lens):
-            raise ValueError(f"[lcattn] lengths must be {B} values in [0, {S}], got {lens}")
+        lens = [S] * B if lengths is None else valid_lengths(lengths, B, S)
         self.cache.check_room(lens)  # the whole prompt, before any chunk runs
         last: List[Optional[Tensor]] = [None] * B
         positions = max(1, chunk // B)
