@@ -8,7 +8,7 @@
 # QUICK=1 runs only the CUDA tests of the sanitizer families (no suite, example or C++ benches).
 # BENCH="ARGS" also runs python bench/python/run.py ARGS --out OUT_DIR/bench (with a FlashMLA column
 # when build/baselines/flashmla_baseline.so, from scripts/build_flashmla.sh, is carried along).
-# DEMO_CONTEXT=N also runs the demo with an N-token prompt (DEMO_ARGS="--graph --compile" adds its
+# DEMO_CONTEXT=N also runs the demo with an N-token prompt (DEMO_ARGS="--compile" adds its
 # flags); STEP_TIMEOUT=S bounds each step (1800 s).
 set -uo pipefail
 out=$(realpath -m "${1:-gpu_results}")
@@ -40,7 +40,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.
 step build python3 setup.py build_ext --inplace
 step resources bash -c 'cuobjdump -res-usage python/lcattn/_C*.so | grep -A1 -E "attention|indexer|moe|cutlass" | grep -E "Function|REG"'
 families=("${@:2}")
-[ ${#families[@]} -gt 0 ] || families=(compress indexer attention moe opcheck)
+[ ${#families[@]} -gt 0 ] || families=(compress indexer attention moe mhc opcheck)
 [ "${families[0]}" != none ] || families=()
 if [ -n "${QUICK:-}" ]; then
   files=()

@@ -17,6 +17,8 @@ def make_indexer(B, S, N, HI, DI, device, q_start):
     (2, 7, 13, 4, 32, [0, 45]),        # irregular, one sequence before its first full block
     (1, 33, 70, 64, 128, [250]),       # V4 indexer heads and dim
     (3, 1, 9, 8, 16, [3, 30, 17]),     # decode: one token per sequence
+    (3, 1, 1000, 64, 128, [2, 4000, 2100]),  # V4 decode (CUDA: the heads-as-M kernel), one row sees nothing
+    (2, 5, 517, 40, 128, [0, 700]),    # few rows, fewer heads than the tile, entries not a tile multiple
     (1, 3, 20, 16, 512, [70]),         # general CUDA kernel past 48 KB of shared memory
 ])
 def test_indexer_scores_match_reference(device, B, S, N, HI, DI, q_start):

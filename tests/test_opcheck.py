@@ -40,6 +40,8 @@ def cases(device):
         "moe_unpermute": (rand(12, 8, dtype=bf), i32([[0, 5], [11, 2]]), rand(2, 2)),
         "moe_experts": (x, rand(6, 2), i32([[0, 1], [2, 0], [1, 2], [0, 2], [1, 0], [2, 1]]), w,
                         rand(3, 8, 8, dtype=bf), 10.0),
+        "hc_sinkhorn": (rand(2, 3, 4, 4), 20, 1e-6),
+        "hc_sinkhorn (defaults)": (rand(5, 4, 4), 3),
     }
 
 

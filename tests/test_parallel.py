@@ -41,6 +41,9 @@ def worker(rank: int, world: int, store: str, backend: str = "gloo") -> None:
         for layer in model.model.layers:
             assert isinstance(layer.mlp, ExpertParallelMoE) and layer.mlp.experts.gate_up_proj.shape[0] == local
         parallel = run_calls(model, ids, lengths)
+        assert not model.decoder(2, 32).use_graph  # host-side split sizes: no CUDA graph by default
+        with pytest.raises(ValueError, match=r"\[lcattn\] an expert-parallel model"):
+            model.decoder(2, 32, graph=True)
         for want, got in zip(single, parallel):
             if device.type == "cpu":  # the same arithmetic in the same order
                 assert torch.equal(got, want), (rank, (got - want).abs().max().item())

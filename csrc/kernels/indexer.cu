@@ -140,6 +140,69 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_mma_kernel(const 
   }
 }
 
+// Few rows per sequence (decode): a block scores one query row against kTileKeys keys with the
+// row's heads as the M dimension, q [HI <= 64, 128] x keys [128, 128]^T in one pass of mma.sync (the
+// row-tile kernel above would run its 64 heads one after another on a tile of mostly empty rows).
+// w_h * ReLU(.) is summed over the heads in registers, across lanes, then across the 4 warps that
+// share a key range (a fixed order: deterministic). grid (rows of [row_begin, row_end), N / kTileKeys).
+constexpr int kHeadsRowsMax = 16;  // rows per sequence up to which the heads kernel runs
+constexpr size_t kHeadsSmem = kTileSmem + 4 * kTileKeys * sizeof(float);
+
+__global__ void __launch_bounds__(kTileThreads) indexer_scores_heads_kernel(const IndexerParams p) {
+  extern __shared__ __align__(16) unsigned char tile_smem[];
+  bf16* keys = reinterpret_cast<bf16*>(tile_smem);
+  bf16* q = keys + kTileKeys * kTileStride;
+  float* w = reinterpret_cast<float*>(q + kTileRows * kTileStride);
+  float* partial = w + kTileRows;  // [4 warp rows, kTileKeys]
+  const int64_t r = p.row_begin + blockIdx.x;
+  const int b = int(r / p.S), s = int(r % p.S);
+  const int n0 = blockIdx.y * kTileKeys;
+  const int visible = min(p.N, (p.q_start[b] + s + 1) / p.ratio);
+  float* dst = p.scores + (r - p.row_begin) * p.N;
+  if (n0 >= visible) {  // no key of the tile is visible to this row
+    for (int n = n0 + threadIdx.x; n < min(n0 + kTileKeys, p.N); n += kTileThreads) dst[n] = -INFINITY;
+    return;
+  }
+  stage_rows(keys, kTileKeys,
+             [&](int i) { return n0 + i < visible ? p.keys + (int64_t(b) * p.N + n0 + i) * kTileDim : nullptr; });
+  stage_rows(q, kTileRows, [&](int h) { return h < p.HI ? p.q + (r * p.HI + h) * kTileDim : nullptr; });
+  if (threadIdx.x < kTileRows) w[threadIdx.x] = threadIdx.x < p.HI ? p.weights[r * p.HI + threadIdx.x] : 0.f;
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int wm = (warp & 3) * 16, wn = (warp >> 2) * 64;  // this warp's heads and keys in the tile
+  float acc[8][4] = {};
+#pragma unroll
+  for (int k0 = 0; k0 < kTileDim; k0 += 16) {
+    const bf16* a = q + (wm + g) * kTileStride + k0 + 2 * t;
+    const uint32_t a0 = load_pair(a), a1 = load_pair(a + 8 * kTileStride), a2 = load_pair(a + 8),
+                   a3 = load_pair(a + 8 * kTileStride + 8);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const bf16* bk = keys + (wn + nt * 8 + g) * kTileStride + k0 + 2 * t;
+      mma_bf16_16816(acc[nt], a0, a1, a2, a3, load_pair(bk), load_pair(bk + 8));
+    }
+  }
+  const float w_lo = w[wm + g], w_hi = w[wm + g + 8];
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      // This lane's two heads, then the 8 lanes of the same key (lane bits 2-4) hold the warp's 16.
+      float sum = w_lo * fmaxf(acc[nt][j], 0.f) + w_hi * fmaxf(acc[nt][2 + j], 0.f);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 8);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+      if (g == 0) partial[(warp & 3) * kTileKeys + wn + nt * 8 + 2 * t + j] = sum;
+    }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kTileKeys; i += kTileThreads) {
+    const int n = n0 + i;
+    if (n >= p.N) break;
+    const float total = partial[i] + partial[kTileKeys + i] + partial[2 * kTileKeys + i] + partial[3 * kTileKeys + i];
+    dst[n] = n < visible ? total : -INFINITY;
+  }
+}
+
 // Order-preserving map of a float to an unsigned key; NaN and -inf map to 0 (never picked).
 __device__ __forceinline__ uint32_t topk_key(float v) {
   if (isnan(v) || v == -INFINITY) return 0u;
@@ -232,7 +295,16 @@ __global__ void gather_rows_kernel(const GatherParams p) {
 cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream) {
   const int64_t rows = p.row_end - p.row_begin;
   if (rows == 0 || p.N == 0) return cudaSuccess;
-  if (p.DI == kTileDim) {  // the V4 indexer head dim: tensor cores
+  if (p.DI == kTileDim && p.HI <= kTileRows && p.S <= kHeadsRowsMax) {  // decode: heads as M
+    static PerDevice<cudaError_t> smem_limit;
+    const cudaError_t attr =
+        allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(indexer_scores_heads_kernel), int(kHeadsSmem));
+    if (attr != cudaSuccess) return attr;
+    const dim3 grid(unsigned(rows), ceil_div(p.N, kTileKeys));
+    indexer_scores_heads_kernel<<<grid, kTileThreads, kHeadsSmem, stream>>>(p);
+    return cudaGetLastError();
+  }
+  if (p.DI == kTileDim) {  // the V4 indexer head dim: tensor cores, a tile of rows per head
     static PerDevice<cudaError_t> smem_limit;
     const cudaError_t attr =
         allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(indexer_scores_mma_kernel), int(kTileSmem));

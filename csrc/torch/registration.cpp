@@ -68,4 +68,6 @@ TORCH_LIBRARY(lcattn, m) {
   def(m,
       "moe_experts(Tensor x, Tensor? weights, Tensor indices, Tensor w_gate_up, Tensor w_down, "
       "float swiglu_limit) -> Tensor");
+  // [7] mHC: softmax over each row of logits [..., n, n], + eps, then Sinkhorn normalisation.
+  def(m, "hc_sinkhorn(Tensor logits, int iters, float eps=1e-06) -> Tensor");
 }

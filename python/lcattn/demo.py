@@ -2,16 +2,16 @@
 a batch of shorter sequences decodes together.
 
     python -m lcattn.demo [--context N] [--decode N] [--chunk N] [--batch N] [--batch-prompt N]
-                          [--graph] [--compile] [--device cpu|cuda]
+                          [--eager] [--compile] [--device cpu|cuda]
     torchrun --nproc-per-node N -m lcattn.demo --expert-parallel [...]
 
 On a GPU the model has V4-Flash's attention dimensions (64 heads of 512, indexer 64 x 128, top-k
 512, window 128) with a window-only, two CSA and two HCA layers, and 128K positions (prompt and
 decoded tokens); on a CPU it is the tiny configuration with 16K positions. Prints prefill tokens/s,
 decode ms per token, peak memory, and the cache's bytes per token beside a dense-attention cache of
-the same model. Decoding runs through model.decoder: a cache of fixed capacity, with --graph one
-captured CUDA graph per batch size replayed each step (or LCATTN_DECODE_GRAPH=1), with --compile the
-step through torch.compile. With --expert-parallel (under torchrun) the routed experts are split
+the same model. Decoding runs through model.decoder: a cache of fixed capacity and, on a GPU, one
+captured CUDA graph per batch size replayed each step (--eager: no graph), with --compile the step
+through torch.compile. With --expert-parallel (under torchrun) the routed experts are split
 over the ranks (lcattn.parallel; NCCL on GPUs, gloo on CPUs), each rank runs its own prompts, and
 rank 0 prints its figures.
 """
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="sequences of the batched decode (0: skip it)")
     parser.add_argument("--batch-prompt", type=int, help="prompt tokens per sequence of the batched decode "
                         "(default 2048 on GPU, 128 on CPU)")
-    parser.add_argument("--graph", action="store_true", help="decode steps as CUDA graph replays (GPU)")
+    parser.add_argument("--eager", action="store_true", help="decode steps without the CUDA graph (GPU)")
     parser.add_argument("--compile", action="store_true", help="decode steps through torch.compile")
     parser.add_argument("--expert-parallel", action="store_true", help="under torchrun: split the routed experts "
                         "over the ranks, each rank decoding its own sequences")
@@ -79,8 +79,6 @@ def main() -> None:
     device = torch.device(args.device)
     rank = 0
     if args.expert_parallel:
-        if args.graph:
-            parser.error("--expert-parallel exchanges row counts through the host: it cannot run in a CUDA graph")
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
@@ -117,9 +115,7 @@ def main() -> None:
           flush=True)
 
     prompt = torch.randint(0, config.vocab_size, (1, prompt_len), device=device)
-    if args.graph and device.type != "cuda":
-        parser.error("--graph needs --device cuda")
-    graph = True if args.graph else (False if args.expert_parallel else None)  # None: LCATTN_DECODE_GRAPH
+    graph = False if args.eager else None  # None: on CUDA for a capturable model, unless LCATTN_DECODE_GRAPH=0
     decoder = model.decoder(1, context, graph=graph, compile=args.compile)
     synchronize(device)
     started = time.perf_counter()

@@ -218,6 +218,18 @@ def _(x, weights, indices, w_gate_up, w_down, swiglu_limit):
     return torch.empty_like(x)
 
 
+def hc_sinkhorn(logits: Tensor, iters: int, eps: float = 1e-6) -> Tensor:
+    """The mHC mixing matrices (SPEC 7): logits [..., n, n] fp32 (1 <= n <= 8) -> A [..., n, n] fp32,
+    A = softmax over each row + eps, columns normalised, then iters - 1 rounds of rows then columns
+    (each divided by its sum + eps). One kernel, where torch ops take 2 * iters."""
+    return _ops.hc_sinkhorn(logits, iters, eps)
+
+
+@torch.library.register_fake("lcattn::hc_sinkhorn")
+def _(logits, iters, eps=1e-6):
+    return torch.empty_like(logits)
+
+
 def _regroup_gate_up(w: Tensor, name: str, interleave: bool) -> Tensor:
     """w [..., 2I, D] as [..., 2, I / 8, 8, D] (gate rows, then up rows) <-> [..., I / 8, 2, 8, D]
     (blocks of 8 gate rows, each followed by their 8 up rows)."""

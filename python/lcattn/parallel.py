@@ -39,6 +39,8 @@ class ExpertParallelMoE(MoE):
     """A MoE layer whose routed experts are spread over `group`; routing and the shared expert are
     the MoE's own (module names as in MoE, so the layer's state dict keeps its keys)."""
 
+    graph_capturable = False  # the all-to-all split sizes are read on the host
+
     def __init__(self, moe: MoE, group: Optional[dist.ProcessGroup]):
         nn.Module.__init__(self)
         self.config, self.hashed, self.group = moe.config, moe.hashed, group

@@ -185,4 +185,15 @@ struct SwigluParams {
   float limit;
 };
 
+// The mHC mixing matrix of each token and site (SPEC 7): A = softmax over each row of logits, + eps,
+// then columns normalised, then iters - 1 rounds of rows then columns (each divided by its sum + eps).
+struct SinkhornParams {
+  const float* logits;  // [M, n, n]
+  float* out;           // [M, n, n]
+  int64_t M;
+  int n, iters;  // 1 <= n <= kSinkhornMaxN, iters >= 1
+  float eps;
+};
+constexpr int kSinkhornMaxN = 8;
+
 }  // namespace lcattn

@@ -100,4 +100,52 @@ LCATTN_HD void route_token(const RouteParams& p, int64_t t) {
   route_weights(p, t);
 }
 
+// Sinkhorn normalisation of one n x n mHC matrix (SPEC 7), n <= N: with N a compile-time bound the
+// matrix stays in registers. Each row or column is scaled by 1 / (sum + eps): one division per line.
+template <int N>
+LCATTN_HD void hc_sinkhorn_matrix(const float* logits, float* out, int n, int iters, float eps) {
+  float a[N][N] = {};
+  for (int i = 0; i < N; ++i) {
+    if (i >= n) break;
+    float mx = -INFINITY, sum = 0.f;
+    for (int j = 0; j < N; ++j)
+      if (j < n) mx = fmaxf(mx, logits[i * n + j]);
+    for (int j = 0; j < N; ++j)
+      if (j < n) sum += (a[i][j] = expf(logits[i * n + j] - mx));
+    const float inv = 1.f / sum;
+    for (int j = 0; j < N; ++j) a[i][j] = a[i][j] * inv + eps;
+  }
+  for (int it = 0; it < iters; ++it) {
+    if (it > 0) {  // rows (the first round has the softmax's)
+      for (int i = 0; i < N; ++i) {
+        float sum = 0.f;
+        for (int j = 0; j < N; ++j)
+          if (j < n) sum += a[i][j];
+        const float inv = 1.f / (sum + eps);
+        for (int j = 0; j < N; ++j) a[i][j] *= inv;
+      }
+    }
+    for (int j = 0; j < N; ++j) {  // columns
+      float sum = 0.f;
+      for (int i = 0; i < N; ++i)
+        if (i < n) sum += a[i][j];
+      const float inv = 1.f / (sum + eps);
+      for (int i = 0; i < N; ++i) a[i][j] *= inv;
+    }
+  }
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < N; ++j)
+      if (i < n && j < n) out[i * n + j] = a[i][j];
+}
+
+// Matrix m of p: V4's n = 4 on its own path, any other n up to kSinkhornMaxN on the general one.
+LCATTN_HD void hc_sinkhorn(const SinkhornParams& p, int64_t m) {
+  const float* in = p.logits + m * p.n * p.n;
+  float* out = p.out + m * p.n * p.n;
+  if (p.n == 4)
+    hc_sinkhorn_matrix<4>(in, out, 4, p.iters, p.eps);
+  else
+    hc_sinkhorn_matrix<kSinkhornMaxN>(in, out, p.n, p.iters, p.eps);
+}
+
 }  // namespace lcattn

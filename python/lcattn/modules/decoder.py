@@ -1,10 +1,10 @@
 """Prefill, then decode one token per sequence per step, from a cache of fixed capacity. With a CUDA
 graph a decode step is captured once and replayed: the token ids are copied into a static input,
 the logits come back in a static output, and no host work runs but the replay itself. The graph is
-on with graph=True, or by default on CUDA with LCATTN_DECODE_GRAPH=1 (off until it has been measured
-on a GPU). compile=True runs the decode step through torch.compile(model, fullgraph=True), which
-fuses the glue between the lcattn ops (norms, RoPE, mHC, router) into fewer kernels; prefill stays
-eager (its chunk shapes vary)."""
+on by default on CUDA (graph=False, or LCATTN_DECODE_GRAPH=0, runs eager steps). compile=True runs
+the decode step through torch.compile(model, fullgraph=True), which fuses the glue between the
+lcattn ops (norms, RoPE, mHC, router) into fewer kernels; prefill stays eager (its chunk shapes
+vary)."""
 import os
 from typing import List, Optional
 
@@ -27,9 +27,13 @@ class Decoder:
         self.warmup_steps, self.steps = (2 if compile else 1), 0
         self.cache = model.new_cache(batch, max_context=max_context)
         device = self.cache.lengths.device
+        capturable = all(getattr(m, "graph_capturable", True) for m in model.modules())
         if graph is None:
-            graph = device.type == "cuda" and os.environ.get("LCATTN_DECODE_GRAPH") == "1"
+            graph = device.type == "cuda" and capturable and os.environ.get("LCATTN_DECODE_GRAPH") != "0"
         self.use_graph = graph
+        if self.use_graph and not capturable:
+            raise ValueError("[lcattn] an expert-parallel model reads its all-to-all split sizes on the host: "
+                             "it cannot decode in a CUDA graph (graph=False)")
         if self.use_graph and device.type != "cuda":
             raise ValueError("[lcattn] a CUDA graph needs the model on a CUDA device")
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)  # the step's static input

@@ -193,6 +193,8 @@ class Router(nn.Module):
 class MoE(nn.Module):
     """Routed experts through the grouped GEMM plus the shared expert (SPEC 6)."""
 
+    graph_capturable = True  # no host sync in forward, so a CUDA graph can capture it
+
     def __init__(self, config: DeepseekV4Config, layer: int):
         super().__init__()
         self.config, self.hashed = config, layer < config.num_hash_layers
@@ -251,11 +253,8 @@ class HyperConnection(nn.Module):
         pre_b, post_b, comb_b = self.base.split([n, n, n * n])
         pre = torch.sigmoid(pre_w * self.scale[0] + pre_b) + self.eps
         post = 2 * torch.sigmoid(post_w * self.scale[1] + post_b)
-        comb = torch.softmax(comb_w.unflatten(-1, (n, n)) * self.scale[2] + comb_b.view(n, n), dim=-1) + self.eps
-        comb = comb / (comb.sum(dim=-2, keepdim=True) + self.eps)
-        for _ in range(self.iters - 1):
-            comb = comb / (comb.sum(dim=-1, keepdim=True) + self.eps)
-            comb = comb / (comb.sum(dim=-2, keepdim=True) + self.eps)
+        logits = (comb_w.unflatten(-1, (n, n)) * self.scale[2] + comb_b.view(n, n)).float()
+        comb = ops.hc_sinkhorn(logits, self.iters, self.eps)
         return post, comb, collapse(streams, pre)
 
 
@@ -328,7 +327,7 @@ class DeepseekV4ForCausalLM(nn.Module):
 
     def decoder(self, batch: int, max_context: int, graph: Optional[bool] = None, compile: bool = False) -> "Decoder":
         """Prefill and decode for `batch` sequences of at most max_context positions; with graph=True
-        each decode step replays one captured CUDA graph (default: LCATTN_DECODE_GRAPH=1 on CUDA);
+        each decode step replays one captured CUDA graph (default on CUDA, unless LCATTN_DECODE_GRAPH=0);
         compile=True runs the decode step through torch.compile."""
         return Decoder(self, batch, max_context, graph, compile)
 

@@ -196,3 +196,13 @@ def moe_experts(x: Tensor, weights: Optional[Tensor], indices: Tensor, w_gate_up
         out.index_add_(0, t, (swiglu(gate, up, swiglu_limit) @ w_down[e].float().T) * w[t, j, None])
     return out
 
+
+def hc_sinkhorn(logits: Tensor, iters: int, eps: float = 1e-6) -> Tensor:
+    """SPEC 7's mixing matrix: softmax over each row + eps, then columns, then iters - 1 times rows
+    and columns, each divided by its sum + eps; in fp32."""
+    a = torch.softmax(logits.float(), dim=-1) + eps
+    a = a / (a.sum(dim=-2, keepdim=True) + eps)
+    for _ in range(iters - 1):
+        a = a / (a.sum(dim=-1, keepdim=True) + eps)
+        a = a / (a.sum(dim=-2, keepdim=True) + eps)
+    return a

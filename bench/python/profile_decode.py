@@ -1,0 +1,72 @@
+"""Where a decode step of the demo's model spends its GPU time: kernels per step, GPU time per step,
+the largest kernels, and the wall time of eager, compiled and graph-replayed steps.
+
+    python bench/python/profile_decode.py [--batch 1] [--prompt 4096] [--compile] [--rows 25]
+"""
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from lcattn.demo import gpu_config
+from lcattn.modules import DeepseekV4ForCausalLM
+
+
+def wall_ms(decoder, token: torch.Tensor, steps: int) -> float:
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        token = decoder.step(token).argmax(-1)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--prompt", type=int, default=4096, help="prompt tokens per sequence")
+    parser.add_argument("--experts", type=int, default=32)
+    parser.add_argument("--compile", action="store_true", help="profile the torch.compile'd step")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rows", type=int, default=25, help="kernels listed")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    config = gpu_config(args.experts, None)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = DeepseekV4ForCausalLM(config).init_weights()
+    torch.set_default_dtype(torch.float32)
+    context = args.prompt + 4 * args.steps + 8
+    prompt = torch.randint(0, config.vocab_size, (args.batch, args.prompt), device="cuda")
+
+    eager = model.decoder(args.batch, context, graph=False, compile=args.compile)
+    token = eager.prefill(prompt).argmax(-1)
+    for _ in range(3):  # warm-up (and compile)
+        token = eager.step(token).argmax(-1)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.steps):
+            token = eager.step(token).argmax(-1)
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: -e.device_time_total)
+    total_us = sum(e.device_time_total for e in events) / args.steps
+    launches = sum(e.count for e in events) / args.steps
+    how = "compiled" if args.compile else "eager"
+    print(f"decode step, batch {args.batch}, {args.prompt}-token prompts, {how}: {total_us / 1e3:.3f} ms of GPU "
+          f"time in {launches:.0f} kernels and copies per step")
+    for e in events[: args.rows]:
+        per = e.device_time_total / args.steps
+        print(f"  {per:8.1f} us {100 * per / total_us:5.1f}% {e.count / args.steps:6.1f}x  {e.key[:110]}")
+    print(f"wall, {how}: {wall_ms(eager, token, args.steps):.2f} ms/step")
+
+    graphed = model.decoder(args.batch, context, graph=True, compile=args.compile)
+    token = graphed.prefill(prompt).argmax(-1)
+    print(f"wall, {how} CUDA graph replays: {wall_ms(graphed, token, args.steps):.2f} ms/step")
+
+
+if __name__ == "__main__":
+    main()
