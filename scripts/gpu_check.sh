@@ -8,7 +8,7 @@
 # QUICK=1 runs only the CUDA tests of the sanitizer families (no suite, example or C++ benches).
 # BENCH="ARGS" also runs python bench/python/run.py ARGS --out OUT_DIR/bench (with a FlashMLA column
 # when build/baselines/flashmla_baseline.so, from scripts/build_flashmla.sh, is carried along).
-# DEMO_CONTEXT=N also runs the demo with an N-token prompt (DEMO_ARGS="--compile" adds its
+# DEMO_CONTEXT=N also runs the demo with an N-token prompt (DEMO_ARGS="--eager --no-compile" adds its
 # flags); STEP_TIMEOUT=S bounds each step (1800 s).
 set -uo pipefail
 out=$(realpath -m "${1:-gpu_results}")

@@ -6,8 +6,8 @@ namespace {
 
 at::Tensor hc_sinkhorn(const at::Tensor& logits, int64_t iters, double eps) {
   constexpr const char* op = "hc_sinkhorn";
-  LCATTN_CHECK(logits.dim() >= 2 && logits.size(-1) == logits.size(-2), op,
-               "logits must be [..., n, n], got shape ", logits.sizes());
+  LCATTN_CHECK(logits.dim() >= 2 && logits.size(-1) == logits.size(-2), op, "logits must be [..., n, n], got shape ",
+               logits.sizes());
   const int64_t n = logits.size(-1);
   LCATTN_CHECK(n >= 1 && n <= kSinkhornMaxN, op, "n must lie in [1, ", kSinkhornMaxN, "], got ", n);
   LCATTN_CHECK(iters >= 1, op, "iters must be at least 1, got ", iters);

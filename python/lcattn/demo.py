@@ -2,7 +2,7 @@
 a batch of shorter sequences decodes together.
 
     python -m lcattn.demo [--context N] [--decode N] [--chunk N] [--batch N] [--batch-prompt N]
-                          [--eager] [--compile] [--device cpu|cuda]
+                          [--eager] [--[no-]compile] [--device cpu|cuda]
     torchrun --nproc-per-node N -m lcattn.demo --expert-parallel [...]
 
 On a GPU the model has V4-Flash's attention dimensions (64 heads of 512, indexer 64 x 128, top-k
@@ -10,10 +10,11 @@ On a GPU the model has V4-Flash's attention dimensions (64 heads of 512, indexer
 decoded tokens); on a CPU it is the tiny configuration with 16K positions. Prints prefill tokens/s,
 decode ms per token, peak memory, and the cache's bytes per token beside a dense-attention cache of
 the same model. Decoding runs through model.decoder: a cache of fixed capacity and, on a GPU, one
-captured CUDA graph per batch size replayed each step (--eager: no graph), with --compile the step
-through torch.compile. With --expert-parallel (under torchrun) the routed experts are split
-over the ranks (lcattn.parallel; NCCL on GPUs, gloo on CPUs), each rank runs its own prompts, and
-rank 0 prints its figures.
+captured CUDA graph per batch size replayed each step (--eager: no graph), and the step through
+torch.compile (the default on a GPU; --no-compile skips it, --compile asks for it on a CPU). With
+--expert-parallel (under torchrun) the routed experts are split over the ranks (lcattn.parallel; NCCL
+on GPUs, gloo on CPUs), each rank runs its own prompts, and rank 0 prints its figures (no graph, no
+compile: the exchange reads its split sizes on the host).
 """
 import argparse
 import os
@@ -71,7 +72,8 @@ def main() -> None:
     parser.add_argument("--batch-prompt", type=int, help="prompt tokens per sequence of the batched decode "
                         "(default 2048 on GPU, 128 on CPU)")
     parser.add_argument("--eager", action="store_true", help="decode steps without the CUDA graph (GPU)")
-    parser.add_argument("--compile", action="store_true", help="decode steps through torch.compile")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                        help="decode steps through torch.compile (default: on a GPU)")
     parser.add_argument("--expert-parallel", action="store_true", help="under torchrun: split the routed experts "
                         "over the ranks, each rank decoding its own sequences")
     parser.add_argument("--seed", type=int, default=0)
@@ -115,8 +117,11 @@ def main() -> None:
           flush=True)
 
     prompt = torch.randint(0, config.vocab_size, (1, prompt_len), device=device)
+    # torch.compile traces the step whole (fullgraph): the expert-parallel exchange, with host-side
+    # split sizes, cannot be traced so.
+    use_compile = device.type == "cuda" and not args.expert_parallel if args.compile is None else args.compile
     graph = False if args.eager else None  # None: on CUDA for a capturable model, unless LCATTN_DECODE_GRAPH=0
-    decoder = model.decoder(1, context, graph=graph, compile=args.compile)
+    decoder = model.decoder(1, context, graph=graph, compile=use_compile)
     synchronize(device)
     started = time.perf_counter()
     bar = Progress("prefill", prompt_len) if rank == 0 else None
@@ -128,7 +133,7 @@ def main() -> None:
     prefill_s = time.perf_counter() - started
     decode_ms = decode_median_ms(decoder, logits.argmax(-1), args.decode, device)
     cache = decoder.cache
-    graphed = ("CUDA graph replays" if decoder.use_graph else "eager") + (", compiled" if args.compile else "")
+    graphed = ("CUDA graph replays" if decoder.use_graph else "eager") + (", compiled" if use_compile else "")
     tokens = cache.host_lengths[0]
     dense = config.num_layers * config.head_dim * 2  # one bf16 K=V row of head_dim per layer and token
     ours = cache.nbytes() / tokens
@@ -141,7 +146,7 @@ def main() -> None:
           + (f"{dense / ours:.1f}x more" if dense >= ours else f"{ours / dense:.1f}x smaller"))
     if args.batch > 0:
         B, n = args.batch, args.batch_prompt or (2048 if device.type == "cuda" else 128)
-        batched = model.decoder(B, n + args.decode, graph=graph, compile=args.compile)
+        batched = model.decoder(B, n + args.decode, graph=graph, compile=use_compile)
         started = time.perf_counter()
         logits = batched.prefill(torch.randint(0, config.vocab_size, (B, n), device=device), chunk=args.chunk)
         synchronize(device)
