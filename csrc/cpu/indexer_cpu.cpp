@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "lcattn/api.h"
+#include "lcattn/indexer_topk.h"
 #include "parallel.h"
 
 namespace lcattn {
@@ -51,6 +52,14 @@ void topk_cpu(const TopkParams& p) {
     std::sort(picked.begin(), picked.end());
     int* out = p.indices + r * p.k;
     for (int j = 0; j < p.k; ++j) out[j] = j < int(keep) ? picked[j] : -1;
+  });
+}
+
+void indexer_topk_cpu(const IndexerTopkParams& p) {
+  indexer_topk_blocks(p, [](const IndexerParams& scoring, const TopkParams& topk) {
+    indexer_scores_cpu(scoring);
+    topk_cpu(topk);
+    return true;
   });
 }
 

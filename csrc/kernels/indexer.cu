@@ -5,6 +5,7 @@
 #include "common/mma.cuh"
 #include "common/reduce.cuh"
 #include "lcattn/api.h"
+#include "lcattn/indexer_topk.h"
 
 namespace lcattn {
 namespace {
@@ -332,6 +333,16 @@ cudaError_t topk_cuda(const TopkParams& p, cudaStream_t stream) {
   if (p.R == 0 || p.k == 0) return cudaSuccess;
   topk_kernel<<<unsigned(p.R), kTopkThreads, 0, stream>>>(p);
   return cudaGetLastError();
+}
+
+cudaError_t indexer_topk_cuda(const IndexerTopkParams& p, cudaStream_t stream) {
+  cudaError_t err = cudaSuccess;
+  indexer_topk_blocks(p, [&](const IndexerParams& scoring, const TopkParams& topk) {
+    err = indexer_scores_cuda(scoring, stream);
+    if (err == cudaSuccess) err = topk_cuda(topk, stream);
+    return err == cudaSuccess;
+  });
+  return err;
 }
 
 cudaError_t gather_rows_cuda(const GatherParams& p, cudaStream_t stream) {

@@ -2,12 +2,10 @@
 #include <algorithm>
 
 #include "checks.h"
+#include "lcattn/indexer_topk.h"
 
 namespace lcattn {
 namespace {
-
-// Default size of the fp32 score block of indexer_topk: 256 MiB.
-constexpr int64_t kScoreBlockElems = int64_t(64) << 20;
 
 IndexerParams indexer_params(const char* op, const at::Tensor& q, const at::Tensor& weights, const at::Tensor& keys,
                              const at::Tensor& q_start, int64_t ratio) {
@@ -79,22 +77,14 @@ at::Tensor indexer_topk(const at::Tensor& q, const at::Tensor& weights, const at
   at::Tensor indices = at::empty({p.B, p.S, k}, q.options().dtype(at::kInt));
   const int64_t rows = int64_t(p.B) * p.S;
   if (p.N == 0 || rows == 0) return indices.fill_(-1);
-  if (block_rows == 0) block_rows = std::max<int64_t>(1, kScoreBlockElems / p.N);
-  block_rows = std::min(rows, block_rows);
-  at::Tensor block = at::empty({block_rows, p.N}, q.options().dtype(at::kFloat));
-  for (int64_t r0 = 0; r0 < rows; r0 += block_rows) {
-    p.row_begin = r0;
-    p.row_end = std::min(rows, r0 + block_rows);
-    p.scores = ptr<float>(block);
-    LCATTN_RUN(op, q, indexer_scores, p);
-    TopkParams t{};
-    t.scores = ptr<const float>(block);
-    t.indices = ptr<int>(indices) + r0 * k;
-    t.R = p.row_end - p.row_begin;
-    t.N = p.N;
-    t.k = int(k);
-    LCATTN_RUN(op, q, topk, t);
-  }
+  IndexerTopkParams t{};
+  t.scoring = p;
+  t.block_rows = indexer_topk_block_rows(rows, p.N, block_rows);
+  at::Tensor block = at::empty({t.block_rows, p.N}, q.options().dtype(at::kFloat));
+  t.block = ptr<float>(block);
+  t.indices = ptr<int>(indices);
+  t.k = int(k);
+  LCATTN_RUN(op, q, indexer_topk, t);
   return indices;
 }
 

@@ -31,6 +31,7 @@ void check_aligned(const char* op, const char* name, const at::Tensor& t) {
                " must start at a 16-byte aligned address (a tensor of its own, not an offset view)");
 }
 
+#if defined(LCATTN_WITH_CUDA)
 // LCATTN_GROUPED_GEMM_TILE (a tuning override the kernel library reads) must name a tile: a typo
 // would silently run the heuristic's.
 void check_tile_override(const char* op) {
@@ -40,6 +41,7 @@ void check_tile_override(const char* op) {
   LCATTN_CHECK(name == "n32" || name == "n64" || name == "n128" || name == "n256", op,
                "LCATTN_GROUPED_GEMM_TILE must be n32, n64, n128 or n256, got '", name, "'");
 }
+#endif
 
 // The GEMM's per-expert problems (CUDA) live in a workspace owned by the caller's allocator.
 void run_grouped_gemm(const char* op, const at::Tensor& x, GroupedGemmParams& p, bool masked) {

@@ -14,6 +14,7 @@ namespace lcattn {
 void compress_kv_cpu(const CompressParams& p);
 void indexer_scores_cpu(const IndexerParams& p);
 void topk_cpu(const TopkParams& p);
+void indexer_topk_cpu(const IndexerTopkParams& p);
 void gather_rows_cpu(const GatherParams& p);
 void attention_cpu(const AttentionParams& p);
 void grouped_gemm_contiguous_cpu(const GroupedGemmParams& p);
@@ -31,6 +32,7 @@ void hc_sinkhorn_cpu(const SinkhornParams& p);
 cudaError_t compress_kv_cuda(const CompressParams& p, cudaStream_t stream);
 cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream);
 cudaError_t topk_cuda(const TopkParams& p, cudaStream_t stream);
+cudaError_t indexer_topk_cuda(const IndexerTopkParams& p, cudaStream_t stream);
 cudaError_t gather_rows_cuda(const GatherParams& p, cudaStream_t stream);
 cudaError_t attention_cuda(const AttentionParams& p, cudaStream_t stream);
 // How many parts attention_cuda splits each query's keys into on a GPU with num_sms multiprocessors

@@ -56,6 +56,16 @@ struct TopkParams {
   int N, k;
 };
 
+// Indexer scores then top-k (SPEC 4), one block of query rows at a time, so that memory is
+// O(block_rows * N) rather than O(B * S * N); indexer_topk_blocks (indexer_topk.h) walks the blocks.
+struct IndexerTopkParams {
+  IndexerParams scoring;  // row_begin, row_end and scores are set per block
+  float* block;           // [block_rows, N] fp32 scratch
+  int* indices;           // [B * S, k]
+  int64_t block_rows;     // >= 1
+  int k;
+};
+
 // Rows of a pool picked by index; -1 gives a zero row.
 struct GatherParams {
   const char* pool;    // [B, N, row_bytes]
