@@ -3,7 +3,8 @@ at a given context, prefill and decode, beside the same layer on unfused PyTorch
 
 Prefill runs the whole context through the layer in chunks (as the model does); decode starts from a
 cache filled with random entries at that context (prefilling 64 sequences of 1M tokens would take
-hours) and times single-token steps at batch 1 and 64.
+hours) and times single-token steps at batch 1 and 64, as CUDA-graph replays (the unfused layer's
+eagerly: it reads sizes on the host).
 """
 import math
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from lcattn import ops, reference
 from lcattn.modules import CSA, HCA, DeepseekV4Config
 from lcattn.modules import model as model_module
 from lcattn.modules.cache import LayerCache, Step
+from lcattn.testing.bench import graphed, median_ms
 
 DEV = "cuda"
 CHUNK = 8192
@@ -72,10 +74,16 @@ def filled_state(config, batch: int, context: int, decode_steps: int) -> LayerCa
 
 
 @torch.no_grad()
-def decode_ms(config, layer, batch: int, context: int, steps: int = 8, attention_ops=ops) -> float:
-    """Median time of a single-token step of `batch` sequences at `context` positions."""
+def decode_ms(config, layer, batch: int, context: int, steps: int = 8, attention_ops=ops, graph: bool = True) -> float:
+    """Median time of a single-token step of `batch` sequences at `context` positions: replays of the
+    step's CUDA graph (the model's decode path; each replay writes the same position again, the same
+    work), or with graph=False eager steps at advancing positions (the unfused layer reads sizes on
+    the host, so it cannot be captured)."""
     state = filled_state(config, batch, context, steps + 2)
     x = torch.randn(batch, 1, config.hidden_size, device=DEV, dtype=torch.bfloat16)
+    if graph:
+        step = step_for(batch, context, 1)
+        return median_ms([graphed(lambda: layer(x, state, step, attention_ops))], steps)
     times = []
     for i in range(steps + 2):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -157,7 +165,8 @@ def layer_rows(contexts: List[int], unfused: bool = True):
                     row["unfused_prefill_s"] = prefill_seconds(config, layer, context, UNFUSED_OPS)
                 if context <= UNFUSED_MAX_DECODE:
                     for batch in (1, 64):
-                        row[f"unfused_decode_ms_b{batch}"] = decode_ms(config, layer, batch, context, 3, UNFUSED_OPS)
+                        row[f"unfused_decode_ms_b{batch}"] = decode_ms(config, layer, batch, context, 3, UNFUSED_OPS,
+                                                                       graph=False)
             yield row
         del layer
         torch.cuda.empty_cache()
