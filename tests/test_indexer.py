@@ -130,3 +130,36 @@ def test_bad_input_is_rejected(device):
     if device.type == "cuda":
         with pytest.raises(RuntimeError, match=r"\[lcattn\] gather_rows: indices must be on"):
             ops.gather_rows(torch.randn(1, 9, 4, device=device), torch.tensor([[[1]]], dtype=torch.int32))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
+                                      (1, 65536, 65536)])
+def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
+    """LCATTN_TOPK_SPLIT=1 spreads few long rows over many CTAs: the same indices as the one-CTA kernel
+    (both take tied keys in index order), on rows with ties, -inf, NaN and fewer candidates than k."""
+    scores = torch.randn(rows, N, device="cuda")
+    scores[0, ::5] = float("-inf")
+    if rows > 1:
+        scores[1] = torch.randint(0, 4, (N,), device="cuda").float()  # ties at the threshold
+        scores[-1, 1::3] = float("nan")
+    scores[0, : min(N, 9)] = float("inf")
+    one = ops.topk_indices(scores, k)
+    monkeypatch.setenv("LCATTN_TOPK_SPLIT", "1")
+    split = ops.topk_indices(scores, k)
+    check_topk(split, scores, k)
+    assert torch.equal(split, one)
+    few = torch.full((rows, N), float("-inf"), device="cuda")
+    few[:, 100:110] = 1.0  # 10 candidates: all of them, then -1
+    picked = ops.topk_indices(few, k)
+    assert picked[:, :10].tolist() == [list(range(100, 110))] * rows and (picked[:, 10:] == -1).all()
+
+
+@pytest.mark.cuda
+def test_split_topk_in_indexer_decode_cuda(monkeypatch):
+    """indexer_topk at decode (a row per sequence, 64K entries) picks the same entries either way."""
+    shape = MODEL_SHAPES["flash"]
+    args = make_indexer(4, 1, 65536, shape["index_heads"], shape["index_dim"], "cuda", [262140, 100000, 5000, 3])
+    one = ops.indexer_topk(*args, k=shape["index_topk"], ratio=4)
+    monkeypatch.setenv("LCATTN_TOPK_SPLIT", "1")
+    assert torch.equal(ops.indexer_topk(*args, k=shape["index_topk"], ratio=4), one)

@@ -4,6 +4,7 @@
 #include "common/device.h"
 #include "common/mma.cuh"
 #include "common/reduce.cuh"
+#include "common/topk_key.cuh"
 #include "lcattn/api.h"
 #include "lcattn/indexer_topk.h"
 
@@ -204,13 +205,6 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_heads_kernel(cons
   }
 }
 
-// Order-preserving map of a float to an unsigned key; NaN and -inf map to 0 (never picked).
-__device__ __forceinline__ uint32_t topk_key(float v) {
-  if (isnan(v) || v == -INFINITY) return 0u;
-  const uint32_t bits = __float_as_uint(v);
-  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
-}
-
 constexpr int kTopkThreads = 512;
 
 // One block per row: radix select of the k-th largest key (4 passes of 8 bits), then one
@@ -331,6 +325,7 @@ cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream) {
 
 cudaError_t topk_cuda(const TopkParams& p, cudaStream_t stream) {
   if (p.R == 0 || p.k == 0) return cudaSuccess;
+  if (p.split_workspace && topk_split_applies(p)) return topk_split_cuda(p, stream);
   topk_kernel<<<unsigned(p.R), kTopkThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }

@@ -54,6 +54,9 @@ struct TopkParams {
   int* indices;         // [R, k]
   int64_t R;
   int N, k;
+  // CUDA, few long rows: with topk_split_workspace_bytes(p) bytes here, each row is spread over many
+  // CTAs (topk_split.cu). The adapters set it when LCATTN_TOPK_SPLIT=1 (off until measured on a GPU).
+  void* split_workspace = nullptr;
 };
 
 // Indexer scores then top-k (SPEC 4), one block of query rows at a time, so that memory is
@@ -64,6 +67,7 @@ struct IndexerTopkParams {
   int* indices;           // [B * S, k]
   int64_t block_rows;     // >= 1
   int k;
+  void* topk_split_workspace = nullptr;  // TopkParams::split_workspace of every block
 };
 
 // Rows of a pool picked by index; -1 gives a zero row.

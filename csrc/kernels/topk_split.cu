@@ -1,0 +1,264 @@
+// Top-k of few long rows (decode: 1 to 64 rows of 16K to 256K entries) with each row spread over
+// many CTAs; the contract of SPEC 4 (ascending indices, -1 padding, NaN and -inf never picked,
+// deterministic). The one-CTA kernel of indexer.cu reads such a row six times on one SM and orders
+// its picks 512 at a time with two block scans each (0.92 ms for 262,144 entries). Here:
+//   3 rounds of radix select on the 32-bit key (11, 11 and 10 bits): a histogram kernel over chunks
+//   x rows (shared counts, then global atomics), then a one-warp select kernel per row that fixes
+//   the next digit of the k-th largest key;
+//   a count kernel (keys above the threshold key, and ties, per chunk), then a write kernel that puts
+//   each chunk's picks after those of the earlier chunks, in index order (ties: the first ones).
+// Every count is an integer, so the result is the same on every run. Off unless LCATTN_TOPK_SPLIT=1.
+#include <algorithm>
+
+#include "common/device.h"
+#include "common/topk_key.cuh"
+#include "lcattn/api.h"
+
+namespace lcattn {
+namespace {
+
+constexpr int kThreads = 256, kWarps = kThreads / 32;
+constexpr int kBins = 2048;        // the widest digit: 11 bits
+constexpr int kChunkMin = 4096;    // entries per CTA at least
+constexpr int kTargetCtas = 264;   // about 2 per SM
+constexpr int kMaxRows = 64;       // rows up to which the split path runs
+constexpr int kMinEntries = 16384; // entries from which it runs
+
+// Round r decides bits [shift, shift + bits) of the threshold key; the bits above are known.
+__device__ __forceinline__ int round_shift(int r) { return r == 0 ? 21 : (r == 1 ? 10 : 0); }
+__device__ __forceinline__ int round_bits(int r) { return r == 2 ? 10 : 11; }
+__device__ __forceinline__ uint32_t known_mask(int r) { return r == 0 ? 0u : (r == 1 ? 0xFFE00000u : 0xFFFFFC00u); }
+
+struct RowState {
+  uint32_t prefix;  // the threshold key's bits decided so far
+  int remaining;    // keys still to take at or below the prefix (after the last round: ties to take)
+  int candidates;   // keys that are neither NaN nor -inf
+  int done;         // candidates <= k: take them all (threshold 0, no ties)
+};
+
+// Where the split path keeps its counts in the workspace; zeroed at the start of each call.
+struct Layout {
+  int chunks, chunk;  // CTAs per row and entries per CTA
+  int* hist;          // [R, kBins]
+  RowState* state;    // [R]
+  int* counts;        // [R, chunks, 2]: keys above the threshold, ties
+  size_t bytes;
+
+  Layout(const TopkParams& p, void* workspace) {
+    const int per_row = int(std::max<int64_t>(1, kTargetCtas / std::max<int64_t>(p.R, 1)));
+    chunk = std::max(kChunkMin, (p.N + per_row - 1) / per_row);
+    chunks = (p.N + chunk - 1) / chunk;
+    char* base = static_cast<char*>(workspace);
+    size_t at = 0;
+    auto take = [&](size_t n) {
+      char* here = base ? base + at : nullptr;
+      at += (n + 255) / 256 * 256;
+      return here;
+    };
+    hist = reinterpret_cast<int*>(take(size_t(p.R) * kBins * sizeof(int)));
+    state = reinterpret_cast<RowState*>(take(size_t(p.R) * sizeof(RowState)));
+    counts = reinterpret_cast<int*>(take(size_t(p.R) * chunks * 2 * sizeof(int)));
+    bytes = at;
+  }
+};
+
+__device__ __forceinline__ int warp_sum_int(int v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over the block of kThreads; every thread gets it. `scratch` holds kWarps ints.
+__device__ __forceinline__ int block_sum_int(int v, int* scratch) {
+  v = warp_sum_int(v);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+  __syncthreads();
+  int total = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) total += scratch[w];
+  return total;
+}
+
+// grid (chunks, R): histogram of round r's digit over the chunk's keys that match the prefix; in
+// round 0 also the chunk's candidates.
+__global__ void __launch_bounds__(kThreads) topk_hist_kernel(const TopkParams p, const Layout l, int r) {
+  __shared__ int hist[kBins];
+  __shared__ int scratch[kWarps];
+  const int row = blockIdx.y;
+  if (l.state[row].done) return;
+  const uint32_t prefix = l.state[row].prefix, mask = known_mask(r);
+  const int shift = round_shift(r);
+  const uint32_t digits = (1u << round_bits(r)) - 1u;
+  for (int x = threadIdx.x; x < kBins; x += kThreads) hist[x] = 0;
+  __syncthreads();
+  const float* scores = p.scores + int64_t(row) * p.N;
+  const int begin = blockIdx.x * l.chunk, end = min(p.N, begin + l.chunk);
+  int candidates = 0;
+  for (int i = begin + threadIdx.x; i < end; i += kThreads) {
+    const uint32_t key = topk_key(scores[i]);
+    candidates += key != 0u;
+    if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & digits], 1);
+  }
+  if (r == 0) candidates = block_sum_int(candidates, scratch);  // (its syncs also order the hist)
+  __syncthreads();
+  int* global = l.hist + int64_t(row) * kBins;
+  for (int x = threadIdx.x; x < kBins; x += kThreads)
+    if (hist[x]) atomicAdd(&global[x], hist[x]);
+  if (r == 0 && threadIdx.x == 0 && candidates) atomicAdd(&l.state[row].candidates, candidates);
+}
+
+// grid R, one warp: the digit of round r where the k-th largest key falls, walking the bins from
+// the top 32 at a time; then clears the row's histogram for the next round.
+__global__ void __launch_bounds__(32) topk_select_kernel(const TopkParams p, const Layout l, int r) {
+  const int row = blockIdx.x, lane = threadIdx.x;
+  RowState* state = l.state + row;
+  int* hist = l.hist + int64_t(row) * kBins;
+  if (state->done) return;
+  int remaining = r == 0 ? p.k : state->remaining;
+  if (r == 0 && state->candidates <= p.k) {
+    remaining = 0;  // take every candidate: threshold key 0 (the key of NaN and -inf)
+  } else {
+    const int bins = 1 << round_bits(r);
+    int above = 0, digit = -1;
+    for (int top = bins - 1; top >= 0 && digit < 0; top -= 32) {
+      const int count = hist[top - lane];
+      int cum = count;  // inclusive sum over lanes; lane 0 holds the highest bin
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int n = __shfl_up_sync(0xffffffffu, cum, o);
+        if (lane >= o) cum += n;
+      }
+      const unsigned hit = __ballot_sync(0xffffffffu, above + cum >= remaining);
+      if (hit) {
+        const int first = __ffs(hit) - 1;
+        digit = top - first;
+        above += __shfl_sync(0xffffffffu, cum, first) - __shfl_sync(0xffffffffu, count, first);
+      } else {
+        above += __shfl_sync(0xffffffffu, cum, 31);
+      }
+    }
+    if (digit < 0) {  // cannot happen with more candidates than k; as the one-CTA kernel: digit 0
+      digit = 0;
+      above -= hist[0];
+    }
+    remaining -= above;
+    if (lane == 0) state->prefix |= uint32_t(digit) << round_shift(r);
+  }
+  __syncwarp();
+  if (lane == 0) {
+    state->remaining = remaining;
+    if (remaining == 0) state->done = 1;
+  }
+  for (int x = lane; x < kBins; x += 32) hist[x] = 0;
+}
+
+// grid (chunks, R): keys of the chunk above the threshold key and ties (non-zero keys equal to it).
+__global__ void __launch_bounds__(kThreads) topk_count_kernel(const TopkParams p, const Layout l) {
+  __shared__ int scratch[kWarps];
+  const int row = blockIdx.y;
+  const uint32_t threshold = l.state[row].prefix;
+  const float* scores = p.scores + int64_t(row) * p.N;
+  const int begin = blockIdx.x * l.chunk, end = min(p.N, begin + l.chunk);
+  int above = 0, ties = 0;
+  for (int i = begin + threadIdx.x; i < end; i += kThreads) {
+    const uint32_t key = topk_key(scores[i]);
+    above += key > threshold;
+    ties += key != 0u && key == threshold;
+  }
+  above = block_sum_int(above, scratch);
+  ties = block_sum_int(ties, scratch);
+  if (threadIdx.x == 0) {
+    int* c = l.counts + (int64_t(row) * l.chunks + blockIdx.x) * 2;
+    c[0] = above;
+    c[1] = ties;
+  }
+}
+
+// grid (chunks, R): writes the chunk's picks in index order after the earlier chunks' picks. Warp w
+// takes the w-th contiguous part of the chunk; a first sweep counts each warp's keys, a second
+// places them (ballots order the lanes). The last chunk writes the -1 padding.
+__global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p, const Layout l) {
+  __shared__ int scratch[kWarps];
+  __shared__ int warp_above[kWarps], warp_ties[kWarps];
+  const int row = blockIdx.y, c = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const uint32_t threshold = l.state[row].prefix;
+  const int take = l.state[row].remaining;  // ties to take, the first in index order
+  const int* counts = l.counts + int64_t(row) * l.chunks * 2;
+  int above_before = 0, ties_before = 0, above_all = 0, ties_all = 0;
+  for (int x = threadIdx.x; x < l.chunks; x += kThreads) {
+    above_all += counts[2 * x];
+    ties_all += counts[2 * x + 1];
+    if (x < c) {
+      above_before += counts[2 * x];
+      ties_before += counts[2 * x + 1];
+    }
+  }
+  above_before = block_sum_int(above_before, scratch);
+  ties_before = block_sum_int(ties_before, scratch);
+  above_all = block_sum_int(above_all, scratch);
+  ties_all = block_sum_int(ties_all, scratch);
+
+  const float* scores = p.scores + int64_t(row) * p.N;
+  int* out = p.indices + int64_t(row) * p.k;
+  const int begin = c * l.chunk, end = min(p.N, begin + l.chunk);
+  const int part = ((end - begin + kWarps - 1) / kWarps + 31) / 32 * 32;  // entries per warp
+  const int lo = min(end, begin + warp * part), hi = min(end, lo + part);
+  const unsigned below = (1u << lane) - 1u;
+  int above = 0, ties = 0;
+  for (int base = lo; base < hi; base += 32) {
+    const int i = base + lane;
+    const uint32_t key = i < hi ? topk_key(scores[i]) : 0u;
+    above += __popc(__ballot_sync(0xffffffffu, key > threshold));
+    ties += __popc(__ballot_sync(0xffffffffu, key != 0u && key == threshold));
+  }
+  if (lane == 0) {
+    warp_above[warp] = above;
+    warp_ties[warp] = ties;
+  }
+  __syncthreads();
+  int tie_rank = ties_before, slot = above_before;  // ties and picks before this warp's part
+  for (int w = 0; w < warp; ++w) {
+    tie_rank += warp_ties[w];
+    slot += warp_above[w];
+  }
+  slot += min(tie_rank, take);
+  for (int base = lo; base < hi; base += 32) {
+    const int i = base + lane;
+    const uint32_t key = i < hi ? topk_key(scores[i]) : 0u;
+    const bool tie = key != 0u && key == threshold;
+    const unsigned ties_here = __ballot_sync(0xffffffffu, tie);
+    const bool pick = key > threshold || (tie && tie_rank + __popc(ties_here & below) < take);
+    const unsigned picks = __ballot_sync(0xffffffffu, pick);
+    if (pick) out[slot + __popc(picks & below)] = i;
+    tie_rank += __popc(ties_here);
+    slot += __popc(picks);
+  }
+  if (c == l.chunks - 1)
+    for (int j = above_all + min(ties_all, take) + threadIdx.x; j < p.k; j += kThreads) out[j] = -1;
+}
+
+}  // namespace
+
+bool topk_split_applies(const TopkParams& p) { return p.R >= 1 && p.R <= kMaxRows && p.N >= kMinEntries; }
+
+size_t topk_split_workspace_bytes(const TopkParams& p) {
+  return topk_split_applies(p) ? Layout(p, nullptr).bytes : 0;
+}
+
+cudaError_t topk_split_cuda(const TopkParams& p, cudaStream_t stream) {
+  const Layout l(p, p.split_workspace);
+  cudaError_t err = cudaMemsetAsync(p.split_workspace, 0, l.bytes, stream);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(unsigned(l.chunks), unsigned(p.R));
+  for (int r = 0; r < 3; ++r) {
+    topk_hist_kernel<<<grid, kThreads, 0, stream>>>(p, l, r);
+    topk_select_kernel<<<unsigned(p.R), 32, 0, stream>>>(p, l, r);
+  }
+  topk_count_kernel<<<grid, kThreads, 0, stream>>>(p, l);
+  topk_write_kernel<<<grid, kThreads, 0, stream>>>(p, l);
+  return cudaGetLastError();
+}
+
+}  // namespace lcattn
