@@ -4,23 +4,12 @@ the largest kernels, and the wall time of eager, compiled and graph-replayed ste
     python bench/python/profile_decode.py [--batch 1] [--prompt 4096] [--compile] [--rows 25]
 """
 import argparse
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lcattn.demo import gpu_config
+from lcattn.demo import decode_median_ms, gpu_config
 from lcattn.modules import DeepseekV4ForCausalLM
-
-
-def wall_ms(decoder, token: torch.Tensor, steps: int) -> float:
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        token = decoder.step(token).argmax(-1)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] * 1e3
 
 
 @torch.no_grad()
@@ -34,6 +23,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25, help="kernels listed")
     args = parser.parse_args()
     torch.manual_seed(0)
+    cuda = torch.device("cuda")
     config = gpu_config(args.experts, None)
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda"):
@@ -61,11 +51,11 @@ def main() -> None:
     for e in events[: args.rows]:
         per = e.device_time_total / args.steps
         print(f"  {per:8.1f} us {100 * per / total_us:5.1f}% {e.count / args.steps:6.1f}x  {e.key[:110]}")
-    print(f"wall, {how}: {wall_ms(eager, token, args.steps):.2f} ms/step")
+    print(f"wall, {how}: {decode_median_ms(eager, token, args.steps, cuda):.2f} ms/step")
 
     graphed = model.decoder(args.batch, context, graph=True, compile=args.compile)
     token = graphed.prefill(prompt).argmax(-1)
-    print(f"wall, {how} CUDA graph replays: {wall_ms(graphed, token, args.steps):.2f} ms/step")
+    print(f"wall, {how} CUDA graph replays: {decode_median_ms(graphed, token, args.steps, cuda):.2f} ms/step")
 
 
 if __name__ == "__main__":

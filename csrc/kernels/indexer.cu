@@ -71,6 +71,26 @@ __device__ __forceinline__ void stage_rows(bf16* dst, int rows, Src src_row) {
   }
 }
 
+// acc = rows [wm, wm + 16) of q times keys [wn, wn + 64) of the staged tiles over kTileDim: this
+// warp's m16n8k16 products (fragment layout: lane = 4 g + t holds rows g, g + 8 and key pairs 2t).
+__device__ __forceinline__ void warp_tile_products(const bf16* q, const bf16* keys, int wm, int wn, int lane,
+                                                   float (&acc)[8][4]) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#pragma unroll
+  for (int k0 = 0; k0 < kTileDim; k0 += 16) {
+    const bf16* a = q + (wm + g) * kTileStride + k0 + 2 * t;
+    const uint32_t a0 = load_pair(a), a1 = load_pair(a + 8 * kTileStride), a2 = load_pair(a + 8),
+                   a3 = load_pair(a + 8 * kTileStride + 8);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const bf16* bk = keys + (wn + nt * 8 + g) * kTileStride + k0 + 2 * t;
+      mma_bf16_16816(acc[nt], a0, a1, a2, a3, load_pair(bk), load_pair(bk + 8));
+    }
+  }
+}
+
 // grid (row tiles of [row_begin, row_end), N / kTileKeys).
 __global__ void __launch_bounds__(kTileThreads) indexer_scores_mma_kernel(const IndexerParams p) {
   extern __shared__ __align__(16) unsigned char tile_smem[];
@@ -104,18 +124,8 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_mma_kernel(const 
         w[threadIdx.x] = s >= s_lo && s < s_hi ? p.weights[(seq_row0 + s) * p.HI + h] : 0.f;
       }
       __syncthreads();
-      float acc[8][4] = {};
-#pragma unroll
-      for (int k0 = 0; k0 < kTileDim; k0 += 16) {
-        const bf16* a = q + (wm + g) * kTileStride + k0 + 2 * t;
-        const uint32_t a0 = load_pair(a), a1 = load_pair(a + 8 * kTileStride), a2 = load_pair(a + 8),
-                       a3 = load_pair(a + 8 * kTileStride + 8);
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          const bf16* bk = keys + (wn + nt * 8 + g) * kTileStride + k0 + 2 * t;
-          mma_bf16_16816(acc[nt], a0, a1, a2, a3, load_pair(bk), load_pair(bk + 8));
-        }
-      }
+      float acc[8][4];
+      warp_tile_products(q, keys, wm, wn, lane, acc);
       const float w_lo = w[wm + g], w_hi = w[wm + g + 8];
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
@@ -172,18 +182,8 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_heads_kernel(cons
   __syncthreads();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int wm = (warp & 3) * 16, wn = (warp >> 2) * 64;  // this warp's heads and keys in the tile
-  float acc[8][4] = {};
-#pragma unroll
-  for (int k0 = 0; k0 < kTileDim; k0 += 16) {
-    const bf16* a = q + (wm + g) * kTileStride + k0 + 2 * t;
-    const uint32_t a0 = load_pair(a), a1 = load_pair(a + 8 * kTileStride), a2 = load_pair(a + 8),
-                   a3 = load_pair(a + 8 * kTileStride + 8);
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      const bf16* bk = keys + (wn + nt * 8 + g) * kTileStride + k0 + 2 * t;
-      mma_bf16_16816(acc[nt], a0, a1, a2, a3, load_pair(bk), load_pair(bk + 8));
-    }
-  }
+  float acc[8][4];
+  warp_tile_products(q, keys, wm, wn, lane, acc);
   const float w_lo = w[wm + g], w_hi = w[wm + g + 8];
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt)

@@ -13,16 +13,17 @@
 #include "common/device.h"
 #include "common/topk_key.cuh"
 #include "lcattn/api.h"
+#include "lcattn/workspace.h"
 
 namespace lcattn {
 namespace {
 
 constexpr int kThreads = 256, kWarps = kThreads / 32;
-constexpr int kBins = 2048;        // the widest digit: 11 bits
-constexpr int kChunkMin = 4096;    // entries per CTA at least
-constexpr int kTargetCtas = 264;   // about 2 per SM
-constexpr int kMaxRows = 64;       // rows up to which the split path runs
-constexpr int kMinEntries = 16384; // entries from which it runs
+constexpr int kBins = 2048;         // the widest digit: 11 bits
+constexpr int kChunkMin = 4096;     // entries per CTA at least
+constexpr int kTargetCtas = 264;    // about 2 per SM
+constexpr int kMaxRows = 64;        // rows up to which the split path runs
+constexpr int kMinEntries = 16384;  // entries from which it runs
 
 // Round r decides bits [shift, shift + bits) of the threshold key; the bits above are known.
 __device__ __forceinline__ int round_shift(int r) { return r == 0 ? 21 : (r == 1 ? 10 : 0); }
@@ -48,17 +49,11 @@ struct Layout {
     const int per_row = int(std::max<int64_t>(1, kTargetCtas / std::max<int64_t>(p.R, 1)));
     chunk = std::max(kChunkMin, (p.N + per_row - 1) / per_row);
     chunks = (p.N + chunk - 1) / chunk;
-    char* base = static_cast<char*>(workspace);
-    size_t at = 0;
-    auto take = [&](size_t n) {
-      char* here = base ? base + at : nullptr;
-      at += (n + 255) / 256 * 256;
-      return here;
-    };
-    hist = reinterpret_cast<int*>(take(size_t(p.R) * kBins * sizeof(int)));
-    state = reinterpret_cast<RowState*>(take(size_t(p.R) * sizeof(RowState)));
-    counts = reinterpret_cast<int*>(take(size_t(p.R) * chunks * 2 * sizeof(int)));
-    bytes = at;
+    WorkspaceCarver carve(workspace);
+    hist = carve.take<int>(size_t(p.R) * kBins);
+    state = carve.take<RowState>(p.R);
+    counts = carve.take<int>(size_t(p.R) * chunks * 2);
+    bytes = carve.bytes();
   }
 };
 
@@ -243,9 +238,7 @@ __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p
 
 bool topk_split_applies(const TopkParams& p) { return p.R >= 1 && p.R <= kMaxRows && p.N >= kMinEntries; }
 
-size_t topk_split_workspace_bytes(const TopkParams& p) {
-  return topk_split_applies(p) ? Layout(p, nullptr).bytes : 0;
-}
+size_t topk_split_workspace_bytes(const TopkParams& p) { return topk_split_applies(p) ? Layout(p, nullptr).bytes : 0; }
 
 cudaError_t topk_split_cuda(const TopkParams& p, cudaStream_t stream) {
   const Layout l(p, p.split_workspace);

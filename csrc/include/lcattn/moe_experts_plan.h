@@ -3,6 +3,7 @@
 #include <cstddef>
 
 #include "lcattn/params.h"
+#include "lcattn/workspace.h"
 
 namespace lcattn {
 
@@ -19,21 +20,15 @@ struct MoeExpertsPlan {
   // With workspace null, only `bytes` is meaningful.
   MoeExpertsPlan(const MoeExpertsParams& p, void* workspace) {
     const size_t R = size_t(p.T) * p.k;
-    char* base = static_cast<char*>(workspace);
-    size_t at = 0;
-    auto take = [&](size_t n) {
-      char* here = base ? base + at : nullptr;
-      at += (n + 255) / 256 * 256;
-      return here;
-    };
-    x_perm = reinterpret_cast<bf16*>(take(R * p.D * sizeof(bf16)));
-    gate_up = p.fused_swiglu ? nullptr : reinterpret_cast<bf16*>(take(R * 2 * p.I * sizeof(bf16)));
-    h = reinterpret_cast<bf16*>(take(R * p.I * sizeof(bf16)));
-    offsets = reinterpret_cast<int*>(take((p.E + 1) * sizeof(int)));
-    rows = reinterpret_cast<int*>(take(R * sizeof(int)));
-    scratch = reinterpret_cast<int*>(take(p.E * sizeof(int)));
-    gemm = take(0);
-    bytes = at;
+    WorkspaceCarver carve(workspace);
+    x_perm = carve.take<bf16>(R * p.D);
+    gate_up = p.fused_swiglu ? nullptr : carve.take<bf16>(R * 2 * p.I);
+    h = carve.take<bf16>(R * p.I);
+    offsets = carve.take<int>(p.E + 1);
+    rows = carve.take<int>(R);
+    scratch = carve.take<int>(p.E);
+    gemm = carve.take<char>(0);
+    bytes = carve.bytes();
   }
 
   PermuteParams permute(const MoeExpertsParams& p) const {
