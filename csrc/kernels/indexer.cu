@@ -325,7 +325,7 @@ cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream) {
 
 cudaError_t topk_cuda(const TopkParams& p, cudaStream_t stream) {
   if (p.R == 0 || p.k == 0) return cudaSuccess;
-  if (p.split_workspace && topk_split_applies(p)) return topk_split_cuda(p, stream);
+  if (p.split_workspace && topk_split_workspace_bytes(p) > 0) return topk_split_cuda(p, stream);
   topk_kernel<<<unsigned(p.R), kTopkThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }

@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "common/device.h"
+#include "common/reduce.cuh"
 #include "common/topk_key.cuh"
 #include "lcattn/api.h"
 #include "lcattn/workspace.h"
@@ -46,8 +47,7 @@ struct Layout {
   size_t bytes;
 
   Layout(const TopkParams& p, void* workspace) {
-    const int per_row = int(std::max<int64_t>(1, kTargetCtas / std::max<int64_t>(p.R, 1)));
-    chunk = std::max(kChunkMin, (p.N + per_row - 1) / per_row);
+    chunk = std::max(kChunkMin, (p.N + kTargetCtas - 1) / kTargetCtas);  // the same for any R: bytes grow with R
     chunks = (p.N + chunk - 1) / chunk;
     WorkspaceCarver carve(workspace);
     hist = carve.take<int>(size_t(p.R) * kBins);
@@ -57,29 +57,11 @@ struct Layout {
   }
 };
 
-__device__ __forceinline__ int warp_sum_int(int v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// Sum over the block of kThreads; every thread gets it. `scratch` holds kWarps ints.
-__device__ __forceinline__ int block_sum_int(int v, int* scratch) {
-  v = warp_sum_int(v);
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-  __syncthreads();
-  int total = 0;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) total += scratch[w];
-  return total;
-}
-
 // grid (chunks, R): histogram of round r's digit over the chunk's keys that match the prefix; in
 // round 0 also the chunk's candidates.
 __global__ void __launch_bounds__(kThreads) topk_hist_kernel(const TopkParams p, const Layout l, int r) {
   __shared__ int hist[kBins];
-  __shared__ int scratch[kWarps];
+  __shared__ int scratch[32];
   const int row = blockIdx.y;
   if (l.state[row].done) return;
   const uint32_t prefix = l.state[row].prefix, mask = known_mask(r);
@@ -95,7 +77,7 @@ __global__ void __launch_bounds__(kThreads) topk_hist_kernel(const TopkParams p,
     candidates += key != 0u;
     if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & digits], 1);
   }
-  if (r == 0) candidates = block_sum_int(candidates, scratch);  // (its syncs also order the hist)
+  if (r == 0) candidates = block_sum(candidates, scratch);  // (its syncs also order the hist)
   __syncthreads();
   int* global = l.hist + int64_t(row) * kBins;
   for (int x = threadIdx.x; x < kBins; x += kThreads)
@@ -150,7 +132,7 @@ __global__ void __launch_bounds__(32) topk_select_kernel(const TopkParams p, con
 
 // grid (chunks, R): keys of the chunk above the threshold key and ties (non-zero keys equal to it).
 __global__ void __launch_bounds__(kThreads) topk_count_kernel(const TopkParams p, const Layout l) {
-  __shared__ int scratch[kWarps];
+  __shared__ int scratch[32];
   const int row = blockIdx.y;
   const uint32_t threshold = l.state[row].prefix;
   const float* scores = p.scores + int64_t(row) * p.N;
@@ -161,8 +143,8 @@ __global__ void __launch_bounds__(kThreads) topk_count_kernel(const TopkParams p
     above += key > threshold;
     ties += key != 0u && key == threshold;
   }
-  above = block_sum_int(above, scratch);
-  ties = block_sum_int(ties, scratch);
+  above = block_sum(above, scratch);
+  ties = block_sum(ties, scratch);
   if (threadIdx.x == 0) {
     int* c = l.counts + (int64_t(row) * l.chunks + blockIdx.x) * 2;
     c[0] = above;
@@ -174,7 +156,7 @@ __global__ void __launch_bounds__(kThreads) topk_count_kernel(const TopkParams p
 // takes the w-th contiguous part of the chunk; a first sweep counts each warp's keys, a second
 // places them (ballots order the lanes). The last chunk writes the -1 padding.
 __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p, const Layout l) {
-  __shared__ int scratch[kWarps];
+  __shared__ int scratch[32];
   __shared__ int warp_above[kWarps], warp_ties[kWarps];
   const int row = blockIdx.y, c = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -190,10 +172,10 @@ __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p
       ties_before += counts[2 * x + 1];
     }
   }
-  above_before = block_sum_int(above_before, scratch);
-  ties_before = block_sum_int(ties_before, scratch);
-  above_all = block_sum_int(above_all, scratch);
-  ties_all = block_sum_int(ties_all, scratch);
+  above_before = block_sum(above_before, scratch);
+  ties_before = block_sum(ties_before, scratch);
+  above_all = block_sum(above_all, scratch);
+  ties_all = block_sum(ties_all, scratch);
 
   const float* scores = p.scores + int64_t(row) * p.N;
   int* out = p.indices + int64_t(row) * p.k;
@@ -234,9 +216,9 @@ __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p
     for (int j = above_all + min(ties_all, take) + threadIdx.x; j < p.k; j += kThreads) out[j] = -1;
 }
 
-}  // namespace
-
 bool topk_split_applies(const TopkParams& p) { return p.R >= 1 && p.R <= kMaxRows && p.N >= kMinEntries; }
+
+}  // namespace
 
 size_t topk_split_workspace_bytes(const TopkParams& p) { return topk_split_applies(p) ? Layout(p, nullptr).bytes : 0; }
 

@@ -2,7 +2,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
-#include <utility>
 
 #include "checks.h"
 #include "lcattn/indexer_topk.h"
@@ -48,25 +47,21 @@ at::Tensor indexer_scores(const at::Tensor& q, const at::Tensor& weights, const 
   return scores;
 }
 
-// With LCATTN_TOPK_SPLIT=1 (read per call) on CUDA: scratch for the split top-k of few long rows,
-// sized for the largest of `shapes` (rows, N) it takes; null when it takes none or is off.
-void* topk_split_workspace(const at::Tensor& like, std::initializer_list<std::pair<int64_t, int>> shapes,
-                           at::Tensor& holder) {
+// With LCATTN_TOPK_SPLIT=1 (read per call) on CUDA: scratch for the split top-k of up to `rows` rows
+// of N (its size grows with the rows); null when the split path does not take them or is off.
+void* topk_split_workspace(const at::Tensor& like, int64_t rows, int N, at::Tensor& holder) {
 #if defined(LCATTN_WITH_CUDA)
   const char* on = std::getenv("LCATTN_TOPK_SPLIT");
   if (!like.is_cuda() || !on || std::string(on) != "1") return nullptr;
-  size_t bytes = 0;
-  for (const auto& [rows, N] : shapes) {
-    TopkParams t{};
-    t.R = rows;
-    t.N = N;
-    bytes = std::max(bytes, topk_split_workspace_bytes(t));
-  }
+  TopkParams t{};
+  t.R = rows;
+  t.N = N;
+  const size_t bytes = topk_split_workspace_bytes(t);
   if (bytes == 0) return nullptr;
   holder = at::empty({int64_t(bytes)}, like.options().dtype(at::kByte));
   return holder.data_ptr();
 #else
-  (void)like, (void)shapes, (void)holder;
+  (void)like, (void)rows, (void)N, (void)holder;
   return nullptr;
 #endif
 }
@@ -90,7 +85,7 @@ at::Tensor topk_indices(const at::Tensor& scores, int64_t k) {
   p.R = scores.numel() / p.N;
   p.k = int(k);
   at::Tensor split;
-  p.split_workspace = topk_split_workspace(scores, {{p.R, p.N}}, split);
+  p.split_workspace = topk_split_workspace(scores, p.R, p.N, split);
   LCATTN_RUN(op, scores, topk, p);
   return indices;
 }
@@ -112,8 +107,8 @@ at::Tensor indexer_topk(const at::Tensor& q, const at::Tensor& weights, const at
   t.block = ptr<float>(block);
   t.indices = ptr<int>(indices);
   t.k = int(k);
-  at::Tensor split;  // blocks of block_rows, the last one of the rest
-  t.topk_split_workspace = topk_split_workspace(q, {{t.block_rows, p.N}, {rows % t.block_rows, p.N}}, split);
+  at::Tensor split;
+  t.topk_split_workspace = topk_split_workspace(q, t.block_rows, p.N, split);
   LCATTN_RUN(op, q, indexer_topk, t);
   return indices;
 }

@@ -32,9 +32,8 @@ void hc_sinkhorn_cpu(const SinkhornParams& p);
 cudaError_t compress_kv_cuda(const CompressParams& p, cudaStream_t stream);
 cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream);
 cudaError_t topk_cuda(const TopkParams& p, cudaStream_t stream);
-// The split top-k for few long rows (topk_split.cu): whether it takes p, and the bytes of
-// p.split_workspace it needs (0 when it does not take p). topk_cuda runs it when the workspace is set.
-bool topk_split_applies(const TopkParams& p);
+// The split top-k for few long rows (topk_split.cu): the bytes of p.split_workspace it needs, 0 when
+// it does not take p. topk_cuda runs it when it takes p and the workspace is set.
 size_t topk_split_workspace_bytes(const TopkParams& p);
 cudaError_t topk_split_cuda(const TopkParams& p, cudaStream_t stream);
 cudaError_t indexer_topk_cuda(const IndexerTopkParams& p, cudaStream_t stream);

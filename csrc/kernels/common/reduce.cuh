@@ -1,23 +1,25 @@
-// Warp and block reductions for the CUDA implementations.
+// Warp and block reductions for the CUDA implementations (float sums, or int counts).
 #pragma once
 #include <cuda_runtime.h>
 
 namespace lcattn {
 
-__device__ __forceinline__ float warp_sum(float v) {
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
 
-// Sum over the block; every thread gets the result. `scratch` holds 32 floats.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// Sum over the block; every thread gets the result. `scratch` holds 32 values.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
   v = warp_sum(v);
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  float total = 0.f;
+  T total = 0;
   for (int w = 0; w < warps; ++w) total += scratch[w];
   return total;
 }
