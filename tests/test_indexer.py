@@ -136,16 +136,18 @@ def test_bad_input_is_rejected(device):
 @pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
                                       (1, 65536, 65536)])
 def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
-    """LCATTN_TOPK_SPLIT=1 spreads few long rows over many CTAs: the same indices as the one-CTA kernel
-    (both take tied keys in index order), on rows with ties, -inf, NaN and fewer candidates than k."""
+    """Few long rows spread over many CTAs (the default; LCATTN_TOPK_SPLIT=0 turns it off): the same
+    indices as the one-CTA kernel (both take tied keys in index order), on rows with ties, -inf, NaN
+    and fewer candidates than k."""
     scores = torch.randn(rows, N, device="cuda")
     scores[0, ::5] = float("-inf")
     if rows > 1:
         scores[1] = torch.randint(0, 4, (N,), device="cuda").float()  # ties at the threshold
         scores[-1, 1::3] = float("nan")
     scores[0, : min(N, 9)] = float("inf")
+    monkeypatch.setenv("LCATTN_TOPK_SPLIT", "0")
     one = ops.topk_indices(scores, k)
-    monkeypatch.setenv("LCATTN_TOPK_SPLIT", "1")
+    monkeypatch.delenv("LCATTN_TOPK_SPLIT")
     split = ops.topk_indices(scores, k)
     check_topk(split, scores, k)
     assert torch.equal(split, one)
@@ -160,6 +162,7 @@ def test_split_topk_in_indexer_decode_cuda(monkeypatch):
     """indexer_topk at decode (a row per sequence, 64K entries) picks the same entries either way."""
     shape = MODEL_SHAPES["flash"]
     args = make_indexer(4, 1, 65536, shape["index_heads"], shape["index_dim"], "cuda", [262140, 100000, 5000, 3])
+    monkeypatch.setenv("LCATTN_TOPK_SPLIT", "0")
     one = ops.indexer_topk(*args, k=shape["index_topk"], ratio=4)
-    monkeypatch.setenv("LCATTN_TOPK_SPLIT", "1")
+    monkeypatch.delenv("LCATTN_TOPK_SPLIT")
     assert torch.equal(ops.indexer_topk(*args, k=shape["index_topk"], ratio=4), one)

@@ -20,6 +20,7 @@ from lcattn.testing.bench import graphed, median_ms
 
 DEV = "cuda"
 CHUNK = 8192
+torch._dynamo.config.recompile_limit = 64  # a compiled decode step per layer kind, batch and context
 
 
 def attention_layer(kind: str, seed: int = 0):
@@ -74,16 +75,18 @@ def filled_state(config, batch: int, context: int, decode_steps: int) -> LayerCa
 
 
 @torch.no_grad()
-def decode_ms(config, layer, batch: int, context: int, steps: int = 8, attention_ops=ops, graph: bool = True) -> float:
+def decode_ms(config, layer, batch: int, context: int, steps: int = 8, attention_ops=ops, graph: bool = True,
+              compiled: bool = True) -> float:
     """Median time of a single-token step of `batch` sequences at `context` positions: replays of the
-    step's CUDA graph (the model's decode path; each replay writes the same position again, the same
-    work), or with graph=False eager steps at advancing positions (the unfused layer reads sizes on
-    the host, so it cannot be captured)."""
+    step's CUDA graph, through torch.compile unless compiled=False (the model's decode path; each
+    replay writes the same position again, the same work), or with graph=False eager steps at
+    advancing positions (the unfused layer reads sizes on the host, so it cannot be captured)."""
     state = filled_state(config, batch, context, steps + 2)
     x = torch.randn(batch, 1, config.hidden_size, device=DEV, dtype=torch.bfloat16)
     if graph:
         step = step_for(batch, context, 1)
-        return median_ms([graphed(lambda: layer(x, state, step, attention_ops))], steps)
+        run = decode_step(layer, x, state, step, attention_ops, compiled)
+        return median_ms([graphed(run)], steps)
     times = []
     for i in range(steps + 2):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -94,6 +97,18 @@ def decode_ms(config, layer, batch: int, context: int, steps: int = 8, attention
         if i >= 2:  # two warm-up steps
             times.append(start.elapsed_time(end))
     return sorted(times)[len(times) // 2]
+
+
+def decode_step(layer, x, state, step, attention_ops=ops, compiled: bool = True):
+    """The layer's step on fixed inputs as a function of nothing, through torch.compile(fullgraph=True)
+    when compiled (run twice, so that it has compiled before a capture)."""
+    def run():
+        return layer(x, state, step, attention_ops)
+    if compiled:
+        run = torch.compile(run, fullgraph=True)
+        run()
+        run()
+    return run
 
 
 # ---- the same layer on unfused PyTorch ops --------------------------------------------------------

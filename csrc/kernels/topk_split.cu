@@ -7,7 +7,7 @@
 //   the next digit of the k-th largest key;
 //   a count kernel (keys above the threshold key, and ties, per chunk), then a write kernel that puts
 //   each chunk's picks after those of the earlier chunks, in index order (ties: the first ones).
-// Every count is an integer, so the result is the same on every run. Off unless LCATTN_TOPK_SPLIT=1.
+// Every count is an integer, so the result is the same on every run. LCATTN_TOPK_SPLIT=0 turns it off.
 #include <algorithm>
 
 #include "common/device.h"

@@ -47,12 +47,12 @@ at::Tensor indexer_scores(const at::Tensor& q, const at::Tensor& weights, const 
   return scores;
 }
 
-// With LCATTN_TOPK_SPLIT=1 (read per call) on CUDA: scratch for the split top-k of up to `rows` rows
-// of N (its size grows with the rows); null when the split path does not take them or is off.
+// On CUDA: scratch for the split top-k of up to `rows` rows of N (its size grows with the rows); null
+// when the split path does not take them or LCATTN_TOPK_SPLIT=0 (read per call) turns it off.
 void* topk_split_workspace(const at::Tensor& like, int64_t rows, int N, at::Tensor& holder) {
 #if defined(LCATTN_WITH_CUDA)
-  const char* on = std::getenv("LCATTN_TOPK_SPLIT");
-  if (!like.is_cuda() || !on || std::string(on) != "1") return nullptr;
+  const char* off = std::getenv("LCATTN_TOPK_SPLIT");
+  if (!like.is_cuda() || (off && std::string(off) == "0")) return nullptr;
   TopkParams t{};
   t.R = rows;
   t.N = N;

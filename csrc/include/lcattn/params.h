@@ -55,7 +55,7 @@ struct TopkParams {
   int64_t R;
   int N, k;
   // CUDA, few long rows: with topk_split_workspace_bytes(p) bytes here, each row is spread over many
-  // CTAs (topk_split.cu). The adapters set it when LCATTN_TOPK_SPLIT=1 (off until measured on a GPU).
+  // CTAs (topk_split.cu). The adapters set it unless LCATTN_TOPK_SPLIT=0.
   void* split_workspace = nullptr;
 };
 
