@@ -3,7 +3,7 @@
 // deterministic). The one-CTA kernel of indexer.cu reads such a row six times on one SM and orders
 // its picks 512 at a time with two block scans each (0.92 ms for 262,144 entries). Here:
 //   3 rounds of radix select on the 32-bit key (11, 11 and 10 bits): a histogram kernel over chunks
-//   x rows (shared counts, then global atomics), then a one-warp select kernel per row that fixes
+//   x rows (shared counts, then global atomics), then a one-block select kernel per row that fixes
 //   the next digit of the k-th largest key;
 //   a count kernel (keys above the threshold key, and ties, per chunk), then a write kernel that puts
 //   each chunk's picks after those of the earlier chunks, in index order (ties: the first ones).
@@ -85,49 +85,68 @@ __global__ void __launch_bounds__(kThreads) topk_hist_kernel(const TopkParams p,
   if (r == 0 && threadIdx.x == 0 && candidates) atomicAdd(&l.state[row].candidates, candidates);
 }
 
-// grid R, one warp: the digit of round r where the k-th largest key falls, walking the bins from
-// the top 32 at a time; then clears the row's histogram for the next round.
-__global__ void __launch_bounds__(32) topk_select_kernel(const TopkParams p, const Layout l, int r) {
-  const int row = blockIdx.x, lane = threadIdx.x;
+// grid R, one block: the digit of round r where the k-th largest key falls. Thread t holds 8 bins,
+// thread 0 the highest; a block scan of their sums finds the one thread whose bins reach the k-th
+// key, and it walks its 8. Each thread then clears its bins for the next round.
+constexpr int kBinsPerThread = kBins / kThreads;
+__global__ void __launch_bounds__(kThreads) topk_select_kernel(const TopkParams p, const Layout l, int r) {
+  __shared__ int warp_sums[kWarps];
+  __shared__ int found[3];  // the digit (-1: none), the keys above it, the count of bin 0
+  const int row = blockIdx.x, t = threadIdx.x, lane = t & 31, warp = t >> 5;
   RowState* state = l.state + row;
+  if (state->done) return;  // the same for the whole block
   int* hist = l.hist + int64_t(row) * kBins;
-  if (state->done) return;
+  const bool take_all = r == 0 && state->candidates <= p.k;  // threshold key 0 (NaN and -inf)
   int remaining = r == 0 ? p.k : state->remaining;
-  if (r == 0 && state->candidates <= p.k) {
-    remaining = 0;  // take every candidate: threshold key 0 (the key of NaN and -inf)
-  } else {
-    const int bins = 1 << round_bits(r);
-    int above = 0, digit = -1;
-    for (int top = bins - 1; top >= 0 && digit < 0; top -= 32) {
-      const int count = hist[top - lane];
-      int cum = count;  // inclusive sum over lanes; lane 0 holds the highest bin
+  const int bins = 1 << round_bits(r), top = kBins - 1 - t * kBinsPerThread;  // this thread's highest bin
+  int count[kBinsPerThread], sum = 0;
 #pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const int n = __shfl_up_sync(0xffffffffu, cum, o);
-        if (lane >= o) cum += n;
+  for (int j = 0; j < kBinsPerThread; ++j) {
+    count[j] = top - j < bins ? hist[top - j] : 0;
+    sum += count[j];
+  }
+  int cum = sum;  // inclusive sum over the warp's lanes, in descending bins
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, cum, o);
+    if (lane >= o) cum += n;
+  }
+  if (lane == 31) warp_sums[warp] = cum;
+  if (t == 0) found[0] = -1;
+  if (t == kThreads - 1) found[2] = count[kBinsPerThread - 1];
+  __syncthreads();
+  int above = cum - sum, total = 0;  // keys in the bins above this thread's; in all bins
+  for (int w = 0; w < kWarps; ++w) {
+    above += w < warp ? warp_sums[w] : 0;
+    total += warp_sums[w];
+  }
+  if (!take_all && above < remaining && above + sum >= remaining) {
+#pragma unroll
+    for (int j = 0; j < kBinsPerThread; ++j) {
+      if (above + count[j] >= remaining) {
+        found[0] = top - j, found[1] = above;
+        break;
       }
-      const unsigned hit = __ballot_sync(0xffffffffu, above + cum >= remaining);
-      if (hit) {
-        const int first = __ffs(hit) - 1;
-        digit = top - first;
-        above += __shfl_sync(0xffffffffu, cum, first) - __shfl_sync(0xffffffffu, count, first);
-      } else {
-        above += __shfl_sync(0xffffffffu, cum, 31);
-      }
+      above += count[j];
     }
+  }
+#pragma unroll
+  for (int j = 0; j < kBinsPerThread; ++j) hist[top - j] = 0;
+  __syncthreads();
+  if (t != 0) return;
+  if (take_all) {
+    remaining = 0;
+  } else {
+    int digit = found[0], keys_above = found[1];
     if (digit < 0) {  // cannot happen with more candidates than k; as the one-CTA kernel: digit 0
       digit = 0;
-      above -= hist[0];
+      keys_above = total - found[2];
     }
-    remaining -= above;
-    if (lane == 0) state->prefix |= uint32_t(digit) << round_shift(r);
+    remaining -= keys_above;
+    state->prefix |= uint32_t(digit) << round_shift(r);
   }
-  __syncwarp();
-  if (lane == 0) {
-    state->remaining = remaining;
-    if (remaining == 0) state->done = 1;
-  }
-  for (int x = lane; x < kBins; x += 32) hist[x] = 0;
+  state->remaining = remaining;
+  if (remaining == 0) state->done = 1;
 }
 
 // grid (chunks, R): keys of the chunk above the threshold key and ties (non-zero keys equal to it).
@@ -229,7 +248,7 @@ cudaError_t topk_split_cuda(const TopkParams& p, cudaStream_t stream) {
   const dim3 grid(unsigned(l.chunks), unsigned(p.R));
   for (int r = 0; r < 3; ++r) {
     topk_hist_kernel<<<grid, kThreads, 0, stream>>>(p, l, r);
-    topk_select_kernel<<<unsigned(p.R), 32, 0, stream>>>(p, l, r);
+    topk_select_kernel<<<unsigned(p.R), kThreads, 0, stream>>>(p, l, r);
   }
   topk_count_kernel<<<grid, kThreads, 0, stream>>>(p, l);
   topk_write_kernel<<<grid, kThreads, 0, stream>>>(p, l);
