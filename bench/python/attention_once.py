@@ -6,31 +6,37 @@
 import argparse
 
 import torch
-from run import attention_inputs  # bench/python/run.py, beside this script
+from cases.attention import attention_inputs  # bench/python/cases/, beside this script
 
 from lcattn import ops
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--form", choices=["sparse", "dense"], default="sparse")
-parser.add_argument("--batch", type=int, default=1)
-parser.add_argument("--tokens", type=int, default=1024)
-parser.add_argument("--heads", type=int, default=64)
-parser.add_argument("--topk", type=int, default=512)
-parser.add_argument("--entries", type=int, default=32768)
-parser.add_argument("--calls", type=int, default=2)
-args = parser.parse_args()
-ratio = 4 if args.form == "sparse" else 128
-a = attention_inputs(args.batch, args.tokens, args.heads, args.topk, args.entries,
-                     pos=ratio * args.entries - args.tokens, sparse=args.form == "sparse")
-times = []
-for _ in range(args.calls):
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    if args.form == "sparse":
-        ops.sparse_attn(*a[:5], a[7], a[5], a[6])
-    else:
-        ops.dense_attn(*a[:5], a[5], a[6], ratio=ratio)
-    end.record()
-    end.synchronize()
-    times.append(start.elapsed_time(end))
-print(f"{args.form}: ms per call {', '.join(f'{t:.3f}' for t in times)}")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--form", choices=["sparse", "dense"], default="sparse")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--heads", type=int, default=64)
+    parser.add_argument("--topk", type=int, default=512)
+    parser.add_argument("--entries", type=int, default=32768)
+    parser.add_argument("--calls", type=int, default=2)
+    args = parser.parse_args()
+    ratio = 4 if args.form == "sparse" else 128
+    a = attention_inputs(args.batch, args.tokens, args.heads, args.topk, args.entries,
+                         pos=ratio * args.entries - args.tokens, sparse=args.form == "sparse")
+    times = []
+    for _ in range(args.calls):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        if args.form == "sparse":
+            ops.sparse_attn(*a[:5], a[7], a[5], a[6])
+        else:
+            ops.dense_attn(*a[:5], a[5], a[6], ratio=ratio)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    print(f"{args.form}: ms per call {', '.join(f'{t:.3f}' for t in times)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import List
 
 import torch
+from cases import DEV
 
 from lcattn import ops, reference
 from lcattn.modules import CSA, HCA, DeepseekV4Config
@@ -18,7 +19,6 @@ from lcattn.modules import model as model_module
 from lcattn.modules.cache import LayerCache, Step
 from lcattn.testing.bench import graphed, median_ms
 
-DEV = "cuda"
 CHUNK = 8192
 torch._dynamo.config.recompile_limit = 64  # a compiled decode step per layer kind, batch and context
 

@@ -5,7 +5,8 @@ GPU time per kernel, to see where a case's time goes.
 """
 import argparse
 
-import run  # bench/python/run.py, beside this script
+import cases  # bench/python/cases/ and run.py, beside this script
+import run
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -18,8 +19,8 @@ def main() -> None:
     parser.add_argument("--baselines", action="store_true", help="profile the baselines too")
     parser.add_argument("--rows", type=int, default=12, help="kernels listed per case")
     args = parser.parse_args()
-    run.graphed = lambda fn: fn  # the cases capture through run.graphed: run them eagerly instead
-    for op, case, _, _, ours, baselines in run.FAMILIES[args.family](False):
+    cases.GRAPHS = False  # decode cases run eagerly, so that the profiler sees each launch
+    for op, case, _, _, ours, baselines, *_ in run.FAMILIES[args.family](False):
         if args.case not in case:
             continue
         makers = {"lcattn": ours, **(baselines if args.baselines else {})}

@@ -1,0 +1,42 @@
+"""The Lightning Indexer's scoring with top-k, and top-k alone, against unfused torch and torch.topk."""
+import torch
+
+from cases import BF, DEV
+from lcattn import ops
+
+
+def indexer_cases(quick):
+    # A prefill chunk of S queries of a CSA layer at a context of 4 * N tokens.
+    for S, N in ((4096, 32768),) if quick else ((1024, 32768), (4096, 8192), (4096, 32768), (4096, 131072),
+                                                 (4096, 262144)):
+        def make(S=S, N=N):
+            q = torch.randn(1, S, 64, 128, device=DEV, dtype=BF)
+            w = torch.randn(1, S, 64, device=DEV) * 0.01
+            keys = torch.randn(1, N, 128, device=DEV, dtype=BF)
+            qs = torch.tensor([4 * N - S], dtype=torch.int32, device=DEV)
+            return q, w, keys, qs
+        def ours(S=S, N=N):
+            a = make(S, N)
+            return lambda: ops.indexer_topk(*a, 512)
+        def unfused(S=S, N=N):
+            q, w, keys, qs = make(S, N)
+            return lambda: torch.topk(torch.einsum("bshd,bnd->bshn", q, keys).relu_().float().mul_(
+                w[..., None]).sum(2), 512, dim=-1)
+        flops = 2 * 64 * 128 * N * S
+        # The unfused path holds S * 64 * N fp32 scores: 34 GB at N = 32768.
+        baselines = {"unfused torch": unfused} if N <= 32768 else {}
+        yield "indexer_topk", f"S={S} entries={N} k=512", flops, 2 * (S * 64 * 128 + N * 128), ours, baselines, 4 * N
+
+
+def topk_cases(quick):
+    for R, N in ((64, 262144), (4096, 32768)) if quick else ((1, 262144), (64, 262144), (4096, 8192), (4096, 32768),
+                                                              (4096, 131072), (4096, 262144)):
+        def make(R=R, N=N):
+            s = torch.randn(R, N, device=DEV)
+            return lambda: ops.topk_indices(s, 512)
+        def base(R=R, N=N):
+            s = torch.randn(R, N, device=DEV)
+            return lambda: torch.topk(s, 512, dim=-1)
+        # Rows of a 4096-query prefill chunk form the context curve; 1 and 64 rows are decode batches.
+        yield ("topk_indices", f"rows={R} N={N} k=512", 0, 4 * R * N, make, {"torch.topk": base},
+               4 * N if R == 4096 else 0)
