@@ -66,8 +66,8 @@ def prefill_seconds(config, layer, context: int, attention_ops=ops) -> float:
 def filled_state(config, batch: int, context: int, decode_steps: int) -> LayerCache:
     """A cache as if `context` tokens were prefilled: random window keys and entries, room to decode."""
     state = LayerCache(config, 0, batch, torch.device(DEV))
-    state.window.normal_()
-    for stream in (state.kv, state.index):
+    state.window_kv.normal_()
+    for stream in (state.ckv, state.index_keys):
         if stream is not None:
             rows = (context + decode_steps) // stream.ratio + 1
             stream.entries = torch.randn(batch, rows, stream.entries.shape[2], device=DEV, dtype=torch.bfloat16)

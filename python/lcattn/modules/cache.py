@@ -40,14 +40,14 @@ class LayerCache:
     def __init__(self, config: DeepseekV4Config, layer: int, batch: int, device: torch.device, max_context: int = 0):
         kind = config.layer_types[layer]
         # The last window - 1 raw keys (= values) before the next token: row j at position len - (window-1) + j.
-        self.window = torch.zeros(batch, config.window - 1, config.head_dim, dtype=torch.bfloat16, device=device)
+        self.window_kv = torch.zeros(batch, config.window - 1, config.head_dim, dtype=torch.bfloat16, device=device)
         ratio = config.ratio(layer)
-        self.kv: Optional[CompressedStream] = None
-        self.index: Optional[CompressedStream] = None
+        self.ckv: Optional[CompressedStream] = None  # the main compressor's entries (the ops' ckv)
+        self.index_keys: Optional[CompressedStream] = None  # the indexer's (the ops' keys)
         if kind != SLIDING:
-            self.kv = CompressedStream(batch, ratio, config.head_dim, kind == CSA, device, max_context // ratio)
+            self.ckv = CompressedStream(batch, ratio, config.head_dim, kind == CSA, device, max_context // ratio)
         if kind == CSA:
-            self.index = CompressedStream(batch, ratio, config.index_dim, True, device, max_context // ratio)
+            self.index_keys = CompressedStream(batch, ratio, config.index_dim, True, device, max_context // ratio)
 
 
 class Step:
@@ -113,8 +113,8 @@ class DeepseekV4Cache:
         """Bytes the cache needs for its current lengths (windows, visible entries, rings)."""
         total = 0
         for layer in self.layers:
-            total += layer.window.nbytes
-            for stream in (layer.kv, layer.index):
+            total += layer.window_kv.nbytes
+            for stream in (layer.ckv, layer.index_keys):
                 if stream is not None:
                     total += stream.nbytes(sum(n // stream.ratio for n in self.host_lengths))
         return total

@@ -69,12 +69,12 @@ class Indexer(Compressor):
     def select(self, x: Tensor, q_residual: Tensor, state: LayerCache, step: Step, freqs: Tensor,
                attention_ops=ops) -> Tensor:
         """Indices [B, S, topk] int32 of the compressed entries each query attends to."""
-        self.append(x, state.index, step, freqs)
+        self.append(x, state.index_keys, step, freqs)
         B, S, _ = x.shape
         q = apply_rope(self.q_b_proj(q_residual).view(B, S, self.heads, self.dim), step.positions, freqs)
         weights = self.scorer.weights_proj(x).float() * (self.heads ** -0.5 * self.dim ** -0.5)
         return attention_ops.indexer_topk(q.to(torch.bfloat16).contiguous(), weights.contiguous(),
-                                          state.index.entries, step.q_start, self.topk, self.ratio)
+                                          state.index_keys.entries, step.q_start, self.topk, self.ratio)
 
 
 class CSACompressor(Compressor):
@@ -128,24 +128,24 @@ class Attention(nn.Module):
         q_residual = self.q_a_norm(self.q_a_proj(x))
         q = unit_rms(self.q_b_proj(q_residual).view(B, S, cfg.num_heads, cfg.head_dim), cfg.rms_eps)
         q = apply_rope(q, step.positions, self.freqs).to(bf16).contiguous()
-        kv = apply_rope(self.kv_norm(self.kv_proj(x)), step.positions, self.freqs).to(bf16)
+        new_kv = apply_rope(self.kv_norm(self.kv_proj(x)), step.positions, self.freqs).to(bf16)
         # Raw keys of this call: the cached window - 1 positions before each sequence's chunk, then the chunk.
-        keys = torch.cat((state.window, kv), dim=1)
+        kv = torch.cat((state.window_kv, new_kv), dim=1)
         kv_start = step.q_start - (W - 1)
         rows = step.seq_lens.long()[:, None] + torch.arange(W - 1, device=x.device)
-        state.window.copy_(keys.gather(1, rows[..., None].expand(-1, -1, cfg.head_dim)))  # in place: graph replays
-        empty = keys[:, :0]
+        state.window_kv.copy_(kv.gather(1, rows[..., None].expand(-1, -1, cfg.head_dim)))  # in place: graph replays
+        empty = kv[:, :0]
         if self.kind == SLIDING:
-            out, _ = attention_ops.dense_attn(q, keys, kv_start, step.q_start, empty, self.sinks, self.freqs,
+            out, _ = attention_ops.dense_attn(q, kv, kv_start, step.q_start, empty, self.sinks, self.freqs,
                                               ratio=0, window=W)
         else:
-            self.compressor.append(x, state.kv, step, self.freqs)
+            self.compressor.append(x, state.ckv, step, self.freqs)
             if self.kind == CSA:
                 indices = self.compressor.indexer.select(x, q_residual, state, step, self.freqs, attention_ops)
-                out, _ = attention_ops.sparse_attn(q, keys, kv_start, step.q_start, state.kv.entries, indices,
+                out, _ = attention_ops.sparse_attn(q, kv, kv_start, step.q_start, state.ckv.entries, indices,
                                                    self.sinks, self.freqs, window=W)
             else:
-                out, _ = attention_ops.dense_attn(q, keys, kv_start, step.q_start, state.kv.entries, self.sinks,
+                out, _ = attention_ops.dense_attn(q, kv, kv_start, step.q_start, state.ckv.entries, self.sinks,
                                                   self.freqs, ratio=self.ratio, window=W)
         grouped = out.to(x.dtype).view(B, S, cfg.o_groups, -1)
         return self.o_b_proj(self.o_a_proj(grouped))
