@@ -7,8 +7,8 @@ import argparse
 
 import cases  # bench/python/cases/ and run.py, beside this script
 import run
-import torch
-from torch.profiler import ProfilerActivity, profile
+
+from lcattn.testing.bench import kernel_profile
 
 
 def main() -> None:
@@ -25,22 +25,9 @@ def main() -> None:
             continue
         makers = {"lcattn": ours, **(baselines if args.baselines else {})}
         for who, make in makers.items():
-            fn = make()
-            for _ in range(3):
-                fn()
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(args.iters):
-                    fn()
-                torch.cuda.synchronize()
-            events = [e for e in prof.key_averages() if e.device_time_total > 0]
-            events.sort(key=lambda e: -e.device_time_total)
-            total = sum(e.device_time_total for e in events) / args.iters
+            total, _, lines = kernel_profile(make(), args.iters)
             print(f"\n{op} {case} [{who}]: {total / 1e3:.3f} ms of kernels per call")
-            for e in events[: args.rows]:
-                per = e.device_time_total / args.iters
-                print(f"  {per / 1e3:8.3f} ms {100 * per / total:5.1f}% x{e.count // args.iters:<3} {e.key[:110]}")
-
+            print("\n".join(lines[: args.rows]))
 
 if __name__ == "__main__":
     main()

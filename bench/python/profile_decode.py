@@ -6,10 +6,10 @@ the largest kernels, and the wall time of eager, compiled and graph-replayed ste
 import argparse
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from lcattn.demo import decode_median_ms, gpu_config
 from lcattn.modules import DeepseekV4ForCausalLM
+from lcattn.testing.bench import kernel_profile
 
 
 @torch.no_grad()
@@ -33,25 +33,16 @@ def main() -> None:
     prompt = torch.randint(0, config.vocab_size, (args.batch, args.prompt), device="cuda")
 
     eager = model.decoder(args.batch, context, graph=False, compile=args.compile)
-    token = eager.prefill(prompt).argmax(-1)
-    for _ in range(3):  # warm-up (and compile)
-        token = eager.step(token).argmax(-1)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(args.steps):
-            token = eager.step(token).argmax(-1)
-        torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_time_total > 0]
-    events.sort(key=lambda e: -e.device_time_total)
-    total_us = sum(e.device_time_total for e in events) / args.steps
-    launches = sum(e.count for e in events) / args.steps
+    token = [eager.prefill(prompt).argmax(-1)]
+
+    def step():
+        token[0] = eager.step(token[0]).argmax(-1)
+    total_us, launches, lines = kernel_profile(step, args.steps)  # 3 warm-up steps (and the compile)
     how = "compiled" if args.compile else "eager"
     print(f"decode step, batch {args.batch}, {args.prompt}-token prompts, {how}: {total_us / 1e3:.3f} ms of GPU "
           f"time in {launches:.0f} kernels and copies per step")
-    for e in events[: args.rows]:
-        per = e.device_time_total / args.steps
-        print(f"  {per:8.1f} us {100 * per / total_us:5.1f}% {e.count / args.steps:6.1f}x  {e.key[:110]}")
-    print(f"wall, {how}: {decode_median_ms(eager, token, args.steps, cuda):.2f} ms/step")
+    print("\n".join(lines[: args.rows]))
+    print(f"wall, {how}: {decode_median_ms(eager, token[0], args.steps, cuda):.2f} ms/step")
 
     graphed = model.decoder(args.batch, context, graph=True, compile=args.compile)
     token = graphed.prefill(prompt).argmax(-1)

@@ -7,9 +7,8 @@ import argparse
 
 import layers  # bench/python/layers.py, beside this script
 import torch
-from torch.profiler import ProfilerActivity, profile
 
-from lcattn.testing.bench import graphed, median_ms
+from lcattn.testing.bench import graphed, kernel_profile, median_ms
 
 
 @torch.no_grad()
@@ -27,23 +26,11 @@ def main() -> None:
     x = torch.randn(args.batch, 1, config.hidden_size, device="cuda", dtype=torch.bfloat16)
     step = layers.step_for(args.batch, args.context, 1)
     replay = graphed(layers.decode_step(layer, x, state, step, compiled=args.compile))
-    for _ in range(3):
-        replay()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(args.steps):
-            replay()
-        torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_time_total > 0]
-    events.sort(key=lambda e: -e.device_time_total)
-    total_us = sum(e.device_time_total for e in events) / args.steps
-    launches = sum(e.count for e in events) / args.steps
+    total_us, launches, lines = kernel_profile(replay, args.steps)
     how = "compiled" if args.compile else "eager"
     print(f"{args.kind} layer decode step, batch {args.batch}, context {args.context}, {how}, CUDA graph: "
           f"{total_us:.1f} us of GPU time in {launches:.0f} kernels per step")
-    for e in events[: args.rows]:
-        per = e.device_time_total / args.steps
-        print(f"  {per:8.1f} us {100 * per / total_us:5.1f}% {e.count / args.steps:6.1f}x  {e.key[:110]}")
+    print("\n".join(lines[: args.rows]))
     print(f"wall: {median_ms([replay], args.steps):.3f} ms/step (median of graph replays)")
 
 

@@ -27,6 +27,25 @@ def median_ms(fns: List[Callable[[], object]], reps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def kernel_profile(fn: Callable[[], object], calls: int, warmup: int = 3) -> Tuple[float, float, List[str]]:
+    """GPU kernels of fn() under torch.profiler, over `calls` calls after `warmup` ones: (GPU us per
+    call, kernels per call, a line per kernel, largest first: us per call, share, launches per call,
+    name)."""
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    events = sorted((e for e in prof.key_averages() if e.device_time_total > 0), key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in events) / calls
+    lines = [f"  {e.device_time_total / calls:8.1f} us {100 * e.device_time_total / calls / total:5.1f}% "
+             f"{e.count / calls:6.1f}x  {e.key[:110]}" for e in events]
+    return total, sum(e.count for e in events) / calls, lines
+
+
 def capture(fn: Callable[[], object]) -> Tuple[torch.cuda.CUDAGraph, object]:
     """fn() captured in a CUDA graph after a warm-up on a side stream: (graph, its output)."""
     side = torch.cuda.Stream()
