@@ -145,6 +145,36 @@ def test_hopper_no_keys_and_extreme_sinks_cuda():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("form,B,N,q_start,kv_start", [("sparse", 4, 600, [3599, 130, 2000, 5], [3472, 3, 1873, 6]),
+                                                       ("dense128", 1, 8192, [1048575], [1048448])])
+def test_hopper_wide_combine_cuda(monkeypatch, form, B, N, q_start, kv_start):
+    """LCATTN_ATTENTION_WIDE_COMBINE=1 combines decode's splits with 4 x 128 threads per (row, head):
+    the reference's result on split decode (sparse; HCA at 1M context, 65 splits; a row that sees no
+    key; sinks that take nothing or almost all), repeatable bitwise, close to the one-group combine."""
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, 1, 64, 512, 64, 128, N, q_start, kv_start, "cuda")
+    sink[:8], sink[8:16] = float("-inf"), 30.0
+    if form == "sparse":
+        idx = random_indices(B, 1, 512, N, "cuda")
+        idx[-1] = -1  # the last sequence's window starts after its query: no key at all
+        def run():
+            return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+        ref = reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx)
+    else:
+        def run():
+            return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=128)
+        ref = reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=128)
+    narrow = run()
+    monkeypatch.setenv("LCATTN_ATTENTION_WIDE_COMBINE", "1")
+    wide = run()
+    check(*wide, *ref)
+    again = run()
+    assert torch.equal(wide[0], again[0]) and torch.equal(wide[1], again[1])
+    assert_close(wide[0].float(), narrow[0].float(), OUT_TOL, "out vs one-group combine")
+    if form == "sparse":
+        assert torch.equal(wide[0][-1], torch.zeros_like(wide[0][-1])) and bool((wide[1][-1] == float("-inf")).all())
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
 def test_hopper_decode_replays_in_cuda_graph_cuda():

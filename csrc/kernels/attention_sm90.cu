@@ -20,6 +20,8 @@
 
 #include <cuda_bf16.h>
 
+#include <cstdlib>
+
 namespace lcattn {
 namespace {
 
@@ -321,13 +323,27 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   }
 }
 
+// Writes dims [d, d + 4) of the combined (row, head) n: acc normalised by the sum l (base-2 max m)
+// and the sink, RoPE undone; the thread of d = 0 also writes its lse.
+__device__ __forceinline__ void write_combined(const AttentionParams& p, int64_t n, int d, float acc[4], float l,
+                                               float m) {
+  const int h = int(n % p.H);
+  const int64_t row = n / p.H;
+  const int pos = p.q_start[row / p.S] + int(row % p.S);
+  const float inv = output_scale(l, m, p.sink[h]);
+  const int rope_begin = kDim - p.rope_dim;
+  for (int i = 0; i < 4; ++i) acc[i] *= inv;
+  for (int i = 0; i < 4; i += 2)
+    if (d + i >= rope_begin) rope_rotate_pair(&acc[i], pos, p.inv_freq[(d + i - rope_begin) / 2], -1.f);
+  uint2 packed = make_uint2(pack_bf16(acc[0], acc[1]), pack_bf16(acc[2], acc[3]));
+  *reinterpret_cast<uint2*>(p.out + n * kDim + d) = packed;
+  if (d == 0) p.lse[n] = natural_lse(l, m);
+}
+
 // Combines the splits of one (row, head): 128 threads x 4 dims.
 __global__ void __launch_bounds__(128) attention_combine_kernel(const AttentionParams p) {
   const int64_t n = blockIdx.x;  // flat (row, head)
   const int64_t rows_total = int64_t(p.B) * p.S * p.H;
-  const int h = int(n % p.H);
-  const int64_t row = n / p.H;
-  const int pos = p.q_start[row / p.S] + int(row % p.S);
   float m = -INFINITY;
   for (int i = 0; i < p.splits; ++i) m = fmaxf(m, p.workspace[(i * rows_total + n) * kPartStride + kDim]);
   const float m_use = max_ref(m);
@@ -340,14 +356,56 @@ __global__ void __launch_bounds__(128) attention_combine_kernel(const AttentionP
     const float4 v = *reinterpret_cast<const float4*>(part + d);
     acc[0] += w * v.x, acc[1] += w * v.y, acc[2] += w * v.z, acc[3] += w * v.w;
   }
-  const float inv = output_scale(l, m, p.sink[h]);
-  const int rope_begin = kDim - p.rope_dim;
-  for (int i = 0; i < 4; ++i) acc[i] *= inv;
-  for (int i = 0; i < 4; i += 2)
-    if (d + i >= rope_begin) rope_rotate_pair(&acc[i], pos, p.inv_freq[(d + i - rope_begin) / 2], -1.f);
-  uint2 packed = make_uint2(pack_bf16(acc[0], acc[1]), pack_bf16(acc[2], acc[3]));
-  *reinterpret_cast<uint2*>(p.out + n * kDim + d) = packed;
-  if (threadIdx.x == 0) p.lse[n] = natural_lse(l, m);
+  write_combined(p, n, d, acc, l, m);
+}
+
+// The same with kCombineGroups x 128 threads: group g takes splits g, g + 4, ..., so that at decode
+// (up to 66 splits over 64 (row, head) CTAs) each thread waits on a quarter of the loads; the groups'
+// sums are added in group order, so the result is the same on every run. LCATTN_ATTENTION_WIDE_COMBINE=1
+// turns it on (off until measured on a GPU).
+constexpr int kCombineGroups = 4;
+__global__ void __launch_bounds__(128 * kCombineGroups) attention_combine_wide_kernel(const AttentionParams p) {
+  __shared__ float group_max[kCombineGroups], group_sum[kCombineGroups];
+  __shared__ float4 group_acc[kCombineGroups][128];
+  const int64_t n = blockIdx.x;  // flat (row, head)
+  const int64_t split_stride = int64_t(p.B) * p.S * p.H * kPartStride;
+  const float* parts = p.workspace + n * kPartStride;  // split i at parts + i * split_stride
+  const int g = threadIdx.x / 128, t = threadIdx.x % 128, d = t * 4;
+  float m = -INFINITY;
+#pragma unroll 4
+  for (int i = g; i < p.splits; i += kCombineGroups) m = fmaxf(m, parts[i * split_stride + kDim]);
+  if (t == 0) group_max[g] = m;
+  __syncthreads();
+  m = group_max[0];
+  for (int j = 1; j < kCombineGroups; ++j) m = fmaxf(m, group_max[j]);
+  const float m_use = max_ref(m);
+  float l = 0.f;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+  for (int i = g; i < p.splits; i += kCombineGroups) {
+    const float* part = parts + i * split_stride;
+    const float w = exp2f(part[kDim] - m_use);  // 0 for a split that saw no key
+    l += w * part[kDim + 1];
+    const float4 v = *reinterpret_cast<const float4*>(part + d);
+    acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
+  }
+  group_acc[g][t] = acc;
+  if (t == 0) group_sum[g] = l;
+  __syncthreads();
+  if (g != 0) return;
+  float total[4] = {0.f, 0.f, 0.f, 0.f};
+  l = 0.f;
+  for (int j = 0; j < kCombineGroups; ++j) {
+    const float4 a = group_acc[j][t];
+    total[0] += a.x, total[1] += a.y, total[2] += a.z, total[3] += a.w;
+    l += group_sum[j];
+  }
+  write_combined(p, n, d, total, l, m);
+}
+
+bool wide_combine() {
+  const char* on = std::getenv("LCATTN_ATTENTION_WIDE_COMBINE");  // read per call: tests switch it
+  return on && on[0] == '1' && on[1] == '\0';
 }
 
 }  // namespace
@@ -382,7 +440,11 @@ cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   if (p.splits > 1) {
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    attention_combine_kernel<<<unsigned(int64_t(p.B) * p.S * p.H), 128, 0, stream>>>(p);
+    const unsigned rows = unsigned(int64_t(p.B) * p.S * p.H);
+    if (wide_combine())
+      attention_combine_wide_kernel<<<rows, 128 * kCombineGroups, 0, stream>>>(p);
+    else
+      attention_combine_kernel<<<rows, 128, 0, stream>>>(p);
   }
   return cudaGetLastError();
 }
