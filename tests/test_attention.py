@@ -144,17 +144,35 @@ def test_hopper_no_keys_and_extreme_sinks_cuda():
     check(out, lse, ref_out, ref_lse)
 
 
+def kernel_names(fn):
+    """The CUDA kernels fn() launches, by torch.profiler (empty where the profiler sees none, as under
+    compute-sanitizer)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        out = fn()
+        torch.cuda.synchronize()
+    return out, {e.key for e in prof.key_averages()}
+
+
+# Split decode: (form, B, K, N, q_start, kv_start). 5 splits, the last row seeing no key; 2 splits (a
+# group of the wide combine with none); 8 splits, the row at position 64 with keys in 2 of them; HCA
+# at 1M context, 65 splits.
+WIDE_COMBINE_CASES = [("sparse", 4, 512, 600, [3599, 130, 2000, 5], [3472, 3, 1873, 6]),
+                      ("sparse", 4, 128, 600, [3599, 130, 2000, 5], [3472, 3, 1873, 6]),
+                      ("dense128", 4, 0, 900, [3599, 130, 2000, 64], [3472, 3, 1873, 0]),
+                      ("dense128", 1, 0, 8192, [1048575], [1048448])]
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize("form,B,N,q_start,kv_start", [("sparse", 4, 600, [3599, 130, 2000, 5], [3472, 3, 1873, 6]),
-                                                       ("dense128", 1, 8192, [1048575], [1048448])])
-def test_hopper_wide_combine_cuda(monkeypatch, form, B, N, q_start, kv_start):
+@pytest.mark.parametrize("form,B,K,N,q_start,kv_start", WIDE_COMBINE_CASES)
+def test_hopper_wide_combine_cuda(monkeypatch, form, B, K, N, q_start, kv_start):
     """LCATTN_ATTENTION_WIDE_COMBINE=1 combines decode's splits with 4 x 128 threads per (row, head):
-    the reference's result on split decode (sparse; HCA at 1M context, 65 splits; a row that sees no
-    key; sinks that take nothing or almost all), repeatable bitwise, close to the one-group combine."""
+    the reference's result (sinks that take nothing or almost all), repeatable bitwise, close to the
+    one-group combine, and that kernel is the one that ran."""
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, 1, 64, 512, 64, 128, N, q_start, kv_start, "cuda")
     sink[:8], sink[8:16] = float("-inf"), 30.0
     if form == "sparse":
-        idx = random_indices(B, 1, 512, N, "cuda")
+        idx = random_indices(B, 1, K, N, "cuda")
         idx[-1] = -1  # the last sequence's window starts after its query: no key at all
         def run():
             return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
@@ -163,13 +181,18 @@ def test_hopper_wide_combine_cuda(monkeypatch, form, B, N, q_start, kv_start):
         def run():
             return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=128)
         ref = reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=128)
-    narrow = run()
+    monkeypatch.delenv("LCATTN_ATTENTION_WIDE_COMBINE", raising=False)
+    narrow, narrow_kernels = kernel_names(run)
     monkeypatch.setenv("LCATTN_ATTENTION_WIDE_COMBINE", "1")
-    wide = run()
+    wide, wide_kernels = kernel_names(run)
+    if narrow_kernels or wide_kernels:
+        assert not any("combine_wide" in k for k in narrow_kernels), narrow_kernels
+        assert any("attention_combine_wide_kernel" in k for k in wide_kernels), wide_kernels
     check(*wide, *ref)
     again = run()
     assert torch.equal(wide[0], again[0]) and torch.equal(wide[1], again[1])
     assert_close(wide[0].float(), narrow[0].float(), OUT_TOL, "out vs one-group combine")
+    assert_close(wide[1], narrow[1], LSE_TOL, "lse vs one-group combine")
     if form == "sparse":
         assert torch.equal(wide[0][-1], torch.zeros_like(wide[0][-1])) and bool((wide[1][-1] == float("-inf")).all())
 
