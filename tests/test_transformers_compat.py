@@ -4,7 +4,7 @@ import torch
 from model_helpers import rel, same_argmax
 
 from lcattn.modules import CSA, HCA, SLIDING, DeepseekV4Config, DeepseekV4ForCausalLM
-from lcattn.modules.rope import inv_freq
+from lcattn.modules.rope import layer_inv_freq
 
 transformers = pytest.importorskip("transformers", minversion="5.17")
 
@@ -63,8 +63,8 @@ def test_hf_config_rope_and_state_dict():
     hf = hf_tiny(HF_LAYERS, HF_RATES)
     config = DeepseekV4Config.from_hf(hf.config)
     assert config.layer_types == [SLIDING, CSA, HCA, CSA] and config.hca_ratio == 8 and config.num_hash_layers == 1
-    assert torch.equal(inv_freq(config, CSA), hf.model.rotary_emb.compress_inv_freq)
-    assert torch.equal(inv_freq(config, SLIDING), hf.model.rotary_emb.main_inv_freq)
+    assert torch.equal(layer_inv_freq(config, CSA), hf.model.rotary_emb.compress_inv_freq)
+    assert torch.equal(layer_inv_freq(config, SLIDING), hf.model.rotary_emb.main_inv_freq)
     model = DeepseekV4ForCausalLM(config)
     state = {k: v.clone() for k, v in hf.state_dict().items()}
     state["mtp.0.weight"] = torch.zeros(1)  # multi-token-prediction weights are skipped

@@ -77,12 +77,13 @@ def test_compress_lengths_and_positions_are_clamped(device, unchecked):
     B, S, c, ratio = 2, 8, 32, 4
     kv, score = torch.randn(B, S, 2 * c, device=device), torch.randn(B, S, 2 * c, device=device)
     ape, norm = torch.randn(ratio, 2 * c, device=device), torch.ones(c, device=device)
-    freqs = plain_inv_freq(10000.0, 16, device)
+    inv_freq = plain_inv_freq(10000.0, 16, device)
 
     def run(lens, start):
         rings = ops.compress_state(B, ratio, 2 * c, True, device)
         out = torch.zeros(B, 4, c, device=device)
-        ops.compress_kv(kv, score, ints(lens, device), ints(start, device), *rings, ape, norm, freqs, out, ratio, True)
+        ops.compress_kv(kv, score, ints(lens, device), ints(start, device), *rings, ape, norm, inv_freq, out, ratio,
+                        True)
         return out, rings
 
     got, got_rings = run([S + 5, -3], [-4, 0])

@@ -20,11 +20,11 @@ def attention_inputs(B, S, H, K, N, pos, window=128, D=512, sparse=True):
     q_start = torch.full((B,), pos, dtype=torch.int32, device=DEV)
     kv_start = q_start - (window - 1)
     sink = torch.randn(H, device=DEV)
-    freqs = plain_inv_freq(160000.0, 64, DEV)
+    inv_freq = plain_inv_freq(160000.0, 64, DEV)
     idx = None
     if sparse:
         idx = torch.argsort(torch.rand(B * S, N, device=DEV), dim=1)[:, :K].to(torch.int32).view(B, S, K)
-    return q, kv, kv_start, q_start, ckv, sink, freqs, idx
+    return q, kv, kv_start, q_start, ckv, sink, inv_freq, idx
 
 
 def unfused_sparse(q, kv, kv_start, q_start, ckv, sink, idx, window=128):

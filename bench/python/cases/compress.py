@@ -13,8 +13,8 @@ def compress_cases(quick):
         def inputs(ratio=ratio, overlap=overlap, width=width):
             kv, score = torch.randn(1, T, width, device=DEV), torch.randn(1, T, width, device=DEV)
             ape, w = torch.randn(ratio, width, device=DEV), torch.ones(512, device=DEV)
-            freqs = plain_inv_freq(160000.0, 64, DEV)
-            return kv, score, ape, w, freqs
+            inv_freq = plain_inv_freq(160000.0, 64, DEV)
+            return kv, score, ape, w, inv_freq
         def ours(ratio=ratio, overlap=overlap, width=width):
             kv, score, ape, w, f = inputs(ratio, overlap, width)
             rk, rs = ops.compress_state(1, ratio, width, overlap, DEV)

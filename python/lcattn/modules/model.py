@@ -10,7 +10,7 @@ from lcattn import ops
 from lcattn.modules.cache import DeepseekV4Cache, LayerCache, Step
 from lcattn.modules.config import CSA, HCA, SLIDING, DeepseekV4Config
 from lcattn.modules.decoder import Decoder
-from lcattn.modules.rope import apply_rope, inv_freq
+from lcattn.modules.rope import apply_rope, layer_inv_freq
 
 
 class RMSNorm(nn.Module):
@@ -45,9 +45,9 @@ class Compressor(nn.Module):
         self.kv_norm = RMSNorm(dim, config.rms_eps)
         self.eps = config.rms_eps
 
-    def append(self, x: Tensor, stream, step: Step, freqs: Tensor) -> None:
+    def append(self, x: Tensor, stream, step: Step, inv_freq: Tensor) -> None:
         stream.append(self.kv_proj(x).float().contiguous(), self.gate_proj(x).float().contiguous(), step,
-                      self.position_bias, self.kv_norm.weight, freqs, self.eps)
+                      self.position_bias, self.kv_norm.weight, inv_freq, self.eps)
 
 
 class IndexerScorer(nn.Module):
@@ -66,12 +66,12 @@ class Indexer(Compressor):
         self.heads, self.dim, self.topk = config.index_heads, config.index_dim, config.index_topk
         self.ratio = config.csa_ratio
 
-    def select(self, x: Tensor, q_residual: Tensor, state: LayerCache, step: Step, freqs: Tensor,
+    def select(self, x: Tensor, q_residual: Tensor, state: LayerCache, step: Step, inv_freq: Tensor,
                attention_ops=ops) -> Tensor:
         """Indices [B, S, topk] int32 of the compressed entries each query attends to."""
-        self.append(x, state.index_keys, step, freqs)
+        self.append(x, state.index_keys, step, inv_freq)
         B, S, _ = x.shape
-        q = apply_rope(self.q_b_proj(q_residual).view(B, S, self.heads, self.dim), step.positions, freqs)
+        q = apply_rope(self.q_b_proj(q_residual).view(B, S, self.heads, self.dim), step.positions, inv_freq)
         weights = self.scorer.weights_proj(x).float() * (self.heads ** -0.5 * self.dim ** -0.5)
         return attention_ops.indexer_topk(q.to(torch.bfloat16).contiguous(), weights.contiguous(),
                                           state.index_keys.entries, step.q_start, self.topk, self.ratio)
@@ -117,7 +117,7 @@ class Attention(nn.Module):
         self.sinks = nn.Parameter(torch.zeros(H, dtype=torch.float32))
         self.compressor = {SLIDING: lambda: None, CSA: lambda: CSACompressor(config),
                            HCA: lambda: HCACompressor(config)}[self.kind]()
-        self.register_buffer("freqs", inv_freq(config, self.kind), persistent=False)
+        self.register_buffer("inv_freq", layer_inv_freq(config, self.kind), persistent=False)
 
     def forward(self, x: Tensor, state: LayerCache, step: Step, attention_ops=ops) -> Tensor:
         """attention_ops provides sparse_attn, dense_attn and indexer_topk with lcattn.ops' signatures
@@ -127,8 +127,8 @@ class Attention(nn.Module):
         W = cfg.window
         q_residual = self.q_a_norm(self.q_a_proj(x))
         q = unit_rms(self.q_b_proj(q_residual).view(B, S, cfg.num_heads, cfg.head_dim), cfg.rms_eps)
-        q = apply_rope(q, step.positions, self.freqs).to(bf16).contiguous()
-        new_kv = apply_rope(self.kv_norm(self.kv_proj(x)), step.positions, self.freqs).to(bf16)
+        q = apply_rope(q, step.positions, self.inv_freq).to(bf16).contiguous()
+        new_kv = apply_rope(self.kv_norm(self.kv_proj(x)), step.positions, self.inv_freq).to(bf16)
         # Raw keys of this call: the cached window - 1 positions before each sequence's chunk, then the chunk.
         kv = torch.cat((state.window_kv, new_kv), dim=1)
         kv_start = step.q_start - (W - 1)
@@ -136,17 +136,17 @@ class Attention(nn.Module):
         state.window_kv.copy_(kv.gather(1, rows[..., None].expand(-1, -1, cfg.head_dim)))  # in place: graph replays
         empty = kv[:, :0]
         if self.kind == SLIDING:
-            out, _ = attention_ops.dense_attn(q, kv, kv_start, step.q_start, empty, self.sinks, self.freqs,
+            out, _ = attention_ops.dense_attn(q, kv, kv_start, step.q_start, empty, self.sinks, self.inv_freq,
                                               ratio=0, window=W)
         else:
-            self.compressor.append(x, state.ckv, step, self.freqs)
+            self.compressor.append(x, state.ckv, step, self.inv_freq)
             if self.kind == CSA:
-                indices = self.compressor.indexer.select(x, q_residual, state, step, self.freqs, attention_ops)
+                indices = self.compressor.indexer.select(x, q_residual, state, step, self.inv_freq, attention_ops)
                 out, _ = attention_ops.sparse_attn(q, kv, kv_start, step.q_start, state.ckv.entries, indices,
-                                                   self.sinks, self.freqs, window=W)
+                                                   self.sinks, self.inv_freq, window=W)
             else:
                 out, _ = attention_ops.dense_attn(q, kv, kv_start, step.q_start, state.ckv.entries, self.sinks,
-                                                  self.freqs, ratio=self.ratio, window=W)
+                                                  self.inv_freq, ratio=self.ratio, window=W)
         grouped = out.to(x.dtype).view(B, S, cfg.o_groups, -1)
         return self.o_b_proj(self.o_a_proj(grouped))
 

@@ -11,7 +11,7 @@ def plain_inv_freq(base: float, dim: int, device=None) -> torch.Tensor:
     return 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim)
 
 
-def inv_freq(config: DeepseekV4Config, layer_type: str) -> torch.Tensor:
+def layer_inv_freq(config: DeepseekV4Config, layer_type: str) -> torch.Tensor:
     """[rope_dim / 2] fp32 inverse frequencies of a layer kind (YaRN: frequencies only)."""
     dim = config.rope_dim
     if layer_type == SLIDING:
@@ -31,11 +31,11 @@ def inv_freq(config: DeepseekV4Config, layer_type: str) -> torch.Tensor:
     return plain / config.yarn_factor * (1 - keep) + plain * keep
 
 
-def apply_rope(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
-    """Rotates the interleaved pairs of the last 2 * len(freqs) channels of x [B, S, ..., D] at
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+    """Rotates the interleaved pairs of the last 2 * len(inv_freq) channels of x [B, S, ..., D] at
     positions [B, S], in fp32; returns x's dtype. sign -1 undoes the rotation."""
-    rd = 2 * freqs.numel()
-    angle = positions.float().view(*positions.shape, *([1] * (x.dim() - 3)), 1) * freqs
+    rd = 2 * inv_freq.numel()
+    angle = positions.float().view(*positions.shape, *([1] * (x.dim() - 3)), 1) * inv_freq
     cos, sin = angle.cos(), sign * angle.sin()
     even, odd = x[..., -rd::2].float(), x[..., -rd + 1::2].float()
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
