@@ -20,7 +20,6 @@ from lcattn.modules.cache import LayerCache, Step
 from lcattn.testing.bench import graphed, median_ms
 
 CHUNK = 8192
-torch._dynamo.config.recompile_limit = 64  # a compiled decode step per layer kind, batch and context
 
 
 def attention_layer(kind: str, seed: int = 0):
@@ -105,6 +104,7 @@ def decode_step(layer, x, state, step, attention_ops=ops, compiled: bool = True)
     def run():
         return layer(x, state, step, attention_ops)
     if compiled:
+        torch._dynamo.config.recompile_limit = 64  # a compiled step per layer kind, batch and context
         run = torch.compile(run, fullgraph=True)
         run()
         run()

@@ -17,10 +17,9 @@
 #include "attention_sm90.h"
 #include "common/device.h"
 #include "common/sm90.cuh"
+#include "lcattn/switches.h"
 
 #include <cuda_bf16.h>
-
-#include <cstdlib>
 
 namespace lcattn {
 namespace {
@@ -403,11 +402,6 @@ __global__ void __launch_bounds__(128 * kCombineGroups) attention_combine_wide_k
   write_combined(p, n, d, total, l, m);
 }
 
-bool wide_combine() {
-  const char* on = std::getenv("LCATTN_ATTENTION_WIDE_COMBINE");  // read per call: tests switch it
-  return on && on[0] == '1' && on[1] == '\0';
-}
-
 }  // namespace
 
 bool attention_sm90_supported(const AttentionParams& p) {
@@ -441,7 +435,7 @@ cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     const unsigned rows = unsigned(int64_t(p.B) * p.S * p.H);
-    if (wide_combine())
+    if (env_is("LCATTN_ATTENTION_WIDE_COMBINE", "1"))
       attention_combine_wide_kernel<<<rows, 128 * kCombineGroups, 0, stream>>>(p);
     else
       attention_combine_kernel<<<rows, 128, 0, stream>>>(p);

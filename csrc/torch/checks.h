@@ -4,7 +4,6 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -18,6 +17,7 @@
 #endif
 
 #include "lcattn/api.h"
+#include "lcattn/switches.h"
 
 namespace lcattn {
 
@@ -61,8 +61,7 @@ inline bool capturing_cuda_graph() {
 // Unchecked, the kernels still never read or write outside their buffers: an index out of its
 // range means "none" (no key, no expert, a zero row) and positions and lengths are clamped.
 inline bool value_checks_on(const at::Tensor& t) {
-  const char* env = std::getenv("LCATTN_CHECK_VALUES");
-  if (env && std::string(env) == "0") return false;
+  if (env_is("LCATTN_CHECK_VALUES", "0")) return false;
 #if defined(LCATTN_WITH_CUDA)
   if (t.is_cuda() && capturing_cuda_graph()) return false;
 #endif

@@ -1,7 +1,5 @@
 // Adapters of the Lightning indexer ops (SPEC 4): scores, top-k, fused scoring + top-k, gather.
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "checks.h"
 #include "lcattn/indexer_topk.h"
@@ -51,8 +49,7 @@ at::Tensor indexer_scores(const at::Tensor& q, const at::Tensor& weights, const 
 // when the split path does not take them or LCATTN_TOPK_SPLIT=0 (read per call) turns it off.
 void* topk_split_workspace(const at::Tensor& like, int64_t rows, int N, at::Tensor& holder) {
 #if defined(LCATTN_WITH_CUDA)
-  const char* off = std::getenv("LCATTN_TOPK_SPLIT");
-  if (!like.is_cuda() || (off && std::string(off) == "0")) return nullptr;
+  if (!like.is_cuda() || env_is("LCATTN_TOPK_SPLIT", "0")) return nullptr;
   TopkParams t{};
   t.R = rows;
   t.N = N;

@@ -237,8 +237,7 @@ at::Tensor moe_experts(const at::Tensor& x, const std::optional<at::Tensor>& wei
   p.D = int(D);
   p.I = int(I);
   p.swiglu_limit = float(swiglu_limit);
-  const char* fused = std::getenv("LCATTN_MOE_FUSED_SWIGLU");  // read per call: tests switch it
-  p.fused_swiglu = fused && std::string(fused) == "1";
+  p.fused_swiglu = env_is("LCATTN_MOE_FUSED_SWIGLU", "1");
   at::Tensor workspace;
   {
 #if defined(LCATTN_WITH_CUDA)
