@@ -8,10 +8,16 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 L2_BYTES = 50 * 2**20  # H100 / H200
+# A spin kernel of this many GPU clocks (about 50 us on an H200) ahead of each timed call keeps the GPU
+# busy while the host enqueues the call, so the timed interval is the call's GPU time and not the
+# host's launch latency (a graph launch costs several us; a step inside a model's graph does not pay
+# it). 0 times from an idle GPU.
+LAUNCH_LEAD_CYCLES = 100_000
 
 
 def median_ms(fns: List[Callable[[], object]], reps: int) -> float:
-    """Median of reps timed calls, cycling through input sets so that L2 holds none of them."""
+    """Median of reps timed calls, cycling through input sets so that L2 holds none of them; each call
+    queued behind LAUNCH_LEAD_CYCLES of spinning."""
     for fn in fns[:3]:
         fn()
     torch.cuda.synchronize()
@@ -19,6 +25,8 @@ def median_ms(fns: List[Callable[[], object]], reps: int) -> float:
     for r in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         fn = fns[r % len(fns)]
+        if LAUNCH_LEAD_CYCLES:
+            torch.cuda._sleep(LAUNCH_LEAD_CYCLES)
         start.record()
         fn()
         end.record()
