@@ -153,20 +153,19 @@ def kernel_names(fn):
 
 
 # Split decode: (form, B, K, N, q_start, kv_start). 5 splits, the last row seeing no key; 2 splits (a
-# group of the wide combine with none); 8 splits, the row at position 64 with keys in 2 of them; HCA
-# at 1M context, 65 splits.
-WIDE_COMBINE_CASES = [("sparse", 4, 512, 600, [3599, 130, 2000, 5], [3472, 3, 1873, 6]),
-                      ("sparse", 4, 128, 600, [3599, 130, 2000, 5], [3472, 3, 1873, 6]),
-                      ("dense128", 4, 0, 900, [3599, 130, 2000, 64], [3472, 3, 1873, 0]),
-                      ("dense128", 1, 0, 8192, [1048575], [1048448])]
+# group of the combine with none); 8 splits, the row at position 64 with keys in 2 of them; HCA at 1M
+# context, 65 splits.
+SPLIT_COMBINE_CASES = [("sparse", 4, 512, 600, [3599, 130, 2000, 5], [3472, 3, 1873, 6]),
+                       ("sparse", 4, 128, 600, [3599, 130, 2000, 5], [3472, 3, 1873, 6]),
+                       ("dense128", 4, 0, 900, [3599, 130, 2000, 64], [3472, 3, 1873, 0]),
+                       ("dense128", 1, 0, 8192, [1048575], [1048448])]
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("form,B,K,N,q_start,kv_start", WIDE_COMBINE_CASES)
-def test_hopper_wide_combine_cuda(monkeypatch, form, B, K, N, q_start, kv_start):
-    """LCATTN_ATTENTION_WIDE_COMBINE=1 combines decode's splits with 4 x 128 threads per (row, head):
-    the reference's result (sinks that take nothing or almost all), repeatable bitwise, close to the
-    one-group combine, and that kernel is the one that ran."""
+@pytest.mark.parametrize("form,B,K,N,q_start,kv_start", SPLIT_COMBINE_CASES)
+def test_hopper_split_combine_cuda(form, B, K, N, q_start, kv_start):
+    """Decode's splits combined by 4 x 128 threads per (row, head): the reference's result (sinks that
+    take nothing or almost all), repeatable bitwise, and the combine kernel is the one that ran."""
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, 1, 64, 512, 64, 128, N, q_start, kv_start, "cuda")
     sink[:8], sink[8:16] = float("-inf"), 30.0
     if form == "sparse":
@@ -179,20 +178,14 @@ def test_hopper_wide_combine_cuda(monkeypatch, form, B, K, N, q_start, kv_start)
         def run():
             return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=128)
         ref = reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=128)
-    monkeypatch.delenv("LCATTN_ATTENTION_WIDE_COMBINE", raising=False)
-    narrow, narrow_kernels = kernel_names(run)
-    monkeypatch.setenv("LCATTN_ATTENTION_WIDE_COMBINE", "1")
-    wide, wide_kernels = kernel_names(run)
-    if narrow_kernels or wide_kernels:
-        assert "combine_wide" not in narrow_kernels, narrow_kernels
-        assert "attention_combine_wide_kernel" in wide_kernels, wide_kernels
-    check(*wide, *ref)
+    out, kernels = kernel_names(run)
+    if kernels:
+        assert "attention_combine_kernel" in kernels, kernels
+    check(*out, *ref)
     again = run()
-    assert torch.equal(wide[0], again[0]) and torch.equal(wide[1], again[1])
-    assert_close(wide[0].float(), narrow[0].float(), OUT_TOL, "out vs one-group combine")
-    assert_close(wide[1], narrow[1], LSE_TOL, "lse vs one-group combine")
+    assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
     if form == "sparse":
-        assert torch.equal(wide[0][-1], torch.zeros_like(wide[0][-1])) and bool((wide[1][-1] == float("-inf")).all())
+        assert torch.equal(out[0][-1], torch.zeros_like(out[0][-1])) and bool((out[1][-1] == float("-inf")).all())
 
 
 @pytest.mark.cuda

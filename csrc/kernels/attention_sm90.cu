@@ -17,7 +17,6 @@
 #include "attention_sm90.h"
 #include "common/device.h"
 #include "common/sm90.cuh"
-#include "lcattn/switches.h"
 
 #include <cuda_bf16.h>
 
@@ -339,31 +338,12 @@ __device__ __forceinline__ void write_combined(const AttentionParams& p, int64_t
   if (d == 0) p.lse[n] = natural_lse(l, m);
 }
 
-// Combines the splits of one (row, head): 128 threads x 4 dims.
-__global__ void __launch_bounds__(128) attention_combine_kernel(const AttentionParams p) {
-  const int64_t n = blockIdx.x;  // flat (row, head)
-  const int64_t rows_total = int64_t(p.B) * p.S * p.H;
-  float m = -INFINITY;
-  for (int i = 0; i < p.splits; ++i) m = fmaxf(m, p.workspace[(i * rows_total + n) * kPartStride + kDim]);
-  const float m_use = max_ref(m);
-  float l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
-  const int d = threadIdx.x * 4;
-  for (int i = 0; i < p.splits; ++i) {
-    const float* part = p.workspace + (i * rows_total + n) * kPartStride;
-    const float w = exp2f(part[kDim] - m_use);  // 0 for a split that saw no key
-    l += w * part[kDim + 1];
-    const float4 v = *reinterpret_cast<const float4*>(part + d);
-    acc[0] += w * v.x, acc[1] += w * v.y, acc[2] += w * v.z, acc[3] += w * v.w;
-  }
-  write_combined(p, n, d, acc, l, m);
-}
-
-// The same with kCombineGroups x 128 threads: group g takes splits g, g + 4, ..., so that at decode
-// (up to 66 splits over 64 (row, head) CTAs) each thread waits on a quarter of the loads; the groups'
-// sums are added in group order, so the result is the same on every run. LCATTN_ATTENTION_WIDE_COMBINE=1
-// turns it on (off until measured on a GPU).
+// Combines the splits of one (row, head) with kCombineGroups x 128 threads of 4 dims: group g takes
+// splits g, g + 4, ..., so that at decode (up to 66 splits over 64 (row, head) CTAs) each thread waits
+// on a quarter of the loads; the groups' sums are added in group order, so the result is the same on
+// every run.
 constexpr int kCombineGroups = 4;
-__global__ void __launch_bounds__(128 * kCombineGroups) attention_combine_wide_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(128 * kCombineGroups) attention_combine_kernel(const AttentionParams p) {
   __shared__ float group_max[kCombineGroups], group_sum[kCombineGroups];
   __shared__ float4 group_acc[kCombineGroups][128];
   const int64_t n = blockIdx.x;  // flat (row, head)
@@ -435,10 +415,7 @@ cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     const unsigned rows = unsigned(int64_t(p.B) * p.S * p.H);
-    if (env_is("LCATTN_ATTENTION_WIDE_COMBINE", "1"))
-      attention_combine_wide_kernel<<<rows, 128 * kCombineGroups, 0, stream>>>(p);
-    else
-      attention_combine_kernel<<<rows, 128, 0, stream>>>(p);
+    attention_combine_kernel<<<rows, 128 * kCombineGroups, 0, stream>>>(p);
   }
   return cudaGetLastError();
 }
