@@ -9,7 +9,8 @@
 # BENCH="ARGS" also runs python bench/python/run.py ARGS --out OUT_DIR/bench (with a FlashMLA column
 # when build/baselines/flashmla_baseline.so, from scripts/build_flashmla.sh, is carried along).
 # DEMO_CONTEXT=N also runs the demo with an N-token prompt (DEMO_ARGS="--eager --no-compile" adds its
-# flags); STEP_TIMEOUT=S bounds each step (1800 s).
+# flags); STEP_TIMEOUT=S bounds each step (1800 s); SANITIZE=0 skips compute-sanitizer; EXTRA="CMD"
+# runs CMD as one more step (after the benchmarks) with the same environment.
 set -uo pipefail
 out=$(realpath -m "${1:-gpu_results}")
 mkdir -p "$out"
@@ -56,11 +57,13 @@ else
     build/cmake/bench_compress --tokens=16384'
 fi
 if [ -n "${BENCH:-}" ]; then step bench python3 bench/python/run.py $BENCH --out "$out/bench"; fi
+if [ -n "${EXTRA:-}" ]; then step extra bash -c "$EXTRA"; fi
 if [ -n "${DEMO_CONTEXT:-}" ]; then step demo python3 -m lcattn.demo --context "$DEMO_CONTEXT" ${DEMO_ARGS:-}; fi
 # Without the caching allocator every tensor is its own allocation, so memcheck sees overruns.
 # racecheck runs minutes per large case: it skips the prefill-scale and 1M-context cases, the
 # 200-, 70- and 300-token Hopper attention prefills (the 33-token and decode cases run), and the
 # grouped GEMMs at V4 dims (4096, 7168) and in CUDA graphs (the small irregular ones run).
+[ "${SANITIZE:-1}" != 0 ] || families=()
 for family in "${families[@]}"; do
   step "memcheck_$family" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
     --error-exitcode 1 python3 -m pytest "tests/test_$family.py" -m cuda -q -x

@@ -1,9 +1,12 @@
 """Indexer scores, top-k, fused indexer + top-k and gather (SPEC 4) against the reference."""
+import os
+
 import pytest
 import torch
 
 from lcattn import ops, reference
 from lcattn.testing import MODEL_SHAPES, assert_close, check_topk
+from lcattn.testing.bench import capture
 
 
 def make_indexer(B, S, N, HI, DI, device, q_start):
@@ -134,7 +137,7 @@ def test_bad_input_is_rejected(device):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
-                                      (1, 65536, 65536)])
+                                      (1, 65536, 65536), (2, 1100003, 600)])
 def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
     """Few long rows spread over many CTAs (the default; LCATTN_TOPK_SPLIT=0 turns it off): the same
     indices as the one-CTA kernel (both take tied keys in index order), on rows with ties, -inf, NaN
@@ -155,6 +158,23 @@ def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
     few[:, 100:110] = 1.0  # 10 candidates: all of them, then -1
     picked = ops.topk_indices(few, k)
     assert picked[:, :10].tolist() == [list(range(100, 110))] * rows and (picked[:, 10:] == -1).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
+                    reason="graph capture allocates through the caching allocator")
+def test_split_topk_graph_replay_cuda():
+    """The split top-k replayed in a CUDA graph with new scores each time (its counters start from
+    zero on every replay) picks what an eager call picks."""
+    scores = torch.randn(5, 70000, device="cuda")
+    graph, picked = capture(lambda: ops.topk_indices(scores, 512))
+    for step in range(4):
+        scores.copy_(torch.randn(5, 70000, device="cuda"))
+        if step == 2:
+            scores[3] = torch.randint(0, 3, (70000,), device="cuda").float()  # ties
+        graph.replay()
+        assert torch.equal(picked, ops.topk_indices(scores, 512)), step
+        check_topk(picked, scores, 512)
 
 
 @pytest.mark.cuda

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "lcattn/api.h"
+#include "lcattn/shared_math.h"
 #include "parallel.h"
 
 namespace lcattn {
@@ -15,19 +16,14 @@ void attention_cpu(const AttentionParams& p) {
     const int b = int(row / p.S), s = int(row % p.S);
     const int pos = p.q_start[b] + s;
     // Keys of this query: the window, then the compressed entries.
+    const AttentionKeys set = attention_keys(p, b, pos);
     std::vector<const bf16*> keys;
-    const int lo = std::max({0, pos - p.window + 1, p.kv_start[b]});
-    const int hi = std::min(pos, p.kv_start[b] + p.L - 1);
-    for (int t = lo; t <= hi; ++t) keys.push_back(p.kv + (int64_t(b) * p.L + (t - p.kv_start[b])) * p.D);
+    const bf16* window = p.kv + (int64_t(b) * p.L + (set.window_lo - p.kv_start[b])) * p.D;
+    for (int t = 0; t < set.n_window; ++t) keys.push_back(window + int64_t(t) * p.D);
     const bf16* pool = p.ckv + int64_t(b) * p.N * p.D;
-    if (p.indices) {
-      for (int j = 0; j < p.K; ++j) {
-        const int idx = p.indices[row * p.K + j];
-        if (idx >= 0 && idx < p.N) keys.push_back(pool + int64_t(idx) * p.D);
-      }
-    } else if (p.ratio > 0) {
-      const int visible = std::min(p.N, (pos + 1) / p.ratio);
-      for (int i = 0; i < visible; ++i) keys.push_back(pool + int64_t(i) * p.D);
+    for (int j = 0; j < set.n_entries; ++j) {
+      const int idx = p.indices ? p.indices[row * p.K + j] : j;
+      if (idx >= 0 && idx < p.N) keys.push_back(pool + int64_t(idx) * p.D);
     }
     std::vector<float> q(p.D), acc(p.D, 0.f), logits(keys.size());
     for (int d = 0; d < p.D; ++d) q[d] = bf16_to_float(p.q[n * p.D + d]);

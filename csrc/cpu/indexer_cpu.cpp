@@ -7,6 +7,7 @@
 
 #include "lcattn/api.h"
 #include "lcattn/indexer_topk.h"
+#include "lcattn/shared_math.h"
 #include "parallel.h"
 
 namespace lcattn {
@@ -16,7 +17,7 @@ void indexer_scores_cpu(const IndexerParams& p) {
     const int64_t r = p.row_begin + n;
     const int b = int(r / p.S), s = int(r % p.S);
     const int pos = p.q_start[b] + s;
-    const int visible = std::min(p.N, (pos + 1) / p.ratio);
+    const int visible = visible_entries(pos, p.ratio, p.N);
     std::vector<float> q(size_t(p.HI) * p.DI);
     for (size_t x = 0; x < q.size(); ++x) q[x] = bf16_to_float(p.q[r * p.HI * p.DI + x]);
     const float* w = p.weights + r * p.HI;

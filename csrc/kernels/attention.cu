@@ -4,6 +4,7 @@
 #include "attention_sm90.h"
 #include "common/reduce.cuh"
 #include "lcattn/api.h"
+#include "lcattn/shared_math.h"
 
 namespace lcattn {
 namespace {
@@ -11,7 +12,8 @@ namespace {
 constexpr int kThreads = 128, kWarps = kThreads / 32, kChunk = 32;
 constexpr int kMaxDimPerThread = 8;  // D <= 1024
 
-// Key u of query (b, s) at position pos: window first, then compressed entries; null = none.
+// Key u of query (b, s) at position pos (attention_keys): window first, then compressed entries;
+// null = none.
 struct KeySet {
   const bf16* window;  // row of position `lo`
   const bf16* pool;    // [N, D] of this sequence
@@ -33,18 +35,17 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionPara
   __shared__ const bf16* keys[kChunk];
   const int64_t n = blockIdx.x, row = n / p.H;  // row = b * S + s
   const int h = int(n % p.H), b = int(row / p.S), s = int(row % p.S);
-  const int pos = p.q_start[b] + s, kv0 = p.kv_start[b];
-  const int lo = max(max(0, pos - p.window + 1), kv0), hi = min(pos, kv0 + p.L - 1);
+  const int pos = p.q_start[b] + s;
+  const AttentionKeys set = attention_keys(p, b, pos);
 
   KeySet ks;
-  ks.window = p.kv + (int64_t(b) * p.L + (lo - kv0)) * p.D;
+  ks.window = p.kv + (int64_t(b) * p.L + (set.window_lo - p.kv_start[b])) * p.D;
   ks.pool = p.ckv + int64_t(b) * p.N * p.D;
   ks.indices = p.indices ? p.indices + row * p.K : nullptr;
-  ks.n_window = max(0, hi - lo + 1);
+  ks.n_window = set.n_window;
   ks.N = p.N;
   ks.D = p.D;
-  const int n_comp = p.indices ? p.K : (p.ratio > 0 ? min(p.N, (pos + 1) / p.ratio) : 0);
-  ks.n_total = ks.n_window + n_comp;
+  ks.n_total = set.n_window + set.n_entries;
 
   for (int d = threadIdx.x; d < p.D; d += kThreads) q[d] = bf16_to_float(p.q[n * p.D + d]);
   __syncthreads();

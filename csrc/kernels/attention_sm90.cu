@@ -17,6 +17,7 @@
 #include "attention_sm90.h"
 #include "common/device.h"
 #include "common/sm90.cuh"
+#include "lcattn/shared_math.h"
 
 #include <cuda_bf16.h>
 
@@ -51,22 +52,20 @@ static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may h
 // Named barriers (0 is __syncthreads) over the 256 math threads.
 enum : int { kBarLogits = 1, kBarRead = 2 };
 
-// Keys of one query: window rows first, then entries (selected, or the visible prefix).
+// Keys of one query (attention_keys): window rows first, then entries (selected, or the visible prefix).
 struct QueryKeys {
-  const bf16* window;  // row of position lo
+  const bf16* window;  // row of position window_lo
   const bf16* pool;    // [N, D] of this sequence
   const int* indices;  // [K] of this query, or null for dense
   int n_window, n_keys, N;
   __device__ QueryKeys(const AttentionParams& p, int64_t row, int b, int pos) {
-    const int kv0 = p.kv_start[b];
-    const int lo = max(max(0, pos - p.window + 1), kv0), hi = min(pos, kv0 + p.L - 1);
-    window = p.kv + (int64_t(b) * p.L + (lo - kv0)) * kDim;
+    const AttentionKeys set = attention_keys(p, b, pos);
+    window = p.kv + (int64_t(b) * p.L + (set.window_lo - p.kv_start[b])) * kDim;
     pool = p.ckv + int64_t(b) * p.N * kDim;
     indices = p.indices ? p.indices + row * p.K : nullptr;
-    n_window = max(0, hi - lo + 1);
+    n_window = set.n_window;
     N = p.N;
-    const int n_comp = p.indices ? p.K : (p.ratio > 0 ? min(p.N, (pos + 1) / p.ratio) : 0);
-    n_keys = n_window + n_comp;
+    n_keys = set.n_window + set.n_entries;
   }
   // Row of key u, or null when it is absent (index -1 or out of range, or u past the end).
   __device__ const bf16* row(int u) const {

@@ -7,6 +7,7 @@
 #include "common/topk_key.cuh"
 #include "lcattn/api.h"
 #include "lcattn/indexer_topk.h"
+#include "lcattn/shared_math.h"
 
 namespace lcattn {
 namespace {
@@ -21,7 +22,7 @@ __global__ void indexer_scores_kernel(const IndexerParams p) {
   float* key_rows = w + p.HI;
   const int64_t n = blockIdx.x, r = p.row_begin + n;
   const int b = int(r / p.S), s = int(r % p.S);
-  const int visible = min(p.N, (p.q_start[b] + s + 1) / p.ratio);
+  const int visible = visible_entries(p.q_start[b] + s, p.ratio, p.N);
   for (int x = threadIdx.x; x < p.HI * p.DI; x += blockDim.x) q[x] = bf16_to_float(p.q[r * p.HI * p.DI + x]);
   for (int x = threadIdx.x; x < p.HI; x += blockDim.x) w[x] = p.weights[r * p.HI + x];
   __syncthreads();
@@ -110,7 +111,7 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_mma_kernel(const 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int wm = (warp & 3) * 16, wn = (warp >> 2) * 64;  // this warp's rows and keys in the tile
   float out[8][4] = {};
-  if (n0 < min(p.N, (q0 + s_hi) / p.ratio)) {  // some key of the tile is visible to some row
+  if (n0 < visible_entries(q0 + s_hi - 1, p.ratio, p.N)) {  // some key of the tile is visible to some row
     stage_rows(keys, kTileKeys,
                [&](int r) { return n0 + r < p.N ? p.keys + (int64_t(b) * p.N + n0 + r) * kTileDim : nullptr; });
     for (int h = 0; h < p.HI; ++h) {
@@ -140,7 +141,7 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_mma_kernel(const 
   for (int half = 0; half < 2; ++half) {
     const int s = s0 + wm + g + 8 * half;
     if (s < s_lo || s >= s_hi) continue;
-    const int visible = min(p.N, (q0 + s + 1) / p.ratio);
+    const int visible = visible_entries(q0 + s, p.ratio, p.N);
     float* dst = p.scores + (seq_row0 + s - p.row_begin) * p.N;
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
@@ -169,7 +170,7 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_heads_kernel(cons
   const int64_t r = p.row_begin + blockIdx.x;
   const int b = int(r / p.S), s = int(r % p.S);
   const int n0 = blockIdx.y * kTileKeys;
-  const int visible = min(p.N, (p.q_start[b] + s + 1) / p.ratio);
+  const int visible = visible_entries(p.q_start[b] + s, p.ratio, p.N);
   float* dst = p.scores + (r - p.row_begin) * p.N;
   if (n0 >= visible) {  // no key of the tile is visible to this row
     for (int n = n0 + threadIdx.x; n < min(n0 + kTileKeys, p.N); n += kTileThreads) dst[n] = -INFINITY;

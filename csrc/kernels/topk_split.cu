@@ -1,15 +1,17 @@
 // Top-k of few long rows (decode: 1 to 64 rows of 16K to 256K entries) with each row spread over
 // many CTAs; the contract of SPEC 4 (ascending indices, -1 padding, NaN and -inf never picked,
 // deterministic). The one-CTA kernel of indexer.cu reads such a row six times on one SM and orders
-// its picks 512 at a time with two block scans each (0.92 ms for 262,144 entries). Here:
+// its picks 512 at a time with two block scans each (0.92 ms for 262,144 entries). Here, per row
+// chunks of 4096 entries, one CTA each:
 //   3 rounds of radix select on the 32-bit key (11, 11 and 10 bits): a histogram kernel over chunks
 //   x rows (shared counts, then global atomics), then a one-block select kernel per row that fixes
-//   the next digit of the k-th largest key;
-//   a count kernel (keys above the threshold key, and ties, per chunk), then a write kernel that puts
-//   each chunk's picks after those of the earlier chunks, in index order (ties: the first ones).
+//   the next digit of the k-th largest key (a select folded into each histogram's last CTA per row
+//   measured no faster; kernel notes);
+//   a write kernel: each CTA holds its chunk in registers, counts its keys above the threshold key
+//   and its ties, learns the earlier chunks' counts by a decoupled look-back (CTAs take chunks in
+//   ticket order, so every chunk they wait on is running or done), and puts its picks after theirs
+//   in index order (ties: the first ones).
 // Every count is an integer, so the result is the same on every run. LCATTN_TOPK_SPLIT=0 turns it off.
-#include <algorithm>
-
 #include "common/device.h"
 #include "common/reduce.cuh"
 #include "common/topk_key.cuh"
@@ -20,11 +22,12 @@ namespace lcattn {
 namespace {
 
 constexpr int kThreads = 256, kWarps = kThreads / 32;
-constexpr int kBins = 2048;         // the widest digit: 11 bits
-constexpr int kChunkMin = 4096;     // entries per CTA at least
-constexpr int kTargetCtas = 264;    // about 2 per SM
-constexpr int kMaxRows = 64;        // rows up to which the split path runs
-constexpr int kMinEntries = 16384;  // entries from which it runs
+constexpr int kBins = 2048;                 // the widest digit: 11 bits
+constexpr int kPerLane = 16;                // keys a thread holds in the write kernel
+constexpr int kWarpKeys = 32 * kPerLane;    // a warp's contiguous part of a chunk
+constexpr int kChunk = kWarps * kWarpKeys;  // entries per CTA: 4096
+constexpr int kMaxRows = 64;                // rows up to which the split path runs
+constexpr int kMinEntries = 16384;          // entries from which it runs
 
 // Round r decides bits [shift, shift + bits) of the threshold key; the bits above are known.
 __device__ __forceinline__ int round_shift(int r) { return r == 0 ? 21 : (r == 1 ? 10 : 0); }
@@ -38,21 +41,30 @@ struct RowState {
   int done;         // candidates <= k: take them all (threshold 0, no ties)
 };
 
+// A chunk's counts as its write CTA publishes them for the look-back: bits 62-63 the kind (0: not
+// yet, 1: the chunk's own counts, 2: counts of this and every earlier chunk), 31-61 the keys above
+// the threshold key, 0-30 the ties (counts up to N < 2^31).
+constexpr uint64_t kOwn = 1ull << 62, kInclusive = 2ull << 62, kCountMask = (1ull << 31) - 1;
+__device__ __forceinline__ uint64_t pack_counts(uint64_t kind, int above, int ties) {
+  return kind | uint64_t(above) << 31 | uint64_t(ties);
+}
+
 // Where the split path keeps its counts in the workspace; zeroed at the start of each call.
 struct Layout {
-  int chunks, chunk;  // CTAs per row and entries per CTA
-  int* hist;          // [R, kBins]
-  RowState* state;    // [R]
-  int* counts;        // [R, chunks, 2]: keys above the threshold, ties
+  int chunks;        // CTAs per row
+  int* hist;         // [R, kBins]; each round's select clears it for the next
+  RowState* state;   // [R]
+  uint64_t* counts;  // [R, chunks]: pack_counts
+  int* ticket;       // the write kernel's next chunk, in launch order
   size_t bytes;
 
   Layout(const TopkParams& p, void* workspace) {
-    chunk = std::max(kChunkMin, (p.N + kTargetCtas - 1) / kTargetCtas);  // the same for any R: bytes grow with R
-    chunks = (p.N + chunk - 1) / chunk;
+    chunks = (p.N + kChunk - 1) / kChunk;
     WorkspaceCarver carve(workspace);
     hist = carve.take<int>(size_t(p.R) * kBins);
     state = carve.take<RowState>(p.R);
-    counts = carve.take<int>(size_t(p.R) * chunks * 2);
+    counts = carve.take<uint64_t>(size_t(p.R) * chunks);
+    ticket = carve.take<int>(1);
     bytes = carve.bytes();
   }
 };
@@ -70,7 +82,7 @@ __global__ void __launch_bounds__(kThreads) topk_hist_kernel(const TopkParams p,
   for (int x = threadIdx.x; x < kBins; x += kThreads) hist[x] = 0;
   __syncthreads();
   const float* scores = p.scores + int64_t(row) * p.N;
-  const int begin = blockIdx.x * l.chunk, end = min(p.N, begin + l.chunk);
+  const int begin = blockIdx.x * kChunk, end = min(p.N, begin + kChunk);
   int candidates = 0;
   for (int i = begin + threadIdx.x; i < end; i += kThreads) {
     const uint32_t key = topk_key(scores[i]);
@@ -149,90 +161,80 @@ __global__ void __launch_bounds__(kThreads) topk_select_kernel(const TopkParams 
   if (remaining == 0) state->done = 1;
 }
 
-// grid (chunks, R): keys of the chunk above the threshold key and ties (non-zero keys equal to it).
-__global__ void __launch_bounds__(kThreads) topk_count_kernel(const TopkParams p, const Layout l) {
-  __shared__ int scratch[32];
-  const int row = blockIdx.y;
-  const uint32_t threshold = l.state[row].prefix;
-  const float* scores = p.scores + int64_t(row) * p.N;
-  const int begin = blockIdx.x * l.chunk, end = min(p.N, begin + l.chunk);
-  int above = 0, ties = 0;
-  for (int i = begin + threadIdx.x; i < end; i += kThreads) {
-    const uint32_t key = topk_key(scores[i]);
-    above += key > threshold;
-    ties += key != 0u && key == threshold;
-  }
-  above = block_sum(above, scratch);
-  ties = block_sum(ties, scratch);
-  if (threadIdx.x == 0) {
-    int* c = l.counts + (int64_t(row) * l.chunks + blockIdx.x) * 2;
-    c[0] = above;
-    c[1] = ties;
-  }
-}
-
-// grid (chunks, R): writes the chunk's picks in index order after the earlier chunks' picks. Warp w
-// takes the w-th contiguous part of the chunk; a first sweep counts each warp's keys, a second
-// places them (ballots order the lanes). The last chunk writes the -1 padding.
+// grid chunks x R (in ticket order): the chunk's picks, in index order after the earlier chunks'
+// picks. Warp w holds entries [w * 512, (w + 1) * 512) of the chunk, 16 per lane; ballots order the
+// lanes. The last chunk writes the -1 padding.
 __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p, const Layout l) {
-  __shared__ int scratch[32];
-  __shared__ int warp_above[kWarps], warp_ties[kWarps];
-  const int row = blockIdx.y, c = blockIdx.x;
+  __shared__ int chunk_id, warp_above[kWarps], warp_ties[kWarps];
+  __shared__ int before[2];  // keys above the threshold and ties in the earlier chunks
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (threadIdx.x == 0) chunk_id = atomicAdd(l.ticket, 1);
+  __syncthreads();
+  const int row = chunk_id / l.chunks, c = chunk_id % l.chunks;
   const uint32_t threshold = l.state[row].prefix;
   const int take = l.state[row].remaining;  // ties to take, the first in index order
-  const int* counts = l.counts + int64_t(row) * l.chunks * 2;
-  int above_before = 0, ties_before = 0, above_all = 0, ties_all = 0;
-  for (int x = threadIdx.x; x < l.chunks; x += kThreads) {
-    above_all += counts[2 * x];
-    ties_all += counts[2 * x + 1];
-    if (x < c) {
-      above_before += counts[2 * x];
-      ties_before += counts[2 * x + 1];
+  const float* scores = p.scores + int64_t(row) * p.N;
+  const int lo = c * kChunk + warp * kWarpKeys;
+  uint32_t key[kPerLane];
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int i = lo + j * 32 + lane;
+    key[j] = i < p.N ? topk_key(scores[i]) : 0u;
+  }
+  int above = 0, ties = 0;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    above += __popc(__ballot_sync(0xffffffffu, key[j] > threshold));
+    ties += __popc(__ballot_sync(0xffffffffu, key[j] != 0u && key[j] == threshold));
+  }
+  if (lane == 0) warp_above[warp] = above, warp_ties[warp] = ties;
+  __syncthreads();
+  if (warp == 0) {  // publish this chunk's counts, then look back 32 chunks at a time
+    int chunk_above = 0, chunk_ties = 0;
+    for (int w = 0; w < kWarps; ++w) chunk_above += warp_above[w], chunk_ties += warp_ties[w];
+    auto* counts = reinterpret_cast<unsigned long long*>(l.counts + int64_t(row) * l.chunks);
+    if (lane == 0 && c > 0) atomicExch(counts + c, pack_counts(kOwn, chunk_above, chunk_ties));
+    int above_before = 0, ties_before = 0;
+    for (int end = c - 1; end >= 0; end -= 32) {
+      const int x = end - lane;  // lane 0 the nearest earlier chunk
+      uint64_t v = kInclusive;   // before chunk 0: nothing
+      if (x >= 0) {              // volatile: a loop of plain loads may be assumed to end and be dropped
+        const volatile unsigned long long* word = counts + x;
+        while ((v = *word) == 0) {
+        }
+      }
+      const unsigned inclusive = __ballot_sync(0xffffffffu, (v & kInclusive) != 0);
+      const int stop = inclusive ? __ffs(inclusive) - 1 : 31;  // the nearest inclusive counts end the walk
+      above_before += warp_sum(lane <= stop ? int(v >> 31 & kCountMask) : 0);
+      ties_before += warp_sum(lane <= stop ? int(v & kCountMask) : 0);
+      if (inclusive) break;
+    }
+    if (lane == 0) {
+      atomicExch(counts + c, pack_counts(kInclusive, above_before + chunk_above, ties_before + chunk_ties));
+      before[0] = above_before, before[1] = ties_before;
     }
   }
-  above_before = block_sum(above_before, scratch);
-  ties_before = block_sum(ties_before, scratch);
-  above_all = block_sum(above_all, scratch);
-  ties_all = block_sum(ties_all, scratch);
-
-  const float* scores = p.scores + int64_t(row) * p.N;
-  int* out = p.indices + int64_t(row) * p.k;
-  const int begin = c * l.chunk, end = min(p.N, begin + l.chunk);
-  const int part = ((end - begin + kWarps - 1) / kWarps + 31) / 32 * 32;  // entries per warp
-  const int lo = min(end, begin + warp * part), hi = min(end, lo + part);
-  const unsigned below = (1u << lane) - 1u;
-  int above = 0, ties = 0;
-  for (int base = lo; base < hi; base += 32) {
-    const int i = base + lane;
-    const uint32_t key = i < hi ? topk_key(scores[i]) : 0u;
-    above += __popc(__ballot_sync(0xffffffffu, key > threshold));
-    ties += __popc(__ballot_sync(0xffffffffu, key != 0u && key == threshold));
-  }
-  if (lane == 0) {
-    warp_above[warp] = above;
-    warp_ties[warp] = ties;
-  }
   __syncthreads();
-  int tie_rank = ties_before, slot = above_before;  // ties and picks before this warp's part
-  for (int w = 0; w < warp; ++w) {
-    tie_rank += warp_ties[w];
-    slot += warp_above[w];
-  }
+  int tie_rank = before[1], slot = before[0];  // ties and picks before this warp's part
+  for (int w = 0; w < warp; ++w) tie_rank += warp_ties[w], slot += warp_above[w];
   slot += min(tie_rank, take);
-  for (int base = lo; base < hi; base += 32) {
-    const int i = base + lane;
-    const uint32_t key = i < hi ? topk_key(scores[i]) : 0u;
-    const bool tie = key != 0u && key == threshold;
+  int* out = p.indices + int64_t(row) * p.k;
+  const unsigned below = (1u << lane) - 1u;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const bool tie = key[j] != 0u && key[j] == threshold;
     const unsigned ties_here = __ballot_sync(0xffffffffu, tie);
-    const bool pick = key > threshold || (tie && tie_rank + __popc(ties_here & below) < take);
+    const bool pick = key[j] > threshold || (tie && tie_rank + __popc(ties_here & below) < take);
     const unsigned picks = __ballot_sync(0xffffffffu, pick);
-    if (pick) out[slot + __popc(picks & below)] = i;
+    if (pick) out[slot + __popc(picks & below)] = lo + j * 32 + lane;
     tie_rank += __popc(ties_here);
     slot += __popc(picks);
   }
-  if (c == l.chunks - 1)
+  if (c == l.chunks - 1) {  // this chunk's inclusive counts are the row's
+    int above_all = before[0], ties_all = before[1];
+    for (int w = 0; w < kWarps; ++w) above_all += warp_above[w], ties_all += warp_ties[w];
     for (int j = above_all + min(ties_all, take) + threadIdx.x; j < p.k; j += kThreads) out[j] = -1;
+  }
 }
 
 bool topk_split_applies(const TopkParams& p) { return p.R >= 1 && p.R <= kMaxRows && p.N >= kMinEntries; }
@@ -250,8 +252,7 @@ cudaError_t topk_split_cuda(const TopkParams& p, cudaStream_t stream) {
     topk_hist_kernel<<<grid, kThreads, 0, stream>>>(p, l, r);
     topk_select_kernel<<<unsigned(p.R), kThreads, 0, stream>>>(p, l, r);
   }
-  topk_count_kernel<<<grid, kThreads, 0, stream>>>(p, l);
-  topk_write_kernel<<<grid, kThreads, 0, stream>>>(p, l);
+  topk_write_kernel<<<unsigned(int64_t(l.chunks) * p.R), kThreads, 0, stream>>>(p, l);
   return cudaGetLastError();
 }
 

@@ -6,6 +6,32 @@
 
 namespace lcattn {
 
+// Compressed entries visible to a query at position pos (SPEC 4, 5): those whose block of `ratio`
+// positions ends at or before pos, at most N.
+LCATTN_HD int visible_entries(int pos, int ratio, int N) {
+  const int v = (pos + 1) / ratio;
+  return v < N ? v : N;
+}
+
+// The key set of one attention query of sequence b at position pos (SPEC 5): the raw-window rows of
+// positions [window_lo, window_lo + n_window), then n_entries compressed entries (the K selected
+// ones, or the visible prefix of a dense layer with ratio > 0).
+struct AttentionKeys {
+  int window_lo, n_window, n_entries;
+};
+LCATTN_HD AttentionKeys attention_keys(const AttentionParams& p, int b, int pos) {
+  const int kv0 = p.kv_start[b], last = kv0 + p.L - 1;
+  int lo = pos - p.window + 1;
+  lo = lo > 0 ? lo : 0;
+  lo = lo > kv0 ? lo : kv0;
+  const int hi = pos < last ? pos : last;
+  AttentionKeys keys;
+  keys.window_lo = lo;
+  keys.n_window = hi >= lo ? hi - lo + 1 : 0;
+  keys.n_entries = p.indices ? p.K : (p.ratio > 0 ? visible_entries(pos, p.ratio, p.N) : 0);
+  return keys;
+}
+
 // Raw row of position s of sequence b: from the chunk when s is new, else from the ring (SPEC 3).
 LCATTN_HD const float* compress_row(const CompressParams& p, const float* chunk, const float* ring, int b, int s) {
   const int s0 = p.start(b);
