@@ -32,5 +32,6 @@ def test_every_family_yields_well_formed_cases(driver, quick):
 
 
 def test_the_bench_scripts_import(driver):
-    for name in ("layers", "profile_case", "profile_decode", "profile_layer", "attention_once", "expert_parallel"):
+    for name in ("layers", "profile_case", "profile_decode", "profile_layer", "attention_once", "expert_parallel",
+                 "decode_gemm"):
         importlib.import_module(name)

@@ -9,6 +9,17 @@ from lcattn.testing import MODEL_SHAPES, assert_close, check_topk
 from lcattn.testing.bench import capture
 
 
+def check_indexer_topk(out, args, k):
+    """indexer_topk's picks against the reference scores, where entries within twice the op's own
+    scoring error of the k-th may swap (the op scores in a different summation order)."""
+    ref = reference.indexer_scores(*args, ratio=4)
+    mine = ops.indexer_scores(*args, ratio=4)
+    finite = torch.isfinite(ref)
+    assert torch.equal(finite, torch.isfinite(mine)), "visibility differs from the reference"
+    err = (mine - ref)[finite].abs().max().item() if finite.any() else 0.0
+    check_topk(out, ref, k, tol=2 * err)
+
+
 def make_indexer(B, S, N, HI, DI, device, q_start):
     q = torch.randn(B, S, HI, DI, device=device).bfloat16()
     weights = torch.randn(B, S, HI, device=device) * HI ** -0.5 * DI ** -0.5
@@ -63,8 +74,7 @@ def test_topk_corner_cases(device):
 def test_indexer_topk_matches_scores_then_topk(device, block_rows):
     args = make_indexer(2, 13, 60, 8, 32, device, [0, 200])
     out = ops.indexer_topk(*args, k=16, ratio=4, block_rows=block_rows)
-    scores = reference.indexer_scores(*args, ratio=4)
-    check_topk(out, scores, 16)
+    check_indexer_topk(out, args, 16)
     assert (out[0, :3] == -1).all(), "positions 0..2 see no entry"
 
 
@@ -73,7 +83,7 @@ def test_indexer_topk_batch_of_sequences_head_dim_128(device, block_rows):
     """Several sequences of irregular length; with block_rows 50 the blocks cross sequences."""
     args = make_indexer(3, 70, 300, 8, 128, device, [0, 1000, 133])
     out = ops.indexer_topk(*args, k=32, ratio=4, block_rows=block_rows)
-    check_topk(out, reference.indexer_scores(*args, ratio=4), 32)
+    check_indexer_topk(out, args, 32)
     assert_close(ops.indexer_scores(*args, ratio=4), reference.indexer_scores(*args, ratio=4), 1e-5, "scores")
 
 
@@ -81,7 +91,7 @@ def test_indexer_topk_model_shape(device):
     shape = MODEL_SHAPES["flash"]
     args = make_indexer(1, 3, 2048, shape["index_heads"], shape["index_dim"], device, [8190])
     out = ops.indexer_topk(*args, k=shape["index_topk"], ratio=4)
-    check_topk(out, reference.indexer_scores(*args, ratio=4), shape["index_topk"])
+    check_indexer_topk(out, args, shape["index_topk"])
 
 
 @pytest.mark.cuda
@@ -89,7 +99,7 @@ def test_indexer_topk_prefill_scale_cuda():
     shape = MODEL_SHAPES["pro"]
     args = make_indexer(1, 256, 8192, shape["index_heads"], shape["index_dim"], "cuda", [32768 - 256])
     out = ops.indexer_topk(*args, k=shape["index_topk"], ratio=4, block_rows=100)
-    check_topk(out, reference.indexer_scores(*args, ratio=4), shape["index_topk"])
+    check_indexer_topk(out, args, shape["index_topk"])
 
 
 def test_empty_inputs(device):

@@ -9,9 +9,10 @@
 // goes to weights in flight. All three operands stay in their natural layouts: w_e and x_e are
 // K-major, and y_e^T column-major is y_e row-major.
 //
-// The per-expert problems are written on the device by grouped_gemm_setup_kernel from offsets or
-// counts (no host sync, so a call replays in a CUDA graph with new offsets); CUTLASS reads them
-// there (no host problem shapes) and updates its TMA descriptors per expert.
+// The per-expert problems are written on the device from offsets or counts by each CTA of
+// grouped_gemm_kernel before the CUTLASS kernel runs in it (one launch per call, no host sync, so a
+// call replays in a CUDA graph with new offsets); CUTLASS reads them there (no host problem shapes)
+// and updates its TMA descriptors per expert.
 //
 // Gated (p.gated, moe_experts' gate+up projection): w_e's rows hold gate and up interleaved in
 // blocks of 8, so a WGMMA accumulator thread holds the gate of feature f (tile row r, r % 16 < 8) and
@@ -151,12 +152,13 @@ struct GroupedGemm {
       cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using Cluster = ClusterShape;
   using StrideA = typename Kernel::InternalStrideA;
   using StrideB = typename Kernel::InternalStrideB;
   using StrideD = typename Kernel::InternalStrideD;
   using Shape3 = typename ProblemShape::UnderlyingProblemShape;
 
-  // Per-expert arrays the setup kernel fills, carved from the front of the workspace; CUTLASS's own
+  // Per-expert arrays grouped_gemm_kernel fills, carved from the front of the workspace; CUTLASS's own
   // workspace (its per-SM TMA descriptors) follows.
   struct Arrays {
     Shape3* shapes;
@@ -220,19 +222,21 @@ struct GroupedGemm {
   }
 };
 
-// Block e writes expert e's problem (N, rows, K), operand pointers and strides; with counts (the
-// masked layout) every block also zeroes its share of the rows at or past each count. Rows come from
-// p.expert_rows, so no offset or count makes the GEMM touch memory outside x or y. y's rows hold
-// p.out_cols() values.
+// Expert e's problem (N, rows, K), operand pointers and strides, written into group e of the arrays
+// CUTLASS reads. Rows come from p.expert_rows, so no offset or count makes the GEMM touch memory
+// outside x or y.
 template <class G>
-__global__ void grouped_gemm_setup_kernel(const GroupedGemmParams p, typename G::Arrays arr,
-                                          typename G::StrideA stride_a, typename G::StrideB stride_b,
-                                          typename G::StrideD stride_d) {
-  const int e = blockIdx.x;
-  int64_t begin;
-  int rows;
-  p.expert_rows(e, begin, rows);
-  if (blockIdx.y == 0 && threadIdx.x == 0) {
+struct ProblemWriter {
+  GroupedGemmParams p;
+  typename G::Arrays arr;
+  typename G::StrideA stride_a;
+  typename G::StrideB stride_b;
+  typename G::StrideD stride_d;
+
+  __device__ void write(int e) const {
+    int64_t begin;
+    int rows;
+    p.expert_rows(e, begin, rows);
     arr.shapes[e] = typename G::Shape3(p.N, rows, p.K);
     arr.a[e] = reinterpret_cast<const typename G::Element*>(p.w) + int64_t(e) * p.N * p.K;
     arr.b[e] = reinterpret_cast<const typename G::Element*>(p.x) + begin * p.K;
@@ -241,12 +245,34 @@ __global__ void grouped_gemm_setup_kernel(const GroupedGemmParams p, typename G:
     arr.stride_b[e] = stride_b;
     arr.stride_d[e] = stride_d;
   }
-  if (p.counts) {  // rows [rows, M) of y_e, 8 bf16 at a time (p.out_cols() % 8 == 0)
+
+  // The masked layout's rows [counts[e], M) of y_e are zeros: 8 bf16 at a time (p.out_cols() % 8 ==
+  // 0), thread `t` of `threads` taking every threads-th piece of expert e's tail.
+  __device__ void zero_tail(int e, int64_t t, int64_t threads) const {
+    int64_t begin;
+    int rows;
+    p.expert_rows(e, begin, rows);
     uint4* tail = reinterpret_cast<uint4*>(p.y + (begin + rows) * p.out_cols());
     const int64_t n = int64_t(p.M - rows) * p.out_cols() / 8;
-    for (int64_t i = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.y) * blockDim.x)
-      tail[i] = make_uint4(0, 0, 0, 0);
+    for (int64_t i = t; i < n; i += threads) tail[i] = make_uint4(0, 0, 0, 0);
   }
+};
+
+// The CUTLASS kernel with the setup in front, one launch per call: every CTA writes every expert's
+// problem (the same values), so whichever groups CUTLASS's scheduler reads, this CTA's own writes,
+// ordered by the barrier, have put this call's problems there; CTA c zeroes the masked tails of
+// experts c, c + gridDim.x, ... (rows the GEMM does not write).
+template <class G>
+__global__ void __launch_bounds__(G::Kernel::MaxThreadsPerBlock, G::Kernel::MinBlocksPerMultiprocessor)
+    grouped_gemm_kernel(CUTLASS_GRID_CONSTANT typename G::Kernel::Params const params, const ProblemWriter<G> writer) {
+  const int ctas = gridDim.x * gridDim.y, cta = blockIdx.y * gridDim.x + blockIdx.x;
+  for (int e = threadIdx.x; e < writer.p.E; e += blockDim.x) writer.write(e);
+  if (writer.p.counts)
+    for (int e = cta; e < writer.p.E; e += ctas) writer.zero_tail(e, threadIdx.x, blockDim.x);
+  __syncthreads();
+  extern __shared__ char smem[];
+  typename G::Kernel op;
+  op(params, smem);
 }
 
 template <class G>
@@ -264,22 +290,33 @@ cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
   const int num_sms = device_sm_count(device);
   if (num_sms == 0) return cudaErrorInvalidDevice;
   const typename G::Arrays arr = G::carve(p.workspace, p.E);
-  const auto stride_a = cutlass::make_cute_packed_stride(typename G::StrideA{}, make_shape(p.N, p.K, 1));
-  const auto stride_b = cutlass::make_cute_packed_stride(typename G::StrideB{}, make_shape(p.M, p.K, 1));
-  const auto stride_d = cutlass::make_cute_packed_stride(typename G::StrideD{}, make_shape(p.out_cols(), p.M, 1));
-  // Zeroing the masked tails is spread over up to 16 blocks per expert.
-  const int spread = p.counts ? min(16, max(1, int((int64_t(p.M) * p.out_cols() / 8 + 4095) / 4096))) : 1;
-  grouped_gemm_setup_kernel<G><<<dim3(p.E, spread), 256, 0, stream>>>(p, arr, stride_a, stride_b, stride_d);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  typename G::Gemm gemm;
+  const ProblemWriter<G> writer{
+      p, arr, cutlass::make_cute_packed_stride(typename G::StrideA{}, make_shape(p.N, p.K, 1)),
+      cutlass::make_cute_packed_stride(typename G::StrideB{}, make_shape(p.M, p.K, 1)),
+      cutlass::make_cute_packed_stride(typename G::StrideD{}, make_shape(p.out_cols(), p.M, 1))};
   const auto args = G::arguments(p, arr, device, num_sms);
-  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
-  if (gemm.initialize(args, arr.cutlass, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
-  if (gemm.run(stream) != cutlass::Status::kSuccess) {
-    err = cudaGetLastError();
-    return err == cudaSuccess ? cudaErrorLaunchFailure : err;
-  }
-  return cudaGetLastError();
+  using Kernel = typename G::Kernel;
+  if (!Kernel::can_implement(args)) return cudaErrorInvalidValue;
+  if (Kernel::initialize_workspace(args, arr.cutlass, stream) != cutlass::Status::kSuccess)
+    return cudaErrorInvalidValue;
+  typename Kernel::Params params = Kernel::to_underlying_arguments(args, arr.cutlass);
+  const void* kernel = reinterpret_cast<const void*>(grouped_gemm_kernel<G>);
+  static PerDevice<cudaError_t> smem_limit;
+  if ((err = allow_dynamic_smem(smem_limit, kernel, Kernel::SharedStorageSize)) != cudaSuccess) return err;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = Kernel::get_grid_shape(params);
+  config.blockDim = Kernel::get_block_shape();
+  config.dynamicSmemBytes = Kernel::SharedStorageSize;
+  config.stream = stream;
+  cudaLaunchAttribute cluster;  // CTAs along the features that multicast the rows they share
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = size<0>(typename G::Cluster{});
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  config.attrs = &cluster;
+  config.numAttrs = cluster.val.clusterDim.x > 1 ? 1 : 0;
+  void* kernel_params[] = {&params, const_cast<ProblemWriter<G>*>(&writer)};
+  return cudaLaunchKernelExC(&config, kernel, kernel_params);
 }
 
 }  // namespace lcattn::moe_sm90

@@ -49,9 +49,11 @@ def assert_within_bf16_error(out: Tensor, ref: Tensor, bf16: Tensor, factor: flo
     assert err <= factor * base + floor, f"{what}: max error {err:.3e} > {factor} x {base:.3e} of bf16 torch"
 
 
-def check_topk(indices: Tensor, scores: Tensor, k: int) -> None:
+def check_topk(indices: Tensor, scores: Tensor, k: int, tol: float = 0.0) -> None:
     """SPEC 4's contract: per row, min(k, candidates) unique in-range candidates first, -1 after,
-    and min(selected score) >= max(unselected candidate score). Candidates: not -inf, not NaN."""
+    and min(selected score) >= max(unselected candidate score) - tol. Candidates: not -inf, not NaN.
+    tol > 0 where the picks were made on scores that differ from `scores` by rounding (at most tol / 2):
+    entries that close to the k-th may swap."""
     idx, s = indices.cpu().long(), scores.cpu().float()
     assert idx.shape == (*s.shape[:-1], k)
     N = s.shape[-1]
@@ -67,4 +69,5 @@ def check_topk(indices: Tensor, scores: Tensor, k: int) -> None:
         rest = cand[r].clone()
         rest[sel] = False
         if n_sel and bool(rest.any()):
-            assert s[r, sel].min() >= s[r][rest].max(), f"row {r}: a better entry was left out"
+            worst, best_left = s[r, sel].min().item(), s[r][rest].max().item()
+            assert worst >= best_left - tol, f"row {r}: a better entry was left out ({best_left} > {worst})"
