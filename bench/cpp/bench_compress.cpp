@@ -4,10 +4,10 @@
 
 int main(int argc, char** argv) {
   const bench::Args args{argc, argv};
-  const int T = args.get("tokens", 131072), m = args.get("ratio", 4), c = 512, rope = 64;
-  const bool overlap = m == 4;
-  const int width = overlap ? 2 * c : c, ring = overlap ? 2 * m : m, n_out = T / m;
-  bench::Buffer<float> kv(size_t(T) * width), score(size_t(T) * width), ape(size_t(m) * width), norm(c),
+  const int T = args.get("tokens", 131072), ratio = args.get("ratio", 4), c = 512, rope = 64;
+  const bool overlap = ratio == 4;
+  const int width = overlap ? 2 * c : c, ring = overlap ? 2 * ratio : ratio, n_out = T / ratio;
+  bench::Buffer<float> kv(size_t(T) * width), score(size_t(T) * width), ape(size_t(ratio) * width), norm(c),
       inv_freq(rope / 2), ring_kv(size_t(ring) * width), ring_score(size_t(ring) * width), out(size_t(n_out) * c);
   bench::Buffer<int> seq_lens(1), start_pos(1);
   for (auto* buf : {&kv, &score, &ape}) bench::fill(buf->host, 1.f);
@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
   seq_lens.upload(), start_pos.upload();
 
   lcattn::CompressParams p{};
-  p.B = 1, p.S = T, p.c = c, p.m = m, p.n_out = n_out, p.rope_dim = rope, p.eps = 1e-6f, p.overlap = overlap;
+  p.B = 1, p.S = T, p.c = c, p.ratio = ratio, p.n_out = n_out, p.rope_dim = rope, p.eps = 1e-6f, p.overlap = overlap;
   p.kv = kv.host.data(), p.score = score.host.data(), p.seq_lens = seq_lens.host.data();
   p.start_pos = start_pos.host.data(), p.ape = ape.host.data(), p.norm_weight = norm.host.data();
   p.inv_freq = inv_freq.host.data(), p.ring_kv = ring_kv.host.data(), p.ring_score = ring_score.host.data();
@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
   out.download();
   const double err = bench::rel_err(out.host, ref);
   bench::csv_header();
-  bench::csv_line("compress_kv", "T=" + std::to_string(T) + " ratio=" + std::to_string(m), ms, 0,
+  bench::csv_line("compress_kv", "T=" + std::to_string(T) + " ratio=" + std::to_string(ratio), ms, 0,
                   2.0 * T * width * 4 + double(n_out) * c * 4, err);
   return err < 1e-5 ? 0 : 1;
 }

@@ -1,4 +1,4 @@
-// Block KV compressor on the CPU (SPEC 3): softmax pooling, RMSNorm, RoPE at i * m.
+// Block KV compressor on the CPU (SPEC 3): softmax pooling, RMSNorm, RoPE at i * ratio.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -10,10 +10,10 @@
 namespace lcattn {
 
 void compress_kv_cpu(const CompressParams& p) {
-  const int W = p.width(), R = p.ring(), c = p.c, m = p.m;
+  const int W = p.width(), R = p.ring(), c = p.c, ratio = p.ratio;
   for (int b = 0; b < p.B; ++b) {
     const int s0 = p.start(b), end = p.end(b);
-    const int i_lo = s0 / m, i_hi = std::min(end / m, p.n_out);  // entries completed by this chunk
+    const int i_lo = s0 / ratio, i_hi = std::min(end / ratio, p.n_out);  // entries completed by this chunk
     parallel_for(std::max(0, i_hi - i_lo), [&](int64_t n) {
       const int i = i_lo + int(n);
       std::vector<float> pooled(c);
@@ -23,7 +23,7 @@ void compress_kv_cpu(const CompressParams& p) {
       const float inv_rms = 1.f / std::sqrt(ss / c + p.eps);
       for (int ch = 0; ch < c; ++ch) pooled[ch] *= inv_rms * p.norm_weight[ch];
       for (int k = 0; k < p.rope_dim / 2; ++k)
-        rope_rotate_pair(&pooled[c - p.rope_dim + 2 * k], i * m, p.inv_freq[k], 1.f);
+        rope_rotate_pair(&pooled[c - p.rope_dim + 2 * k], i * ratio, p.inv_freq[k], 1.f);
       const int64_t o = (int64_t(b) * p.n_out + i) * c;
       for (int ch = 0; ch < c; ++ch) {
         if (p.out_bf16)

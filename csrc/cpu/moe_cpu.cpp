@@ -92,7 +92,7 @@ void swiglu_cpu(const SwigluParams& p) {
     const bf16* g = p.gate_up + r * 2 * p.I;
     for (int i = 0; i < p.I; ++i)
       p.h[r * p.I + i] = float_to_bf16(
-          swiglu(bf16_to_float(g[gate_up_row(i, false)]), bf16_to_float(g[gate_up_row(i, true)]), p.limit));
+          swiglu(bf16_to_float(g[gate_up_row(i, false)]), bf16_to_float(g[gate_up_row(i, true)]), p.swiglu_limit));
   });
 }
 

@@ -10,10 +10,10 @@ namespace {
 __global__ void compress_entries_kernel(const CompressParams p) {
   extern __shared__ float pooled[];
   __shared__ float scratch[32];
-  const int b = blockIdx.y, m = p.m, c = p.c;
+  const int b = blockIdx.y, ratio = p.ratio, c = p.c;
   const int s0 = p.start(b), end = p.end(b);
-  const int i = s0 / m + blockIdx.x;
-  if (i >= end / m || i >= p.n_out) return;
+  const int i = s0 / ratio + blockIdx.x;
+  if (i >= end / ratio || i >= p.n_out) return;
   float ss = 0.f;
   for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
     pooled[ch] = compress_pool_channel(p, b, i, ch);
@@ -23,7 +23,7 @@ __global__ void compress_entries_kernel(const CompressParams p) {
   for (int ch = threadIdx.x; ch < c; ch += blockDim.x) pooled[ch] *= inv_rms * p.norm_weight[ch];
   __syncthreads();
   for (int k = threadIdx.x; k < p.rope_dim / 2; k += blockDim.x)
-    rope_rotate_pair(&pooled[c - p.rope_dim + 2 * k], i * m, p.inv_freq[k], 1.f);
+    rope_rotate_pair(&pooled[c - p.rope_dim + 2 * k], i * ratio, p.inv_freq[k], 1.f);
   __syncthreads();
   const int64_t o = (int64_t(b) * p.n_out + i) * c;
   for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
@@ -51,8 +51,8 @@ __global__ void compress_ring_kernel(const CompressParams p) {
 
 cudaError_t compress_kv_cuda(const CompressParams& p, cudaStream_t stream) {
   if (p.B == 0 || p.S == 0) return cudaSuccess;
-  // A chunk of S rows completes at most (S + m - 1) / m entries.
-  const dim3 grid(ceil_div(p.S + p.m - 1, p.m), p.B);
+  // A chunk of S rows completes at most (S + ratio - 1) / ratio entries.
+  const dim3 grid(ceil_div(p.S + p.ratio - 1, p.ratio), p.B);
   compress_entries_kernel<<<grid, 256, p.c * sizeof(float), stream>>>(p);
   compress_ring_kernel<<<dim3(p.ring(), p.B), 256, 0, stream>>>(p);
   return cudaGetLastError();

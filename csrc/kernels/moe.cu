@@ -161,7 +161,7 @@ __global__ void swiglu_kernel(const SwigluParams p) {
     uint4 out;
     bf16* ov = reinterpret_cast<bf16*>(&out);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) ov[j] = float_to_bf16(swiglu(bf16_to_float(gv[j]), bf16_to_float(uv[j]), p.limit));
+    for (int j = 0; j < 8; ++j) ov[j] = float_to_bf16(swiglu(bf16_to_float(gv[j]), bf16_to_float(uv[j]), p.swiglu_limit));
     *reinterpret_cast<uint4*>(p.h + r * p.I + i) = out;
   }
 }
@@ -242,8 +242,8 @@ cudaError_t moe_route_cuda(const RouteParams& p, cudaStream_t stream) {
 
 cudaError_t moe_permute_cuda(const PermuteParams& p, cudaStream_t stream) {
   if (p.E == 0) return cudaSuccess;
-  moe_count_kernel<<<p.E, kPermuteThreads, 0, stream>>>(p, p.scratch);
-  moe_place_kernel<<<p.E, kPermuteThreads, 0, stream>>>(p, p.scratch);
+  moe_count_kernel<<<p.E, kPermuteThreads, 0, stream>>>(p, p.counts);
+  moe_place_kernel<<<p.E, kPermuteThreads, 0, stream>>>(p, p.counts);
   if (int64_t(p.T) * p.k > 0) moe_scatter_kernel<<<unsigned(int64_t(p.T) * p.k), 128, 0, stream>>>(p);
   return cudaGetLastError();
 }

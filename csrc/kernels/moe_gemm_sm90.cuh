@@ -34,6 +34,7 @@
 #include "common/device.h"
 #include "lcattn/params.h"
 #include "lcattn/shared_math.h"
+#include "lcattn/switches.h"
 #include "moe_gemm_sm90.h"
 
 namespace lcattn::moe_sm90 {
@@ -61,7 +62,7 @@ class SwigluEpilogue {
   using TensorMapStorage = SharedStorage;
 
   struct Arguments {
-    float limit = 0.f;
+    float swiglu_limit = 0.f;
     ElementD** ptr_D = nullptr;  // per expert: h_e [rows_e, N / 2] row-major
     StrideD dD{};                // per expert: (1, N / 2, 0), i.e. h_e^T column-major
   };
@@ -115,7 +116,7 @@ class SwigluEpilogue {
             const auto gate = make_coord(make_coord(c, 0, j), mm, nn);
             const auto up = make_coord(make_coord(c, 1, j), mm, nn);
             const int r = get<0>(thr_coords(gate)), n = get<1>(thr_coords(gate));
-            if (r < M && n < N) out[n * ld + r / 16 * 8 + r % 8] = ElementD(swiglu(acc(gate), acc(up), params.limit));
+            if (r < M && n < N) out[n * ld + r / 16 * 8 + r % 8] = ElementD(swiglu(acc(gate), acc(up), params.swiglu_limit));
           }
         }
       }
@@ -152,6 +153,7 @@ struct GroupedGemm {
       cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using Tile = TileShape;
   using Cluster = ClusterShape;
   using StrideA = typename Kernel::InternalStrideA;
   using StrideB = typename Kernel::InternalStrideB;
@@ -294,7 +296,11 @@ cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
       p, arr, cutlass::make_cute_packed_stride(typename G::StrideA{}, make_shape(p.N, p.K, 1)),
       cutlass::make_cute_packed_stride(typename G::StrideB{}, make_shape(p.M, p.K, 1)),
       cutlass::make_cute_packed_stride(typename G::StrideD{}, make_shape(p.out_cols(), p.M, 1))};
-  const auto args = G::arguments(p, arr, device, num_sms);
+  const int ctas = env_is("LCATTN_GROUPED_GEMM_BALANCE", "1")
+                       ? balanced_ctas(p, size<0>(typename G::Tile{}), size<1>(typename G::Tile{}),
+                                       size<0>(typename G::Cluster{}), num_sms)
+                       : num_sms;
+  const auto args = G::arguments(p, arr, device, ctas);
   using Kernel = typename G::Kernel;
   if (!Kernel::can_implement(args)) return cudaErrorInvalidValue;
   if (Kernel::initialize_workspace(args, arr.cutlass, stream) != cutlass::Status::kSuccess)

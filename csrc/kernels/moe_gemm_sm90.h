@@ -1,6 +1,8 @@
 // The sm_90a grouped GEMM configs (moe_gemm_sm90_<name>.cu) and the heuristic that picks one.
 #pragma once
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 
 #include <cuda_runtime_api.h>
 
@@ -38,6 +40,26 @@ inline Tile pick_tile(const GroupedGemmParams& p) {
   if (rows <= 64) return Tile::n64;
   if (rows <= 160) return Tile::n128;
   return Tile::n256;
+}
+
+// CTAs of the persistent grid (at most num_sms, a multiple of the cluster): as many as give each CTA
+// the same number of tiles, for an upper bound of the tiles that M rows over E experts make. A decode
+// call fills a few waves, and with num_sms CTAs the SMs left without a tile in the last wave idle while
+// the others stream theirs: flash T=1 is 224 tiles of 1 MB, 92 CTAs with 2 and 40 with 1; 112 CTAs
+// with 2 each ran the kernel in 63.4 against 66.1 us (H200, forced grid). The masked layout's bound
+// (every expert up to M rows) is loose at decode, so it keeps about num_sms. LCATTN_GROUPED_GEMM_BALANCE=1
+// turns it on (off until the heuristic itself has run on a GPU).
+inline int balanced_ctas(const GroupedGemmParams& p, int tile_features, int tile_rows, int cluster, int num_sms) {
+  const int64_t feature_tiles = (p.N + tile_features - 1) / tile_features;
+  // sum over experts of ceil(rows_e / tile_rows): contiguous, at most M / tile_rows plus one per
+  // expert with rows (min(E, M) of them); masked, ceil(M / tile_rows) per expert.
+  const int64_t row_tiles =
+      p.counts ? int64_t(p.E) * ((p.M + tile_rows - 1) / tile_rows) : std::min<int64_t>(p.E, p.M) + p.M / tile_rows;
+  const int64_t tiles = feature_tiles * row_tiles;
+  if (tiles == 0 || num_sms <= 0) return num_sms;
+  const int64_t waves = (tiles + num_sms - 1) / num_sms;
+  const int64_t ctas = ((tiles + waves - 1) / waves + cluster - 1) / cluster * cluster;
+  return int(std::min<int64_t>(ctas, num_sms));
 }
 
 }  // namespace lcattn::moe_sm90

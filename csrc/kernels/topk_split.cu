@@ -16,6 +16,7 @@
 #include "common/reduce.cuh"
 #include "common/topk_key.cuh"
 #include "lcattn/api.h"
+#include "lcattn/switches.h"
 #include "lcattn/workspace.h"
 
 namespace lcattn {
@@ -26,7 +27,7 @@ constexpr int kBins = 2048;                 // the widest digit: 11 bits
 constexpr int kPerLane = 16;                // keys a thread holds in the write kernel
 constexpr int kWarpKeys = 32 * kPerLane;    // a warp's contiguous part of a chunk
 constexpr int kChunk = kWarps * kWarpKeys;  // entries per CTA: 4096
-constexpr int kMaxRows = 64;                // rows up to which the split path runs
+constexpr int kMaxRows = 64;                // rows up to which the split path runs (LCATTN_TOPK_SPLIT_ROWS)
 constexpr int kMinEntries = 16384;          // entries from which it runs
 
 // Round r decides bits [shift, shift + bits) of the threshold key; the bits above are known.
@@ -237,7 +238,12 @@ __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p
   }
 }
 
-bool topk_split_applies(const TopkParams& p) { return p.R >= 1 && p.R <= kMaxRows && p.N >= kMinEntries; }
+// The one-CTA kernel is the path for more than kMaxRows rows. Untested guess to measure: the split path
+// is faster there too at 32K+ entries (4 reads of the row at the chip's rate against 6 on one SM and a
+// write ordered 512 keys at a time); LCATTN_TOPK_SPLIT_ROWS=n moves the bound for that measurement.
+bool topk_split_applies(const TopkParams& p) {
+  return p.R >= 1 && p.R <= env_int("LCATTN_TOPK_SPLIT_ROWS", kMaxRows) && p.N >= kMinEntries;
+}
 
 }  // namespace
 

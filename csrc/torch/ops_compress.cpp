@@ -50,7 +50,7 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
   p.B = int(B);
   p.S = int(S);
   p.c = int(c);
-  p.m = int(ratio);
+  p.ratio = int(ratio);
   p.n_out = int(out.size(1));
   p.rope_dim = int(2 * inv_freq.size(0));
   p.eps = float(eps);

@@ -163,14 +163,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_permute(const at::Tensor& x, 
   at::Tensor x_perm = at::empty({T * k, D}, x.options());
   at::Tensor offsets = at::empty({num_experts + 1}, x.options().dtype(at::kInt));
   at::Tensor rows = at::empty({T, k}, x.options().dtype(at::kInt));
-  at::Tensor scratch = at::empty({num_experts}, x.options().dtype(at::kInt));
+  at::Tensor counts = at::empty({num_experts}, x.options().dtype(at::kInt));
   PermuteParams p{};
   p.x = ptr<const bf16>(x);
   p.indices = ptr<const int>(indices);
   p.x_perm = ptr<bf16>(x_perm);
   p.offsets = ptr<int>(offsets);
   p.rows = ptr<int>(rows);
-  p.scratch = ptr<int>(scratch);
+  p.counts = ptr<int>(counts);
   p.T = int(T);
   p.k = int(k);
   p.E = int(num_experts);

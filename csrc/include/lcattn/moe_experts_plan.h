@@ -13,7 +13,7 @@ struct MoeExpertsPlan {
   bf16* h;        // [T * k, I] SwiGLU of the gate+up projection
   int* offsets;   // [E + 1]
   int* rows;      // [T, k] row of x_perm holding slot (t, j)
-  int* scratch;   // [E]
+  int* counts;    // [E] rows per expert
   void* gemm;     // grouped GEMM workspace (CUDA)
   size_t bytes;   // up to and excluding the GEMM workspace
 
@@ -26,13 +26,13 @@ struct MoeExpertsPlan {
     h = carve.take<bf16>(R * p.I);
     offsets = carve.take<int>(p.E + 1);
     rows = carve.take<int>(R);
-    scratch = carve.take<int>(p.E);
+    counts = carve.take<int>(p.E);
     gemm = carve.take<char>(0);
     bytes = carve.bytes();
   }
 
   PermuteParams permute(const MoeExpertsParams& p) const {
-    return PermuteParams{p.x, p.indices, x_perm, offsets, rows, scratch, p.T, p.k, p.E, p.D};
+    return PermuteParams{p.x, p.indices, x_perm, offsets, rows, counts, p.T, p.k, p.E, p.D};
   }
   GroupedGemmParams gate_up_gemm(const MoeExpertsParams& p) const {
     return GroupedGemmParams{x_perm,         p.w_gate_up,   offsets,   nullptr, p.fused_swiglu ? h : gate_up,

@@ -10,7 +10,7 @@ namespace lcattn {
 
 // Block KV compressor (SPEC 3) over one chunk of new tokens per sequence.
 // width = coff * c with coff = 2 when overlap (CSA) and 1 otherwise (HCA).
-// The ring keeps the raw rows of the last coff * m positions: position s lives at s % ring.
+// The ring keeps the raw rows of the last coff * ratio positions: position s lives at s % ring.
 struct CompressParams {
   const float* kv;           // [B, S, width] a_s rows of the chunk
   const float* score;        // [B, S, width] z_s rows of the chunk, without ape
@@ -18,16 +18,16 @@ struct CompressParams {
   const int* start_pos;      // [B] absolute position of row 0 of the chunk, >= 0
   float* ring_kv;            // [B, ring, width] carry-over a rows, updated in place
   float* ring_score;         // [B, ring, width] carry-over z rows, updated in place
-  const float* ape;          // [m, width] added to z_s at s % m
+  const float* ape;          // [ratio, width] added to z_s at s % ratio
   const float* norm_weight;  // [c] RMSNorm weight of an entry
   const float* inv_freq;     // [rope_dim / 2]
   void* out;                 // [B, n_out, c] fp32 or bf16; entry i at row i, i >= n_out skipped
   bool out_bf16;
   bool overlap;
-  int B, S, c, m, n_out, rope_dim;
+  int B, S, c, ratio, n_out, rope_dim;
   float eps;
   LCATTN_HD int width() const { return overlap ? 2 * c : c; }
-  LCATTN_HD int ring() const { return overlap ? 2 * m : m; }
+  LCATTN_HD int ring() const { return overlap ? 2 * ratio : ratio; }
   // Sequence b's chunk [start(b), end(b)) with start_pos and seq_lens clamped into their ranges
   // (start >= 0, 0 <= length <= S), so no value reaches outside kv, score or the rings.
   LCATTN_HD int start(int b) const {
@@ -155,7 +155,7 @@ struct PermuteParams {
   bf16* x_perm;        // [T * k, D]; rows past offsets[E] unused
   int* offsets;        // [E + 1]
   int* rows;           // [T, k] row of x_perm that holds slot (t, j), or -1
-  int* scratch;        // [E] per-expert counts (CUDA only)
+  int* counts;         // [E] rows per expert, counted before offsets (CUDA only)
   int T, k, E, D;
   LCATTN_HD bool routed(int64_t slot) const { return indices[slot] >= 0 && indices[slot] < E; }
 };
@@ -196,7 +196,7 @@ struct SwigluParams {
   bf16* h;              // [R, I]
   int64_t R;
   int I;  // multiple of 8
-  float limit;
+  float swiglu_limit;
 };
 
 // The mHC mixing matrix of each token and site (SPEC 7): A = softmax over each row of logits, + eps,

@@ -42,10 +42,10 @@ LCATTN_HD const float* compress_row(const CompressParams& p, const float* chunk,
 // Channel ch of entry i before RMSNorm: softmax over the candidates' logits z + ape of their a.
 // CSA pools the A halves of block i-1 (absent for i = 0) and the B halves of block i.
 LCATTN_HD float compress_pool_channel(const CompressParams& p, int b, int i, int ch) {
-  const int m = p.m, W = p.width();
+  const int ratio = p.ratio, W = p.width();
   float mx = -INFINITY, sum = 0.f, acc = 0.f;
   auto visit = [&](int s, int col) {
-    const float z = compress_row(p, p.score, p.ring_score, b, s)[col] + p.ape[(s % m) * W + col];
+    const float z = compress_row(p, p.score, p.ring_score, b, s)[col] + p.ape[(s % ratio) * W + col];
     const float a = compress_row(p, p.kv, p.ring_kv, b, s)[col];
     const float nm = fmaxf(mx, z);
     const float scale = expf(mx - nm), e = expf(z - nm);
@@ -55,10 +55,10 @@ LCATTN_HD float compress_pool_channel(const CompressParams& p, int b, int i, int
   };
   if (p.overlap) {
     if (i > 0)
-      for (int r = 0; r < m; ++r) visit((i - 1) * m + r, ch);
-    for (int r = 0; r < m; ++r) visit(i * m + r, p.c + ch);
+      for (int r = 0; r < ratio; ++r) visit((i - 1) * ratio + r, ch);
+    for (int r = 0; r < ratio; ++r) visit(i * ratio + r, p.c + ch);
   } else {
-    for (int r = 0; r < m; ++r) visit(i * m + r, ch);
+    for (int r = 0; r < ratio; ++r) visit(i * ratio + r, ch);
   }
   return acc / sum;
 }

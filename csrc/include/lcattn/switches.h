@@ -11,4 +11,14 @@ inline bool env_is(const char* name, const char* value) {
   return set && std::strcmp(set, value) == 0;
 }
 
+// The integer value of the environment variable `name`, or `otherwise` when it is unset or not a
+// number.
+inline long env_int(const char* name, long otherwise) {
+  const char* set = std::getenv(name);
+  if (!set || !*set) return otherwise;
+  char* end = nullptr;
+  const long v = std::strtol(set, &end, 10);
+  return *end == '\0' ? v : otherwise;
+}
+
 }  // namespace lcattn

@@ -148,13 +148,13 @@ def moe_route(logits: Tensor, k: int, route_scale: float, bias: Optional[Tensor]
     """
     s = F.softplus(logits.float()).sqrt()
     if tid2eid is not None:
-        idx = tid2eid[token_ids.long()].long()
+        indices = tid2eid[token_ids.long()].long()
     else:
         key = s if bias is None else s + bias.float()
         key = key.masked_fill(key.isnan(), float("-inf"))
-        idx = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :k]
-    w = s.gather(1, idx)
-    return w / w.sum(-1, keepdim=True) * route_scale, idx.to(torch.int32)
+        indices = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :k]
+    weights = s.gather(1, indices)
+    return weights / weights.sum(-1, keepdim=True) * route_scale, indices.to(torch.int32)
 
 
 def moe_permute(x: Tensor, indices: Tensor, num_experts: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -171,8 +171,8 @@ def moe_permute(x: Tensor, indices: Tensor, num_experts: int) -> Tuple[Tensor, T
 
 def moe_unpermute(y: Tensor, rows: Tensor, weights: Optional[Tensor] = None) -> Tensor:
     picked = y.float()[rows.long()]  # [T, k, D]
-    w = torch.ones(rows.shape, device=y.device) if weights is None else weights.float()
-    return (picked * w[..., None]).sum(1)
+    weights = torch.ones(rows.shape, device=y.device) if weights is None else weights.float()
+    return (picked * weights[..., None]).sum(1)
 
 
 def swiglu(gate: Tensor, up: Tensor, limit: float) -> Tensor:
@@ -189,11 +189,11 @@ def moe_experts(x: Tensor, weights: Optional[Tensor], indices: Tensor, w_gate_up
     blocks = w_gate_up.float().view(E, I // 8, 2, 8, D)  # [E, block, gate | up, 8, D]
     w_gate, w_up = blocks[:, :, 0].reshape(E, I, D), blocks[:, :, 1].reshape(E, I, D)
     out = torch.zeros(T, w_down.shape[1], device=x.device)
-    w = torch.ones(T, k, device=x.device) if weights is None else weights.float()
+    weights = torch.ones(T, k, device=x.device) if weights is None else weights.float()
     for e in indices.unique().tolist():
         t, j = (indices == e).nonzero(as_tuple=True)
         gate, up = x[t].float() @ w_gate[e].T, x[t].float() @ w_up[e].T
-        out.index_add_(0, t, (swiglu(gate, up, swiglu_limit) @ w_down[e].float().T) * w[t, j, None])
+        out.index_add_(0, t, (swiglu(gate, up, swiglu_limit) @ w_down[e].float().T) * weights[t, j, None])
     return out
 
 
