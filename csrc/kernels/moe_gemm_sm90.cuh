@@ -116,7 +116,8 @@ class SwigluEpilogue {
             const auto gate = make_coord(make_coord(c, 0, j), mm, nn);
             const auto up = make_coord(make_coord(c, 1, j), mm, nn);
             const int r = get<0>(thr_coords(gate)), n = get<1>(thr_coords(gate));
-            if (r < M && n < N) out[n * ld + r / 16 * 8 + r % 8] = ElementD(swiglu(acc(gate), acc(up), params.swiglu_limit));
+            if (r < M && n < N)
+              out[n * ld + r / 16 * 8 + r % 8] = ElementD(swiglu(acc(gate), acc(up), params.swiglu_limit));
           }
         }
       }
