@@ -161,7 +161,8 @@ __global__ void swiglu_kernel(const SwigluParams p) {
     uint4 out;
     bf16* ov = reinterpret_cast<bf16*>(&out);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) ov[j] = float_to_bf16(swiglu(bf16_to_float(gv[j]), bf16_to_float(uv[j]), p.swiglu_limit));
+    for (int j = 0; j < 8; ++j)
+      ov[j] = float_to_bf16(swiglu(bf16_to_float(gv[j]), bf16_to_float(uv[j]), p.swiglu_limit));
     *reinterpret_cast<uint4*>(p.h + r * p.I + i) = out;
   }
 }
