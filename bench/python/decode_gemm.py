@@ -7,16 +7,14 @@ inside a decode step's graph (no graph-launch latency before the call); with the
 import argparse
 
 import torch
-from cases.moe import decode_routing  # bench/python/cases/, beside this script
+from cases.moe import DECODE_DIMS, decode_routing  # bench/python/cases/, beside this script
 
 from lcattn import ops
 from lcattn.testing.bench import ceilings, graphed, kernel_profile, median_ms
 
-DIMS = {"flash": (256, 2 * 2048, 4096), "pro": (384, 2 * 3072, 7168)}  # experts, 2 x expert dim, hidden
-
 
 def time_case(model: str, T: int, calls: int, repeat: int, copy: float) -> None:
-    E, N, K = DIMS[model]
+    E, N, K = DECODE_DIMS[model]
     counts = decode_routing(T, E)
     offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0).to(torch.int32)])
     w_bytes = 2 * int((counts > 0).sum()) * N * K
@@ -40,7 +38,7 @@ def main() -> None:
     torch.manual_seed(0)
     copy = ceilings()["tbps"]
     print(f"copy rate {copy:.2f} TB/s")
-    for model in DIMS:
+    for model in DECODE_DIMS:
         calls = args.calls_per_graph if model == "flash" else max(1, args.calls_per_graph // 2)  # Pro: 34 GB a set
         for T in map(int, args.tokens.split(",")):
             time_case(model, T, calls, args.repeat, copy)

@@ -25,7 +25,6 @@
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
 #include "cutlass/gemm/collective/collective_builder.hpp"
-#include "cutlass/gemm/device/gemm_universal_adapter.h"
 #include "cutlass/gemm/dispatch_policy.hpp"
 #include "cutlass/gemm/group_array_problem_shape.hpp"
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
@@ -153,7 +152,6 @@ struct GroupedGemm {
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
-  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
   using Tile = TileShape;
   using Cluster = ClusterShape;
   using StrideA = typename Kernel::InternalStrideA;
@@ -200,15 +198,15 @@ struct GroupedGemm {
            align(sizeof(StrideB) * E) + align(sizeof(StrideD) * E);
   }
 
-  static typename Gemm::Arguments arguments(const GroupedGemmParams& p, const Arrays& arr, int device, int num_sms) {
+  static typename Kernel::Arguments arguments(const GroupedGemmParams& p, const Arrays& arr, int device, int num_sms) {
     cutlass::KernelHardwareInfo hw;
     hw.device_id = device;
     hw.sm_count = num_sms;
-    typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGrouped,
-                                  {p.E, arr.shapes, nullptr},
-                                  {arr.a, arr.stride_a, arr.b, arr.stride_b},
-                                  {},
-                                  hw};
+    typename Kernel::Arguments args{cutlass::gemm::GemmUniversalMode::kGrouped,
+                                    {p.E, arr.shapes, nullptr},
+                                    {arr.a, arr.stride_a, arr.b, arr.stride_b},
+                                    {},
+                                    hw};
     if constexpr (Gated) {
       args.epilogue = {p.swiglu_limit, arr.d, arr.stride_d};
     } else {
@@ -221,7 +219,7 @@ struct GroupedGemm {
 
   static size_t workspace_bytes(const GroupedGemmParams& p, int device, int num_sms) {
     const Arrays none = carve(nullptr, p.E);
-    return arrays_bytes(p.E) + Gemm::get_workspace_size(arguments(p, none, device, num_sms));
+    return arrays_bytes(p.E) + Kernel::get_workspace_size(arguments(p, none, device, num_sms));
   }
 };
 

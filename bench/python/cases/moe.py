@@ -39,11 +39,13 @@ def decode_routing(T, E, k=6):
     return counts.to(torch.int32).to(DEV)
 
 
+DECODE_DIMS = {"flash": (256, 2 * 2048, 4096), "pro": (384, 2 * 3072, 7168)}  # experts, 2 x expert dim, hidden
+
+
 def decode_gemm_cases(quick):
     """Decode's gate + up GEMM: 1, 8, 64 tokens on 6 of 256 (Flash) / 384 (Pro) experts plus the shared
     expert as one more group, graph-replayed. Bytes: the weights of the groups that get rows, plus x, y."""
-    dims = {"flash": (256, 2 * 2048, 4096), "pro": (384, 2 * 3072, 7168)}
-    for model, (E, N, K) in dims.items():
+    for model, (E, N, K) in DECODE_DIMS.items():
         for T in (1, 64) if quick else (1, 8, 64):
             counts = decode_routing(T, E)
             M, active = int(counts.sum()), int((counts > 0).sum())
