@@ -147,12 +147,12 @@ def test_bad_input_is_rejected(device):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
-                                      (1, 65536, 65536), (2, 1100003, 600), (300, 40000, 512)])
+                                      (1, 65536, 65536), (2, 1100003, 600), (300, 40000, 512),
+                                      (4100, 16384, 300)])
 def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
-    """Few long rows spread over many CTAs (the default; LCATTN_TOPK_SPLIT=0 turns it off): the same
+    """Long rows spread over many CTAs (the default; LCATTN_TOPK_SPLIT=0 turns it off): the same
     indices as the one-CTA kernel (both take tied keys in index order), on rows with ties, -inf, NaN
-    and fewer candidates than k. More than 64 rows take the split path with LCATTN_TOPK_SPLIT_ROWS."""
-    monkeypatch.setenv("LCATTN_TOPK_SPLIT_ROWS", "4096")
+    and fewer candidates than k; 4100 rows run as two passes of at most 4096."""
     scores = torch.randn(rows, N, device="cuda")
     scores[0, ::5] = float("-inf")
     if rows > 1:

@@ -157,10 +157,10 @@ def test_grouped_gemm_each_tile_cuda(monkeypatch, tile):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("T", [1, 8, 300])
-def test_balanced_grid_cuda(monkeypatch, T):
-    """LCATTN_GROUPED_GEMM_BALANCE=1 (a persistent grid that deals each CTA the same number of tiles)
-    computes the same tiles: bitwise the default grid's output, on decode routing (6 of 256 experts
-    per token plus a shared expert) and a prefill-sized call, both layouts."""
+def test_grid_size_does_not_change_output_cuda(monkeypatch, T):
+    """The balanced persistent grid (each CTA the same number of tiles) computes the same tiles as a
+    grid of every SM and as a small odd one (LCATTN_GROUPED_GEMM_CTAS): bitwise equal, on decode
+    routing (6 of 256 experts per token plus a shared expert) and a prefill-sized call, both layouts."""
     E, N, K = 257, 4096, 512
     picks = torch.rand(T, E - 1).argsort(dim=1)[:, :6].flatten()
     counts = torch.bincount(picks, minlength=E)
@@ -168,12 +168,13 @@ def test_balanced_grid_cuda(monkeypatch, T):
     x = torch.randn(int(counts.sum()), K, device="cuda").bfloat16()
     w, offsets = expert_weights(E, N, K, "cuda"), offsets_of(counts.tolist(), "cuda")
     xm, c = torch.randn(E, T, K, device="cuda").bfloat16(), as_int(counts.tolist(), "cuda")
-    plain = ops.grouped_gemm_contiguous(x, w, offsets), ops.grouped_gemm_masked(xm, w, c)
-    monkeypatch.setenv("LCATTN_GROUPED_GEMM_BALANCE", "1")
     balanced = ops.grouped_gemm_contiguous(x, w, offsets), ops.grouped_gemm_masked(xm, w, c)
-    assert torch.equal(balanced[0], plain[0]) and torch.equal(balanced[1], plain[1])
     assert_close(balanced[0].float(), reference.grouped_gemm_contiguous(x, w, offsets), GEMM_TOL)
     assert_close(balanced[1].float(), reference.grouped_gemm_masked(xm, w, c), GEMM_TOL)
+    for ctas in ("100000", "7"):
+        monkeypatch.setenv("LCATTN_GROUPED_GEMM_CTAS", ctas)
+        forced = ops.grouped_gemm_contiguous(x, w, offsets), ops.grouped_gemm_masked(xm, w, c)
+        assert torch.equal(forced[0], balanced[0]) and torch.equal(forced[1], balanced[1]), ctas
 
 
 @pytest.mark.cuda

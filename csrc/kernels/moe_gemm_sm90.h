@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 
 #include "lcattn/params.h"
+#include "lcattn/switches.h"
 
 namespace lcattn::moe_sm90 {
 
@@ -46,9 +47,9 @@ inline Tile pick_tile(const GroupedGemmParams& p) {
 // the same number of tiles, for an upper bound of the tiles that M rows over E experts make. A decode
 // call fills a few waves, and with num_sms CTAs the SMs left without a tile in the last wave idle while
 // the others stream theirs: flash T=1 is 224 tiles of 1 MB, 92 CTAs with 2 and 40 with 1; 112 CTAs
-// with 2 each ran the kernel in 63.4 against 66.1 us (H200, forced grid). The masked layout's bound
-// (every expert up to M rows) is loose at decode, so it keeps about num_sms. LCATTN_GROUPED_GEMM_BALANCE=1
-// turns it on (off until the heuristic itself has run on a GPU).
+// with 2 each ran 0.073 against 0.077 ms in the benchmark driver, and Pro T=1 (336 tiles, 112 CTAs
+// with 3) 0.170 against 0.182 ms (H200). The masked layout's bound (every expert up to M rows) is
+// loose at decode, so it keeps about num_sms.
 inline int balanced_ctas(const GroupedGemmParams& p, int tile_features, int tile_rows, int cluster, int num_sms) {
   const int64_t feature_tiles = (p.N + tile_features - 1) / tile_features;
   // sum over experts of ceil(rows_e / tile_rows): contiguous, at most M / tile_rows plus one per
@@ -60,6 +61,14 @@ inline int balanced_ctas(const GroupedGemmParams& p, int tile_features, int tile
   const int64_t waves = (tiles + num_sms - 1) / num_sms;
   const int64_t ctas = ((tiles + waves - 1) / waves + cluster - 1) / cluster * cluster;
   return int(std::min<int64_t>(ctas, num_sms));
+}
+
+// The persistent grid: balanced_ctas, or LCATTN_GROUPED_GEMM_CTAS=n CTAs (rounded down to the cluster,
+// at most num_sms; for tests that check that every grid computes the same tiles); read per call.
+inline int grid_ctas(const GroupedGemmParams& p, int tile_features, int tile_rows, int cluster, int num_sms) {
+  const long forced = env_int("LCATTN_GROUPED_GEMM_CTAS", 0);
+  if (forced > 0) return int(std::max<long>(cluster, std::min<long>(forced, num_sms) / cluster * cluster));
+  return balanced_ctas(p, tile_features, tile_rows, cluster, num_sms);
 }
 
 }  // namespace lcattn::moe_sm90

@@ -1,5 +1,5 @@
-// Top-k of few long rows (decode: 1 to 64 rows of 16K to 256K entries) with each row spread over
-// many CTAs; the contract of SPEC 4 (ascending indices, -1 padding, NaN and -inf never picked,
+// Top-k of long rows (16K entries or more: decode's 1 to 64 rows, prefill's thousands) with each row
+// spread over many CTAs; the contract of SPEC 4 (ascending indices, -1 padding, NaN and -inf never picked,
 // deterministic). The one-CTA kernel of indexer.cu reads such a row six times on one SM and orders
 // its picks 512 at a time with two block scans each (0.92 ms for 262,144 entries). Here, per row
 // chunks of 4096 entries, one CTA each:
@@ -12,11 +12,12 @@
 //   ticket order, so every chunk they wait on is running or done), and puts its picks after theirs
 //   in index order (ties: the first ones).
 // Every count is an integer, so the result is the same on every run. LCATTN_TOPK_SPLIT=0 turns it off.
+#include <algorithm>
+
 #include "common/device.h"
 #include "common/reduce.cuh"
 #include "common/topk_key.cuh"
 #include "lcattn/api.h"
-#include "lcattn/switches.h"
 #include "lcattn/workspace.h"
 
 namespace lcattn {
@@ -27,8 +28,8 @@ constexpr int kBins = 2048;                 // the widest digit: 11 bits
 constexpr int kPerLane = 16;                // keys a thread holds in the write kernel
 constexpr int kWarpKeys = 32 * kPerLane;    // a warp's contiguous part of a chunk
 constexpr int kChunk = kWarps * kWarpKeys;  // entries per CTA: 4096
-constexpr int kMaxRows = 64;                // rows up to which the split path runs (LCATTN_TOPK_SPLIT_ROWS)
 constexpr int kMinEntries = 16384;          // entries from which it runs
+constexpr int kSliceRows = 4096;            // rows per pass: the workspace (8 KB a row) and grid.y stay bounded
 
 // Round r decides bits [shift, shift + bits) of the threshold key; the bits above are known.
 __device__ __forceinline__ int round_shift(int r) { return r == 0 ? 21 : (r == 1 ? 10 : 0); }
@@ -62,9 +63,10 @@ struct Layout {
   Layout(const TopkParams& p, void* workspace) {
     chunks = (p.N + kChunk - 1) / kChunk;
     WorkspaceCarver carve(workspace);
-    hist = carve.take<int>(size_t(p.R) * kBins);
-    state = carve.take<RowState>(p.R);
-    counts = carve.take<uint64_t>(size_t(p.R) * chunks);
+    const size_t rows = size_t(std::min<int64_t>(p.R, kSliceRows));
+    hist = carve.take<int>(rows * kBins);
+    state = carve.take<RowState>(rows);
+    counts = carve.take<uint64_t>(rows * chunks);
     ticket = carve.take<int>(1);
     bytes = carve.bytes();
   }
@@ -238,28 +240,35 @@ __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p
   }
 }
 
-// The one-CTA kernel is the path for more than kMaxRows rows. Untested guess to measure: the split path
-// is faster there too at 32K+ entries (4 reads of the row at the chip's rate against 6 on one SM and a
-// write ordered 512 keys at a time); LCATTN_TOPK_SPLIT_ROWS=n moves the bound for that measurement.
+// Any number of rows: at 4096 rows the split path reads each row 4 times at the chip's rate, against
+// the one-CTA kernel's 6 reads on one SM and its write ordered 512 keys at a time (H200, k = 512:
+// 1.14 against 1.94 ms at 32K entries, 7.4 against 18.1 ms at 256K; kernel notes).
 bool topk_split_applies(const TopkParams& p) {
-  return p.R >= 1 && p.R <= env_int("LCATTN_TOPK_SPLIT_ROWS", kMaxRows) && p.N >= kMinEntries;
+  return p.R >= 1 && p.N >= kMinEntries;
 }
 
 }  // namespace
 
 size_t topk_split_workspace_bytes(const TopkParams& p) { return topk_split_applies(p) ? Layout(p, nullptr).bytes : 0; }
 
-cudaError_t topk_split_cuda(const TopkParams& p, cudaStream_t stream) {
-  const Layout l(p, p.split_workspace);
-  cudaError_t err = cudaMemsetAsync(p.split_workspace, 0, l.bytes, stream);
-  if (err != cudaSuccess) return err;
-  const dim3 grid(unsigned(l.chunks), unsigned(p.R));
-  for (int r = 0; r < 3; ++r) {
-    topk_hist_kernel<<<grid, kThreads, 0, stream>>>(p, l, r);
-    topk_select_kernel<<<unsigned(p.R), kThreads, 0, stream>>>(p, l, r);
+cudaError_t topk_split_cuda(const TopkParams& all, cudaStream_t stream) {
+  const Layout l(all, all.split_workspace);
+  for (int64_t r0 = 0; r0 < all.R; r0 += kSliceRows) {  // rows r0 .. r0 + p.R
+    TopkParams p = all;
+    p.R = std::min<int64_t>(kSliceRows, all.R - r0);
+    p.scores += r0 * p.N;
+    p.indices += r0 * p.k;
+    cudaError_t err = cudaMemsetAsync(p.split_workspace, 0, l.bytes, stream);
+    if (err != cudaSuccess) return err;
+    const dim3 grid(unsigned(l.chunks), unsigned(p.R));
+    for (int r = 0; r < 3; ++r) {
+      topk_hist_kernel<<<grid, kThreads, 0, stream>>>(p, l, r);
+      topk_select_kernel<<<unsigned(p.R), kThreads, 0, stream>>>(p, l, r);
+    }
+    topk_write_kernel<<<unsigned(int64_t(l.chunks) * p.R), kThreads, 0, stream>>>(p, l);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
-  topk_write_kernel<<<unsigned(int64_t(l.chunks) * p.R), kThreads, 0, stream>>>(p, l);
-  return cudaGetLastError();
+  return cudaSuccess;
 }
 
 }  // namespace lcattn
