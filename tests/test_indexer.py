@@ -102,6 +102,25 @@ def test_indexer_topk_prefill_scale_cuda():
     check_indexer_topk(out, args, shape["index_topk"])
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("B,S,N,HI,q_start", [
+    (1, 33, 70, 64, [250]),               # odd rows: the last pair has one row
+    (2, 300, 517, 40, [0, 700]),          # fewer heads, entries not a multiple of 256, two row chunks
+    (3, 70, 1000, 64, [0, 1000, 133]),    # several sequences; early rows see no entry
+    (1, 513, 4100, 64, [16384 - 513]),    # prefill block of a long context
+])
+@pytest.mark.parametrize("kernel", ["wgmma", "mma.sync"])
+def test_indexer_scores_prefill_kernels_cuda(monkeypatch, B, S, N, HI, q_start, kernel):
+    """Both prefill scoring kernels for head dim 128 (wgmma with keys as M, the default; mma.sync
+    with LCATTN_INDEXER_SM90=0) against the reference, and indexer_topk on each with blocks of rows
+    that cross sequences."""
+    monkeypatch.setenv("LCATTN_INDEXER_SM90", "1" if kernel == "wgmma" else "0")
+    args = make_indexer(B, S, N, HI, 128, "cuda", q_start)
+    assert_close(ops.indexer_scores(*args, ratio=4), reference.indexer_scores(*args, ratio=4), 1e-5, "scores")
+    out = ops.indexer_topk(*args, k=64, ratio=4, block_rows=50)
+    check_indexer_topk(out, args, 64)
+
+
 def test_empty_inputs(device):
     q, w, keys, q_start = make_indexer(2, 0, 8, 2, 16, device, [0, 5])
     assert ops.indexer_scores(q, w, keys, q_start).shape == (2, 0, 8)

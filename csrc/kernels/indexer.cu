@@ -7,7 +7,9 @@
 #include "common/topk_key.cuh"
 #include "lcattn/api.h"
 #include "lcattn/indexer_topk.h"
+#include "indexer_sm90.h"
 #include "lcattn/shared_math.h"
+#include "lcattn/switches.h"
 
 namespace lcattn {
 namespace {
@@ -300,6 +302,8 @@ cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream) {
     indexer_scores_heads_kernel<<<grid, kTileThreads, kHeadsSmem, stream>>>(p);
     return cudaGetLastError();
   }
+  // wgmma with keys as M (indexer_sm90.cu); LCATTN_INDEXER_SM90=0 keeps the mma.sync kernel below.
+  if (!env_is("LCATTN_INDEXER_SM90", "0") && indexer_sm90_supported(p)) return indexer_scores_sm90(p, stream);
   if (p.DI == kTileDim) {  // the V4 indexer head dim: tensor cores, a tile of rows per head
     static PerDevice<cudaError_t> smem_limit;
     const cudaError_t attr =

@@ -1,4 +1,5 @@
-"""The Lightning Indexer's scoring with top-k, and top-k alone, against unfused torch and torch.topk."""
+"""The Lightning Indexer's scoring with top-k, its scoring alone, and top-k alone, against unfused torch
+and torch.topk."""
 import torch
 
 from cases import BF, DEV
@@ -18,14 +19,25 @@ def indexer_cases(quick):
         def ours(S=S, N=N):
             a = make(S, N)
             return lambda: ops.indexer_topk(*a, 512)
+        def scores(S=S, N=N):
+            a = make(S, N)
+            return lambda: ops.indexer_scores(*a)
+        def unfused_scores(q, w, keys):
+            return torch.einsum("bshd,bnd->bshn", q, keys).relu_().float().mul_(w[..., None]).sum(2)
         def unfused(S=S, N=N):
             q, w, keys, qs = make(S, N)
-            return lambda: torch.topk(torch.einsum("bshd,bnd->bshn", q, keys).relu_().float().mul_(
-                w[..., None]).sum(2), 512, dim=-1)
+            return lambda: torch.topk(unfused_scores(q, w, keys), 512, dim=-1)
+        def unfused_alone(S=S, N=N):
+            q, w, keys, qs = make(S, N)
+            return lambda: unfused_scores(q, w, keys)
         flops = 2 * 64 * 128 * N * S
+        in_bytes = 2 * (S * 64 * 128 + N * 128)
         # The unfused path holds S * 64 * N fp32 scores: 34 GB at N = 32768.
         baselines = {"unfused torch": unfused} if N <= 32768 else {}
-        yield "indexer_topk", f"S={S} entries={N} k=512", flops, 2 * (S * 64 * 128 + N * 128), ours, baselines, 4 * N
+        yield "indexer_topk", f"S={S} entries={N} k=512", flops, in_bytes, ours, baselines, 4 * N
+        if N <= 131072:  # the [S, N] fp32 scores: 2 GB at N = 131072
+            alone = {"unfused torch": unfused_alone} if N <= 32768 else {}
+            yield "indexer_scores", f"S={S} entries={N}", flops, in_bytes + 4 * S * N, scores, alone, 4 * N
 
 
 def topk_cases(quick):

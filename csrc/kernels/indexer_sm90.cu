@@ -1,0 +1,201 @@
+// Lightning indexer scoring on Hopper (SPEC 4) for head dim 128 and up to 64 heads: wgmma with a
+// block of keys as the M dimension and (2 query rows x 64 heads) as N, so that the sum over heads of
+// w_h ReLU(q_h . k) runs along each accumulator row: 16 products in a thread's registers, then 2
+// shuffles across the quad (with the heads as M it would run over the 8 lanes and 4 warps of a
+// column).
+//
+// One CTA = 256 keys of one sequence x up to 256 query rows of it, three warpgroups:
+//   WG2, producer: loads the keys once, then per pair of query rows q [2 x 64 heads, 128] (32 KB)
+//        with cp.async and their head weights, into a ring of 4 stages.
+//   WG0, WG1, math: WG w owns keys 128w .. 128w + 127 (two m64 tiles). Per pair: S = K Q^T
+//        (m64n128k16, 8 k-steps per tile), then per key and row sum_h w_h max(S, 0), -inf past the
+//        row's visible entries, written to the score row.
+// Rows that see no key of the block are written -inf up front and not computed.
+// Shared memory: keys 64 KB + 4 stages of 32.5 KB; tiles 128B-swizzled [2 chunks of 64 dims][rows][128 B].
+#include "common/device.h"
+#include "common/sm90.cuh"
+#include "indexer_sm90.h"
+#include "lcattn/shared_math.h"
+
+namespace lcattn {
+namespace {
+
+using namespace sm90;
+
+constexpr int kDim = 128;              // indexer head dim: K of the products
+constexpr int kHeads = 64;             // heads per query row (fewer are zero-padded)
+constexpr int kKeys = 256;             // keys per CTA: M of two warpgroups x two m64 tiles
+constexpr int kRows = 256;             // query rows per CTA at most
+constexpr int kPairRows = 2 * kHeads;  // N of a product: 2 query rows x 64 heads
+constexpr int kStages = 4;
+constexpr int kThreads = 384;
+constexpr int kKeyChunkBytes = kKeys * 128;       // 64 dims of every key: 32 KB
+constexpr int kPairChunkBytes = kPairRows * 128;  // 64 dims of a pair's 128 head rows: 16 KB
+
+struct SharedStorage {
+  alignas(1024) uint8_t keys[2 * kKeyChunkBytes];             // [2 chunks][256 keys][128 B]
+  alignas(1024) uint8_t q[kStages][2 * kPairChunkBytes];      // [2 chunks][row 0's heads, row 1's][128 B]
+  float w[kStages][kPairRows];                                // head weights, 0 for absent heads and rows
+  uint64_t keys_full, full[kStages], empty[kStages];
+};
+constexpr int kSmemBytes = sizeof(SharedStorage) + 1024;  // + room to align the base to 1024
+static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
+
+__host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int64_t row) {
+  return row / p.S * ceil_div(p.S, kRows) + row % p.S / kRows;
+}
+
+// grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreads threads.
+__global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const IndexerParams p) {
+  extern __shared__ uint8_t smem_raw[];
+  SharedStorage& sm =
+      *reinterpret_cast<SharedStorage*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const int n0 = blockIdx.x * kKeys;
+  const int64_t chunk = chunk_of(p, p.row_begin) + blockIdx.y;
+  const int chunks_per_seq = ceil_div(p.S, kRows);
+  const int b = int(chunk / chunks_per_seq), s0 = int(chunk % chunks_per_seq) * kRows;
+  const int64_t seq_row0 = int64_t(b) * p.S;  // flattened row of position s = 0
+  // Positions [s_lo, s_hi) of this chunk that lie in the rows being scored.
+  const int s_lo = int(max(int64_t(s0), p.row_begin - seq_row0));
+  const int s_hi = int(min(int64_t(min(s0 + kRows, p.S)), p.row_end - seq_row0));
+  if (s_lo >= s_hi) return;
+  const int q0 = p.q_start[b];
+  // The first position that sees entry n0: (pos + 1) / ratio > n0.
+  const int s_first = int(min(int64_t(s_hi), max(int64_t(s_lo), int64_t(p.ratio) * (n0 + 1) - 1 - q0)));
+  const int n_end = min(n0 + kKeys, p.N);
+  for (int64_t x = threadIdx.x; x < int64_t(s_first - s_lo) * (n_end - n0); x += kThreads) {
+    const int s = s_lo + int(x / (n_end - n0)), n = n0 + int(x % (n_end - n0));
+    p.scores[(seq_row0 + s - p.row_begin) * p.N + n] = -INFINITY;
+  }
+  const int pairs = (s_hi - s_first + 1) / 2;
+  if (pairs == 0) return;
+  const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
+
+  if (threadIdx.x == 0) {
+    mbar_init(&sm.keys_full, 128);
+    for (int i = 0; i < kStages; ++i) {
+      mbar_init(&sm.full[i], 256);   // 128 cp.async arrivals + 128 weight stores
+      mbar_init(&sm.empty[i], 256);  // every math thread, after its products and weight loads
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 2) {  // ---------------------------------------------------------------- producer
+    reg_dealloc<40>();
+    const bf16* keys = p.keys + (int64_t(b) * p.N + n0) * kDim;
+    for (int v = tid; v < kKeys * 16; v += 128) {  // 16-byte unit u of key r
+      const int r = v / 16, u = v % 16;
+      const bool valid = n0 + r < p.N;
+      cp_async_16(sm.keys + (u / 8) * kKeyChunkBytes + swizzled(r, u % 8), valid ? keys + r * kDim + u * 8 : p.keys,
+                  valid ? 16 : 0);
+    }
+    mbar_arrive_cp_async(&sm.keys_full);
+    for (int i = 0; i < pairs; ++i) {
+      const int stage = i % kStages;
+      if (i >= kStages) mbar_wait(&sm.empty[stage], ((i / kStages) - 1) & 1);
+      const int s_pair = s_first + 2 * i;
+      for (int v = tid; v < kPairRows * 16; v += 128) {  // unit u of head row r (query row s_pair + r / 64)
+        const int r = v / 16, u = v % 16, s = s_pair + r / kHeads, h = r % kHeads;
+        const bool valid = s < s_hi && h < p.HI;
+        const bf16* src = p.q + ((seq_row0 + s) * p.HI + h) * kDim + u * 8;
+        cp_async_16(sm.q[stage] + (u / 8) * kPairChunkBytes + swizzled(r, u % 8), valid ? src : p.q, valid ? 16 : 0);
+      }
+      mbar_arrive_cp_async(&sm.full[stage]);
+      {
+        const int s = s_pair + tid / kHeads, h = tid % kHeads;
+        sm.w[stage][tid] = s < s_hi && h < p.HI ? p.weights[(seq_row0 + s) * p.HI + h] : 0.f;
+      }
+      mbar_arrive(&sm.full[stage]);
+    }
+    return;
+  }
+
+  // ------------------------------------------------------------------------------------ math
+  reg_alloc<232>();
+  const int c0 = (lane % 4) * 2;  // this thread's columns c0, c0 + 1 of every 8-column block
+  // This thread's keys: accumulator rows warp * 16 + lane / 4 (+ 8) of tiles 0 and 1.
+  const int key0 = n0 + 128 * wg + warp * 16 + lane / 4;
+  mbar_wait(&sm.keys_full, 0);
+  for (int i = 0; i < pairs; ++i) {
+    const int stage = i % kStages;
+    mbar_wait(&sm.full[stage], (i / kStages) & 1);
+    fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
+    float acc[2][64];
+    wgmma_fence();
+#pragma unroll
+    for (int t = 0; t < 2; ++t)
+#pragma unroll
+      for (int ks = 0; ks < 8; ++ks) {
+        const int chunk_off = (ks / 4) * kKeyChunkBytes + (ks % 4) * 32;
+        wgmma_m64n128k16_ss(acc[t], smem_desc(sm.keys + chunk_off + (128 * wg + 64 * t) * 128, 16, 1024),
+                            smem_desc(sm.q[stage] + (ks / 4) * kPairChunkBytes + (ks % 4) * 32, 16, 1024), ks > 0);
+      }
+    wgmma_commit();
+    // Weights of this thread's columns: query row q, head 8 j + c0 + e.
+    float2 w[2][8];
+#pragma unroll
+    for (int q = 0; q < 2; ++q)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) w[q][j] = *reinterpret_cast<const float2*>(&sm.w[stage][q * kHeads + 8 * j + c0]);
+    wgmma_wait<0>();
+    fence_registers(acc[0]);
+    fence_registers(acc[1]);
+    mbar_arrive(&sm.empty[stage]);
+
+    // sums[t][q][half]: key row (tile t, + 8 half) against query row q, over this thread's heads.
+    float sums[2][2][2];
+#pragma unroll
+    for (int t = 0; t < 2; ++t)
+#pragma unroll
+      for (int q = 0; q < 2; ++q)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          float sum = 0.f;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const float* a = &acc[t][(8 * q + j) * 4 + 2 * half];
+            sum += w[q][j].x * fmaxf(a[0], 0.f) + w[q][j].y * fmaxf(a[1], 0.f);
+          }
+          sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+          sums[t][q][half] = sum + __shfl_xor_sync(0xffffffffu, sum, 2);
+        }
+    // Lane l of a quad writes (tile, query row) = (l % 4 / 2, l % 2), both halves.
+    const int t = (lane % 4) / 2, q = lane % 2, s = s_first + 2 * i + q;
+    if (s < s_hi) {
+      const int visible = visible_entries(q0 + s, p.ratio, p.N);
+      float* dst = p.scores + (seq_row0 + s - p.row_begin) * p.N;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int n = key0 + 64 * t + 8 * half;
+        // Select the register by the lane's (t, q) without dynamic indexing.
+        float v = sums[0][0][half];
+        v = (t == 0 && q == 1) ? sums[0][1][half] : v;
+        v = (t == 1 && q == 0) ? sums[1][0][half] : v;
+        v = (t == 1 && q == 1) ? sums[1][1][half] : v;
+        if (n < p.N) dst[n] = n < visible ? v : -INFINITY;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool indexer_sm90_supported(const IndexerParams& p) {
+  if (p.DI != kDim || p.HI > kHeads || p.HI < 1 || p.N < 1 || p.row_end <= p.row_begin) return false;
+  return chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1 <= 65535;  // grid.y
+}
+
+cudaError_t indexer_scores_sm90(const IndexerParams& p, cudaStream_t stream) {
+  if (!indexer_sm90_supported(p)) return cudaErrorInvalidValue;
+  static PerDevice<cudaError_t> smem_limit;
+  const cudaError_t err =
+      allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(indexer_scores_sm90_kernel), kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
+  const dim3 grid(unsigned(ceil_div(p.N, kKeys)), unsigned(chunks));
+  indexer_scores_sm90_kernel<<<grid, kThreads, kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace lcattn
