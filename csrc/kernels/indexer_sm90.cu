@@ -33,9 +33,9 @@ constexpr int kKeyChunkBytes = kKeys * 128;       // 64 dims of every key: 32 KB
 constexpr int kPairChunkBytes = kPairRows * 128;  // 64 dims of a pair's 128 head rows: 16 KB
 
 struct SharedStorage {
-  alignas(1024) uint8_t keys[2 * kKeyChunkBytes];             // [2 chunks][256 keys][128 B]
-  alignas(1024) uint8_t q[kStages][2 * kPairChunkBytes];      // [2 chunks][row 0's heads, row 1's][128 B]
-  float w[kStages][kPairRows];                                // head weights, 0 for absent heads and rows
+  alignas(1024) uint8_t keys[2 * kKeyChunkBytes];         // [2 chunks][256 keys][128 B]
+  alignas(1024) uint8_t q[kStages][2 * kPairChunkBytes];  // [2 chunks][row 0's heads, row 1's][128 B]
+  float w[kStages][kPairRows];                            // head weights, 0 for absent heads and rows
   uint64_t keys_full, full[kStages], empty[kStages];
 };
 constexpr int kSmemBytes = sizeof(SharedStorage) + 1024;  // + room to align the base to 1024

@@ -295,8 +295,8 @@ cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
       p, arr, cutlass::make_cute_packed_stride(typename G::StrideA{}, make_shape(p.N, p.K, 1)),
       cutlass::make_cute_packed_stride(typename G::StrideB{}, make_shape(p.M, p.K, 1)),
       cutlass::make_cute_packed_stride(typename G::StrideD{}, make_shape(p.out_cols(), p.M, 1))};
-  const int ctas = grid_ctas(p, size<0>(typename G::Tile{}), size<1>(typename G::Tile{}),
-                             size<0>(typename G::Cluster{}), num_sms);
+  const int ctas =
+      grid_ctas(p, size<0>(typename G::Tile{}), size<1>(typename G::Tile{}), size<0>(typename G::Cluster{}), num_sms);
   const auto args = G::arguments(p, arr, device, ctas);
   using Kernel = typename G::Kernel;
   if (!Kernel::can_implement(args)) return cudaErrorInvalidValue;
