@@ -121,6 +121,67 @@ def test_indexer_scores_prefill_kernels_cuda(monkeypatch, B, S, N, HI, q_start, 
     check_indexer_topk(out, args, 64)
 
 
+def fp8_indexer(B, S, N, HI, DI, device, q_start):
+    """make_indexer's inputs in the fp8 form: q quantized per (token, head) with its scales folded
+    into the weights, keys per entry (ops.quantize_e4m3); and the bf16 inputs they came from."""
+    q, w, keys, qs = make_indexer(B, S, N, HI, DI, device, q_start)
+    q8, q_scales = ops.quantize_e4m3(q)
+    k8, key_scales = ops.quantize_e4m3(keys)
+    return (q8, w * q_scales, k8, qs, key_scales), (q, w, keys, qs)
+
+
+@pytest.mark.parametrize("B,S,N,HI,DI,q_start", [
+    (1, 5, 40, 8, 32, [100]),             # general CUDA kernel
+    (3, 1, 1000, 64, 128, [2, 4000, 2100]),  # decode: the heads-as-M kernel
+    (2, 33, 300, 64, 128, [0, 700]),      # prefill: the wgmma kernel
+])
+def test_indexer_fp8_form(device, B, S, N, HI, DI, q_start):
+    """e4m3 q and keys with key_scales: scores as the reference computes them from the same e4m3
+    values (the entry's scale after the head sum), close to the bf16 scores they quantize, and
+    indexer_topk's picks by those scores."""
+    (q8, w8, k8, qs, key_scales), bf16_args = fp8_indexer(B, S, N, HI, DI, device, q_start)
+    mine = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
+    ref = reference.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
+    assert_close(mine, ref, 1e-5, "fp8 scores")
+    assert_close(mine, reference.indexer_scores(*bf16_args, ratio=4), 0.1, "fp8 against bf16 scores")
+    out = ops.indexer_topk(q8, w8, k8, qs, k=16, ratio=4, block_rows=7, key_scales=key_scales)
+    finite = torch.isfinite(ref)
+    err = (mine - ref)[finite].abs().max().item() if finite.any() else 0.0
+    check_topk(out, ref, 16, tol=2 * err)
+
+
+def test_indexer_key_scales_on_bf16(device):
+    """key_scales also scale bf16 keys' scores (entry by entry, after the head sum)."""
+    args = make_indexer(2, 9, 50, 8, 32, device, [0, 150])
+    key_scales = torch.rand(2, 50, device=device)
+    assert_close(ops.indexer_scores(*args, ratio=4, key_scales=key_scales),
+                 reference.indexer_scores(*args, ratio=4) * key_scales[:, None, :], 1e-5, "scaled scores")
+
+
+def test_indexer_fp8_bad_input(device):
+    (q8, w8, k8, qs, key_scales), (q, w, keys, _) = fp8_indexer(1, 3, 20, 4, 16, device, [40])
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_scores: e4m3 q and keys need key_scales \[B, N\]"):
+        ops.indexer_scores(q8, w8, k8, qs)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_topk: keys must be Float8_e4m3fn, got BFloat16"):
+        ops.indexer_topk(q8, w8, keys, qs, k=4, key_scales=key_scales)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_scores: key_scales dim 1 must be 20"):
+        ops.indexer_scores(q8, w8, k8, qs, key_scales=key_scales[:, :5].contiguous())
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_scores: key_scales must be Float"):
+        ops.indexer_scores(q, w, keys, qs, key_scales=key_scales.double())
+
+
+def test_quantize_e4m3_round_trip(device):
+    """Each row's largest magnitude maps to 448 and back to within e4m3 rounding (3 mantissa bits);
+    a zero row gets the floor scale and stays zero."""
+    x = torch.randn(5, 7, 128, device=device) * torch.logspace(-3, 3, 7, device=device)[:, None]
+    x[0, 0] = 0
+    x8, scales = ops.quantize_e4m3(x)
+    assert x8.dtype == torch.float8_e4m3fn and scales.shape == (5, 7)
+    back = x8.float() * scales[..., None]
+    assert ((back - x).abs() <= x.abs() * 2 ** -4 + scales[..., None] * 2 ** -9).all()
+    assert (x8.float().abs().amax(-1)[1:] == 448).all() and (x8[0, 0].float() == 0).all()
+
+
 def test_empty_inputs(device):
     q, w, keys, q_start = make_indexer(2, 0, 8, 2, 16, device, [0, 5])
     assert ops.indexer_scores(q, w, keys, q_start).shape == (2, 0, 8)

@@ -34,7 +34,7 @@ void indexer_scores_cpu(const IndexerParams& p) {
         for (int d = 0; d < p.DI; ++d) dot += q[j * p.DI + d] * bf16_to_float(key[d]);
         total += w[j] * std::max(dot, 0.f);
       }
-      out[i] = total;
+      out[i] = p.key_scale(b, i) * total;
     }
   });
 }

@@ -44,6 +44,7 @@ __global__ void indexer_scores_kernel(const IndexerParams p) {
         for (int d = lane; d < p.DI; d += 32) dot += q[h * p.DI + d] * key[d];
         total += w[h] * fmaxf(warp_sum(dot), 0.f);
       }
+      total *= p.key_scale(b, i);
       __syncwarp();
     }
     if (lane == 0) p.scores[n * p.N + i] = total;
@@ -150,7 +151,7 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_mma_kernel(const 
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         const int n = n0 + wn + nt * 8 + 2 * t + j;
-        if (n < p.N) dst[n] = n < visible ? out[nt][2 * half + j] : -INFINITY;
+        if (n < p.N) dst[n] = n < visible ? p.key_scale(b, n) * out[nt][2 * half + j] : -INFINITY;
       }
   }
 }
@@ -204,7 +205,7 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_heads_kernel(cons
     const int n = n0 + i;
     if (n >= p.N) break;
     const float total = partial[i] + partial[kTileKeys + i] + partial[2 * kTileKeys + i] + partial[3 * kTileKeys + i];
-    dst[n] = n < visible ? total : -INFINITY;
+    dst[n] = n < visible ? p.key_scale(b, n) * total : -INFINITY;
   }
 }
 

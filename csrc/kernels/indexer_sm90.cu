@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
         v = (t == 0 && q == 1) ? sums[0][1][half] : v;
         v = (t == 1 && q == 0) ? sums[1][0][half] : v;
         v = (t == 1 && q == 1) ? sums[1][1][half] : v;
-        if (n < p.N) dst[n] = n < visible ? v : -INFINITY;
+        if (n < p.N) dst[n] = n < visible ? p.key_scale(b, n) * v : -INFINITY;
       }
     }
   }

@@ -1,5 +1,6 @@
 // Adapters of the Lightning indexer ops (SPEC 4): scores, top-k, fused scoring + top-k, gather.
 #include <algorithm>
+#include <optional>
 
 #include "checks.h"
 #include "lcattn/indexer_topk.h"
@@ -7,23 +8,38 @@
 namespace lcattn {
 namespace {
 
-IndexerParams indexer_params(const char* op, const at::Tensor& q, const at::Tensor& weights, const at::Tensor& keys,
-                             const at::Tensor& q_start, int64_t ratio) {
+// The scoring inputs as the kernels read them: bf16 q and keys, or e4m3 ones with key_scales, which
+// are widened to bf16 here (exactly: every e4m3 value is a bf16 value) and held for the call.
+struct IndexerInputs {
+  at::Tensor q, keys;  // bf16
+  IndexerParams p{};
+};
+
+IndexerInputs indexer_inputs(const char* op, const at::Tensor& q, const at::Tensor& weights, const at::Tensor& keys,
+                             const at::Tensor& q_start, int64_t ratio, const std::optional<at::Tensor>& key_scales) {
   LCATTN_CHECK(q.dim() == 4, op, "q must be [B, S, HI, DI], got shape ", q.sizes());
   LCATTN_CHECK(keys.dim() == 3, op, "keys must be [B, N, DI], got shape ", keys.sizes());
   LCATTN_CHECK(ratio >= 1, op, "ratio must be >= 1, got ", ratio);
   const int64_t B = q.size(0), S = q.size(1), HI = q.size(2), DI = q.size(3), N = keys.size(1);
-  check_tensor(op, "q", q, at::kBFloat16, {B, S, HI, DI}, q);
+  const bool fp8 = q.scalar_type() == at::kFloat8_e4m3fn;
+  const at::ScalarType dtype = fp8 ? at::kFloat8_e4m3fn : at::kBFloat16;
+  LCATTN_CHECK(!fp8 || key_scales.has_value(), op, "e4m3 q and keys need key_scales [B, N]");
+  check_tensor(op, "q", q, dtype, {B, S, HI, DI}, q);
   check_tensor(op, "weights", weights, at::kFloat, {B, S, HI}, q);
-  check_tensor(op, "keys", keys, at::kBFloat16, {B, N, DI}, q);
+  check_tensor(op, "keys", keys, dtype, {B, N, DI}, q);
   check_tensor(op, "q_start", q_start, at::kInt, {B}, q);
+  if (key_scales) check_tensor(op, "key_scales", *key_scales, at::kFloat, {B, N}, q);
   LCATTN_CHECK(HI * DI <= 8192, op, "HI * DI must be <= 8192, got ", HI * DI);
   check_values(op, "q_start", q_start, 0, INT32_MAX - S);
-  IndexerParams p{};
-  p.q = ptr<const bf16>(q);
+  IndexerInputs in;
+  in.q = fp8 ? q.to(at::kBFloat16) : q;
+  in.keys = fp8 ? keys.to(at::kBFloat16) : keys;
+  IndexerParams& p = in.p;
+  p.q = ptr<const bf16>(in.q);
   p.weights = ptr<const float>(weights);
-  p.keys = ptr<const bf16>(keys);
+  p.keys = ptr<const bf16>(in.keys);
   p.q_start = ptr<const int>(q_start);
+  p.key_scales = key_scales ? ptr<const float>(*key_scales) : nullptr;
   p.B = int(B);
   p.S = int(S);
   p.HI = int(HI);
@@ -32,13 +48,14 @@ IndexerParams indexer_params(const char* op, const at::Tensor& q, const at::Tens
   p.ratio = int(ratio);
   p.row_begin = 0;
   p.row_end = B * S;
-  return p;
+  return in;
 }
 
 at::Tensor indexer_scores(const at::Tensor& q, const at::Tensor& weights, const at::Tensor& keys,
-                          const at::Tensor& q_start, int64_t ratio) {
+                          const at::Tensor& q_start, int64_t ratio, const std::optional<at::Tensor>& key_scales) {
   constexpr const char* op = "indexer_scores";
-  IndexerParams p = indexer_params(op, q, weights, keys, q_start, ratio);
+  IndexerInputs in = indexer_inputs(op, q, weights, keys, q_start, ratio, key_scales);
+  IndexerParams& p = in.p;
   at::Tensor scores = at::empty({p.B, p.S, p.N}, q.options().dtype(at::kFloat));
   p.scores = ptr<float>(scores);
   LCATTN_RUN(op, q, indexer_scores, p);
@@ -89,9 +106,11 @@ at::Tensor topk_indices(const at::Tensor& scores, int64_t k) {
 
 // Scores a block of query rows at a time, so memory stays O(rows_per_block * N), not O(S * N).
 at::Tensor indexer_topk(const at::Tensor& q, const at::Tensor& weights, const at::Tensor& keys,
-                        const at::Tensor& q_start, int64_t k, int64_t ratio, int64_t block_rows) {
+                        const at::Tensor& q_start, int64_t k, int64_t ratio, int64_t block_rows,
+                        const std::optional<at::Tensor>& key_scales) {
   constexpr const char* op = "indexer_topk";
-  IndexerParams p = indexer_params(op, q, weights, keys, q_start, ratio);
+  const IndexerInputs in = indexer_inputs(op, q, weights, keys, q_start, ratio, key_scales);
+  const IndexerParams& p = in.p;
   check_k(op, k);
   LCATTN_CHECK(block_rows >= 0, op, "block_rows must be >= 0, got ", block_rows);
   at::Tensor indices = at::empty({p.B, p.S, k}, q.options().dtype(at::kInt));

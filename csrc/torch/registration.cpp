@@ -43,12 +43,15 @@ TORCH_LIBRARY(lcattn, m) {
       "Tensor(b!) ring_score, Tensor ape, Tensor norm_weight, Tensor inv_freq, Tensor(c!) out, int ratio, "
       "bool overlap, float eps=1e-06) -> ()");
   // [4] Lightning indexer.
-  def(m, "indexer_scores(Tensor q, Tensor weights, Tensor keys, Tensor q_start, int ratio=4) -> Tensor");
+  // key_scales [B, N]: e4m3 q and keys (the q scales folded into weights) and each entry's scale.
+  def(m,
+      "indexer_scores(Tensor q, Tensor weights, Tensor keys, Tensor q_start, int ratio=4, "
+      "Tensor? key_scales=None) -> Tensor");
   def(m, "topk_indices(Tensor scores, int k) -> Tensor");
   // block_rows: query rows scored at a time (0 = as many as fit in 256 MiB of fp32 scores).
   def(m,
       "indexer_topk(Tensor q, Tensor weights, Tensor keys, Tensor q_start, int k, int ratio=4, "
-      "int block_rows=0) -> Tensor");
+      "int block_rows=0, Tensor? key_scales=None) -> Tensor");
   def(m, "gather_rows(Tensor pool, Tensor indices) -> Tensor");
   // [5] Attention over the window, compressed entries and the sink; scale None = head_dim^-0.5.
   def(m,

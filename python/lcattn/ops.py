@@ -49,17 +49,32 @@ def compress_state(batch: int, ratio: int, width: int, overlap: bool,
             torch.zeros(shape, dtype=torch.float32, device=device))
 
 
-def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, ratio: int = 4) -> Tensor:
+E4M3_MAX = 448.0
+
+
+def quantize_e4m3(x: Tensor, min_amax: float = 1e-4) -> Tuple[Tensor, Tensor]:
+    """x [..., D] -> (float8_e4m3fn [..., D], fp32 scales [...]): per row s = max(amax, min_amax) / 448
+    and x / s rounded to nearest; x = s * result up to e4m3 rounding. The rule DeepSeek's fp8
+    indexer uses for its q (per token and head) and keys (per entry); compress_kv applies the same
+    one when it writes e4m3 entries. Plain torch ops (capturable, compilable)."""
+    scales = x.float().abs().amax(dim=-1).clamp_min(min_amax) / E4M3_MAX
+    q = (x.float() / scales[..., None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return q, scales
+
+
+def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, ratio: int = 4,
+                   key_scales: Optional[Tensor] = None) -> Tensor:
     """Lightning indexer scores (SPEC 4): [B, S, N] fp32, -inf where entry i >= (p + 1) // ratio.
 
     q [B, S, HI, DI] bf16 (rotated), weights [B, S, HI] fp32 (scales folded in), keys [B, N, DI]
-    bf16, q_start [B] int32.
+    bf16, q_start [B] int32. fp8 form: q and keys float8_e4m3fn (q's scales folded into weights)
+    and key_scales [B, N] fp32, which multiplies entry i's score after the head sum.
     """
-    return _ops.indexer_scores(q, weights, keys, q_start, ratio)
+    return _ops.indexer_scores(q, weights, keys, q_start, ratio, key_scales)
 
 
 @torch.library.register_fake("lcattn::indexer_scores")
-def _(q, weights, keys, q_start, ratio=4):
+def _(q, weights, keys, q_start, ratio=4, key_scales=None):
     return q.new_empty((q.shape[0], q.shape[1], keys.shape[1]), dtype=torch.float32)
 
 
@@ -75,17 +90,17 @@ def _(scores, k):
 
 
 def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, k: int, ratio: int = 4,
-                 block_rows: int = 0) -> Tensor:
+                 block_rows: int = 0, key_scales: Optional[Tensor] = None) -> Tensor:
     """Indexer scoring and top-k (SPEC 4) -> [B, S, k] int32, as topk_indices(indexer_scores(...)).
 
     Scores block_rows query rows at a time (0: as many as fit in 256 MiB), so memory is
-    O(block_rows * N) rather than O(S * N).
+    O(block_rows * N) rather than O(S * N). key_scales: the fp8 form, as in indexer_scores.
     """
-    return _ops.indexer_topk(q, weights, keys, q_start, k, ratio, block_rows)
+    return _ops.indexer_topk(q, weights, keys, q_start, k, ratio, block_rows, key_scales)
 
 
 @torch.library.register_fake("lcattn::indexer_topk")
-def _(q, weights, keys, q_start, k, ratio=4, block_rows=0):
+def _(q, weights, keys, q_start, k, ratio=4, block_rows=0, key_scales=None):
     return q.new_empty((q.shape[0], q.shape[1], k), dtype=torch.int32)
 
 

@@ -43,8 +43,12 @@ struct IndexerParams {
   const bf16* keys;      // [B, N, DI] compressed indexer keys
   const int* q_start;    // [B] position of query row 0 of each sequence
   float* scores;         // [row_end - row_begin, N]; entry i of a query at p is -inf unless i < (p+1)/ratio
+  // [B, N] or null: entry i's score is multiplied by it after the head sum (the dequantization of fp8
+  // keys: a scale s >= 0 commutes with the ReLU).
+  const float* key_scales;
   int B, S, HI, DI, N, ratio;
   int64_t row_begin, row_end;
+  LCATTN_HD float key_scale(int b, int i) const { return key_scales ? key_scales[int64_t(b) * N + i] : 1.f; }
 };
 
 // Per-row top-k (SPEC 4): min(k, candidates) indices in ascending order, then -1.

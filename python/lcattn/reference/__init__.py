@@ -54,10 +54,14 @@ def _positions(q_start: Tensor, S: int) -> Tensor:
     return q_start.long()[:, None] + torch.arange(S, device=q_start.device)  # [B, S]
 
 
-def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, ratio: int = 4) -> Tensor:
-    """SPEC 4: I[b, s, i] = sum_j w_j ReLU(q_j . k_i) for visible i, else -inf."""
+def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, ratio: int = 4,
+                   key_scales: Optional[Tensor] = None) -> Tensor:
+    """SPEC 4: I[b, s, i] = c_i sum_j w_j ReLU(q_j . k_i) for visible i, else -inf; c_i = key_scales[b, i]
+    (1 without them; q and keys may then be float8_e4m3fn)."""
     dots = torch.einsum("bshd,bnd->bshn", q.float(), keys.float()).relu()
     scores = torch.einsum("bsh,bshn->bsn", weights.float(), dots)
+    if key_scales is not None:
+        scores = scores * key_scales.float()[:, None, :]
     visible = (_positions(q_start, q.shape[1]) + 1) // ratio  # [B, S]
     i = torch.arange(keys.shape[1], device=q.device)
     return scores.masked_fill(i >= visible[..., None], float("-inf"))
