@@ -21,10 +21,13 @@ def make_inputs(B, T, ratio, overlap, c, rope_dim, device):
 
 
 def run_chunks(kv, score, ape, norm_weight, inv_freq, ratio, overlap, chunks, lengths, out_dtype=torch.float32):
-    """Feeds each sequence its tokens in the given chunk sizes (a list per call, padded batch)."""
+    """Feeds each sequence its tokens in the given chunk sizes (a list per call, padded batch); with
+    an e4m3 out_dtype returns (out, out_scales)."""
     B, T, width = kv.shape
     c = width // 2 if overlap else width
     out = torch.full((B, T // ratio + 1, c), float("nan"), device=kv.device, dtype=out_dtype)
+    e4m3 = out_dtype == torch.float8_e4m3fn
+    out_scales = torch.full((B, T // ratio + 1), float("nan"), device=kv.device) if e4m3 else None
     ring_kv, ring_score = ops.compress_state(B, ratio, width, overlap, kv.device)
     ring_kv.fill_(float("nan"))  # never read before written
     pos = [0] * B
@@ -38,10 +41,40 @@ def run_chunks(kv, score, ape, norm_weight, inv_freq, ratio, overlap, chunks, le
         seq_lens = torch.tensor(sizes, dtype=torch.int32, device=kv.device)
         start = torch.tensor(pos, dtype=torch.int32, device=kv.device)
         ops.compress_kv(ckv, csc, seq_lens, start, ring_kv, ring_score, ape, norm_weight, inv_freq, out, ratio,
-                        overlap)
+                        overlap, out_scales=out_scales)
         pos = [p + n for p, n in zip(pos, sizes)]
     assert pos == lengths
-    return out
+    return (out, out_scales) if e4m3 else out
+
+
+@pytest.mark.parametrize("ratio,overlap,c,rope_dim", INSTANCES)
+def test_e4m3_entries_are_the_quantized_entries(device, ratio, overlap, c, rope_dim):
+    """With an e4m3 out the op writes, bit for bit, ops.quantize_e4m3 of the fp32 entries it would
+    write (chunked calls), and a scale per entry."""
+    lengths = [ratio * 6 + 1, ratio * 3]
+    inputs = make_inputs(2, max(lengths), ratio, overlap, c, rope_dim, device)
+    chunks = [[ratio + 1, 2], [ratio * 5, ratio * 3 - 2]]
+    fp32 = run_chunks(*inputs, ratio, overlap, chunks, lengths)
+    out, out_scales = run_chunks(*inputs, ratio, overlap, chunks, lengths, torch.float8_e4m3fn)
+    for b, n in enumerate(lengths):
+        want, want_scales = ops.quantize_e4m3(fp32[b, : n // ratio])
+        assert torch.equal(out[b, : n // ratio].view(torch.uint8), want.view(torch.uint8)), f"sequence {b}"
+        assert torch.equal(out_scales[b, : n // ratio], want_scales)
+        assert torch.isnan(out_scales[b, n // ratio:]).all(), "an unfinished block produced an entry"
+
+
+def test_e4m3_out_needs_its_scales(device):
+    kv, score, ape, w, f = make_inputs(1, 8, 4, True, 16, 4, device)
+    ring_kv, ring_score = ops.compress_state(1, 4, 32, True, device)
+    lens, start = torch.tensor([8], dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int32, device=device)
+    args = (kv, score, lens, start, ring_kv, ring_score, ape, w, f)
+    out8, scales = torch.zeros(1, 2, 16, device=device).to(torch.float8_e4m3fn), torch.zeros(1, 2, device=device)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: out_scales \[B, N\] go with an e4m3 out"):
+        ops.compress_kv(*args, out8, 4, True)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: out_scales \[B, N\] go with an e4m3 out"):
+        ops.compress_kv(*args, torch.zeros(1, 2, 16, device=device), 4, True, out_scales=scales)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: out_scales dim 1 must be 2"):
+        ops.compress_kv(*args, out8, 4, True, out_scales=scales[:, :1].contiguous())
 
 
 @pytest.mark.parametrize("ratio,overlap,c,rope_dim", INSTANCES)
@@ -100,7 +133,7 @@ def test_bad_input_is_rejected(device):
         (dict(ring_kv=ring_kv[:, :4]), "ring_kv dim 1 must be 8"),
         (dict(seq_lens=torch.tensor([9], dtype=torch.int32, device=device)), "seq_lens values must lie in"),
         (dict(start_pos=torch.tensor([-1], dtype=torch.int32, device=device)), "start_pos values must lie in"),
-        (dict(out=out.half()), "out must be float32 or bfloat16"),
+        (dict(out=out.half()), "out must be float32, bfloat16 or float8_e4m3fn"),
         (dict(ratio=0), "ratio must be >= 1"),
         (dict(kv=kv[..., :15], score=score[..., :15]), "kv width must be even"),
     ]

@@ -25,8 +25,16 @@ void compress_kv_cpu(const CompressParams& p) {
       for (int k = 0; k < p.rope_dim / 2; ++k)
         rope_rotate_pair(&pooled[c - p.rope_dim + 2 * k], i * ratio, p.inv_freq[k], 1.f);
       const int64_t o = (int64_t(b) * p.n_out + i) * c;
+      float scale = 1.f;
+      if (p.out_type == EntryType::e4m3) {
+        float amax = 0.f;
+        for (float v : pooled) amax = std::isnan(v) || std::isnan(amax) ? NAN : std::max(amax, std::fabs(v));
+        scale = p.out_scales[int64_t(b) * p.n_out + i] = e4m3_scale(amax);
+      }
       for (int ch = 0; ch < c; ++ch) {
-        if (p.out_bf16)
+        if (p.out_type == EntryType::e4m3)
+          static_cast<e4m3*>(p.out)[o + ch] = float_to_e4m3(pooled[ch] / scale);
+        else if (p.out_type == EntryType::bf16)
           static_cast<bf16*>(p.out)[o + ch] = float_to_bf16(pooled[ch]);
         else
           static_cast<float*>(p.out)[o + ch] = pooled[ch];

@@ -26,8 +26,17 @@ __global__ void compress_entries_kernel(const CompressParams p) {
     rope_rotate_pair(&pooled[c - p.rope_dim + 2 * k], i * ratio, p.inv_freq[k], 1.f);
   __syncthreads();
   const int64_t o = (int64_t(b) * p.n_out + i) * c;
+  float scale = 1.f;
+  if (p.out_type == EntryType::e4m3) {
+    float amax = 0.f;
+    for (int ch = threadIdx.x; ch < c; ch += blockDim.x) amax = nan_max(amax, fabsf(pooled[ch]));
+    scale = e4m3_scale(block_max(amax, scratch));
+    if (threadIdx.x == 0) p.out_scales[int64_t(b) * p.n_out + i] = scale;
+  }
   for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
-    if (p.out_bf16)
+    if (p.out_type == EntryType::e4m3)
+      static_cast<e4m3*>(p.out)[o + ch] = float_to_e4m3(pooled[ch] / scale);
+    else if (p.out_type == EntryType::bf16)
       static_cast<bf16*>(p.out)[o + ch] = float_to_bf16(pooled[ch]);
     else
       static_cast<float*>(p.out)[o + ch] = pooled[ch];

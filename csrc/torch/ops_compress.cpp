@@ -1,4 +1,6 @@
 // Adapter of compress_kv (SPEC 3).
+#include <optional>
+
 #include "checks.h"
 
 namespace lcattn {
@@ -9,7 +11,7 @@ constexpr const char* op = "compress_kv";
 void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor& seq_lens, const at::Tensor& start_pos,
                  const at::Tensor& ring_kv, const at::Tensor& ring_score, const at::Tensor& ape,
                  const at::Tensor& norm_weight, const at::Tensor& inv_freq, const at::Tensor& out, int64_t ratio,
-                 bool overlap, double eps) {
+                 bool overlap, double eps, const std::optional<at::Tensor>& out_scales) {
   LCATTN_CHECK(kv.dim() == 3, op, "kv must be [B, S, width], got shape ", kv.sizes());
   LCATTN_CHECK(ratio >= 1, op, "ratio must be >= 1, got ", ratio);
   const int64_t B = kv.size(0), S = kv.size(1), width = kv.size(2), coff = overlap ? 2 : 1;
@@ -26,9 +28,13 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
   LCATTN_CHECK(inv_freq.dim() == 1 && 2 * inv_freq.size(0) <= c, op,
                "inv_freq must be [rope_dim / 2] with rope_dim <= ", c, ", got shape ", inv_freq.sizes());
   check_tensor(op, "inv_freq", inv_freq, at::kFloat, {-1}, kv);
-  LCATTN_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16, op,
-               "out must be float32 or bfloat16, got ", c10::toString(out.scalar_type()));
-  check_tensor(op, "out", out, out.scalar_type(), {B, -1, c}, kv);
+  const at::ScalarType type = out.scalar_type();
+  LCATTN_CHECK(type == at::kFloat || type == at::kBFloat16 || type == at::kFloat8_e4m3fn, op,
+               "out must be float32, bfloat16 or float8_e4m3fn, got ", c10::toString(type));
+  check_tensor(op, "out", out, type, {B, -1, c}, kv);
+  const bool e4m3 = type == at::kFloat8_e4m3fn;
+  LCATTN_CHECK(e4m3 == out_scales.has_value(), op, "out_scales [B, N] go with an e4m3 out, and only with one");
+  if (e4m3) check_tensor(op, "out_scales", *out_scales, at::kFloat, {B, out.size(1)}, kv);
   ValueChecks checks(op);
   checks.add("seq_lens", seq_lens, 0, S);
   checks.add("start_pos", start_pos, 0, INT32_MAX - S);
@@ -45,7 +51,8 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
   p.norm_weight = ptr<const float>(norm_weight);
   p.inv_freq = ptr<const float>(inv_freq);
   p.out = out.data_ptr();
-  p.out_bf16 = out.scalar_type() == at::kBFloat16;
+  p.out_scales = e4m3 ? ptr<float>(*out_scales) : nullptr;
+  p.out_type = e4m3 ? EntryType::e4m3 : (type == at::kBFloat16 ? EntryType::bf16 : EntryType::f32);
   p.overlap = overlap;
   p.B = int(B);
   p.S = int(S);

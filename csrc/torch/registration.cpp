@@ -41,7 +41,7 @@ TORCH_LIBRARY(lcattn, m) {
   def(m,
       "compress_kv(Tensor kv, Tensor score, Tensor seq_lens, Tensor start_pos, Tensor(a!) ring_kv, "
       "Tensor(b!) ring_score, Tensor ape, Tensor norm_weight, Tensor inv_freq, Tensor(c!) out, int ratio, "
-      "bool overlap, float eps=1e-06) -> ()");
+      "bool overlap, float eps=1e-06, Tensor(d!)? out_scales=None) -> ()");
   // [4] Lightning indexer.
   // key_scales [B, N]: e4m3 q and keys (the q scales folded into weights) and each entry's scale.
   def(m,

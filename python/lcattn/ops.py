@@ -20,24 +20,25 @@ _ops = torch.ops.lcattn
 
 def compress_kv(kv: Tensor, score: Tensor, seq_lens: Tensor, start_pos: Tensor, ring_kv: Tensor,
                 ring_score: Tensor, ape: Tensor, norm_weight: Tensor, inv_freq: Tensor, out: Tensor,
-                ratio: int, overlap: bool, eps: float = 1e-6) -> None:
+                ratio: int, overlap: bool, eps: float = 1e-6, out_scales: Optional[Tensor] = None) -> None:
     """Block KV compressor (SPEC 3) over one chunk of new tokens per sequence, in place.
 
     kv, score: [B, S, width] fp32 projections a_s and z_s (without ape) of the chunk's tokens;
     width = 2c with overlap (CSA, ratio 4) else c (HCA). seq_lens [B]: valid rows of the chunk.
     start_pos [B]: position of row 0. ring_kv, ring_score: [B, coff * ratio, width] fp32 carry-over
     rows, updated (start a sequence from :func:`compress_state`). ape [ratio, width], norm_weight
-    [c], inv_freq [rope_dim / 2] fp32. out [B, N, c] (fp32 or bf16): every entry i completed by
-    the chunk is written at out[b, i] (entries i >= N are skipped). Chunked calls write the same
-    entries as one call over the whole sequence.
+    [c], inv_freq [rope_dim / 2] fp32. out [B, N, c] (fp32, bf16, or float8_e4m3fn with out_scales
+    [B, N] fp32: entry i quantized as :func:`quantize_e4m3` does, its scale at out_scales[b, i]):
+    every entry i completed by the chunk is written at out[b, i] (entries i >= N are skipped).
+    Chunked calls write the same entries as one call over the whole sequence.
     """
     _ops.compress_kv(kv, score, seq_lens, start_pos, ring_kv, ring_score, ape, norm_weight, inv_freq, out,
-                     ratio, overlap, eps)
+                     ratio, overlap, eps, out_scales)
 
 
 @torch.library.register_fake("lcattn::compress_kv")
 def _(kv, score, seq_lens, start_pos, ring_kv, ring_score, ape, norm_weight, inv_freq, out, ratio, overlap,
-      eps=1e-6):
+      eps=1e-6, out_scales=None):
     return None
 
 

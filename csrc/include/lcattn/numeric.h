@@ -31,6 +31,36 @@ LCATTN_HD bf16 float_to_bf16(float f) {
   return static_cast<bf16>(bits >> 16);
 }
 
+// fp8 e4m3 in its "fn" form (no infinities, 448 the largest value, 0x7f NaN), as its 8 raw bits.
+using e4m3 = uint8_t;
+constexpr float kE4m3Max = 448.f;
+
+// Round to nearest even; magnitudes from 448 up saturate to 448, NaN stays NaN.
+LCATTN_HD e4m3 float_to_e4m3(float f) {
+  uint32_t bits;
+  memcpy(&bits, &f, 4);
+  const e4m3 sign = static_cast<e4m3>((bits >> 24) & 0x80u);
+  bits &= 0x7fffffffu;
+  if (bits > 0x7f800000u) return sign | 0x7fu;   // NaN
+  if (bits >= 0x43e00000u) return sign | 0x7eu;  // >= 448
+  if (bits < 0x3c800000u) {                      // under 2^-6: subnormal, a multiple of 2^-9
+    // In 2^14 + |f| the last mantissa bit is worth 2^-9, so the add rounds |f| to nearest even.
+    float a, t;
+    memcpy(&a, &bits, 4);
+    t = a + 16384.f;
+    uint32_t tb;
+    memcpy(&tb, &t, 4);
+    return sign | static_cast<e4m3>(tb - 0x46800000u);
+  }
+  bits += 0x7ffffu + ((bits >> 20) & 1u);  // 23 mantissa bits to 3, nearest even
+  bits -= 120u << 23;                      // exponent bias 127 -> 7
+  return sign | static_cast<e4m3>(bits >> 20);
+}
+
+// The scale of a row quantized to e4m3 (ops.quantize_e4m3): its largest magnitude, at least 1e-4,
+// maps to 448; the row is stored as float_to_e4m3(x / scale).
+LCATTN_HD float e4m3_scale(float amax) { return (amax != amax ? amax : (amax > 1e-4f ? amax : 1e-4f)) / kE4m3Max; }
+
 // RoPE angle of a position: pos * inv_freq rounded once in fp32, as torch builds its tables.
 LCATTN_HD float rope_angle(int pos, float inv_freq) { return static_cast<float>(pos) * inv_freq; }
 

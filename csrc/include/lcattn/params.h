@@ -8,6 +8,9 @@
 
 namespace lcattn {
 
+// How compressed entries are stored: fp32, bf16, or e4m3 with a scale per entry (e4m3_scale).
+enum class EntryType { f32, bf16, e4m3 };
+
 // Block KV compressor (SPEC 3) over one chunk of new tokens per sequence.
 // width = coff * c with coff = 2 when overlap (CSA) and 1 otherwise (HCA).
 // The ring keeps the raw rows of the last coff * ratio positions: position s lives at s % ring.
@@ -21,8 +24,9 @@ struct CompressParams {
   const float* ape;          // [ratio, width] added to z_s at s % ratio
   const float* norm_weight;  // [c] RMSNorm weight of an entry
   const float* inv_freq;     // [rope_dim / 2]
-  void* out;                 // [B, n_out, c] fp32 or bf16; entry i at row i, i >= n_out skipped
-  bool out_bf16;
+  void* out;                 // [B, n_out, c] of out_type; entry i at row i, i >= n_out skipped
+  float* out_scales;         // [B, n_out] when out_type is e4m3: entry i is out * out_scales[b, i]
+  EntryType out_type;
   bool overlap;
   int B, S, c, ratio, n_out, rope_dim;
   float eps;
