@@ -28,9 +28,10 @@ def cases(device):
     return {
         "compress_kv": (rand(2, 9, 16), rand(2, 9, 16), i32([9, 5]), i32([0, 3]), ring_kv, ring_score, rand(4, 16),
                         rand(8), torch.rand(2, device=device), torch.zeros(2, 4, 8, device=device), 4, True, 1e-6),
-        "compress_kv (fp8)": (rand(2, 9, 16), rand(2, 9, 16), i32([9, 5]), i32([0, 3]), *ops.compress_state(2, 4, 16, True, device),
-                              rand(4, 16), rand(8), torch.rand(2, device=device),
-                              torch.zeros(2, 4, 8, device=device).to(e4m3), 4, True, 1e-6, torch.zeros(2, 4, device=device)),
+        "compress_kv (fp8)": (rand(2, 9, 16), rand(2, 9, 16), i32([9, 5]), i32([0, 3]),
+                              *ops.compress_state(2, 4, 16, True, device), rand(4, 16), rand(8),
+                              torch.rand(2, device=device), torch.zeros(2, 4, 8, device=device).to(e4m3), 4, True,
+                              1e-6, torch.zeros(2, 4, device=device)),
         "indexer_scores": (iq, iw, ik, i32([2, 20]), 4),
         "topk_indices": (rand(3, 20), 5),
         "indexer_scores (fp8)": (fq, iw, fk, i32([2, 20]), 4, scales),
