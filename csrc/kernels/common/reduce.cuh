@@ -25,7 +25,9 @@ __device__ __forceinline__ T block_sum(T v, T* scratch) {
 }
 
 // max that keeps NaN (as torch's amax does).
-__device__ __forceinline__ float nan_max(float a, float b) { return a != a || b != b ? __int_as_float(0x7fc00000) : fmaxf(a, b); }
+__device__ __forceinline__ float nan_max(float a, float b) {
+  return a != a || b != b ? __int_as_float(0x7fc00000) : fmaxf(a, b);
+}
 
 // nan_max over the block; every thread gets the result. `scratch` holds 32 values.
 __device__ __forceinline__ float block_max(float v, float* scratch) {
