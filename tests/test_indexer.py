@@ -150,6 +150,23 @@ def test_indexer_fp8_form(device, B, S, N, HI, DI, q_start):
     check_topk(out, ref, 16, tol=2 * err)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("B,S,N,HI,q_start", [(2, 33, 300, 64, [0, 700]), (3, 70, 1000, 40, [0, 1000, 133]),
+                                              (1, 513, 4100, 64, [16384 - 513])])
+def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start):
+    """LCATTN_INDEXER_FP8=1: the wgmma kernel reads e4m3 q and keys as they are (e4m3 products) and
+    scores as the reference does from the same values; indexer_topk on it with blocks that cross
+    sequences."""
+    monkeypatch.setenv("LCATTN_INDEXER_FP8", "1")
+    (q8, w8, k8, qs, key_scales), _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
+    mine = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
+    ref = reference.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
+    assert_close(mine, ref, 1e-5, "e4m3 kernel scores")
+    out = ops.indexer_topk(q8, w8, k8, qs, k=64, ratio=4, block_rows=50, key_scales=key_scales)
+    finite = torch.isfinite(ref)
+    check_topk(out, ref, 64, tol=2 * (mine - ref)[finite].abs().max().item())
+
+
 def test_indexer_key_scales_on_bf16(device):
     """key_scales also scale bf16 keys' scores (entry by entry, after the head sum)."""
     args = make_indexer(2, 9, 50, 8, 32, device, [0, 150])

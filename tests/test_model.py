@@ -69,3 +69,22 @@ def test_hf_state_dict_round_trip():
     for name, tensor in model.state_dict().items():
         assert torch.equal(again.state_dict()[name], tensor), name
     assert torch.equal(again(ids), model(ids))
+
+
+def test_fp8_indexer(device):
+    """index_fp8: chunked prefill and decode give the one-shot logits, the logits stay near the bf16
+    indexer's (same weights; fp8 rounding may move a few picks), and the indexer cache holds e4m3
+    keys and a scale per entry: dim + 4 bytes against 2 dim."""
+    model = tiny_model(device, layer_types=[CSA, CSA])
+    ids = torch.randint(0, model.config.vocab_size, (2, 60), device=device)
+    bf16 = model(ids)
+    model.config.index_fp8 = True
+    full = model(ids)
+    cache = model.new_cache(2)
+    chunked = torch.cat([model(ids[:, :21], cache)] + [model(ids[:, t:t + 1], cache) for t in range(21, 60)], 1)
+    assert rel(chunked, full) < TOL and same_argmax(chunked, full) > 0.8
+    assert rel(full, bf16) < 0.1, rel(full, bf16)
+    keys = cache.layers[0].index_keys
+    assert keys.entries.dtype == torch.float8_e4m3fn and keys.scales.shape == keys.entries.shape[:2]
+    dim = model.config.index_dim
+    assert keys.nbytes(10) - keys.nbytes(0) == 10 * (dim + 4)

@@ -136,9 +136,9 @@ def _unfused_attention(q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, win
     return torch.cat(outs, 1), torch.cat(lses, 1)
 
 
-def _unfused_indexer_topk(q, weights, keys, q_start, k, ratio=4):
+def _unfused_indexer_topk(q, weights, keys, q_start, k, ratio=4, block_rows=0, key_scales=None):
     return torch.cat([reference.topk_indices(reference.indexer_scores(q[:, s0:s0 + ROWS], weights[:, s0:s0 + ROWS],
-                                                                      keys, q_start + s0, ratio), k)
+                                                                      keys, q_start + s0, ratio, key_scales), k)
                       for s0 in range(0, q.shape[1], ROWS)], 1)
 
 

@@ -291,9 +291,15 @@ __global__ void gather_rows_kernel(const GatherParams p) {
 
 }  // namespace
 
+bool indexer_reads_e4m3(const IndexerParams& p) {
+  return env_is("LCATTN_INDEXER_FP8", "1") && !env_is("LCATTN_INDEXER_SM90", "0") && p.S > kHeadsRowsMax &&
+         indexer_sm90_supported(p);
+}
+
 cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream) {
   const int64_t rows = p.row_end - p.row_begin;
   if (rows == 0 || p.N == 0) return cudaSuccess;
+  if (p.keys_e4m3) return indexer_scores_sm90(p, stream);               // the one kernel that reads e4m3
   if (p.DI == kTileDim && p.HI <= kTileRows && p.S <= kHeadsRowsMax) {  // decode: heads as M
     static PerDevice<cudaError_t> smem_limit;
     const cudaError_t attr =

@@ -29,27 +29,41 @@ constexpr int kRows = 256;             // query rows per CTA at most
 constexpr int kPairRows = 2 * kHeads;  // N of a product: 2 query rows x 64 heads
 constexpr int kStages = 4;
 constexpr int kThreads = 384;
-constexpr int kKeyChunkBytes = kKeys * 128;       // 64 dims of every key: 32 KB
-constexpr int kPairChunkBytes = kPairRows * 128;  // 64 dims of a pair's 128 head rows: 16 KB
+constexpr int kKeyChunkBytes = kKeys * 128;       // 128 bytes of every key: 32 KB
+constexpr int kPairChunkBytes = kPairRows * 128;  // 128 bytes of a pair's 128 head rows: 16 KB
 
+// The element: bf16 (2 bytes, wgmma k = 16) or e4m3 (1 byte, k = 32). A row of kDim elements is
+// kChunks 128-byte swizzled chunks; a k-step reads 32 bytes of every row either way.
+template <int kElemBytes>
+struct Elem {
+  static constexpr int kRowBytes = kDim * kElemBytes, kChunks = kRowBytes / 128, kUnits = kRowBytes / 16;
+  static constexpr int kSteps = kRowBytes / 32;
+};
+
+template <int kElemBytes>
 struct SharedStorage {
-  alignas(1024) uint8_t keys[2 * kKeyChunkBytes];         // [2 chunks][256 keys][128 B]
-  alignas(1024) uint8_t q[kStages][2 * kPairChunkBytes];  // [2 chunks][row 0's heads, row 1's][128 B]
-  float w[kStages][kPairRows];                            // head weights, 0 for absent heads and rows
+  static constexpr int kChunks = Elem<kElemBytes>::kChunks;
+  alignas(1024) uint8_t keys[kChunks * kKeyChunkBytes];         // [chunks][256 keys][128 B]
+  alignas(1024) uint8_t q[kStages][kChunks * kPairChunkBytes];  // [chunks][row 0's heads, row 1's][128 B]
+  float w[kStages][kPairRows];                                  // head weights, 0 for absent heads and rows
   uint64_t keys_full, full[kStages], empty[kStages];
 };
-constexpr int kSmemBytes = sizeof(SharedStorage) + 1024;  // + room to align the base to 1024
-static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
+template <int kElemBytes>
+constexpr int kSmemBytes = sizeof(SharedStorage<kElemBytes>) + 1024;  // + room to align the base to 1024
+static_assert(kSmemBytes<2> <= 232448, "more shared memory than an H100 block may have");
 
 __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int64_t row) {
   return row / p.S * ceil_div(p.S, kRows) + row % p.S / kRows;
 }
 
-// grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreads threads.
+// grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreads threads; q and keys
+// bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3).
+template <int kElemBytes>
 __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const IndexerParams p) {
+  using E = Elem<kElemBytes>;
   extern __shared__ uint8_t smem_raw[];
-  SharedStorage& sm =
-      *reinterpret_cast<SharedStorage*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  SharedStorage<kElemBytes>& sm =
+      *reinterpret_cast<SharedStorage<kElemBytes>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   const int n0 = blockIdx.x * kKeys;
   const int64_t chunk = chunk_of(p, p.row_begin) + blockIdx.y;
   const int chunks_per_seq = ceil_div(p.S, kRows);
@@ -83,23 +97,25 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
     reg_dealloc<40>();
-    const bf16* keys = p.keys + (int64_t(b) * p.N + n0) * kDim;
-    for (int v = tid; v < kKeys * 16; v += 128) {  // 16-byte unit u of key r
-      const int r = v / 16, u = v % 16;
+    const uint8_t* q_all = kElemBytes == 2 ? reinterpret_cast<const uint8_t*>(p.q) : p.q_e4m3;
+    const uint8_t* keys_all = kElemBytes == 2 ? reinterpret_cast<const uint8_t*>(p.keys) : p.keys_e4m3;
+    const uint8_t* keys = keys_all + (int64_t(b) * p.N + n0) * E::kRowBytes;
+    for (int v = tid; v < kKeys * E::kUnits; v += 128) {  // 16-byte unit u of key r
+      const int r = v / E::kUnits, u = v % E::kUnits;
       const bool valid = n0 + r < p.N;
-      cp_async_16(sm.keys + (u / 8) * kKeyChunkBytes + swizzled(r, u % 8), valid ? keys + r * kDim + u * 8 : p.keys,
-                  valid ? 16 : 0);
+      cp_async_16(sm.keys + (u / 8) * kKeyChunkBytes + swizzled(r, u % 8),
+                  valid ? keys + r * E::kRowBytes + u * 16 : keys_all, valid ? 16 : 0);
     }
     mbar_arrive_cp_async(&sm.keys_full);
     for (int i = 0; i < pairs; ++i) {
       const int stage = i % kStages;
       if (i >= kStages) mbar_wait(&sm.empty[stage], ((i / kStages) - 1) & 1);
       const int s_pair = s_first + 2 * i;
-      for (int v = tid; v < kPairRows * 16; v += 128) {  // unit u of head row r (query row s_pair + r / 64)
-        const int r = v / 16, u = v % 16, s = s_pair + r / kHeads, h = r % kHeads;
+      for (int v = tid; v < kPairRows * E::kUnits; v += 128) {  // unit u of head row r (query row s_pair + r / 64)
+        const int r = v / E::kUnits, u = v % E::kUnits, s = s_pair + r / kHeads, h = r % kHeads;
         const bool valid = s < s_hi && h < p.HI;
-        const bf16* src = p.q + ((seq_row0 + s) * p.HI + h) * kDim + u * 8;
-        cp_async_16(sm.q[stage] + (u / 8) * kPairChunkBytes + swizzled(r, u % 8), valid ? src : p.q, valid ? 16 : 0);
+        const uint8_t* src = q_all + ((seq_row0 + s) * p.HI + h) * E::kRowBytes + u * 16;
+        cp_async_16(sm.q[stage] + (u / 8) * kPairChunkBytes + swizzled(r, u % 8), valid ? src : q_all, valid ? 16 : 0);
       }
       mbar_arrive_cp_async(&sm.full[stage]);
       {
@@ -126,10 +142,14 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
 #pragma unroll
     for (int t = 0; t < 2; ++t)
 #pragma unroll
-      for (int ks = 0; ks < 8; ++ks) {
-        const int chunk_off = (ks / 4) * kKeyChunkBytes + (ks % 4) * 32;
-        wgmma_m64n128k16_ss(acc[t], smem_desc(sm.keys + chunk_off + (128 * wg + 64 * t) * 128, 16, 1024),
-                            smem_desc(sm.q[stage] + (ks / 4) * kPairChunkBytes + (ks % 4) * 32, 16, 1024), ks > 0);
+      for (int ks = 0; ks < E::kSteps; ++ks) {
+        const uint64_t desc_keys =
+            smem_desc(sm.keys + (ks / 4) * kKeyChunkBytes + (128 * wg + 64 * t) * 128 + (ks % 4) * 32, 16, 1024);
+        const uint64_t desc_q = smem_desc(sm.q[stage] + (ks / 4) * kPairChunkBytes + (ks % 4) * 32, 16, 1024);
+        if constexpr (kElemBytes == 2)
+          wgmma_m64n128k16_ss(acc[t], desc_keys, desc_q, ks > 0);
+        else
+          wgmma_m64n128k32_e4m3_ss(acc[t], desc_keys, desc_q, ks > 0);
       }
     wgmma_commit();
     // Weights of this thread's columns: query row q, head 8 j + c0 + e.
@@ -179,6 +199,18 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
   }
 }
 
+template <int kElemBytes>
+cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
+  static PerDevice<cudaError_t> smem_limit;
+  const void* kernel = reinterpret_cast<const void*>(indexer_scores_sm90_kernel<kElemBytes>);
+  const cudaError_t err = allow_dynamic_smem(smem_limit, kernel, kSmemBytes<kElemBytes>);
+  if (err != cudaSuccess) return err;
+  const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
+  const dim3 grid(unsigned(ceil_div(p.N, kKeys)), unsigned(chunks));
+  indexer_scores_sm90_kernel<kElemBytes><<<grid, kThreads, kSmemBytes<kElemBytes>, stream>>>(p);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 bool indexer_sm90_supported(const IndexerParams& p) {
@@ -188,14 +220,7 @@ bool indexer_sm90_supported(const IndexerParams& p) {
 
 cudaError_t indexer_scores_sm90(const IndexerParams& p, cudaStream_t stream) {
   if (!indexer_sm90_supported(p)) return cudaErrorInvalidValue;
-  static PerDevice<cudaError_t> smem_limit;
-  const cudaError_t err =
-      allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(indexer_scores_sm90_kernel), kSmemBytes);
-  if (err != cudaSuccess) return err;
-  const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
-  const dim3 grid(unsigned(ceil_div(p.N, kKeys)), unsigned(chunks));
-  indexer_scores_sm90_kernel<<<grid, kThreads, kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  return p.keys_e4m3 ? launch<1>(p, stream) : launch<2>(p, stream);
 }
 
 }  // namespace lcattn

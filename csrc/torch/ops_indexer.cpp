@@ -9,7 +9,8 @@ namespace lcattn {
 namespace {
 
 // The scoring inputs as the kernels read them: bf16 q and keys, or e4m3 ones with key_scales, which
-// are widened to bf16 here (exactly: every e4m3 value is a bf16 value) and held for the call.
+// are widened to bf16 here (exactly: every e4m3 value is a bf16 value) and held for the call, unless
+// a CUDA kernel reads them as they are (indexer_reads_e4m3).
 struct IndexerInputs {
   at::Tensor q, keys;  // bf16
   IndexerParams p{};
@@ -32,12 +33,8 @@ IndexerInputs indexer_inputs(const char* op, const at::Tensor& q, const at::Tens
   LCATTN_CHECK(HI * DI <= 8192, op, "HI * DI must be <= 8192, got ", HI * DI);
   check_values(op, "q_start", q_start, 0, INT32_MAX - S);
   IndexerInputs in;
-  in.q = fp8 ? q.to(at::kBFloat16) : q;
-  in.keys = fp8 ? keys.to(at::kBFloat16) : keys;
   IndexerParams& p = in.p;
-  p.q = ptr<const bf16>(in.q);
   p.weights = ptr<const float>(weights);
-  p.keys = ptr<const bf16>(in.keys);
   p.q_start = ptr<const int>(q_start);
   p.key_scales = key_scales ? ptr<const float>(*key_scales) : nullptr;
   p.B = int(B);
@@ -48,6 +45,17 @@ IndexerInputs indexer_inputs(const char* op, const at::Tensor& q, const at::Tens
   p.ratio = int(ratio);
   p.row_begin = 0;
   p.row_end = B * S;
+#if defined(LCATTN_WITH_CUDA)
+  if (fp8 && q.is_cuda() && indexer_reads_e4m3(p)) {
+    p.q_e4m3 = ptr<const e4m3>(q);
+    p.keys_e4m3 = ptr<const e4m3>(keys);
+    return in;
+  }
+#endif
+  in.q = fp8 ? q.to(at::kBFloat16) : q;
+  in.keys = fp8 ? keys.to(at::kBFloat16) : keys;
+  p.q = ptr<const bf16>(in.q);
+  p.keys = ptr<const bf16>(in.keys);
   return in;
 }
 

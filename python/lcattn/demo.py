@@ -76,6 +76,8 @@ def main() -> None:
                         help="decode steps through torch.compile (default: on a GPU)")
     parser.add_argument("--expert-parallel", action="store_true", help="under torchrun: split the routed experts "
                         "over the ranks, each rank decoding its own sequences")
+    parser.add_argument("--index-fp8", action="store_true", help="the indexer in fp8: e4m3 keys with a scale per "
+                        "entry in the cache, e4m3 queries (config.index_fp8)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -93,6 +95,7 @@ def main() -> None:
     config = gpu_config(args.experts, layers) if device.type == "cuda" else DeepseekV4Config.tiny()
     if layers and device.type != "cuda":
         config = config.with_layers(layers)
+    config.index_fp8 = args.index_fp8
     context = args.context or (131072 if device.type == "cuda" else 16384)
     if not args.decode < context <= config.max_positions:
         parser.error(f"--context must exceed --decode and be at most {config.max_positions}")

@@ -50,6 +50,10 @@ struct IndexerParams {
   // [B, N] or null: entry i's score is multiplied by it after the head sum (the dequantization of fp8
   // keys: a scale s >= 0 commutes with the ReLU).
   const float* key_scales;
+  // e4m3 q and keys read as they are (q and keys null), when indexer_reads_e4m3(p) says a kernel
+  // takes them; otherwise the adapters widen them to bf16.
+  const e4m3* q_e4m3;
+  const e4m3* keys_e4m3;
   int B, S, HI, DI, N, ratio;
   int64_t row_begin, row_end;
   LCATTN_HD float key_scale(int b, int i) const { return key_scales ? key_scales[int64_t(b) * N + i] : 1.f; }

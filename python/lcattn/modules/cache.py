@@ -12,12 +12,16 @@ from lcattn.modules.config import CSA, SLIDING, DeepseekV4Config
 
 
 class CompressedStream:
-    """Entries of one compressor, [B, capacity, dim] bf16 (entry i at row i), and its rings."""
+    """Entries of one compressor, [B, capacity, dim] bf16 (entry i at row i), or e4m3 with scales
+    [B, capacity] fp32 (fp8), and its rings."""
 
-    def __init__(self, batch: int, ratio: int, dim: int, overlap: bool, device: torch.device, capacity: int = 0):
+    def __init__(self, batch: int, ratio: int, dim: int, overlap: bool, device: torch.device, capacity: int = 0,
+                 fp8: bool = False):
         self.ratio, self.overlap = ratio, overlap
         self.ring_kv, self.ring_score = ops.compress_state(batch, ratio, (2 if overlap else 1) * dim, overlap, device)
-        self.entries = torch.zeros(batch, capacity, dim, dtype=torch.bfloat16, device=device)
+        dtype = torch.float8_e4m3fn if fp8 else torch.bfloat16
+        self.entries = torch.zeros(batch, capacity, dim, dtype=dtype, device=device)
+        self.scales = torch.zeros(batch, capacity, device=device) if fp8 else None
 
     def append(self, kv: torch.Tensor, score: torch.Tensor, step: "Step", ape: torch.Tensor, norm_weight: torch.Tensor,
                inv_freq: torch.Tensor, eps: float) -> None:
@@ -25,15 +29,22 @@ class CompressedStream:
         need = step.end_max // self.ratio
         capacity = self.entries.shape[1]
         if need > capacity:  # (no fixed capacity) grow by a quarter at least: long prefills copy O(log) times
-            grown = torch.zeros(self.entries.shape[0], max(need, capacity + capacity // 4), self.entries.shape[2],
-                                dtype=self.entries.dtype, device=self.entries.device)
-            grown[:, :capacity] = self.entries
-            self.entries = grown
+            rows = max(need, capacity + capacity // 4)
+            self.entries = grown(self.entries, rows)
+            self.scales = grown(self.scales, rows) if self.scales is not None else None
         ops.compress_kv(kv, score, step.seq_lens, step.q_start, self.ring_kv, self.ring_score, ape, norm_weight,
-                        inv_freq, self.entries, self.ratio, self.overlap, eps)
+                        inv_freq, self.entries, self.ratio, self.overlap, eps, self.scales)
 
     def nbytes(self, entries: int) -> int:
-        return entries * self.entries.shape[2] * 2 + self.ring_kv.nbytes + self.ring_score.nbytes
+        per_entry = self.entries.shape[2] * self.entries.element_size() + (4 if self.scales is not None else 0)
+        return entries * per_entry + self.ring_kv.nbytes + self.ring_score.nbytes
+
+
+def grown(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t [B, n, ...] in a zero tensor of `rows` rows along dim 1."""
+    out = torch.zeros(t.shape[0], rows, *t.shape[2:], dtype=t.dtype, device=t.device)
+    out[:, :t.shape[1]] = t
+    return out
 
 
 class LayerCache:
@@ -47,7 +58,8 @@ class LayerCache:
         if kind != SLIDING:
             self.ckv = CompressedStream(batch, ratio, config.head_dim, kind == CSA, device, max_context // ratio)
         if kind == CSA:
-            self.index_keys = CompressedStream(batch, ratio, config.index_dim, True, device, max_context // ratio)
+            self.index_keys = CompressedStream(batch, ratio, config.index_dim, True, device, max_context // ratio,
+                                               config.index_fp8)
 
 
 class Step:

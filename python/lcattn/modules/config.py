@@ -24,6 +24,9 @@ class DeepseekV4Config:
     index_heads: int = 64
     index_dim: int = 128
     index_topk: int = 512
+    # The indexer in DeepSeek's fp8 form: keys cached as e4m3 with a scale per entry (half the
+    # bytes), queries quantized per token and head (ops.quantize_e4m3) and scored in e4m3.
+    index_fp8: bool = False
     num_experts: int = 256
     experts_per_token: int = 6
     expert_dim: int = 2048

@@ -73,8 +73,13 @@ class Indexer(Compressor):
         B, S, _ = x.shape
         q = apply_rope(self.q_b_proj(q_residual).view(B, S, self.heads, self.dim), step.positions, inv_freq)
         weights = self.scorer.weights_proj(x).float() * (self.heads ** -0.5 * self.dim ** -0.5)
-        return attention_ops.indexer_topk(q.to(torch.bfloat16).contiguous(), weights.contiguous(),
-                                          state.index_keys.entries, step.q_start, self.topk, self.ratio)
+        keys = state.index_keys
+        if keys.scales is None:
+            return attention_ops.indexer_topk(q.to(torch.bfloat16).contiguous(), weights.contiguous(), keys.entries,
+                                              step.q_start, self.topk, self.ratio)
+        q, q_scales = ops.quantize_e4m3(q)  # per token and head; the scales join the head weights
+        return attention_ops.indexer_topk(q.contiguous(), (weights * q_scales).contiguous(), keys.entries,
+                                          step.q_start, self.topk, self.ratio, key_scales=keys.scales)
 
 
 class CSACompressor(Compressor):
