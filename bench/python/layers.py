@@ -22,9 +22,11 @@ from lcattn.testing.bench import graphed, median_ms
 CHUNK = 8192
 
 
-def attention_layer(kind: str, seed: int = 0):
-    """A V4-Flash attention layer of one kind with random bf16 weights (fp32 norms and sinks)."""
+def attention_layer(kind: str, seed: int = 0, index_fp8: bool = False):
+    """A V4-Flash attention layer of one kind with random bf16 weights (fp32 norms and sinks); with
+    index_fp8 its indexer in the fp8 form."""
     config = DeepseekV4Config.flash().with_layers([kind])
+    config.index_fp8 = index_fp8
     torch.manual_seed(seed)
     with torch.device(DEV):
         layer = model_module.Attention(config, 0)
@@ -160,11 +162,11 @@ UNFUSED_MAX_PREFILL = 8192    # the unfused layer at 8K already takes seconds
 UNFUSED_MAX_DECODE = 131072
 
 
-def layer_rows(contexts: List[int], unfused: bool = True):
+def layer_rows(contexts: List[int], unfused: bool = True, index_fp8: bool = False):
     """Yields one dict per (layer kind, context): prefill s, decode ms at batch 1 and 64, peak GiB,
     and the unfused layer's numbers where it fits."""
     for kind in (CSA, HCA):
-        config, layer = attention_layer(kind)
+        config, layer = attention_layer(kind, index_fp8=index_fp8)
         prefill_seconds(config, layer, CHUNK)  # warm-up: module loads, kernel attributes, allocator
         decode_ms(config, layer, 1, CHUNK, steps=1)
         for context in contexts:

@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--contexts", help="layer cases: comma list of contexts (default 8K to 1M; quick: 8K, 32K)")
     parser.add_argument("--no-unfused-layer", action="store_true", help="skip the unfused PyTorch layer")
+    parser.add_argument("--index-fp8", action="store_true", help="layer cases: the CSA indexer in the fp8 form "
+                        "(config.index_fp8; LCATTN_INDEXER_FP8=1 for the e4m3 kernel)")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args()
     wanted = args.ops.split(",")
@@ -172,7 +174,7 @@ def main() -> None:
         contexts = ([int(c) for c in args.contexts.split(",")] if args.contexts
                     else [8192, 32768] if args.quick else layers.DEFAULT_CONTEXTS)
         bar = Progress("layers", 2 * len(contexts))
-        for row in layers.layer_rows(contexts, unfused=not args.no_unfused_layer):
+        for row in layers.layer_rows(contexts, unfused=not args.no_unfused_layer, index_fp8=args.index_fp8):
             layer_rows.append(row)
             bar.update(len(layer_rows), f"layer {row['layer']} context {row['context']}")
             write_tables(results, layer_rows, meta, args.out)  # keep what is done if a later case dies

@@ -38,6 +38,22 @@ def indexer_cases(quick):
         if N <= 131072:  # the [S, N] fp32 scores: 2 GB at N = 131072
             alone = {"unfused torch": unfused_alone} if N <= 32768 else {}
             yield "indexer_scores", f"S={S} entries={N}", flops, in_bytes + 4 * S * N, scores, alone, 4 * N
+        if S == 4096 and N in (32768, 131072):
+            yield from fp8_scores_case(S, N, make, scores, flops)
+
+
+def fp8_scores_case(S, N, make, bf16_scores, flops):
+    """indexer_scores in the fp8 form (e4m3 q and keys, key_scales) against the bf16 op on the same
+    shape. The e4m3 kernel runs with LCATTN_INDEXER_FP8=1; without it the op widens to bf16 first."""
+    def fp8(S=S, N=N):
+        q, w, keys, qs = make(S, N)
+        q8, q_scales = ops.quantize_e4m3(q)
+        k8, key_scales = ops.quantize_e4m3(keys)
+        w = w * q_scales
+        return lambda: ops.indexer_scores(q8, w, k8, qs, key_scales=key_scales)
+    in_bytes = S * 64 * 128 + N * 132 + 4 * S * 64
+    yield ("indexer_scores", f"S={S} entries={N} fp8", flops, in_bytes + 4 * S * N, fp8,
+           {"bf16 indexer_scores": bf16_scores}, 0)
 
 
 def topk_cases(quick):
