@@ -95,8 +95,8 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
   }
   __syncthreads();
 
-  if (wg == 2) {  // ---------------------------------------------------------------- producer
-    reg_dealloc<40>();
+  if (wg == 2) {        // ---------------------------------------------------------------- producer
+    reg_dealloc<56>();  // 40 spills in the e4m3 producer
     const uint8_t* q_all = kElemBytes == 2 ? reinterpret_cast<const uint8_t*>(p.q) : p.q_e4m3;
     const uint8_t* keys_all = kElemBytes == 2 ? reinterpret_cast<const uint8_t*>(p.keys) : p.keys_e4m3;
     const uint8_t* keys = keys_all + (int64_t(b) * p.N + n0) * E::kRowBytes;
@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
   }
 
   // ------------------------------------------------------------------------------------ math
-  reg_alloc<232>();
+  reg_alloc<224>();
   const int c0 = (lane % 4) * 2;  // this thread's columns c0, c0 + 1 of every 8-column block
   // This thread's keys: accumulator rows warp * 16 + lane / 4 (+ 8) of tiles 0 and 1.
   const int key0 = n0 + 128 * wg + warp * 16 + lane / 4;
