@@ -161,7 +161,9 @@ def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start):
     (q8, w8, k8, qs, key_scales), _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
     mine = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
     ref = reference.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
-    assert_close(mine, ref, 1e-5, "e4m3 kernel scores")
+    # Hopper's fp8 wgmma adds the products inside an instruction at about 14 bits (DeepSeek-V3
+    # report), about 6e-5 relative per dot product.
+    assert_close(mine, ref, 5e-4, "e4m3 kernel scores")
     out = ops.indexer_topk(q8, w8, k8, qs, k=64, ratio=4, block_rows=50, key_scales=key_scales)
     finite = torch.isfinite(ref)
     check_topk(out, ref, 64, tol=2 * (mine - ref)[finite].abs().max().item())

@@ -58,7 +58,10 @@ def quantize_e4m3(x: Tensor, min_amax: float = 1e-4) -> Tuple[Tensor, Tensor]:
     and x / s rounded to nearest; x = s * result up to e4m3 rounding. The rule DeepSeek's fp8
     indexer uses for its q (per token and head) and keys (per entry); compress_kv applies the same
     one when it writes e4m3 entries. Plain torch ops (capturable, compilable)."""
-    scales = x.float().abs().amax(dim=-1).clamp_min(min_amax) / E4M3_MAX
+    amax = x.float().abs().amax(dim=-1).clamp_min(min_amax)
+    # A tensor divisor: torch divides a CUDA tensor by a Python number as a product with its
+    # reciprocal, which is not the correctly rounded quotient the kernels compute.
+    scales = amax / torch.full_like(amax, E4M3_MAX)
     q = (x.float() / scales[..., None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     return q, scales
 
