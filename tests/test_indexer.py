@@ -248,10 +248,14 @@ def test_bad_input_is_rejected(device):
 @pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
                                       (1, 65536, 65536), (2, 1100003, 600), (300, 40000, 512),
                                       (4100, 16384, 300)])
-def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
+@pytest.mark.parametrize("compact", [False, True])
+def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, compact):
     """Long rows spread over many CTAs (the default; LCATTN_TOPK_SPLIT=0 turns it off): the same
     indices as the one-CTA kernel (both take tied keys in index order), on rows with ties, -inf, NaN
-    and fewer candidates than k; 4100 rows run as two passes of at most 4096."""
+    and fewer candidates than k; 4100 rows run as two passes of at most 4096. compact: with
+    LCATTN_TOPK_COMPACT=1 (each chunk's own top k first; up to 64 rows and k <= 1024)."""
+    if compact:
+        monkeypatch.setenv("LCATTN_TOPK_COMPACT", "1")
     scores = torch.randn(rows, N, device="cuda")
     scores[0, ::5] = float("-inf")
     if rows > 1:
@@ -273,9 +277,11 @@ def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
 @pytest.mark.cuda
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
-def test_split_topk_graph_replay_cuda():
+@pytest.mark.parametrize("compact", ["0", "1"])
+def test_split_topk_graph_replay_cuda(monkeypatch, compact):
     """The split top-k replayed in a CUDA graph with new scores each time (its counters start from
-    zero on every replay) picks what an eager call picks."""
+    zero on every replay) picks what an eager call picks; also with LCATTN_TOPK_COMPACT=1."""
+    monkeypatch.setenv("LCATTN_TOPK_COMPACT", compact)
     scores = torch.randn(5, 70000, device="cuda")
     graph, picked = capture(lambda: ops.topk_indices(scores, 512))
     for step in range(4):
@@ -288,8 +294,11 @@ def test_split_topk_graph_replay_cuda():
 
 
 @pytest.mark.cuda
-def test_split_topk_in_indexer_decode_cuda(monkeypatch):
-    """indexer_topk at decode (a row per sequence, 64K entries) picks the same entries either way."""
+@pytest.mark.parametrize("compact", ["0", "1"])
+def test_split_topk_in_indexer_decode_cuda(monkeypatch, compact):
+    """indexer_topk at decode (a row per sequence, 64K entries) picks the same entries either way
+    (also with LCATTN_TOPK_COMPACT=1)."""
+    monkeypatch.setenv("LCATTN_TOPK_COMPACT", compact)
     shape = MODEL_SHAPES["flash"]
     args = make_indexer(4, 1, 65536, shape["index_heads"], shape["index_dim"], "cuda", [262140, 100000, 5000, 3])
     monkeypatch.setenv("LCATTN_TOPK_SPLIT", "0")
