@@ -190,6 +190,45 @@ __global__ void __launch_bounds__(kThreads) topk_select_kernel(const TopkParams 
   if (remaining == 0) state->done = 1;
 }
 
+// A warp's 16 keys per lane of a chunk: lane l holds entries lo + 32 j + l (key 0 past n).
+__device__ __forceinline__ void load_keys(const float* scores, int n, int lo, int lane, uint32_t (&key)[kPerLane]) {
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int i = lo + j * 32 + lane;
+    key[j] = i < n ? topk_key(scores[i]) : 0u;
+  }
+}
+
+// The warp's keys above the threshold and its ties (keys equal to it, never key 0).
+__device__ __forceinline__ void count_picks(const uint32_t (&key)[kPerLane], uint32_t threshold, int& above,
+                                            int& ties) {
+  above = ties = 0;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    above += __popc(__ballot_sync(0xffffffffu, key[j] > threshold));
+    ties += __popc(__ballot_sync(0xffffffffu, key[j] != 0u && key[j] == threshold));
+  }
+}
+
+// The warp's picks in index order: the keys above the threshold, and ties while fewer than `take`
+// ties come before them; emit(slot, j) for each, slots from `slot` on. tie_rank: ties before the
+// warp's part (slot already counts the ties of those that are taken).
+template <typename Emit>
+__device__ __forceinline__ void write_picks(const uint32_t (&key)[kPerLane], uint32_t threshold, int take, int tie_rank,
+                                            int slot, int lane, Emit emit) {
+  const unsigned below = (1u << lane) - 1u;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const bool tie = key[j] != 0u && key[j] == threshold;
+    const unsigned ties_here = __ballot_sync(0xffffffffu, tie);
+    const bool pick = key[j] > threshold || (tie && tie_rank + __popc(ties_here & below) < take);
+    const unsigned picks = __ballot_sync(0xffffffffu, pick);
+    if (pick) emit(slot + __popc(picks & below), j);
+    tie_rank += __popc(ties_here);
+    slot += __popc(picks);
+  }
+}
+
 // grid chunks x R (in ticket order): the chunk's picks, in index order after the earlier chunks'
 // picks. Warp w holds entries [w * 512, (w + 1) * 512) of the chunk, 16 per lane; ballots order the
 // lanes. The last chunk writes the -1 padding.
@@ -202,20 +241,11 @@ __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p
   const int row = chunk_id / l.chunks, c = chunk_id % l.chunks;
   const uint32_t threshold = l.state[row].prefix;
   const int take = l.state[row].remaining;  // ties to take, the first in index order
-  const float* scores = l.row_scores(p, row);
   const int lo = c * kChunk + warp * kWarpKeys;
   uint32_t key[kPerLane];
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) {
-    const int i = lo + j * 32 + lane;
-    key[j] = i < l.n ? topk_key(scores[i]) : 0u;
-  }
-  int above = 0, ties = 0;
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) {
-    above += __popc(__ballot_sync(0xffffffffu, key[j] > threshold));
-    ties += __popc(__ballot_sync(0xffffffffu, key[j] != 0u && key[j] == threshold));
-  }
+  load_keys(l.row_scores(p, row), l.n, lo, lane, key);
+  int above, ties;
+  count_picks(key, threshold, above, ties);
   if (lane == 0) warp_above[warp] = above, warp_ties[warp] = ties;
   __syncthreads();
   if (warp == 0) {  // publish this chunk's counts, then look back 32 chunks at a time
@@ -248,18 +278,10 @@ __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p
   for (int w = 0; w < warp; ++w) tie_rank += warp_ties[w], slot += warp_above[w];
   slot += min(tie_rank, take);
   int* out = p.indices + int64_t(row) * p.k;
-  const unsigned below = (1u << lane) - 1u;
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) {
-    const bool tie = key[j] != 0u && key[j] == threshold;
-    const unsigned ties_here = __ballot_sync(0xffffffffu, tie);
-    const bool pick = key[j] > threshold || (tie && tie_rank + __popc(ties_here & below) < take);
-    const unsigned picks = __ballot_sync(0xffffffffu, pick);
+  write_picks(key, threshold, take, tie_rank, slot, lane, [&](int at, int j) {
     const int i = lo + j * 32 + lane;
-    if (pick) out[slot + __popc(picks & below)] = l.index ? l.index[int64_t(row) * l.n + i] : i;
-    tie_rank += __popc(ties_here);
-    slot += __popc(picks);
-  }
+    out[at] = l.index ? l.index[int64_t(row) * l.n + i] : i;
+  });
   if (c == l.chunks - 1) {  // this chunk's inclusive counts are the row's
     int above_all = before[0], ties_all = before[1];
     for (int w = 0; w < kWarps; ++w) above_all += warp_above[w], ties_all += warp_ties[w];
@@ -281,16 +303,12 @@ __global__ void __launch_bounds__(kThreads) topk_compact_kernel(const TopkParams
   __shared__ int hist[256], warp_sums[kWarps], warp_above[kWarps], warp_ties[kWarps];
   __shared__ int scratch[32], found[2];  // the round's digit and the keys above it
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.y, c = blockIdx.x;
-  const float* scores = p.scores + int64_t(row) * p.N;
   const int lo = c * kChunk + warp * kWarpKeys;
   uint32_t key[kPerLane];
+  load_keys(p.scores + int64_t(row) * p.N, p.N, lo, lane, key);
   int candidates = 0;
 #pragma unroll
-  for (int j = 0; j < kPerLane; ++j) {
-    const int i = lo + j * 32 + lane;
-    key[j] = i < p.N ? topk_key(scores[i]) : 0u;
-    candidates += key[j] != 0u;
-  }
+  for (int j = 0; j < kPerLane; ++j) candidates += key[j] != 0u;
   candidates = block_sum(candidates, scratch);
   uint32_t threshold = 0u;  // keep the keys above it, then `take` ties in index order
   int take = 0;
@@ -325,12 +343,8 @@ __global__ void __launch_bounds__(kThreads) topk_compact_kernel(const TopkParams
     threshold = prefix;
     take = remaining;
   }
-  int above = 0, ties = 0;
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) {
-    above += __popc(__ballot_sync(0xffffffffu, key[j] > threshold));
-    ties += __popc(__ballot_sync(0xffffffffu, key[j] != 0u && key[j] == threshold));
-  }
+  int above, ties;
+  count_picks(key, threshold, above, ties);
   if (lane == 0) warp_above[warp] = above, warp_ties[warp] = ties;
   __syncthreads();
   int tie_rank = 0, slot = 0, picked = 0, ties_all = 0;  // before this warp; in the chunk
@@ -341,21 +355,10 @@ __global__ void __launch_bounds__(kThreads) topk_compact_kernel(const TopkParams
   picked += min(ties_all, take);
   slot += min(tie_rank, take);
   const int64_t base = int64_t(row) * l.n + int64_t(c) * p.k;
-  const unsigned below = (1u << lane) - 1u;
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) {
-    const bool tie = key[j] != 0u && key[j] == threshold;
-    const unsigned ties_here = __ballot_sync(0xffffffffu, tie);
-    const bool pick = key[j] > threshold || (tie && tie_rank + __popc(ties_here & below) < take);
-    const unsigned picks = __ballot_sync(0xffffffffu, pick);
-    if (pick) {
-      const int64_t at = base + slot + __popc(picks & below);
-      l.candidates[at] = key_value(key[j]);
-      l.index[at] = lo + j * 32 + lane;
-    }
-    tie_rank += __popc(ties_here);
-    slot += __popc(picks);
-  }
+  write_picks(key, threshold, take, tie_rank, slot, lane, [&](int at, int j) {
+    l.candidates[base + at] = key_value(key[j]);
+    l.index[base + at] = lo + j * 32 + lane;
+  });
   for (int x = picked + threadIdx.x; x < p.k; x += kThreads) {
     l.candidates[base + x] = -INFINITY;
     l.index[base + x] = -1;
