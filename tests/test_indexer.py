@@ -142,7 +142,8 @@ def test_indexer_fp8_form(device, B, S, N, HI, DI, q_start):
     (q8, w8, k8, qs, key_scales), bf16_args = fp8_indexer(B, S, N, HI, DI, device, q_start)
     mine = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
     ref = reference.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
-    assert_close(mine, ref, 1e-5, "fp8 scores")
+    # On CUDA the prefill case may run e4m3 products (test_indexer_fp8_kernel_cuda says why 5e-4).
+    assert_close(mine, ref, 5e-4 if str(device) == "cuda" else 1e-5, "fp8 scores")
     assert_close(mine, reference.indexer_scores(*bf16_args, ratio=4), 0.1, "fp8 against bf16 scores")
     out = ops.indexer_topk(q8, w8, k8, qs, k=16, ratio=4, block_rows=7, key_scales=key_scales)
     finite = torch.isfinite(ref)

@@ -71,7 +71,11 @@ def filled_state(config, batch: int, context: int, decode_steps: int) -> LayerCa
     for stream in (state.ckv, state.index_keys):
         if stream is not None:
             rows = (context + decode_steps) // stream.ratio + 1
-            stream.entries = torch.randn(batch, rows, stream.entries.shape[2], device=DEV, dtype=torch.bfloat16)
+            entries = torch.randn(batch, rows, stream.entries.shape[2], device=DEV)
+            if stream.scales is None:
+                stream.entries = entries.bfloat16()
+            else:  # the fp8 form: e4m3 entries with a scale each
+                stream.entries, stream.scales = ops.quantize_e4m3(entries)
     return state
 
 
