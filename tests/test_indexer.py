@@ -154,17 +154,18 @@ def test_indexer_fp8_form(device, B, S, N, HI, DI, q_start):
 @pytest.mark.cuda
 @pytest.mark.parametrize("B,S,N,HI,q_start", [(2, 33, 300, 64, [0, 700]), (3, 70, 1000, 40, [0, 1000, 133]),
                                               (1, 513, 4100, 64, [16384 - 513])])
-def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start):
-    """LCATTN_INDEXER_FP8=1: the wgmma kernel reads e4m3 q and keys as they are (e4m3 products) and
-    scores as the reference does from the same values; indexer_topk on it with blocks that cross
-    sequences."""
-    monkeypatch.setenv("LCATTN_INDEXER_FP8", "1")
+@pytest.mark.parametrize("e4m3_products", [True, False])
+def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, e4m3_products):
+    """The wgmma kernel reads e4m3 q and keys as they are (e4m3 products; LCATTN_INDEXER_FP8=0 widens
+    them to bf16 first) and scores as the reference does from the same values; indexer_topk on it
+    with blocks that cross sequences."""
+    monkeypatch.setenv("LCATTN_INDEXER_FP8", "1" if e4m3_products else "0")
     (q8, w8, k8, qs, key_scales), _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
     mine = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
     ref = reference.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
     # Hopper's fp8 wgmma adds the products inside an instruction at about 14 bits (DeepSeek-V3
     # report), about 6e-5 relative per dot product.
-    assert_close(mine, ref, 5e-4, "e4m3 kernel scores")
+    assert_close(mine, ref, 5e-4 if e4m3_products else 1e-5, "e4m3 kernel scores")
     out = ops.indexer_topk(q8, w8, k8, qs, k=64, ratio=4, block_rows=50, key_scales=key_scales)
     finite = torch.isfinite(ref)
     check_topk(out, ref, 64, tol=2 * (mine - ref)[finite].abs().max().item())
@@ -249,14 +250,10 @@ def test_bad_input_is_rejected(device):
 @pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
                                       (1, 65536, 65536), (2, 1100003, 600), (300, 40000, 512),
                                       (4100, 16384, 300)])
-@pytest.mark.parametrize("compact", [False, True])
-def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, compact):
+def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
     """Long rows spread over many CTAs (the default; LCATTN_TOPK_SPLIT=0 turns it off): the same
     indices as the one-CTA kernel (both take tied keys in index order), on rows with ties, -inf, NaN
-    and fewer candidates than k; 4100 rows run as two passes of at most 4096. compact: with
-    LCATTN_TOPK_COMPACT=1 (each chunk's own top k first; up to 64 rows and k <= 1024)."""
-    if compact:
-        monkeypatch.setenv("LCATTN_TOPK_COMPACT", "1")
+    and fewer candidates than k; 4100 rows run as two passes of at most 4096."""
     scores = torch.randn(rows, N, device="cuda")
     scores[0, ::5] = float("-inf")
     if rows > 1:
@@ -278,11 +275,9 @@ def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, compact)
 @pytest.mark.cuda
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
-@pytest.mark.parametrize("compact", ["0", "1"])
-def test_split_topk_graph_replay_cuda(monkeypatch, compact):
+def test_split_topk_graph_replay_cuda():
     """The split top-k replayed in a CUDA graph with new scores each time (its counters start from
-    zero on every replay) picks what an eager call picks; also with LCATTN_TOPK_COMPACT=1."""
-    monkeypatch.setenv("LCATTN_TOPK_COMPACT", compact)
+    zero on every replay) picks what an eager call picks."""
     scores = torch.randn(5, 70000, device="cuda")
     graph, picked = capture(lambda: ops.topk_indices(scores, 512))
     for step in range(4):
@@ -295,11 +290,8 @@ def test_split_topk_graph_replay_cuda(monkeypatch, compact):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("compact", ["0", "1"])
-def test_split_topk_in_indexer_decode_cuda(monkeypatch, compact):
-    """indexer_topk at decode (a row per sequence, 64K entries) picks the same entries either way
-    (also with LCATTN_TOPK_COMPACT=1)."""
-    monkeypatch.setenv("LCATTN_TOPK_COMPACT", compact)
+def test_split_topk_in_indexer_decode_cuda(monkeypatch):
+    """indexer_topk at decode (a row per sequence, 64K entries) picks the same entries either way."""
     shape = MODEL_SHAPES["flash"]
     args = make_indexer(4, 1, 65536, shape["index_heads"], shape["index_dim"], "cuda", [262140, 100000, 5000, 3])
     monkeypatch.setenv("LCATTN_TOPK_SPLIT", "0")

@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--contexts", help="layer cases: comma list of contexts (default 8K to 1M; quick: 8K, 32K)")
     parser.add_argument("--no-unfused-layer", action="store_true", help="skip the unfused PyTorch layer")
     parser.add_argument("--index-fp8", action="store_true", help="layer cases: the CSA indexer in the fp8 form "
-                        "(config.index_fp8; LCATTN_INDEXER_FP8=1 for the e4m3 kernel)")
+                        "(config.index_fp8)")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args()
     wanted = args.ops.split(",")

@@ -292,7 +292,7 @@ __global__ void gather_rows_kernel(const GatherParams p) {
 }  // namespace
 
 bool indexer_reads_e4m3(const IndexerParams& p) {
-  return env_is("LCATTN_INDEXER_FP8", "1") && !env_is("LCATTN_INDEXER_SM90", "0") && p.S > kHeadsRowsMax &&
+  return !env_is("LCATTN_INDEXER_FP8", "0") && !env_is("LCATTN_INDEXER_SM90", "0") && p.S > kHeadsRowsMax &&
          indexer_sm90_supported(p);
 }
 

@@ -88,7 +88,7 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
   if (threadIdx.x == 0) {
     mbar_init(&sm.keys_full, 128);
     for (int i = 0; i < kStages; ++i) {
-      mbar_init(&sm.full[i], 256);   // 128 cp.async arrivals + 128 weight stores
+      mbar_init(&sm.full[i], 128);   // the producer's cp.async arrivals (q and weights)
       mbar_init(&sm.empty[i], 256);  // every math thread, after its products and weight loads
     }
     fence_barrier_init();
@@ -117,12 +117,12 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
         const uint8_t* src = q_all + ((seq_row0 + s) * p.HI + h) * E::kRowBytes + u * 16;
         cp_async_16(sm.q[stage] + (u / 8) * kPairChunkBytes + swizzled(r, u % 8), valid ? src : q_all, valid ? 16 : 0);
       }
-      mbar_arrive_cp_async(&sm.full[stage]);
-      {
+      {  // the weights by cp.async too: a plain load would stall the producer for an L2 round trip per pair
         const int s = s_pair + tid / kHeads, h = tid % kHeads;
-        sm.w[stage][tid] = s < s_hi && h < p.HI ? p.weights[(seq_row0 + s) * p.HI + h] : 0.f;
+        const bool valid = s < s_hi && h < p.HI;
+        cp_async_4(&sm.w[stage][tid], valid ? p.weights + (seq_row0 + s) * p.HI + h : p.weights, valid ? 4 : 0);
       }
-      mbar_arrive(&sm.full[stage]);
+      mbar_arrive_cp_async(&sm.full[stage]);
     }
     return;
   }
@@ -132,6 +132,15 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
   const int c0 = (lane % 4) * 2;  // this thread's columns c0, c0 + 1 of every 8-column block
   // This thread's keys: accumulator rows warp * 16 + lane / 4 (+ 8) of tiles 0 and 1.
   const int key0 = n0 + 128 * wg + warp * 16 + lane / 4;
+  // Lane l of a quad writes (tile, query row) = (l % 4 / 2, l % 2) of keys key_n[half], both halves.
+  const int t_out = (lane % 4) / 2, q_out = lane % 2;
+  int key_n[2];
+  float key_scale[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    key_n[half] = key0 + 64 * t_out + 8 * half;
+    key_scale[half] = key_n[half] < p.N ? p.key_scale(b, key_n[half]) : 0.f;
+  }
   mbar_wait(&sm.keys_full, 0);
   for (int i = 0; i < pairs; ++i) {
     const int stage = i % kStages;
@@ -175,25 +184,25 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
 #pragma unroll
           for (int j = 0; j < 8; ++j) {
             const float* a = &acc[t][(8 * q + j) * 4 + 2 * half];
-            sum += w[q][j].x * fmaxf(a[0], 0.f) + w[q][j].y * fmaxf(a[1], 0.f);
+            sum = fmaf(w[q][j].x, fmaxf(a[0], 0.f), sum);  // one max and one fma a product
+            sum = fmaf(w[q][j].y, fmaxf(a[1], 0.f), sum);
           }
           sum += __shfl_xor_sync(0xffffffffu, sum, 1);
           sums[t][q][half] = sum + __shfl_xor_sync(0xffffffffu, sum, 2);
         }
-    // Lane l of a quad writes (tile, query row) = (l % 4 / 2, l % 2), both halves.
-    const int t = (lane % 4) / 2, q = lane % 2, s = s_first + 2 * i + q;
+    const int t = t_out, q = q_out, s = s_first + 2 * i + q;
     if (s < s_hi) {
       const int visible = visible_entries(q0 + s, p.ratio, p.N);
       float* dst = p.scores + (seq_row0 + s - p.row_begin) * p.N;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int n = key0 + 64 * t + 8 * half;
+        const int n = key_n[half];
         // Select the register by the lane's (t, q) without dynamic indexing.
         float v = sums[0][0][half];
         v = (t == 0 && q == 1) ? sums[0][1][half] : v;
         v = (t == 1 && q == 0) ? sums[1][0][half] : v;
         v = (t == 1 && q == 1) ? sums[1][1][half] : v;
-        if (n < p.N) dst[n] = n < visible ? p.key_scale(b, n) * v : -INFINITY;
+        if (n < p.N) dst[n] = n < visible ? key_scale[half] * v : -INFINITY;
       }
     }
   }

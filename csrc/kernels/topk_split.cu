@@ -14,6 +14,7 @@
 // Every count is an integer, so the result is the same on every run. LCATTN_TOPK_SPLIT=0 turns it off.
 #include <algorithm>
 
+#include "common/chain.cuh"
 #include "common/device.h"
 #include "common/reduce.cuh"
 #include "common/topk_key.cuh"
@@ -31,15 +32,7 @@ constexpr int kWarpKeys = 32 * kPerLane;    // a warp's contiguous part of a chu
 constexpr int kChunk = kWarps * kWarpKeys;  // entries per CTA: 4096
 constexpr int kMinEntries = 16384;          // entries from which it runs
 constexpr int kSliceRows = 4096;            // rows per pass: the workspace (8 KB a row) and grid.y stay bounded
-constexpr int kCompactRows = 64, kCompactK = kChunk / 4;  // the compacting first pass: rows and k up to these
 
-// Whether a first pass keeps each chunk's own top k and the rounds run on those candidates only
-// (topk_compact_kernel; LCATTN_TOPK_COMPACT=1 until it has run on a GPU). For few rows, whose
-// candidates then fit in L2: one read of the scores from HBM instead of four.
-// Decided by the rows the workspace was sized for, so that sizing and running agree.
-bool compacts(const TopkParams& p) {
-  return env_is("LCATTN_TOPK_COMPACT", "1") && p.sized_rows() <= kCompactRows && p.k >= 1 && p.k <= kCompactK;
-}
 
 // Round r decides bits [shift, shift + bits) of the threshold key; the bits above are known.
 __device__ __forceinline__ int round_shift(int r) { return r == 0 ? 21 : (r == 1 ? 10 : 0); }
@@ -61,40 +54,24 @@ __device__ __forceinline__ uint64_t pack_counts(uint64_t kind, int above, int ti
   return kind | uint64_t(above) << 31 | uint64_t(ties);
 }
 
-// Where the split path keeps its counts in the workspace (zeroed at the start of each pass of rows),
-// then, when it compacts, the candidates.
+// Where the split path keeps its counts in the workspace (zeroed at the start of each pass of rows).
 struct Layout {
-  int n;             // entries of a row the rounds select from: p.N, or the candidates
   int chunks;        // CTAs per row in the rounds and the write
   int* hist;         // [R, kBins]; each round's select clears it for the next
   RowState* state;   // [R]
   uint64_t* counts;  // [R, chunks]: pack_counts
   int* ticket;       // the write kernel's next chunk, in launch order
-  size_t counter_bytes;
-  float* candidates = nullptr;  // [R, n] when compacting: chunk c's picks at c * k, then -inf
-  int* index = nullptr;         // [R, n]: their indices in the row
   size_t bytes;
 
   Layout(const TopkParams& p, void* workspace) {
-    const bool compact = compacts(p);
-    n = compact ? (p.N + kChunk - 1) / kChunk * p.k : p.N;
-    chunks = (n + kChunk - 1) / kChunk;
+    chunks = (p.N + kChunk - 1) / kChunk;
     WorkspaceCarver carve(workspace);
     const size_t rows = size_t(std::min<int64_t>(p.R, kSliceRows));
     hist = carve.take<int>(rows * kBins);
     state = carve.take<RowState>(rows);
     counts = carve.take<uint64_t>(rows * chunks);
     ticket = carve.take<int>(1);
-    counter_bytes = carve.bytes();
-    if (compact) {
-      candidates = carve.take<float>(rows * n);
-      index = carve.take<int>(rows * n);
-    }
     bytes = carve.bytes();
-  }
-  // The scores the rounds read: the candidates when compacting.
-  __host__ __device__ const float* row_scores(const TopkParams& p, int row) const {
-    return candidates ? candidates + int64_t(row) * n : p.scores + int64_t(row) * p.N;
   }
 };
 
@@ -103,6 +80,7 @@ struct Layout {
 __global__ void __launch_bounds__(kThreads) topk_hist_kernel(const TopkParams p, const Layout l, int r) {
   __shared__ int hist[kBins];
   __shared__ int scratch[32];
+  chain_start();
   const int row = blockIdx.y;
   if (l.state[row].done) return;
   const uint32_t prefix = l.state[row].prefix, mask = known_mask(r);
@@ -110,8 +88,8 @@ __global__ void __launch_bounds__(kThreads) topk_hist_kernel(const TopkParams p,
   const uint32_t digits = (1u << round_bits(r)) - 1u;
   for (int x = threadIdx.x; x < kBins; x += kThreads) hist[x] = 0;
   __syncthreads();
-  const float* scores = l.row_scores(p, row);
-  const int begin = blockIdx.x * kChunk, end = min(l.n, begin + kChunk);
+  const float* scores = p.scores + int64_t(row) * p.N;
+  const int begin = blockIdx.x * kChunk, end = min(p.N, begin + kChunk);
   int candidates = 0;
   for (int i = begin + threadIdx.x; i < end; i += kThreads) {
     const uint32_t key = topk_key(scores[i]);
@@ -133,6 +111,7 @@ constexpr int kBinsPerThread = kBins / kThreads;
 __global__ void __launch_bounds__(kThreads) topk_select_kernel(const TopkParams p, const Layout l, int r) {
   __shared__ int warp_sums[kWarps];
   __shared__ int found[3];  // the digit (-1: none), the keys above it, the count of bin 0
+  chain_start();
   const int row = blockIdx.x, t = threadIdx.x, lane = t & 31, warp = t >> 5;
   RowState* state = l.state + row;
   if (state->done) return;  // the same for the whole block
@@ -235,6 +214,7 @@ __device__ __forceinline__ void write_picks(const uint32_t (&key)[kPerLane], uin
 __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p, const Layout l) {
   __shared__ int chunk_id, warp_above[kWarps], warp_ties[kWarps];
   __shared__ int before[2];  // keys above the threshold and ties in the earlier chunks
+  chain_start();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (threadIdx.x == 0) chunk_id = atomicAdd(l.ticket, 1);
   __syncthreads();
@@ -243,7 +223,7 @@ __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p
   const int take = l.state[row].remaining;  // ties to take, the first in index order
   const int lo = c * kChunk + warp * kWarpKeys;
   uint32_t key[kPerLane];
-  load_keys(l.row_scores(p, row), l.n, lo, lane, key);
+  load_keys(p.scores + int64_t(row) * p.N, p.N, lo, lane, key);
   int above, ties;
   count_picks(key, threshold, above, ties);
   if (lane == 0) warp_above[warp] = above, warp_ties[warp] = ties;
@@ -280,88 +260,12 @@ __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p
   int* out = p.indices + int64_t(row) * p.k;
   write_picks(key, threshold, take, tie_rank, slot, lane, [&](int at, int j) {
     const int i = lo + j * 32 + lane;
-    out[at] = l.index ? l.index[int64_t(row) * l.n + i] : i;
+    out[at] = i;
   });
   if (c == l.chunks - 1) {  // this chunk's inclusive counts are the row's
     int above_all = before[0], ties_all = before[1];
     for (int w = 0; w < kWarps; ++w) above_all += warp_above[w], ties_all += warp_ties[w];
     for (int j = above_all + min(ties_all, take) + threadIdx.x; j < p.k; j += kThreads) out[j] = -1;
-  }
-}
-
-// The float whose topk_key is `key` (!= 0).
-__device__ __forceinline__ float key_value(uint32_t key) {
-  return __uint_as_float((key & 0x80000000u) ? key & 0x7fffffffu : ~key);
-}
-
-// grid (ceil(N / kChunk), R): the chunk's own top k, in the order of the picks (larger key first,
-// then lower index), written in index order with their indices at c * k of the row's candidates;
-// the slots left get -inf. The row's top k lies among them: a pick of the row has fewer than k picks
-// before it in that order, and those in its chunk come before it in the chunk too. A radix select
-// of 4 rounds of 8 bits on the chunk's 4096 keys, held in registers as in the write kernel.
-__global__ void __launch_bounds__(kThreads) topk_compact_kernel(const TopkParams p, const Layout l) {
-  __shared__ int hist[256], warp_sums[kWarps], warp_above[kWarps], warp_ties[kWarps];
-  __shared__ int scratch[32], found[2];  // the round's digit and the keys above it
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.y, c = blockIdx.x;
-  const int lo = c * kChunk + warp * kWarpKeys;
-  uint32_t key[kPerLane];
-  load_keys(p.scores + int64_t(row) * p.N, p.N, lo, lane, key);
-  int candidates = 0;
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) candidates += key[j] != 0u;
-  candidates = block_sum(candidates, scratch);
-  uint32_t threshold = 0u;  // keep the keys above it, then `take` ties in index order
-  int take = 0;
-  if (candidates > p.k) {
-    uint32_t prefix = 0u, mask = 0u;
-    int remaining = p.k;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-      hist[threadIdx.x] = 0;
-      __syncthreads();
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j)
-        if ((key[j] & mask) == prefix) atomicAdd(&hist[(key[j] >> shift) & 255u], 1);
-      __syncthreads();
-      const int count = hist[255 - threadIdx.x];  // thread t: bin 255 - t, so a scan runs from the top
-      int cum = count;
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const int v = __shfl_up_sync(0xffffffffu, cum, o);
-        if (lane >= o) cum += v;
-      }
-      if (lane == 31) warp_sums[warp] = cum;
-      __syncthreads();
-      int above = cum - count;
-      for (int w = 0; w < warp; ++w) above += warp_sums[w];
-      if (above < remaining && above + count >= remaining) found[0] = 255 - threadIdx.x, found[1] = above;
-      __syncthreads();
-      prefix |= uint32_t(found[0]) << shift;
-      mask |= 255u << shift;
-      remaining -= found[1];
-      __syncthreads();  // every thread has read found[] and hist before the next round writes them
-    }
-    threshold = prefix;
-    take = remaining;
-  }
-  int above, ties;
-  count_picks(key, threshold, above, ties);
-  if (lane == 0) warp_above[warp] = above, warp_ties[warp] = ties;
-  __syncthreads();
-  int tie_rank = 0, slot = 0, picked = 0, ties_all = 0;  // before this warp; in the chunk
-  for (int w = 0; w < kWarps; ++w) {
-    if (w < warp) tie_rank += warp_ties[w], slot += warp_above[w];
-    picked += warp_above[w], ties_all += warp_ties[w];
-  }
-  picked += min(ties_all, take);
-  slot += min(tie_rank, take);
-  const int64_t base = int64_t(row) * l.n + int64_t(c) * p.k;
-  write_picks(key, threshold, take, tie_rank, slot, lane, [&](int at, int j) {
-    l.candidates[base + at] = key_value(key[j]);
-    l.index[base + at] = lo + j * 32 + lane;
-  });
-  for (int x = picked + threadIdx.x; x < p.k; x += kThreads) {
-    l.candidates[base + x] = -INFINITY;
-    l.index[base + x] = -1;
   }
 }
 
@@ -381,17 +285,20 @@ cudaError_t topk_split_cuda(const TopkParams& all, cudaStream_t stream) {
     p.R = std::min<int64_t>(kSliceRows, all.R - r0);
     p.scores += r0 * p.N;
     p.indices += r0 * p.k;
-    cudaError_t err = cudaMemsetAsync(p.split_workspace, 0, l.counter_bytes, stream);
+    cudaError_t err = cudaMemsetAsync(p.split_workspace, 0, l.bytes, stream);
     if (err != cudaSuccess) return err;
-    if (l.candidates)
-      topk_compact_kernel<<<dim3(unsigned((p.N + kChunk - 1) / kChunk), unsigned(p.R)), kThreads, 0, stream>>>(p, l);
+    // Each kernel after the first is placed while the one before finishes (common/chain.cuh).
     const dim3 grid(unsigned(l.chunks), unsigned(p.R));
-    for (int r = 0; r < 3; ++r) {
-      topk_hist_kernel<<<grid, kThreads, 0, stream>>>(p, l, r);
-      topk_select_kernel<<<unsigned(p.R), kThreads, 0, stream>>>(p, l, r);
+    for (int r = 0; r < 3 && err == cudaSuccess; ++r) {
+      if (r == 0)
+        topk_hist_kernel<<<grid, kThreads, 0, stream>>>(p, l, r);
+      else
+        err = launch_chained(topk_hist_kernel, grid, kThreads, stream, p, l, r);
+      if (err == cudaSuccess) err = launch_chained(topk_select_kernel, dim3(unsigned(p.R)), kThreads, stream, p, l, r);
     }
-    topk_write_kernel<<<unsigned(int64_t(l.chunks) * p.R), kThreads, 0, stream>>>(p, l);
-    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if (err == cudaSuccess)
+      err = launch_chained(topk_write_kernel, dim3(unsigned(int64_t(l.chunks) * p.R)), kThreads, stream, p, l);
+    if (err != cudaSuccess || (err = cudaGetLastError()) != cudaSuccess) return err;
   }
   return cudaSuccess;
 }

@@ -44,7 +44,7 @@ def indexer_cases(quick):
 
 def fp8_scores_case(S, N, make, bf16_scores, flops):
     """indexer_scores in the fp8 form (e4m3 q and keys, key_scales) against the bf16 op on the same
-    shape. The e4m3 kernel runs with LCATTN_INDEXER_FP8=1; without it the op widens to bf16 first."""
+    shape (e4m3 products; with LCATTN_INDEXER_FP8=0 the op widens to bf16 first)."""
     def fp8(S=S, N=N):
         q, w, keys, qs = make(S, N)
         q8, q_scales = ops.quantize_e4m3(q)

@@ -24,8 +24,7 @@ void indexer_topk_blocks(const IndexerTopkParams& p, Run&& run) {
     s.row_begin = r0;
     s.row_end = std::min(rows, r0 + p.block_rows);
     s.scores = p.block;
-    const TopkParams t{p.block,     p.indices + r0 * p.k, s.row_end - s.row_begin, s.N, p.k, p.topk_split_workspace,
-                       p.block_rows};
+    const TopkParams t{p.block, p.indices + r0 * p.k, s.row_end - s.row_begin, s.N, p.k, p.topk_split_workspace};
     if (!run(s, t)) return;
   }
 }

@@ -69,8 +69,6 @@ struct TopkParams {
   // CUDA, long rows: with topk_split_workspace_bytes(p) bytes here, each row is spread over many
   // CTAs (topk_split.cu). The adapters set it unless LCATTN_TOPK_SPLIT=0.
   void* split_workspace = nullptr;
-  int64_t split_rows = 0;  // the rows (>= R) the workspace was sized for; 0: R
-  int64_t sized_rows() const { return split_rows > 0 ? split_rows : R; }
 };
 
 // Indexer scores then top-k (SPEC 4), one block of query rows at a time, so that memory is
