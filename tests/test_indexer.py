@@ -109,12 +109,13 @@ def test_indexer_topk_prefill_scale_cuda():
     (3, 70, 1000, 64, [0, 1000, 133]),    # several sequences; early rows see no entry
     (1, 513, 4100, 64, [16384 - 513]),    # prefill block of a long context
 ])
-@pytest.mark.parametrize("kernel", ["wgmma", "mma.sync"])
+@pytest.mark.parametrize("kernel", ["wgmma", "wgmma scattered sums", "mma.sync"])
 def test_indexer_scores_prefill_kernels_cuda(monkeypatch, B, S, N, HI, q_start, kernel):
-    """Both prefill scoring kernels for head dim 128 (wgmma with keys as M, the default; mma.sync
-    with LCATTN_INDEXER_SM90=0) against the reference, and indexer_topk on each with blocks of rows
-    that cross sequences."""
-    monkeypatch.setenv("LCATTN_INDEXER_SM90", "1" if kernel == "wgmma" else "0")
+    """Both prefill scoring kernels for head dim 128 (wgmma with keys as M, the default, also with
+    LCATTN_INDEXER_SCATTER_SUMS=1; mma.sync with LCATTN_INDEXER_SM90=0) against the reference, and
+    indexer_topk on each with blocks of rows that cross sequences."""
+    monkeypatch.setenv("LCATTN_INDEXER_SM90", "0" if kernel == "mma.sync" else "1")
+    monkeypatch.setenv("LCATTN_INDEXER_SCATTER_SUMS", "1" if "scattered" in kernel else "0")
     args = make_indexer(B, S, N, HI, 128, "cuda", q_start)
     assert_close(ops.indexer_scores(*args, ratio=4), reference.indexer_scores(*args, ratio=4), 1e-5, "scores")
     out = ops.indexer_topk(*args, k=64, ratio=4, block_rows=50)
@@ -153,19 +154,25 @@ def test_indexer_fp8_form(device, B, S, N, HI, DI, q_start):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("B,S,N,HI,q_start", [(2, 33, 300, 64, [0, 700]), (3, 70, 1000, 40, [0, 1000, 133]),
-                                              (1, 513, 4100, 64, [16384 - 513])])
+                                              (1, 513, 4100, 64, [16384 - 513]),
+                                              (3, 1, 5000, 64, [19999, 77, 4000]), (2, 2, 700, 40, [0, 2000])])
 @pytest.mark.parametrize("e4m3_products", [True, False])
-def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, e4m3_products):
-    """The wgmma kernel reads e4m3 q and keys as they are (e4m3 products; LCATTN_INDEXER_FP8=0 widens
-    them to bf16 first) and scores as the reference does from the same values; indexer_topk on it
-    with blocks that cross sequences."""
+@pytest.mark.parametrize("sums", ["selected", "scattered"])
+def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, e4m3_products, sums):
+    """The kernels read e4m3 q and keys as they are (LCATTN_INDEXER_FP8=0 widens them to bf16 first)
+    and score as the reference does from the same values: the wgmma kernel with e4m3 products in
+    prefill, the heads kernel at decode (up to 16 rows per sequence; LCATTN_INDEXER_FP8_DECODE=1),
+    which widens them exactly as it stages a tile; the wgmma kernel's head sums also with
+    LCATTN_INDEXER_SCATTER_SUMS=1; indexer_topk on them with blocks that cross sequences."""
     monkeypatch.setenv("LCATTN_INDEXER_FP8", "1" if e4m3_products else "0")
+    monkeypatch.setenv("LCATTN_INDEXER_FP8_DECODE", "1")
+    monkeypatch.setenv("LCATTN_INDEXER_SCATTER_SUMS", "1" if sums == "scattered" else "0")
     (q8, w8, k8, qs, key_scales), _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
     mine = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
     ref = reference.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
     # Hopper's fp8 wgmma adds the products inside an instruction at about 14 bits (DeepSeek-V3
     # report), about 6e-5 relative per dot product.
-    assert_close(mine, ref, 5e-4 if e4m3_products else 1e-5, "e4m3 kernel scores")
+    assert_close(mine, ref, 5e-4 if e4m3_products and S > 16 else 1e-5, "e4m3 kernel scores")
     out = ops.indexer_topk(q8, w8, k8, qs, k=64, ratio=4, block_rows=50, key_scales=key_scales)
     finite = torch.isfinite(ref)
     check_topk(out, ref, 64, tol=2 * (mine - ref)[finite].abs().max().item())

@@ -75,6 +75,24 @@ __device__ __forceinline__ void stage_rows(bf16* dst, int rows, Src src_row) {
   }
 }
 
+// stage_rows for e4m3 rows (src_row(r): const e4m3* or null), widened to bf16 as they are staged.
+template <typename Src>
+__device__ __forceinline__ void stage_e4m3_rows(bf16* dst, int rows, Src src_row) {
+  constexpr int kVectors = kTileDim / 8;  // 8-byte vectors per row
+  for (int v = threadIdx.x; v < rows * kVectors; v += kTileThreads) {
+    const int r = v / kVectors, col = v % kVectors * 8;
+    const e4m3* src = src_row(r);
+    const uint2 in = src ? *reinterpret_cast<const uint2*>(src + col) : make_uint2(0, 0);
+    uint32_t out[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t word = j < 2 ? in.x : in.y, pair = word >> (16 * (j & 1));
+      out[j] = uint32_t(e4m3_to_bf16(e4m3(pair & 0xffu))) | uint32_t(e4m3_to_bf16(e4m3(pair >> 8 & 0xffu))) << 16;
+    }
+    *reinterpret_cast<uint4*>(dst + r * kTileStride + col) = make_uint4(out[0], out[1], out[2], out[3]);
+  }
+}
+
 // acc = rows [wm, wm + 16) of q times keys [wn, wn + 64) of the staged tiles over kTileDim: this
 // warp's m16n8k16 products (fragment layout: lane = 4 g + t holds rows g, g + 8 and key pairs 2t).
 __device__ __forceinline__ void warp_tile_products(const bf16* q, const bf16* keys, int wm, int wn, int lane,
@@ -179,9 +197,16 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_heads_kernel(cons
     for (int n = n0 + threadIdx.x; n < min(n0 + kTileKeys, p.N); n += kTileThreads) dst[n] = -INFINITY;
     return;
   }
-  stage_rows(keys, kTileKeys,
-             [&](int i) { return n0 + i < visible ? p.keys + (int64_t(b) * p.N + n0 + i) * kTileDim : nullptr; });
-  stage_rows(q, kTileRows, [&](int h) { return h < p.HI ? p.q + (r * p.HI + h) * kTileDim : nullptr; });
+  if (p.keys_e4m3) {  // the fp8 form, widened exactly as it is staged
+    stage_e4m3_rows(keys, kTileKeys, [&](int i) {
+      return n0 + i < visible ? p.keys_e4m3 + (int64_t(b) * p.N + n0 + i) * kTileDim : nullptr;
+    });
+    stage_e4m3_rows(q, kTileRows, [&](int h) { return h < p.HI ? p.q_e4m3 + (r * p.HI + h) * kTileDim : nullptr; });
+  } else {
+    stage_rows(keys, kTileKeys,
+               [&](int i) { return n0 + i < visible ? p.keys + (int64_t(b) * p.N + n0 + i) * kTileDim : nullptr; });
+    stage_rows(q, kTileRows, [&](int h) { return h < p.HI ? p.q + (r * p.HI + h) * kTileDim : nullptr; });
+  }
   if (threadIdx.x < kTileRows) w[threadIdx.x] = threadIdx.x < p.HI ? p.weights[r * p.HI + threadIdx.x] : 0.f;
   __syncthreads();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -291,16 +316,19 @@ __global__ void gather_rows_kernel(const GatherParams p) {
 
 }  // namespace
 
+// Prefill (e4m3 wgmma) and, with LCATTN_INDEXER_FP8_DECODE=1 until it has run on a GPU, decode (the
+// heads kernel, which widens e4m3 exactly as it stages a tile; the adapter's widening copies the
+// whole key cache each step).
 bool indexer_reads_e4m3(const IndexerParams& p) {
-  return !env_is("LCATTN_INDEXER_FP8", "0") && !env_is("LCATTN_INDEXER_SM90", "0") && p.S > kHeadsRowsMax &&
-         indexer_sm90_supported(p);
+  if (env_is("LCATTN_INDEXER_FP8", "0")) return false;
+  if (p.S <= kHeadsRowsMax) return env_is("LCATTN_INDEXER_FP8_DECODE", "1") && p.DI == kTileDim && p.HI <= kTileRows;
+  return !env_is("LCATTN_INDEXER_SM90", "0") && indexer_sm90_supported(p);
 }
 
 cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream) {
   const int64_t rows = p.row_end - p.row_begin;
   if (rows == 0 || p.N == 0) return cudaSuccess;
-  if (p.keys_e4m3) return indexer_scores_sm90(p, stream);               // the one kernel that reads e4m3
-  if (p.DI == kTileDim && p.HI <= kTileRows && p.S <= kHeadsRowsMax) {  // decode: heads as M
+  if (p.DI == kTileDim && p.HI <= kTileRows && p.S <= kHeadsRowsMax) {  // decode: heads as M (bf16 or e4m3)
     static PerDevice<cudaError_t> smem_limit;
     const cudaError_t attr =
         allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(indexer_scores_heads_kernel), int(kHeadsSmem));
@@ -309,8 +337,10 @@ cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream) {
     indexer_scores_heads_kernel<<<grid, kTileThreads, kHeadsSmem, stream>>>(p);
     return cudaGetLastError();
   }
-  // wgmma with keys as M (indexer_sm90.cu); LCATTN_INDEXER_SM90=0 keeps the mma.sync kernel below.
-  if (!env_is("LCATTN_INDEXER_SM90", "0") && indexer_sm90_supported(p)) return indexer_scores_sm90(p, stream);
+  // wgmma with keys as M (indexer_sm90.cu; bf16 or e4m3); LCATTN_INDEXER_SM90=0 keeps the mma.sync
+  // kernel below for bf16.
+  if (p.keys_e4m3 || (!env_is("LCATTN_INDEXER_SM90", "0") && indexer_sm90_supported(p)))
+    return indexer_scores_sm90(p, stream);
   if (p.DI == kTileDim) {  // the V4 indexer head dim: tensor cores, a tile of rows per head
     static PerDevice<cudaError_t> smem_limit;
     const cudaError_t attr =

@@ -16,6 +16,7 @@
 #include "common/sm90.cuh"
 #include "indexer_sm90.h"
 #include "lcattn/shared_math.h"
+#include "lcattn/switches.h"
 
 namespace lcattn {
 namespace {
@@ -56,9 +57,80 @@ __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int
   return row / p.S * ceil_div(p.S, kRows) + row % p.S / kRows;
 }
 
+// The sums over heads of w_h max(S, 0) from a pair's accumulators acc[tile][64] (a thread holds 16
+// heads of each of its key rows and query rows; the other 48 are in the 3 other lanes of its quad),
+// for the lane's (tile t, query row q), both halves (key rows + 0 and + 8). w[q][j]: the weights of
+// heads 8 j + 2 (lane % 4) and + 1.
+// Each (tile, row, half) summed in one chain and reduced over the quad (16 shuffles), then selected.
+__device__ __forceinline__ void head_sums_selected(const float (&acc)[2][64], const float2 (&w)[2][8], int t, int q,
+                                                   float (&total)[2]) {
+  float sums[2][2][2];
+#pragma unroll
+  for (int tt = 0; tt < 2; ++tt)
+#pragma unroll
+    for (int qq = 0; qq < 2; ++qq)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float* a = &acc[tt][(8 * qq + j) * 4 + 2 * half];
+          sum = fmaf(w[qq][j].x, fmaxf(a[0], 0.f), sum);  // one max and one fma a product
+          sum = fmaf(w[qq][j].y, fmaxf(a[1], 0.f), sum);
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sums[tt][qq][half] = sum + __shfl_xor_sync(0xffffffffu, sum, 2);
+      }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {  // the lane's register without dynamic indexing
+    float v = sums[0][0][half];
+    v = (t == 0 && q == 1) ? sums[0][1][half] : v;
+    v = (t == 1 && q == 0) ? sums[1][0][half] : v;
+    v = (t == 1 && q == 1) ? sums[1][1][half] : v;
+    total[half] = v;
+  }
+}
+
+// The same sums in two fma chains each, then reduced and scattered over the quad: lanes 2 apart
+// swap tiles (4 shuffles), then lanes 1 apart swap rows (2): 6 shuffles, not 16, and no select.
+__device__ __forceinline__ void head_sums_scattered(const float (&acc)[2][64], const float2 (&w)[2][8], int t, int q,
+                                                    float (&total)[2]) {
+  float sums[2][2][2];
+#pragma unroll
+  for (int tt = 0; tt < 2; ++tt)
+#pragma unroll
+    for (int qq = 0; qq < 2; ++qq)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float even = 0.f, odd = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float* a = &acc[tt][(8 * qq + j) * 4 + 2 * half];
+          even = fmaf(w[qq][j].x, fmaxf(a[0], 0.f), even);
+          odd = fmaf(w[qq][j].y, fmaxf(a[1], 0.f), odd);
+        }
+        sums[tt][qq][half] = even + odd;
+      }
+  float by_row[2][2];  // [query row][half] of tile t, over lanes 2 apart
+#pragma unroll
+  for (int qq = 0; qq < 2; ++qq)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float keep = t ? sums[1][qq][half] : sums[0][qq][half];
+      const float give = t ? sums[0][qq][half] : sums[1][qq][half];
+      by_row[qq][half] = keep + __shfl_xor_sync(0xffffffffu, give, 2);
+    }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const float keep = q ? by_row[1][half] : by_row[0][half];
+    const float give = q ? by_row[0][half] : by_row[1][half];
+    total[half] = keep + __shfl_xor_sync(0xffffffffu, give, 1);
+  }
+}
+
 // grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreads threads; q and keys
-// bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3).
-template <int kElemBytes>
+// bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3); kScatterSums: head_sums_scattered.
+template <int kElemBytes, bool kScatterSums>
 __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const IndexerParams p) {
   using E = Elem<kElemBytes>;
   extern __shared__ uint8_t smem_raw[];
@@ -172,52 +244,42 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
     fence_registers(acc[1]);
     mbar_arrive(&sm.empty[stage]);
 
-    // sums[t][q][half]: key row (tile t, + 8 half) against query row q, over this thread's heads.
-    float sums[2][2][2];
-#pragma unroll
-    for (int t = 0; t < 2; ++t)
-#pragma unroll
-      for (int q = 0; q < 2; ++q)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          float sum = 0.f;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            const float* a = &acc[t][(8 * q + j) * 4 + 2 * half];
-            sum = fmaf(w[q][j].x, fmaxf(a[0], 0.f), sum);  // one max and one fma a product
-            sum = fmaf(w[q][j].y, fmaxf(a[1], 0.f), sum);
-          }
-          sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-          sums[t][q][half] = sum + __shfl_xor_sync(0xffffffffu, sum, 2);
-        }
-    const int t = t_out, q = q_out, s = s_first + 2 * i + q;
+    // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.
+    float total[2];
+    if constexpr (kScatterSums)
+      head_sums_scattered(acc, w, t_out, q_out, total);
+    else
+      head_sums_selected(acc, w, t_out, q_out, total);
+    const int s = s_first + 2 * i + q_out;
     if (s < s_hi) {
       const int visible = visible_entries(q0 + s, p.ratio, p.N);
       float* dst = p.scores + (seq_row0 + s - p.row_begin) * p.N;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int n = key_n[half];
-        // Select the register by the lane's (t, q) without dynamic indexing.
-        float v = sums[0][0][half];
-        v = (t == 0 && q == 1) ? sums[0][1][half] : v;
-        v = (t == 1 && q == 0) ? sums[1][0][half] : v;
-        v = (t == 1 && q == 1) ? sums[1][1][half] : v;
-        if (n < p.N) dst[n] = n < visible ? key_scale[half] * v : -INFINITY;
+        if (n < p.N) dst[n] = n < visible ? key_scale[half] * total[half] : -INFINITY;
       }
     }
   }
 }
 
-template <int kElemBytes>
+template <int kElemBytes, bool kScatterSums>
 cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const void* kernel = reinterpret_cast<const void*>(indexer_scores_sm90_kernel<kElemBytes>);
+  const void* kernel = reinterpret_cast<const void*>(indexer_scores_sm90_kernel<kElemBytes, kScatterSums>);
   const cudaError_t err = allow_dynamic_smem(smem_limit, kernel, kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
   const dim3 grid(unsigned(ceil_div(p.N, kKeys)), unsigned(chunks));
-  indexer_scores_sm90_kernel<kElemBytes><<<grid, kThreads, kSmemBytes<kElemBytes>, stream>>>(p);
+  indexer_scores_sm90_kernel<kElemBytes, kScatterSums><<<grid, kThreads, kSmemBytes<kElemBytes>, stream>>>(p);
   return cudaGetLastError();
+}
+
+// head_sums_scattered with LCATTN_INDEXER_SCATTER_SUMS=1 until it has run on a GPU.
+template <int kElemBytes>
+cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
+  return env_is("LCATTN_INDEXER_SCATTER_SUMS", "1") ? launch<kElemBytes, true>(p, stream)
+                                                    : launch<kElemBytes, false>(p, stream);
 }
 
 }  // namespace

@@ -33,7 +33,6 @@ constexpr int kChunk = kWarps * kWarpKeys;  // entries per CTA: 4096
 constexpr int kMinEntries = 16384;          // entries from which it runs
 constexpr int kSliceRows = 4096;            // rows per pass: the workspace (8 KB a row) and grid.y stay bounded
 
-
 // Round r decides bits [shift, shift + bits) of the threshold key; the bits above are known.
 __device__ __forceinline__ int round_shift(int r) { return r == 0 ? 21 : (r == 1 ? 10 : 0); }
 __device__ __forceinline__ int round_bits(int r) { return r == 2 ? 10 : 11; }
