@@ -178,6 +178,19 @@ def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, e4m3_product
     check_topk(out, ref, 64, tol=2 * (mine - ref)[finite].abs().max().item())
 
 
+@pytest.mark.cuda
+def test_indexer_misaligned_inputs_cuda():
+    """A contiguous view that starts off a 16-byte boundary gets an [lcattn] error, not a misaligned
+    vector load (which would end the CUDA context)."""
+    q, w, keys, qs = make_indexer(1, 20, 300, 64, 128, "cuda", [1000])
+    flat = torch.empty(keys.numel() + 3, dtype=keys.dtype, device="cuda")
+    shifted = flat[3:].view(keys.shape)
+    shifted.copy_(keys)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_scores: keys must start on a 16-byte boundary"):
+        ops.indexer_scores(q, w, shifted, qs)
+    assert torch.isfinite(ops.indexer_scores(q, w, keys, qs)).any()  # the context is still usable
+
+
 def test_indexer_key_scales_on_bf16(device):
     """key_scales also scale bf16 keys' scores (entry by entry, after the head sum)."""
     args = make_indexer(2, 9, 50, 8, 32, device, [0, 150])

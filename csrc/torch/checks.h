@@ -43,6 +43,13 @@ inline void check_tensor(const char* op, const char* name, const at::Tensor& t, 
   LCATTN_CHECK(t.is_contiguous(), op, name, " must be contiguous, got strides ", t.strides());
 }
 
+// A CUDA kernel reads t in 16-byte vectors: its data must start on a 16-byte boundary (a contiguous
+// view at an odd storage offset does not), or the misaligned load would end the CUDA context.
+inline void check_aligned_16(const char* op, const char* name, const at::Tensor& t) {
+  LCATTN_CHECK(!t.is_cuda() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, op, name,
+               " must start on a 16-byte boundary on CUDA (storage offset ", t.storage_offset(), ")");
+}
+
 #if defined(LCATTN_WITH_CUDA)
 // The CUDA kernels are built for sm_90a only (wgmma, setmaxnreg): on another GPU they cannot load.
 inline void check_sm90(const char* op, const at::Tensor& t) {

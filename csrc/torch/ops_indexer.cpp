@@ -28,6 +28,8 @@ IndexerInputs indexer_inputs(const char* op, const at::Tensor& q, const at::Tens
   check_tensor(op, "q", q, dtype, {B, S, HI, DI}, q);
   check_tensor(op, "weights", weights, at::kFloat, {B, S, HI}, q);
   check_tensor(op, "keys", keys, dtype, {B, N, DI}, q);
+  check_aligned_16(op, "q", q);
+  check_aligned_16(op, "keys", keys);
   check_tensor(op, "q_start", q_start, at::kInt, {B}, q);
   if (key_scales) check_tensor(op, "key_scales", *key_scales, at::kFloat, {B, N}, q);
   LCATTN_CHECK(HI * DI <= 8192, op, "HI * DI must be <= 8192, got ", HI * DI);
