@@ -269,16 +269,26 @@ def test_bad_input_is_rejected(device):
 @pytest.mark.cuda
 @pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
                                       (1, 65536, 65536), (2, 1100003, 600), (300, 40000, 512),
-                                      (4100, 16384, 300)])
-def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
+                                      (4100, 16384, 300), (16, 262144, 512), (40, 100003, 2048),
+                                      (32, 1048576, 8192)])
+@pytest.mark.parametrize("filtered", [False, True])
+def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, filtered):
     """Long rows spread over many CTAs (the default; LCATTN_TOPK_SPLIT=0 turns it off): the same
     indices as the one-CTA kernel (both take tied keys in index order), on rows with ties, -inf, NaN
-    and fewer candidates than k; 4100 rows run as two passes of at most 4096."""
+    and fewer candidates than k; 4100 rows run as two passes of at most 4096. filtered: with
+    LCATTN_TOPK_FILTER=1 (16 to 256 rows; the tied row overflows its chunks' slots and goes on
+    through the rounds; a row in steps of 1/8 has ties within its slots; at k = 8192 a row keeps
+    more keys than the finish kernel holds and goes on through the rounds too)."""
+    if filtered and not 16 <= rows <= 256:
+        pytest.skip("the filtering path takes 16 to 256 rows")
+    monkeypatch.setenv("LCATTN_TOPK_FILTER", "1" if filtered else "0")
     scores = torch.randn(rows, N, device="cuda")
     scores[0, ::5] = float("-inf")
     if rows > 1:
         scores[1] = torch.randint(0, 4, (N,), device="cuda").float()  # ties at the threshold
         scores[-1, 1::3] = float("nan")
+    if rows > 3:
+        scores[2] = (scores[2] * 8).round() / 8  # fewer ties, each chunk within its slots
     scores[0, : min(N, 9)] = float("inf")
     monkeypatch.setenv("LCATTN_TOPK_SPLIT", "0")
     one = ops.topk_indices(scores, k)
@@ -295,13 +305,15 @@ def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
 @pytest.mark.cuda
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
-def test_split_topk_graph_replay_cuda():
+@pytest.mark.parametrize("rows,filtered", [(5, False), (20, True)])
+def test_split_topk_graph_replay_cuda(monkeypatch, rows, filtered):
     """The split top-k replayed in a CUDA graph with new scores each time (its counters start from
-    zero on every replay) picks what an eager call picks."""
-    scores = torch.randn(5, 70000, device="cuda")
+    zero on every replay) picks what an eager call picks; also filtered (LCATTN_TOPK_FILTER=1)."""
+    monkeypatch.setenv("LCATTN_TOPK_FILTER", "1" if filtered else "0")
+    scores = torch.randn(rows, 70000, device="cuda")
     graph, picked = capture(lambda: ops.topk_indices(scores, 512))
     for step in range(4):
-        scores.copy_(torch.randn(5, 70000, device="cuda"))
+        scores.copy_(torch.randn(rows, 70000, device="cuda"))
         if step == 2:
             scores[3] = torch.randint(0, 3, (70000,), device="cuda").float()  # ties
         graph.replay()

@@ -11,7 +11,15 @@
 //   and its ties, learns the earlier chunks' counts by a decoupled look-back (CTAs take chunks in
 //   ticket order, so every chunk they wait on is running or done), and puts its picks after theirs
 //   in index order (ties: the first ones).
+// With LCATTN_TOPK_FILTER=1 (until it has run on a GPU; 16 to 256 rows of up to 4M entries), after
+// round 0 a filter kernel keeps each chunk's keys at or above the bin of round 0's digit (every pick
+// is among them), in index order, and a finish kernel per row runs rounds 1 and 2 and the ordered
+// write on those few thousand keys in shared memory: the rows are read twice, not four times. A row
+// whose chunk keeps more than its slots, or more than the finish kernel holds, goes on through the
+// rounds and the write as without it (the rows the finish kernel took skip them).
 // Every count is an integer, so the result is the same on every run. LCATTN_TOPK_SPLIT=0 turns it off.
+#include <cub/block/block_scan.cuh>
+
 #include <algorithm>
 
 #include "common/chain.cuh"
@@ -42,8 +50,27 @@ struct RowState {
   uint32_t prefix;  // the threshold key's bits decided so far
   int remaining;    // keys still to take at or below the prefix (after the last round: ties to take)
   int candidates;   // keys that are neither NaN nor -inf
-  int done;         // candidates <= k: take them all (threshold 0, no ties)
+  int done;         // candidates <= k: take them all (threshold 0, no ties); or finished
+  int overflow;     // filtering: a chunk kept more keys than its slots
+  int finished;     // filtering: the finish kernel wrote the row
 };
+
+// The filtering path's sizes: rows per call, entries per row (chunks the finish kernel scans in
+// one step), keys a row may keep.
+constexpr int kFilterMinRows = 16, kFilterMaxRows = 256, kFinishThreads = 1024;
+constexpr int kFilterMaxChunks = kFinishThreads, kFilterMaxKeys = 12 * kFinishThreads;
+// A chunk's slots: 8 k / chunks (a row keeps the k picks and the rest of round 0's bin, about 2 k
+// for normal scores), at least 64, a multiple of 32.
+inline int filter_slots(int k, int chunks) {
+  const int want = std::max(64, 8 * k / chunks);
+  return std::min(kChunk, (want + 31) / 32 * 32);
+}
+// Whether the workspace holds the filtering buffers (for up to kFilterMaxRows of p.R rows): rows
+// are filtered when this holds for the call and it has kFilterMinRows..kFilterMaxRows rows.
+bool filter_sized(const TopkParams& p) {
+  return env_is("LCATTN_TOPK_FILTER", "1") && p.R >= kFilterMinRows && p.k >= 1 && p.k <= kFilterMaxKeys &&
+         (int64_t(p.N) + kChunk - 1) / kChunk <= kFilterMaxChunks;
+}
 
 // A chunk's counts as its write CTA publishes them for the look-back: bits 62-63 the kind (0: not
 // yet, 1: the chunk's own counts, 2: counts of this and every earlier chunk), 31-61 the keys above
@@ -55,11 +82,17 @@ __device__ __forceinline__ uint64_t pack_counts(uint64_t kind, int above, int ti
 
 // Where the split path keeps its counts in the workspace (zeroed at the start of each pass of rows).
 struct Layout {
-  int chunks;        // CTAs per row in the rounds and the write
-  int* hist;         // [R, kBins]; each round's select clears it for the next
-  RowState* state;   // [R]
-  uint64_t* counts;  // [R, chunks]: pack_counts
-  int* ticket;       // the write kernel's next chunk, in launch order
+  int chunks;            // CTAs per row in the rounds and the write
+  int* hist;             // [R, kBins]; each round's select clears it for the next
+  RowState* state;       // [R]
+  uint64_t* counts;      // [R, chunks]: pack_counts
+  int* ticket;           // the write kernel's next chunk, in launch order
+  size_t counter_bytes;  // the part above, zeroed for each pass of rows
+  // Filtering (null otherwise): chunk c of row r keeps its keys at [r][c][0, min(count, slots)).
+  int slots = 0;
+  uint32_t* kept_keys = nullptr;  // [R, chunks, slots] topk_key
+  int* kept_index = nullptr;      // [R, chunks, slots] their indices in the row
+  int* kept_count = nullptr;      // [R, chunks] keys the chunk kept (more than slots: overflow)
   size_t bytes;
 
   Layout(const TopkParams& p, void* workspace) {
@@ -70,8 +103,18 @@ struct Layout {
     state = carve.take<RowState>(rows);
     counts = carve.take<uint64_t>(rows * chunks);
     ticket = carve.take<int>(1);
+    counter_bytes = carve.bytes();
+    if (filter_sized(p)) {
+      const size_t kept_rows = size_t(std::min<int64_t>(p.R, kFilterMaxRows));
+      slots = filter_slots(p.k, chunks);
+      kept_keys = carve.take<uint32_t>(kept_rows * chunks * slots);
+      kept_index = carve.take<int>(kept_rows * chunks * slots);
+      kept_count = carve.take<int>(kept_rows * chunks);
+    }
     bytes = carve.bytes();
   }
+  // Whether this call's rows are filtered (the workspace was sized for them: see filter_sized).
+  bool filters(const TopkParams& p) const { return kept_keys && p.R >= kFilterMinRows && p.R <= kFilterMaxRows; }
 };
 
 // grid (chunks, R): histogram of round r's digit over the chunk's keys that match the prefix; in
@@ -218,6 +261,7 @@ __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p
   if (threadIdx.x == 0) chunk_id = atomicAdd(l.ticket, 1);
   __syncthreads();
   const int row = chunk_id / l.chunks, c = chunk_id % l.chunks;
+  if (l.state[row].finished) return;  // the finish kernel wrote it (so did every chunk of it)
   const uint32_t threshold = l.state[row].prefix;
   const int take = l.state[row].remaining;  // ties to take, the first in index order
   const int lo = c * kChunk + warp * kWarpKeys;
@@ -268,6 +312,126 @@ __global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p
   }
 }
 
+// grid (chunks, R), filtering, after round 0's select: the chunk's keys at or above the bin of round
+// 0's digit (all candidates when the row takes them all), in index order, into its slots, and how
+// many there are. Every pick of the row is among them.
+__global__ void __launch_bounds__(kThreads) topk_filter_kernel(const TopkParams p, const Layout l) {
+  __shared__ int warp_kept[kWarps];
+  chain_start();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.y, c = blockIdx.x;
+  const RowState& state = l.state[row];
+  // Keep the keys above `bound`; key 0 (NaN, -inf) never: with digit 0 the bin's lowest key is 0.
+  const uint32_t bound = state.done || state.prefix == 0u ? 0u : state.prefix - 1u;
+  const int lo = c * kChunk + warp * kWarpKeys;
+  uint32_t key[kPerLane];
+  load_keys(p.scores + int64_t(row) * p.N, p.N, lo, lane, key);
+  int kept, ties;
+  count_picks(key, bound, kept, ties);
+  if (lane == 0) warp_kept[warp] = kept;
+  __syncthreads();
+  int slot = 0, total = 0;
+  for (int w = 0; w < kWarps; ++w) {
+    slot += w < warp ? warp_kept[w] : 0;
+    total += warp_kept[w];
+  }
+  const int64_t base = (int64_t(row) * l.chunks + c) * l.slots;
+  write_picks(key, bound, 0, 0, slot, lane, [&](int at, int j) {
+    if (at < l.slots) {
+      l.kept_keys[base + at] = key[j];
+      l.kept_index[base + at] = lo + j * 32 + lane;
+    }
+  });
+  if (threadIdx.x == 0) {
+    l.kept_count[int64_t(row) * l.chunks + c] = total;
+    if (total > l.slots) l.state[row].overflow = 1;
+  }
+}
+
+// grid R, kFinishThreads threads, filtering: the row's kept keys in shared memory (in index order),
+// rounds 1 and 2 of the select on them, then the ordered write; the row is then marked finished
+// (and done, so that the rounds skip it). A row with an overflowing chunk or more than
+// kFilterMaxKeys kept keys is left to the rounds and the write kernel.
+constexpr size_t kFinishSmem = size_t(kFilterMaxKeys) * (sizeof(uint32_t) + sizeof(int));
+__global__ void __launch_bounds__(kFinishThreads) topk_finish_kernel(const TopkParams p, const Layout l) {
+  using Scan = cub::BlockScan<int, kFinishThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ int hist[kBins], chunk_start[kFilterMaxChunks], found[2];
+  extern __shared__ uint32_t finish_smem[];
+  uint32_t* keys = finish_smem;                                       // [kFilterMaxKeys]
+  int* index = reinterpret_cast<int*>(finish_smem + kFilterMaxKeys);  // [kFilterMaxKeys]
+  chain_start();
+  const int row = blockIdx.x, t = threadIdx.x, lane = t & 31, warp = t >> 5;
+  RowState* state = l.state + row;
+  if (state->overflow) return;  // the same for the whole block
+  const int* kept_count = l.kept_count + int64_t(row) * l.chunks;
+  int start, total;
+  Scan(scan_storage).ExclusiveSum(t < l.chunks ? kept_count[t] : 0, start, total);
+  if (total > kFilterMaxKeys) return;  // the same for the whole block
+  if (t < l.chunks) chunk_start[t] = start;
+  __syncthreads();
+  for (int c = warp; c < l.chunks; c += kFinishThreads / 32) {  // a warp per chunk
+    const int64_t base = (int64_t(row) * l.chunks + c) * l.slots;
+    for (int i = lane; i < kept_count[c]; i += 32) {
+      keys[chunk_start[c] + i] = l.kept_keys[base + i];
+      index[chunk_start[c] + i] = l.kept_index[base + i];
+    }
+  }
+  uint32_t threshold = 0u;  // pick the keys above it, then `take` ties in index order
+  int take = 0;
+  if (!state->done) {
+    uint32_t prefix = state->prefix;
+    int remaining = state->remaining;
+    for (int r = 1; r < 3; ++r) {  // as topk_select_kernel, on the kept keys
+      const uint32_t mask = known_mask(r), digits = (1u << round_bits(r)) - 1u;
+      const int shift = round_shift(r);
+      for (int x = t; x < kBins; x += kFinishThreads) hist[x] = 0;
+      if (t == 0) found[0] = -1;
+      __syncthreads();  // (also: the kept keys are in place)
+      for (int i = t; i < total; i += kFinishThreads)
+        if ((keys[i] & mask) == prefix) atomicAdd(&hist[(keys[i] >> shift) & digits], 1);
+      __syncthreads();
+      const int top = kBins - 1 - 2 * t;  // thread t: bins top and top - 1, thread 0 the highest
+      const int c0 = hist[top], c1 = hist[top - 1];
+      int above, all;
+      Scan(scan_storage).ExclusiveSum(c0 + c1, above, all);
+      if (above < remaining && above + c0 + c1 >= remaining) {
+        found[0] = above + c0 >= remaining ? top : top - 1;
+        found[1] = above + c0 >= remaining ? above : above + c0;
+      }
+      __syncthreads();
+      int digit = found[0], keys_above = found[1];
+      if (digit < 0) digit = 0, keys_above = all - hist[0];  // cannot happen; as topk_select_kernel
+      prefix |= uint32_t(digit) << shift;
+      remaining -= keys_above;
+      __syncthreads();  // every thread has read found[] and hist before the next round writes them
+    }
+    threshold = prefix;
+    take = remaining;
+  } else {
+    __syncthreads();  // the kept keys are in place
+  }
+  // The ordered write: thread t takes kept keys [t * per, (t + 1) * per), which are in index order.
+  const int per = (total + kFinishThreads - 1) / kFinishThreads, lo = min(total, t * per), hi = min(total, lo + per);
+  int above = 0, ties = 0;
+  for (int i = lo; i < hi; ++i) {
+    above += keys[i] > threshold;
+    ties += keys[i] != 0u && keys[i] == threshold;
+  }
+  int above_before, ties_before, above_all, ties_all;
+  Scan(scan_storage).ExclusiveSum(above, above_before, above_all);
+  __syncthreads();  // scan_storage is used again
+  Scan(scan_storage).ExclusiveSum(ties, ties_before, ties_all);
+  int* out = p.indices + int64_t(row) * p.k;
+  int slot = above_before + min(ties_before, take), tie_rank = ties_before;
+  for (int i = lo; i < hi; ++i) {
+    const bool tie = keys[i] != 0u && keys[i] == threshold;
+    if (keys[i] > threshold || (tie && tie_rank < take)) out[slot++] = index[i];
+    tie_rank += tie;
+  }
+  for (int j = above_all + min(ties_all, take) + t; j < p.k; j += kFinishThreads) out[j] = -1;
+  if (t == 0) state->finished = state->done = 1;
+}
+
 // Any number of rows: at 4096 rows the split path reads each row 4 times at the chip's rate, against
 // the one-CTA kernel's 6 reads on one SM and its write ordered 512 keys at a time (H200, k = 512:
 // 1.14 against 1.94 ms at 32K entries, 7.4 against 18.1 ms at 256K; kernel notes).
@@ -284,7 +448,7 @@ cudaError_t topk_split_cuda(const TopkParams& all, cudaStream_t stream) {
     p.R = std::min<int64_t>(kSliceRows, all.R - r0);
     p.scores += r0 * p.N;
     p.indices += r0 * p.k;
-    cudaError_t err = cudaMemsetAsync(p.split_workspace, 0, l.bytes, stream);
+    cudaError_t err = cudaMemsetAsync(p.split_workspace, 0, l.counter_bytes, stream);
     if (err != cudaSuccess) return err;
     // Each kernel after the first is placed while the one before finishes (common/chain.cuh).
     const dim3 grid(unsigned(l.chunks), unsigned(p.R));
@@ -292,11 +456,19 @@ cudaError_t topk_split_cuda(const TopkParams& all, cudaStream_t stream) {
       if (r == 0)
         topk_hist_kernel<<<grid, kThreads, 0, stream>>>(p, l, r);
       else
-        err = launch_chained(topk_hist_kernel, grid, kThreads, stream, p, l, r);
-      if (err == cudaSuccess) err = launch_chained(topk_select_kernel, dim3(unsigned(p.R)), kThreads, stream, p, l, r);
+        err = launch_chained(topk_hist_kernel, grid, kThreads, 0, stream, p, l, r);
+      if (err == cudaSuccess)
+        err = launch_chained(topk_select_kernel, dim3(unsigned(p.R)), kThreads, 0, stream, p, l, r);
+      if (r == 0 && err == cudaSuccess && l.filters(p)) {
+        static PerDevice<cudaError_t> smem_limit;
+        err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(topk_finish_kernel), int(kFinishSmem));
+        if (err == cudaSuccess) err = launch_chained(topk_filter_kernel, grid, kThreads, 0, stream, p, l);
+        if (err == cudaSuccess)
+          err = launch_chained(topk_finish_kernel, dim3(unsigned(p.R)), kFinishThreads, kFinishSmem, stream, p, l);
+      }
     }
     if (err == cudaSuccess)
-      err = launch_chained(topk_write_kernel, dim3(unsigned(int64_t(l.chunks) * p.R)), kThreads, stream, p, l);
+      err = launch_chained(topk_write_kernel, dim3(unsigned(int64_t(l.chunks) * p.R)), kThreads, 0, stream, p, l);
     if (err != cudaSuccess || (err = cudaGetLastError()) != cudaSuccess) return err;
   }
   return cudaSuccess;

@@ -72,20 +72,21 @@ at::Tensor indexer_scores(const at::Tensor& q, const at::Tensor& weights, const 
   return scores;
 }
 
-// On CUDA: scratch for the split top-k of up to `rows` rows of N (its size grows with the rows); null
-// when the split path does not take them or LCATTN_TOPK_SPLIT=0 (read per call) turns it off.
-void* topk_split_workspace(const at::Tensor& like, int64_t rows, int N, at::Tensor& holder) {
+// On CUDA: scratch for the split top-k (k of N) of up to `rows` rows (its size grows with the rows);
+// null when the split path does not take them or LCATTN_TOPK_SPLIT=0 (read per call) turns it off.
+void* topk_split_workspace(const at::Tensor& like, int64_t rows, int N, int k, at::Tensor& holder) {
 #if defined(LCATTN_WITH_CUDA)
   if (!like.is_cuda() || env_is("LCATTN_TOPK_SPLIT", "0")) return nullptr;
   TopkParams t{};
   t.R = rows;
   t.N = N;
+  t.k = k;
   const size_t bytes = topk_split_workspace_bytes(t);
   if (bytes == 0) return nullptr;
   holder = at::empty({int64_t(bytes)}, like.options().dtype(at::kByte));
   return holder.data_ptr();
 #else
-  (void)like, (void)rows, (void)N, (void)holder;
+  (void)like, (void)rows, (void)N, (void)k, (void)holder;
   return nullptr;
 #endif
 }
@@ -109,7 +110,7 @@ at::Tensor topk_indices(const at::Tensor& scores, int64_t k) {
   p.R = scores.numel() / p.N;
   p.k = int(k);
   at::Tensor split;
-  p.split_workspace = topk_split_workspace(scores, p.R, p.N, split);
+  p.split_workspace = topk_split_workspace(scores, p.R, p.N, p.k, split);
   LCATTN_RUN(op, scores, topk, p);
   return indices;
 }
@@ -134,7 +135,7 @@ at::Tensor indexer_topk(const at::Tensor& q, const at::Tensor& weights, const at
   t.indices = ptr<int>(indices);
   t.k = int(k);
   at::Tensor split;
-  t.topk_split_workspace = topk_split_workspace(q, t.block_rows, p.N, split);
+  t.topk_split_workspace = topk_split_workspace(q, t.block_rows, p.N, t.k, split);
   LCATTN_RUN(op, q, indexer_topk, t);
   return indices;
 }

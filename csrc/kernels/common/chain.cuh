@@ -16,16 +16,18 @@ __device__ __forceinline__ void chain_start() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 }
 
-// kernel<<<grid, threads, 0, stream>>>(args...), allowed to start before the stream's previous
-// kernel has ended; the kernel must begin with chain_start().
+// kernel<<<grid, threads, smem_bytes, stream>>>(args...), allowed to start before the stream's
+// previous kernel has ended; the kernel must begin with chain_start().
 template <typename... Params, typename... Args>
-cudaError_t launch_chained(void (*kernel)(Params...), dim3 grid, int threads, cudaStream_t stream, Args&&... args) {
+cudaError_t launch_chained(void (*kernel)(Params...), dim3 grid, int threads, size_t smem_bytes, cudaStream_t stream,
+                           Args&&... args) {
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = dim3(unsigned(threads));
+  config.dynamicSmemBytes = smem_bytes;
   config.stream = stream;
   config.attrs = &attribute;
   config.numAttrs = 1;
