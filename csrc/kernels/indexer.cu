@@ -314,6 +314,16 @@ __global__ void gather_rows_kernel(const GatherParams p) {
   for (int64_t x = threadIdx.x; x < units; x += blockDim.x) dst[x] = src ? src[x] : uint16_t(0);
 }
 
+// Decode (up to 16 rows per sequence): the heads kernel, heads as M.
+bool heads_kernel_applies(const IndexerParams& p) {
+  return p.DI == kTileDim && p.HI <= kTileRows && p.S <= kHeadsRowsMax;
+}
+
+// Prefill: wgmma with keys as M (indexer_sm90.cu), unless LCATTN_INDEXER_SM90=0.
+bool sm90_kernel_applies(const IndexerParams& p) {
+  return !env_is("LCATTN_INDEXER_SM90", "0") && indexer_sm90_supported(p);
+}
+
 }  // namespace
 
 // Prefill (e4m3 wgmma) and, with LCATTN_INDEXER_FP8_DECODE=1 until it has run on a GPU, decode (the
@@ -321,14 +331,14 @@ __global__ void gather_rows_kernel(const GatherParams p) {
 // whole key cache each step).
 bool indexer_reads_e4m3(const IndexerParams& p) {
   if (env_is("LCATTN_INDEXER_FP8", "0")) return false;
-  if (p.S <= kHeadsRowsMax) return env_is("LCATTN_INDEXER_FP8_DECODE", "1") && p.DI == kTileDim && p.HI <= kTileRows;
-  return !env_is("LCATTN_INDEXER_SM90", "0") && indexer_sm90_supported(p);
+  if (heads_kernel_applies(p)) return env_is("LCATTN_INDEXER_FP8_DECODE", "1");
+  return p.S > kHeadsRowsMax && sm90_kernel_applies(p);
 }
 
 cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream) {
   const int64_t rows = p.row_end - p.row_begin;
   if (rows == 0 || p.N == 0) return cudaSuccess;
-  if (p.DI == kTileDim && p.HI <= kTileRows && p.S <= kHeadsRowsMax) {  // decode: heads as M (bf16 or e4m3)
+  if (heads_kernel_applies(p)) {  // bf16 or e4m3
     static PerDevice<cudaError_t> smem_limit;
     const cudaError_t attr =
         allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(indexer_scores_heads_kernel), int(kHeadsSmem));
@@ -337,10 +347,9 @@ cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream) {
     indexer_scores_heads_kernel<<<grid, kTileThreads, kHeadsSmem, stream>>>(p);
     return cudaGetLastError();
   }
-  // wgmma with keys as M (indexer_sm90.cu; bf16 or e4m3); LCATTN_INDEXER_SM90=0 keeps the mma.sync
-  // kernel below for bf16.
-  if (p.keys_e4m3 || (!env_is("LCATTN_INDEXER_SM90", "0") && indexer_sm90_supported(p)))
-    return indexer_scores_sm90(p, stream);
+  // bf16 or e4m3 (indexer_reads_e4m3 asked sm90_kernel_applies); LCATTN_INDEXER_SM90=0 keeps the
+  // mma.sync kernel below for bf16.
+  if (p.keys_e4m3 || sm90_kernel_applies(p)) return indexer_scores_sm90(p, stream);
   if (p.DI == kTileDim) {  // the V4 indexer head dim: tensor cores, a tile of rows per head
     static PerDevice<cudaError_t> smem_limit;
     const cudaError_t attr =

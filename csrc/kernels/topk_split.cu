@@ -59,14 +59,16 @@ struct RowState {
 // one step), keys a row may keep.
 constexpr int kFilterMinRows = 16, kFilterMaxRows = 256, kFinishThreads = 1024;
 constexpr int kFilterMaxChunks = kFinishThreads, kFilterMaxKeys = 12 * kFinishThreads;
-// A chunk's slots: 8 k / chunks (a row keeps the k picks and the rest of round 0's bin, about 2 k
+// A chunk's slots: 8 k / chunks (a row keeps the k picks and the rest of round 0's bin, about 3 k
 // for normal scores), at least 64, a multiple of 32.
 inline int filter_slots(int k, int chunks) {
   const int want = std::max(64, 8 * k / chunks);
   return std::min(kChunk, (want + 31) / 32 * 32);
 }
 // Whether the workspace holds the filtering buffers (for up to kFilterMaxRows of p.R rows): rows
-// are filtered when this holds for the call and it has kFilterMinRows..kFilterMaxRows rows.
+// are filtered when this holds for the call and it has kFilterMinRows..kFilterMaxRows rows. Sized
+// for any p.R from kFilterMinRows: a call may have fewer rows than the workspace was sized for
+// (indexer_topk's last block of rows), and its Layout must fit in that workspace.
 bool filter_sized(const TopkParams& p) {
   return env_is("LCATTN_TOPK_FILTER", "1") && p.R >= kFilterMinRows && p.k >= 1 && p.k <= kFilterMaxKeys &&
          (int64_t(p.N) + kChunk - 1) / kChunk <= kFilterMaxChunks;
@@ -80,7 +82,8 @@ __device__ __forceinline__ uint64_t pack_counts(uint64_t kind, int above, int ti
   return kind | uint64_t(above) << 31 | uint64_t(ties);
 }
 
-// Where the split path keeps its counts in the workspace (zeroed at the start of each pass of rows).
+// Where the split path keeps its counts in the workspace (zeroed at the start of each pass of rows),
+// then, when it may filter, the kept keys (written before they are read).
 struct Layout {
   int chunks;            // CTAs per row in the rounds and the write
   int* hist;             // [R, kBins]; each round's select clears it for the next
@@ -325,7 +328,7 @@ __global__ void __launch_bounds__(kThreads) topk_filter_kernel(const TopkParams 
   const int lo = c * kChunk + warp * kWarpKeys;
   uint32_t key[kPerLane];
   load_keys(p.scores + int64_t(row) * p.N, p.N, lo, lane, key);
-  int kept, ties;
+  int kept, ties;  // ties unused: the kept keys are those above the bound
   count_picks(key, bound, kept, ties);
   if (lane == 0) warp_kept[warp] = kept;
   __syncthreads();

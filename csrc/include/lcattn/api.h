@@ -31,9 +31,9 @@ void hc_sinkhorn_cpu(const SinkhornParams& p);
 #if defined(LCATTN_WITH_CUDA)
 cudaError_t compress_kv_cuda(const CompressParams& p, cudaStream_t stream);
 cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream);
-// Whether indexer_scores_cuda reads the e4m3 form of p directly (p.q_e4m3, p.keys_e4m3): the wgmma
-// kernel past 16 rows per sequence unless LCATTN_INDEXER_FP8=0; the heads kernel at decode with
-// LCATTN_INDEXER_FP8_DECODE=1.
+// Whether indexer_scores_cuda reads the e4m3 form of p directly (p.q_e4m3, p.keys_e4m3), unless
+// LCATTN_INDEXER_FP8=0: the wgmma kernel past 16 rows per sequence (not with LCATTN_INDEXER_SM90=0),
+// the heads kernel at decode with LCATTN_INDEXER_FP8_DECODE=1.
 bool indexer_reads_e4m3(const IndexerParams& p);
 cudaError_t topk_cuda(const TopkParams& p, cudaStream_t stream);
 // The split top-k for few long rows (topk_split.cu): the bytes of p.split_workspace it needs, 0 when
