@@ -23,10 +23,11 @@ def test_hc_sinkhorn_matches_reference(device, shape, iters):
 
 
 def test_hc_sinkhorn_is_doubly_stochastic(device):
-    """After 20 rounds the columns of A sum to 1 and the rows about 1; logits of 100s do not overflow."""
+    """After 20 rounds the columns of A sum to 1 and the rows about 1; logits of 100s do not overflow.
+    (Rows: at most 2.7e-3 from 1 over 3,000 draws of 64 matrices; an unbalanced row is off by 0.1s.)"""
     a = ops.hc_sinkhorn(torch.randn(64, 4, 4, device=device), 20).cpu()
     assert torch.allclose(a.sum(-2), torch.ones(64, 4), atol=1e-5)
-    assert torch.allclose(a.sum(-1), torch.ones(64, 4), atol=1e-3)
+    assert torch.allclose(a.sum(-1), torch.ones(64, 4), atol=2e-2)
     big = ops.hc_sinkhorn(torch.randn(64, 4, 4, device=device) * 100, 20).cpu()
     assert torch.isfinite(big).all() and (big > 0).all()
     assert torch.allclose(big.sum(-2), torch.ones(64, 4), atol=1e-5)
