@@ -63,33 +63,28 @@ __host__ __device__ __forceinline__ int64_t score_tile_of(const IndexerParams& p
   return row / p.S * ceil_div(p.S, kTileRows) + row % p.S / kTileRows;
 }
 
-// Copies rows [0, rows) of kTileDim bf16 (row r from src_row(r), zeros where it returns null).
-template <typename Src>
-__device__ __forceinline__ void stage_rows(bf16* dst, int rows, Src src_row) {
-  constexpr int kVectors = kTileDim / 8;  // 16-byte vectors per row
-  for (int v = threadIdx.x; v < rows * kVectors; v += kTileThreads) {
-    const int r = v / kVectors, col = v % kVectors * 8;
-    const bf16* src = src_row(r);
-    *reinterpret_cast<uint4*>(dst + r * kTileStride + col) =
-        src ? *reinterpret_cast<const uint4*>(src + col) : make_uint4(0, 0, 0, 0);
+// 8 elements of a row as 8 bf16 (16 bytes): bf16 as they are, e4m3 widened exactly.
+__device__ __forceinline__ uint4 load8_as_bf16(const bf16* src) { return *reinterpret_cast<const uint4*>(src); }
+__device__ __forceinline__ uint4 load8_as_bf16(const e4m3* src) {
+  const uint2 in = *reinterpret_cast<const uint2*>(src);
+  uint32_t out[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t word = j < 2 ? in.x : in.y, pair = word >> (16 * (j & 1));
+    out[j] = uint32_t(e4m3_to_bf16(e4m3(pair & 0xffu))) | uint32_t(e4m3_to_bf16(e4m3(pair >> 8 & 0xffu))) << 16;
   }
+  return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
-// stage_rows for e4m3 rows (src_row(r): const e4m3* or null), widened to bf16 as they are staged.
+// Copies rows [0, rows) of kTileDim elements as bf16 (row r from src_row(r), a const bf16* or
+// const e4m3*; zeros where it returns null).
 template <typename Src>
-__device__ __forceinline__ void stage_e4m3_rows(bf16* dst, int rows, Src src_row) {
-  constexpr int kVectors = kTileDim / 8;  // 8-byte vectors per row
+__device__ __forceinline__ void stage_rows(bf16* dst, int rows, Src src_row) {
+  constexpr int kVectors = kTileDim / 8;  // vectors of 8 elements per row
   for (int v = threadIdx.x; v < rows * kVectors; v += kTileThreads) {
     const int r = v / kVectors, col = v % kVectors * 8;
-    const e4m3* src = src_row(r);
-    const uint2 in = src ? *reinterpret_cast<const uint2*>(src + col) : make_uint2(0, 0);
-    uint32_t out[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t word = j < 2 ? in.x : in.y, pair = word >> (16 * (j & 1));
-      out[j] = uint32_t(e4m3_to_bf16(e4m3(pair & 0xffu))) | uint32_t(e4m3_to_bf16(e4m3(pair >> 8 & 0xffu))) << 16;
-    }
-    *reinterpret_cast<uint4*>(dst + r * kTileStride + col) = make_uint4(out[0], out[1], out[2], out[3]);
+    const auto* src = src_row(r);
+    *reinterpret_cast<uint4*>(dst + r * kTileStride + col) = src ? load8_as_bf16(src + col) : make_uint4(0, 0, 0, 0);
   }
 }
 
@@ -198,10 +193,10 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_heads_kernel(cons
     return;
   }
   if (p.keys_e4m3) {  // the fp8 form, widened exactly as it is staged
-    stage_e4m3_rows(keys, kTileKeys, [&](int i) {
+    stage_rows(keys, kTileKeys, [&](int i) {
       return n0 + i < visible ? p.keys_e4m3 + (int64_t(b) * p.N + n0 + i) * kTileDim : nullptr;
     });
-    stage_e4m3_rows(q, kTileRows, [&](int h) { return h < p.HI ? p.q_e4m3 + (r * p.HI + h) * kTileDim : nullptr; });
+    stage_rows(q, kTileRows, [&](int h) { return h < p.HI ? p.q_e4m3 + (r * p.HI + h) * kTileDim : nullptr; });
   } else {
     stage_rows(keys, kTileKeys,
                [&](int i) { return n0 + i < visible ? p.keys + (int64_t(b) * p.N + n0 + i) * kTileDim : nullptr; });

@@ -58,28 +58,44 @@ __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int
 }
 
 // The sums over heads of w_h max(S, 0) from a pair's accumulators acc[tile][64] (a thread holds 16
-// heads of each of its key rows and query rows; the other 48 are in the 3 other lanes of its quad),
-// for the lane's (tile t, query row q), both halves (key rows + 0 and + 8). w[q][j]: the weights of
-// heads 8 j + 2 (lane % 4) and + 1.
-// Each (tile, row, half) summed in one chain and reduced over the quad (16 shuffles), then selected.
+// heads of each of its key rows and query rows; the other 48 are in the 3 other lanes of its quad).
+// w[q][j]: the weights of heads 8 j + 2 (lane % 4) and + 1. This thread's 16 heads, for each
+// (tile, query row, half: key rows + 0 and + 8), in kChains fma chains of a max and an fma a product.
+template <int kChains>
+__device__ __forceinline__ void thread_head_sums(const float (&acc)[2][64], const float2 (&w)[2][8],
+                                                 float (&sums)[2][2][2]) {
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int q = 0; q < 2; ++q)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float chain[kChains] = {};
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float* a = &acc[t][(8 * q + j) * 4 + 2 * half];
+          chain[0] = fmaf(w[q][j].x, fmaxf(a[0], 0.f), chain[0]);
+          chain[kChains - 1] = fmaf(w[q][j].y, fmaxf(a[1], 0.f), chain[kChains - 1]);
+        }
+        sums[t][q][half] = kChains == 2 ? chain[0] + chain[kChains - 1] : chain[0];
+      }
+}
+
+// All 64 heads for the lane's (tile t, query row q), both halves: each sum in one chain and reduced
+// over the quad (16 shuffles), then selected.
 __device__ __forceinline__ void head_sums_selected(const float (&acc)[2][64], const float2 (&w)[2][8], int t, int q,
                                                    float (&total)[2]) {
   float sums[2][2][2];
+  thread_head_sums<1>(acc, w, sums);
 #pragma unroll
   for (int tt = 0; tt < 2; ++tt)
 #pragma unroll
     for (int qq = 0; qq < 2; ++qq)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        float sum = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float* a = &acc[tt][(8 * qq + j) * 4 + 2 * half];
-          sum = fmaf(w[qq][j].x, fmaxf(a[0], 0.f), sum);  // one max and one fma a product
-          sum = fmaf(w[qq][j].y, fmaxf(a[1], 0.f), sum);
-        }
+        float& sum = sums[tt][qq][half];
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sums[tt][qq][half] = sum + __shfl_xor_sync(0xffffffffu, sum, 2);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       }
 #pragma unroll
   for (int half = 0; half < 2; ++half) {  // the lane's register without dynamic indexing
@@ -91,26 +107,12 @@ __device__ __forceinline__ void head_sums_selected(const float (&acc)[2][64], co
   }
 }
 
-// The same sums in two fma chains each, then reduced and scattered over the quad: lanes 2 apart
-// swap tiles (4 shuffles), then lanes 1 apart swap rows (2): 6 shuffles, not 16, and no select.
+// The same in two fma chains each, then reduced and scattered over the quad: lanes 2 apart swap
+// tiles (4 shuffles), then lanes 1 apart swap rows (2): 6 shuffles, not 16, and no select.
 __device__ __forceinline__ void head_sums_scattered(const float (&acc)[2][64], const float2 (&w)[2][8], int t, int q,
                                                     float (&total)[2]) {
   float sums[2][2][2];
-#pragma unroll
-  for (int tt = 0; tt < 2; ++tt)
-#pragma unroll
-    for (int qq = 0; qq < 2; ++qq)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        float even = 0.f, odd = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float* a = &acc[tt][(8 * qq + j) * 4 + 2 * half];
-          even = fmaf(w[qq][j].x, fmaxf(a[0], 0.f), even);
-          odd = fmaf(w[qq][j].y, fmaxf(a[1], 0.f), odd);
-        }
-        sums[tt][qq][half] = even + odd;
-      }
+  thread_head_sums<2>(acc, w, sums);
   float by_row[2][2];  // [query row][half] of tile t, over lanes 2 apart
 #pragma unroll
   for (int qq = 0; qq < 2; ++qq)
