@@ -72,6 +72,57 @@ def test_dense_matches_reference(device, ratio, q_start):
     check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
 
 
+def test_kv_fp8_form(device):
+    """ops.quantize_kv_fp8: FlashMLA's layout (584 bytes at V4's dims), each tile's scale the smallest
+    power of two at least max(amax / 448, 1e-4), values within e4m3 rounding, RoPE channels in bf16,
+    a tile with NaN or infinity stored as NaN; ops.dequantize_kv_fp8 reads it back."""
+    assert ops.kv_fp8_bytes(512, 64) == 584 and ops.kv_fp8_bytes(64, 16) == 88
+    x = torch.randn(3, 50, 512, device=device) * torch.logspace(-9, 6, 50, device=device)[:, None]
+    x[0, 0, 70], x[0, 1, 400] = float("nan"), float("inf")  # tiles 1 and 6
+    q = ops.quantize_kv_fp8(x, 64)
+    assert q.dtype == torch.uint8 and q.shape == (3, 50, 584) and (q[..., 583] == 0).all()
+    scales = q[..., 576:583].view(torch.float8_e8m0fnu).float()
+    need = (x[..., :448].unflatten(-1, (7, 64)).abs().amax(-1) / 448).clamp_min(1e-4)
+    bad = ~need.isfinite()
+    assert bad.sum() == 2 and bad[0, 0, 1] and bad[0, 1, 6] and scales[bad].isnan().all()
+    assert (scales[~bad] >= need[~bad]).all() and (scales[~bad] / 2 < need[~bad]).all()
+    y = ops.dequantize_kv_fp8(q, 512, 64).float()
+    assert torch.equal(y[..., 448:], x[..., 448:].bfloat16().float())
+    step = scales.repeat_interleave(64, -1)  # e4m3 rounding: half a unit, 2^-4 relative, 2^-10 absolute
+    bound = step * torch.maximum(x[..., :448].abs() / step * 2**-4, torch.full_like(step, 2**-10))
+    nan_tile = bad.repeat_interleave(64, -1)
+    assert ((y[..., :448] - x[..., :448]).abs() <= bound)[~nan_tile].all()
+    assert y[..., :448][nan_tile].isnan().all()
+    with pytest.raises(ValueError, match=r"\[lcattn\] dequantize_kv_fp8: x must be uint8 \[..., 584\]"):
+        ops.dequantize_kv_fp8(q[..., :576], 512, 64)
+
+
+# (B, S, H, D, rope_dim, L, N, K, q_start, kv_start): S * K < N widens only the selected entries
+KV_FP8_CASES = [
+    (2, 1, 64, 512, 64, 128, 200, 24, [799, 500], [672, 373]),  # decode, V4 head dim
+    (2, 2, 4, 128, 32, 20, 50, 8, [190, 60], [175, 45]),
+    (2, 5, 3, 64, 16, 30, 11, 5, [20, 3], [0, 0]),  # S * K >= N: the whole pool
+]
+
+
+@pytest.mark.parametrize("B,S,H,D,rd,L,N,K,q_start,kv_start", KV_FP8_CASES)
+def test_kv_fp8_entries_read_as_their_dequantized_values(device, B, S, H, D, rd, L, N, K, q_start, kv_start):
+    """ckv in the kv_fp8 form: sparse_attn and dense_attn give, bit for bit, what they give on the
+    dequantized bf16 entries, and match the fp32 reference on them."""
+    q, kv, kvs, qs, _, sink, f = make_attention(B, S, H, D, rd, L, N, q_start, kv_start, device)
+    ckv8 = ops.quantize_kv_fp8(torch.randn(B, N, D, device=device) * torch.rand(B, N, 1, device=device) * 8, rd)
+    ckv = ops.dequantize_kv_fp8(ckv8, D, rd)
+    idx = random_indices(B, S, K, N, device)
+    out, lse = ops.sparse_attn(q, kv, kvs, qs, ckv8, idx, sink, f)
+    want = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+    assert torch.equal(out, want[0]) and torch.equal(lse, want[1])
+    check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
+    out, lse = ops.dense_attn(q, kv, kvs, qs, ckv8, sink, f, ratio=4)
+    want = ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=4)
+    assert torch.equal(out, want[0]) and torch.equal(lse, want[1])
+    check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=4))
+
+
 def test_dense_hca_decode_model_shape(device):
     shape = MODEL_SHAPES["flash"]
     pos = [128 * 300 + 5, 128 * 17]
@@ -143,6 +194,30 @@ def test_hopper_no_keys_and_extreme_sinks_cuda():
     ref_out, ref_lse = reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx)
     assert torch.equal(out[1, 0], torch.zeros_like(out[1, 0])) and bool((lse[1, 0] == float("-inf")).all())
     check(out, lse, ref_out, ref_lse)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES[:4])
+@pytest.mark.parametrize("form", ["sparse", "dense128"])
+def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form):
+    """LCATTN_KV_FP8_ATTN=1: the Hopper kernel reads kv_fp8 entries as they are, widening them exactly
+    as it stores them, so it gives bit for bit what the adapter's widening gives (prefill, split
+    decode, absent keys); and it is the kernel that ran."""
+    q, kv, kvs, qs, _, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
+    ckv8 = ops.quantize_kv_fp8(torch.randn(B, N, 512, device="cuda") * torch.rand(B, N, 1, device="cuda") * 8, 64)
+    idx = random_indices(B, S, K, N, "cuda")
+
+    def run():
+        if form == "sparse":
+            return ops.sparse_attn(q, kv, kvs, qs, ckv8, idx, sink, f)
+        return ops.dense_attn(q, kv, kvs, qs, ckv8, sink, f, ratio=128)
+    monkeypatch.setenv("LCATTN_KV_FP8_ATTN", "0")
+    want = run()
+    monkeypatch.setenv("LCATTN_KV_FP8_ATTN", "1")
+    got, kernels = kernel_names(run)
+    if kernels:
+        assert "attention_sm90_kernel<true>" in kernels, kernels
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def kernel_names(fn):
@@ -270,5 +345,9 @@ def test_bad_input_is_rejected(device):
     with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: head dim must be even"):
         ops.dense_attn(q[..., :63].contiguous(), kv[..., :63].contiguous(), kvs, qs, ckv[..., :63].contiguous(),
                        sink, f[:4].contiguous(), ratio=4)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: ckv dim 2 must be 88"):  # 48 + 32 + 1 -> 88
+        ops.sparse_attn(q, kv, kvs, qs, torch.zeros(1, 6, 64, dtype=torch.uint8, device=device), idx, sink, f)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: ckv must be bfloat16 or uint8"):
+        ops.dense_attn(q, kv, kvs, qs, ckv.half(), sink, f, ratio=4)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: q must be contiguous"):
         ops.dense_attn(q.transpose(1, 2), kv, kvs, qs, ckv, sink, f, ratio=4)

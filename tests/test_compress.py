@@ -25,7 +25,11 @@ def run_chunks(kv, score, ape, norm_weight, inv_freq, ratio, overlap, chunks, le
     an e4m3 out_dtype returns (out, out_scales)."""
     B, T, width = kv.shape
     c = width // 2 if overlap else width
-    out = torch.full((B, T // ratio + 1, c), float("nan"), device=kv.device, dtype=out_dtype)
+    if out_dtype == torch.uint8:  # the kv_fp8 form; 0xAB marks rows never written
+        out = torch.full((B, T // ratio + 1, ops.kv_fp8_bytes(c, inv_freq.numel() * 2)), 0xAB, device=kv.device,
+                         dtype=torch.uint8)
+    else:
+        out = torch.full((B, T // ratio + 1, c), float("nan"), device=kv.device, dtype=out_dtype)
     e4m3 = out_dtype == torch.float8_e4m3fn
     out_scales = torch.full((B, T // ratio + 1), float("nan"), device=kv.device) if e4m3 else None
     ring_kv, ring_score = ops.compress_state(B, ratio, width, overlap, kv.device)
@@ -61,6 +65,45 @@ def test_e4m3_entries_are_the_quantized_entries(device, ratio, overlap, c, rope_
         assert torch.equal(out[b, : n // ratio].view(torch.uint8), want.view(torch.uint8)), f"sequence {b}"
         assert torch.equal(out_scales[b, : n // ratio], want_scales)
         assert torch.isnan(out_scales[b, n // ratio:]).all(), "an unfinished block produced an entry"
+
+
+@pytest.mark.parametrize("ratio,overlap,c,rope_dim", INSTANCES)
+def test_kv_fp8_entries_are_the_quantized_entries(device, monkeypatch, ratio, overlap, c, rope_dim):
+    """With a uint8 out the op writes, bit for bit, ops.quantize_kv_fp8 of the fp32 entries it would
+    write (chunked calls), and leaves the rows of unfinished blocks alone."""
+    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
+    lengths = [ratio * 6 + 1, ratio * 3]
+    inputs = make_inputs(2, max(lengths), ratio, overlap, c, rope_dim, device)
+    inputs[0][0, :ratio] *= 1e4  # entries of very different sizes: scales far from 1
+    chunks = [[ratio + 1, 2], [ratio * 5, ratio * 3 - 2]]
+    fp32 = run_chunks(*inputs, ratio, overlap, chunks, lengths)
+    out = run_chunks(*inputs, ratio, overlap, chunks, lengths, torch.uint8)
+    assert out.shape[-1] == ops.kv_fp8_bytes(c, rope_dim)
+    for b, n in enumerate(lengths):
+        want = ops.quantize_kv_fp8(fp32[b, : n // ratio], rope_dim)
+        assert torch.equal(out[b, : n // ratio], want), f"sequence {b}"
+        assert (out[b, n // ratio:] == 0xAB).all(), "an unfinished block produced an entry"
+
+
+def test_kv_fp8_needs_the_entry_bytes(device, monkeypatch):
+    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
+    kv, score, ape, w, f = make_inputs(1, 8, 4, True, 16, 4, device)
+    ring_kv, ring_score = ops.compress_state(1, 4, 32, True, device)
+    lens, start = torch.tensor([8], dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int32, device=device)
+    args = (kv, score, lens, start, ring_kv, ring_score, ape, w, f)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: out dim 2 must be 24"):  # 12 + 8 + 1 -> 24
+        ops.compress_kv(*args, torch.zeros(1, 2, 16, dtype=torch.uint8, device=device), 4, True)
+
+
+@pytest.mark.cuda
+def test_kv_fp8_on_cuda_is_off_without_its_switch(monkeypatch):
+    monkeypatch.delenv("LCATTN_KV_FP8_COMPRESS", raising=False)
+    kv, score, ape, w, f = make_inputs(1, 8, 4, True, 16, 4, "cuda")
+    ring_kv, ring_score = ops.compress_state(1, 4, 32, True, "cuda")
+    lens, start = torch.tensor([8], dtype=torch.int32, device="cuda"), torch.zeros(1, dtype=torch.int32, device="cuda")
+    out = torch.zeros(1, 2, ops.kv_fp8_bytes(16, 4), dtype=torch.uint8, device="cuda")
+    with pytest.raises(RuntimeError, match=r"LCATTN_KV_FP8_COMPRESS=1"):
+        ops.compress_kv(kv, score, lens, start, ring_kv, ring_score, ape, w, f, out, 4, True)
 
 
 def test_e4m3_out_needs_its_scales(device):
@@ -133,7 +176,7 @@ def test_bad_input_is_rejected(device):
         (dict(ring_kv=ring_kv[:, :4]), "ring_kv dim 1 must be 8"),
         (dict(seq_lens=torch.tensor([9], dtype=torch.int32, device=device)), "seq_lens values must lie in"),
         (dict(start_pos=torch.tensor([-1], dtype=torch.int32, device=device)), "start_pos values must lie in"),
-        (dict(out=out.half()), "out must be float32, bfloat16 or float8_e4m3fn"),
+        (dict(out=out.half()), "out must be float32, bfloat16, float8_e4m3fn or uint8"),
         (dict(ratio=0), "ratio must be >= 1"),
         (dict(kv=kv[..., :15], score=score[..., :15]), "kv width must be even"),
     ]

@@ -88,3 +88,22 @@ def test_fp8_indexer(device):
     assert keys.entries.dtype == torch.float8_e4m3fn and keys.scales.shape == keys.entries.shape[:2]
     dim = model.config.index_dim
     assert keys.nbytes(10) - keys.nbytes(0) == 10 * (dim + 4)
+
+
+def test_kv_fp8_cache(device, monkeypatch):
+    """kv_fp8: chunked prefill and decode give the one-shot logits, the logits stay near the bf16
+    cache's (same weights; fp8 rounding of the entries), and the CSA and HCA entries are cached in
+    the kv_fp8 form: 88 bytes at the tiny model's head dim 64 against 128."""
+    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
+    model = tiny_model(device, layer_types=[CSA, HCA])
+    ids = torch.randint(0, model.config.vocab_size, (2, 60), device=device)
+    bf16 = model(ids)
+    model.config.kv_fp8 = True
+    full = model(ids)
+    cache = model.new_cache(2)
+    chunked = torch.cat([model(ids[:, :21], cache)] + [model(ids[:, t:t + 1], cache) for t in range(21, 60)], 1)
+    assert rel(chunked, full) < TOL and same_argmax(chunked, full) > 0.8
+    assert 0 < rel(full, bf16) < 0.1, rel(full, bf16)
+    for layer in cache.layers:
+        assert layer.ckv.entries.dtype == torch.uint8 and layer.ckv.entry_bytes() == 88
+        assert layer.ckv.nbytes(10) - layer.ckv.nbytes(0) == 880

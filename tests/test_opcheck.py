@@ -32,6 +32,11 @@ def cases(device):
                               *ops.compress_state(2, 4, 16, True, device), rand(4, 16), rand(8),
                               torch.rand(2, device=device), torch.zeros(2, 4, 8, device=device).to(e4m3), 4, True,
                               1e-6, torch.zeros(2, 4, device=device)),
+        "compress_kv (kv_fp8)": (rand(2, 9, 16), rand(2, 9, 16), i32([9, 5]), i32([0, 3]),
+                                 *ops.compress_state(2, 4, 16, True, device), rand(4, 16), rand(8),
+                                 torch.rand(2, device=device),
+                                 torch.zeros(2, 4, ops.kv_fp8_bytes(8, 4), dtype=torch.uint8, device=device), 4, True,
+                                 1e-6),
         "indexer_scores": (iq, iw, ik, i32([2, 20]), 4),
         "topk_indices": (rand(3, 20), 5),
         "indexer_scores (fp8)": (fq, iw, fk, i32([2, 20]), 4, scales),
@@ -41,6 +46,8 @@ def cases(device):
         "sparse_attn": (*attn, indices, sink, inv_freq, 0.1, 4),
         "sparse_attn (defaults)": (*attn, indices, sink, inv_freq),
         "dense_attn": (*attn, sink, inv_freq, 4, 0.1, 4),
+        "sparse_attn (kv_fp8)": (*attn[:4], ops.quantize_kv_fp8(ckv, 16), indices, sink, inv_freq),
+        "dense_attn (kv_fp8)": (*attn[:4], ops.quantize_kv_fp8(ckv, 16), sink, inv_freq, 4),
         "grouped_gemm_contiguous": (x, w, i32([0, 2, 2, 6])),
         "grouped_gemm_masked": (rand(3, 4, 8, dtype=bf), w, i32([4, 0, 2])),
         "moe_route": (rand(5, 8), 3, 1.5, rand(8)),
@@ -54,11 +61,12 @@ def cases(device):
 
 
 @pytest.mark.parametrize("name", list(cases("cpu")))
-def test_opcheck(device, name):
+def test_opcheck(device, monkeypatch, name):
+    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")  # compress_kv's kv_fp8 form on CUDA
     args = cases(device)[name]
     # SchemaCheckMode compares the inputs before and after with arithmetic float8 lacks on the CPU.
     utils = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-    utils = utils if "fp8" in name else ("test_schema", *utils)
+    utils = utils if name.endswith("(fp8)") else ("test_schema", *utils)
     torch.library.opcheck(getattr(torch.ops.lcattn, name.split()[0]).default, args, test_utils=utils)
 
 

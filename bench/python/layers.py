@@ -22,11 +22,11 @@ from lcattn.testing.bench import graphed, median_ms
 CHUNK = 8192
 
 
-def attention_layer(kind: str, seed: int = 0, index_fp8: bool = False):
+def attention_layer(kind: str, seed: int = 0, index_fp8: bool = False, kv_fp8: bool = False):
     """A V4-Flash attention layer of one kind with random bf16 weights (fp32 norms and sinks); with
-    index_fp8 its indexer in the fp8 form."""
+    index_fp8 its indexer in the fp8 form, with kv_fp8 its compressed entries in the kv_fp8 form."""
     config = DeepseekV4Config.flash().with_layers([kind])
-    config.index_fp8 = index_fp8
+    config.index_fp8, config.kv_fp8 = index_fp8, kv_fp8
     torch.manual_seed(seed)
     with torch.device(DEV):
         layer = model_module.Attention(config, 0)
@@ -71,6 +71,10 @@ def filled_state(config, batch: int, context: int, decode_steps: int) -> LayerCa
     for stream in (state.ckv, state.index_keys):
         if stream is not None:
             rows = (context + decode_steps) // stream.ratio + 1
+            if stream.entries.dtype == torch.uint8:  # the kv_fp8 form of attention entries
+                entries = torch.randn(batch, rows, config.head_dim, device=DEV)
+                stream.entries = ops.quantize_kv_fp8(entries, config.rope_dim)
+                continue
             entries = torch.randn(batch, rows, stream.entries.shape[2], device=DEV)
             if stream.scales is None:
                 stream.entries = entries.bfloat16()
@@ -131,6 +135,8 @@ def _window_rows(kv, kv_start, q_start, s0, s1, window):
 
 
 def _unfused_attention(q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, indices=None, ratio=0):
+    if ckv.dtype == torch.uint8:  # entries in the kv_fp8 form
+        ckv = ops.dequantize_kv_fp8(ckv, q.shape[-1], 2 * inv_freq.numel())
     outs, lses = [], []
     for s0 in range(0, q.shape[1], ROWS):
         s1 = min(s0 + ROWS, q.shape[1])
@@ -166,11 +172,11 @@ UNFUSED_MAX_PREFILL = 8192    # the unfused layer at 8K already takes seconds
 UNFUSED_MAX_DECODE = 131072
 
 
-def layer_rows(contexts: List[int], unfused: bool = True, index_fp8: bool = False):
+def layer_rows(contexts: List[int], unfused: bool = True, index_fp8: bool = False, kv_fp8: bool = False):
     """Yields one dict per (layer kind, context): prefill s, decode ms at batch 1 and 64, peak GiB,
     and the unfused layer's numbers where it fits."""
     for kind in (CSA, HCA):
-        config, layer = attention_layer(kind, index_fp8=index_fp8)
+        config, layer = attention_layer(kind, index_fp8=index_fp8, kv_fp8=kv_fp8)
         prefill_seconds(config, layer, CHUNK)  # warm-up: module loads, kernel attributes, allocator
         decode_ms(config, layer, 1, CHUNK, steps=1)
         for context in contexts:

@@ -148,6 +148,8 @@ def main() -> None:
     parser.add_argument("--no-unfused-layer", action="store_true", help="skip the unfused PyTorch layer")
     parser.add_argument("--index-fp8", action="store_true", help="layer cases: the CSA indexer in the fp8 form "
                         "(config.index_fp8)")
+    parser.add_argument("--kv-fp8", action="store_true", help="layer cases: the compressed attention entries in "
+                        "the kv_fp8 form (config.kv_fp8; on CUDA with LCATTN_KV_FP8_COMPRESS=1)")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args()
     wanted = args.ops.split(",")
@@ -174,7 +176,8 @@ def main() -> None:
         contexts = ([int(c) for c in args.contexts.split(",")] if args.contexts
                     else [8192, 32768] if args.quick else layers.DEFAULT_CONTEXTS)
         bar = Progress("layers", 2 * len(contexts))
-        for row in layers.layer_rows(contexts, unfused=not args.no_unfused_layer, index_fp8=args.index_fp8):
+        for row in layers.layer_rows(contexts, unfused=not args.no_unfused_layer, index_fp8=args.index_fp8,
+                                      kv_fp8=args.kv_fp8):
             layer_rows.append(row)
             bar.update(len(layer_rows), f"layer {row['layer']} context {row['context']}")
             write_tables(results, layer_rows, meta, args.out)  # keep what is done if a later case dies

@@ -108,6 +108,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionPara
 cudaError_t attention_cuda(const AttentionParams& p, cudaStream_t stream) {
   if (p.B == 0 || p.S == 0 || p.H == 0) return cudaSuccess;
   if (attention_sm90_supported(p)) return attention_sm90(p, stream);
+  if (p.ckv_fp8) return cudaErrorInvalidValue;  // only the Hopper kernel reads the kv_fp8 form
   if (p.D > kThreads * kMaxDimPerThread) return cudaErrorInvalidValue;
   attention_kernel<<<unsigned(int64_t(p.B) * p.S * p.H), kThreads, 2 * p.D * sizeof(float), stream>>>(p);
   return cudaGetLastError();

@@ -12,14 +12,19 @@
 //        softmax in fp32 (base 2), and accumulate O[:, dims w] += P V[:, dims w] with P (bf16) in
 //        registers and V = K read MN-major from the same buffer.
 // Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB, 128B-swizzled tiles.
+// Entries in the kv_fp8 form (kFp8Entries, LCATTN_KV_FP8_ATTN=1) are widened to bf16 by the producer
+// as it stores them (exact), so the math is the same.
 // With several splits (decode), each CTA writes its unnormalised output and (max, sum) to the
 // workspace and a second kernel combines them, adds the sink and undoes the query rotation.
 #include "attention_sm90.h"
 #include "common/device.h"
 #include "common/sm90.cuh"
 #include "lcattn/shared_math.h"
+#include "lcattn/switches.h"
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 namespace lcattn {
 namespace {
@@ -54,25 +59,26 @@ enum : int { kBarLogits = 1, kBarRead = 2 };
 
 // Keys of one query (attention_keys): window rows first, then entries (selected, or the visible prefix).
 struct QueryKeys {
-  const bf16* window;  // row of position window_lo
-  const bf16* pool;    // [N, D] of this sequence
-  const int* indices;  // [K] of this query, or null for dense
-  int n_window, n_keys, N;
+  const bf16* window;   // row of position window_lo
+  const uint8_t* pool;  // [N, entry_bytes] of this sequence: bf16 rows, or kv_fp8 entries
+  const int* indices;   // [K] of this query, or null for dense
+  int n_window, n_keys, N, entry_bytes;
   __device__ QueryKeys(const AttentionParams& p, int64_t row, int b, int pos) {
     const AttentionKeys set = attention_keys(p, b, pos);
     window = p.kv + (int64_t(b) * p.L + (set.window_lo - p.kv_start[b])) * kDim;
-    pool = p.ckv + int64_t(b) * p.N * kDim;
+    entry_bytes = p.ckv_fp8 ? KvFp8Layout{kDim, p.rope_dim}.bytes() : kDim * 2;
+    pool = (p.ckv_fp8 ? p.ckv_fp8 : reinterpret_cast<const uint8_t*>(p.ckv)) + int64_t(b) * p.N * entry_bytes;
     indices = p.indices ? p.indices + row * p.K : nullptr;
     n_window = set.n_window;
     N = p.N;
     n_keys = set.n_window + set.n_entries;
   }
   // Row of key u, or null when it is absent (index -1 or out of range, or u past the end).
-  __device__ const bf16* row(int u) const {
+  __device__ const void* row(int u) const {
     if (u < n_window) return window + int64_t(u) * kDim;
     if (u >= n_keys) return nullptr;
     const int i = indices ? __ldg(indices + (u - n_window)) : u - n_window;
-    return i >= 0 && i < N ? pool + int64_t(i) * kDim : nullptr;
+    return i >= 0 && i < N ? pool + int64_t(i) * entry_bytes : nullptr;
   }
 };
 
@@ -126,14 +132,69 @@ __device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, con
   }
 }
 
-// Asks L2 for this lane's half of a 1 KB row (lanes l and l + 16 share a row).
-__device__ __forceinline__ void prefetch_row_l2(const bf16* row, int lane) {
-  if (!row) return;
+// 8 e4m3 values (8 bytes, the first in the low byte) times scale, a power of two: 8 bf16, exact.
+__device__ __forceinline__ uint4 widen8_e4m3(uint2 raw, float scale) {
+  uint32_t out[4];
+  const uint32_t words[2] = {raw.x, raw.y};
 #pragma unroll
-  for (int line = 0; line < 4; ++line)
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(row + (lane / 16 * 4 + line) * 64));
+  for (int i = 0; i < 4; ++i) {
+    const __half2_raw pair =
+        __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(words[i / 2] >> (16 * (i % 2))), __NV_E4M3);
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&pair));
+    out[i] = pack_bf16(f.x * scale, f.y * scale);
+  }
+  return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
+// As load_tile, for a block whose entry rows (entry: lane's row is one) are in the kv_fp8 form: bf16
+// rows go by cp.async, entries are read in 8-byte loads and widened to bf16 before the swizzled store.
+// 16-byte unit u holds channels 8u .. 8u + 7: e4m3 times its tile's scale below l.nope(), bf16 above
+// (l.nope() a multiple of 8). The caller waits for its cp.async before it publishes the tile.
+__device__ __forceinline__ void load_tile_kv_fp8(uint8_t* tile, int warp, int lane, const void* mine, bool entry,
+                                                 const void* any, float* bias, const KvFp8Layout& l) {
+#pragma unroll 2
+  for (int j = 0; j < 16; ++j) {
+    const int r = warp * 16 + j;
+    const void* src =
+        reinterpret_cast<const void*>(__shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j));
+    const bool widen = __shfl_sync(0xffffffff, entry, j);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int unit = half * 32 + lane;
+      uint8_t* dst = tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8);
+      if (!widen) {
+        cp_async_16(dst, src ? static_cast<const uint8_t*>(src) + unit * 16 : any, src ? 16 : 0);
+        continue;
+      }
+      const uint8_t* e = static_cast<const uint8_t*>(src);
+      const int ch = unit * 8;
+      uint4 v;
+      if (ch < l.nope()) {
+        const float scale = kv_fp8_scale(__ldg(e + l.scale_offset() + ch / KvFp8Layout::kTile));
+        v = widen8_e4m3(__ldg(reinterpret_cast<const uint2*>(e + ch)), scale);
+      } else {  // RoPE channels, bf16, 8-byte aligned
+        const uint2* rope = reinterpret_cast<const uint2*>(e + l.rope_offset() + 2 * (ch - l.nope()));
+        const uint2 lo = __ldg(rope), hi = __ldg(rope + 1);
+        v = make_uint4(lo.x, lo.y, hi.x, hi.y);
+      }
+      *reinterpret_cast<uint4*>(dst) = v;
+    }
+    if (bias && lane == 0) bias[r] = src ? 0.f : -INFINITY;
+  }
+}
+
+// Asks L2 for this lane's half of a row of `bytes` (lanes l and l + 16 share a row).
+__device__ __forceinline__ void prefetch_row_l2(const void* row, int bytes, int lane) {
+  if (!row) return;
+#pragma unroll
+  for (int line = 0; line < 4; ++line) {
+    const int at = (lane / 16 * 4 + line) * 128;
+    if (at < bytes) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(static_cast<const uint8_t*>(row) + at));
+  }
+}
+
+// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form), widened by the producer.
+template <bool kFp8Entries>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
   extern __shared__ uint8_t smem_raw[];
   SharedStorage& sm =
@@ -172,17 +233,26 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills
     mbar_arrive_cp_async(&sm.q_full);
     // Block b + 1's rows are looked up and prefetched into L2 while block b loads.
-    const bf16* next = keys.row(range.first * kKeys + my_row);
+    const void* next = keys.row(range.first * kKeys + my_row);
     for (int blk = range.first; blk < range.last; ++blk) {
       const int it = blk - range.first, buf = it & 1;
-      const bf16* cur = next;
+      const void* cur = next;
       if (it >= 2) mbar_wait(&sm.empty[buf], ((it >> 1) - 1) & 1);
-      load_tile(sm.k[buf], warp, lane, cur, q, sm.key_bias[buf]);
-      mbar_arrive_cp_async(&sm.full[buf]);
+      if constexpr (kFp8Entries) {
+        const bool entry = cur && blk * kKeys + my_row >= keys.n_window;
+        load_tile_kv_fp8(sm.k[buf], warp, lane, cur, entry, q, sm.key_bias[buf], KvFp8Layout{kDim, p.rope_dim});
+        cp_async_wait_all();
+        fence_proxy_async();
+        mbar_arrive(&sm.full[buf]);
+      } else {
+        load_tile(sm.k[buf], warp, lane, static_cast<const bf16*>(cur), q, sm.key_bias[buf]);
+        mbar_arrive_cp_async(&sm.full[buf]);
+      }
       if (lane == 0) mbar_arrive(&sm.full[buf]);
       if (blk + 1 < range.last) {
-        next = keys.row((blk + 1) * kKeys + my_row);
-        prefetch_row_l2(next, lane);
+        const int u = (blk + 1) * kKeys + my_row;
+        next = keys.row(u);
+        prefetch_row_l2(next, u < keys.n_window ? kDim * 2 : keys.entry_bytes, lane);
       }
     }
     return;
@@ -381,11 +451,29 @@ __global__ void __launch_bounds__(128 * kCombineGroups) attention_combine_kernel
   write_combined(p, n, d, total, l, m);
 }
 
+// Head dim 512, whole groups of 64 heads, at most 64 RoPE channels (V4 has 64); entries in the kv_fp8
+// form with a multiple of 8 RoPE channels (no 16-byte unit is half e4m3, half bf16).
+bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
+  return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
+}
+
+template <bool kFp8Entries>
+cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
+  static PerDevice<cudaError_t> smem_limit;
+  const auto kernel = attention_sm90_kernel<kFp8Entries>;
+  const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
+  kernel<<<unsigned(ctas), kThreads, kSmemBytes, stream>>>(p);
+  return cudaSuccess;
+}
+
 }  // namespace
 
-bool attention_sm90_supported(const AttentionParams& p) {
-  // Head dim 512, whole groups of 64 heads, at most 64 RoPE channels (V4 has 64).
-  return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs;
+bool attention_sm90_supported(const AttentionParams& p) { return sm90_takes(p, p.ckv_fp8 != nullptr); }
+
+bool attention_reads_kv_fp8(const AttentionParams& p) {
+  return env_is("LCATTN_KV_FP8_ATTN", "1") && sm90_takes(p, true);
 }
 
 int attention_splits(const AttentionParams& p, int num_sms) {
@@ -405,11 +493,8 @@ int64_t attention_workspace_floats(const AttentionParams& p) {
 
 cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
-  static PerDevice<cudaError_t> smem_limit;
-  cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(attention_sm90_kernel), kSmemBytes);
+  cudaError_t err = p.ckv_fp8 ? launch_attention_sm90<true>(p, stream) : launch_attention_sm90<false>(p, stream);
   if (err != cudaSuccess) return err;
-  const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
-  attention_sm90_kernel<<<unsigned(ctas), kThreads, kSmemBytes, stream>>>(p);
   if (p.splits > 1) {
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;

@@ -6,6 +6,25 @@
 namespace lcattn {
 namespace {
 
+// One entry of fp32 channels x [D] (shared memory) in the kv_fp8 form (KvFp8Layout) at out: warp w
+// takes tiles w, w + warps, ... (their amax, UE8M0 byte and e4m3 values), then every thread the RoPE
+// channels and the zero padding.
+__device__ void store_kv_fp8(const float* x, const KvFp8Layout& l, uint8_t* out) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int t = warp; t < l.tiles(); t += warps) {
+    const int lo = t * KvFp8Layout::kTile, hi = min(lo + KvFp8Layout::kTile, l.nope());
+    float amax = 0.f;
+    for (int ch = lo + lane; ch < hi; ch += 32) amax = nan_max(amax, fabsf(x[ch]));
+    const uint8_t byte = kv_fp8_scale_byte(warp_max(amax));
+    if (lane == 0) out[l.scale_offset() + t] = byte;
+    const float inv = kv_fp8_inverse_scale(byte);
+    for (int ch = lo + lane; ch < hi; ch += 32) out[ch] = float_to_e4m3(x[ch] * inv);
+  }
+  bf16* rope = reinterpret_cast<bf16*>(out + l.rope_offset());
+  for (int ch = threadIdx.x; ch < l.rope_dim; ch += blockDim.x) rope[ch] = float_to_bf16(x[l.nope() + ch]);
+  for (int at = l.scale_offset() + l.tiles() + threadIdx.x; at < l.bytes(); at += blockDim.x) out[at] = 0;
+}
+
 // grid (entries per chunk, B); dynamic smem: c floats.
 __global__ void compress_entries_kernel(const CompressParams p) {
   extern __shared__ float pooled[];
@@ -25,6 +44,11 @@ __global__ void compress_entries_kernel(const CompressParams p) {
   for (int k = threadIdx.x; k < p.rope_dim / 2; k += blockDim.x)
     rope_rotate_pair(&pooled[c - p.rope_dim + 2 * k], i * ratio, p.inv_freq[k], 1.f);
   __syncthreads();
+  if (p.out_type == EntryType::kv_fp8) {
+    const KvFp8Layout l{c, p.rope_dim};
+    store_kv_fp8(pooled, l, static_cast<uint8_t*>(p.out) + (int64_t(b) * p.n_out + i) * l.bytes());
+    return;
+  }
   const int64_t o = (int64_t(b) * p.n_out + i) * c;
   float scale = 1.f;
   if (p.out_type == EntryType::e4m3) {

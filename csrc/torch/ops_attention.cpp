@@ -7,6 +7,46 @@
 namespace lcattn {
 namespace {
 
+// Entries in the kv_fp8 form x [..., l.bytes()] uint8 as bf16 [..., D] (ops.dequantize_kv_fp8): each
+// e4m3 value times its tile's power of two, exact in bf16.
+at::Tensor widen_kv_fp8(const at::Tensor& x, const KvFp8Layout& l) {
+  const at::Tensor scales = x.narrow(-1, l.scale_offset(), l.tiles()).view(at::kFloat8_e8m0fnu).to(at::kFloat);
+  const at::Tensor values = x.narrow(-1, 0, l.nope()).view(at::kFloat8_e4m3fn).to(at::kFloat) *
+                            scales.repeat_interleave(KvFp8Layout::kTile, -1).narrow(-1, 0, l.nope());
+  const at::Tensor rope = x.narrow(-1, l.rope_offset(), 2 * l.rope_dim).contiguous().view(at::kBFloat16);
+  return at::cat({values.to(at::kBFloat16), rope}, -1);
+}
+
+// Sets p.ckv_fp8 to ckv's kv_fp8 entries where the kernel reads them as they are; false where the
+// caller widens them instead.
+bool read_kv_fp8_directly(const char* op, AttentionParams& p, const at::Tensor& ckv) {
+#if defined(LCATTN_WITH_CUDA)
+  if (ckv.is_cuda() && attention_reads_kv_fp8(p)) {
+    check_aligned_16(op, "ckv", ckv);
+    p.ckv_fp8 = ptr<const uint8_t>(ckv);
+    return true;
+  }
+#endif
+  (void)op;
+  (void)p;
+  (void)ckv;
+  return false;
+}
+
+// sparse_attn over kv_fp8 entries: the entries its queries read, as bf16, and the indices into them.
+// With fewer selections than entries (decode) only the selected rows are widened: [B, S * K, D] with
+// selection (s, j) at row s * K + j (an index outside [0, N) stays none); else the whole pool.
+std::pair<at::Tensor, at::Tensor> widen_selected(const at::Tensor& ckv, const at::Tensor& indices,
+                                                 const KvFp8Layout& l) {
+  const int64_t B = ckv.size(0), N = ckv.size(1), S = indices.size(1), K = indices.size(2);
+  if (S * K >= N) return {widen_kv_fp8(ckv, l), indices};
+  const at::Tensor first = at::arange(B, indices.options().dtype(at::kLong)).mul(N).view({B, 1, 1});
+  const at::Tensor rows = indices.clamp(0, N - 1).to(at::kLong).add(first).view(-1);
+  const at::Tensor picked = ckv.view({B * N, l.bytes()}).index_select(0, rows).view({B, S * K, l.bytes()});
+  const at::Tensor slots = at::arange(S * K, indices.options()).view({1, S, K});
+  return {widen_kv_fp8(picked, l), at::where(indices.ge(0).logical_and(indices.lt(N)), slots, -1)};
+}
+
 // Checks what both forms share (the value ranges go to `checks`) and allocates (out, lse).
 AttentionParams attention_params(const char* op, const at::Tensor& q, const at::Tensor& kv, const at::Tensor& kv_start,
                                  const at::Tensor& q_start, const at::Tensor& ckv, const at::Tensor& sink,
@@ -18,12 +58,17 @@ AttentionParams attention_params(const char* op, const at::Tensor& q, const at::
   check_tensor(op, "kv", kv, at::kBFloat16, {B, -1, D}, q);
   check_tensor(op, "kv_start", kv_start, at::kInt, {B}, q);
   check_tensor(op, "q_start", q_start, at::kInt, {B}, q);
-  check_tensor(op, "ckv", ckv, at::kBFloat16, {B, -1, D}, q);
   check_tensor(op, "sink", sink, at::kFloat, {H}, q);
   check_tensor(op, "inv_freq", inv_freq, at::kFloat, {-1}, q);
   LCATTN_CHECK(D % 2 == 0 && D <= 1024, op, "head dim must be even and <= 1024, got ", D);
   LCATTN_CHECK(2 * inv_freq.size(0) <= D, op, "rope_dim = 2 * len(inv_freq) must be <= head dim ", D, ", got ",
                2 * inv_freq.size(0));
+  // bf16 entries, or uint8 ones in the kv_fp8 form (KvFp8Layout), which the caller widens.
+  const KvFp8Layout kv_fp8{int(D), int(2 * inv_freq.size(0))};
+  LCATTN_CHECK(ckv.scalar_type() == at::kBFloat16 || ckv.scalar_type() == at::kByte, op,
+               "ckv must be bfloat16 or uint8 (entries in the kv_fp8 form), got ", c10::toString(ckv.scalar_type()));
+  const bool fp8 = ckv.scalar_type() == at::kByte;
+  check_tensor(op, "ckv", ckv, ckv.scalar_type(), {B, -1, fp8 ? kv_fp8.bytes() : D}, q);
   LCATTN_CHECK(window >= 1, op, "window must be >= 1, got ", window);
   LCATTN_CHECK(B * S * H < INT32_MAX, op, "B * S * H must be < 2^31, got ", B * S * H);
   checks.add("q_start", q_start, 0, INT32_MAX - S);
@@ -36,7 +81,7 @@ AttentionParams attention_params(const char* op, const at::Tensor& q, const at::
   p.kv = ptr<const bf16>(kv);
   p.kv_start = ptr<const int>(kv_start);
   p.q_start = ptr<const int>(q_start);
-  p.ckv = ptr<const bf16>(ckv);
+  p.ckv = fp8 ? nullptr : ptr<const bf16>(ckv);
   p.sink = ptr<const float>(sink);
   p.inv_freq = ptr<const float>(inv_freq);
   p.out = ptr<bf16>(out);
@@ -81,7 +126,13 @@ std::tuple<at::Tensor, at::Tensor> sparse_attn(const at::Tensor& q, const at::Te
   check_tensor(op, "indices", indices, at::kInt, {p.B, p.S, -1}, q);
   checks.add("indices", indices, -1, p.N - 1);
   checks.run();
-  p.indices = ptr<const int>(indices);
+  at::Tensor entries, selected = indices;  // kv_fp8 widened: the bf16 entries and the indices into them
+  if (ckv.scalar_type() == at::kByte && !read_kv_fp8_directly(op, p, ckv)) {
+    std::tie(entries, selected) = widen_selected(ckv, indices, KvFp8Layout{p.D, p.rope_dim});
+    p.ckv = ptr<const bf16>(entries);
+    p.N = int(entries.size(1));
+  }
+  p.indices = ptr<const int>(selected);
   p.K = int(indices.size(2));
   at::Tensor workspace;
   plan_splits(p, q, workspace);
@@ -101,6 +152,11 @@ std::tuple<at::Tensor, at::Tensor> dense_attn(const at::Tensor& q, const at::Ten
   LCATTN_CHECK(ratio >= 0, op, "ratio must be >= 0 (0 = window only), got ", ratio);
   checks.run();
   p.ratio = int(ratio);
+  at::Tensor entries;  // kv_fp8 widened: the bf16 entries
+  if (ckv.scalar_type() == at::kByte && !read_kv_fp8_directly(op, p, ckv)) {
+    entries = widen_kv_fp8(ckv, KvFp8Layout{p.D, p.rope_dim});
+    p.ckv = ptr<const bf16>(entries);
+  }
   at::Tensor workspace;
   plan_splits(p, q, workspace);
   LCATTN_RUN(op, q, attention, p);

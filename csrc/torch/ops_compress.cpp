@@ -29,9 +29,14 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
                "inv_freq must be [rope_dim / 2] with rope_dim <= ", c, ", got shape ", inv_freq.sizes());
   check_tensor(op, "inv_freq", inv_freq, at::kFloat, {-1}, kv);
   const at::ScalarType type = out.scalar_type();
-  LCATTN_CHECK(type == at::kFloat || type == at::kBFloat16 || type == at::kFloat8_e4m3fn, op,
-               "out must be float32, bfloat16 or float8_e4m3fn, got ", c10::toString(type));
-  check_tensor(op, "out", out, type, {B, -1, c}, kv);
+  LCATTN_CHECK(type == at::kFloat || type == at::kBFloat16 || type == at::kFloat8_e4m3fn || type == at::kByte, op,
+               "out must be float32, bfloat16, float8_e4m3fn or uint8 (entries in the kv_fp8 form), got ",
+               c10::toString(type));
+  const KvFp8Layout kv_fp8{int(c), int(2 * inv_freq.size(0))};
+  check_tensor(op, "out", out, type, {B, -1, type == at::kByte ? kv_fp8.bytes() : c}, kv);
+  // Until the CUDA store of the kv_fp8 form has run on a GPU it is taken only on request.
+  LCATTN_CHECK(type != at::kByte || !out.is_cuda() || env_is("LCATTN_KV_FP8_COMPRESS", "1"), op,
+               "writing kv_fp8 entries on CUDA is off unless LCATTN_KV_FP8_COMPRESS=1");
   const bool e4m3 = type == at::kFloat8_e4m3fn;
   LCATTN_CHECK(e4m3 == out_scales.has_value(), op, "out_scales [B, N] go with an e4m3 out, and only with one");
   if (e4m3) check_tensor(op, "out_scales", *out_scales, at::kFloat, {B, out.size(1)}, kv);
@@ -52,7 +57,9 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
   p.inv_freq = ptr<const float>(inv_freq);
   p.out = out.data_ptr();
   p.out_scales = e4m3 ? ptr<float>(*out_scales) : nullptr;
-  p.out_type = e4m3 ? EntryType::e4m3 : (type == at::kBFloat16 ? EntryType::bf16 : EntryType::f32);
+  p.out_type =
+      e4m3 ? EntryType::e4m3
+           : (type == at::kByte ? EntryType::kv_fp8 : (type == at::kBFloat16 ? EntryType::bf16 : EntryType::f32));
   p.overlap = overlap;
   p.B = int(B);
   p.S = int(S);

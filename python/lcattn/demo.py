@@ -46,6 +46,12 @@ def peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)"
 
 
+def entry_bytes(cache, stream: str) -> str:
+    """Bytes of one entry of a layer cache's `stream` ("ckv" or "index_keys"), "-" if no layer has one."""
+    sizes = [getattr(layer, stream).entry_bytes() for layer in cache.layers if getattr(layer, stream) is not None]
+    return f"{sizes[0]:,}" if sizes else "-"
+
+
 def decode_median_ms(decoder, token: torch.Tensor, steps: int, device: torch.device) -> float:
     """Median ms of `steps` greedy decode steps (the first one, which captures the graph, included)."""
     times = []
@@ -78,6 +84,8 @@ def main() -> None:
                         "over the ranks, each rank decoding its own sequences")
     parser.add_argument("--index-fp8", action="store_true", help="the indexer in fp8: e4m3 keys with a scale per "
                         "entry in the cache, e4m3 queries (config.index_fp8)")
+    parser.add_argument("--kv-fp8", action="store_true", help="the compressed attention entries cached in the "
+                        "kv_fp8 form, FlashMLA's fp8 layout (config.kv_fp8; on a GPU with LCATTN_KV_FP8_COMPRESS=1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -95,7 +103,7 @@ def main() -> None:
     config = gpu_config(args.experts, layers) if device.type == "cuda" else DeepseekV4Config.tiny()
     if layers and device.type != "cuda":
         config = config.with_layers(layers)
-    config.index_fp8 = args.index_fp8
+    config.index_fp8, config.kv_fp8 = args.index_fp8, args.kv_fp8
     context = args.context or (131072 if device.type == "cuda" else 16384)
     if not args.decode < context <= config.max_positions:
         parser.error(f"--context must exceed --decode and be at most {config.max_positions}")
@@ -147,6 +155,9 @@ def main() -> None:
     say(f"cache:          {ours:,.1f} bytes/token ({cache.nbytes() / 2**20:,.1f} MiB at {tokens} tokens); "
           f"a dense-attention cache: {dense:,} bytes/token ({dense * tokens / 2**20:,.1f} MiB), "
           + (f"{dense / ours:.1f}x more" if dense >= ours else f"{ours / dense:.1f}x smaller"))
+    say(f"cache entries:  attention {entry_bytes(cache, 'ckv')} bytes, indexer {entry_bytes(cache, 'index_keys')} "
+        f"bytes ({'kv_fp8' if config.kv_fp8 else 'bf16'} attention entries, "
+        f"{'e4m3' if config.index_fp8 else 'bf16'} indexer keys)")
     if args.batch > 0:
         B, n = args.batch, args.batch_prompt or (2048 if device.type == "cuda" else 128)
         batched = model.decoder(B, n + args.decode, graph=graph, compile=use_compile)

@@ -66,6 +66,55 @@ def quantize_e4m3(x: Tensor, min_amax: float = 1e-4) -> Tuple[Tensor, Tensor]:
     return q, scales
 
 
+KV_FP8_TILE = 64
+
+
+def kv_fp8_bytes(head_dim: int, rope_dim: int) -> int:
+    """Bytes of one compressed attention entry in the kv_fp8 form (584 for V4's 512 and 64)."""
+    nope = head_dim - rope_dim
+    return (nope + 2 * rope_dim + -(-nope // KV_FP8_TILE) + 7) // 8 * 8
+
+
+def quantize_kv_fp8(x: Tensor, rope_dim: int) -> Tensor:
+    """Compressed attention entries x [..., D] (fp32 or bf16) -> their kv_fp8 form, uint8
+    [..., kv_fp8_bytes(D, rope_dim)], the layout of FlashMLA's fp8 cache for V4 (SPEC 5.1): the
+    first D - rope_dim channels as e4m3 in tiles of 64, each divided by the smallest power of two
+    at least max(amax / 448, 1e-4) and that power's UE8M0 byte kept; the RoPE channels as bf16.
+    A tile holding NaN or infinity is stored as NaN. compress_kv writes the same bytes itself.
+    Plain torch ops."""
+    D = x.shape[-1]
+    nope = D - rope_dim
+    tiles = -(-nope // KV_FP8_TILE)
+    xf = x.float()
+    tiled = torch.nn.functional.pad(xf[..., :nope], (0, tiles * KV_FP8_TILE - nope)).unflatten(-1, (tiles, KV_FP8_TILE))
+    amax = tiled.abs().amax(dim=-1)
+    mantissa, exponent = torch.frexp((amax / torch.full_like(amax, E4M3_MAX)).clamp_min(1e-4))
+    exponent = exponent - (mantissa == 0.5).int()  # log2 rounded up: a power of two is its own scale
+    finite = amax.isfinite()
+    scale = torch.where(finite, torch.ldexp(torch.ones_like(amax), exponent), torch.full_like(amax, float("nan")))
+    out = torch.zeros(*x.shape[:-1], kv_fp8_bytes(D, rope_dim), dtype=torch.uint8, device=x.device)
+    values = (tiled / scale[..., None]).to(torch.float8_e4m3fn).flatten(-2)[..., :nope]
+    out[..., :nope] = values.view(torch.uint8)
+    out[..., nope:nope + 2 * rope_dim] = x[..., nope:].to(torch.bfloat16).contiguous().view(torch.uint8)
+    out[..., nope + 2 * rope_dim:nope + 2 * rope_dim + tiles] = torch.where(finite, exponent + 127, 255).to(torch.uint8)
+    return out
+
+
+def dequantize_kv_fp8(x: Tensor, head_dim: int, rope_dim: int) -> Tensor:
+    """The kv_fp8 form x [..., kv_fp8_bytes(head_dim, rope_dim)] uint8 -> bf16 [..., head_dim]: each
+    e4m3 value times its tile's 2^(byte - 127) (exact in bf16), then the RoPE channels."""
+    nope = head_dim - rope_dim
+    tiles = -(-nope // KV_FP8_TILE)
+    if x.dtype != torch.uint8 or x.shape[-1] != kv_fp8_bytes(head_dim, rope_dim):
+        raise ValueError(f"[lcattn] dequantize_kv_fp8: x must be uint8 [..., {kv_fp8_bytes(head_dim, rope_dim)}], "
+                         f"got {x.dtype} {tuple(x.shape)}")
+    x = x.contiguous()
+    scales = x[..., nope + 2 * rope_dim:nope + 2 * rope_dim + tiles].view(torch.float8_e8m0fnu).float()
+    values = x[..., :nope].view(torch.float8_e4m3fn).float() * scales.repeat_interleave(KV_FP8_TILE, -1)[..., :nope]
+    rope = x[..., nope:nope + 2 * rope_dim].contiguous().view(torch.bfloat16)
+    return torch.cat([values.to(torch.bfloat16), rope], dim=-1)
+
+
 def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, ratio: int = 4,
                    key_scales: Optional[Tensor] = None) -> Tensor:
     """Lightning indexer scores (SPEC 4): [B, S, N] fp32, -inf where entry i >= (p + 1) // ratio.

@@ -47,6 +47,9 @@ cudaError_t attention_cuda(const AttentionParams& p, cudaStream_t stream);
 // (1 when the queries alone fill it); with more than one, p.workspace must hold
 // attention_workspace_floats(p) floats.
 int attention_splits(const AttentionParams& p, int num_sms);
+// Whether attention_cuda reads entries in the kv_fp8 form (p.ckv_fp8) directly: the Hopper kernel's
+// shapes, with LCATTN_KV_FP8_ATTN=1 until that path has run on a GPU.
+bool attention_reads_kv_fp8(const AttentionParams& p);
 int64_t attention_workspace_floats(const AttentionParams& p);
 cudaError_t grouped_gemm_contiguous_cuda(const GroupedGemmParams& p, cudaStream_t stream);
 cudaError_t grouped_gemm_masked_cuda(const GroupedGemmParams& p, cudaStream_t stream);

@@ -71,6 +71,40 @@ LCATTN_HD bf16 e4m3_to_bf16(e4m3 x) {
 // maps to 448; the row is stored as float_to_e4m3(x / scale).
 LCATTN_HD float e4m3_scale(float amax) { return (amax != amax ? amax : (amax > 1e-4f ? amax : 1e-4f)) / kE4m3Max; }
 
+// The fp8 form of a compressed attention entry of D channels, the last rope_dim of them RoPE (the
+// layout of FlashMLA's fp8 cache for V4, one entry's bytes together): the first D - rope_dim "nope"
+// channels as e4m3 in tiles of 64, each tile divided by a power of two stored as its UE8M0 byte
+// (scale 2^(byte - 127)); the RoPE channels as bf16. An entry is
+//   [nope e4m3 | RoPE bf16 | one scale byte per tile | zeros to a multiple of 8 bytes],
+// 448 + 128 + 7 + 1 = 584 bytes for V4's D = 512 and 64 RoPE channels (1024 in bf16).
+struct KvFp8Layout {
+  static constexpr int kTile = 64;
+  int D, rope_dim;
+  LCATTN_HD int nope() const { return D - rope_dim; }
+  LCATTN_HD int tiles() const { return (nope() + kTile - 1) / kTile; }
+  LCATTN_HD int rope_offset() const { return nope(); }
+  LCATTN_HD int scale_offset() const { return nope() + 2 * rope_dim; }
+  LCATTN_HD int bytes() const { return (scale_offset() + tiles() + 7) / 8 * 8; }
+};
+
+// The UE8M0 byte of a tile whose largest magnitude is amax: the smallest power of two at least
+// max(amax / 448, 1e-4), so the tile divided by it fits e4m3 (FlashMLA's rule). A tile holding NaN
+// or infinity gets 255, UE8M0's NaN, and is stored as NaN.
+LCATTN_HD uint8_t kv_fp8_scale_byte(float amax) {
+  if (!(amax <= 3.4028235e38f)) return 255;  // NaN or +inf
+  float v = amax / kE4m3Max;
+  v = v > 1e-4f ? v : 1e-4f;  // a normal float from here on
+  uint32_t bits;
+  memcpy(&bits, &v, 4);
+  return static_cast<uint8_t>((bits >> 23) + ((bits & 0x7fffffu) != 0u));  // exponent rounded up, + 127
+}
+
+// The scale of a UE8M0 byte, 2^(byte - 127) (NaN for 255): a tile's value is e4m3 value * scale.
+LCATTN_HD float kv_fp8_scale(uint8_t byte) { return byte == 255 ? NAN : ldexpf(1.f, int(byte) - 127); }
+
+// 1 / scale of a UE8M0 byte (NaN for 255): the tile is stored as float_to_e4m3(x * kv_fp8_inverse_scale(byte)).
+LCATTN_HD float kv_fp8_inverse_scale(uint8_t byte) { return byte == 255 ? NAN : ldexpf(1.f, 127 - int(byte)); }
+
 // RoPE angle of a position: pos * inv_freq rounded once in fp32, as torch builds its tables.
 LCATTN_HD float rope_angle(int pos, float inv_freq) { return static_cast<float>(pos) * inv_freq; }
 

@@ -8,8 +8,9 @@
 
 namespace lcattn {
 
-// How compressed entries are stored: fp32, bf16, or e4m3 with a scale per entry (e4m3_scale).
-enum class EntryType { f32, bf16, e4m3 };
+// How compressed entries are stored: fp32, bf16, e4m3 with a scale per entry (e4m3_scale, the
+// indexer's fp8 form), or kv_fp8 (KvFp8Layout, the attention entries' fp8 form).
+enum class EntryType { f32, bf16, e4m3, kv_fp8 };
 
 // Block KV compressor (SPEC 3) over one chunk of new tokens per sequence.
 // width = coff * c with coff = 2 when overlap (CSA) and 1 otherwise (HCA).
@@ -24,7 +25,8 @@ struct CompressParams {
   const float* ape;          // [ratio, width] added to z_s at s % ratio
   const float* norm_weight;  // [c] RMSNorm weight of an entry
   const float* inv_freq;     // [rope_dim / 2]
-  void* out;                 // [B, n_out, c] of out_type; entry i at row i, i >= n_out skipped
+  void* out;                 // [B, n_out, c] of out_type (kv_fp8: [B, n_out, KvFp8Layout{c, rope_dim}.bytes()]
+                             // bytes); entry i at row i, i >= n_out skipped
   float* out_scales;         // [B, n_out] when out_type is e4m3: entry i is out * out_scales[b, i]
   EntryType out_type;
   bool overlap;
@@ -97,11 +99,14 @@ struct GatherParams {
 // indices[b, s, :] (sparse, indices != nullptr) or every entry i < min(N, (p+1)/ratio)
 // (dense, ratio > 0), or nothing more (window only).
 struct AttentionParams {
-  const bf16* q;          // [B, S, H, D]
-  const bf16* kv;         // [B, L, D] raw keys = values; row j holds position kv_start[b] + j
-  const int* kv_start;    // [B]
-  const int* q_start;     // [B]
-  const bf16* ckv;        // [B, N, D] compressed entries (null when N == 0)
+  const bf16* q;        // [B, S, H, D]
+  const bf16* kv;       // [B, L, D] raw keys = values; row j holds position kv_start[b] + j
+  const int* kv_start;  // [B]
+  const int* q_start;   // [B]
+  const bf16* ckv;      // [B, N, D] compressed entries (null when N == 0)
+  // [B, N, KvFp8Layout{D, rope_dim}.bytes()] the entries in the kv_fp8 form, read instead of ckv when
+  // attention_reads_kv_fp8(p) says the CUDA kernel takes them; otherwise the adapters widen them.
+  const uint8_t* ckv_fp8;
   const int* indices;     // [B, S, K] into ckv, -1 = none (sparse only)
   const float* sink;      // [H] logit added to the denominator only
   const float* inv_freq;  // [rope_dim / 2] for undoing the query rotation on the output

@@ -29,11 +29,17 @@ __device__ __forceinline__ float nan_max(float a, float b) {
   return a != a || b != b ? __int_as_float(0x7fc00000) : fmaxf(a, b);
 }
 
+// nan_max over the warp; every lane gets the result.
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
 // nan_max over the block; every thread gets the result. `scratch` holds 32 values.
 __device__ __forceinline__ float block_max(float v, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  v = warp_max(v);
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();

@@ -10,18 +10,26 @@ import torch
 from lcattn import ops
 from lcattn.modules.config import CSA, SLIDING, DeepseekV4Config
 
+BF16, E4M3, KV_FP8 = "bf16", "e4m3", "kv_fp8"
+
 
 class CompressedStream:
-    """Entries of one compressor, [B, capacity, dim] bf16 (entry i at row i), or e4m3 with scales
-    [B, capacity] fp32 (fp8), and its rings."""
+    """Entries of one compressor (entry i at row i) and its rings. The entries are in one of three
+    forms: bf16 [B, capacity, dim]; e4m3 [B, capacity, dim] with scales [B, capacity] fp32 (the
+    indexer's fp8 form); or kv_fp8, uint8 [B, capacity, ops.kv_fp8_bytes(dim, rope_dim)] (the
+    attention entries' fp8 form, SPEC 5.1)."""
 
     def __init__(self, batch: int, ratio: int, dim: int, overlap: bool, device: torch.device, capacity: int = 0,
-                 fp8: bool = False):
+                 form: str = BF16, rope_dim: int = 0):
         self.ratio, self.overlap = ratio, overlap
         self.ring_kv, self.ring_score = ops.compress_state(batch, ratio, (2 if overlap else 1) * dim, overlap, device)
-        dtype = torch.float8_e4m3fn if fp8 else torch.bfloat16
-        self.entries = torch.zeros(batch, capacity, dim, dtype=dtype, device=device)
-        self.scales = torch.zeros(batch, capacity, device=device) if fp8 else None
+        if form == KV_FP8:
+            self.entries = torch.zeros(batch, capacity, ops.kv_fp8_bytes(dim, rope_dim), dtype=torch.uint8,
+                                       device=device)
+        else:
+            dtype = torch.float8_e4m3fn if form == E4M3 else torch.bfloat16
+            self.entries = torch.zeros(batch, capacity, dim, dtype=dtype, device=device)
+        self.scales = torch.zeros(batch, capacity, device=device) if form == E4M3 else None
 
     def append(self, kv: torch.Tensor, score: torch.Tensor, step: "Step", ape: torch.Tensor, norm_weight: torch.Tensor,
                inv_freq: torch.Tensor, eps: float) -> None:
@@ -35,9 +43,12 @@ class CompressedStream:
         ops.compress_kv(kv, score, step.seq_lens, step.q_start, self.ring_kv, self.ring_score, ape, norm_weight,
                         inv_freq, self.entries, self.ratio, self.overlap, eps, self.scales)
 
+    def entry_bytes(self) -> int:
+        """Bytes of one entry, its scale included."""
+        return self.entries.shape[2] * self.entries.element_size() + (4 if self.scales is not None else 0)
+
     def nbytes(self, entries: int) -> int:
-        per_entry = self.entries.shape[2] * self.entries.element_size() + (4 if self.scales is not None else 0)
-        return entries * per_entry + self.ring_kv.nbytes + self.ring_score.nbytes
+        return entries * self.entry_bytes() + self.ring_kv.nbytes + self.ring_score.nbytes
 
 
 def grown(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -56,10 +67,11 @@ class LayerCache:
         self.ckv: Optional[CompressedStream] = None  # the main compressor's entries (the ops' ckv)
         self.index_keys: Optional[CompressedStream] = None  # the indexer's (the ops' keys)
         if kind != SLIDING:
-            self.ckv = CompressedStream(batch, ratio, config.head_dim, kind == CSA, device, max_context // ratio)
+            self.ckv = CompressedStream(batch, ratio, config.head_dim, kind == CSA, device, max_context // ratio,
+                                        KV_FP8 if config.kv_fp8 else BF16, config.rope_dim)
         if kind == CSA:
             self.index_keys = CompressedStream(batch, ratio, config.index_dim, True, device, max_context // ratio,
-                                               config.index_fp8)
+                                               E4M3 if config.index_fp8 else BF16)
 
 
 class Step:

@@ -27,6 +27,9 @@ class DeepseekV4Config:
     # The indexer in DeepSeek's fp8 form: keys cached as e4m3 with a scale per entry (half the
     # bytes), queries quantized per token and head (ops.quantize_e4m3) and scored in e4m3.
     index_fp8: bool = False
+    # The compressed attention entries cached in the kv_fp8 form (ops.quantize_kv_fp8, FlashMLA's
+    # layout): 584 bytes an entry at V4's head dim instead of 1024 in bf16.
+    kv_fp8: bool = False
     num_experts: int = 256
     experts_per_token: int = 6
     expert_dim: int = 2048
