@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the FlashMLA sparse-prefill baseline of the benchmarks (bench/baselines/flashmla_sparse_op.cu
-# around FlashMLA's sm_90a kernel) into OUT/flashmla_baseline.so, loadable with
-# torch.ops.load_library on any machine with the same torch; no GPU needed to build.
+# Builds the FlashMLA baselines of the benchmarks into OUT/flashmla_baseline.so, loadable with
+# torch.ops.load_library on any machine with the same torch; no GPU needed to build:
+#   sparse_prefill  bench/baselines/flashmla_sparse_op.cu around FlashMLA's sm_90a sparse prefill,
+#   sparse_decode   bench/baselines/flashmla_sparse_decode_op.cu around its sm_90a fp8 sparse decode
+#                   (V4's MODEL1 cache, 64 heads) with its split scheduler and combine kernels.
 #   bash scripts/build_flashmla.sh FLASHMLA_SOURCE_DIR [OUT]   (OUT default: build/baselines)
 # CUTLASS headers: the nvidia-cutlass wheel installed in the environment, or CUTLASS_DIR.
 # bench/python/run.py loads OUT/flashmla_baseline.so (or $LCATTN_FLASHMLA_LIB) when flash_mla itself
@@ -20,12 +22,16 @@ import sys
 from torch.utils.cpp_extension import load
 src, cutlass, out = sys.argv[1:]
 load(name="flashmla_baseline", is_python_module=False, verbose=False, build_directory=out,
-     sources=["bench/baselines/flashmla_sparse_op.cu", f"{src}/csrc/sm90/prefill/sparse/instantiations/phase1_k512.cu"],
+     sources=["bench/baselines/flashmla_sparse_op.cu", f"{src}/csrc/sm90/prefill/sparse/instantiations/phase1_k512.cu",
+              "bench/baselines/flashmla_sparse_decode_op.cu",
+              f"{src}/csrc/sm90/decode/sparse_fp8/instantiations/model1_persistent_h64.cu",
+              f"{src}/csrc/smxx/decode/get_decoding_sched_meta/get_decoding_sched_meta.cu",
+              f"{src}/csrc/smxx/decode/combine/combine.cu"],
      extra_include_paths=[f"{src}/csrc", f"{src}/csrc/sm90", f"{src}/csrc/kerutils/include",
                           f"{cutlass}/include", f"{cutlass}/tools/util/include"],
      extra_cflags=["-O3", "-std=c++20"],
-     extra_cuda_cflags=["-O3", "-std=c++20", "-DNDEBUG", "--expt-relaxed-constexpr", "--expt-extended-lambda",
-                        "--use_fast_math", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF_OPERATORS__",
+     extra_cuda_cflags=["-O3", "-std=c++20", "-DNDEBUG", "-DFLASH_MLA_DISABLE_FP16", "--expt-relaxed-constexpr",
+                        "--expt-extended-lambda", "--use_fast_math", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF_OPERATORS__",
                         "-U__CUDA_NO_HALF_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__"])
 print(f"built {out}/flashmla_baseline.so")
 PY

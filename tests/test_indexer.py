@@ -276,17 +276,21 @@ def test_bad_input_is_rejected(device):
                                       (1, 65536, 65536), (2, 1100003, 600), (300, 40000, 512),
                                       (4100, 16384, 300), (16, 262144, 512), (40, 100003, 2048),
                                       (32, 1048576, 8192)])
-@pytest.mark.parametrize("filtered", [False, True])
-def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, filtered):
+@pytest.mark.parametrize("variant", ["default", "filtered", "aggregated"])
+def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, variant):
     """Long rows spread over many CTAs (the default; LCATTN_TOPK_SPLIT=0 turns it off): the same
     indices as the one-CTA kernel (both take tied keys in index order), on rows with ties, -inf, NaN
     and fewer candidates than k; 4100 rows run as two passes of at most 4096. filtered: with
     LCATTN_TOPK_FILTER=1 (16 to 256 rows; the tied row overflows its chunks' slots and goes on
     through the rounds; a row in steps of 1/8 has ties within its slots; at k = 8192 a row keeps
-    more keys than the finish kernel holds and goes on through the rounds too)."""
-    if filtered and not 16 <= rows <= 256:
+    more keys than the finish kernel holds and goes on through the rounds too). aggregated:
+    LCATTN_TOPK_AGGREGATE=1 (round 0's histogram adds once per bin and warp) and
+    LCATTN_TOPK_WRITE_CTAS=8 (the write kernel in 32 registers)."""
+    if variant == "filtered" and not 16 <= rows <= 256:
         pytest.skip("the filtering path takes 16 to 256 rows")
-    monkeypatch.setenv("LCATTN_TOPK_FILTER", "1" if filtered else "0")
+    monkeypatch.setenv("LCATTN_TOPK_FILTER", "1" if variant == "filtered" else "0")
+    monkeypatch.setenv("LCATTN_TOPK_AGGREGATE", "1" if variant == "aggregated" else "0")
+    monkeypatch.setenv("LCATTN_TOPK_WRITE_CTAS", "8" if variant == "aggregated" else "0")
     scores = torch.randn(rows, N, device="cuda")
     scores[0, ::5] = float("-inf")
     if rows > 1:

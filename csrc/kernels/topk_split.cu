@@ -121,8 +121,12 @@ struct Layout {
 };
 
 // grid (chunks, R): histogram of round r's digit over the chunk's keys that match the prefix; in
-// round 0 also the chunk's candidates.
-__global__ void __launch_bounds__(kThreads) topk_hist_kernel(const TopkParams p, const Layout l, int r) {
+// round 0 also the chunk's candidates. With `aggregate` the lanes of a warp that hit the same bin add
+// to it once (match.any, then one atomic per distinct bin): round 0 takes every key, and real scores
+// fall in a few of its bins, so its shared atomics otherwise serialize (1.0 M wavefronts against 76 K
+// in round 1 at 64 x 262,144; kernel notes). LCATTN_TOPK_AGGREGATE=1 until it has run on a GPU.
+__global__ void __launch_bounds__(kThreads)
+    topk_hist_kernel(const TopkParams p, const Layout l, int r, bool aggregate) {
   __shared__ int hist[kBins];
   __shared__ int scratch[32];
   chain_start();
@@ -136,10 +140,21 @@ __global__ void __launch_bounds__(kThreads) topk_hist_kernel(const TopkParams p,
   const float* scores = p.scores + int64_t(row) * p.N;
   const int begin = blockIdx.x * kChunk, end = min(p.N, begin + kChunk);
   int candidates = 0;
-  for (int i = begin + threadIdx.x; i < end; i += kThreads) {
-    const uint32_t key = topk_key(scores[i]);
-    candidates += key != 0u;
-    if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & digits], 1);
+  if (aggregate) {
+    for (int i0 = begin; i0 < end; i0 += kThreads) {  // warp-uniform trips, so every lane takes part in the match
+      const int i = i0 + int(threadIdx.x);
+      const uint32_t key = i < end ? topk_key(scores[i]) : 0u;
+      candidates += key != 0u;
+      const int bin = i < end && (key & mask) == prefix ? int((key >> shift) & digits) : -1;
+      const unsigned peers = __match_any_sync(0xffffffffu, bin);
+      if (bin >= 0 && (threadIdx.x & 31) == unsigned(__ffs(peers) - 1)) atomicAdd(&hist[bin], __popc(peers));
+    }
+  } else {
+    for (int i = begin + threadIdx.x; i < end; i += kThreads) {
+      const uint32_t key = topk_key(scores[i]);
+      candidates += key != 0u;
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & digits], 1);
+    }
   }
   if (r == 0) candidates = block_sum(candidates, scratch);  // (its syncs also order the hist)
   __syncthreads();
@@ -256,7 +271,11 @@ __device__ __forceinline__ void write_picks(const uint32_t (&key)[kPerLane], uin
 // grid chunks x R (in ticket order): the chunk's picks, in index order after the earlier chunks'
 // picks. Warp w holds entries [w * 512, (w + 1) * 512) of the chunk, 16 per lane; ballots order the
 // lanes. The last chunk writes the -1 padding.
-__global__ void __launch_bounds__(kThreads) topk_write_kernel(const TopkParams p, const Layout l) {
+// kMinBlocks 0 leaves the registers to ptxas (59, 4 CTAs an SM); 8 (LCATTN_TOPK_WRITE_CTAS=8, until it
+// has run on a GPU) holds them to 32 without spills, 8 CTAs an SM, so twice the chunks have their loads
+// in flight while others wait in the look-back.
+template <int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) topk_write_kernel(const TopkParams p, const Layout l) {
   __shared__ int chunk_id, warp_above[kWarps], warp_ties[kWarps];
   __shared__ int before[2];  // keys above the threshold and ties in the earlier chunks
   chain_start();
@@ -455,11 +474,12 @@ cudaError_t topk_split_cuda(const TopkParams& all, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
     // Each kernel after the first is placed while the one before finishes (common/chain.cuh).
     const dim3 grid(unsigned(l.chunks), unsigned(p.R));
+    const bool aggregate = env_is("LCATTN_TOPK_AGGREGATE", "1");  // round 0 only
     for (int r = 0; r < 3 && err == cudaSuccess; ++r) {
       if (r == 0)
-        topk_hist_kernel<<<grid, kThreads, 0, stream>>>(p, l, r);
+        topk_hist_kernel<<<grid, kThreads, 0, stream>>>(p, l, r, aggregate);
       else
-        err = launch_chained(topk_hist_kernel, grid, kThreads, 0, stream, p, l, r);
+        err = launch_chained(topk_hist_kernel, grid, kThreads, 0, stream, p, l, r, false);
       if (err == cudaSuccess)
         err = launch_chained(topk_select_kernel, dim3(unsigned(p.R)), kThreads, 0, stream, p, l, r);
       if (r == 0 && err == cudaSuccess && l.filters(p)) {
@@ -471,7 +491,8 @@ cudaError_t topk_split_cuda(const TopkParams& all, cudaStream_t stream) {
       }
     }
     if (err == cudaSuccess)
-      err = launch_chained(topk_write_kernel, dim3(unsigned(int64_t(l.chunks) * p.R)), kThreads, 0, stream, p, l);
+      err = launch_chained(env_is("LCATTN_TOPK_WRITE_CTAS", "8") ? topk_write_kernel<8> : topk_write_kernel<0>,
+                           dim3(unsigned(int64_t(l.chunks) * p.R)), kThreads, 0, stream, p, l);
     if (err != cudaSuccess || (err = cudaGetLastError()) != cudaSuccess) return err;
   }
   return cudaSuccess;
