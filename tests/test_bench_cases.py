@@ -35,3 +35,13 @@ def test_the_bench_scripts_import(driver):
     for name in ("layers", "profile_case", "profile_decode", "profile_layer", "attention_once", "expert_parallel",
                  "decode_gemm"):
         importlib.import_module(name)
+
+
+def test_switch_settings(driver):
+    """--switch: the reference setting first, then one changed switch at a time."""
+    assert driver.switch_settings([]) == [{}]
+    assert driver.switch_settings(["LCATTN_A=0,1", "LCATTN_B=0,8,4"]) == [
+        {"LCATTN_A": "0", "LCATTN_B": "0"}, {"LCATTN_A": "1", "LCATTN_B": "0"},
+        {"LCATTN_A": "0", "LCATTN_B": "8"}, {"LCATTN_A": "0", "LCATTN_B": "4"}]
+    with pytest.raises(SystemExit, match="NAME=A,B"):
+        driver.switch_settings(["LCATTN_A"])

@@ -1,7 +1,7 @@
 """Times every lcattn op on the GPU at the shapes of SPEC.md against the best baseline in the same run.
 
     python bench/python/run.py [--ops sparse_attn,dense_attn,...,layers] [--quick] [--contexts 8192,...]
-                               [--reps N] [--out DIR]
+                               [--reps N] [--switch NAME=A,B ...] [--out DIR]
 
 Measures its own ceilings first (dense bf16 matmul, device-to-device copy), then per case the
 median time over rotated input sets (CUDA events, after warm-up), TFLOP/s, TB/s, the fraction of
@@ -10,6 +10,11 @@ to each baseline: unfused stock-torch ops, torch.topk, F.grouped_mm, FlexAttenti
 when it is importable. The `layers` family times one V4-Flash CSA and one HCA attention layer at
 8K to 1M context (bench/python/layers.py). Writes results.json, results.csv, layers.csv and the
 plots ops.png and layers.png under --out, and prints a table last.
+
+`--switch NAME=A,B,...` (repeatable) times every case again with an LCATTN_* run-time switch at each
+value after the first, the others at their first, in the same run: the row's case names the switch
+and its baselines include the first setting ("NAME=A 1.10x": that much faster than with A). The
+switches are read per call (graphs at capture), so this compares kernels in one device run.
 """
 import argparse
 import csv
@@ -36,6 +41,24 @@ class Result:
     ceiling_fraction: float
     baselines: Dict[str, float] = field(default_factory=dict)  # name -> baseline ms / our ms
     context: int = 0  # the context length the case stands for, where it has one
+
+
+def switch_settings(specs: List[str]) -> List[Dict[str, str]]:
+    """["NAME=A,B", ...] -> the environment of each setting: every switch at its first value, then
+    each later value of one switch with the others at their first."""
+    switches = []
+    for spec in specs:
+        name, _, values = spec.partition("=")
+        if not name or not values:
+            raise SystemExit(f"--switch takes NAME=A,B,..., got {spec!r}")
+        switches.append((name, values.split(",")))
+    first = {name: values[0] for name, values in switches}
+    return [first] + [{**first, name: v} for name, values in switches for v in values[1:]]
+
+
+def set_switches(setting: Dict[str, str]) -> None:
+    for name, value in setting.items():
+        os.environ[name] = value
 
 
 def measure(op, case, flops, nbytes, make_ours, make_baselines, ceilings, reps, context=0) -> Result:
@@ -150,8 +173,12 @@ def main() -> None:
                         "(config.index_fp8)")
     parser.add_argument("--kv-fp8", action="store_true", help="layer cases: the compressed attention entries in "
                         "the kv_fp8 form (config.kv_fp8; on CUDA with LCATTN_KV_FP8_COMPRESS=1)")
+    parser.add_argument("--switch", action="append", default=[], metavar="NAME=A,B",
+                        help="also time every case with this run-time switch at B (and further values); A is "
+                        "the reference setting")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args()
+    settings = switch_settings(args.switch)
     wanted = args.ops.split(",")
     unknown = set(wanted) - set(FAMILIES) - {"layers"}
     if unknown:
@@ -164,23 +191,41 @@ def main() -> None:
           flush=True)
     todo = [c for name in wanted if name in FAMILIES for c in FAMILIES[name](args.quick)]
     results = []
-    bar = Progress("ops", len(todo))
+    bar = Progress("ops", len(todo) * len(settings))
     for i, (op, case, flops, nbytes, ours, baselines, *context) in enumerate(todo):
-        bar.update(i, f"{op} {case}")
-        results.append(measure(op, case, flops, nbytes, ours, baselines, ceil, args.reps, *context))
-        torch.cuda.empty_cache()
-    bar.update(len(todo), "ops done")
+        reference = None
+        for j, setting in enumerate(settings):
+            bar.update(i * len(settings) + j, f"{op} {case}")
+            set_switches(setting)
+            if j == 0:
+                reference = measure(op, case, flops, nbytes, ours, baselines, ceil, args.reps, *context)
+                results.append(reference)
+            else:  # the setting's changed switch in the case, the reference as a baseline
+                changed = " ".join(f"{k}={v}" for k, v in setting.items() if v != settings[0][k])
+                r = measure(op, f"{case} [{changed}]", flops, nbytes, ours, {}, ceil, args.reps, *context)
+                first = " ".join(f"{k}={settings[0][k]}" for k, v in setting.items() if v != settings[0][k])
+                r.baselines[first] = reference.ms / r.ms
+                results.append(r)
+            torch.cuda.empty_cache()
+        set_switches(settings[0])
+    bar.update(len(todo) * len(settings), "ops done")
 
     layer_rows = []
     if "layers" in wanted:
         contexts = ([int(c) for c in args.contexts.split(",")] if args.contexts
                     else [8192, 32768] if args.quick else layers.DEFAULT_CONTEXTS)
-        bar = Progress("layers", 2 * len(contexts))
-        for row in layers.layer_rows(contexts, unfused=not args.no_unfused_layer, index_fp8=args.index_fp8,
-                                      kv_fp8=args.kv_fp8):
-            layer_rows.append(row)
-            bar.update(len(layer_rows), f"layer {row['layer']} context {row['context']}")
-            write_tables(results, layer_rows, meta, args.out)  # keep what is done if a later case dies
+        bar = Progress("layers", 2 * len(contexts) * len(settings))
+        for j, setting in enumerate(settings):
+            set_switches(setting)
+            changed = " ".join(f"{k}={v}" for k, v in setting.items() if v != settings[0][k])
+            for row in layers.layer_rows(contexts, unfused=not args.no_unfused_layer and j == 0,
+                                          index_fp8=args.index_fp8, kv_fp8=args.kv_fp8):
+                if changed:
+                    row["layer"] = f"{row['layer']} [{changed}]"
+                layer_rows.append(row)
+                bar.update(len(layer_rows), f"layer {row['layer']} context {row['context']}")
+                write_tables(results, layer_rows, meta, args.out)  # keep what is done if a later case dies
+        set_switches(settings[0])
 
     write_tables(results, layer_rows, meta, args.out)
     write_plots(results, layer_rows, args.out)
