@@ -1,9 +1,11 @@
 """The benchmark driver's case lists (bench/python) build on any machine: every family yields
-well-formed cases and every module imports, so the driver does not first fail on a GPU."""
+well-formed cases and every module imports, so the driver does not first fail on a GPU; and the
+conversion of kv_fp8 entries and window rows into FlashMLA's paged fp8 decode inputs."""
 import importlib
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "python"
 
@@ -45,3 +47,62 @@ def test_switch_settings(driver):
         {"LCATTN_A": "0", "LCATTN_B": "8"}, {"LCATTN_A": "0", "LCATTN_B": "4"}]
     with pytest.raises(SystemExit, match="NAME=A,B"):
         driver.switch_settings(["LCATTN_A"])
+
+
+def model1_read(cache, tokens):
+    """FlashMLA's MODEL1 fp8 page layout read back: token t is row r = t % page of block t // page,
+    whose 448 e4m3 and 64 bf16 RoPE values are at byte r * 576 of the block and whose 7 UE8M0
+    scales (one per 64 values) and pad byte are at page * 576 + r * 8 -> (bf16 [T, 512], pad [T])."""
+    blocks, page = cache.shape[:2]
+    raw = torch.as_strided(cache, (blocks, page * 584), (cache.stride(0), 1))  # each block's bytes
+    blk, row = tokens // page, tokens % page
+    def at(offset, n):
+        return raw[blk[:, None], offset[:, None] + torch.arange(n)]  # [T, n] bytes
+    nope = at(row * 576, 448).view(torch.float8_e4m3fn).float()
+    rope = at(row * 576 + 448, 128).view(torch.bfloat16)
+    scales = at(page * 576 + row * 8, 8)
+    values = nope * scales[:, :7].view(torch.float8_e8m0fnu).float().repeat_interleave(64, -1)
+    return torch.cat((values.bfloat16(), rope), -1), scales[:, 7]
+
+
+def test_kv_fp8_entries_convert_to_flashmla_pages(driver):
+    """kv_fp8_paged puts lcattn's kv_fp8 entries in FlashMLA's MODEL1 pages (blocks shuffled as a block
+    table would) and remaps the indices: read back per FlashMLA's layout, every index names the entry
+    it named before, with the same values as ops.dequantize_kv_fp8."""
+    from cases.attention import kv_fp8_paged
+
+    from lcattn import ops
+    torch.manual_seed(0)
+    B, N, S, K, page = 3, 150, 2, 96, 64  # N not a multiple of the page: the last block is padded
+    x = torch.randn(B, N, 512) * torch.rand(B, N, 1) * 8
+    x8 = ops.quantize_kv_fp8(x, 64)
+    blocks = B * -(-N // page)
+    order = torch.randperm(blocks)
+    idx = torch.randint(0, N, (B, S, K), dtype=torch.int32)
+    idx[torch.rand(B, S, K) < 0.2] = -1
+    everything = torch.arange(N, dtype=torch.int32).expand(B, 1, N)
+    for picked in (idx, everything):
+        cache, remapped = kv_fp8_paged(x8, picked, page, order)
+        assert cache.dtype == torch.uint8 and cache.shape == (blocks, page, 1, 584) and cache.stride(1) == 584
+        assert cache.stride(0) % 576 == 0 and remapped.dtype == torch.int32 and remapped.shape == picked.shape
+        valid = picked >= 0
+        assert torch.equal(remapped >= 0, valid)
+        seq = torch.arange(B)[:, None, None].expand_as(picked)[valid]
+        got, pad = model1_read(cache, remapped[valid].long())
+        want = ops.dequantize_kv_fp8(x8[seq, picked[valid].long()], 512, 64)
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16)) and not pad.any()
+    assert remapped.unique().numel() == B * N  # distinct entries, distinct cache rows
+
+
+def test_window_indices_follow_the_window(driver):
+    """FlashMLA's window indices: row j where the query at p reads it (SPEC 0.1), -1 elsewhere."""
+    from cases.attention import window_indices
+    kv_start = torch.tensor([-127, 10, -5], dtype=torch.int32)
+    q_start = torch.tensor([0, 137, 2], dtype=torch.int32)
+    idx = window_indices(kv_start, q_start, 2, 130)  # [3, 2, 192]
+    assert idx.shape == (3, 2, 192) and idx.dtype == torch.int32
+    for b in range(3):
+        for s in range(2):
+            p = int(q_start[b]) + s
+            want = [j if max(0, p - 127) <= int(kv_start[b]) + j <= p and j < 130 else -1 for j in range(192)]
+            assert idx[b, s].tolist() == want

@@ -225,8 +225,12 @@ at::Tensor sparse_decode(const at::Tensor& q, const at::Tensor& kv, const at::Te
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(flashmla_baseline, m) {
+  m.def("sparse_decode_schedule(Tensor q, int topk, int extra_topk) -> (Tensor, Tensor)");
   m.def(
       "sparse_decode(Tensor q, Tensor kv, Tensor indices, Tensor sink, Tensor? extra_kv, Tensor? extra_indices, "
-      "float scale, Tensor? sched_meta=None, Tensor? num_splits=None) -> (Tensor, Tensor, Tensor)");
+      "float scale, Tensor? sched_meta=None, Tensor? num_splits=None) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(flashmla_baseline, CUDA, m) { m.impl("sparse_decode", &sparse_decode); }
+TORCH_LIBRARY_IMPL(flashmla_baseline, CUDA, m) {
+  m.impl("sparse_decode_schedule", &sparse_decode_schedule);
+  m.impl("sparse_decode", &sparse_decode);
+}

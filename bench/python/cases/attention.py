@@ -1,5 +1,6 @@
-"""Sparse and dense attention: prefill chunks at the V4 shapes and graph-replayed decode, against
-unfused torch, FlexAttention and FlashMLA's sparse prefill where it loads."""
+"""Sparse and dense attention: prefill chunks at the V4 shapes and graph-replayed decode (entries in
+bf16 and in the kv_fp8 form), against unfused torch, FlexAttention, lcattn's bf16 decode, and
+FlashMLA's sparse prefill and fp8 sparse decode where they load."""
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,17 @@ def unfused_sparse(q, kv, kv_start, q_start, ckv, sink, idx, window=128):
     return torch.einsum("bshu,bsud->bshd", p.to(BF), keys)
 
 
+def load_flashmla_library() -> bool:
+    """Loads the library scripts/build_flashmla.sh builds ($LCATTN_FLASHMLA_LIB, default
+    build/baselines/flashmla_baseline.so): False if it does not load."""
+    lib = os.environ.get("LCATTN_FLASHMLA_LIB", str(ROOT / "build/baselines/flashmla_baseline.so"))
+    try:
+        torch.ops.load_library(lib)
+    except OSError:
+        return False
+    return True
+
+
 def flash_mla_sparse():
     """FlashMLA's sparse prefill, from the flash_mla package or the library scripts/build_flashmla.sh
     builds ($LCATTN_FLASHMLA_LIB, default build/baselines/flashmla_baseline.so); None if neither loads.
@@ -49,10 +61,7 @@ def flash_mla_sparse():
         def kernel(q, pool, full, scale, sink):
             return flash_mla.flash_mla_sparse_fwd(q, pool, full, scale, 512, attn_sink=sink)[0]
     except ImportError:
-        lib = os.environ.get("LCATTN_FLASHMLA_LIB", str(ROOT / "build/baselines/flashmla_baseline.so"))
-        try:
-            torch.ops.load_library(lib)
-        except OSError:
+        if not load_flashmla_library():
             return None
         kernel = torch.ops.flashmla_baseline.sparse_prefill
     def prepare(q, kv, kv_start, q_start, ckv, sink, idx, window=128):
@@ -77,6 +86,124 @@ def flash_mla_agrees(prepare) -> bool:
         print(f"FlashMLA failed on a small case: {err}", file=sys.stderr)
         return False
     return torch.allclose(ours, theirs, atol=2e-2, rtol=2e-2)
+
+
+def kv_fp8_inputs(B, H, K, N, pos, window=128):
+    """attention_inputs of one decode row per sequence with the entries in the kv_fp8 form, ckv
+    [B, N, 584] uint8 (quantized a sequence at a time to bound the fp32 temporaries)."""
+    a = list(attention_inputs(B, 1, H, K, N, pos, window))
+    ckv8 = torch.empty(B, N, ops.kv_fp8_bytes(512, 64), dtype=torch.uint8, device=DEV)
+    for b in range(B):
+        ckv8[b] = ops.quantize_kv_fp8(a[4][b], 64)
+    a[4] = ckv8
+    return a
+
+
+def dequantized(ckv8):
+    """kv_fp8 entries [B, N, 584] -> the bf16 values [B, N, 512] they stand for, a sequence at a time."""
+    out = torch.empty(*ckv8.shape[:2], 512, dtype=BF, device=ckv8.device)
+    for b in range(ckv8.shape[0]):
+        out[b] = ops.dequantize_kv_fp8(ckv8[b], 512, 64)
+    return out
+
+
+def kv_fp8_paged(x8, idx, page=64, order=None):
+    """kv_fp8 entries x8 [B, N, 584] uint8 (SPEC 5.1) and indices idx [B, S, K] int32 into them
+    (-1 = none) -> FlashMLA's MODEL1 paged cache [blocks, page, 1, 584] uint8 and the indices into
+    it [B, S, K] int32 (block * page + row, -1 kept). A page holds its entries' first 576 bytes
+    (448 e4m3 | 64 bf16 RoPE values) one after another, then their last 8 (7 UE8M0 scales | the
+    zero byte): the same bytes regrouped. Entry i of sequence b is row i % page of logical block
+    b * ceil(N / page) + i // page, which order [blocks] (default: in order) places, as a block table."""
+    B, N, E = x8.shape
+    per = -(-N // page)  # blocks per sequence; the last one padded with zero entries
+    blocks = B * per
+    if per * page != N:
+        x8 = torch.nn.functional.pad(x8, (0, 0, 0, per * page - N))
+    x8 = x8.reshape(blocks, page, E)
+    order = torch.arange(blocks) if order is None else order.long()
+    order = order.to(x8.device)
+    # A block's bytes rounded up to a multiple of 576, as FlashMLA's own quantizer allocates them.
+    stride = -(-page * E // 576) * 576
+    cache = torch.zeros(blocks, stride, dtype=torch.uint8, device=x8.device)
+    cache[order, :page * 576] = x8[..., :576].reshape(blocks, page * 576)
+    cache[order, page * 576:page * E] = x8[..., 576:].reshape(blocks, page * (E - 576))
+    i = idx.long().clamp_min(0)
+    logical = torch.arange(B, device=idx.device)[:, None, None] * per + i // page
+    remapped = order.to(idx.device)[logical] * page + i % page
+    return cache[:, :page * E].view(blocks, page, 1, E), torch.where(idx >= 0, remapped, -1).int()
+
+
+def window_indices(kv_start, q_start, S, L, window=128):
+    """The window rows of kv [B, L, D] each query reads (SPEC 0.1) as indices [B, S, L rounded up to
+    64] int32, -1 for the others (FlashMLA reads keys in blocks of 64)."""
+    j = torch.arange(-(-L // 64) * 64, device=kv_start.device)
+    pos = kv_start[:, None, None] + j  # [B, 1, L']: the position of row j
+    p = q_start[:, None, None] + torch.arange(S, device=kv_start.device)[:, None]  # [B, S, 1]
+    seen = (j < L) & (pos >= 0) & (pos <= p) & (pos > p - window)
+    return torch.where(seen, j, -1).int()
+
+
+def flash_mla_decode():
+    """FlashMLA's sparse fp8 decode (V4's MODEL1 cache, 64 heads), from the flash_mla package or the
+    library scripts/build_flashmla.sh builds; None if neither has it. Returns prepare(attention inputs
+    with kv_fp8 entries) -> a call of its kernels alone. FlashMLA reads every key from a paged fp8
+    cache by index and has no window of its own: the window rows, quantized to kv_fp8, go in its main
+    cache with their indices (K = 128), the entries in its extra cache (K2 = top-k), as in FlashMLA's
+    own V4 test configurations. The split schedule depends on the shapes only and is made once."""
+    try:
+        import flash_mla
+        def schedule(q, topk, extra_topk):
+            return flash_mla.get_mla_metadata()[0]  # filled by the first call
+        def kernel(q, cache, idx, sink, extra, extra_idx, scale, sched):
+            return flash_mla.flash_mla_with_kvcache(q, cache, None, None, 512, sched, None, scale, False, True, idx,
+                                                    sink, extra, extra_idx)[0]
+    except ImportError:
+        if not load_flashmla_library() or not hasattr(torch.ops.flashmla_baseline, "sparse_decode"):
+            return None
+        def schedule(q, topk, extra_topk):
+            return torch.ops.flashmla_baseline.sparse_decode_schedule(q, topk, extra_topk)
+        def kernel(q, cache, idx, sink, extra, extra_idx, scale, sched):
+            return torch.ops.flashmla_baseline.sparse_decode(q, cache, idx, sink, extra, extra_idx, scale, *sched)
+    def prepare(q, kv, kv_start, q_start, ckv8, sink, idx, window=128):
+        B, S, H, D = q.shape
+        win = window_indices(kv_start, q_start, S, kv.shape[1], window)
+        cache, win_idx = kv_fp8_paged(ops.quantize_kv_fp8(kv, 64), win)
+        idx = torch.nn.functional.pad(idx, (0, -idx.shape[-1] % 64), value=-1)  # K a multiple of 64
+        extra, extra_idx = kv_fp8_paged(ckv8, idx)
+        sched = schedule(q, win_idx.shape[-1], extra_idx.shape[-1])
+        return lambda: kernel(q, cache, win_idx, sink, extra, extra_idx, D ** -0.5, sched)
+    return prepare
+
+
+def flash_mla_decode_agrees(prepare) -> bool:
+    """Same result as lcattn's sparse_attn on a small kv_fp8 decode case where both read the same
+    values (lcattn's window rows quantized to kv_fp8 and back, as FlashMLA stores them), so only
+    rounding differs; the dims before the RoPE ones, which FlashMLA leaves rotated."""
+    a = kv_fp8_inputs(2, 64, 512, 4096, pos=4 * 4096 - 1)
+    a[1] = ops.dequantize_kv_fp8(ops.quantize_kv_fp8(a[1], 64), 512, 64)
+    ours = ops.sparse_attn(*a[:5], a[7], a[5], a[6])[0][..., :448].float()
+    try:
+        theirs = prepare(*a[:6], a[7])()[..., :448].float()
+    except Exception as err:  # any failure (an older flash_mla, a bad launch) leaves the baseline out
+        print(f"FlashMLA's fp8 decode failed on a small case: {err}", file=sys.stderr)
+        return False
+    return torch.allclose(ours, theirs, atol=2e-2, rtol=2e-2)
+
+
+def with_env(name, value, fn):
+    """fn with the environment variable name set to value during each call, then restored: lcattn
+    reads its switches per call, so a graph captured through this keeps the setting."""
+    def call():
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = old
+    return call
 
 
 def sparse_attn_cases(quick):
@@ -120,6 +247,35 @@ def sparse_attn_cases(quick):
         nbytes = 2 * B * (K + 128) * 512  # the keys each sequence reads
         yield "sparse_attn", f"flash decode B={B} keys={K}+128 (graph)", flops, nbytes, make, {
             "unfused torch": make_base}
+    # The same decode with the entries in the kv_fp8 form: lcattn widening the picked entries to bf16
+    # (the default) and reading them as they are (LCATTN_KV_FP8_ATTN=1 while the graph is captured),
+    # against lcattn's bf16 decode of the dequantized entries and FlashMLA's fp8 decode.
+    fp8_decode = flash_mla_decode()
+    if fp8_decode is not None and not flash_mla_decode_agrees(fp8_decode):
+        print("FlashMLA's fp8 decode left out of the table: it does not match lcattn's sparse_attn on a small case",
+              file=sys.stderr)
+        fp8_decode = None
+    for B in (1, 64, 128):
+        H, K, N = 64, 512, 32768
+        def make_bf16(B=B, H=H, K=K, N=N):
+            a = kv_fp8_inputs(B, H, K, N, pos=4 * N - 1)
+            a[4] = dequantized(a[4])
+            return replayed(lambda: ops.sparse_attn(*a[:5], a[7], a[5], a[6]))
+        def make_flash_mla(B=B, H=H, K=K, N=N):
+            a = kv_fp8_inputs(B, H, K, N, pos=4 * N - 1)
+            return replayed(fp8_decode(*a[:6], a[7]))
+        baselines = {"lcattn bf16": make_bf16}
+        if fp8_decode is not None:
+            baselines["FlashMLA fp8"] = make_flash_mla
+        flops = 4 * H * 512 * (K + 128) * B
+        nbytes = B * (K * ops.kv_fp8_bytes(512, 64) + 128 * 2 * 512)  # picked entries in kv_fp8, bf16 window rows
+        for direct, label in (("0", ""), ("1", " LCATTN_KV_FP8_ATTN=1")):
+            def make(B=B, H=H, K=K, N=N, direct=direct):
+                a = kv_fp8_inputs(B, H, K, N, pos=4 * N - 1)
+                return replayed(with_env("LCATTN_KV_FP8_ATTN", direct,
+                                         lambda: ops.sparse_attn(*a[:5], a[7], a[5], a[6])))
+            case = f"flash decode B={B} keys={K}+128 kv_fp8{label} (graph)"
+            yield "sparse_attn", case, flops, nbytes, make, baselines
 
 
 def flex_dense(q, kv, kv_start, q_start, ckv, sink, window=128, ratio=128):
