@@ -264,10 +264,50 @@ def test_hopper_split_combine_cuda(form, B, K, N, q_start, kv_start):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("splits", [2, 3, 4, 9])
+@pytest.mark.parametrize("form", ["sparse", "dense128"])
+def test_hopper_fused_combine_cuda(monkeypatch, splits, form):
+    """LCATTN_ATTN_FUSED_COMBINE=1: the last split of each query combines the splits itself (2 to 4
+    splits; 9 keeps the combine kernel), forced with LCATTN_ATTN_SPLITS: the reference's result, a
+    row with no key, sinks that take nothing or almost all, repeatable bitwise, no combine kernel
+    where it fuses, and within rounding of the combine kernel's result."""
+    B, K, N, q_start, kv_start = 3, 512, 700, [2700, 130, 5], [2573, 3, 6]
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, 1, 64, 512, 64, 128, N, q_start, kv_start, "cuda")
+    sink[:8], sink[8:16] = float("-inf"), 30.0
+    idx = random_indices(B, 1, K, N, "cuda")
+    idx[-1] = -1  # the last sequence sees no key
+
+    def run():
+        if form == "sparse":
+            return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+        return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=128)
+    ref = (reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx) if form == "sparse"
+           else reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=128))
+    monkeypatch.setenv("LCATTN_ATTN_SPLITS", str(splits))
+    monkeypatch.setenv("LCATTN_ATTN_FUSED_COMBINE", "0")
+    separate = run()
+    monkeypatch.setenv("LCATTN_ATTN_FUSED_COMBINE", "1")
+    out, kernels = kernel_names(run)
+    if kernels:
+        assert ("attention_combine_kernel" in kernels) == (splits > 4), kernels
+    check(*out, *ref)
+    again = run()
+    assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
+    assert_close(out[0].float(), separate[0].float(), 1e-2, "out")
+    assert_close(out[1], separate[1], 1e-5, "lse")
+    if form == "sparse":
+        assert torch.equal(out[0][-1], torch.zeros_like(out[0][-1])) and bool((out[1][-1] == float("-inf")).all())
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
-def test_hopper_decode_replays_in_cuda_graph_cuda():
-    """Decode captured once at a fixed batch, replayed on new inputs and positions: no host sync."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_hopper_decode_replays_in_cuda_graph_cuda(monkeypatch, fused):
+    """Decode captured once at a fixed batch, replayed on new inputs and positions: no host sync; also
+    with the fused combine (its counters zeroed in the graph)."""
+    monkeypatch.setenv("LCATTN_ATTN_FUSED_COMBINE", "1" if fused else "0")
+    monkeypatch.setenv("LCATTN_ATTN_SPLITS", "3" if fused else "0")  # 5 by default: more than it fuses
     B, H, K, N = 6, 64, 512, 700
     pos = lambda: [int(p) for p in torch.randint(128, 4 * N, (B,))]  # noqa: E731
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, 1, H, 512, 64, 128, N, pos(), [0] * B, "cuda")

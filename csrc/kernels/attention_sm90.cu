@@ -15,7 +15,8 @@
 // Entries in the kv_fp8 form (kFp8Entries, LCATTN_KV_FP8_ATTN=1) are widened to bf16 by the producer
 // as it stores them (exact), so the math is the same.
 // With several splits (decode), each CTA writes its unnormalised output and (max, sum) to the
-// workspace and a second kernel combines them, adds the sink and undoes the query rotation.
+// workspace and a second kernel combines them, adds the sink and undoes the query rotation; or, with
+// fused_combine, the last CTA of each query to finish does that itself.
 #include "attention_sm90.h"
 #include "common/device.h"
 #include "common/sm90.cuh"
@@ -23,6 +24,7 @@
 #include "lcattn/switches.h"
 
 #include <cuda_bf16.h>
+#include <algorithm>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
@@ -50,6 +52,7 @@ struct SharedStorage {
   float key_bias[2][kKeys];                           // 0, or -inf for an absent key
   float2 unrotate[kMaxRopePairs];                     // (cos, -sin) of the query position per RoPE pair
   uint64_t q_full, full[2], empty[2];
+  int last_split;  // fused combine: this CTA is the last of its query's splits to finish
 };
 constexpr int kSmemBytes = sizeof(SharedStorage) + 1024;  // + room to align the base to 1024
 static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
@@ -190,6 +193,55 @@ __device__ __forceinline__ void prefetch_row_l2(const void* row, int bytes, int 
   for (int line = 0; line < 4; ++line) {
     const int at = (lane / 16 * 4 + line) * 128;
     if (at < bytes) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(static_cast<const uint8_t*>(row) + at));
+  }
+}
+
+// fused_combine: the last split of this CTA's (query row, head group) to finish combines every split's
+// partial, in split order (so the result does not depend on which split is last), for its 64 heads:
+// the 256 math threads take 2 heads at a time, 4 dims each, and finish as the one-split epilogue does.
+// Each split publishes its partial (fence, then its arrival on the counter that follows the partials;
+// the counters are zeroed before the launch).
+__device__ __forceinline__ void combine_if_last(const AttentionParams& p, SharedStorage& sm, int64_t cta,
+                                                int64_t head0) {
+  const int64_t rows_total = int64_t(p.B) * p.S * p.H, split_stride = rows_total * kPartStride;
+  int* counter = reinterpret_cast<int*>(p.workspace + p.splits * split_stride) + cta;
+  __threadfence();
+  named_barrier_sync(kBarLogits, 256);
+  if (threadIdx.x == 0) sm.last_split = atomicAdd(counter, 1) == p.splits - 1;
+  named_barrier_sync(kBarRead, 256);
+  if (!sm.last_split) return;
+  __threadfence();
+  const int d = (threadIdx.x % 128) * 4, rope_begin = kDim - p.rope_dim;
+  for (int h = threadIdx.x / 128; h < kHeads; h += 2) {
+    const float* parts = p.workspace + (head0 + h) * kPartStride;  // split i at parts + i * split_stride
+    float m = -INFINITY;
+    for (int i = 0; i < p.splits; ++i) m = fmaxf(m, __ldcg(parts + i * split_stride + kDim));
+    const float m_use = max_ref(m);
+    float l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int i = 0; i < p.splits; ++i) {
+      const float* part = parts + i * split_stride;
+      const float w = exp2f(__ldcg(part + kDim) - m_use);  // 0 for a split that saw no key
+      l = __fadd_rn(l, __fmul_rn(w, __ldcg(part + kDim + 1)));
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(part + d));
+      acc[0] = __fadd_rn(acc[0], __fmul_rn(w, v.x));
+      acc[1] = __fadd_rn(acc[1], __fmul_rn(w, v.y));
+      acc[2] = __fadd_rn(acc[2], __fmul_rn(w, v.z));
+      acc[3] = __fadd_rn(acc[3], __fmul_rn(w, v.w));
+    }
+    const int64_t n = head0 + h;
+    const float inv = output_scale(l, m, p.sink[n % p.H]);
+    uint32_t packed[2];
+#pragma unroll
+    for (int i = 0; i < 4; i += 2) {
+      float x0 = acc[i] * inv, x1 = acc[i + 1] * inv;
+      if (d + i >= rope_begin) {
+        const float2 cs = sm.unrotate[(d + i - rope_begin) / 2];
+        rotate_pair(x0, x1, cs.x, cs.y);
+      }
+      packed[i / 2] = pack_bf16(x0, x1);
+    }
+    *reinterpret_cast<uint2*>(p.out + n * kDim + d) = make_uint2(packed[0], packed[1]);
+    if (d == 0) p.lse[n] = natural_lse(l, m);
   }
 }
 
@@ -369,6 +421,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
         *reinterpret_cast<float2*>(dst + dim0 + 8 * j) = make_float2(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1]);
       if (wg == 0 && lane % 4 == 0) *reinterpret_cast<float2*>(dst + kDim) = make_float2(m_run[h], l_run[h]);
     }
+    if (p.fused_combine) combine_if_last(p, sm, cta, head0);
     return;
   }
   const int rope_begin = kDim - p.rope_dim;
@@ -481,21 +534,38 @@ int attention_splits(const AttentionParams& p, int num_sms) {
   // One CTA per SM (shared memory): split the keys only while the CTAs fit in one wave, into parts
   // of at least two blocks (so each part still overlaps a load with the math).
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads);
-  if (ctas == 0 || ctas * 2 > num_sms) return 1;
   const int max_keys = min(p.window, p.L) + (p.indices ? p.K : (p.ratio > 0 ? p.N : 0));
   const int blocks = (max_keys + kKeys - 1) / kKeys;
+  // LCATTN_ATTN_SPLITS=n forces n parts (no more than the key blocks), to measure other splits.
+  if (const long forced = env_int("LCATTN_ATTN_SPLITS", 0); forced > 0 && ctas > 0)
+    return int(std::min<long>(forced, std::max(1, blocks)));
+  if (ctas == 0 || ctas * 2 > num_sms) return 1;
   return max(1, min(int(num_sms / ctas), blocks / 2));
 }
 
 int64_t attention_workspace_floats(const AttentionParams& p) {
-  return p.splits > 1 ? int64_t(p.splits) * p.B * p.S * p.H * kPartStride : 0;
+  if (p.splits <= 1) return 0;
+  const int64_t counters = p.fused_combine ? int64_t(p.B) * p.S * (p.H / kHeads) : 0;  // one int each
+  return int64_t(p.splits) * p.B * p.S * p.H * kPartStride + counters;
+}
+
+bool attention_fuses_combine(const AttentionParams& p) {
+  // With more splits the last CTA would read too many partials alone (65 at 1M context, 8.5 MB).
+  return p.splits > 1 && p.splits <= 4 && attention_sm90_supported(p) && env_is("LCATTN_ATTN_FUSED_COMBINE", "1");
 }
 
 cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
-  cudaError_t err = p.ckv_fp8 ? launch_attention_sm90<true>(p, stream) : launch_attention_sm90<false>(p, stream);
+  cudaError_t err = cudaSuccess;
+  if (p.splits > 1 && p.fused_combine) {  // the arrival counters after the partials start at zero
+    const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads);
+    err =
+        cudaMemsetAsync(p.workspace + int64_t(p.splits) * p.B * p.S * p.H * kPartStride, 0, ctas * sizeof(int), stream);
+    if (err != cudaSuccess) return err;
+  }
+  err = p.ckv_fp8 ? launch_attention_sm90<true>(p, stream) : launch_attention_sm90<false>(p, stream);
   if (err != cudaSuccess) return err;
-  if (p.splits > 1) {
+  if (p.splits > 1 && !p.fused_combine) {
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     const unsigned rows = unsigned(int64_t(p.B) * p.S * p.H);

@@ -51,6 +51,10 @@ int attention_splits(const AttentionParams& p, int num_sms);
 // shapes, with LCATTN_KV_FP8_ATTN=1 until that path has run on a GPU.
 bool attention_reads_kv_fp8(const AttentionParams& p);
 int64_t attention_workspace_floats(const AttentionParams& p);
+// Whether, with p.splits set, the last split of each query combines the splits itself instead of a
+// second kernel (2 to 4 splits, LCATTN_ATTN_FUSED_COMBINE=1 until it has run on a GPU); set
+// p.fused_combine from it before attention_workspace_floats.
+bool attention_fuses_combine(const AttentionParams& p);
 cudaError_t grouped_gemm_contiguous_cuda(const GroupedGemmParams& p, cudaStream_t stream);
 cudaError_t grouped_gemm_masked_cuda(const GroupedGemmParams& p, cudaStream_t stream);
 // Bytes of p.workspace the grouped GEMM needs on the current device.

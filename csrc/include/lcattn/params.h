@@ -112,9 +112,11 @@ struct AttentionParams {
   const float* inv_freq;  // [rope_dim / 2] for undoing the query rotation on the output
   bf16* out;              // [B, S, H, D]
   float* lse;             // [B, S, H] natural log-sum-exp of the scaled logits, sink excluded
-  float* workspace;       // CUDA, splits > 1: [splits, B * S * H, D + 4] partial outputs, (max, sum), pad
+  float* workspace;       // CUDA, splits > 1: [splits, B * S * H, D + 4] partial outputs, (max, sum), pad;
+                          // with fused_combine, then one int counter per (query row, head group)
   int B, S, H, D, L, N, K, window, ratio, rope_dim;
-  int splits;  // CUDA: parts the keys of each query are split into (attention_splits)
+  int splits;          // CUDA: parts the keys of each query are split into (attention_splits)
+  bool fused_combine;  // CUDA, splits > 1: the last split of each query combines them (attention_fuses_combine)
   float scale;
 };
 
