@@ -185,3 +185,13 @@ def test_bad_input_is_rejected(device):
             ops.compress_kv(**{**ok, **change})
     with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: kv must be contiguous"):
         ops.compress_kv(**{**ok, "kv": torch.randn(1, 16, 8, device=device).transpose(1, 2)})
+
+
+def test_kv_fp8_needs_an_even_width(device, monkeypatch):
+    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
+    kv, score, ape, w, f = make_inputs(1, 8, 8, False, 9, 2, device)  # HCA-like, c = 9
+    ring_kv, ring_score = ops.compress_state(1, 8, 9, False, device)
+    lens, start = torch.tensor([8], dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int32, device=device)
+    out = torch.zeros(1, 2, ops.kv_fp8_bytes(9, 2), dtype=torch.uint8, device=device)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: kv_fp8 entries need an even width, got 9"):
+        ops.compress_kv(kv, score, lens, start, ring_kv, ring_score, ape, w, f, out, 8, False)

@@ -1,6 +1,7 @@
 // Adapters of sparse_attn and dense_attn (SPEC 5).
 #include <cmath>
 #include <optional>
+#include <vector>
 
 #include "checks.h"
 
@@ -8,13 +9,24 @@ namespace lcattn {
 namespace {
 
 // Entries in the kv_fp8 form x [..., l.bytes()] uint8 as bf16 [..., D] (ops.dequantize_kv_fp8): each
-// e4m3 value times its tile's power of two, exact in bf16.
+// e4m3 value times its tile's power of two, both and the product exact in bf16, written in place
+// (one bf16 temporary of the values besides the result).
 at::Tensor widen_kv_fp8(const at::Tensor& x, const KvFp8Layout& l) {
-  const at::Tensor scales = x.narrow(-1, l.scale_offset(), l.tiles()).view(at::kFloat8_e8m0fnu).to(at::kFloat);
-  const at::Tensor values = x.narrow(-1, 0, l.nope()).view(at::kFloat8_e4m3fn).to(at::kFloat) *
-                            scales.repeat_interleave(KvFp8Layout::kTile, -1).narrow(-1, 0, l.nope());
-  const at::Tensor rope = x.narrow(-1, l.rope_offset(), 2 * l.rope_dim).contiguous().view(at::kBFloat16);
-  return at::cat({values.to(at::kBFloat16), rope}, -1);
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = l.D;
+  at::Tensor out = at::empty(sizes, x.options().dtype(at::kBFloat16));
+  const int64_t nope = l.nope(), tiles = l.tiles(), tile = KvFp8Layout::kTile;
+  const at::Tensor values = x.narrow(-1, 0, nope).view(at::kFloat8_e4m3fn).to(at::kBFloat16);
+  const at::Tensor scales = x.narrow(-1, l.scale_offset(), tiles).view(at::kFloat8_e8m0fnu).to(at::kBFloat16);
+  at::Tensor head = out.narrow(-1, 0, nope);
+  if (nope % tile == 0) {  // V4: 7 whole tiles
+    at::Tensor tiled = head.unflatten(-1, {tiles, tile});
+    at::mul_out(tiled, values.unflatten(-1, {tiles, tile}), scales.unsqueeze(-1));
+  } else {
+    at::mul_out(head, values, scales.repeat_interleave(tile, -1).narrow(-1, 0, nope));
+  }
+  out.narrow(-1, nope, l.rope_dim).copy_(x.narrow(-1, l.rope_offset(), 2 * l.rope_dim).view(at::kBFloat16));
+  return out;
 }
 
 // Sets p.ckv_fp8 to ckv's kv_fp8 entries where the kernel reads them as they are; false where the

@@ -34,6 +34,10 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
                c10::toString(type));
   const KvFp8Layout kv_fp8{int(c), int(2 * inv_freq.size(0))};
   check_tensor(op, "out", out, type, {B, -1, type == at::kByte ? kv_fp8.bytes() : c}, kv);
+  if (type == at::kByte) {  // the RoPE channels are stored as bf16 right after the e4m3 ones
+    LCATTN_CHECK(c % 2 == 0, op, "kv_fp8 entries need an even width, got ", c);
+    check_aligned_16(op, "out", out);
+  }
   // Until the CUDA store of the kv_fp8 form has run on a GPU it is taken only on request.
   LCATTN_CHECK(type != at::kByte || !out.is_cuda() || env_is("LCATTN_KV_FP8_COMPRESS", "1"), op,
                "writing kv_fp8 entries on CUDA is off unless LCATTN_KV_FP8_COMPRESS=1");

@@ -77,7 +77,7 @@ def kv_fp8_bytes(head_dim: int, rope_dim: int) -> int:
 
 def quantize_kv_fp8(x: Tensor, rope_dim: int) -> Tensor:
     """Compressed attention entries x [..., D] (fp32 or bf16) -> their kv_fp8 form, uint8
-    [..., kv_fp8_bytes(D, rope_dim)], the layout of FlashMLA's fp8 cache for V4 (SPEC 5.1): the
+    [..., kv_fp8_bytes(D, rope_dim)], the bytes of an entry of FlashMLA's fp8 cache for V4 (SPEC 5.1): the
     first D - rope_dim channels as e4m3 in tiles of 64, each divided by the smallest power of two
     at least max(amax / 448, 1e-4) and that power's UE8M0 byte kept; the RoPE channels as bf16.
     A tile holding NaN or infinity is stored as NaN. compress_kv writes the same bytes itself.
@@ -85,18 +85,22 @@ def quantize_kv_fp8(x: Tensor, rope_dim: int) -> Tensor:
     D = x.shape[-1]
     nope = D - rope_dim
     tiles = -(-nope // KV_FP8_TILE)
+    if nope < 0 or nope % 2 or rope_dim % 2:
+        raise ValueError(f"[lcattn] quantize_kv_fp8: head dim {D} and rope_dim {rope_dim} must be even, rope_dim <= "
+                         "head dim")
     xf = x.float()
     tiled = torch.nn.functional.pad(xf[..., :nope], (0, tiles * KV_FP8_TILE - nope)).unflatten(-1, (tiles, KV_FP8_TILE))
     amax = tiled.abs().amax(dim=-1)
     mantissa, exponent = torch.frexp((amax / torch.full_like(amax, E4M3_MAX)).clamp_min(1e-4))
     exponent = exponent - (mantissa == 0.5).int()  # log2 rounded up: a power of two is its own scale
     finite = amax.isfinite()
-    scale = torch.where(finite, torch.ldexp(torch.ones_like(amax), exponent), torch.full_like(amax, float("nan")))
+    byte = torch.where(finite, exponent + 127, 255)  # in [114, 247] when finite
+    scale = torch.where(finite, (byte.clamp_max(254) << 23).view(torch.float32), float("nan"))  # 2^(byte-127), exact
     out = torch.zeros(*x.shape[:-1], kv_fp8_bytes(D, rope_dim), dtype=torch.uint8, device=x.device)
     values = (tiled / scale[..., None]).to(torch.float8_e4m3fn).flatten(-2)[..., :nope]
     out[..., :nope] = values.view(torch.uint8)
     out[..., nope:nope + 2 * rope_dim] = x[..., nope:].to(torch.bfloat16).contiguous().view(torch.uint8)
-    out[..., nope + 2 * rope_dim:nope + 2 * rope_dim + tiles] = torch.where(finite, exponent + 127, 255).to(torch.uint8)
+    out[..., nope + 2 * rope_dim:nope + 2 * rope_dim + tiles] = byte.to(torch.uint8)
     return out
 
 
@@ -172,7 +176,8 @@ def sparse_attn(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: T
                 window: int = 128) -> Tuple[Tensor, Tensor]:
     """Attention over the raw window plus selected compressed entries plus a sink (SPEC 5).
 
-    q [B, S, H, D] bf16; kv [B, L, D] bf16 raw keys (= values); ckv [B, N, D] bf16 entries;
+    q [B, S, H, D] bf16; kv [B, L, D] bf16 raw keys (= values); ckv [B, N, D] bf16 entries (or uint8
+    [B, N, kv_fp8_bytes(D, rope_dim)] in the kv_fp8 form, SPEC 5.1);
     indices [B, S, K] int32 into ckv (-1 = none); sink [H] fp32; inv_freq [rope_dim / 2] undoes
     the query rotation on the output's last rope_dim channels. Returns out [B, S, H, D] bf16 and
     the log-sum-exp [B, S, H] fp32 of the scaled logits without the sink. scale defaults to D^-0.5.

@@ -71,8 +71,8 @@ LCATTN_HD bf16 e4m3_to_bf16(e4m3 x) {
 // maps to 448; the row is stored as float_to_e4m3(x / scale).
 LCATTN_HD float e4m3_scale(float amax) { return (amax != amax ? amax : (amax > 1e-4f ? amax : 1e-4f)) / kE4m3Max; }
 
-// The fp8 form of a compressed attention entry of D channels, the last rope_dim of them RoPE (the
-// layout of FlashMLA's fp8 cache for V4, one entry's bytes together): the first D - rope_dim "nope"
+// The fp8 form of a compressed attention entry of D channels, the last rope_dim of them RoPE (the bytes
+// of an entry of FlashMLA's fp8 cache for V4, kept together): the first D - rope_dim (even) "nope"
 // channels as e4m3 in tiles of 64, each tile divided by a power of two stored as its UE8M0 byte
 // (scale 2^(byte - 127)); the RoPE channels as bf16. An entry is
 //   [nope e4m3 | RoPE bf16 | one scale byte per tile | zeros to a multiple of 8 bytes],
