@@ -41,10 +41,11 @@ def test_the_bench_scripts_import(driver):
 
 def test_switch_settings(driver):
     """--switch: the reference setting first, then one changed switch at a time."""
-    assert driver.switch_settings([]) == [{}]
-    assert driver.switch_settings(["LCATTN_A=0,1", "LCATTN_B=0,8,4"]) == [
-        {"LCATTN_A": "0", "LCATTN_B": "0"}, {"LCATTN_A": "1", "LCATTN_B": "0"},
-        {"LCATTN_A": "0", "LCATTN_B": "8"}, {"LCATTN_A": "0", "LCATTN_B": "4"}]
+    assert driver.switch_settings([]) == [({}, None)]
+    assert driver.switch_settings(["LCATTN_A=0,1", "LCATTN_B=0,8,4:topk_indices,layers"]) == [
+        ({"LCATTN_A": "0", "LCATTN_B": "0"}, None), ({"LCATTN_A": "1", "LCATTN_B": "0"}, None),
+        ({"LCATTN_A": "0", "LCATTN_B": "8"}, {"topk_indices", "layers"}),
+        ({"LCATTN_A": "0", "LCATTN_B": "4"}, {"topk_indices", "layers"})]
     with pytest.raises(SystemExit, match="NAME=A,B"):
         driver.switch_settings(["LCATTN_A"])
 

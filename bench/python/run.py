@@ -1,7 +1,7 @@
 """Times every lcattn op on the GPU at the shapes of SPEC.md against the best baseline in the same run.
 
     python bench/python/run.py [--ops sparse_attn,dense_attn,...,layers] [--quick] [--contexts 8192,...]
-                               [--reps N] [--switch NAME=A,B ...] [--out DIR]
+                               [--reps N] [--switch NAME=A,B[:OPS] ...] [--out DIR]
 
 Measures its own ceilings first (dense bf16 matmul, device-to-device copy), then per case the
 median time over rotated input sets (CUDA events, after warm-up), TFLOP/s, TB/s, the fraction of
@@ -11,10 +11,11 @@ when it is importable. The `layers` family times one V4-Flash CSA and one HCA at
 8K to 1M context (bench/python/layers.py). Writes results.json, results.csv, layers.csv and the
 plots ops.png and layers.png under --out, and prints a table last.
 
-`--switch NAME=A,B,...` (repeatable) times every case again with an LCATTN_* run-time switch at each
-value after the first, the others at their first, in the same run: the row's case names the switch
-and its baselines include the first setting ("NAME=A 1.10x": that much faster than with A). The
-switches are read per call (graphs at capture), so this compares kernels in one device run.
+`--switch NAME=A,B,...[:OPS]` (repeatable) times every case again (or those of the comma list OPS:
+op names, or `layers`) with an LCATTN_* run-time switch at each value after the first, the others at
+their first, in the same run: the row's case names the switch and its baselines include the first
+setting ("NAME=A 1.10x": that much faster than with A). The switches are read per call (graphs at
+capture), so this compares kernels in one device run.
 """
 import argparse
 import csv
@@ -22,7 +23,7 @@ import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import layers  # bench/python/layers.py and cases/, beside this script
 import torch
@@ -43,17 +44,19 @@ class Result:
     context: int = 0  # the context length the case stands for, where it has one
 
 
-def switch_settings(specs: List[str]) -> List[Dict[str, str]]:
-    """["NAME=A,B", ...] -> the environment of each setting: every switch at its first value, then
-    each later value of one switch with the others at their first."""
+def switch_settings(specs: List[str]) -> List[Tuple[Dict[str, str], Optional[set]]]:
+    """["NAME=A,B[:OPS]", ...] -> (the environment, the ops it is for or None for all) of each setting:
+    every switch at its first value (for all), then each later value of one switch with the others at
+    their first."""
     switches = []
     for spec in specs:
-        name, _, values = spec.partition("=")
+        name, _, rest = spec.partition("=")
+        values, _, ops = rest.partition(":")
         if not name or not values:
-            raise SystemExit(f"--switch takes NAME=A,B,..., got {spec!r}")
-        switches.append((name, values.split(",")))
-    first = {name: values[0] for name, values in switches}
-    return [first] + [{**first, name: v} for name, values in switches for v in values[1:]]
+            raise SystemExit(f"--switch takes NAME=A,B,...[:OPS], got {spec!r}")
+        switches.append((name, values.split(","), set(ops.split(",")) if ops else None))
+    first = {name: values[0] for name, values, _ in switches}
+    return [(first, None)] + [({**first, name: v}, ops) for name, values, ops in switches for v in values[1:]]
 
 
 def set_switches(setting: Dict[str, str]) -> None:
@@ -174,9 +177,9 @@ def main() -> None:
     parser.add_argument("--kv-fp8", action="store_true", help="layer cases: the compressed attention entries in "
                         "the kv_fp8 form (config.kv_fp8; sets LCATTN_KV_FP8_COMPRESS=1, which the CUDA "
                         "compressor needs for that form)")
-    parser.add_argument("--switch", action="append", default=[], metavar="NAME=A,B",
-                        help="also time every case with this run-time switch at B (and further values); A is "
-                        "the reference setting")
+    parser.add_argument("--switch", action="append", default=[], metavar="NAME=A,B[:OPS]",
+                        help="also time every case (or those of the ops OPS, a comma list; `layers` for the "
+                        "layer cases) with this run-time switch at B (and further values); A is the reference")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args()
     settings = switch_settings(args.switch)
@@ -195,22 +198,25 @@ def main() -> None:
     todo = [c for name in wanted if name in FAMILIES for c in FAMILIES[name](args.quick)]
     results = []
     bar = Progress("ops", len(todo) * len(settings))
+    reference_env = settings[0][0]
     for i, (op, case, flops, nbytes, ours, baselines, *context) in enumerate(todo):
         reference = None
-        for j, setting in enumerate(settings):
+        for j, (setting, ops) in enumerate(settings):
+            if ops is not None and op not in ops:
+                continue
             bar.update(i * len(settings) + j, f"{op} {case}")
             set_switches(setting)
             if j == 0:
                 reference = measure(op, case, flops, nbytes, ours, baselines, ceil, args.reps, *context)
                 results.append(reference)
             else:  # the setting's changed switch in the case, the reference as a baseline
-                changed = " ".join(f"{k}={v}" for k, v in setting.items() if v != settings[0][k])
+                changed = " ".join(f"{k}={v}" for k, v in setting.items() if v != reference_env[k])
                 r = measure(op, f"{case} [{changed}]", flops, nbytes, ours, {}, ceil, args.reps, *context)
-                first = " ".join(f"{k}={settings[0][k]}" for k, v in setting.items() if v != settings[0][k])
+                first = " ".join(f"{k}={reference_env[k]}" for k, v in setting.items() if v != reference_env[k])
                 r.baselines[first] = reference.ms / r.ms
                 results.append(r)
             torch.cuda.empty_cache()
-        set_switches(settings[0])
+        set_switches(reference_env)
     bar.update(len(todo) * len(settings), "ops done")
 
     layer_rows = []
@@ -218,9 +224,11 @@ def main() -> None:
         contexts = ([int(c) for c in args.contexts.split(",")] if args.contexts
                     else [8192, 32768] if args.quick else layers.DEFAULT_CONTEXTS)
         bar = Progress("layers", 2 * len(contexts) * len(settings))
-        for j, setting in enumerate(settings):
+        for j, (setting, ops) in enumerate(settings):
+            if ops is not None and "layers" not in ops:
+                continue
             set_switches(setting)
-            changed = " ".join(f"{k}={v}" for k, v in setting.items() if v != settings[0][k])
+            changed = " ".join(f"{k}={v}" for k, v in setting.items() if v != reference_env[k])
             for row in layers.layer_rows(contexts, unfused=not args.no_unfused_layer and j == 0,
                                           index_fp8=args.index_fp8, kv_fp8=args.kv_fp8):
                 if changed:
@@ -228,7 +236,7 @@ def main() -> None:
                 layer_rows.append(row)
                 bar.update(len(layer_rows), f"layer {row['layer']} context {row['context']}")
                 write_tables(results, layer_rows, meta, args.out)  # keep what is done if a later case dies
-        set_switches(settings[0])
+        set_switches(reference_env)
 
     write_tables(results, layer_rows, meta, args.out)
     write_plots(results, layer_rows, args.out)
