@@ -73,7 +73,7 @@ def test_dense_matches_reference(device, ratio, q_start):
 
 
 def test_kv_fp8_form(device):
-    """ops.quantize_kv_fp8: FlashMLA's layout (584 bytes at V4's dims), each tile's scale the smallest
+    """ops.quantize_kv_fp8: the bytes of FlashMLA's V4 fp8 entries (584 at V4's dims), each tile's scale the smallest
     power of two at least max(amax / 448, 1e-4), values within e4m3 rounding, RoPE channels in bf16,
     a tile with NaN or infinity stored as NaN; ops.dequantize_kv_fp8 reads it back."""
     assert ops.kv_fp8_bytes(512, 64) == 584 and ops.kv_fp8_bytes(64, 16) == 88
@@ -173,6 +173,37 @@ def test_hopper_shapes_cuda(B, S, H, K, N, q_start, kv_start, L, form):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES)
+@pytest.mark.parametrize("form", ["sparse", "dense128", "window"])
+def test_hopper_pair_schedule_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form):
+    """Version 6 (LCATTN_ATTN_PAIR=1; one split per query, forced at decode with LCATTN_ATTN_SPLITS=1):
+    the reference's result on the Hopper cases (an odd block count pairs its last block with an
+    absent one), bitwise repeatable, and the kernel that ran."""
+    monkeypatch.setenv("LCATTN_ATTN_PAIR", "1")
+    monkeypatch.setenv("LCATTN_ATTN_SPLITS", "1")
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
+    sink[:8], sink[8:16] = float("-inf"), 30.0
+    if form == "sparse":
+        idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
+
+        def run():
+            return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+        ref = reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx)
+    else:
+        ratio = {"dense128": 128, "window": 0}[form]
+
+        def run():
+            return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
+        ref = reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
+    out, kernels = kernel_names(run)
+    if kernels:
+        assert "attention_sm90_pair_kernel" in kernels, kernels
+    check(*out, *ref)
+    again = run()
+    assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
+
+
+@pytest.mark.cuda
 def test_hopper_repeat_runs_are_bitwise_identical_cuda():
     for B, S in ((1, 96), (2, 1)):  # prefill and split decode
         q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, 64, 512, 64, S + 127, 600, [2000] * B, [1873] * B, "cuda")
@@ -184,8 +215,12 @@ def test_hopper_repeat_runs_are_bitwise_identical_cuda():
 
 
 @pytest.mark.cuda
-def test_hopper_no_keys_and_extreme_sinks_cuda():
+@pytest.mark.parametrize("pair", ["0", "1"])
+def test_hopper_no_keys_and_extreme_sinks_cuda(monkeypatch, pair):
     # Query 0 of sequence 1 sees no window row (its buffer starts later) and no index: output 0, lse -inf.
+    # Also with version 6 (LCATTN_ATTN_PAIR=1, one split).
+    monkeypatch.setenv("LCATTN_ATTN_PAIR", pair)
+    monkeypatch.setenv("LCATTN_ATTN_SPLITS", "1" if pair == "1" else "0")
     q, kv, kvs, qs, ckv, sink, f = make_attention(2, 3, 64, 512, 64, 130, 50, [400, 10], [273, 11], "cuda")
     idx = random_indices(2, 3, 40, 50, "cuda", invalid=0.0)
     idx[1] = -1
@@ -218,6 +253,25 @@ def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start,
     if kernels:
         assert "attention_sm90_kernel<true>" in kernels, kernels
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("pair", ["0", "1"])
+def test_hopper_very_negative_logits_after_an_empty_block_cuda(monkeypatch, pair):
+    """No window row, a first block of absent keys, then keys whose logits are all far below -128 in
+    base 2 (q . k about -8000): a finite result equal to the reference's (an absent block's softmax
+    rescaled to such a maximum must give 0, not 0 x inf); also with version 6."""
+    monkeypatch.setenv("LCATTN_ATTN_PAIR", pair)
+    monkeypatch.setenv("LCATTN_ATTN_SPLITS", "1")
+    q, kv, kvs, qs, ckv, sink, f = make_attention(1, 1, 64, 512, 64, 128, 200, [1000], [1006], "cuda")
+    q.fill_(4.0)
+    ckv.copy_(-4.0 + 0.1 * torch.randn_like(ckv, dtype=torch.float32))
+    sink.fill_(float("-inf"))  # else the sink takes everything from such logits
+    idx = random_indices(1, 1, 192, 200, "cuda", invalid=0.0)
+    idx[..., :64] = -1
+    out, lse = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+    assert torch.isfinite(out.float()).all() and torch.isfinite(lse).all()
+    check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
 
 
 def kernel_names(fn):

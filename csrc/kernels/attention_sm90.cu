@@ -18,6 +18,7 @@
 // workspace and a second kernel combines them, adds the sink and undoes the query rotation; or, with
 // fused_combine, the last CTA of each query to finish does that itself.
 #include "attention_sm90.h"
+#include "attention_sm90_common.cuh"
 #include "common/device.h"
 #include "common/sm90.cuh"
 #include "lcattn/shared_math.h"
@@ -33,17 +34,7 @@ namespace {
 
 using namespace sm90;
 
-constexpr int kHeads = 64;                // M of every wgmma
-constexpr int kDim = 512;                 // head dim
-constexpr int kKeys = 64;                 // keys per buffer
-constexpr int kChunk = 64;                // bf16 per 128-byte swizzled row
-constexpr int kChunks = kDim / kChunk;    // 8
-constexpr int kChunkBytes = kKeys * 128;  // one [64 rows][64 cols] swizzled chunk: 8 KB
 constexpr int kThreads = 384;
-constexpr int kPartStride = kDim + 4;  // workspace row: O (512), then (max, sum), 16-byte rows
-constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
-
-constexpr int kMaxRopePairs = 32;  // RoPE channels <= 64
 
 struct SharedStorage {
   alignas(1024) uint8_t q[kChunks * kChunkBytes];     // Q [8 chunks][64 heads][128 B]
@@ -59,81 +50,6 @@ static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may h
 
 // Named barriers (0 is __syncthreads) over the 256 math threads.
 enum : int { kBarLogits = 1, kBarRead = 2 };
-
-// Keys of one query (attention_keys): window rows first, then entries (selected, or the visible prefix).
-struct QueryKeys {
-  const bf16* window;   // row of position window_lo
-  const uint8_t* pool;  // [N, entry_bytes] of this sequence: bf16 rows, or kv_fp8 entries
-  const int* indices;   // [K] of this query, or null for dense
-  int n_window, n_keys, N, entry_bytes;
-  __device__ QueryKeys(const AttentionParams& p, int64_t row, int b, int pos) {
-    const AttentionKeys set = attention_keys(p, b, pos);
-    window = p.kv + (int64_t(b) * p.L + (set.window_lo - p.kv_start[b])) * kDim;
-    entry_bytes = p.ckv_fp8 ? KvFp8Layout{kDim, p.rope_dim}.bytes() : kDim * 2;
-    pool = (p.ckv_fp8 ? p.ckv_fp8 : reinterpret_cast<const uint8_t*>(p.ckv)) + int64_t(b) * p.N * entry_bytes;
-    indices = p.indices ? p.indices + row * p.K : nullptr;
-    n_window = set.n_window;
-    N = p.N;
-    n_keys = set.n_window + set.n_entries;
-  }
-  // Row of key u, or null when it is absent (index -1 or out of range, or u past the end).
-  __device__ const void* row(int u) const {
-    if (u < n_window) return window + int64_t(u) * kDim;
-    if (u >= n_keys) return nullptr;
-    const int i = indices ? __ldg(indices + (u - n_window)) : u - n_window;
-    return i >= 0 && i < N ? pool + int64_t(i) * entry_bytes : nullptr;
-  }
-};
-
-// Blocks [first, last) of 64 keys that this split computes.
-struct SplitRange {
-  int first, last;
-  __device__ SplitRange(int n_keys, int splits, int split) {
-    const int blocks = (n_keys + kKeys - 1) / kKeys;
-    const int per = (blocks + splits - 1) / splits;
-    first = min(blocks, split * per);
-    last = min(blocks, first + per);
-  }
-};
-
-// A row's running maximum as a reference point: 0 while no key was seen, so that exp2(x - ref) is never NaN.
-__device__ __forceinline__ float max_ref(float m) { return m == -INFINITY ? 0.f : m; }
-
-// The factor that turns a row's unnormalised output into the result: 1 / (sum + exp(sink)), all
-// relative to the base-2 maximum m; 0 when the row saw no key at all (SPEC 5, sink in the denominator).
-__device__ __forceinline__ float output_scale(float sum, float m, float sink) {
-  return sum > 0.f ? 1.f / (sum + exp2f(sink * kLog2e - max_ref(m))) : 0.f;
-}
-
-// Natural log-sum-exp of the scaled logits from the base-2 maximum and sum; -inf with no key.
-__device__ __forceinline__ float natural_lse(float sum, float m) {
-  return sum > 0.f ? (m + log2f(sum)) * kLn2 : -INFINITY;
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// Producer: loads 64 rows of 512 bf16 into a swizzled [8 chunks][64 rows][128 B] tile. Warp w takes
-// rows 16w .. 16w + 15; lane l brings the source of row 16w + l % 16 (null: absent, zero-filled),
-// and each row is two warp-wide 512-byte copies.
-__device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, const bf16* mine, const bf16* any,
-                                          float* bias) {
-#pragma unroll 4
-  for (int j = 0; j < 16; ++j) {
-    const int r = warp * 16 + j;
-    const bf16* src =
-        reinterpret_cast<const bf16*>(__shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j));
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int unit = half * 32 + lane;  // 16-byte unit of the 1 KB row
-      uint8_t* dst = tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8);
-      cp_async_16(dst, src ? src + unit * 8 : any, src ? 16 : 0);
-    }
-    if (bias && lane == 0) bias[r] = src ? 0.f : -INFINITY;
-  }
-}
 
 // 8 e4m3 values (8 bytes, the first in the low byte) times scale, a power of two: 8 bf16, exact.
 __device__ __forceinline__ uint4 widen8_e4m3(uint2 raw, float scale) {
@@ -186,31 +102,37 @@ __device__ __forceinline__ void load_tile_kv_fp8(uint8_t* tile, int warp, int la
   }
 }
 
-// Asks L2 for this lane's half of a row of `bytes` (lanes l and l + 16 share a row).
+// Asks L2 for this lane's half of the 128-byte lines a row of `bytes` touches (lanes l and l + 16
+// share a row; a 1 KB bf16 row is 8 aligned lines, a 584-byte kv_fp8 entry, 8-byte aligned, 5 or 6).
 __device__ __forceinline__ void prefetch_row_l2(const void* row, int bytes, int lane) {
   if (!row) return;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(row) & ~uintptr_t(127);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(row) + bytes;
 #pragma unroll
   for (int line = 0; line < 4; ++line) {
-    const int at = (lane / 16 * 4 + line) * 128;
-    if (at < bytes) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(static_cast<const uint8_t*>(row) + at));
+    const uintptr_t at = first + (lane / 16 * 4 + line) * 128;
+    if (at < end) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(at));
   }
 }
 
 // fused_combine: the last split of this CTA's (query row, head group) to finish combines every split's
 // partial, in split order (so the result does not depend on which split is last), for its 64 heads:
 // the 256 math threads take 2 heads at a time, 4 dims each, and finish as the one-split epilogue does.
-// Each split publishes its partial (fence, then its arrival on the counter that follows the partials;
-// the counters are zeroed before the launch).
+// Each split publishes its partial (barrier, fence, then one arrival on the counter that follows the
+// partials; the counters are zeroed before the launch).
 __device__ __forceinline__ void combine_if_last(const AttentionParams& p, SharedStorage& sm, int64_t cta,
                                                 int64_t head0) {
   const int64_t rows_total = int64_t(p.B) * p.S * p.H, split_stride = rows_total * kPartStride;
   int* counter = reinterpret_cast<int*>(p.workspace + p.splits * split_stride) + cta;
-  __threadfence();
-  named_barrier_sync(kBarLogits, 256);
-  if (threadIdx.x == 0) sm.last_split = atomicAdd(counter, 1) == p.splits - 1;
+  named_barrier_sync(kBarLogits, 256);  // every math thread's partial stores issued
+  if (threadIdx.x == 0) {               // release them (the barrier orders them before the fence), count
+    __threadfence();
+    const bool last = atomicAdd(counter, 1) == p.splits - 1;
+    if (last) __threadfence();  // acquire the other splits' partials, for the whole CTA (barrier below)
+    sm.last_split = last;
+  }
   named_barrier_sync(kBarRead, 256);
   if (!sm.last_split) return;
-  __threadfence();
   const int d = (threadIdx.x % 128) * 4, rope_begin = kDim - p.rope_dim;
   for (int h = threadIdx.x / 128; h < kHeads; h += 2) {
     const float* parts = p.workspace + (head0 + h) * kPartStride;  // split i at parts + i * split_stride
@@ -289,6 +211,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     for (int blk = range.first; blk < range.last; ++blk) {
       const int it = blk - range.first, buf = it & 1;
       const void* cur = next;
+      if constexpr (kFp8Entries) {  // its loads are synchronous: look up and prefetch block b + 1 first
+        const int u = (blk + 1) * kKeys + my_row;
+        next = blk + 1 < range.last ? keys.row(u) : nullptr;
+        prefetch_row_l2(next, u < keys.n_window ? kDim * 2 : keys.entry_bytes, lane);
+      }
       if (it >= 2) mbar_wait(&sm.empty[buf], ((it >> 1) - 1) & 1);
       if constexpr (kFp8Entries) {
         const bool entry = cur && blk * kKeys + my_row >= keys.n_window;
@@ -301,7 +228,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
         mbar_arrive_cp_async(&sm.full[buf]);
       }
       if (lane == 0) mbar_arrive(&sm.full[buf]);
-      if (blk + 1 < range.last) {
+      if (!kFp8Entries && blk + 1 < range.last) {
         const int u = (blk + 1) * kKeys + my_row;
         next = keys.row(u);
         prefetch_row_l2(next, u < keys.n_window ? kDim * 2 : keys.entry_bytes, lane);
@@ -556,6 +483,7 @@ bool attention_fuses_combine(const AttentionParams& p) {
 
 cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
+  if (attention_pair_applies(p)) return attention_sm90_pair(p, stream);
   cudaError_t err = cudaSuccess;
   if (p.splits > 1 && p.fused_combine) {  // the arrival counters after the partials start at zero
     const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads);

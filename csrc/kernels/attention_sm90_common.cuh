@@ -1,0 +1,102 @@
+// What the Hopper attention kernels share (attention_sm90.cu, attention_sm90_pair.cu): the tile
+// shapes, the key set of one query, the online-softmax helpers and the producer's bf16 row copy.
+// Tiles are [8 chunks][64 rows][128 B], 128B-swizzled (common/sm90.cuh).
+#pragma once
+#include <cuda_bf16.h>
+
+#include "common/sm90.cuh"
+#include "lcattn/shared_math.h"
+
+namespace lcattn {
+namespace {
+
+using namespace sm90;
+
+constexpr int kHeads = 64;                // M of every wgmma
+constexpr int kDim = 512;                 // head dim
+constexpr int kKeys = 64;                 // keys per buffer
+constexpr int kChunk = 64;                // bf16 per 128-byte swizzled row
+constexpr int kChunks = kDim / kChunk;    // 8
+constexpr int kChunkBytes = kKeys * 128;  // one [64 rows][64 cols] swizzled chunk: 8 KB
+constexpr int kPartStride = kDim + 4;     // workspace row: O (512), then (max, sum), 16-byte rows
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+constexpr int kMaxRopePairs = 32;  // RoPE channels <= 64
+
+// Keys of one query (attention_keys): window rows first, then entries (selected, or the visible prefix).
+struct QueryKeys {
+  const bf16* window;   // row of position window_lo
+  const uint8_t* pool;  // [N, entry_bytes] of this sequence: bf16 rows, or kv_fp8 entries
+  const int* indices;   // [K] of this query, or null for dense
+  int n_window, n_keys, N, entry_bytes;
+  __device__ QueryKeys(const AttentionParams& p, int64_t row, int b, int pos) {
+    const AttentionKeys set = attention_keys(p, b, pos);
+    window = p.kv + (int64_t(b) * p.L + (set.window_lo - p.kv_start[b])) * kDim;
+    entry_bytes = p.ckv_fp8 ? KvFp8Layout{kDim, p.rope_dim}.bytes() : kDim * 2;
+    pool = (p.ckv_fp8 ? p.ckv_fp8 : reinterpret_cast<const uint8_t*>(p.ckv)) + int64_t(b) * p.N * entry_bytes;
+    indices = p.indices ? p.indices + row * p.K : nullptr;
+    n_window = set.n_window;
+    N = p.N;
+    n_keys = set.n_window + set.n_entries;
+  }
+  // Row of key u, or null when it is absent (index -1 or out of range, or u past the end).
+  __device__ const void* row(int u) const {
+    if (u < n_window) return window + int64_t(u) * kDim;
+    if (u >= n_keys) return nullptr;
+    const int i = indices ? __ldg(indices + (u - n_window)) : u - n_window;
+    return i >= 0 && i < N ? pool + int64_t(i) * entry_bytes : nullptr;
+  }
+};
+
+// Blocks [first, last) of 64 keys that this split computes.
+struct SplitRange {
+  int first, last;
+  __device__ SplitRange(int n_keys, int splits, int split) {
+    const int blocks = (n_keys + kKeys - 1) / kKeys;
+    const int per = (blocks + splits - 1) / splits;
+    first = min(blocks, split * per);
+    last = min(blocks, first + per);
+  }
+};
+
+// A row's running maximum as a reference point: 0 while no key was seen, so that exp2(x - ref) is never NaN.
+__device__ __forceinline__ float max_ref(float m) { return m == -INFINITY ? 0.f : m; }
+
+// The factor that turns a row's unnormalised output into the result: 1 / (sum + exp(sink)), all
+// relative to the base-2 maximum m; 0 when the row saw no key at all (SPEC 5, sink in the denominator).
+__device__ __forceinline__ float output_scale(float sum, float m, float sink) {
+  return sum > 0.f ? 1.f / (sum + exp2f(sink * kLog2e - max_ref(m))) : 0.f;
+}
+
+// Natural log-sum-exp of the scaled logits from the base-2 maximum and sum; -inf with no key.
+__device__ __forceinline__ float natural_lse(float sum, float m) {
+  return sum > 0.f ? (m + log2f(sum)) * kLn2 : -INFINITY;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Producer: loads 64 rows of 512 bf16 into a swizzled [8 chunks][64 rows][128 B] tile. Warp w takes
+// rows 16w .. 16w + 15; lane l brings the source of row 16w + l % 16 (null: absent, zero-filled),
+// and each row is two warp-wide 512-byte copies.
+__device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, const bf16* mine, const bf16* any,
+                                          float* bias) {
+#pragma unroll 4
+  for (int j = 0; j < 16; ++j) {
+    const int r = warp * 16 + j;
+    const bf16* src =
+        reinterpret_cast<const bf16*>(__shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j));
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int unit = half * 32 + lane;  // 16-byte unit of the 1 KB row
+      uint8_t* dst = tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8);
+      cp_async_16(dst, src ? src + unit * 8 : any, src ? 16 : 0);
+    }
+    if (bias && lane == 0) bias[r] = src ? 0.f : -INFINITY;
+  }
+}
+
+}  // namespace
+}  // namespace lcattn

@@ -1,0 +1,356 @@
+// Version 6 of the Hopper attention kernel (SPEC 5; kernel notes): blocks of 64 keys taken in pairs,
+// the schedule of FlashMLA's sparse prefill. LCATTN_ATTN_PAIR=1 until it has run on a GPU; one split
+// per query (prefill), bf16 entries; every other call runs version 4 (attention_sm90.cu).
+//
+// One CTA = one query token x 64 heads, three warpgroups. For the pair of blocks (2i, 2i + 1):
+//   WG w computes the logits of block 2i + w over all 512 dims (Q K^T, 32 k-steps) and their softmax,
+//   then accumulates its half of O (dims 256w .. 256w + 255) from both blocks: its own P from
+//   registers, the other warpgroup's from shared memory. The two keep one running maximum: WG0
+//   publishes its block's new maximum, WG1 folds its own in and publishes the pair's, WG0 rescales
+//   its P and its half of O to it. WG0 issues the next pair's logits while its second product runs.
+//   Against version 4, where both warpgroups add each other's partial logits and run the same
+//   softmax on every block: no partial-logit exchange, each softmax once, a 64-key P exchanged in
+//   bf16, and one warpgroup's products overlap the other's softmax.
+//   WG2, producer: warps 0-1 fill key buffer 0 (even blocks), warps 2-3 buffer 1 (odd blocks), each
+//   buffer in halves (dims 0-255, 256-511) with their own full and free barriers. A half is free
+//   once the last product that reads it is done: buffer 0's first half after WG0's own product, its
+//   second after WG1's product with P0; buffer 1's first after WG0's product with P1, its second
+//   after WG1's own (each block's logits end before its P exists).
+// Shared memory: Q 64 KB, 2 key buffers of 64 KB, 2 P tiles of 8 KB, all 128B-swizzled.
+#include "attention_sm90.h"
+#include "attention_sm90_common.cuh"
+#include "common/device.h"
+#include "lcattn/switches.h"
+
+namespace lcattn {
+namespace {
+
+constexpr int kThreads = 384;
+
+struct PairStorage {
+  alignas(1024) uint8_t q[kChunks * kChunkBytes];     // Q [8 chunks][64 heads][128 B]
+  alignas(1024) uint8_t k[2][kChunks * kChunkBytes];  // block 2i + w in buffer w: [8 chunks][64 keys][128 B]
+  alignas(1024) uint8_t p[2][kChunkBytes];            // WG w's P [64 heads][64 keys] bf16 (K-major A operand)
+  float key_bias[2][kKeys];                           // 0, or -inf for an absent key
+  float row_max[kHeads];                              // the pair's running maximum, WG0's then WG1's
+  float row_sum[2][kHeads];                           // each warpgroup's sums, at the end
+  float2 unrotate[kMaxRopePairs];                     // (cos, -sin) of the query position per RoPE pair
+  uint64_t q_full, full[2][2], empty[2][2];           // [buffer][half]
+};
+constexpr int kSmemBytes = sizeof(PairStorage) + 1024;  // + room to align the base to 1024
+static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
+
+// Named barriers (0 is __syncthreads) between the two math warpgroups (256 threads): one arrives,
+// the other waits.
+enum : int { kBarMax0 = 1, kBarMax1 = 2, kBarP0 = 3, kBarP1 = 4, kBarSums = 5 };
+
+// Producer: half h (dims 256h .. 256h + 255, chunks 4h .. 4h + 3) of the 32 rows [r0, r0 + 32) of a
+// key buffer; lane l brings the source of row r0 + l (null: absent, zero-filled from `any`) and,
+// with h = 0, sets the rows' bias.
+__device__ __forceinline__ void load_half(uint8_t* tile, int r0, int lane, int h, const bf16* mine, const bf16* any,
+                                          float* bias) {
+#pragma unroll 4
+  for (int j = 0; j < 32; ++j) {
+    const bf16* src =
+        reinterpret_cast<const bf16*>(__shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j));
+    const int unit = h * 32 + lane;  // 16-byte unit of the 1 KB row
+    cp_async_16(tile + (unit / 8) * kChunkBytes + swizzled(r0 + j, unit % 8), src ? src + unit * 8 : any, src ? 16 : 0);
+    if (h == 0 && lane == 0) bias[r0 + j] = src ? 0.f : -INFINITY;
+  }
+}
+
+// S[64 heads x 64 keys] = Q K^T over all 512 dims for key buffer w (issued, committed, not waited):
+// the first half of the dims once its half of the buffer has landed, then the second.
+__device__ __forceinline__ void issue_logits(float (&s)[32], PairStorage& sm, int w, uint32_t phase) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    mbar_wait(&sm.full[w][h], phase);
+    fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 16; ++ks) {
+      const int chunk = 4 * h + ks / 4, off = (ks % 4) * 32;
+      wgmma_m64n64k16_ss(s, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
+                         smem_desc(sm.k[w] + chunk * kChunkBytes + off, 16, 1024), h > 0 || ks > 0);
+    }
+  }
+  wgmma_commit();
+}
+
+// The scaled base-2 logits of this thread's rows r0 and r0 + 8 (-inf for absent keys) and their
+// maxima over the block, folded into `m` (quad shuffles: the 4 threads of a row hold its 64 columns).
+__device__ __forceinline__ void scale_logits(float (&s)[32], const float* bias, float scale, int c0, float (&m)[2]) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float& x = s[j * 4 + e];
+      x = x * scale + bias[j * 8 + c0 + (e & 1)];
+      m[e / 2] = fmaxf(m[e / 2], x);
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffff, m[h], 1));
+    m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffff, m[h], 2));
+  }
+}
+
+// O and the sums rescaled from the old to the new maximum of each row (0 while nothing was seen).
+__device__ __forceinline__ void rescale(float (&o)[128], float (&l)[2], const float (&factor)[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] *= factor[h];
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      o[j * 4 + 2 * h] *= factor[h];
+      o[j * 4 + 2 * h + 1] *= factor[h];
+    }
+  }
+}
+
+// s := exp2(s - max_ref(m)) per row, added to the sums l.
+__device__ __forceinline__ void exponentiate(float (&s)[32], const float (&m)[2], float (&l)[2]) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    s[i] = exp2f(s[i] - max_ref(m[(i % 4) / 2]));
+    l[(i % 4) / 2] += s[i];
+  }
+}
+
+// P (bf16) as the A operand of the 4 k-steps of 16 keys of an RS wgmma.
+__device__ __forceinline__ void pack_p(const float (&s)[32], uint32_t (&pa)[4][4]) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    pa[j / 2][(j % 2) * 2] = pack_bf16(s[j * 4], s[j * 4 + 1]);
+    pa[j / 2][(j % 2) * 2 + 1] = pack_bf16(s[j * 4 + 2], s[j * 4 + 3]);
+  }
+}
+
+// P (bf16) into a swizzled [64 heads][64 keys] tile: row r0 (+ 8), keys 8j + c0, + 1; then the
+// fence that lets the other warpgroup's wgmma read it.
+__device__ __forceinline__ void store_p(uint8_t* tile, const float (&s)[32], int r0, int c0) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    *reinterpret_cast<uint32_t*>(tile + swizzled(r0, j) + c0 * 2) = pack_bf16(s[j * 4], s[j * 4 + 1]);
+    *reinterpret_cast<uint32_t*>(tile + swizzled(r0 + 8, j) + c0 * 2) = pack_bf16(s[j * 4 + 2], s[j * 4 + 3]);
+  }
+  fence_proxy_async();
+}
+
+// O[:, dims of half h] += P V[:, dims of half h] for key buffer w, P from registers.
+__device__ __forceinline__ void issue_pv_own(float (&o)[128], const uint32_t (&pa)[4][4], const PairStorage& sm, int w,
+                                             int h) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+    wgmma_m64n256k16_rs_bmn(o, pa[kk], smem_desc(sm.k[w] + 4 * h * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
+  wgmma_commit();
+}
+
+// O[:, dims of half h] += P V[:, dims of half h] for key buffer w, P from the other warpgroup's tile.
+__device__ __forceinline__ void issue_pv_other(float (&o)[128], const PairStorage& sm, int w, int h) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+    wgmma_m64n256k16_ss_bmn(o, smem_desc(sm.p[w] + kk * 32, 16, 1024),
+                            smem_desc(sm.k[w] + 4 * h * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
+  wgmma_commit();
+}
+
+__global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const AttentionParams p) {
+  extern __shared__ uint8_t smem_raw[];
+  // Aligned by pointer arithmetic on the shared array, so accesses stay LDS/STS (kernel notes).
+  PairStorage& sm = *reinterpret_cast<PairStorage*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
+  const int groups = p.H / kHeads;
+  const int64_t row = blockIdx.x / groups;  // b * S + s
+  const int group = int(blockIdx.x % groups);
+  const int b = int(row / p.S), s = int(row % p.S);
+  const int pos = p.q_start[b] + s;
+  const QueryKeys keys(p, row, b, pos);
+  const int pairs = ((keys.n_keys + kKeys - 1) / kKeys + 1) / 2;  // an odd last block pairs with an absent one
+  const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
+
+  if (threadIdx.x == 0) {
+    mbar_init(&sm.q_full, 128);
+    for (int w = 0; w < 2; ++w) {
+      mbar_init(&sm.full[w][0], 64 + 2);  // 64 cp.async arrivals + 2 warps' key_bias stores
+      mbar_init(&sm.full[w][1], 64);
+      mbar_init(&sm.empty[w][0], 128);  // one math warpgroup, after its product that reads it last
+      mbar_init(&sm.empty[w][1], 128);
+    }
+    fence_barrier_init();
+  }
+  if (threadIdx.x < p.rope_dim / 2) {
+    float si, co;
+    sincosf(rope_angle(pos, p.inv_freq[threadIdx.x]), &si, &co);
+    sm.unrotate[threadIdx.x] = make_float2(co, -si);
+  }
+  __syncthreads();
+
+  if (wg == 2) {  // ---------------------------------------------------------------- producer
+    reg_dealloc<56>();
+    const bf16* q = p.q + (row * p.H + group * kHeads) * kDim;
+    load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address
+    mbar_arrive_cp_async(&sm.q_full);
+    const int w = warp / 2, r0 = (warp % 2) * 32;  // this warp's buffer and rows
+    for (int it = 0; it < pairs; ++it) {
+      const bf16* mine = static_cast<const bf16*>(keys.row((2 * it + w) * kKeys + r0 + lane));
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (it > 0) mbar_wait(&sm.empty[w][h], (it - 1) & 1);
+        load_half(sm.k[w], r0, lane, h, mine, q, sm.key_bias[w]);
+        mbar_arrive_cp_async(&sm.full[w][h]);
+        if (h == 0 && lane == 0) mbar_arrive(&sm.full[w][0]);
+      }
+      if (it + 1 < pairs) {  // the next pair's row of this lane into L2 while this one computes
+        const void* next = keys.row((2 * it + 2 + w) * kKeys + r0 + lane);
+        if (next)
+#pragma unroll
+          for (int line = 0; line < 8; ++line)
+            asm volatile("prefetch.global.L2 [%0];\n" ::"l"(static_cast<const uint8_t*>(next) + line * 128));
+      }
+    }
+    return;
+  }
+
+  // ------------------------------------------------------------------------------------ math
+  reg_alloc<224>();
+  const int r0 = warp * 16 + lane / 4;  // this thread's rows r0 and r0 + 8 of every accumulator
+  const int c0 = (lane % 4) * 2;        // and columns c0, c0 + 1 of every 8-column block
+  const float scale = p.scale * kLog2e;
+  float o[128];  // O[64 heads, dims 256 wg .. 256 wg + 255], unnormalised
+#pragma unroll
+  for (int i = 0; i < 128; ++i) o[i] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // base-2 max and this WG's sums
+  float sacc[32];
+  uint32_t pa[4][4];
+
+  mbar_wait(&sm.q_full, 0);
+  if (wg == 0) {
+    if (pairs > 0) {
+      issue_logits(sacc, sm, 0, 0);
+      wgmma_wait<0>();
+      fence_registers(sacc);
+    }
+    for (int it = 0; it < pairs; ++it) {
+      // Block 2i's softmax against the running maximum; publish the new maximum to WG1.
+      float m_new[2] = {m_run[0], m_run[1]}, factor[2];
+      scale_logits(sacc, sm.key_bias[0], scale, c0, m_new);
+      for (int h = 0; h < 2; ++h) factor[h] = exp2f(m_run[h] - max_ref(m_new[h]));
+      rescale(o, l_run, factor);
+      exponentiate(sacc, m_new, l_run);
+      if (lane % 4 == 0) sm.row_max[r0] = m_new[0], sm.row_max[r0 + 8] = m_new[1];
+      named_barrier_arrive(kBarMax0, 256);
+      // O += P0 V0 (first half of the dims), issued.
+      pack_p(sacc, pa);
+      issue_pv_own(o, pa, sm, 0, 0);
+      // The pair's maximum from WG1: P0 rescaled to it and handed to WG1 (0 when block 2i had no key,
+      // even if the pair's maximum is far below 0); then O and the sums once the product is done.
+      named_barrier_sync(kBarMax1, 256);
+      for (int h = 0; h < 2; ++h) {
+        const float m_pair = sm.row_max[r0 + 8 * h];
+        factor[h] = exp2f(m_new[h] - max_ref(m_pair));
+        m_run[h] = m_pair;
+      }
+#pragma unroll
+      for (int i = 0; i < 32; ++i) sacc[i] *= factor[(i % 4) / 2];
+      store_p(sm.p[0], sacc, r0, c0);
+      named_barrier_arrive(kBarP0, 256);
+      wgmma_wait<0>();
+      fence_registers(o);
+      mbar_arrive(&sm.empty[0][0]);
+      rescale(o, l_run, factor);
+      // O += P1 V1 (first half of the dims) with WG1's P1; the next pair's logits meanwhile.
+      named_barrier_sync(kBarP1, 256);
+      issue_pv_other(o, sm, 1, 0);
+      if (it + 1 < pairs) {
+        issue_logits(sacc, sm, 0, (it + 1) & 1);
+        wgmma_wait<1>();
+        fence_registers(o);
+        mbar_arrive(&sm.empty[1][0]);
+        wgmma_wait<0>();
+        fence_registers(sacc);
+      } else {
+        wgmma_wait<0>();
+        fence_registers(o);
+        mbar_arrive(&sm.empty[1][0]);
+      }
+    }
+  } else {
+    for (int it = 0; it < pairs; ++it) {
+      issue_logits(sacc, sm, 1, it & 1);
+      wgmma_wait<0>();
+      fence_registers(sacc);
+      // Block 2i + 1's softmax against WG0's new maximum; publish the pair's maximum.
+      named_barrier_sync(kBarMax0, 256);
+      float m_new[2] = {sm.row_max[r0], sm.row_max[r0 + 8]}, factor[2];
+      scale_logits(sacc, sm.key_bias[1], scale, c0, m_new);
+      for (int h = 0; h < 2; ++h) factor[h] = exp2f(m_run[h] - max_ref(m_new[h]));
+      rescale(o, l_run, factor);
+      exponentiate(sacc, m_new, l_run);
+      m_run[0] = m_new[0], m_run[1] = m_new[1];
+      if (lane % 4 == 0) sm.row_max[r0] = m_new[0], sm.row_max[r0 + 8] = m_new[1];
+      named_barrier_arrive(kBarMax1, 256);
+      // O += P1 V1 and O += P0 V0 (second half of the dims, P0 rescaled by WG0), issued back to back;
+      // P1 to WG0; each of buffer 1's and buffer 0's second halves free once its product is done.
+      pack_p(sacc, pa);
+      issue_pv_own(o, pa, sm, 1, 1);
+      store_p(sm.p[1], sacc, r0, c0);
+      named_barrier_arrive(kBarP1, 256);
+      named_barrier_sync(kBarP0, 256);
+      issue_pv_other(o, sm, 0, 1);
+      wgmma_wait<1>();
+      mbar_arrive(&sm.empty[1][1]);
+      wgmma_wait<0>();
+      fence_registers(o);
+      mbar_arrive(&sm.empty[0][1]);
+    }
+  }
+
+  // The row sums: over the quad, then both warpgroups' added in one order (both hold the same).
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
+    if (lane % 4 == 0) sm.row_sum[wg][r0 + 8 * h] = l_run[h];
+  }
+  named_barrier_sync(kBarSums, 256);
+  const int64_t head0 = row * p.H + group * kHeads;  // flat (row, head) of accumulator row 0
+  const int dim0 = 256 * wg + c0, rope_begin = kDim - p.rope_dim;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = r0 + 8 * h;
+    const float sum = sm.row_sum[0][r] + sm.row_sum[1][r];
+    const float inv = output_scale(sum, m_run[h], p.sink[group * kHeads + r]);
+    bf16* dst = p.out + (head0 + r) * kDim;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      float x0 = o[j * 4 + 2 * h] * inv, x1 = o[j * 4 + 2 * h + 1] * inv;
+      const int d = dim0 + 8 * j;
+      if (d >= rope_begin) {
+        const float2 cs = sm.unrotate[(d - rope_begin) / 2];
+        rotate_pair(x0, x1, cs.x, cs.y);
+      }
+      *reinterpret_cast<uint32_t*>(dst + d) = pack_bf16(x0, x1);
+    }
+    if (wg == 0 && lane % 4 == 0) p.lse[head0 + r] = natural_lse(sum, m_run[h]);
+  }
+}
+
+}  // namespace
+
+bool attention_pair_applies(const AttentionParams& p) {
+  return p.splits <= 1 && !p.ckv_fp8 && env_is("LCATTN_ATTN_PAIR", "1");
+}
+
+cudaError_t attention_sm90_pair(const AttentionParams& p, cudaStream_t stream) {
+  static PerDevice<cudaError_t> smem_limit;
+  const cudaError_t err =
+      allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(attention_sm90_pair_kernel), kSmemBytes);
+  if (err != cudaSuccess) return err;
+  attention_sm90_pair_kernel<<<unsigned(int64_t(p.B) * p.S * (p.H / kHeads)), kThreads, kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace lcattn
