@@ -48,8 +48,11 @@ def model_calls(model, ids):
     return torch.stack(out, 1)
 
 
-def test_decoder_matches_model_calls_and_one_shot_prefill(device):
+@pytest.mark.parametrize("kv_fp8", [False, True])
+def test_decoder_matches_model_calls_and_one_shot_prefill(device, monkeypatch, kv_fp8):
+    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")  # with kv_fp8: the compressed entries in fp8
     model = tiny_model(device)
+    model.config.kv_fp8 = kv_fp8
     ids = torch.randint(0, model.config.vocab_size, (len(LENGTHS), max(LENGTHS) + STEPS), device=device)
     logits = decode(model, ids, graph=False)
     calls = model_calls(model, ids)
@@ -64,9 +67,13 @@ def test_decoder_matches_model_calls_and_one_shot_prefill(device):
 
 @pytest.mark.cuda
 @needs_graph_allocator
-def test_graph_steps_equal_eager_steps_cuda():
-    """Capture raises on any host sync in the step; the replays match eager steps bitwise."""
+@pytest.mark.parametrize("kv_fp8", [False, True])
+def test_graph_steps_equal_eager_steps_cuda(monkeypatch, kv_fp8):
+    """Capture raises on any host sync in the step; the replays match eager steps bitwise; also with
+    the compressed entries in the kv_fp8 form (widened to bf16 in the step)."""
+    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
     model = tiny_model("cuda")
+    model.config.kv_fp8 = kv_fp8
     ids = torch.randint(0, model.config.vocab_size, (len(LENGTHS), max(LENGTHS) + STEPS), device="cuda")
     replayed = decode(model, ids, graph=True)
     assert torch.equal(replayed, decode(model, ids, graph=False))
