@@ -175,12 +175,14 @@ def test_hopper_shapes_cuda(B, S, H, K, N, q_start, kv_start, L, form):
 @pytest.mark.cuda
 @pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES)
 @pytest.mark.parametrize("form", ["sparse", "dense128", "window"])
-def test_hopper_pair_schedule_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form):
-    """Version 6 (LCATTN_ATTN_PAIR=1; one split per query, forced at decode with LCATTN_ATTN_SPLITS=1):
-    the reference's result on the Hopper cases (an odd block count pairs its last block with an
-    absent one), bitwise repeatable, and the kernel that ran."""
+@pytest.mark.parametrize("splits", [1, 3])
+def test_hopper_pair_schedule_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, splits):
+    """Version 6 (LCATTN_ATTN_PAIR=1), with one split per query and with 3 (LCATTN_ATTN_SPLITS, at
+    most the key blocks; partials combined by the combine kernel): the reference's result on the
+    Hopper cases (an odd block count pairs its last block with an absent one), bitwise repeatable, and
+    the kernel that ran."""
     monkeypatch.setenv("LCATTN_ATTN_PAIR", "1")
-    monkeypatch.setenv("LCATTN_ATTN_SPLITS", "1")
+    monkeypatch.setenv("LCATTN_ATTN_SPLITS", str(splits))
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
     sink[:8], sink[8:16] = float("-inf"), 30.0
     if form == "sparse":
@@ -320,11 +322,14 @@ def test_hopper_split_combine_cuda(form, B, K, N, q_start, kv_start):
 @pytest.mark.cuda
 @pytest.mark.parametrize("splits", [2, 3, 4, 9])
 @pytest.mark.parametrize("form", ["sparse", "dense128"])
-def test_hopper_fused_combine_cuda(monkeypatch, splits, form):
+@pytest.mark.parametrize("pair", ["0", "1"])
+def test_hopper_fused_combine_cuda(monkeypatch, splits, form, pair):
     """LCATTN_ATTN_FUSED_COMBINE=1: the last split of each query combines the splits itself (2 to 4
     splits; 9 keeps the combine kernel), forced with LCATTN_ATTN_SPLITS: the reference's result, a
     row with no key, sinks that take nothing or almost all, repeatable bitwise, no combine kernel
-    where it fuses, and within rounding of the combine kernel's result."""
+    where it fuses, and within rounding of the combine kernel's result; in version 4 and version 6
+    (LCATTN_ATTN_PAIR=1)."""
+    monkeypatch.setenv("LCATTN_ATTN_PAIR", pair)
     B, K, N, q_start, kv_start = 3, 512, 700, [2700, 130, 5], [2573, 3, 6]
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, 1, 64, 512, 64, 128, N, q_start, kv_start, "cuda")
     sink[:8], sink[8:16] = float("-inf"), 30.0

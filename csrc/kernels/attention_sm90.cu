@@ -115,58 +115,6 @@ __device__ __forceinline__ void prefetch_row_l2(const void* row, int bytes, int 
   }
 }
 
-// fused_combine: the last split of this CTA's (query row, head group) to finish combines every split's
-// partial, in split order (so the result does not depend on which split is last), for its 64 heads:
-// the 256 math threads take 2 heads at a time, 4 dims each, and finish as the one-split epilogue does.
-// Each split publishes its partial (barrier, fence, then one arrival on the counter that follows the
-// partials; the counters are zeroed before the launch).
-__device__ __forceinline__ void combine_if_last(const AttentionParams& p, SharedStorage& sm, int64_t cta,
-                                                int64_t head0) {
-  const int64_t rows_total = int64_t(p.B) * p.S * p.H, split_stride = rows_total * kPartStride;
-  int* counter = reinterpret_cast<int*>(p.workspace + p.splits * split_stride) + cta;
-  named_barrier_sync(kBarLogits, 256);  // every math thread's partial stores issued
-  if (threadIdx.x == 0) {               // release them (the barrier orders them before the fence), count
-    __threadfence();
-    const bool last = atomicAdd(counter, 1) == p.splits - 1;
-    if (last) __threadfence();  // acquire the other splits' partials, for the whole CTA (barrier below)
-    sm.last_split = last;
-  }
-  named_barrier_sync(kBarRead, 256);
-  if (!sm.last_split) return;
-  const int d = (threadIdx.x % 128) * 4, rope_begin = kDim - p.rope_dim;
-  for (int h = threadIdx.x / 128; h < kHeads; h += 2) {
-    const float* parts = p.workspace + (head0 + h) * kPartStride;  // split i at parts + i * split_stride
-    float m = -INFINITY;
-    for (int i = 0; i < p.splits; ++i) m = fmaxf(m, __ldcg(parts + i * split_stride + kDim));
-    const float m_use = max_ref(m);
-    float l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int i = 0; i < p.splits; ++i) {
-      const float* part = parts + i * split_stride;
-      const float w = exp2f(__ldcg(part + kDim) - m_use);  // 0 for a split that saw no key
-      l = __fadd_rn(l, __fmul_rn(w, __ldcg(part + kDim + 1)));
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(part + d));
-      acc[0] = __fadd_rn(acc[0], __fmul_rn(w, v.x));
-      acc[1] = __fadd_rn(acc[1], __fmul_rn(w, v.y));
-      acc[2] = __fadd_rn(acc[2], __fmul_rn(w, v.z));
-      acc[3] = __fadd_rn(acc[3], __fmul_rn(w, v.w));
-    }
-    const int64_t n = head0 + h;
-    const float inv = output_scale(l, m, p.sink[n % p.H]);
-    uint32_t packed[2];
-#pragma unroll
-    for (int i = 0; i < 4; i += 2) {
-      float x0 = acc[i] * inv, x1 = acc[i + 1] * inv;
-      if (d + i >= rope_begin) {
-        const float2 cs = sm.unrotate[(d + i - rope_begin) / 2];
-        rotate_pair(x0, x1, cs.x, cs.y);
-      }
-      packed[i / 2] = pack_bf16(x0, x1);
-    }
-    *reinterpret_cast<uint2*>(p.out + n * kDim + d) = make_uint2(packed[0], packed[1]);
-    if (d == 0) p.lse[n] = natural_lse(l, m);
-  }
-}
-
 // kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form), widened by the producer.
 template <bool kFp8Entries>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
@@ -348,7 +296,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
         *reinterpret_cast<float2*>(dst + dim0 + 8 * j) = make_float2(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1]);
       if (wg == 0 && lane % 4 == 0) *reinterpret_cast<float2*>(dst + kDim) = make_float2(m_run[h], l_run[h]);
     }
-    if (p.fused_combine) combine_if_last(p, sm, cta, head0);
+    if (p.fused_combine) combine_if_last(p, sm.last_split, sm.unrotate, cta, head0, kBarLogits, kBarRead);
     return;
   }
   const int rope_begin = kDim - p.rope_dim;
@@ -483,7 +431,6 @@ bool attention_fuses_combine(const AttentionParams& p) {
 
 cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
-  if (attention_pair_applies(p)) return attention_sm90_pair(p, stream);
   cudaError_t err = cudaSuccess;
   if (p.splits > 1 && p.fused_combine) {  // the arrival counters after the partials start at zero
     const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads);
@@ -491,7 +438,10 @@ cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
         cudaMemsetAsync(p.workspace + int64_t(p.splits) * p.B * p.S * p.H * kPartStride, 0, ctas * sizeof(int), stream);
     if (err != cudaSuccess) return err;
   }
-  err = p.ckv_fp8 ? launch_attention_sm90<true>(p, stream) : launch_attention_sm90<false>(p, stream);
+  if (attention_pair_applies(p))
+    err = attention_sm90_pair(p, stream);
+  else
+    err = p.ckv_fp8 ? launch_attention_sm90<true>(p, stream) : launch_attention_sm90<false>(p, stream);
   if (err != cudaSuccess) return err;
   if (p.splits > 1 && !p.fused_combine) {
     err = cudaGetLastError();

@@ -98,5 +98,58 @@ __device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, con
   }
 }
 
+// fused_combine: the last split of this CTA's (query row, head group) to finish combines every split's
+// partial, in split order (so the result does not depend on which split is last), for its 64 heads:
+// the 256 math threads take 2 heads at a time, 4 dims each, and finish as the one-split epilogue does
+// (unrotate: the CTA's (cos, -sin) per RoPE pair). Each split publishes its partial (named barrier
+// `bar_issued`, fence, then one arrival on the counter that follows the partials; the counters are
+// zeroed before the launch); `last_split` (shared) and `bar_decided` tell the CTA whether it is last.
+__device__ __forceinline__ void combine_if_last(const AttentionParams& p, int& last_split, const float2* unrotate,
+                                                int64_t cta, int64_t head0, int bar_issued, int bar_decided) {
+  const int64_t rows_total = int64_t(p.B) * p.S * p.H, split_stride = rows_total * kPartStride;
+  int* counter = reinterpret_cast<int*>(p.workspace + p.splits * split_stride) + cta;
+  named_barrier_sync(bar_issued, 256);  // every math thread's partial stores issued
+  if (threadIdx.x == 0) {               // release them (the barrier orders them before the fence), count
+    __threadfence();
+    const bool last = atomicAdd(counter, 1) == p.splits - 1;
+    if (last) __threadfence();  // acquire the other splits' partials, for the whole CTA (barrier below)
+    last_split = last;
+  }
+  named_barrier_sync(bar_decided, 256);
+  if (!last_split) return;
+  const int d = (threadIdx.x % 128) * 4, rope_begin = kDim - p.rope_dim;
+  for (int h = threadIdx.x / 128; h < kHeads; h += 2) {
+    const float* parts = p.workspace + (head0 + h) * kPartStride;  // split i at parts + i * split_stride
+    float m = -INFINITY;
+    for (int i = 0; i < p.splits; ++i) m = fmaxf(m, __ldcg(parts + i * split_stride + kDim));
+    const float m_use = max_ref(m);
+    float l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int i = 0; i < p.splits; ++i) {
+      const float* part = parts + i * split_stride;
+      const float w = exp2f(__ldcg(part + kDim) - m_use);  // 0 for a split that saw no key
+      l = __fadd_rn(l, __fmul_rn(w, __ldcg(part + kDim + 1)));
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(part + d));
+      acc[0] = __fadd_rn(acc[0], __fmul_rn(w, v.x));
+      acc[1] = __fadd_rn(acc[1], __fmul_rn(w, v.y));
+      acc[2] = __fadd_rn(acc[2], __fmul_rn(w, v.z));
+      acc[3] = __fadd_rn(acc[3], __fmul_rn(w, v.w));
+    }
+    const int64_t n = head0 + h;
+    const float inv = output_scale(l, m, p.sink[n % p.H]);
+    uint32_t packed[2];
+#pragma unroll
+    for (int i = 0; i < 4; i += 2) {
+      float x0 = acc[i] * inv, x1 = acc[i + 1] * inv;
+      if (d + i >= rope_begin) {
+        const float2 cs = unrotate[(d + i - rope_begin) / 2];
+        rotate_pair(x0, x1, cs.x, cs.y);
+      }
+      packed[i / 2] = pack_bf16(x0, x1);
+    }
+    *reinterpret_cast<uint2*>(p.out + n * kDim + d) = make_uint2(packed[0], packed[1]);
+    if (d == 0) p.lse[n] = natural_lse(l, m);
+  }
+}
+
 }  // namespace
 }  // namespace lcattn

@@ -1,8 +1,9 @@
 // Version 6 of the Hopper attention kernel (SPEC 5; kernel notes): blocks of 64 keys taken in pairs,
-// the schedule of FlashMLA's sparse prefill. LCATTN_ATTN_PAIR=1 until it has run on a GPU; one split
-// per query (prefill), bf16 entries; every other call runs version 4 (attention_sm90.cu).
+// the schedule of FlashMLA's sparse prefill. LCATTN_ATTN_PAIR=1 until it has run on a GPU; bf16
+// entries (kv_fp8 calls run version 4, attention_sm90.cu).
 //
-// One CTA = one query token x 64 heads, three warpgroups. For the pair of blocks (2i, 2i + 1):
+// One CTA = one query token x 64 heads (x one split of its keys, written as a partial result that
+// attention_sm90 combines, as version 4's), three warpgroups. For the pair of blocks (2i, 2i + 1):
 //   WG w computes the logits of block 2i + w over all 512 dims (Q K^T, 32 k-steps) and their softmax,
 //   then accumulates its half of O (dims 256w .. 256w + 255) from both blocks: its own P from
 //   registers, the other warpgroup's from shared memory. The two keep one running maximum: WG0
@@ -36,13 +37,14 @@ struct PairStorage {
   float row_sum[2][kHeads];                           // each warpgroup's sums, at the end
   float2 unrotate[kMaxRopePairs];                     // (cos, -sin) of the query position per RoPE pair
   uint64_t q_full, full[2][2], empty[2][2];           // [buffer][half]
+  int last_split;                                     // fused combine: the last split of its query
 };
 constexpr int kSmemBytes = sizeof(PairStorage) + 1024;  // + room to align the base to 1024
 static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
 
 // Named barriers (0 is __syncthreads) between the two math warpgroups (256 threads): one arrives,
 // the other waits.
-enum : int { kBarMax0 = 1, kBarMax1 = 2, kBarP0 = 3, kBarP1 = 4, kBarSums = 5 };
+enum : int { kBarMax0 = 1, kBarMax1 = 2, kBarP0 = 3, kBarP1 = 4, kBarSums = 5, kBarCombine = 6 };
 
 // Producer: half h (dims 256h .. 256h + 255, chunks 4h .. 4h + 3) of the 32 rows [r0, r0 + 32) of a
 // key buffer; lane l brings the source of row r0 + l (null: absent, zero-filled from `any`) and,
@@ -163,12 +165,15 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
   // Aligned by pointer arithmetic on the shared array, so accesses stay LDS/STS (kernel notes).
   PairStorage& sm = *reinterpret_cast<PairStorage*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
   const int groups = p.H / kHeads;
-  const int64_t row = blockIdx.x / groups;  // b * S + s
-  const int group = int(blockIdx.x % groups);
+  const int split = blockIdx.x % p.splits;
+  const int64_t cta = blockIdx.x / p.splits;
+  const int64_t row = cta / groups;  // b * S + s
+  const int group = int(cta % groups);
   const int b = int(row / p.S), s = int(row % p.S);
   const int pos = p.q_start[b] + s;
   const QueryKeys keys(p, row, b, pos);
-  const int pairs = ((keys.n_keys + kKeys - 1) / kKeys + 1) / 2;  // an odd last block pairs with an absent one
+  const SplitRange range(keys.n_keys, p.splits, split);
+  const int pairs = (range.last - range.first + 1) / 2;  // an odd last block pairs with an absent one
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
 
   if (threadIdx.x == 0) {
@@ -194,8 +199,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address
     mbar_arrive_cp_async(&sm.q_full);
     const int w = warp / 2, r0 = (warp % 2) * 32;  // this warp's buffer and rows
+    // Block first + 2 it + w of this split, or an absent one past its last.
+    auto row_of = [&](int it) -> const void* {
+      const int blk = range.first + 2 * it + w;
+      return blk < range.last ? keys.row(blk * kKeys + r0 + lane) : nullptr;
+    };
     for (int it = 0; it < pairs; ++it) {
-      const bf16* mine = static_cast<const bf16*>(keys.row((2 * it + w) * kKeys + r0 + lane));
+      const bf16* mine = static_cast<const bf16*>(row_of(it));
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         if (it > 0) mbar_wait(&sm.empty[w][h], (it - 1) & 1);
@@ -204,7 +214,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
         if (h == 0 && lane == 0) mbar_arrive(&sm.full[w][0]);
       }
       if (it + 1 < pairs) {  // the next pair's row of this lane into L2 while this one computes
-        const void* next = keys.row((2 * it + 2 + w) * kKeys + r0 + lane);
+        const void* next = row_of(it + 1);
         if (next)
 #pragma unroll
           for (int line = 0; line < 8; ++line)
@@ -318,6 +328,21 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
   named_barrier_sync(kBarSums, 256);
   const int64_t head0 = row * p.H + group * kHeads;  // flat (row, head) of accumulator row 0
   const int dim0 = 256 * wg + c0, rope_begin = kDim - p.rope_dim;
+  if (p.splits > 1) {  // partial result: unnormalised O, base-2 max and sum (version 4's format)
+    float* part = p.workspace + (split * int64_t(p.B) * p.S * p.H + head0) * kPartStride;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = r0 + 8 * h;
+      float* dst = part + int64_t(r) * kPartStride;
+#pragma unroll
+      for (int j = 0; j < 32; ++j)
+        *reinterpret_cast<float2*>(dst + dim0 + 8 * j) = make_float2(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1]);
+      if (wg == 0 && lane % 4 == 0)
+        *reinterpret_cast<float2*>(dst + kDim) = make_float2(m_run[h], sm.row_sum[0][r] + sm.row_sum[1][r]);
+    }
+    if (p.fused_combine) combine_if_last(p, sm.last_split, sm.unrotate, cta, head0, kBarSums, kBarCombine);
+    return;
+  }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = r0 + 8 * h;
@@ -340,16 +365,15 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
 
 }  // namespace
 
-bool attention_pair_applies(const AttentionParams& p) {
-  return p.splits <= 1 && !p.ckv_fp8 && env_is("LCATTN_ATTN_PAIR", "1");
-}
+bool attention_pair_applies(const AttentionParams& p) { return !p.ckv_fp8 && env_is("LCATTN_ATTN_PAIR", "1"); }
 
 cudaError_t attention_sm90_pair(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
   const cudaError_t err =
       allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(attention_sm90_pair_kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
-  attention_sm90_pair_kernel<<<unsigned(int64_t(p.B) * p.S * (p.H / kHeads)), kThreads, kSmemBytes, stream>>>(p);
+  const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
+  attention_sm90_pair_kernel<<<unsigned(ctas), kThreads, kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 
