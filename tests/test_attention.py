@@ -183,6 +183,7 @@ def test_hopper_pair_schedule_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start
     the kernel that ran."""
     monkeypatch.setenv("LCATTN_ATTN_PAIR", "1")
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", str(splits))
+    monkeypatch.setenv("LCATTN_ATTN_FUSED_COMBINE", "0")
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
     sink[:8], sink[8:16] = float("-inf"), 30.0
     if form == "sparse":
@@ -198,8 +199,9 @@ def test_hopper_pair_schedule_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start
             return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
         ref = reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
     out, kernels = kernel_names(run)
-    if kernels:
+    if kernels:  # every case has at least 2 key blocks, so 3 forced splits are at least 2
         assert "attention_sm90_pair_kernel" in kernels, kernels
+        assert ("attention_combine_kernel" in kernels) == (splits > 1), kernels
     check(*out, *ref)
     again = run()
     assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
@@ -349,6 +351,7 @@ def test_hopper_fused_combine_cuda(monkeypatch, splits, form, pair):
     out, kernels = kernel_names(run)
     if kernels:
         assert ("attention_combine_kernel" in kernels) == (splits > 4), kernels
+        assert ("attention_sm90_pair_kernel" in kernels) == (pair == "1"), kernels
     check(*out, *ref)
     again = run()
     assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
