@@ -48,12 +48,13 @@ struct QueryKeys {
   }
 };
 
-// Blocks [first, last) of 64 keys that this split computes.
+// Blocks [first, last) of 64 keys that this split computes; each split but the last takes a multiple
+// of `step` blocks (2 for version 6, which takes them in pairs).
 struct SplitRange {
   int first, last;
-  __device__ SplitRange(int n_keys, int splits, int split) {
+  __device__ SplitRange(int n_keys, int splits, int split, int step = 1) {
     const int blocks = (n_keys + kKeys - 1) / kKeys;
-    const int per = (blocks + splits - 1) / splits;
+    const int per = ((blocks + splits - 1) / splits + step - 1) / step * step;
     first = min(blocks, split * per);
     last = min(blocks, first + per);
   }

@@ -172,8 +172,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
   const int b = int(row / p.S), s = int(row % p.S);
   const int pos = p.q_start[b] + s;
   const QueryKeys keys(p, row, b, pos);
-  const SplitRange range(keys.n_keys, p.splits, split);
-  const int pairs = (range.last - range.first + 1) / 2;  // an odd last block pairs with an absent one
+  const SplitRange range(keys.n_keys, p.splits, split, 2);  // whole pairs but in the last split
+  const int pairs = (range.last - range.first + 1) / 2;     // an odd last block pairs with an absent one
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
 
   if (threadIdx.x == 0) {
