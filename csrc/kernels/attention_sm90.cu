@@ -140,12 +140,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     }
     fence_barrier_init();
   }
-  // One angle per RoPE pair, shared by all heads (the accurate sincos of a large angle is slow).
-  if (threadIdx.x < p.rope_dim / 2) {
-    float si, co;
-    sincosf(rope_angle(pos, p.inv_freq[threadIdx.x]), &si, &co);
-    sm.unrotate[threadIdx.x] = make_float2(co, -si);
-  }
+  fill_unrotate(sm.unrotate, p, pos);
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
@@ -284,38 +279,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   }
 
   const int64_t head0 = row * p.H + group * kHeads;  // flat (row, head) of accumulator row 0
-  const int dim0 = 256 * wg + c0;
-  if (p.splits > 1) {  // partial result: unnormalised O, base-2 max and sum
-    const int64_t rows_total = int64_t(p.B) * p.S * p.H;
-    float* part = p.workspace + (split * rows_total + head0) * kPartStride;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float* dst = part + int64_t(r0 + 8 * h) * kPartStride;
-#pragma unroll
-      for (int j = 0; j < 32; ++j)
-        *reinterpret_cast<float2*>(dst + dim0 + 8 * j) = make_float2(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1]);
-      if (wg == 0 && lane % 4 == 0) *reinterpret_cast<float2*>(dst + kDim) = make_float2(m_run[h], l_run[h]);
-    }
-    if (p.fused_combine) combine_if_last(p, sm.last_split, sm.unrotate, cta, head0, kBarLogits, kBarRead);
-    return;
-  }
-  const int rope_begin = kDim - p.rope_dim;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const float inv = output_scale(l_run[h], m_run[h], p.sink[group * kHeads + r0 + 8 * h]);
-    bf16* dst = p.out + (head0 + r0 + 8 * h) * kDim;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      float x0 = o[j * 4 + 2 * h] * inv, x1 = o[j * 4 + 2 * h + 1] * inv;
-      const int d = dim0 + 8 * j;
-      if (d >= rope_begin) {
-        const float2 cs = sm.unrotate[(d - rope_begin) / 2];
-        rotate_pair(x0, x1, cs.x, cs.y);
-      }
-      *reinterpret_cast<uint32_t*>(dst + d) = pack_bf16(x0, x1);
-    }
-    if (wg == 0 && lane % 4 == 0) p.lse[head0 + r0 + 8 * h] = natural_lse(l_run[h], m_run[h]);
-  }
+  write_rows(p, o, m_run, l_run, head0, p.sink + group * kHeads, split, r0, 256 * wg + c0, wg == 0 && lane % 4 == 0,
+             sm.unrotate);
+  if (p.splits > 1 && p.fused_combine) combine_if_last(p, sm.last_split, sm.unrotate, cta, head0, kBarLogits, kBarRead);
 }
 
 // Writes dims [d, d + 4) of the combined (row, head) n: acc normalised by the sum l (base-2 max m)

@@ -99,6 +99,56 @@ __device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, con
   }
 }
 
+// (cos, -sin) of the query position for each RoPE pair, by threads 0 .. rope_dim / 2 - 1: one angle
+// per pair for all heads (the accurate sincos of a large angle is slow).
+__device__ __forceinline__ void fill_unrotate(float2* unrotate, const AttentionParams& p, int pos) {
+  if (threadIdx.x < p.rope_dim / 2) {
+    float si, co;
+    sincosf(rope_angle(pos, p.inv_freq[threadIdx.x]), &si, &co);
+    unrotate[threadIdx.x] = make_float2(co, -si);
+  }
+}
+
+// A math thread's rows r0 and r0 + 8 (of the 64 heads from head0 = flat (row, head) of row 0, whose
+// sinks start at `sinks`) and its dims dim0 + 8 j, + 1 of O (unnormalised, relative to the base-2
+// maxima m) with the rows' sums l: with several splits, split's partial (O, then (m, l) from the
+// threads with `stats`); else the output (sink in the denominator, RoPE undone with unrotate) and,
+// from those threads, the lse.
+__device__ __forceinline__ void write_rows(const AttentionParams& p, const float (&o)[128], const float (&m)[2],
+                                           const float (&l)[2], int64_t head0, const float* sinks, int split, int r0,
+                                           int dim0, bool stats, const float2* unrotate) {
+  if (p.splits > 1) {  // partial result: unnormalised O, base-2 max and sum
+    const int64_t rows_total = int64_t(p.B) * p.S * p.H;
+    float* part = p.workspace + (split * rows_total + head0) * kPartStride;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float* dst = part + int64_t(r0 + 8 * h) * kPartStride;
+#pragma unroll
+      for (int j = 0; j < 32; ++j)
+        *reinterpret_cast<float2*>(dst + dim0 + 8 * j) = make_float2(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1]);
+      if (stats) *reinterpret_cast<float2*>(dst + kDim) = make_float2(m[h], l[h]);
+    }
+    return;
+  }
+  const int rope_begin = kDim - p.rope_dim;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float inv = output_scale(l[h], m[h], sinks[r0 + 8 * h]);
+    bf16* dst = p.out + (head0 + r0 + 8 * h) * kDim;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      float x0 = o[j * 4 + 2 * h] * inv, x1 = o[j * 4 + 2 * h + 1] * inv;
+      const int d = dim0 + 8 * j;
+      if (d >= rope_begin) {
+        const float2 cs = unrotate[(d - rope_begin) / 2];
+        rotate_pair(x0, x1, cs.x, cs.y);
+      }
+      *reinterpret_cast<uint32_t*>(dst + d) = pack_bf16(x0, x1);
+    }
+    if (stats) p.lse[head0 + r0 + 8 * h] = natural_lse(l[h], m[h]);
+  }
+}
+
 // fused_combine: the last split of this CTA's (query row, head group) to finish combines every split's
 // partial, in split order (so the result does not depend on which split is last), for its 64 heads:
 // the 256 math threads take 2 heads at a time, 4 dims each, and finish as the one-split epilogue does

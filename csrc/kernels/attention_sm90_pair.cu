@@ -186,11 +186,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     }
     fence_barrier_init();
   }
-  if (threadIdx.x < p.rope_dim / 2) {
-    float si, co;
-    sincosf(rope_angle(pos, p.inv_freq[threadIdx.x]), &si, &co);
-    sm.unrotate[threadIdx.x] = make_float2(co, -si);
-  }
+  fill_unrotate(sm.unrotate, p, pos);
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
@@ -327,40 +323,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
   }
   named_barrier_sync(kBarSums, 256);
   const int64_t head0 = row * p.H + group * kHeads;  // flat (row, head) of accumulator row 0
-  const int dim0 = 256 * wg + c0, rope_begin = kDim - p.rope_dim;
-  if (p.splits > 1) {  // partial result: unnormalised O, base-2 max and sum (version 4's format)
-    float* part = p.workspace + (split * int64_t(p.B) * p.S * p.H + head0) * kPartStride;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = r0 + 8 * h;
-      float* dst = part + int64_t(r) * kPartStride;
-#pragma unroll
-      for (int j = 0; j < 32; ++j)
-        *reinterpret_cast<float2*>(dst + dim0 + 8 * j) = make_float2(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1]);
-      if (wg == 0 && lane % 4 == 0)
-        *reinterpret_cast<float2*>(dst + kDim) = make_float2(m_run[h], sm.row_sum[0][r] + sm.row_sum[1][r]);
-    }
-    if (p.fused_combine) combine_if_last(p, sm.last_split, sm.unrotate, cta, head0, kBarSums, kBarCombine);
-    return;
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int r = r0 + 8 * h;
-    const float sum = sm.row_sum[0][r] + sm.row_sum[1][r];
-    const float inv = output_scale(sum, m_run[h], p.sink[group * kHeads + r]);
-    bf16* dst = p.out + (head0 + r) * kDim;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      float x0 = o[j * 4 + 2 * h] * inv, x1 = o[j * 4 + 2 * h + 1] * inv;
-      const int d = dim0 + 8 * j;
-      if (d >= rope_begin) {
-        const float2 cs = sm.unrotate[(d - rope_begin) / 2];
-        rotate_pair(x0, x1, cs.x, cs.y);
-      }
-      *reinterpret_cast<uint32_t*>(dst + d) = pack_bf16(x0, x1);
-    }
-    if (wg == 0 && lane % 4 == 0) p.lse[head0 + r] = natural_lse(sum, m_run[h]);
-  }
+  const float sums[2] = {sm.row_sum[0][r0] + sm.row_sum[1][r0], sm.row_sum[0][r0 + 8] + sm.row_sum[1][r0 + 8]};
+  write_rows(p, o, m_run, sums, head0, p.sink + group * kHeads, split, r0, 256 * wg + c0, wg == 0 && lane % 4 == 0,
+             sm.unrotate);
+  if (p.splits > 1 && p.fused_combine)
+    combine_if_last(p, sm.last_split, sm.unrotate, cta, head0, kBarSums, kBarCombine);
 }
 
 }  // namespace
