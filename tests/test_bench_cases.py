@@ -107,3 +107,19 @@ def test_window_indices_follow_the_window(driver):
             p = int(q_start[b]) + s
             want = [j if max(0, p - 127) <= int(kv_start[b]) + j <= p and j < 130 else -1 for j in range(192)]
             assert idx[b, s].tolist() == want
+
+
+@pytest.mark.cuda
+def test_graphed_replay_keeps_its_inputs():
+    """A graphed call holds the tensors its graph reads: after its maker returns and the allocator
+    hands out memory again, a replay still reads the original values."""
+    import torch
+
+    from lcattn.testing.bench import graphed
+
+    def make():
+        x = torch.arange(1 << 20, device="cuda", dtype=torch.float32)
+        return graphed(lambda: x * 2)
+    replay = make()
+    others = [torch.full((1 << 20,), -1.0, device="cuda") for _ in range(4)]
+    assert torch.equal(replay(), torch.arange(1 << 20, device="cuda", dtype=torch.float32) * 2), len(others)

@@ -68,8 +68,16 @@ def capture(fn: Callable[[], object]) -> Tuple[torch.cuda.CUDAGraph, object]:
 
 
 def graphed(fn: Callable[[], object]) -> Callable[[], object]:
-    """fn as a replay of its CUDA graph: decode's launch path."""
-    return capture(fn)[0].replay
+    """fn as a replay of its CUDA graph: decode's launch path. The replay holds fn, and so the tensors
+    its graph reads (a graph does not own them: freed, their memory would go to the next input set),
+    and returns the graph's output."""
+    graph, out = capture(fn)
+
+    def replay():
+        graph.replay()
+        return out
+    replay.inputs = fn
+    return replay
 
 
 def rotated(make: Callable[[], Callable[[], object]], set_bytes: int) -> List[Callable[[], object]]:
