@@ -143,21 +143,25 @@ def window_indices(kv_start, q_start, S, L, window=128):
     return torch.where(seen, j, -1).int()
 
 
-def flash_mla_decode():
-    """FlashMLA's sparse fp8 decode (V4's MODEL1 cache, 64 heads), from the flash_mla package or the
-    library scripts/build_flashmla.sh builds; None if neither has it. Returns prepare(attention inputs
-    with kv_fp8 entries) -> a call of its kernels alone. FlashMLA reads every key from a paged fp8
-    cache by index and has no window of its own: the window rows, quantized to kv_fp8, go in its main
-    cache with their indices (K = 128), the entries in its extra cache (K2 = top-k), as in FlashMLA's
-    own V4 test configurations. The split schedule depends on the shapes only and is made once."""
-    try:
-        import flash_mla
+def flash_mla_decode(source: str):
+    """FlashMLA's sparse fp8 decode (V4's MODEL1 cache, 64 heads) from `source`: "package" (flash_mla)
+    or "library" (what scripts/build_flashmla.sh builds); None if it does not load. Returns
+    prepare(attention inputs with kv_fp8 entries) -> a call of its kernels alone. FlashMLA reads every
+    key from a paged fp8 cache by index and has no window of its own: the window rows, quantized to
+    kv_fp8, go in its main cache with their indices (K = 128), the entries in its extra cache (K2 =
+    top-k), as in FlashMLA's own V4 test configurations. The split schedule depends on the shapes
+    only and is made once."""
+    if source == "package":
+        try:
+            import flash_mla
+        except ImportError:
+            return None
         def schedule(q, topk, extra_topk):
             return flash_mla.get_mla_metadata()[0]  # filled by the first call
         def kernel(q, cache, idx, sink, extra, extra_idx, scale, sched):
             return flash_mla.flash_mla_with_kvcache(q, cache, None, None, 512, sched, None, scale, False, True, idx,
                                                     sink, extra, extra_idx)[0]
-    except ImportError:
+    else:
         if not load_flashmla_library() or not hasattr(torch.ops.flashmla_baseline, "sparse_decode"):
             return None
         def schedule(q, topk, extra_topk):
@@ -250,11 +254,16 @@ def sparse_attn_cases(quick):
     # The same decode with the entries in the kv_fp8 form: lcattn widening the picked entries to bf16
     # (the default) and reading them as they are (LCATTN_KV_FP8_ATTN=1 while the graph is captured),
     # against lcattn's bf16 decode of the dequantized entries and FlashMLA's fp8 decode.
-    fp8_decode = flash_mla_decode()
-    if fp8_decode is not None and not flash_mla_decode_agrees(fp8_decode):
-        print("FlashMLA's fp8 decode left out of the table: it does not match lcattn's sparse_attn on a small case",
-              file=sys.stderr)
-        fp8_decode = None
+    # The flash_mla package if it has V4's decode and agrees with lcattn, else the built library.
+    fp8_decode = None
+    for source in ("package", "library"):
+        candidate = flash_mla_decode(source)
+        if candidate is not None and flash_mla_decode_agrees(candidate):
+            fp8_decode = candidate
+            break
+        if candidate is not None:
+            print(f"FlashMLA's fp8 decode ({source}) left out: it does not match lcattn's sparse_attn on a small case",
+                  file=sys.stderr)
     for B in (1, 64, 128):
         H, K, N = 64, 512, 32768
         def make_bf16(B=B, H=H, K=K, N=N):
@@ -275,7 +284,7 @@ def sparse_attn_cases(quick):
                 return replayed(with_env("LCATTN_KV_FP8_ATTN", direct,
                                          lambda: ops.sparse_attn(*a[:5], a[7], a[5], a[6])))
             case = f"flash decode B={B} keys={K}+128 kv_fp8{label} (graph)"
-            yield "sparse_attn", case, flops, nbytes, make, baselines
+            yield "sparse_attn", case, flops, nbytes, make, baselines if direct == "0" else {"lcattn bf16": make_bf16}
 
 
 def flex_dense(q, kv, kv_start, q_start, ckv, sink, window=128, ratio=128):
