@@ -123,6 +123,25 @@ def test_kv_fp8_entries_read_as_their_dequantized_values(device, B, S, H, D, rd,
     check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=4))
 
 
+def test_kv_fp8_entries_at_an_odd_offset(device, monkeypatch):
+    """A uint8 ckv view at an odd byte offset holds the same entries (the widening copes); the Hopper
+    kernel reading the form directly (LCATTN_KV_FP8_ATTN=1, CUDA) needs it on a 16-byte boundary."""
+    q, kv, kvs, qs, _, sink, f = make_attention(1, 2, 64, 512, 64, 130, 40, [150], [21], device)
+    ckv8 = ops.quantize_kv_fp8(torch.randn(1, 40, 512, device=device), 64)
+    odd = torch.zeros(ckv8.numel() + 1, dtype=torch.uint8, device=device)[1:].view(ckv8.shape)
+    odd.copy_(ckv8)
+    idx = random_indices(1, 2, 8, 40, device)
+    for widened_rows in (idx, random_indices(1, 2, 32, 40, device)):  # selected rows, then the whole pool
+        assert all(torch.equal(a, b) for a, b in zip(ops.sparse_attn(q, kv, kvs, qs, odd, widened_rows, sink, f),
+                                                     ops.sparse_attn(q, kv, kvs, qs, ckv8, widened_rows, sink, f)))
+    assert all(torch.equal(a, b) for a, b in zip(ops.dense_attn(q, kv, kvs, qs, odd, sink, f, ratio=4),
+                                                 ops.dense_attn(q, kv, kvs, qs, ckv8, sink, f, ratio=4)))
+    if device.type == "cuda":
+        monkeypatch.setenv("LCATTN_KV_FP8_ATTN", "1")
+        with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: ckv must start on a 16-byte boundary"):
+            ops.dense_attn(q, kv, kvs, qs, odd, sink, f, ratio=4)
+
+
 def test_dense_hca_decode_model_shape(device):
     shape = MODEL_SHAPES["flash"]
     pos = [128 * 300 + 5, 128 * 17]

@@ -74,7 +74,9 @@ def test_kv_fp8_entries_are_the_quantized_entries(device, monkeypatch, ratio, ov
     monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
     lengths = [ratio * 6 + 1, ratio * 3]
     inputs = make_inputs(2, max(lengths), ratio, overlap, c, rope_dim, device)
-    inputs[0][0, :ratio] *= 1e4  # entries of very different sizes: scales far from 1
+    norm_weight = inputs[3]  # tiles of very different sizes after the norm: scale bytes far from 127
+    norm_weight[:64] *= 1e4
+    norm_weight[64:128] *= 1e-5
     chunks = [[ratio + 1, 2], [ratio * 5, ratio * 3 - 2]]
     fp32 = run_chunks(*inputs, ratio, overlap, chunks, lengths)
     out = run_chunks(*inputs, ratio, overlap, chunks, lengths, torch.uint8)
@@ -83,6 +85,14 @@ def test_kv_fp8_entries_are_the_quantized_entries(device, monkeypatch, ratio, ov
         want = ops.quantize_kv_fp8(fp32[b, : n // ratio], rope_dim)
         assert torch.equal(out[b, : n // ratio], want), f"sequence {b}"
         assert (out[b, n // ratio:] == 0xAB).all(), "an unfinished block produced an entry"
+    if c - rope_dim >= 128:
+        scales = out[0, :lengths[0] // ratio, c - rope_dim + 2 * rope_dim:][..., :2]
+        assert (scales[..., 0] >= 127 + 5).all() and (scales[..., 1] <= 127 - 5).all(), scales
+    norm_weight[1] = float("nan")  # a NaN tile: its scale byte 255 and NaN values, the other tiles finite
+    nan_out = run_chunks(*inputs, ratio, overlap, chunks, lengths, torch.uint8)[0, : lengths[0] // ratio]
+    assert (nan_out[:, c - rope_dim + 2 * rope_dim] == 255).all()
+    widened = ops.dequantize_kv_fp8(nan_out, c, rope_dim).float()
+    assert widened[:, :min(64, c - rope_dim)].isnan().all() and not widened[:, min(64, c - rope_dim):].isnan().any()
 
 
 def test_kv_fp8_needs_the_entry_bytes(device, monkeypatch):
@@ -93,6 +103,18 @@ def test_kv_fp8_needs_the_entry_bytes(device, monkeypatch):
     args = (kv, score, lens, start, ring_kv, ring_score, ape, w, f)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: out dim 2 must be 24"):  # 12 + 8 + 1 -> 24
         ops.compress_kv(*args, torch.zeros(1, 2, 16, dtype=torch.uint8, device=device), 4, True)
+
+
+@pytest.mark.cuda
+def test_kv_fp8_out_on_cuda_starts_on_16_bytes(monkeypatch):
+    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
+    kv, score, ape, w, f = make_inputs(1, 8, 4, True, 16, 4, "cuda")
+    ring_kv, ring_score = ops.compress_state(1, 4, 32, True, "cuda")
+    lens, start = torch.tensor([8], dtype=torch.int32, device="cuda"), torch.zeros(1, dtype=torch.int32, device="cuda")
+    bytes_ = ops.kv_fp8_bytes(16, 4)
+    out = torch.zeros(2 * bytes_ + 8, dtype=torch.uint8, device="cuda")[8:].view(1, 2, bytes_)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: out must start on a 16-byte boundary"):
+        ops.compress_kv(kv, score, lens, start, ring_kv, ring_score, ape, w, f, out, 4, True)
 
 
 @pytest.mark.cuda

@@ -196,6 +196,11 @@ def main() -> None:
     print(f"{meta['device']}: ceilings {ceil['tflops']:.0f} TFLOP/s bf16 matmul, {ceil['tbps']:.2f} TB/s copy",
           flush=True)
     todo = [c for name in wanted if name in FAMILIES for c in FAMILIES[name](args.quick)]
+    known = {c[0] for c in todo} | {"layers"}
+    for _, ops in settings:
+        if ops is not None and not ops <= known:
+            parser.error(f"--switch ...:OPS names {sorted(ops - known)}, which no case of --ops has; "
+                         f"choose from {', '.join(sorted(known))}")
     results = []
     bar = Progress("ops", len(todo) * len(settings))
     reference_env = settings[0][0]

@@ -8,7 +8,7 @@ requires grad (under grad mode) raises an `[lcattn]` error.
 Layout (docs/SPEC.md section 0): batches are padded. A query or new-token tensor is [B, S, ...];
 row s of sequence b sits at absolute position q_start[b] + s (start_pos for the compressor). Raw
 window keys are [B, L, D] with row j at position kv_start[b] + j. Compressed entries are [B, N, D]
-with entry i at row i. Index tensors are int32 with -1 for "none"; lengths and positions are int32.
+with entry i at row i (or [B, N, bytes] uint8 in the kv_fp8 form, :func:`quantize_kv_fp8`). Index tensors are int32 with -1 for "none"; lengths and positions are int32.
 """
 from typing import Optional, Tuple
 
@@ -28,7 +28,9 @@ def compress_kv(kv: Tensor, score: Tensor, seq_lens: Tensor, start_pos: Tensor, 
     start_pos [B]: position of row 0. ring_kv, ring_score: [B, coff * ratio, width] fp32 carry-over
     rows, updated (start a sequence from :func:`compress_state`). ape [ratio, width], norm_weight
     [c], inv_freq [rope_dim / 2] fp32. out [B, N, c] (fp32, bf16, or float8_e4m3fn with out_scales
-    [B, N] fp32: entry i quantized as :func:`quantize_e4m3` does, its scale at out_scales[b, i]):
+    [B, N] fp32: entry i quantized as :func:`quantize_e4m3` does, its scale at out_scales[b, i]), or
+    uint8 [B, N, kv_fp8_bytes(c, rope_dim)] (the kv_fp8 form, as :func:`quantize_kv_fp8` makes it;
+    c even; on CUDA 16-byte aligned and with LCATTN_KV_FP8_COMPRESS=1):
     every entry i completed by the chunk is written at out[b, i] (entries i >= N are skipped).
     Chunked calls write the same entries as one call over the whole sequence.
     """
@@ -85,6 +87,8 @@ def quantize_kv_fp8(x: Tensor, rope_dim: int) -> Tensor:
     D = x.shape[-1]
     nope = D - rope_dim
     tiles = -(-nope // KV_FP8_TILE)
+    if not x.is_floating_point():
+        raise ValueError(f"[lcattn] quantize_kv_fp8: x must be a floating-point tensor, got {x.dtype}")
     if nope < 0 or nope % 2 or rope_dim % 2:
         raise ValueError(f"[lcattn] quantize_kv_fp8: head dim {D} and rope_dim {rope_dim} must be even, rope_dim <= "
                          "head dim")

@@ -21,6 +21,8 @@ class CompressedStream:
 
     def __init__(self, batch: int, ratio: int, dim: int, overlap: bool, device: torch.device, capacity: int = 0,
                  form: str = BF16, rope_dim: int = 0):
+        if form not in (BF16, E4M3, KV_FP8):
+            raise ValueError(f"[lcattn] CompressedStream: form must be {BF16}, {E4M3} or {KV_FP8}, got {form!r}")
         self.ratio, self.overlap = ratio, overlap
         self.ring_kv, self.ring_score = ops.compress_state(batch, ratio, (2 if overlap else 1) * dim, overlap, device)
         if form == KV_FP8:
