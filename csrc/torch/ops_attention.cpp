@@ -26,7 +26,8 @@ at::Tensor widen_kv_fp8(const at::Tensor& x, const KvFp8Layout& l) {
     at::mul_out(head, values, scales.repeat_interleave(tile, -1).narrow(-1, 0, nope));
   }
   // (contiguous first: a view as bf16 needs an even storage offset, which a uint8 view need not have)
-  out.narrow(-1, nope, l.rope_dim).copy_(x.narrow(-1, l.rope_offset(), 2 * l.rope_dim).contiguous().view(at::kBFloat16));
+  out.narrow(-1, nope, l.rope_dim)
+      .copy_(x.narrow(-1, l.rope_offset(), 2 * l.rope_dim).contiguous().view(at::kBFloat16));
   return out;
 }
 

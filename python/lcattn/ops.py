@@ -8,7 +8,8 @@ requires grad (under grad mode) raises an `[lcattn]` error.
 Layout (docs/SPEC.md section 0): batches are padded. A query or new-token tensor is [B, S, ...];
 row s of sequence b sits at absolute position q_start[b] + s (start_pos for the compressor). Raw
 window keys are [B, L, D] with row j at position kv_start[b] + j. Compressed entries are [B, N, D]
-with entry i at row i (or [B, N, bytes] uint8 in the kv_fp8 form, :func:`quantize_kv_fp8`). Index tensors are int32 with -1 for "none"; lengths and positions are int32.
+with entry i at row i (or [B, N, bytes] uint8 in the kv_fp8 form, :func:`quantize_kv_fp8`).
+Index tensors are int32 with -1 for "none"; lengths and positions are int32.
 """
 from typing import Optional, Tuple
 
