@@ -121,15 +121,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   extern __shared__ uint8_t smem_raw[];
   SharedStorage& sm =
       *reinterpret_cast<SharedStorage*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  const int groups = p.H / kHeads;
-  const int split = blockIdx.x % p.splits;
-  const int64_t cta = blockIdx.x / p.splits;
-  const int64_t row = cta / groups;  // b * S + s
-  const int group = int(cta % groups);
-  const int b = int(row / p.S), s = int(row % p.S);
-  const int pos = p.q_start[b] + s;
-  const QueryKeys keys(p, row, b, pos);
-  const SplitRange range(keys.n_keys, p.splits, split);
+  const CtaWork work(p);
+  const QueryKeys keys(p, work.row, work.b, work.pos);
+  const SplitRange range(keys.n_keys, p.splits, work.split);
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
 
   if (threadIdx.x == 0) {
@@ -140,25 +134,28 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     }
     fence_barrier_init();
   }
-  fill_unrotate(sm.unrotate, p, pos);
+  fill_unrotate(sm.unrotate, p, work.pos);
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
     reg_dealloc<56>();
     const int my_row = warp * 16 + lane % 16;
-    const bf16* q = p.q + (row * p.H + group * kHeads) * kDim;
+    const bf16* q = p.q + (work.row * p.H + work.group * kHeads) * kDim;
     load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills
     mbar_arrive_cp_async(&sm.q_full);
     // Block b + 1's rows are looked up and prefetched into L2 while block b loads.
+    auto look_up = [&](int blk) -> const void* {
+      if (blk >= range.last) return nullptr;
+      const int u = blk * kKeys + my_row;
+      const void* row = keys.row(u);
+      prefetch_row_l2(row, u < keys.n_window ? kDim * 2 : keys.entry_bytes, lane);
+      return row;
+    };
     const void* next = keys.row(range.first * kKeys + my_row);
     for (int blk = range.first; blk < range.last; ++blk) {
       const int it = blk - range.first, buf = it & 1;
       const void* cur = next;
-      if constexpr (kFp8Entries) {  // its loads are synchronous: look up and prefetch block b + 1 first
-        const int u = (blk + 1) * kKeys + my_row;
-        next = blk + 1 < range.last ? keys.row(u) : nullptr;
-        prefetch_row_l2(next, u < keys.n_window ? kDim * 2 : keys.entry_bytes, lane);
-      }
+      if constexpr (kFp8Entries) next = look_up(blk + 1);  // its loads are synchronous: look up first
       if (it >= 2) mbar_wait(&sm.empty[buf], ((it >> 1) - 1) & 1);
       if constexpr (kFp8Entries) {
         const bool entry = cur && blk * kKeys + my_row >= keys.n_window;
@@ -171,11 +168,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
         mbar_arrive_cp_async(&sm.full[buf]);
       }
       if (lane == 0) mbar_arrive(&sm.full[buf]);
-      if (!kFp8Entries && blk + 1 < range.last) {
-        const int u = (blk + 1) * kKeys + my_row;
-        next = keys.row(u);
-        prefetch_row_l2(next, u < keys.n_window ? kDim * 2 : keys.entry_bytes, lane);
-      }
+      if constexpr (!kFp8Entries) next = look_up(blk + 1);
     }
     return;
   }
@@ -278,27 +271,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
   }
 
-  const int64_t head0 = row * p.H + group * kHeads;  // flat (row, head) of accumulator row 0
-  write_rows(p, o, m_run, l_run, head0, p.sink + group * kHeads, split, r0, 256 * wg + c0, wg == 0 && lane % 4 == 0,
-             sm.unrotate);
-  if (p.splits > 1 && p.fused_combine) combine_if_last(p, sm.last_split, sm.unrotate, cta, head0, kBarLogits, kBarRead);
-}
-
-// Writes dims [d, d + 4) of the combined (row, head) n: acc normalised by the sum l (base-2 max m)
-// and the sink, RoPE undone; the thread of d = 0 also writes its lse.
-__device__ __forceinline__ void write_combined(const AttentionParams& p, int64_t n, int d, float acc[4], float l,
-                                               float m) {
-  const int h = int(n % p.H);
-  const int64_t row = n / p.H;
-  const int pos = p.q_start[row / p.S] + int(row % p.S);
-  const float inv = output_scale(l, m, p.sink[h]);
-  const int rope_begin = kDim - p.rope_dim;
-  for (int i = 0; i < 4; ++i) acc[i] *= inv;
-  for (int i = 0; i < 4; i += 2)
-    if (d + i >= rope_begin) rope_rotate_pair(&acc[i], pos, p.inv_freq[(d + i - rope_begin) / 2], -1.f);
-  uint2 packed = make_uint2(pack_bf16(acc[0], acc[1]), pack_bf16(acc[2], acc[3]));
-  *reinterpret_cast<uint2*>(p.out + n * kDim + d) = packed;
-  if (d == 0) p.lse[n] = natural_lse(l, m);
+  const int64_t head0 = work.row * p.H + work.group * kHeads;  // flat (row, head) of accumulator row 0
+  write_rows(p, o, m_run, l_run, head0, p.sink + work.group * kHeads, work.split, r0, 256 * wg + c0,
+             wg == 0 && lane % 4 == 0, sm.unrotate);
+  if (p.splits > 1 && p.fused_combine)
+    combine_if_last(p, sm.last_split, sm.unrotate, work.cta, head0, kBarLogits, kBarRead);
 }
 
 // Combines the splits of one (row, head) with kCombineGroups x 128 threads of 4 dims: group g takes
@@ -342,7 +319,7 @@ __global__ void __launch_bounds__(128 * kCombineGroups) attention_combine_kernel
     total[0] += a.x, total[1] += a.y, total[2] += a.z, total[3] += a.w;
     l += group_sum[j];
   }
-  write_combined(p, n, d, total, l, m);
+  write_combined<false>(p, n, d, total, l, m, nullptr);
 }
 
 // Head dim 512, whole groups of 64 heads, at most 64 RoPE channels (V4 has 64); entries in the kv_fp8
@@ -387,7 +364,7 @@ int attention_splits(const AttentionParams& p, int num_sms) {
 int64_t attention_workspace_floats(const AttentionParams& p) {
   if (p.splits <= 1) return 0;
   const int64_t counters = p.fused_combine ? int64_t(p.B) * p.S * (p.H / kHeads) : 0;  // one int each
-  return int64_t(p.splits) * p.B * p.S * p.H * kPartStride + counters;
+  return partial_floats(p) + counters;
 }
 
 bool attention_fuses_combine(const AttentionParams& p) {
@@ -400,8 +377,7 @@ cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   cudaError_t err = cudaSuccess;
   if (p.splits > 1 && p.fused_combine) {  // the arrival counters after the partials start at zero
     const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads);
-    err =
-        cudaMemsetAsync(p.workspace + int64_t(p.splits) * p.B * p.S * p.H * kPartStride, 0, ctas * sizeof(int), stream);
+    err = cudaMemsetAsync(combine_counters(p), 0, ctas * sizeof(int), stream);
     if (err != cudaSuccess) return err;
   }
   if (attention_pair_applies(p))

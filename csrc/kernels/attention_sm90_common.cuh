@@ -23,6 +23,29 @@ constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 constexpr int kMaxRopePairs = 32;  // RoPE channels <= 64
 
+// What one CTA computes: grid = query rows x head groups x splits, splits fastest.
+struct CtaWork {
+  int split, group, b, pos;
+  int64_t cta, row;  // cta: the flat (query row, head group); row: b * S + s
+  __device__ explicit CtaWork(const AttentionParams& p) {
+    split = int(blockIdx.x % p.splits);
+    cta = blockIdx.x / p.splits;
+    row = cta / (p.H / kHeads);
+    group = int(cta % (p.H / kHeads));
+    b = int(row / p.S);
+    pos = p.q_start[b] + int(row % p.S);
+  }
+};
+
+// With several splits the workspace holds the partials [splits, B * S * H, kPartStride], then (fused
+// combine) one arrival counter per (query row, head group).
+__host__ __device__ __forceinline__ int64_t partial_floats(const AttentionParams& p) {
+  return int64_t(p.splits) * p.B * p.S * p.H * kPartStride;
+}
+__host__ __device__ __forceinline__ int* combine_counters(const AttentionParams& p) {
+  return reinterpret_cast<int*>(p.workspace + partial_floats(p));
+}
+
 // Keys of one query (attention_keys): window rows first, then entries (selected, or the visible prefix).
 struct QueryKeys {
   const bf16* window;   // row of position window_lo
@@ -149,6 +172,29 @@ __device__ __forceinline__ void write_rows(const AttentionParams& p, const float
   }
 }
 
+// Writes dims [d, d + 4) of the combined (row, head) n: acc normalised by the sum l (base-2 max m)
+// and the sink, RoPE undone (kTable: with the CTA's (cos, -sin) table `unrotate`; else from the
+// angle); the thread of d = 0 also writes its lse.
+template <bool kTable>
+__device__ __forceinline__ void write_combined(const AttentionParams& p, int64_t n, int d, float (&acc)[4], float l,
+                                               float m, const float2* unrotate) {
+  const int64_t row = n / p.H;
+  const int pos = p.q_start[row / p.S] + int(row % p.S);
+  const float inv = output_scale(l, m, p.sink[n % p.H]);
+  const int rope_begin = kDim - p.rope_dim;
+  for (int i = 0; i < 4; ++i) acc[i] *= inv;
+  for (int i = 0; i < 4; i += 2) {
+    if (d + i < rope_begin) continue;
+    const int pair = (d + i - rope_begin) / 2;
+    if constexpr (kTable)
+      rotate_pair(acc[i], acc[i + 1], unrotate[pair].x, unrotate[pair].y);
+    else
+      rope_rotate_pair(&acc[i], pos, p.inv_freq[pair], -1.f);
+  }
+  *reinterpret_cast<uint2*>(p.out + n * kDim + d) = make_uint2(pack_bf16(acc[0], acc[1]), pack_bf16(acc[2], acc[3]));
+  if (d == 0) p.lse[n] = natural_lse(l, m);
+}
+
 // fused_combine: the last split of this CTA's (query row, head group) to finish combines every split's
 // partial, in split order (so the result does not depend on which split is last), for its 64 heads:
 // the 256 math threads take 2 heads at a time, 4 dims each, and finish as the one-split epilogue does
@@ -157,8 +203,8 @@ __device__ __forceinline__ void write_rows(const AttentionParams& p, const float
 // zeroed before the launch); `last_split` (shared) and `bar_decided` tell the CTA whether it is last.
 __device__ __forceinline__ void combine_if_last(const AttentionParams& p, int& last_split, const float2* unrotate,
                                                 int64_t cta, int64_t head0, int bar_issued, int bar_decided) {
-  const int64_t rows_total = int64_t(p.B) * p.S * p.H, split_stride = rows_total * kPartStride;
-  int* counter = reinterpret_cast<int*>(p.workspace + p.splits * split_stride) + cta;
+  const int64_t split_stride = int64_t(p.B) * p.S * p.H * kPartStride;
+  int* counter = combine_counters(p) + cta;
   named_barrier_sync(bar_issued, 256);  // every math thread's partial stores issued
   if (threadIdx.x == 0) {               // release them (the barrier orders them before the fence), count
     __threadfence();
@@ -168,7 +214,7 @@ __device__ __forceinline__ void combine_if_last(const AttentionParams& p, int& l
   }
   named_barrier_sync(bar_decided, 256);
   if (!last_split) return;
-  const int d = (threadIdx.x % 128) * 4, rope_begin = kDim - p.rope_dim;
+  const int d = (threadIdx.x % 128) * 4;
   for (int h = threadIdx.x / 128; h < kHeads; h += 2) {
     const float* parts = p.workspace + (head0 + h) * kPartStride;  // split i at parts + i * split_stride
     float m = -INFINITY;
@@ -185,20 +231,7 @@ __device__ __forceinline__ void combine_if_last(const AttentionParams& p, int& l
       acc[2] = __fadd_rn(acc[2], __fmul_rn(w, v.z));
       acc[3] = __fadd_rn(acc[3], __fmul_rn(w, v.w));
     }
-    const int64_t n = head0 + h;
-    const float inv = output_scale(l, m, p.sink[n % p.H]);
-    uint32_t packed[2];
-#pragma unroll
-    for (int i = 0; i < 4; i += 2) {
-      float x0 = acc[i] * inv, x1 = acc[i + 1] * inv;
-      if (d + i >= rope_begin) {
-        const float2 cs = unrotate[(d + i - rope_begin) / 2];
-        rotate_pair(x0, x1, cs.x, cs.y);
-      }
-      packed[i / 2] = pack_bf16(x0, x1);
-    }
-    *reinterpret_cast<uint2*>(p.out + n * kDim + d) = make_uint2(packed[0], packed[1]);
-    if (d == 0) p.lse[n] = natural_lse(l, m);
+    write_combined<true>(p, head0 + h, d, acc, l, m, unrotate);
   }
 }
 

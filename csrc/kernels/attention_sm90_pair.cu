@@ -164,16 +164,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
   extern __shared__ uint8_t smem_raw[];
   // Aligned by pointer arithmetic on the shared array, so accesses stay LDS/STS (kernel notes).
   PairStorage& sm = *reinterpret_cast<PairStorage*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
-  const int groups = p.H / kHeads;
-  const int split = blockIdx.x % p.splits;
-  const int64_t cta = blockIdx.x / p.splits;
-  const int64_t row = cta / groups;  // b * S + s
-  const int group = int(cta % groups);
-  const int b = int(row / p.S), s = int(row % p.S);
-  const int pos = p.q_start[b] + s;
-  const QueryKeys keys(p, row, b, pos);
-  const SplitRange range(keys.n_keys, p.splits, split, 2);  // whole pairs but in the last split
-  const int pairs = (range.last - range.first + 1) / 2;     // an odd last block pairs with an absent one
+  const CtaWork work(p);
+  const QueryKeys keys(p, work.row, work.b, work.pos);
+  const SplitRange range(keys.n_keys, p.splits, work.split, 2);  // whole pairs but in the last split
+  const int pairs = (range.last - range.first + 1) / 2;          // an odd last block pairs with an absent one
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
 
   if (threadIdx.x == 0) {
@@ -186,12 +180,12 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     }
     fence_barrier_init();
   }
-  fill_unrotate(sm.unrotate, p, pos);
+  fill_unrotate(sm.unrotate, p, work.pos);
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
     reg_dealloc<56>();
-    const bf16* q = p.q + (row * p.H + group * kHeads) * kDim;
+    const bf16* q = p.q + (work.row * p.H + work.group * kHeads) * kDim;
     load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address
     mbar_arrive_cp_async(&sm.q_full);
     const int w = warp / 2, r0 = (warp % 2) * 32;  // this warp's buffer and rows
@@ -322,12 +316,12 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     if (lane % 4 == 0) sm.row_sum[wg][r0 + 8 * h] = l_run[h];
   }
   named_barrier_sync(kBarSums, 256);
-  const int64_t head0 = row * p.H + group * kHeads;  // flat (row, head) of accumulator row 0
+  const int64_t head0 = work.row * p.H + work.group * kHeads;  // flat (row, head) of accumulator row 0
   const float sums[2] = {sm.row_sum[0][r0] + sm.row_sum[1][r0], sm.row_sum[0][r0 + 8] + sm.row_sum[1][r0 + 8]};
-  write_rows(p, o, m_run, sums, head0, p.sink + group * kHeads, split, r0, 256 * wg + c0, wg == 0 && lane % 4 == 0,
-             sm.unrotate);
+  write_rows(p, o, m_run, sums, head0, p.sink + work.group * kHeads, work.split, r0, 256 * wg + c0,
+             wg == 0 && lane % 4 == 0, sm.unrotate);
   if (p.splits > 1 && p.fused_combine)
-    combine_if_last(p, sm.last_split, sm.unrotate, cta, head0, kBarSums, kBarCombine);
+    combine_if_last(p, sm.last_split, sm.unrotate, work.cta, head0, kBarSums, kBarCombine);
 }
 
 }  // namespace
