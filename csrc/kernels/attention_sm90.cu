@@ -20,14 +20,12 @@
 #include "attention_sm90.h"
 #include "attention_sm90_common.cuh"
 #include "common/device.h"
+#include "common/fp8.cuh"
 #include "common/sm90.cuh"
 #include "lcattn/shared_math.h"
 #include "lcattn/switches.h"
 
-#include <cuda_bf16.h>
 #include <algorithm>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
 
 namespace lcattn {
 namespace {
@@ -50,20 +48,6 @@ static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may h
 
 // Named barriers (0 is __syncthreads) over the 256 math threads.
 enum : int { kBarLogits = 1, kBarRead = 2 };
-
-// 8 e4m3 values (8 bytes, the first in the low byte) times scale, a power of two: 8 bf16, exact.
-__device__ __forceinline__ uint4 widen8_e4m3(uint2 raw, float scale) {
-  uint32_t out[4];
-  const uint32_t words[2] = {raw.x, raw.y};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const __half2_raw pair =
-        __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(words[i / 2] >> (16 * (i % 2))), __NV_E4M3);
-    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&pair));
-    out[i] = pack_bf16(f.x * scale, f.y * scale);
-  }
-  return make_uint4(out[0], out[1], out[2], out[3]);
-}
 
 // As load_tile, for a block whose entry rows (entry: lane's row is one) are in the kv_fp8 form: bf16
 // rows go by cp.async, entries are read in 8-byte loads and widened to bf16 before the swizzled store.

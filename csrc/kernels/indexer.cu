@@ -2,6 +2,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "common/device.h"
+#include "common/fp8.cuh"
 #include "common/mma.cuh"
 #include "common/reduce.cuh"
 #include "common/topk_key.cuh"
@@ -66,14 +67,7 @@ __host__ __device__ __forceinline__ int64_t score_tile_of(const IndexerParams& p
 // 8 elements of a row as 8 bf16 (16 bytes): bf16 as they are, e4m3 widened exactly.
 __device__ __forceinline__ uint4 load8_as_bf16(const bf16* src) { return *reinterpret_cast<const uint4*>(src); }
 __device__ __forceinline__ uint4 load8_as_bf16(const e4m3* src) {
-  const uint2 in = *reinterpret_cast<const uint2*>(src);
-  uint32_t out[4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const uint32_t word = j < 2 ? in.x : in.y, pair = word >> (16 * (j & 1));
-    out[j] = uint32_t(e4m3_to_bf16(e4m3(pair & 0xffu))) | uint32_t(e4m3_to_bf16(e4m3(pair >> 8 & 0xffu))) << 16;
-  }
-  return make_uint4(out[0], out[1], out[2], out[3]);
+  return widen8_e4m3(*reinterpret_cast<const uint2*>(src), 1.f);
 }
 
 // Copies rows [0, rows) of kTileDim elements as bf16 (row r from src_row(r), a const bf16* or

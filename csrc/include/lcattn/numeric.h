@@ -57,16 +57,6 @@ LCATTN_HD e4m3 float_to_e4m3(float f) {
   return sign | static_cast<e4m3>(bits >> 20);
 }
 
-// The bf16 of the same value: exact, as every e4m3 value is a bf16 value (subnormals m * 2^-9 too).
-LCATTN_HD bf16 e4m3_to_bf16(e4m3 x) {
-  const uint32_t sign = (x & 0x80u) << 8, exponent = (x >> 3) & 15u, mantissa = x & 7u;
-  if (exponent == 15u && mantissa == 7u) return static_cast<bf16>(0x7fc0u);  // NaN (as torch widens it)
-  if (exponent > 0u) return static_cast<bf16>(sign | (exponent + 120u) << 7 | mantissa << 4);
-  if (mantissa == 0u) return static_cast<bf16>(sign);
-  const uint32_t top = mantissa >= 4u ? 2u : (mantissa >= 2u ? 1u : 0u);  // its leading bit, worth 2^(top - 9)
-  return static_cast<bf16>(sign | (118u + top) << 7 | ((mantissa << (7u - top)) & 0x7fu));
-}
-
 // The scale of a row quantized to e4m3 (ops.quantize_e4m3): its largest magnitude, at least 1e-4,
 // maps to 448; the row is stored as float_to_e4m3(x / scale).
 LCATTN_HD float e4m3_scale(float amax) { return (amax != amax ? amax : (amax > 1e-4f ? amax : 1e-4f)) / kE4m3Max; }
