@@ -194,22 +194,6 @@ def flash_mla_decode_agrees(prepare) -> bool:
     return torch.allclose(ours, theirs, atol=2e-2, rtol=2e-2)
 
 
-def with_env(name, value, fn):
-    """fn with the environment variable name set to value during each call, then restored: lcattn
-    reads its switches per call, so a graph captured through this keeps the setting."""
-    def call():
-        old = os.environ.get(name)
-        os.environ[name] = value
-        try:
-            return fn()
-        finally:
-            if old is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = old
-    return call
-
-
 def sparse_attn_cases(quick):
     # Entries of a 128K context (32 MB of keys, near the L2 size) with uniformly random picks, and of a
     # 16K context (4 MB, L2-resident): the gather's cost depends on where the picked rows live.
@@ -251,9 +235,9 @@ def sparse_attn_cases(quick):
         nbytes = 2 * B * (K + 128) * 512  # the keys each sequence reads
         yield "sparse_attn", f"flash decode B={B} keys={K}+128 (graph)", flops, nbytes, make, {
             "unfused torch": make_base}
-    # The same decode with the entries in the kv_fp8 form: lcattn widening the picked entries to bf16
-    # (the default) and reading them as they are (LCATTN_KV_FP8_ATTN=1 while the graph is captured),
-    # against lcattn's bf16 decode of the dequantized entries and FlashMLA's fp8 decode.
+    # The same decode with the entries in the kv_fp8 form (the driver's --switch LCATTN_KV_FP8_ATTN=0,1
+    # times the widened and the direct read), against lcattn's bf16 decode of the dequantized entries
+    # and FlashMLA's fp8 decode.
     # The flash_mla package if it has V4's decode and agrees with lcattn, else the built library.
     fp8_decode = None
     for source in ("package", "library"):
@@ -278,13 +262,10 @@ def sparse_attn_cases(quick):
             baselines["FlashMLA fp8"] = make_flash_mla
         flops = 4 * H * 512 * (K + 128) * B
         nbytes = B * (K * ops.kv_fp8_bytes(512, 64) + 128 * 2 * 512)  # picked entries in kv_fp8, bf16 window rows
-        for direct, label in (("0", ""), ("1", " LCATTN_KV_FP8_ATTN=1")):
-            def make(B=B, H=H, K=K, N=N, direct=direct):
-                a = kv_fp8_inputs(B, H, K, N, pos=4 * N - 1)
-                return replayed(with_env("LCATTN_KV_FP8_ATTN", direct,
-                                         lambda: ops.sparse_attn(*a[:5], a[7], a[5], a[6])))
-            case = f"flash decode B={B} keys={K}+128 kv_fp8{label} (graph)"
-            yield "sparse_attn", case, flops, nbytes, make, baselines if direct == "0" else {"lcattn bf16": make_bf16}
+        def make(B=B, H=H, K=K, N=N):
+            a = kv_fp8_inputs(B, H, K, N, pos=4 * N - 1)
+            return replayed(lambda: ops.sparse_attn(*a[:5], a[7], a[5], a[6]))
+        yield "sparse_attn", f"flash decode B={B} keys={K}+128 kv_fp8 (graph)", flops, nbytes, make, baselines
 
 
 def flex_dense(q, kv, kv_start, q_start, ckv, sink, window=128, ratio=128):
