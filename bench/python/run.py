@@ -64,6 +64,12 @@ def set_switches(setting: Dict[str, str]) -> None:
         os.environ[name] = value
 
 
+def describe(setting: Dict[str, str], reference: Dict[str, str]) -> Tuple[str, str]:
+    """The switches a setting changes, as "NAME=B ..." and, from the reference, "NAME=A ..."."""
+    changed = [k for k, v in setting.items() if v != reference[k]]
+    return " ".join(f"{k}={setting[k]}" for k in changed), " ".join(f"{k}={reference[k]}" for k in changed)
+
+
 def measure(op, case, flops, nbytes, make_ours, make_baselines, ceilings, reps, context=0) -> Result:
     """Times ours, then each baseline; each one's inputs are made just before it runs and freed after,
     so that no baseline's state (memory, compiled graphs) is alive while another runs."""
@@ -215,9 +221,8 @@ def main() -> None:
                 reference = measure(op, case, flops, nbytes, ours, baselines, ceil, args.reps, *context)
                 results.append(reference)
             else:  # the setting's changed switch in the case, the reference as a baseline
-                changed = " ".join(f"{k}={v}" for k, v in setting.items() if v != reference_env[k])
+                changed, first = describe(setting, reference_env)
                 r = measure(op, f"{case} [{changed}]", flops, nbytes, ours, {}, ceil, args.reps, *context)
-                first = " ".join(f"{k}={reference_env[k]}" for k, v in setting.items() if v != reference_env[k])
                 r.baselines[first] = reference.ms / r.ms
                 results.append(r)
             torch.cuda.empty_cache()
@@ -233,7 +238,7 @@ def main() -> None:
             if ops is not None and "layers" not in ops:
                 continue
             set_switches(setting)
-            changed = " ".join(f"{k}={v}" for k, v in setting.items() if v != reference_env[k])
+            changed = describe(setting, reference_env)[0]
             for row in layers.layer_rows(contexts, unfused=not args.no_unfused_layer and j == 0,
                                           index_fp8=args.index_fp8, kv_fp8=args.kv_fp8):
                 if changed:
