@@ -51,6 +51,14 @@ def run_chunks(kv, score, ape, norm_weight, inv_freq, ratio, overlap, chunks, le
     return (out, out_scales) if e4m3 else out
 
 
+def one_chunk(device, c=16, rope_dim=4):
+    """compress_kv's arguments before `out` for one CSA chunk of 8 tokens (ratio 4) of width 2c."""
+    kv, score, ape, w, f = make_inputs(1, 8, 4, True, c, rope_dim, device)
+    ring_kv, ring_score = ops.compress_state(1, 4, 2 * c, True, device)
+    lens, start = torch.tensor([8], dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int32, device=device)
+    return kv, score, lens, start, ring_kv, ring_score, ape, w, f
+
+
 @pytest.mark.parametrize("ratio,overlap,c,rope_dim", INSTANCES)
 def test_e4m3_entries_are_the_quantized_entries(device, ratio, overlap, c, rope_dim):
     """With an e4m3 out the op writes, bit for bit, ops.quantize_e4m3 of the fp32 entries it would
@@ -97,42 +105,29 @@ def test_kv_fp8_entries_are_the_quantized_entries(device, monkeypatch, ratio, ov
 
 def test_kv_fp8_needs_the_entry_bytes(device, monkeypatch):
     monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
-    kv, score, ape, w, f = make_inputs(1, 8, 4, True, 16, 4, device)
-    ring_kv, ring_score = ops.compress_state(1, 4, 32, True, device)
-    lens, start = torch.tensor([8], dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int32, device=device)
-    args = (kv, score, lens, start, ring_kv, ring_score, ape, w, f)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: out dim 2 must be 24"):  # 12 + 8 + 1 -> 24
-        ops.compress_kv(*args, torch.zeros(1, 2, 16, dtype=torch.uint8, device=device), 4, True)
+        ops.compress_kv(*one_chunk(device), torch.zeros(1, 2, 16, dtype=torch.uint8, device=device), 4, True)
 
 
 @pytest.mark.cuda
 def test_kv_fp8_out_on_cuda_starts_on_16_bytes(monkeypatch):
     monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
-    kv, score, ape, w, f = make_inputs(1, 8, 4, True, 16, 4, "cuda")
-    ring_kv, ring_score = ops.compress_state(1, 4, 32, True, "cuda")
-    lens, start = torch.tensor([8], dtype=torch.int32, device="cuda"), torch.zeros(1, dtype=torch.int32, device="cuda")
     bytes_ = ops.kv_fp8_bytes(16, 4)
     out = torch.zeros(2 * bytes_ + 8, dtype=torch.uint8, device="cuda")[8:].view(1, 2, bytes_)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: out must start on a 16-byte boundary"):
-        ops.compress_kv(kv, score, lens, start, ring_kv, ring_score, ape, w, f, out, 4, True)
+        ops.compress_kv(*one_chunk("cuda"), out, 4, True)
 
 
 @pytest.mark.cuda
 def test_kv_fp8_on_cuda_is_off_without_its_switch(monkeypatch):
     monkeypatch.delenv("LCATTN_KV_FP8_COMPRESS", raising=False)
-    kv, score, ape, w, f = make_inputs(1, 8, 4, True, 16, 4, "cuda")
-    ring_kv, ring_score = ops.compress_state(1, 4, 32, True, "cuda")
-    lens, start = torch.tensor([8], dtype=torch.int32, device="cuda"), torch.zeros(1, dtype=torch.int32, device="cuda")
     out = torch.zeros(1, 2, ops.kv_fp8_bytes(16, 4), dtype=torch.uint8, device="cuda")
     with pytest.raises(RuntimeError, match=r"LCATTN_KV_FP8_COMPRESS=1"):
-        ops.compress_kv(kv, score, lens, start, ring_kv, ring_score, ape, w, f, out, 4, True)
+        ops.compress_kv(*one_chunk("cuda"), out, 4, True)
 
 
 def test_e4m3_out_needs_its_scales(device):
-    kv, score, ape, w, f = make_inputs(1, 8, 4, True, 16, 4, device)
-    ring_kv, ring_score = ops.compress_state(1, 4, 32, True, device)
-    lens, start = torch.tensor([8], dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int32, device=device)
-    args = (kv, score, lens, start, ring_kv, ring_score, ape, w, f)
+    args = one_chunk(device)
     out8, scales = torch.zeros(1, 2, 16, device=device).to(torch.float8_e4m3fn), torch.zeros(1, 2, device=device)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: out_scales \[B, N\] go with an e4m3 out"):
         ops.compress_kv(*args, out8, 4, True)
@@ -211,9 +206,6 @@ def test_bad_input_is_rejected(device):
 
 def test_kv_fp8_needs_an_even_width(device, monkeypatch):
     monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
-    kv, score, ape, w, f = make_inputs(1, 8, 8, False, 9, 2, device)  # HCA-like, c = 9
-    ring_kv, ring_score = ops.compress_state(1, 8, 9, False, device)
-    lens, start = torch.tensor([8], dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int32, device=device)
     out = torch.zeros(1, 2, ops.kv_fp8_bytes(9, 2), dtype=torch.uint8, device=device)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: kv_fp8 entries need an even width, got 9"):
-        ops.compress_kv(kv, score, lens, start, ring_kv, ring_score, ape, w, f, out, 8, False)
+        ops.compress_kv(*one_chunk(device, c=9, rope_dim=2), out, 4, True)
