@@ -123,9 +123,9 @@ def test_kv_fp8_entries_read_as_their_dequantized_values(device, B, S, H, D, rd,
     check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=4))
 
 
-def test_kv_fp8_entries_at_an_odd_offset(device, monkeypatch):
-    """A uint8 ckv view at an odd byte offset holds the same entries (the widening copes); the Hopper
-    kernel reading the form directly (LCATTN_KV_FP8_ATTN=1, CUDA) needs it on a 16-byte boundary."""
+def test_kv_fp8_entries_at_an_odd_offset(device):
+    """A uint8 ckv view at an odd byte offset holds the same entries: the op widens them (the Hopper
+    kernel reads them as they are only on a 16-byte boundary)."""
     q, kv, kvs, qs, _, sink, f = make_attention(1, 2, 64, 512, 64, 130, 40, [150], [21], device)
     ckv8 = ops.quantize_kv_fp8(torch.randn(1, 40, 512, device=device), 64)
     odd = torch.zeros(ckv8.numel() + 1, dtype=torch.uint8, device=device)[1:].view(ckv8.shape)
@@ -136,10 +136,6 @@ def test_kv_fp8_entries_at_an_odd_offset(device, monkeypatch):
                                                      ops.sparse_attn(q, kv, kvs, qs, ckv8, widened_rows, sink, f)))
     assert all(torch.equal(a, b) for a, b in zip(ops.dense_attn(q, kv, kvs, qs, odd, sink, f, ratio=4),
                                                  ops.dense_attn(q, kv, kvs, qs, ckv8, sink, f, ratio=4)))
-    if device.type == "cuda":
-        monkeypatch.setenv("LCATTN_KV_FP8_ATTN", "1")
-        with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: ckv must start on a 16-byte boundary"):
-            ops.dense_attn(q, kv, kvs, qs, odd, sink, f, ratio=4)
 
 
 def test_dense_hca_decode_model_shape(device):
@@ -257,22 +253,20 @@ def test_hopper_no_keys_and_extreme_sinks_cuda(monkeypatch, pair):
 @pytest.mark.cuda
 @pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES[:4])
 @pytest.mark.parametrize("form", ["sparse", "dense128"])
-def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form):
-    """LCATTN_KV_FP8_ATTN=1: the Hopper kernel reads kv_fp8 entries as they are, widening them exactly
-    as it stores them, so it gives bit for bit what the adapter's widening gives (prefill, split
-    decode, absent keys); and it is the kernel that ran."""
+def test_hopper_reads_kv_fp8_cuda(B, S, H, K, N, q_start, kv_start, L, form):
+    """The Hopper kernel reads kv_fp8 entries as they are, widening them exactly as it stores them, so
+    it gives bit for bit what it gives on the dequantized bf16 entries (prefill, split decode, absent
+    keys); and it is the kernel that ran."""
     q, kv, kvs, qs, _, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
     ckv8 = ops.quantize_kv_fp8(torch.randn(B, N, 512, device="cuda") * torch.rand(B, N, 1, device="cuda") * 8, 64)
     idx = random_indices(B, S, K, N, "cuda")
 
-    def run():
+    def run(ckv):
         if form == "sparse":
-            return ops.sparse_attn(q, kv, kvs, qs, ckv8, idx, sink, f)
-        return ops.dense_attn(q, kv, kvs, qs, ckv8, sink, f, ratio=128)
-    monkeypatch.setenv("LCATTN_KV_FP8_ATTN", "0")
-    want = run()
-    monkeypatch.setenv("LCATTN_KV_FP8_ATTN", "1")
-    got, kernels = kernel_names(run)
+            return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+        return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=128)
+    want = run(ops.dequantize_kv_fp8(ckv8, 512, 64))
+    got, kernels = kernel_names(lambda: run(ckv8))
     if kernels:
         assert "attention_sm90_kernel<true>" in kernels, kernels
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -76,10 +76,9 @@ def test_e4m3_entries_are_the_quantized_entries(device, ratio, overlap, c, rope_
 
 
 @pytest.mark.parametrize("ratio,overlap,c,rope_dim", INSTANCES)
-def test_kv_fp8_entries_are_the_quantized_entries(device, monkeypatch, ratio, overlap, c, rope_dim):
+def test_kv_fp8_entries_are_the_quantized_entries(device, ratio, overlap, c, rope_dim):
     """With a uint8 out the op writes, bit for bit, ops.quantize_kv_fp8 of the fp32 entries it would
     write (chunked calls), and leaves the rows of unfinished blocks alone."""
-    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
     lengths = [ratio * 6 + 1, ratio * 3]
     inputs = make_inputs(2, max(lengths), ratio, overlap, c, rope_dim, device)
     norm_weight = inputs[3]  # tiles of very different sizes after the norm: scale bytes far from 127
@@ -103,26 +102,16 @@ def test_kv_fp8_entries_are_the_quantized_entries(device, monkeypatch, ratio, ov
     assert widened[:, :min(64, c - rope_dim)].isnan().all() and not widened[:, min(64, c - rope_dim):].isnan().any()
 
 
-def test_kv_fp8_needs_the_entry_bytes(device, monkeypatch):
-    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
+def test_kv_fp8_needs_the_entry_bytes(device):
     with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: out dim 2 must be 24"):  # 12 + 8 + 1 -> 24
         ops.compress_kv(*one_chunk(device), torch.zeros(1, 2, 16, dtype=torch.uint8, device=device), 4, True)
 
 
 @pytest.mark.cuda
-def test_kv_fp8_out_on_cuda_starts_on_16_bytes(monkeypatch):
-    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
+def test_kv_fp8_out_on_cuda_starts_on_16_bytes():
     bytes_ = ops.kv_fp8_bytes(16, 4)
     out = torch.zeros(2 * bytes_ + 8, dtype=torch.uint8, device="cuda")[8:].view(1, 2, bytes_)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: out must start on a 16-byte boundary"):
-        ops.compress_kv(*one_chunk("cuda"), out, 4, True)
-
-
-@pytest.mark.cuda
-def test_kv_fp8_on_cuda_is_off_without_its_switch(monkeypatch):
-    monkeypatch.delenv("LCATTN_KV_FP8_COMPRESS", raising=False)
-    out = torch.zeros(1, 2, ops.kv_fp8_bytes(16, 4), dtype=torch.uint8, device="cuda")
-    with pytest.raises(RuntimeError, match=r"LCATTN_KV_FP8_COMPRESS=1"):
         ops.compress_kv(*one_chunk("cuda"), out, 4, True)
 
 
@@ -204,8 +193,7 @@ def test_bad_input_is_rejected(device):
         ops.compress_kv(**{**ok, "kv": torch.randn(1, 16, 8, device=device).transpose(1, 2)})
 
 
-def test_kv_fp8_needs_an_even_width(device, monkeypatch):
-    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
+def test_kv_fp8_needs_an_even_width(device):
     out = torch.zeros(1, 2, ops.kv_fp8_bytes(9, 2), dtype=torch.uint8, device=device)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: kv_fp8 entries need an even width, got 9"):
         ops.compress_kv(*one_chunk(device, c=9, rope_dim=2), out, 4, True)

@@ -49,8 +49,7 @@ def model_calls(model, ids):
 
 
 @pytest.mark.parametrize("kv_fp8", [False, True])
-def test_decoder_matches_model_calls_and_one_shot_prefill(device, monkeypatch, kv_fp8):
-    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")  # with kv_fp8: the compressed entries in fp8
+def test_decoder_matches_model_calls_and_one_shot_prefill(device, kv_fp8):
     model = tiny_model(device)
     model.config.kv_fp8 = kv_fp8
     ids = torch.randint(0, model.config.vocab_size, (len(LENGTHS), max(LENGTHS) + STEPS), device=device)
@@ -68,10 +67,9 @@ def test_decoder_matches_model_calls_and_one_shot_prefill(device, monkeypatch, k
 @pytest.mark.cuda
 @needs_graph_allocator
 @pytest.mark.parametrize("kv_fp8", [False, True])
-def test_graph_steps_equal_eager_steps_cuda(monkeypatch, kv_fp8):
+def test_graph_steps_equal_eager_steps_cuda(kv_fp8):
     """Capture raises on any host sync in the step; the replays match eager steps bitwise; also with
     the compressed entries in the kv_fp8 form (widened to bf16 in the step)."""
-    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
     model = tiny_model("cuda")
     model.config.kv_fp8 = kv_fp8
     ids = torch.randint(0, model.config.vocab_size, (len(LENGTHS), max(LENGTHS) + STEPS), device="cuda")

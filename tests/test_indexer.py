@@ -109,13 +109,12 @@ def test_indexer_topk_prefill_scale_cuda():
     (3, 70, 1000, 64, [0, 1000, 133]),    # several sequences; early rows see no entry
     (1, 513, 4100, 64, [16384 - 513]),    # prefill block of a long context
 ])
-@pytest.mark.parametrize("kernel", ["wgmma", "wgmma scattered sums", "mma.sync"])
+@pytest.mark.parametrize("kernel", ["wgmma", "mma.sync"])
 def test_indexer_scores_prefill_kernels_cuda(monkeypatch, B, S, N, HI, q_start, kernel):
-    """Both prefill scoring kernels for head dim 128 (wgmma with keys as M, the default, also with
-    LCATTN_INDEXER_SCATTER_SUMS=1; mma.sync with LCATTN_INDEXER_SM90=0) against the reference, and
-    indexer_topk on each with blocks of rows that cross sequences."""
+    """Both prefill scoring kernels for head dim 128 (wgmma with keys as M, the default; mma.sync
+    with LCATTN_INDEXER_SM90=0) against the reference, and indexer_topk on each with blocks of rows
+    that cross sequences."""
     monkeypatch.setenv("LCATTN_INDEXER_SM90", "0" if kernel == "mma.sync" else "1")
-    monkeypatch.setenv("LCATTN_INDEXER_SCATTER_SUMS", "1" if "scattered" in kernel else "0")
     args = make_indexer(B, S, N, HI, 128, "cuda", q_start)
     assert_close(ops.indexer_scores(*args, ratio=4), reference.indexer_scores(*args, ratio=4), 1e-5, "scores")
     out = ops.indexer_topk(*args, k=64, ratio=4, block_rows=50)
@@ -159,19 +158,13 @@ def test_indexer_fp8_form(device, B, S, N, HI, DI, q_start):
                                               (1, 513, 4100, 64, [16384 - 513]),
                                               (3, 1, 5000, 64, [19999, 77, 4000]), (2, 2, 700, 40, [0, 2000])])
 @pytest.mark.parametrize("reads_e4m3", [True, False])
-@pytest.mark.parametrize("sums", ["selected", "scattered"])
-def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, reads_e4m3, sums):
+def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, reads_e4m3):
     """reads_e4m3: the kernels read e4m3 q and keys as they are, the wgmma kernel with e4m3 products
-    in prefill, the heads kernel at decode (up to 16 rows per sequence; LCATTN_INDEXER_FP8_DECODE=1),
-    which widens them exactly as it stages a tile; otherwise (LCATTN_INDEXER_FP8=0) the op widens
-    them to bf16 first. Either way scores as the reference computes them from the same values, and
-    indexer_topk on them with blocks that cross sequences. sums: the wgmma kernel's head sums, also
-    with LCATTN_INDEXER_SCATTER_SUMS=1."""
-    if sums == "scattered" and S <= 16:
-        pytest.skip("the head sums are the wgmma kernel's (prefill)")
+    in prefill, the heads kernel at decode (up to 16 rows per sequence), which widens them exactly as
+    it stages a tile; otherwise (LCATTN_INDEXER_FP8=0) the op widens them to bf16 first. Either way
+    scores as the reference computes them from the same values, and indexer_topk on them with blocks
+    that cross sequences."""
     monkeypatch.setenv("LCATTN_INDEXER_FP8", "1" if reads_e4m3 else "0")
-    monkeypatch.setenv("LCATTN_INDEXER_FP8_DECODE", "1")
-    monkeypatch.setenv("LCATTN_INDEXER_SCATTER_SUMS", "1" if sums == "scattered" else "0")
     (q8, w8, k8, qs, key_scales), _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
     mine = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
     ref = reference.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
@@ -276,21 +269,13 @@ def test_bad_input_is_rejected(device):
                                       (1, 65536, 65536), (2, 1100003, 600), (300, 40000, 512),
                                       (4100, 16384, 300), (16, 262144, 512), (40, 100003, 2048),
                                       (32, 1048576, 8192)])
-@pytest.mark.parametrize("variant", ["default", "filtered", "aggregated"])
-def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, variant):
+def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
     """Long rows spread over many CTAs (the default; LCATTN_TOPK_SPLIT=0 turns it off): the same
     indices as the one-CTA kernel (both take tied keys in index order), on rows with ties, -inf, NaN
-    and fewer candidates than k; 4100 rows run as two passes of at most 4096. filtered: with
-    LCATTN_TOPK_FILTER=1 (16 to 256 rows; the tied row overflows its chunks' slots and goes on
-    through the rounds; a row in steps of 1/8 has ties within its slots; at k = 8192 a row keeps
-    more keys than the finish kernel holds and goes on through the rounds too). aggregated:
-    LCATTN_TOPK_AGGREGATE=1 (round 0's histogram adds once per bin and warp) and
-    LCATTN_TOPK_WRITE_CTAS=8 (the write kernel in 32 registers)."""
-    if variant == "filtered" and not 16 <= rows <= 256:
-        pytest.skip("the filtering path takes 16 to 256 rows")
-    monkeypatch.setenv("LCATTN_TOPK_FILTER", "1" if variant == "filtered" else "0")
-    monkeypatch.setenv("LCATTN_TOPK_AGGREGATE", "1" if variant == "aggregated" else "0")
-    monkeypatch.setenv("LCATTN_TOPK_WRITE_CTAS", "8" if variant == "aggregated" else "0")
+    and fewer candidates than k; 4100 rows run as two passes of at most 4096. 16 to 256 rows are
+    filtered after round 0: the tied row overflows its chunks' slots and goes on through the rounds;
+    a row in steps of 1/8 has ties within its slots; at k = 8192 a row keeps more keys than the
+    finish kernel holds and goes on through the rounds too."""
     scores = torch.randn(rows, N, device="cuda")
     scores[0, ::5] = float("-inf")
     if rows > 1:
@@ -314,11 +299,10 @@ def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, variant)
 @pytest.mark.cuda
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
-@pytest.mark.parametrize("rows,filtered", [(5, False), (20, True)])
-def test_split_topk_graph_replay_cuda(monkeypatch, rows, filtered):
+@pytest.mark.parametrize("rows", [5, 20])
+def test_split_topk_graph_replay_cuda(rows):
     """The split top-k replayed in a CUDA graph with new scores each time (its counters start from
-    zero on every replay) picks what an eager call picks; also filtered (LCATTN_TOPK_FILTER=1)."""
-    monkeypatch.setenv("LCATTN_TOPK_FILTER", "1" if filtered else "0")
+    zero on every replay) picks what an eager call picks; at 20 rows filtered after round 0."""
     scores = torch.randn(rows, 70000, device="cuda")
     graph, picked = capture(lambda: ops.topk_indices(scores, 512))
     for step in range(4):

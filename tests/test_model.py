@@ -90,11 +90,10 @@ def test_fp8_indexer(device):
     assert keys.nbytes(10) - keys.nbytes(0) == 10 * (dim + 4)
 
 
-def test_kv_fp8_cache(device, monkeypatch):
+def test_kv_fp8_cache(device):
     """kv_fp8: chunked prefill and decode give the one-shot logits, the logits stay near the bf16
     cache's (same weights; fp8 rounding of the entries), and the CSA and HCA entries are cached in
     the kv_fp8 form: 88 bytes at the tiny model's head dim 64 against 128."""
-    monkeypatch.setenv("LCATTN_KV_FP8_COMPRESS", "1")
     model = tiny_model(device, layer_types=[CSA, HCA])
     ids = torch.randint(0, model.config.vocab_size, (2, 60), device=device)
     bf16 = model(ids)

@@ -181,16 +181,13 @@ def main() -> None:
     parser.add_argument("--index-fp8", action="store_true", help="layer cases: the CSA indexer in the fp8 form "
                         "(config.index_fp8)")
     parser.add_argument("--kv-fp8", action="store_true", help="layer cases: the compressed attention entries in "
-                        "the kv_fp8 form (config.kv_fp8; sets LCATTN_KV_FP8_COMPRESS=1, which the CUDA "
-                        "compressor needs for that form)")
+                        "the kv_fp8 form (config.kv_fp8)")
     parser.add_argument("--switch", action="append", default=[], metavar="NAME=A,B[:OPS]",
                         help="also time every case (or those of the ops OPS, a comma list; `layers` for the "
                         "layer cases) with this run-time switch at B (and further values); A is the reference")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args()
     settings = switch_settings(args.switch)
-    if args.kv_fp8:
-        os.environ["LCATTN_KV_FP8_COMPRESS"] = "1"
     wanted = args.ops.split(",")
     unknown = set(wanted) - set(FAMILIES) - {"layers"}
     if unknown:

@@ -12,8 +12,8 @@
 //        softmax in fp32 (base 2), and accumulate O[:, dims w] += P V[:, dims w] with P (bf16) in
 //        registers and V = K read MN-major from the same buffer.
 // Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB, 128B-swizzled tiles.
-// Entries in the kv_fp8 form (kFp8Entries, LCATTN_KV_FP8_ATTN=1) are widened to bf16 by the producer
-// as it stores them (exact), so the math is the same.
+// Entries in the kv_fp8 form (kFp8Entries) are widened to bf16 by the producer as it stores them
+// (exact), so the math is the same.
 // With several splits (decode), each CTA writes its unnormalised output and (max, sum) to the
 // workspace and a second kernel combines them, adds the sink and undoes the query rotation; or, with
 // fused_combine, the last CTA of each query to finish does that itself.
@@ -327,9 +327,7 @@ cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream)
 
 bool attention_sm90_supported(const AttentionParams& p) { return sm90_takes(p, p.ckv_fp8 != nullptr); }
 
-bool attention_reads_kv_fp8(const AttentionParams& p) {
-  return env_is("LCATTN_KV_FP8_ATTN", "1") && sm90_takes(p, true);
-}
+bool attention_reads_kv_fp8(const AttentionParams& p) { return sm90_takes(p, true); }
 
 int attention_splits(const AttentionParams& p, int num_sms) {
   if (!attention_sm90_supported(p)) return 1;
@@ -352,8 +350,8 @@ int64_t attention_workspace_floats(const AttentionParams& p) {
 }
 
 bool attention_fuses_combine(const AttentionParams& p) {
-  // With more splits the last CTA would read too many partials alone (65 at 1M context, 8.5 MB).
-  return p.splits > 1 && p.splits <= 4 && attention_sm90_supported(p) && env_is("LCATTN_ATTN_FUSED_COMBINE", "1");
+  return p.splits > 1 && p.splits <= kMaxFusedSplits && attention_sm90_supported(p) &&
+         env_is("LCATTN_ATTN_FUSED_COMBINE", "1");
 }
 
 cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {

@@ -19,6 +19,8 @@ constexpr int kChunk = 64;                // bf16 per 128-byte swizzled row
 constexpr int kChunks = kDim / kChunk;    // 8
 constexpr int kChunkBytes = kKeys * 128;  // one [64 rows][64 cols] swizzled chunk: 8 KB
 constexpr int kPartStride = kDim + 4;     // workspace row: O (512), then (max, sum), 16-byte rows
+// With more splits the last CTA would read too many partials alone (65 at 1M context, 8.5 MB).
+constexpr int kMaxFusedSplits = 4;
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 constexpr int kMaxRopePairs = 32;  // RoPE channels <= 64
@@ -214,24 +216,43 @@ __device__ __forceinline__ void combine_if_last(const AttentionParams& p, int& l
   }
   named_barrier_sync(bar_decided, 256);
   if (!last_split) return;
+  // Each thread loads the partials of kHeadsInFlight heads for every split before it adds any: the
+  // loads are independent, so the tail pays one L2 round trip per kHeadsInFlight heads, not two per
+  // head and split.
+  constexpr int kHeadsInFlight = 4;
   const int d = (threadIdx.x % 128) * 4;
-  for (int h = threadIdx.x / 128; h < kHeads; h += 2) {
-    const float* parts = p.workspace + (head0 + h) * kPartStride;  // split i at parts + i * split_stride
-    float m = -INFINITY;
-    for (int i = 0; i < p.splits; ++i) m = fmaxf(m, __ldcg(parts + i * split_stride + kDim));
-    const float m_use = max_ref(m);
-    float l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int i = 0; i < p.splits; ++i) {
-      const float* part = parts + i * split_stride;
-      const float w = exp2f(__ldcg(part + kDim) - m_use);  // 0 for a split that saw no key
-      l = __fadd_rn(l, __fmul_rn(w, __ldcg(part + kDim + 1)));
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(part + d));
-      acc[0] = __fadd_rn(acc[0], __fmul_rn(w, v.x));
-      acc[1] = __fadd_rn(acc[1], __fmul_rn(w, v.y));
-      acc[2] = __fadd_rn(acc[2], __fmul_rn(w, v.z));
-      acc[3] = __fadd_rn(acc[3], __fmul_rn(w, v.w));
+  for (int h0 = threadIdx.x / 128; h0 < kHeads; h0 += 2 * kHeadsInFlight) {
+    float2 ml[kHeadsInFlight][kMaxFusedSplits];  // (max, sum) of head h0 + 2 j, split i
+    float4 v[kHeadsInFlight][kMaxFusedSplits];
+#pragma unroll
+    for (int j = 0; j < kHeadsInFlight; ++j)
+#pragma unroll
+      for (int i = 0; i < kMaxFusedSplits; ++i)
+        if (i < p.splits) {
+          const float* part = p.workspace + (head0 + h0 + 2 * j) * kPartStride + i * split_stride;
+          ml[j][i] = __ldcg(reinterpret_cast<const float2*>(part + kDim));
+          v[j][i] = __ldcg(reinterpret_cast<const float4*>(part + d));
+        }
+#pragma unroll
+    for (int j = 0; j < kHeadsInFlight; ++j) {
+      float m = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < kMaxFusedSplits; ++i)
+        if (i < p.splits) m = fmaxf(m, ml[j][i].x);
+      const float m_use = max_ref(m);
+      float l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int i = 0; i < kMaxFusedSplits; ++i)
+        if (i < p.splits) {
+          const float w = exp2f(ml[j][i].x - m_use);  // 0 for a split that saw no key
+          l = __fadd_rn(l, __fmul_rn(w, ml[j][i].y));
+          acc[0] = __fadd_rn(acc[0], __fmul_rn(w, v[j][i].x));
+          acc[1] = __fadd_rn(acc[1], __fmul_rn(w, v[j][i].y));
+          acc[2] = __fadd_rn(acc[2], __fmul_rn(w, v[j][i].z));
+          acc[3] = __fadd_rn(acc[3], __fmul_rn(w, v[j][i].w));
+        }
+      write_combined<true>(p, head0 + h0 + 2 * j, d, acc, l, m, unrotate);
     }
-    write_combined<true>(p, head0 + h, d, acc, l, m, unrotate);
   }
 }
 

@@ -315,12 +315,11 @@ bool sm90_kernel_applies(const IndexerParams& p) {
 
 }  // namespace
 
-// Prefill (e4m3 wgmma) and, with LCATTN_INDEXER_FP8_DECODE=1 until it has run on a GPU, decode (the
-// heads kernel, which widens e4m3 exactly as it stages a tile; the adapter's widening copies the
-// whole key cache each step).
+// Prefill (e4m3 wgmma) and decode (the heads kernel, which widens e4m3 exactly as it stages a tile,
+// instead of the adapter's widening, which copies the whole key cache each step).
 bool indexer_reads_e4m3(const IndexerParams& p) {
   if (env_is("LCATTN_INDEXER_FP8", "0")) return false;
-  if (heads_kernel_applies(p)) return env_is("LCATTN_INDEXER_FP8_DECODE", "1");
+  if (heads_kernel_applies(p)) return true;
   return p.S > kHeadsRowsMax && sm90_kernel_applies(p);
 }
 

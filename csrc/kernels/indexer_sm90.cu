@@ -16,7 +16,6 @@
 #include "common/sm90.cuh"
 #include "indexer_sm90.h"
 #include "lcattn/shared_math.h"
-#include "lcattn/switches.h"
 
 namespace lcattn {
 namespace {
@@ -60,8 +59,7 @@ __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int
 // The sums over heads of w_h max(S, 0) from a pair's accumulators acc[tile][64] (a thread holds 16
 // heads of each of its key rows and query rows; the other 48 are in the 3 other lanes of its quad).
 // w[q][j]: the weights of heads 8 j + 2 (lane % 4) and + 1. This thread's 16 heads, for each
-// (tile, query row, half: key rows + 0 and + 8), in kChains fma chains of a max and an fma a product.
-template <int kChains>
+// (tile, query row, half: key rows + 0 and + 8), one fma chain of a max and an fma a product.
 __device__ __forceinline__ void thread_head_sums(const float (&acc)[2][64], const float2 (&w)[2][8],
                                                  float (&sums)[2][2][2]) {
 #pragma unroll
@@ -70,14 +68,14 @@ __device__ __forceinline__ void thread_head_sums(const float (&acc)[2][64], cons
     for (int q = 0; q < 2; ++q)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        float chain[kChains] = {};
+        float sum = 0.f;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           const float* a = &acc[t][(8 * q + j) * 4 + 2 * half];
-          chain[0] = fmaf(w[q][j].x, fmaxf(a[0], 0.f), chain[0]);
-          chain[kChains - 1] = fmaf(w[q][j].y, fmaxf(a[1], 0.f), chain[kChains - 1]);
+          sum = fmaf(w[q][j].x, fmaxf(a[0], 0.f), sum);
+          sum = fmaf(w[q][j].y, fmaxf(a[1], 0.f), sum);
         }
-        sums[t][q][half] = kChains == 2 ? chain[0] + chain[kChains - 1] : chain[0];
+        sums[t][q][half] = sum;
       }
 }
 
@@ -86,7 +84,7 @@ __device__ __forceinline__ void thread_head_sums(const float (&acc)[2][64], cons
 __device__ __forceinline__ void head_sums_selected(const float (&acc)[2][64], const float2 (&w)[2][8], int t, int q,
                                                    float (&total)[2]) {
   float sums[2][2][2];
-  thread_head_sums<1>(acc, w, sums);
+  thread_head_sums(acc, w, sums);
 #pragma unroll
   for (int tt = 0; tt < 2; ++tt)
 #pragma unroll
@@ -107,32 +105,9 @@ __device__ __forceinline__ void head_sums_selected(const float (&acc)[2][64], co
   }
 }
 
-// The same in two fma chains each, then reduced and scattered over the quad: lanes 2 apart swap
-// tiles (4 shuffles), then lanes 1 apart swap rows (2): 6 shuffles, not 16, and no select.
-__device__ __forceinline__ void head_sums_scattered(const float (&acc)[2][64], const float2 (&w)[2][8], int t, int q,
-                                                    float (&total)[2]) {
-  float sums[2][2][2];
-  thread_head_sums<2>(acc, w, sums);
-  float by_row[2][2];  // [query row][half] of tile t, over lanes 2 apart
-#pragma unroll
-  for (int qq = 0; qq < 2; ++qq)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const float keep = t ? sums[1][qq][half] : sums[0][qq][half];
-      const float give = t ? sums[0][qq][half] : sums[1][qq][half];
-      by_row[qq][half] = keep + __shfl_xor_sync(0xffffffffu, give, 2);
-    }
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const float keep = q ? by_row[1][half] : by_row[0][half];
-    const float give = q ? by_row[0][half] : by_row[1][half];
-    total[half] = keep + __shfl_xor_sync(0xffffffffu, give, 1);
-  }
-}
-
 // grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreads threads; q and keys
-// bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3); kScatterSums: head_sums_scattered.
-template <int kElemBytes, bool kScatterSums>
+// bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3).
+template <int kElemBytes>
 __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const IndexerParams p) {
   using E = Elem<kElemBytes>;
   extern __shared__ uint8_t smem_raw[];
@@ -248,10 +223,7 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
 
     // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.
     float total[2];
-    if constexpr (kScatterSums)
-      head_sums_scattered(acc, w, t_out, q_out, total);
-    else
-      head_sums_selected(acc, w, t_out, q_out, total);
+    head_sums_selected(acc, w, t_out, q_out, total);
     const int s = s_first + 2 * i + q_out;
     if (s < s_hi) {
       const int visible = visible_entries(q0 + s, p.ratio, p.N);
@@ -265,23 +237,16 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
   }
 }
 
-template <int kElemBytes, bool kScatterSums>
+template <int kElemBytes>
 cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const void* kernel = reinterpret_cast<const void*>(indexer_scores_sm90_kernel<kElemBytes, kScatterSums>);
+  const void* kernel = reinterpret_cast<const void*>(indexer_scores_sm90_kernel<kElemBytes>);
   const cudaError_t err = allow_dynamic_smem(smem_limit, kernel, kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
   const dim3 grid(unsigned(ceil_div(p.N, kKeys)), unsigned(chunks));
-  indexer_scores_sm90_kernel<kElemBytes, kScatterSums><<<grid, kThreads, kSmemBytes<kElemBytes>, stream>>>(p);
+  indexer_scores_sm90_kernel<kElemBytes><<<grid, kThreads, kSmemBytes<kElemBytes>, stream>>>(p);
   return cudaGetLastError();
-}
-
-// head_sums_scattered with LCATTN_INDEXER_SCATTER_SUMS=1 until it has run on a GPU.
-template <int kElemBytes>
-cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
-  return env_is("LCATTN_INDEXER_SCATTER_SUMS", "1") ? launch<kElemBytes, true>(p, stream)
-                                                    : launch<kElemBytes, false>(p, stream);
 }
 
 }  // namespace

@@ -11,7 +11,7 @@
 //   and its ties, learns the earlier chunks' counts by a decoupled look-back (CTAs take chunks in
 //   ticket order, so every chunk they wait on is running or done), and puts its picks after theirs
 //   in index order (ties: the first ones).
-// With LCATTN_TOPK_FILTER=1 (until it has run on a GPU; 16 to 256 rows of up to 4M entries), after
+// For 16 to 256 rows of up to 4M entries, after
 // round 0 a filter kernel keeps each chunk's keys at or above the bin of round 0's digit (every pick
 // is among them), in index order, and a finish kernel per row runs rounds 1 and 2 and the ordered
 // write on those few thousand keys in shared memory: the rows are read twice, not four times. A row
@@ -27,7 +27,6 @@
 #include "common/reduce.cuh"
 #include "common/topk_key.cuh"
 #include "lcattn/api.h"
-#include "lcattn/switches.h"
 #include "lcattn/workspace.h"
 
 namespace lcattn {
@@ -70,7 +69,7 @@ inline int filter_slots(int k, int chunks) {
 // for any p.R from kFilterMinRows: a call may have fewer rows than the workspace was sized for
 // (indexer_topk's last block of rows), and its Layout must fit in that workspace.
 bool filter_sized(const TopkParams& p) {
-  return env_is("LCATTN_TOPK_FILTER", "1") && p.R >= kFilterMinRows && p.k >= 1 && p.k <= kFilterMaxKeys &&
+  return p.R >= kFilterMinRows && p.k >= 1 && p.k <= kFilterMaxKeys &&
          (int64_t(p.N) + kChunk - 1) / kChunk <= kFilterMaxChunks;
 }
 
@@ -121,12 +120,8 @@ struct Layout {
 };
 
 // grid (chunks, R): histogram of round r's digit over the chunk's keys that match the prefix; in
-// round 0 also the chunk's candidates. With `aggregate` the lanes of a warp that hit the same bin add
-// to it once (match.any, then one atomic per distinct bin): round 0 takes every key, and real scores
-// fall in a few of its bins, so its shared atomics otherwise serialize (1.0 M wavefronts against 76 K
-// in round 1 at 64 x 262,144; kernel notes). LCATTN_TOPK_AGGREGATE=1 until it has run on a GPU.
-__global__ void __launch_bounds__(kThreads)
-    topk_hist_kernel(const TopkParams p, const Layout l, int r, bool aggregate) {
+// round 0 also the chunk's candidates.
+__global__ void __launch_bounds__(kThreads) topk_hist_kernel(const TopkParams p, const Layout l, int r) {
   __shared__ int hist[kBins];
   __shared__ int scratch[32];
   chain_start();
@@ -140,21 +135,10 @@ __global__ void __launch_bounds__(kThreads)
   const float* scores = p.scores + int64_t(row) * p.N;
   const int begin = blockIdx.x * kChunk, end = min(p.N, begin + kChunk);
   int candidates = 0;
-  if (aggregate) {
-    for (int i0 = begin; i0 < end; i0 += kThreads) {  // warp-uniform trips, so every lane takes part in the match
-      const int i = i0 + int(threadIdx.x);
-      const uint32_t key = i < end ? topk_key(scores[i]) : 0u;
-      candidates += key != 0u;
-      const int bin = i < end && (key & mask) == prefix ? int((key >> shift) & digits) : -1;
-      const unsigned peers = __match_any_sync(0xffffffffu, bin);
-      if (bin >= 0 && (threadIdx.x & 31) == unsigned(__ffs(peers) - 1)) atomicAdd(&hist[bin], __popc(peers));
-    }
-  } else {
-    for (int i = begin + threadIdx.x; i < end; i += kThreads) {
-      const uint32_t key = topk_key(scores[i]);
-      candidates += key != 0u;
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & digits], 1);
-    }
+  for (int i = begin + threadIdx.x; i < end; i += kThreads) {
+    const uint32_t key = topk_key(scores[i]);
+    candidates += key != 0u;
+    if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & digits], 1);
   }
   if (r == 0) candidates = block_sum(candidates, scratch);  // (its syncs also order the hist)
   __syncthreads();
@@ -271,11 +255,9 @@ __device__ __forceinline__ void write_picks(const uint32_t (&key)[kPerLane], uin
 // grid chunks x R (in ticket order): the chunk's picks, in index order after the earlier chunks'
 // picks. Warp w holds entries [w * 512, (w + 1) * 512) of the chunk, 16 per lane; ballots order the
 // lanes. The last chunk writes the -1 padding.
-// kMinBlocks 0 leaves the registers to ptxas (59, 4 CTAs an SM); 8 (LCATTN_TOPK_WRITE_CTAS=8, until it
-// has run on a GPU) holds them to 32 without spills, 8 CTAs an SM, so twice the chunks have their loads
-// in flight while others wait in the look-back.
-template <int kMinBlocks>
-__global__ void __launch_bounds__(kThreads, kMinBlocks) topk_write_kernel(const TopkParams p, const Layout l) {
+// Held to 32 registers without spills, 8 CTAs an SM (left to ptxas it takes 59, 4 CTAs an SM), so
+// twice the chunks have their loads in flight while others wait in the look-back (1.06-1.09x).
+__global__ void __launch_bounds__(kThreads, 8) topk_write_kernel(const TopkParams p, const Layout l) {
   __shared__ int chunk_id, warp_above[kWarps], warp_ties[kWarps];
   __shared__ int before[2];  // keys above the threshold and ties in the earlier chunks
   chain_start();
@@ -474,12 +456,11 @@ cudaError_t topk_split_cuda(const TopkParams& all, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
     // Each kernel after the first is placed while the one before finishes (common/chain.cuh).
     const dim3 grid(unsigned(l.chunks), unsigned(p.R));
-    const bool aggregate = env_is("LCATTN_TOPK_AGGREGATE", "1");  // round 0 only
     for (int r = 0; r < 3 && err == cudaSuccess; ++r) {
       if (r == 0)
-        topk_hist_kernel<<<grid, kThreads, 0, stream>>>(p, l, r, aggregate);
+        topk_hist_kernel<<<grid, kThreads, 0, stream>>>(p, l, r);
       else
-        err = launch_chained(topk_hist_kernel, grid, kThreads, 0, stream, p, l, r, false);
+        err = launch_chained(topk_hist_kernel, grid, kThreads, 0, stream, p, l, r);
       if (err == cudaSuccess)
         err = launch_chained(topk_select_kernel, dim3(unsigned(p.R)), kThreads, 0, stream, p, l, r);
       if (r == 0 && err == cudaSuccess && l.filters(p)) {
@@ -491,8 +472,7 @@ cudaError_t topk_split_cuda(const TopkParams& all, cudaStream_t stream) {
       }
     }
     if (err == cudaSuccess)
-      err = launch_chained(env_is("LCATTN_TOPK_WRITE_CTAS", "8") ? topk_write_kernel<8> : topk_write_kernel<0>,
-                           dim3(unsigned(int64_t(l.chunks) * p.R)), kThreads, 0, stream, p, l);
+      err = launch_chained(topk_write_kernel, dim3(unsigned(int64_t(l.chunks) * p.R)), kThreads, 0, stream, p, l);
     if (err != cudaSuccess || (err = cudaGetLastError()) != cudaSuccess) return err;
   }
   return cudaSuccess;

@@ -31,17 +31,15 @@ at::Tensor widen_kv_fp8(const at::Tensor& x, const KvFp8Layout& l) {
   return out;
 }
 
-// Sets p.ckv_fp8 to ckv's kv_fp8 entries where the kernel reads them as they are; false where the
-// caller widens them instead.
-bool read_kv_fp8_directly(const char* op, AttentionParams& p, const at::Tensor& ckv) {
+// Sets p.ckv_fp8 to ckv's kv_fp8 entries where the kernel reads them as they are (its shapes, entries
+// on a 16-byte boundary); false where the caller widens them instead.
+bool read_kv_fp8_directly(AttentionParams& p, const at::Tensor& ckv) {
 #if defined(LCATTN_WITH_CUDA)
-  if (ckv.is_cuda() && attention_reads_kv_fp8(p)) {
-    check_aligned_16(op, "ckv", ckv);
+  if (ckv.is_cuda() && reinterpret_cast<uintptr_t>(ckv.data_ptr()) % 16 == 0 && attention_reads_kv_fp8(p)) {
     p.ckv_fp8 = ptr<const uint8_t>(ckv);
     return true;
   }
 #endif
-  (void)op;
   (void)p;
   (void)ckv;
   return false;
@@ -142,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attn(const at::Tensor& q, const at::Te
   checks.add("indices", indices, -1, p.N - 1);
   checks.run();
   at::Tensor entries, selected = indices;  // kv_fp8 widened: the bf16 entries and the indices into them
-  if (ckv.scalar_type() == at::kByte && !read_kv_fp8_directly(op, p, ckv)) {
+  if (ckv.scalar_type() == at::kByte && !read_kv_fp8_directly(p, ckv)) {
     std::tie(entries, selected) = widen_selected(ckv, indices, KvFp8Layout{p.D, p.rope_dim});
     p.ckv = ptr<const bf16>(entries);
     p.N = int(entries.size(1));
@@ -168,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor> dense_attn(const at::Tensor& q, const at::Ten
   checks.run();
   p.ratio = int(ratio);
   at::Tensor entries;  // kv_fp8 widened: the bf16 entries
-  if (ckv.scalar_type() == at::kByte && !read_kv_fp8_directly(op, p, ckv)) {
+  if (ckv.scalar_type() == at::kByte && !read_kv_fp8_directly(p, ckv)) {
     entries = widen_kv_fp8(ckv, KvFp8Layout{p.D, p.rope_dim});
     p.ckv = ptr<const bf16>(entries);
   }

@@ -38,9 +38,6 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
     LCATTN_CHECK(c % 2 == 0, op, "kv_fp8 entries need an even width, got ", c);
     check_aligned_16(op, "out", out);
   }
-  // Until the CUDA store of the kv_fp8 form has run on a GPU it is taken only on request.
-  LCATTN_CHECK(type != at::kByte || !out.is_cuda() || env_is("LCATTN_KV_FP8_COMPRESS", "1"), op,
-               "writing kv_fp8 entries on CUDA is off unless LCATTN_KV_FP8_COMPRESS=1");
   const bool e4m3 = type == at::kFloat8_e4m3fn;
   LCATTN_CHECK(e4m3 == out_scales.has_value(), op, "out_scales [B, N] go with an e4m3 out, and only with one");
   if (e4m3) check_tensor(op, "out_scales", *out_scales, at::kFloat, {B, out.size(1)}, kv);

@@ -85,8 +85,7 @@ def main() -> None:
     parser.add_argument("--index-fp8", action="store_true", help="the indexer in fp8: e4m3 keys with a scale per "
                         "entry in the cache, e4m3 queries (config.index_fp8)")
     parser.add_argument("--kv-fp8", action="store_true", help="the compressed attention entries cached in the "
-                        "kv_fp8 form, the bytes of FlashMLA's V4 fp8 entries (config.kv_fp8; sets "
-                        "LCATTN_KV_FP8_COMPRESS=1, which the CUDA compressor needs for that form)")
+                        "kv_fp8 form, the bytes of FlashMLA's V4 fp8 entries (config.kv_fp8)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -105,8 +104,6 @@ def main() -> None:
     if layers and device.type != "cuda":
         config = config.with_layers(layers)
     config.index_fp8, config.kv_fp8 = args.index_fp8, args.kv_fp8
-    if args.kv_fp8:
-        os.environ["LCATTN_KV_FP8_COMPRESS"] = "1"
     context = args.context or (131072 if device.type == "cuda" else 16384)
     if not args.decode < context <= config.max_positions:
         parser.error(f"--context must exceed --decode and be at most {config.max_positions}")

@@ -31,7 +31,7 @@ def compress_kv(kv: Tensor, score: Tensor, seq_lens: Tensor, start_pos: Tensor, 
     [c], inv_freq [rope_dim / 2] fp32. out [B, N, c] (fp32, bf16, or float8_e4m3fn with out_scales
     [B, N] fp32: entry i quantized as :func:`quantize_e4m3` does, its scale at out_scales[b, i]), or
     uint8 [B, N, kv_fp8_bytes(c, rope_dim)] (the kv_fp8 form, as :func:`quantize_kv_fp8` makes it;
-    c even; on CUDA 16-byte aligned and with LCATTN_KV_FP8_COMPRESS=1):
+    c even; on CUDA 16-byte aligned):
     every entry i completed by the chunk is written at out[b, i] (entries i >= N are skipped).
     Chunked calls write the same entries as one call over the whole sequence.
     """

@@ -235,9 +235,8 @@ def sparse_attn_cases(quick):
         nbytes = 2 * B * (K + 128) * 512  # the keys each sequence reads
         yield "sparse_attn", f"flash decode B={B} keys={K}+128 (graph)", flops, nbytes, make, {
             "unfused torch": make_base}
-    # The same decode with the entries in the kv_fp8 form (the driver's --switch LCATTN_KV_FP8_ATTN=0,1
-    # times the widened and the direct read), against lcattn's bf16 decode of the dequantized entries
-    # and FlashMLA's fp8 decode.
+    # The same decode with the entries in the kv_fp8 form, against lcattn's bf16 decode of the
+    # dequantized entries and FlashMLA's fp8 decode.
     # The flash_mla package if it has V4's decode and agrees with lcattn, else the built library.
     fp8_decode = None
     for source in ("package", "library"):

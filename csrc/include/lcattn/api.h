@@ -33,7 +33,7 @@ cudaError_t compress_kv_cuda(const CompressParams& p, cudaStream_t stream);
 cudaError_t indexer_scores_cuda(const IndexerParams& p, cudaStream_t stream);
 // Whether indexer_scores_cuda reads the e4m3 form of p directly (p.q_e4m3, p.keys_e4m3), unless
 // LCATTN_INDEXER_FP8=0: the wgmma kernel past 16 rows per sequence (not with LCATTN_INDEXER_SM90=0),
-// the heads kernel at decode with LCATTN_INDEXER_FP8_DECODE=1.
+// and the heads kernel at decode.
 bool indexer_reads_e4m3(const IndexerParams& p);
 cudaError_t topk_cuda(const TopkParams& p, cudaStream_t stream);
 // The split top-k for few long rows (topk_split.cu): the bytes of p.split_workspace it needs, 0 when
@@ -48,7 +48,7 @@ cudaError_t attention_cuda(const AttentionParams& p, cudaStream_t stream);
 // attention_workspace_floats(p) floats.
 int attention_splits(const AttentionParams& p, int num_sms);
 // Whether attention_cuda reads entries in the kv_fp8 form (p.ckv_fp8) directly: the Hopper kernel's
-// shapes, with LCATTN_KV_FP8_ATTN=1 until that path has run on a GPU.
+// shapes (otherwise the caller widens them to bf16).
 bool attention_reads_kv_fp8(const AttentionParams& p);
 int64_t attention_workspace_floats(const AttentionParams& p);
 // Whether, with p.splits set, the last split of each query combines the splits itself instead of a
