@@ -52,37 +52,51 @@ enum : int { kBarLogits = 1, kBarRead = 2 };
 // As load_tile, for a block whose entry rows (entry: lane's row is one) are in the kv_fp8 form: bf16
 // rows go by cp.async, entries are read in 8-byte loads and widened to bf16 before the swizzled store.
 // 16-byte unit u holds channels 8u .. 8u + 7: e4m3 times its tile's scale below l.nope(), bf16 above
-// (l.nope() a multiple of 8). The caller waits for its cp.async before it publishes the tile.
+// (l.nope() a multiple of 8). The loads of kRowsInFlight rows are issued before any is widened, so a
+// block costs 16 / kRowsInFlight round trips, not 16 (4 rows spill in the producer's 56 registers).
+// The caller waits for its cp.async before it publishes the tile.
 __device__ __forceinline__ void load_tile_kv_fp8(uint8_t* tile, int warp, int lane, const void* mine, bool entry,
                                                  const void* any, float* bias, const KvFp8Layout& l) {
-#pragma unroll 2
-  for (int j = 0; j < 16; ++j) {
-    const int r = warp * 16 + j;
-    const void* src =
-        reinterpret_cast<const void*>(__shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j));
-    const bool widen = __shfl_sync(0xffffffff, entry, j);
+  constexpr int kRowsInFlight = 2;
+  for (int j0 = 0; j0 < 16; j0 += kRowsInFlight) {
+    // raw[jj][half]: e4m3 values in .x, .y and the tile's scale byte in .z, or 8 bf16 RoPE channels.
+    uint4 raw[kRowsInFlight][2];
+    bool widen[kRowsInFlight];
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int unit = half * 32 + lane;
-      uint8_t* dst = tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8);
-      if (!widen) {
-        cp_async_16(dst, src ? static_cast<const uint8_t*>(src) + unit * 16 : any, src ? 16 : 0);
-        continue;
+    for (int jj = 0; jj < kRowsInFlight; ++jj) {
+      const int r = warp * 16 + j0 + jj;
+      const auto* src = reinterpret_cast<const uint8_t*>(
+          __shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j0 + jj));
+      widen[jj] = __shfl_sync(0xffffffff, entry, j0 + jj);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int unit = half * 32 + lane, ch = unit * 8;
+        if (!widen[jj]) {
+          cp_async_16(tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8), src ? src + unit * 16 : any,
+                      src ? 16 : 0);
+        } else if (ch < l.nope()) {
+          const uint2 v = __ldg(reinterpret_cast<const uint2*>(src + ch));
+          raw[jj][half] = make_uint4(v.x, v.y, __ldg(src + l.scale_offset() + ch / KvFp8Layout::kTile), 0u);
+        } else {  // RoPE channels, bf16, 8-byte aligned
+          const uint2* rope = reinterpret_cast<const uint2*>(src + l.rope_offset() + 2 * (ch - l.nope()));
+          const uint2 lo = __ldg(rope), hi = __ldg(rope + 1);
+          raw[jj][half] = make_uint4(lo.x, lo.y, hi.x, hi.y);
+        }
       }
-      const uint8_t* e = static_cast<const uint8_t*>(src);
-      const int ch = unit * 8;
-      uint4 v;
-      if (ch < l.nope()) {
-        const float scale = kv_fp8_scale(__ldg(e + l.scale_offset() + ch / KvFp8Layout::kTile));
-        v = widen8_e4m3(__ldg(reinterpret_cast<const uint2*>(e + ch)), scale);
-      } else {  // RoPE channels, bf16, 8-byte aligned
-        const uint2* rope = reinterpret_cast<const uint2*>(e + l.rope_offset() + 2 * (ch - l.nope()));
-        const uint2 lo = __ldg(rope), hi = __ldg(rope + 1);
-        v = make_uint4(lo.x, lo.y, hi.x, hi.y);
-      }
-      *reinterpret_cast<uint4*>(dst) = v;
+      if (bias && lane == 0) bias[r] = src ? 0.f : -INFINITY;
     }
-    if (bias && lane == 0) bias[r] = src ? 0.f : -INFINITY;
+#pragma unroll
+    for (int jj = 0; jj < kRowsInFlight; ++jj) {
+      if (!widen[jj]) continue;
+      const int r = warp * 16 + j0 + jj;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int unit = half * 32 + lane, ch = unit * 8;
+        const uint4 v = raw[jj][half];
+        *reinterpret_cast<uint4*>(tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8)) =
+            ch < l.nope() ? widen8_e4m3(make_uint2(v.x, v.y), kv_fp8_scale(uint8_t(v.z))) : v;
+      }
+    }
   }
 }
 
