@@ -61,20 +61,18 @@ __device__ __forceinline__ void load_half(uint8_t* tile, int r0, int lane, int h
   }
 }
 
-// S[64 heads x 64 keys] = Q K^T over all 512 dims for key buffer w (issued, committed, not waited):
-// the first half of the dims once its half of the buffer has landed, then the second.
-__device__ __forceinline__ void issue_logits(float (&s)[32], PairStorage& sm, int w, uint32_t phase) {
+// S[64 heads x 64 keys] += Q K^T over the dims of half h of key buffer w (first: S = instead), once
+// that half has landed; issued and committed as its own group, not waited.
+__device__ __forceinline__ void issue_logits_half(float (&s)[32], PairStorage& sm, int w, int h, uint32_t phase,
+                                                  bool first) {
+  mbar_wait(&sm.full[w][h], phase);
+  fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
+  wgmma_fence();
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    mbar_wait(&sm.full[w][h], phase);
-    fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < 16; ++ks) {
-      const int chunk = 4 * h + ks / 4, off = (ks % 4) * 32;
-      wgmma_m64n64k16_ss(s, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
-                         smem_desc(sm.k[w] + chunk * kChunkBytes + off, 16, 1024), h > 0 || ks > 0);
-    }
+  for (int ks = 0; ks < 16; ++ks) {
+    const int chunk = 4 * h + ks / 4, off = (ks % 4) * 32;
+    wgmma_m64n64k16_ss(s, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
+                       smem_desc(sm.k[w] + chunk * kChunkBytes + off, 16, 1024), !first || ks > 0);
   }
   wgmma_commit();
 }
@@ -197,7 +195,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     for (int it = 0; it < pairs; ++it) {
       const bf16* mine = static_cast<const bf16*>(row_of(it));
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
+      for (int step = 0; step < 2; ++step) {
+        const int h = step ^ w;  // in the order the halves are freed: buffer 1 (WG1's block) second half first
         if (it > 0) mbar_wait(&sm.empty[w][h], (it - 1) & 1);
         load_half(sm.k[w], r0, lane, h, mine, q, sm.key_bias[w]);
         mbar_arrive_cp_async(&sm.full[w][h]);
@@ -229,7 +228,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
   mbar_wait(&sm.q_full, 0);
   if (wg == 0) {
     if (pairs > 0) {
-      issue_logits(sacc, sm, 0, 0);
+      issue_logits_half(sacc, sm, 0, 0, 0, true);
+      issue_logits_half(sacc, sm, 0, 1, 0, false);
       wgmma_wait<0>();
       fence_registers(sacc);
     }
@@ -242,11 +242,15 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       exponentiate(sacc, m_new, l_run);
       if (lane % 4 == 0) sm.row_max[r0] = m_new[0], sm.row_max[r0 + 8] = m_new[1];
       named_barrier_arrive(kBarMax0, 256);
-      // O += P0 V0 (first half of the dims), issued.
+      // O += P0 V0 (first half of the dims); buffer 0's first half free once it is done, so that its
+      // refill for the next pair starts while WG1 runs its softmax.
       pack_p(sacc, pa);
       issue_pv_own(o, pa, sm, 0, 0);
+      wgmma_wait<0>();
+      fence_registers(o);
+      mbar_arrive(&sm.empty[0][0]);
       // The pair's maximum from WG1: P0 rescaled to it and handed to WG1 (0 when block 2i had no key,
-      // even if the pair's maximum is far below 0); then O and the sums once the product is done.
+      // even if the pair's maximum is far below 0); then O and the sums.
       named_barrier_sync(kBarMax1, 256);
       for (int h = 0; h < 2; ++h) {
         const float m_pair = sm.row_max[r0 + 8 * h];
@@ -257,18 +261,17 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       for (int i = 0; i < 32; ++i) sacc[i] *= factor[(i % 4) / 2];
       store_p(sm.p[0], sacc, r0, c0);
       named_barrier_arrive(kBarP0, 256);
-      wgmma_wait<0>();
-      fence_registers(o);
-      mbar_arrive(&sm.empty[0][0]);
       rescale(o, l_run, factor);
-      // O += P1 V1 (first half of the dims) with WG1's P1; the next pair's logits meanwhile.
+      // O += P1 V1 (first half of the dims) with WG1's P1; the next pair's logits meanwhile: buffer 1's
+      // first half is free as soon as the product is done, before buffer 0's second half has landed.
       named_barrier_sync(kBarP1, 256);
       issue_pv_other(o, sm, 1, 0);
       if (it + 1 < pairs) {
-        issue_logits(sacc, sm, 0, (it + 1) & 1);
+        issue_logits_half(sacc, sm, 0, 0, (it + 1) & 1, true);
         wgmma_wait<1>();
         fence_registers(o);
         mbar_arrive(&sm.empty[1][0]);
+        issue_logits_half(sacc, sm, 0, 1, (it + 1) & 1, false);
         wgmma_wait<0>();
         fence_registers(sacc);
       } else {
@@ -279,14 +282,19 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     }
   } else {
     for (int it = 0; it < pairs; ++it) {
-      issue_logits(sacc, sm, 1, it & 1);
+      issue_logits_half(sacc, sm, 1, 1, it & 1, true);  // the half its producer loads first
+      issue_logits_half(sacc, sm, 1, 0, it & 1, false);
       wgmma_wait<0>();
       fence_registers(sacc);
-      // Block 2i + 1's softmax against WG0's new maximum; publish the pair's maximum.
-      named_barrier_sync(kBarMax0, 256);
-      float m_new[2] = {sm.row_max[r0], sm.row_max[r0 + 8]}, factor[2];
+      // Block 2i + 1's softmax against WG0's new maximum (its own maximum taken before it waits for
+      // WG0's: max is exact in any order); publish the pair's maximum.
+      float m_new[2] = {-INFINITY, -INFINITY}, factor[2];
       scale_logits(sacc, sm.key_bias[1], scale, c0, m_new);
-      for (int h = 0; h < 2; ++h) factor[h] = exp2f(m_run[h] - max_ref(m_new[h]));
+      named_barrier_sync(kBarMax0, 256);
+      for (int h = 0; h < 2; ++h) {
+        m_new[h] = fmaxf(sm.row_max[r0 + 8 * h], m_new[h]);
+        factor[h] = exp2f(m_run[h] - max_ref(m_new[h]));
+      }
       rescale(o, l_run, factor);
       exponentiate(sacc, m_new, l_run);
       m_run[0] = m_new[0], m_run[1] = m_new[1];
