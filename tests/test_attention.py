@@ -339,11 +339,11 @@ def test_hopper_split_combine_cuda(form, B, K, N, q_start, kv_start):
 @pytest.mark.parametrize("form", ["sparse", "dense128"])
 @pytest.mark.parametrize("pair", ["0", "1"])
 def test_hopper_fused_combine_cuda(monkeypatch, splits, form, pair):
-    """LCATTN_ATTN_FUSED_COMBINE=1: the last split of each query combines the splits itself (2 to 4
-    splits; 9 keeps the combine kernel), forced with LCATTN_ATTN_SPLITS: the reference's result, a
-    row with no key, sinks that take nothing or almost all, repeatable bitwise, no combine kernel
-    where it fuses, and within rounding of the combine kernel's result; in version 4 and version 6
-    (LCATTN_ATTN_PAIR=1)."""
+    """By default the last split of each query combines the splits itself (2 to 4 splits; 9 keeps the
+    combine kernel, as LCATTN_ATTN_FUSED_COMBINE=0 does), forced with LCATTN_ATTN_SPLITS: the
+    reference's result, a row with no key, sinks that take nothing or almost all, repeatable bitwise,
+    no combine kernel where it fuses, and within rounding of the combine kernel's result; in version
+    4 and version 6 (LCATTN_ATTN_PAIR=1)."""
     monkeypatch.setenv("LCATTN_ATTN_PAIR", pair)
     B, K, N, q_start, kv_start = 3, 512, 700, [2700, 130, 5], [2573, 3, 6]
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, 1, 64, 512, 64, 128, N, q_start, kv_start, "cuda")
@@ -360,7 +360,7 @@ def test_hopper_fused_combine_cuda(monkeypatch, splits, form, pair):
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", str(splits))
     monkeypatch.setenv("LCATTN_ATTN_FUSED_COMBINE", "0")
     separate = run()
-    monkeypatch.setenv("LCATTN_ATTN_FUSED_COMBINE", "1")
+    monkeypatch.delenv("LCATTN_ATTN_FUSED_COMBINE")
     out, kernels = kernel_names(run)
     if kernels:
         assert ("attention_combine_kernel" in kernels) == (splits > 4), kernels
@@ -380,7 +380,7 @@ def test_hopper_fused_combine_cuda(monkeypatch, splits, form, pair):
 @pytest.mark.parametrize("fused", [False, True])
 def test_hopper_decode_replays_in_cuda_graph_cuda(monkeypatch, fused):
     """Decode captured once at a fixed batch, replayed on new inputs and positions: no host sync; also
-    with the fused combine (its counters zeroed in the graph)."""
+    with the fused combine, the default for 2 to 4 splits (its counters zeroed in the graph)."""
     monkeypatch.setenv("LCATTN_ATTN_FUSED_COMBINE", "1" if fused else "0")
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", "3" if fused else "0")  # 5 by default: more than it fuses
     B, H, K, N = 6, 64, 512, 700

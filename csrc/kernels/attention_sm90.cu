@@ -15,8 +15,8 @@
 // Entries in the kv_fp8 form (kFp8Entries) are widened to bf16 by the producer as it stores them
 // (exact), so the math is the same.
 // With several splits (decode), each CTA writes its unnormalised output and (max, sum) to the
-// workspace and a second kernel combines them, adds the sink and undoes the query rotation; or, with
-// fused_combine, the last CTA of each query to finish does that itself.
+// workspace and the last CTA of each query to finish (2 to 4 splits; fused_combine) or a second
+// kernel combines them, adds the sink and undoes the query rotation.
 #include "attention_sm90.h"
 #include "attention_sm90_common.cuh"
 #include "common/device.h"
@@ -365,7 +365,7 @@ int64_t attention_workspace_floats(const AttentionParams& p) {
 
 bool attention_fuses_combine(const AttentionParams& p) {
   return p.splits > 1 && p.splits <= kMaxFusedSplits && attention_sm90_supported(p) &&
-         env_is("LCATTN_ATTN_FUSED_COMBINE", "1");
+         !env_is("LCATTN_ATTN_FUSED_COMBINE", "0");
 }
 
 cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {

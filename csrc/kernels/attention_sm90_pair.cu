@@ -33,11 +33,11 @@ struct PairStorage {
   alignas(1024) uint8_t k[2][kChunks * kChunkBytes];  // block 2i + w in buffer w: [8 chunks][64 keys][128 B]
   alignas(1024) uint8_t p[2][kChunkBytes];            // WG w's P [64 heads][64 keys] bf16 (K-major A operand)
   float key_bias[2][kKeys];                           // 0, or -inf for an absent key
-  float row_max[kHeads];                              // the pair's running maximum, WG0's then WG1's
-  float row_sum[2][kHeads];                           // each warpgroup's sums, at the end
-  float2 unrotate[kMaxRopePairs];                     // (cos, -sin) of the query position per RoPE pair
-  uint64_t q_full, full[2][2], empty[2][2];           // [buffer][half]
-  int last_split;                                     // fused combine: the last split of its query
+  float row_max[2][kHeads];        // the running maximum as WG0 publishes it ([0]), then the pair's from WG1 ([1])
+  float row_sum[2][kHeads];        // each warpgroup's sums, at the end
+  float2 unrotate[kMaxRopePairs];  // (cos, -sin) of the query position per RoPE pair
+  uint64_t q_full, full[2][2], empty[2][2];  // [buffer][half]
+  int last_split;                            // fused combine: the last split of its query
 };
 constexpr int kSmemBytes = sizeof(PairStorage) + 1024;  // + room to align the base to 1024
 static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       for (int h = 0; h < 2; ++h) factor[h] = exp2f(m_run[h] - max_ref(m_new[h]));
       rescale(o, l_run, factor);
       exponentiate(sacc, m_new, l_run);
-      if (lane % 4 == 0) sm.row_max[r0] = m_new[0], sm.row_max[r0 + 8] = m_new[1];
+      if (lane % 4 == 0) sm.row_max[0][r0] = m_new[0], sm.row_max[0][r0 + 8] = m_new[1];
       named_barrier_arrive(kBarMax0, 256);
       // O += P0 V0 (first half of the dims); buffer 0's first half free once it is done, so that its
       // refill for the next pair starts while WG1 runs its softmax.
@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       // even if the pair's maximum is far below 0); then O and the sums.
       named_barrier_sync(kBarMax1, 256);
       for (int h = 0; h < 2; ++h) {
-        const float m_pair = sm.row_max[r0 + 8 * h];
+        const float m_pair = sm.row_max[1][r0 + 8 * h];
         factor[h] = exp2f(m_new[h] - max_ref(m_pair));
         m_run[h] = m_pair;
       }
@@ -292,13 +292,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       scale_logits(sacc, sm.key_bias[1], scale, c0, m_new);
       named_barrier_sync(kBarMax0, 256);
       for (int h = 0; h < 2; ++h) {
-        m_new[h] = fmaxf(sm.row_max[r0 + 8 * h], m_new[h]);
+        m_new[h] = fmaxf(sm.row_max[0][r0 + 8 * h], m_new[h]);
         factor[h] = exp2f(m_run[h] - max_ref(m_new[h]));
       }
       rescale(o, l_run, factor);
       exponentiate(sacc, m_new, l_run);
       m_run[0] = m_new[0], m_run[1] = m_new[1];
-      if (lane % 4 == 0) sm.row_max[r0] = m_new[0], sm.row_max[r0 + 8] = m_new[1];
+      if (lane % 4 == 0) sm.row_max[1][r0] = m_new[0], sm.row_max[1][r0 + 8] = m_new[1];
       named_barrier_arrive(kBarMax1, 256);
       // O += P1 V1 and O += P0 V0 (second half of the dims, P0 rescaled by WG0), issued back to back;
       // P1 to WG0; each of buffer 1's and buffer 0's second halves free once its product is done.

@@ -52,7 +52,7 @@ int attention_splits(const AttentionParams& p, int num_sms);
 bool attention_reads_kv_fp8(const AttentionParams& p);
 int64_t attention_workspace_floats(const AttentionParams& p);
 // Whether, with p.splits set, the last split of each query combines the splits itself instead of a
-// second kernel (2 to 4 splits, LCATTN_ATTN_FUSED_COMBINE=1 until it has run on a GPU); set
+// second kernel (2 to 4 splits, unless LCATTN_ATTN_FUSED_COMBINE=0); set
 // p.fused_combine from it before attention_workspace_floats.
 bool attention_fuses_combine(const AttentionParams& p);
 cudaError_t grouped_gemm_contiguous_cuda(const GroupedGemmParams& p, cudaStream_t stream);
