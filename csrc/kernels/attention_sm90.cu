@@ -370,6 +370,7 @@ bool attention_fuses_combine(const AttentionParams& p) {
 
 cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
+  if (p.fused_combine && p.splits > kMaxFusedSplits) return cudaErrorInvalidValue;  // its loop holds 4
   cudaError_t err = cudaSuccess;
   if (p.splits > 1 && p.fused_combine) {  // the arrival counters after the partials start at zero
     const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads);

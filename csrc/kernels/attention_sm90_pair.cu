@@ -1,6 +1,6 @@
 // Version 6 of the Hopper attention kernel (SPEC 5; kernel notes): blocks of 64 keys taken in pairs,
-// the schedule of FlashMLA's sparse prefill. LCATTN_ATTN_PAIR=1 until it has run on a GPU; bf16
-// entries (kv_fp8 calls run version 4, attention_sm90.cu).
+// the schedule of FlashMLA's sparse prefill. LCATTN_ATTN_PAIR=1 (off by default: as fast as version
+// 4 so far); bf16 entries (kv_fp8 calls run version 4, attention_sm90.cu).
 //
 // One CTA = one query token x 64 heads (x one split of its keys, written as a partial result that
 // attention_sm90 combines, as version 4's), three warpgroups. For the pair of blocks (2i, 2i + 1):

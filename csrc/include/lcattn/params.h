@@ -105,7 +105,8 @@ struct AttentionParams {
   const int* q_start;   // [B]
   const bf16* ckv;      // [B, N, D] compressed entries (null when N == 0)
   // [B, N, KvFp8Layout{D, rope_dim}.bytes()] the entries in the kv_fp8 form, read instead of ckv when
-  // attention_reads_kv_fp8(p) says the CUDA kernel takes them; otherwise the adapters widen them.
+  // attention_reads_kv_fp8(p) says the CUDA kernel takes them and they start on a 16-byte boundary;
+  // otherwise the adapters widen them.
   const uint8_t* ckv_fp8;
   const int* indices;     // [B, S, K] into ckv, -1 = none (sparse only)
   const float* sink;      // [H] logit added to the denominator only
