@@ -12,8 +12,10 @@
 //        softmax in fp32 (base 2), and accumulate O[:, dims w] += P V[:, dims w] with P (bf16) in
 //        registers and V = K read MN-major from the same buffer.
 // Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB, 128B-swizzled tiles.
-// Entries in the kv_fp8 form (kFp8Entries) are widened to bf16 by the producer as it stores them
-// (exact), so the math is the same.
+// Entries in the kv_fp8 form are widened to bf16 in shared memory (exact), so the math is the same:
+// by the producer as it stores them (EntryForm::fp8_by_producer), or copied as they are by cp.async
+// and widened in place by each math warpgroup for its own dims (EntryForm::fp8_by_math,
+// LCATTN_ATTN_FP8_STAGED=1), so that the producer's loads stay asynchronous.
 // With several splits (decode), each CTA writes its unnormalised output and (max, sum) to the
 // workspace and the last CTA of each query to finish (2 to 4 splits; fused_combine) or a second
 // kernel combines them, adds the sink and undoes the query rotation.
@@ -39,6 +41,7 @@ struct SharedStorage {
   alignas(1024) uint8_t k[2][kChunks * kChunkBytes];  // key ring [8 chunks][64 keys][128 B]
   float logits[2][32 * 128];                          // WG w's partial S in accumulator order
   float key_bias[2][kKeys];                           // 0, or -inf for an absent key
+  uint8_t staged[2][kKeys];                           // fp8_by_math: 1 for a row copied as a kv_fp8 entry
   float2 unrotate[kMaxRopePairs];                     // (cos, -sin) of the query position per RoPE pair
   uint64_t q_full, full[2], empty[2];
   int last_split;  // fused combine: this CTA is the last of its query's splits to finish
@@ -46,8 +49,13 @@ struct SharedStorage {
 constexpr int kSmemBytes = sizeof(SharedStorage) + 1024;  // + room to align the base to 1024
 static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
 
-// Named barriers (0 is __syncthreads) over the 256 math threads.
-enum : int { kBarLogits = 1, kBarRead = 2 };
+// Named barriers (0 is __syncthreads): over the 256 math threads, then over math warpgroup w's 128
+// (kBarWidened + w).
+enum : int { kBarLogits = 1, kBarRead = 2, kBarWidened = 3 };
+
+// How the kernel gets the entries: bf16 rows (p.ckv), or kv_fp8 entries (p.ckv_fp8) widened by the
+// producer or by the math warpgroups.
+enum class EntryForm { bf16, fp8_by_producer, fp8_by_math };
 
 // As load_tile, for a block whose entry rows (entry: lane's row is one) are in the kv_fp8 form: bf16
 // rows go by cp.async, entries are read in 8-byte loads and widened to bf16 before the swizzled store.
@@ -100,6 +108,106 @@ __device__ __forceinline__ void load_tile_kv_fp8(uint8_t* tile, int warp, int la
   }
 }
 
+// fp8_by_math: where a kv_fp8 entry's bytes go in its 1 KB row of a key tile, as "linear" offsets
+// (chunk * 128 + byte in the chunk's row; row_byte swizzles them). Math warpgroup w owns the row's
+// linear bytes [512 w, 512 w + 512) (dims 256 w ..). Its e4m3 channels (256 for w = 0, nope - 256
+// for w = 1) and a copy of the 8 scale bytes are staged at the end of its part that is not RoPE,
+// where it widens them in place; the RoPE channels (bf16) go to their final place [2 nope, 1024).
+struct Fp8Staging {
+  KvFp8Layout l;
+  __device__ int units(int w) const { return w == 0 ? 32 : (l.nope() - 256) / 8; }  // 8-channel units
+  __device__ int begin(int w) const { return w == 0 ? 248 : l.nope() + 248; }       // staged e4m3, then scales
+  // Linear destination of the entry's 8-byte piece t (pieces() - 1: the second copy of the scales).
+  __device__ int pieces() const { return l.bytes() / 8 + 1; }
+  __device__ int source(int t) const { return t < pieces() - 1 ? 8 * t : l.scale_offset(); }
+  __device__ int destination(int t) const {
+    const int o = source(t);
+    if (t == pieces() - 1) return begin(1) + 8 * units(1);  // scales for warpgroup 1
+    if (o < 256) return begin(0) + o;
+    if (o < l.nope()) return begin(1) + o - 256;
+    if (o < l.scale_offset()) return l.nope() + o;  // RoPE: 2 nope + (o - nope)
+    return begin(0) + 8 * units(0);                 // scales for warpgroup 0
+  }
+};
+static_assert(248 + 256 + 8 == 512, "warpgroup 0's staged bytes end its half");
+
+// Address of linear byte `lin` (Fp8Staging) of row r in a swizzled [8 chunks][64 rows][128 B] tile.
+__device__ __forceinline__ uint8_t* row_byte(uint8_t* tile, int r, int lin) {
+  return tile + (lin / 128) * kChunkBytes + swizzled(r, (lin % 128) / 16) + lin % 16;
+}
+
+// fp8_by_math producer: as load_tile, but a row that is a kv_fp8 entry (entry: lane's row is one) is
+// copied as it is, in 8-byte cp.async pieces (entries are 8-byte aligned), to the places Fp8Staging
+// gives; staged[r] tells the math warpgroups which rows to widen.
+__device__ __forceinline__ void load_tile_kv_fp8_staged(uint8_t* tile, int warp, int lane, const void* mine, bool entry,
+                                                        const void* any, float* bias, uint8_t* staged,
+                                                        const Fp8Staging& st) {
+  constexpr int kPiecesPerLane = 3;  // an entry of head dim 512 is at most 584 bytes: 74 pieces
+  int src[kPiecesPerLane], dst[kPiecesPerLane];
+#pragma unroll
+  for (int k = 0; k < kPiecesPerLane; ++k) {
+    const int t = lane + 32 * k;
+    src[k] = t < st.pieces() ? st.source(t) : -1;
+    dst[k] = t < st.pieces() ? st.destination(t) : 0;
+  }
+#pragma unroll 4
+  for (int j = 0; j < 16; ++j) {
+    const int r = warp * 16 + j;
+    const auto* row =
+        reinterpret_cast<const uint8_t*>(__shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j));
+    const bool is_entry = __shfl_sync(0xffffffff, entry, j);
+    if (is_entry) {
+#pragma unroll
+      for (int k = 0; k < kPiecesPerLane; ++k)
+        if (src[k] >= 0) cp_async_8(row_byte(tile, r, dst[k]), row + src[k]);
+    } else {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int unit = half * 32 + lane;
+        cp_async_16(tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8), row ? row + unit * 16 : any, row ? 16 : 0);
+      }
+    }
+    if (lane == 0) {
+      bias[r] = row ? 0.f : -INFINITY;
+      staged[r] = is_entry;
+    }
+  }
+}
+
+// fp8_by_math: math warpgroup w widens its dims of the staged rows of a key tile (shared address
+// `tile`) in place. Four threads share a row (the same warp), read all of its staged bytes, then
+// write: units 4k + q of the row go to thread q.
+__device__ __forceinline__ void widen_staged(uint32_t tile, uint32_t staged, int w, int tid, const Fp8Staging& st) {
+  const int q = tid % 4, units = st.units(w), begin = st.begin(w);
+  // Linear byte lin of row r: the offset of row_byte, on a shared address.
+  const auto at = [&](int r, int lin) {
+    return tile + (lin / 128) * kChunkBytes + swizzled(r, (lin % 128) / 16) + lin % 16;
+  };
+#pragma unroll 1
+  for (int pass = 0; pass < 2; ++pass) {
+    const int r = pass * 32 + tid / 4;
+    const bool mine = lds_u8(staged + r) != 0;
+    uint2 raw[8], scales = make_uint2(0u, 0u);
+    if (mine) {
+      scales = lds_v2(at(r, begin + 8 * units));
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        if (4 * k + q < units) raw[k] = lds_v2(at(r, begin + 8 * (4 * k + q)));
+    }
+    __syncwarp();  // the row's staged bytes are read before any of its lanes overwrites them
+    if (mine) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int i = 4 * k + q, c = 256 * w + 8 * i;  // first channel of unit i
+        if (i >= units) continue;
+        const int tile_index = c / KvFp8Layout::kTile;
+        const uint32_t word = tile_index < 4 ? scales.x : scales.y;
+        sts_v4(at(r, 2 * c), widen8_e4m3(raw[k], kv_fp8_scale(uint8_t(word >> (8 * (tile_index % 4))))));
+      }
+    }
+  }
+}
+
 // Asks L2 for this lane's half of the 128-byte lines a row of `bytes` touches (lanes l and l + 16
 // share a row; a 1 KB bf16 row is 8 aligned lines, a 584-byte kv_fp8 entry, 8-byte aligned, 5 or 6).
 __device__ __forceinline__ void prefetch_row_l2(const void* row, int bytes, int lane) {
@@ -113,12 +221,13 @@ __device__ __forceinline__ void prefetch_row_l2(const void* row, int bytes, int 
   }
 }
 
-// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form), widened by the producer.
-template <bool kFp8Entries>
+template <EntryForm kForm>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
+  constexpr bool kWidenInProducer = kForm == EntryForm::fp8_by_producer;
   extern __shared__ uint8_t smem_raw[];
-  SharedStorage& sm =
-      *reinterpret_cast<SharedStorage*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  // The base aligned to 1024 by an offset from smem_raw, so the compiler knows every access is to
+  // shared memory (LDS / STS, not generic LD / ST).
+  SharedStorage& sm = *reinterpret_cast<SharedStorage*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
   const CtaWork work(p);
   const QueryKeys keys(p, work.row, work.b, work.pos);
   const SplitRange range(keys.n_keys, p.splits, work.split);
@@ -153,20 +262,24 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     for (int blk = range.first; blk < range.last; ++blk) {
       const int it = blk - range.first, buf = it & 1;
       const void* cur = next;
-      if constexpr (kFp8Entries) next = look_up(blk + 1);  // its loads are synchronous: look up first
+      if constexpr (kWidenInProducer) next = look_up(blk + 1);  // its loads are synchronous: look up first
       if (it >= 2) mbar_wait(&sm.empty[buf], ((it >> 1) - 1) & 1);
-      if constexpr (kFp8Entries) {
-        const bool entry = cur && blk * kKeys + my_row >= keys.n_window;
+      const bool entry = cur && blk * kKeys + my_row >= keys.n_window;
+      if constexpr (kWidenInProducer) {
         load_tile_kv_fp8(sm.k[buf], warp, lane, cur, entry, q, sm.key_bias[buf], KvFp8Layout{kDim, p.rope_dim});
         cp_async_wait_all();
         fence_proxy_async();
         mbar_arrive(&sm.full[buf]);
       } else {
-        load_tile(sm.k[buf], warp, lane, static_cast<const bf16*>(cur), q, sm.key_bias[buf]);
+        if constexpr (kForm == EntryForm::fp8_by_math)
+          load_tile_kv_fp8_staged(sm.k[buf], warp, lane, cur, entry, q, sm.key_bias[buf], sm.staged[buf],
+                                  Fp8Staging{KvFp8Layout{kDim, p.rope_dim}});
+        else
+          load_tile(sm.k[buf], warp, lane, static_cast<const bf16*>(cur), q, sm.key_bias[buf]);
         mbar_arrive_cp_async(&sm.full[buf]);
       }
       if (lane == 0) mbar_arrive(&sm.full[buf]);
-      if constexpr (!kFp8Entries) next = look_up(blk + 1);
+      if constexpr (!kWidenInProducer) next = look_up(blk + 1);
     }
     return;
   }
@@ -186,6 +299,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     const int it = blk - range.first, buf = it & 1;
     mbar_wait(&sm.full[buf], (it >> 1) & 1);
     fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
+    if constexpr (kForm == EntryForm::fp8_by_math) {
+      widen_staged(smem_addr(sm.k[buf]), smem_addr(sm.staged[buf]), wg, tid, Fp8Staging{KvFp8Layout{kDim, p.rope_dim}});
+      fence_proxy_async();  // this thread's stores, before the warpgroup's wgmma reads them
+      named_barrier_sync(kBarWidened + wg, 128);
+    }
 
     // Partial S over this warpgroup's 256 dims: 16 k-steps of 16, four per 64-wide chunk.
     float sacc[32];
@@ -326,10 +444,10 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
   return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
 }
 
-template <bool kFp8Entries>
+template <EntryForm kForm>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_kernel<kFp8Entries>;
+  const auto kernel = attention_sm90_kernel<kForm>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
@@ -379,8 +497,12 @@ cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   }
   if (attention_pair_applies(p))
     err = attention_sm90_pair(p, stream);
+  else if (!p.ckv_fp8)
+    err = launch_attention_sm90<EntryForm::bf16>(p, stream);
+  else if (env_is("LCATTN_ATTN_FP8_STAGED", "1"))
+    err = launch_attention_sm90<EntryForm::fp8_by_math>(p, stream);
   else
-    err = p.ckv_fp8 ? launch_attention_sm90<true>(p, stream) : launch_attention_sm90<false>(p, stream);
+    err = launch_attention_sm90<EntryForm::fp8_by_producer>(p, stream);
   if (err != cudaSuccess) return err;
   if (p.splits > 1 && !p.fused_combine) {
     err = cudaGetLastError();

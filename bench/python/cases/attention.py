@@ -88,10 +88,10 @@ def flash_mla_agrees(prepare) -> bool:
     return torch.allclose(ours, theirs, atol=2e-2, rtol=2e-2)
 
 
-def kv_fp8_inputs(B, H, K, N, pos, window=128):
-    """attention_inputs of one decode row per sequence with the entries in the kv_fp8 form, ckv
-    [B, N, 584] uint8 (quantized a sequence at a time to bound the fp32 temporaries)."""
-    a = list(attention_inputs(B, 1, H, K, N, pos, window))
+def kv_fp8_inputs(B, H, K, N, pos, window=128, S=1):
+    """attention_inputs (one decode row per sequence by default) with the entries in the kv_fp8 form,
+    ckv [B, N, 584] uint8 (quantized a sequence at a time to bound the fp32 temporaries)."""
+    a = list(attention_inputs(B, S, H, K, N, pos, window))
     ckv8 = torch.empty(B, N, ops.kv_fp8_bytes(512, 64), dtype=torch.uint8, device=DEV)
     for b in range(B):
         ckv8[b] = ops.quantize_kv_fp8(a[4][b], 64)
@@ -222,6 +222,16 @@ def sparse_attn_cases(quick):
         flops = 4 * H * 512 * (K + 128) * S
         nbytes = 2 * (2 * S * H * 512 + S * (K + 128) * 512)  # q, out, keys once per token
         yield "sparse_attn", f"{model} prefill S={S} H={H} keys={K}+128 N={N}", flops, nbytes, make, baselines
+    # A prefill chunk with the entries in the kv_fp8 form, against lcattn on the dequantized entries.
+    S, H, K, N = 4096, 64, 512, 32768
+    def make_fp8_prefill(dequantize):
+        a = kv_fp8_inputs(1, H, K, N, pos=4 * N - S, S=S)
+        if dequantize:
+            a[4] = dequantized(a[4])
+        return lambda: ops.sparse_attn(*a[:5], a[7], a[5], a[6])
+    yield ("sparse_attn", f"flash prefill S={S} H={H} keys={K}+128 N={N} kv_fp8", 4 * H * 512 * (K + 128) * S,
+           2 * (2 * S * H * 512 + S * 128 * 512) + S * K * ops.kv_fp8_bytes(512, 64),
+           lambda: make_fp8_prefill(False), {"lcattn bf16": lambda: make_fp8_prefill(True)})
     # Decode as a serving loop runs it: captured in a CUDA graph (no host checks), ours and the baseline.
     for B in (1, 64, 128):
         H, K, N = 64, 512, 32768
