@@ -12,10 +12,9 @@
 //        softmax in fp32 (base 2), and accumulate O[:, dims w] += P V[:, dims w] with P (bf16) in
 //        registers and V = K read MN-major from the same buffer.
 // Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB, 128B-swizzled tiles.
-// Entries in the kv_fp8 form are widened to bf16 in shared memory (exact), so the math is the same:
-// by the producer as it stores them (EntryForm::fp8_by_producer), or copied as they are by cp.async
-// and widened in place by each math warpgroup for its own dims (EntryForm::fp8_by_math,
-// LCATTN_ATTN_FP8_STAGED=1), so that the producer's loads stay asynchronous.
+// Entries in the kv_fp8 form (kFp8Entries) are copied as they are by the producer's cp.async and
+// widened to bf16 in place (exact) by each math warpgroup for its own dims, so the math is the same
+// and the producer's loads stay asynchronous.
 // With several splits (decode), each CTA writes its unnormalised output and (max, sum) to the
 // workspace and the last CTA of each query to finish (2 to 4 splits; fused_combine) or a second
 // kernel combines them, adds the sink and undoes the query rotation.
@@ -41,7 +40,7 @@ struct SharedStorage {
   alignas(1024) uint8_t k[2][kChunks * kChunkBytes];  // key ring [8 chunks][64 keys][128 B]
   float logits[2][32 * 128];                          // WG w's partial S in accumulator order
   float key_bias[2][kKeys];                           // 0, or -inf for an absent key
-  uint8_t staged[2][kKeys];                           // fp8_by_math: 1 for a row copied as a kv_fp8 entry
+  uint8_t staged[2][kKeys];                           // kFp8Entries: 1 for a row copied as a kv_fp8 entry
   float2 unrotate[kMaxRopePairs];                     // (cos, -sin) of the query position per RoPE pair
   uint64_t q_full, full[2], empty[2];
   int last_split;  // fused combine: this CTA is the last of its query's splits to finish
@@ -53,62 +52,7 @@ static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may h
 // (kBarWidened + w).
 enum : int { kBarLogits = 1, kBarRead = 2, kBarWidened = 3 };
 
-// How the kernel gets the entries: bf16 rows (p.ckv), or kv_fp8 entries (p.ckv_fp8) widened by the
-// producer or by the math warpgroups.
-enum class EntryForm { bf16, fp8_by_producer, fp8_by_math };
-
-// As load_tile, for a block whose entry rows (entry: lane's row is one) are in the kv_fp8 form: bf16
-// rows go by cp.async, entries are read in 8-byte loads and widened to bf16 before the swizzled store.
-// 16-byte unit u holds channels 8u .. 8u + 7: e4m3 times its tile's scale below l.nope(), bf16 above
-// (l.nope() a multiple of 8). The loads of kRowsInFlight rows are issued before any is widened, so a
-// block costs 16 / kRowsInFlight round trips, not 16 (4 rows spill in the producer's 56 registers).
-// The caller waits for its cp.async before it publishes the tile.
-__device__ __forceinline__ void load_tile_kv_fp8(uint8_t* tile, int warp, int lane, const void* mine, bool entry,
-                                                 const void* any, float* bias, const KvFp8Layout& l) {
-  constexpr int kRowsInFlight = 2;
-  for (int j0 = 0; j0 < 16; j0 += kRowsInFlight) {
-    // raw[jj][half]: e4m3 values in .x, .y and the tile's scale byte in .z, or 8 bf16 RoPE channels.
-    uint4 raw[kRowsInFlight][2];
-    bool widen[kRowsInFlight];
-#pragma unroll
-    for (int jj = 0; jj < kRowsInFlight; ++jj) {
-      const int r = warp * 16 + j0 + jj;
-      const auto* src = reinterpret_cast<const uint8_t*>(
-          __shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j0 + jj));
-      widen[jj] = __shfl_sync(0xffffffff, entry, j0 + jj);
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int unit = half * 32 + lane, ch = unit * 8;
-        if (!widen[jj]) {
-          cp_async_16(tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8), src ? src + unit * 16 : any,
-                      src ? 16 : 0);
-        } else if (ch < l.nope()) {
-          const uint2 v = __ldg(reinterpret_cast<const uint2*>(src + ch));
-          raw[jj][half] = make_uint4(v.x, v.y, __ldg(src + l.scale_offset() + ch / KvFp8Layout::kTile), 0u);
-        } else {  // RoPE channels, bf16, 8-byte aligned
-          const uint2* rope = reinterpret_cast<const uint2*>(src + l.rope_offset() + 2 * (ch - l.nope()));
-          const uint2 lo = __ldg(rope), hi = __ldg(rope + 1);
-          raw[jj][half] = make_uint4(lo.x, lo.y, hi.x, hi.y);
-        }
-      }
-      if (bias && lane == 0) bias[r] = src ? 0.f : -INFINITY;
-    }
-#pragma unroll
-    for (int jj = 0; jj < kRowsInFlight; ++jj) {
-      if (!widen[jj]) continue;
-      const int r = warp * 16 + j0 + jj;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int unit = half * 32 + lane, ch = unit * 8;
-        const uint4 v = raw[jj][half];
-        *reinterpret_cast<uint4*>(tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8)) =
-            ch < l.nope() ? widen8_e4m3(make_uint2(v.x, v.y), kv_fp8_scale(uint8_t(v.z))) : v;
-      }
-    }
-  }
-}
-
-// fp8_by_math: where a kv_fp8 entry's bytes go in its 1 KB row of a key tile, as "linear" offsets
+// Where a kv_fp8 entry's bytes go in its 1 KB row of a key tile, as "linear" offsets
 // (chunk * 128 + byte in the chunk's row; row_byte swizzles them). Math warpgroup w owns the row's
 // linear bytes [512 w, 512 w + 512) (dims 256 w ..). Its e4m3 channels (256 for w = 0, nope - 256
 // for w = 1) and a copy of the 8 scale bytes are staged at the end of its part that is not RoPE,
@@ -136,12 +80,11 @@ __device__ __forceinline__ uint8_t* row_byte(uint8_t* tile, int r, int lin) {
   return tile + (lin / 128) * kChunkBytes + swizzled(r, (lin % 128) / 16) + lin % 16;
 }
 
-// fp8_by_math producer: as load_tile, but a row that is a kv_fp8 entry (entry: lane's row is one) is
+// Producer, kFp8Entries: as load_tile, but a row that is a kv_fp8 entry (entry: lane's row is one) is
 // copied as it is, in 8-byte cp.async pieces (entries are 8-byte aligned), to the places Fp8Staging
 // gives; staged[r] tells the math warpgroups which rows to widen.
-__device__ __forceinline__ void load_tile_kv_fp8_staged(uint8_t* tile, int warp, int lane, const void* mine, bool entry,
-                                                        const void* any, float* bias, uint8_t* staged,
-                                                        const Fp8Staging& st) {
+__device__ __forceinline__ void load_tile_kv_fp8(uint8_t* tile, int warp, int lane, const void* mine, bool entry,
+                                                 const void* any, float* bias, uint8_t* staged, const Fp8Staging& st) {
   constexpr int kPiecesPerLane = 3;  // an entry of head dim 512 is at most 584 bytes: 74 pieces
   int src[kPiecesPerLane], dst[kPiecesPerLane];
 #pragma unroll
@@ -174,7 +117,7 @@ __device__ __forceinline__ void load_tile_kv_fp8_staged(uint8_t* tile, int warp,
   }
 }
 
-// fp8_by_math: math warpgroup w widens its dims of the staged rows of a key tile (shared address
+// Math warpgroup w widens its dims of the staged rows of a key tile (shared address
 // `tile`) in place. Four threads share a row (the same warp), read all of its staged bytes, then
 // write: units 4k + q of the row go to thread q.
 __device__ __forceinline__ void widen_staged(uint32_t tile, uint32_t staged, int w, int tid, const Fp8Staging& st) {
@@ -221,9 +164,9 @@ __device__ __forceinline__ void prefetch_row_l2(const void* row, int bytes, int 
   }
 }
 
-template <EntryForm kForm>
+// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form).
+template <bool kFp8Entries>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
-  constexpr bool kWidenInProducer = kForm == EntryForm::fp8_by_producer;
   extern __shared__ uint8_t smem_raw[];
   // The base aligned to 1024 by an offset from smem_raw, so the compiler knows every access is to
   // shared memory (LDS / STS, not generic LD / ST).
@@ -262,24 +205,17 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     for (int blk = range.first; blk < range.last; ++blk) {
       const int it = blk - range.first, buf = it & 1;
       const void* cur = next;
-      if constexpr (kWidenInProducer) next = look_up(blk + 1);  // its loads are synchronous: look up first
       if (it >= 2) mbar_wait(&sm.empty[buf], ((it >> 1) - 1) & 1);
-      const bool entry = cur && blk * kKeys + my_row >= keys.n_window;
-      if constexpr (kWidenInProducer) {
-        load_tile_kv_fp8(sm.k[buf], warp, lane, cur, entry, q, sm.key_bias[buf], KvFp8Layout{kDim, p.rope_dim});
-        cp_async_wait_all();
-        fence_proxy_async();
-        mbar_arrive(&sm.full[buf]);
+      if constexpr (kFp8Entries) {
+        const bool entry = cur && blk * kKeys + my_row >= keys.n_window;
+        load_tile_kv_fp8(sm.k[buf], warp, lane, cur, entry, q, sm.key_bias[buf], sm.staged[buf],
+                         Fp8Staging{KvFp8Layout{kDim, p.rope_dim}});
       } else {
-        if constexpr (kForm == EntryForm::fp8_by_math)
-          load_tile_kv_fp8_staged(sm.k[buf], warp, lane, cur, entry, q, sm.key_bias[buf], sm.staged[buf],
-                                  Fp8Staging{KvFp8Layout{kDim, p.rope_dim}});
-        else
-          load_tile(sm.k[buf], warp, lane, static_cast<const bf16*>(cur), q, sm.key_bias[buf]);
-        mbar_arrive_cp_async(&sm.full[buf]);
+        load_tile(sm.k[buf], warp, lane, static_cast<const bf16*>(cur), q, sm.key_bias[buf]);
       }
+      mbar_arrive_cp_async(&sm.full[buf]);
       if (lane == 0) mbar_arrive(&sm.full[buf]);
-      if constexpr (!kWidenInProducer) next = look_up(blk + 1);
+      next = look_up(blk + 1);
     }
     return;
   }
@@ -299,7 +235,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     const int it = blk - range.first, buf = it & 1;
     mbar_wait(&sm.full[buf], (it >> 1) & 1);
     fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
-    if constexpr (kForm == EntryForm::fp8_by_math) {
+    if constexpr (kFp8Entries) {
       widen_staged(smem_addr(sm.k[buf]), smem_addr(sm.staged[buf]), wg, tid, Fp8Staging{KvFp8Layout{kDim, p.rope_dim}});
       fence_proxy_async();  // this thread's stores, before the warpgroup's wgmma reads them
       named_barrier_sync(kBarWidened + wg, 128);
@@ -444,10 +380,10 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
   return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
 }
 
-template <EntryForm kForm>
+template <bool kFp8Entries>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_kernel<kForm>;
+  const auto kernel = attention_sm90_kernel<kFp8Entries>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
@@ -463,16 +399,18 @@ bool attention_reads_kv_fp8(const AttentionParams& p) { return sm90_takes(p, tru
 
 int attention_splits(const AttentionParams& p, int num_sms) {
   if (!attention_sm90_supported(p)) return 1;
-  // One CTA per SM (shared memory): split the keys only while the CTAs fit in one wave, into parts
-  // of at least two blocks (so each part still overlaps a load with the math).
+  // One CTA per SM (shared memory): split the keys only while the split CTAs fill at most half the
+  // SMs, into parts of at least two blocks (so each part still overlaps a load with the math). Each
+  // split CTA writes and the last reads back a 128 KB fp32 partial: at B = 64 (2 splits filling 128
+  // SMs) that traffic made the decode 1.34x slower than one split (H200).
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads);
   const int max_keys = min(p.window, p.L) + (p.indices ? p.K : (p.ratio > 0 ? p.N : 0));
   const int blocks = (max_keys + kKeys - 1) / kKeys;
   // LCATTN_ATTN_SPLITS=n forces n parts (no more than the key blocks), to measure other splits.
   if (const long forced = env_int("LCATTN_ATTN_SPLITS", 0); forced > 0 && ctas > 0)
     return int(std::min<long>(forced, std::max(1, blocks)));
-  if (ctas == 0 || ctas * 2 > num_sms) return 1;
-  return max(1, min(int(num_sms / ctas), blocks / 2));
+  if (ctas == 0 || ctas * 4 > num_sms) return 1;
+  return max(1, min(int(num_sms / (2 * ctas)), blocks / 2));
 }
 
 int64_t attention_workspace_floats(const AttentionParams& p) {
@@ -497,12 +435,8 @@ cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   }
   if (attention_pair_applies(p))
     err = attention_sm90_pair(p, stream);
-  else if (!p.ckv_fp8)
-    err = launch_attention_sm90<EntryForm::bf16>(p, stream);
-  else if (env_is("LCATTN_ATTN_FP8_STAGED", "1"))
-    err = launch_attention_sm90<EntryForm::fp8_by_math>(p, stream);
   else
-    err = launch_attention_sm90<EntryForm::fp8_by_producer>(p, stream);
+    err = p.ckv_fp8 ? launch_attention_sm90<true>(p, stream) : launch_attention_sm90<false>(p, stream);
   if (err != cudaSuccess) return err;
   if (p.splits > 1 && !p.fused_combine) {
     err = cudaGetLastError();
