@@ -20,10 +20,13 @@ def main() -> None:
     parser.add_argument("--topk", type=int, default=512)
     parser.add_argument("--entries", type=int, default=32768)
     parser.add_argument("--calls", type=int, default=2)
+    parser.add_argument("--kv-fp8", action="store_true", help="entries in the kv_fp8 form")
     args = parser.parse_args()
     ratio = 4 if args.form == "sparse" else 128
-    a = attention_inputs(args.batch, args.tokens, args.heads, args.topk, args.entries,
-                         pos=ratio * args.entries - args.tokens, sparse=args.form == "sparse")
+    a = list(attention_inputs(args.batch, args.tokens, args.heads, args.topk, args.entries,
+                              pos=ratio * args.entries - args.tokens, sparse=args.form == "sparse"))
+    if args.kv_fp8:
+        a[4] = torch.stack([ops.quantize_kv_fp8(entries, 64) for entries in a[4]])
     times = []
     for _ in range(args.calls):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
