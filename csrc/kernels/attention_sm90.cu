@@ -117,36 +117,41 @@ __device__ __forceinline__ void load_tile_kv_fp8(uint8_t* tile, int warp, int la
   }
 }
 
-// Math warpgroup w widens its dims of the staged rows of a key tile (shared address
-// `tile`) in place. Four threads share a row (the same warp), read all of its staged bytes, then
-// write: units 4k + q of the row go to thread q.
+// Math warpgroup w widens its dims of the staged rows of a key tile (shared address `tile`) in
+// place. Four threads share a row (the same warp), read all of its staged bytes, then write: unit
+// i = 4k + q of the row (channels 256 w + 8 i ..) goes to thread q, so it lands in chunk 4 w + k / 2
+// at unit 4 (k % 2) + q, and its scale is the row's byte 4 w + k / 2. Every warpgroup has at least
+// 24 units (nope >= 448), so only k = 6, 7 can be past the end.
 __device__ __forceinline__ void widen_staged(uint32_t tile, uint32_t staged, int w, int tid, const Fp8Staging& st) {
-  const int q = tid % 4, units = st.units(w), begin = st.begin(w);
-  // Linear byte lin of row r: the offset of row_byte, on a shared address.
-  const auto at = [&](int r, int lin) {
-    return tile + (lin / 128) * kChunkBytes + swizzled(r, (lin % 128) / 16) + lin % 16;
+  const uint32_t q = tid % 4, r7 = (tid / 4) % 8;  // rows pass * 32 + tid / 4 share r % 8
+  const int units = st.units(w);
+  const uint32_t first = st.begin(w) + 8 * q, scales_at = st.begin(w) + 8 * units;
+  // Offset of linear byte lin (Fp8Staging) from its row's start in chunk 0.
+  const auto place = [&](uint32_t lin) {
+    return (lin >> 7) * kChunkBytes + ((((lin >> 4) & 7) ^ r7) << 4) + (lin & 15);
   };
+  const uint32_t out = 4 * w * kChunkBytes + ((q ^ r7) << 4);  // unit q of chunk 4 w
 #pragma unroll 1
   for (int pass = 0; pass < 2; ++pass) {
     const int r = pass * 32 + tid / 4;
+    const uint32_t row = tile + r * 128;
     const bool mine = lds_u8(staged + r) != 0;
-    uint2 raw[8], scales = make_uint2(0u, 0u);
+    uint2 raw[8];
+    uint32_t scale_bytes = 0;
     if (mine) {
-      scales = lds_v2(at(r, begin + 8 * units));
+      const uint2 both = lds_v2(row + place(scales_at));
+      scale_bytes = w == 0 ? both.x : both.y;  // tiles 4 w .. 4 w + 3
 #pragma unroll
       for (int k = 0; k < 8; ++k)
-        if (4 * k + q < units) raw[k] = lds_v2(at(r, begin + 8 * (4 * k + q)));
+        if (k < 6 || 4 * k + int(q) < units) raw[k] = lds_v2(row + place(first + 32 * k));
     }
     __syncwarp();  // the row's staged bytes are read before any of its lanes overwrites them
     if (mine) {
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const int i = 4 * k + q, c = 256 * w + 8 * i;  // first channel of unit i
-        if (i >= units) continue;
-        const int tile_index = c / KvFp8Layout::kTile;
-        const uint32_t word = tile_index < 4 ? scales.x : scales.y;
-        sts_v4(at(r, 2 * c), widen8_e4m3(raw[k], kv_fp8_scale(uint8_t(word >> (8 * (tile_index % 4))))));
-      }
+      for (int k = 0; k < 8; ++k)
+        if (k < 6 || 4 * k + int(q) < units)
+          sts_v4(row + ((out + (k / 2) * kChunkBytes) ^ (64 * (k % 2))),
+                 widen8_e4m3(raw[k], kv_fp8_scale(uint8_t(scale_bytes >> (8 * (k / 2))))));
     }
   }
 }

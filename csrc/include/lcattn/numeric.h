@@ -90,7 +90,15 @@ LCATTN_HD uint8_t kv_fp8_scale_byte(float amax) {
 }
 
 // The scale of a UE8M0 byte, 2^(byte - 127) (NaN for 255): a tile's value is e4m3 value * scale.
-LCATTN_HD float kv_fp8_scale(uint8_t byte) { return byte == 255 ? NAN : ldexpf(1.f, int(byte) - 127); }
+// Built from its bits (the byte is a float's exponent field): a few instructions in the kernels
+// that widen entries, where ldexpf took a dozen.
+LCATTN_HD float kv_fp8_scale(uint8_t byte) {
+  if (byte == 255) return NAN;
+  const uint32_t bits = byte == 0 ? 0x00400000u : uint32_t(byte) << 23;  // 2^-127 is subnormal
+  float v;
+  memcpy(&v, &bits, 4);
+  return v;
+}
 
 // 1 / scale of a UE8M0 byte (NaN for 255): the tile is stored as float_to_e4m3(x * kv_fp8_inverse_scale(byte)).
 LCATTN_HD float kv_fp8_inverse_scale(uint8_t byte) { return byte == 255 ? NAN : ldexpf(1.f, 127 - int(byte)); }
