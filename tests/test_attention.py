@@ -254,11 +254,13 @@ def test_hopper_no_keys_and_extreme_sinks_cuda(monkeypatch, pair):
 @pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES[:4])
 @pytest.mark.parametrize("form", ["sparse", "dense128"])
 @pytest.mark.parametrize("rope_dim", [64, 32, 8])
-def test_hopper_reads_kv_fp8_cuda(B, S, H, K, N, q_start, kv_start, L, form, rope_dim):
+@pytest.mark.parametrize("lean", ["0", "1"])
+def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, rope_dim, lean):
     """The Hopper kernel reads kv_fp8 entries as they are and widens them exactly in shared memory, so
     it gives bit for bit what it gives on the dequantized bf16 entries (prefill, split decode, absent
-    keys), also with RoPE widths whose e4m3 part is not a multiple of 32 channels; and it is the
-    kernel that ran."""
+    keys), also with RoPE widths whose e4m3 part is not a multiple of 32 channels, and with the lean
+    widening (LCATTN_ATTN_FP8_LEAN_WIDEN=1); and it is the kernel that ran."""
+    monkeypatch.setenv("LCATTN_ATTN_FP8_LEAN_WIDEN", lean)
     q, kv, kvs, qs, _, sink, f = make_attention(B, S, H, 512, rope_dim, L, N, q_start, kv_start, "cuda")
     x = torch.randn(B, N, 512, device="cuda") * torch.rand(B, N, 1, device="cuda") * 8
     ckv8 = ops.quantize_kv_fp8(x, rope_dim)
@@ -271,7 +273,7 @@ def test_hopper_reads_kv_fp8_cuda(B, S, H, K, N, q_start, kv_start, L, form, rop
     want = run(ops.dequantize_kv_fp8(ckv8, 512, rope_dim))
     got, kernels = kernel_names(lambda: run(ckv8))
     if kernels:
-        assert "attention_sm90_kernel<true>" in kernels, kernels
+        assert f"attention_sm90_kernel<true, {'true' if lean == '1' else 'false'}>" in kernels, kernels
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 

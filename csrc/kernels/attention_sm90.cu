@@ -117,12 +117,47 @@ __device__ __forceinline__ void load_tile_kv_fp8(uint8_t* tile, int warp, int la
   }
 }
 
-// Math warpgroup w widens its dims of the staged rows of a key tile (shared address `tile`) in
-// place. Four threads share a row (the same warp), read all of its staged bytes, then write: unit
-// i = 4k + q of the row (channels 256 w + 8 i ..) goes to thread q, so it lands in chunk 4 w + k / 2
-// at unit 4 (k % 2) + q, and its scale is the row's byte 4 w + k / 2. Every warpgroup has at least
-// 24 units (nope >= 448), so only k = 6, 7 can be past the end.
+// Math warpgroup w widens its dims of the staged rows of a key tile (shared address
+// `tile`) in place. Four threads share a row (the same warp), read all of its staged bytes, then
+// write: units 4k + q of the row go to thread q.
 __device__ __forceinline__ void widen_staged(uint32_t tile, uint32_t staged, int w, int tid, const Fp8Staging& st) {
+  const int q = tid % 4, units = st.units(w), begin = st.begin(w);
+  // Linear byte lin of row r: the offset of row_byte, on a shared address.
+  const auto at = [&](int r, int lin) {
+    return tile + (lin / 128) * kChunkBytes + swizzled(r, (lin % 128) / 16) + lin % 16;
+  };
+#pragma unroll 1
+  for (int pass = 0; pass < 2; ++pass) {
+    const int r = pass * 32 + tid / 4;
+    const bool mine = lds_u8(staged + r) != 0;
+    uint2 raw[8], scales = make_uint2(0u, 0u);
+    if (mine) {
+      scales = lds_v2(at(r, begin + 8 * units));
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        if (4 * k + q < units) raw[k] = lds_v2(at(r, begin + 8 * (4 * k + q)));
+    }
+    __syncwarp();  // the row's staged bytes are read before any of its lanes overwrites them
+    if (mine) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int i = 4 * k + q, c = 256 * w + 8 * i;  // first channel of unit i
+        if (i >= units) continue;
+        const int tile_index = c / KvFp8Layout::kTile;
+        const uint32_t word = tile_index < 4 ? scales.x : scales.y;
+        sts_v4(at(r, 2 * c), widen8_e4m3(raw[k], kv_fp8_scale(uint8_t(word >> (8 * (tile_index % 4))))));
+      }
+    }
+  }
+}
+
+// widen_staged in fewer instructions (LCATTN_ATTN_FP8_LEAN_WIDEN=1, off until it has run on a GPU;
+// 448 SASS instructions a pass, against 662): unit i = 4k + q of the row (channels 256 w + 8 i ..)
+// lands in chunk 4 w + k / 2 at unit 4 (k % 2) + q, and its scale is the row's byte 4 w + k / 2, so
+// both are fixed per k; addresses from shifts. Every warpgroup has at least 24 units (nope >= 448),
+// so only k = 6, 7 can be past the end.
+__device__ __forceinline__ void widen_staged_lean(uint32_t tile, uint32_t staged, int w, int tid,
+                                                  const Fp8Staging& st) {
   const uint32_t q = tid % 4, r7 = (tid / 4) % 8;  // rows pass * 32 + tid / 4 share r % 8
   const int units = st.units(w);
   const uint32_t first = st.begin(w) + 8 * q, scales_at = st.begin(w) + 8 * units;
@@ -169,8 +204,8 @@ __device__ __forceinline__ void prefetch_row_l2(const void* row, int bytes, int 
   }
 }
 
-// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form).
-template <bool kFp8Entries>
+// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form); kLeanWiden: widened by widen_staged_lean.
+template <bool kFp8Entries, bool kLeanWiden>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
   extern __shared__ uint8_t smem_raw[];
   // The base aligned to 1024 by an offset from smem_raw, so the compiler knows every access is to
@@ -241,7 +276,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     mbar_wait(&sm.full[buf], (it >> 1) & 1);
     fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
     if constexpr (kFp8Entries) {
-      widen_staged(smem_addr(sm.k[buf]), smem_addr(sm.staged[buf]), wg, tid, Fp8Staging{KvFp8Layout{kDim, p.rope_dim}});
+      const Fp8Staging staging{KvFp8Layout{kDim, p.rope_dim}};
+      if constexpr (kLeanWiden)
+        widen_staged_lean(smem_addr(sm.k[buf]), smem_addr(sm.staged[buf]), wg, tid, staging);
+      else
+        widen_staged(smem_addr(sm.k[buf]), smem_addr(sm.staged[buf]), wg, tid, staging);
       fence_proxy_async();  // this thread's stores, before the warpgroup's wgmma reads them
       named_barrier_sync(kBarWidened + wg, 128);
     }
@@ -385,10 +424,10 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
   return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
 }
 
-template <bool kFp8Entries>
+template <bool kFp8Entries, bool kLeanWiden = false>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_kernel<kFp8Entries>;
+  const auto kernel = attention_sm90_kernel<kFp8Entries, kLeanWiden>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
@@ -440,8 +479,12 @@ cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   }
   if (attention_pair_applies(p))
     err = attention_sm90_pair(p, stream);
+  else if (!p.ckv_fp8)
+    err = launch_attention_sm90<false>(p, stream);
+  else if (env_is("LCATTN_ATTN_FP8_LEAN_WIDEN", "1"))
+    err = launch_attention_sm90<true, true>(p, stream);
   else
-    err = p.ckv_fp8 ? launch_attention_sm90<true>(p, stream) : launch_attention_sm90<false>(p, stream);
+    err = launch_attention_sm90<true>(p, stream);
   if (err != cudaSuccess) return err;
   if (p.splits > 1 && !p.fused_combine) {
     err = cudaGetLastError();
