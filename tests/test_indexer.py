@@ -297,12 +297,44 @@ def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("rows,N,k", [(16, 262144, 512), (64, 32768, 512), (40, 100003, 2048), (20, 16384, 300),
+                                      (32, 1048576, 8192)])
+def test_split_topk_sampled_bound_cuda(monkeypatch, rows, N, k):
+    """Filtered rows with the bound taken from a sample of the row (LCATTN_TOPK_SAMPLE=1): the same
+    indices as the one-CTA kernel on normal rows, a row whose sampled runs hold its largest keys (the
+    bound keeps fewer than k keys: the row goes on through the rounds), tied rows (within and past a
+    chunk's slots), -inf, NaN and a row with fewer candidates than k."""
+    scores = torch.randn(rows, N, device="cuda")
+    runs = -(-N // 256)  # runs of 256 entries; every stride-th one is sampled, at most 64 of them
+    stride = max(16, -(-runs // 64))
+    sampled = (torch.arange(N, device="cuda") // 256) % stride == 0
+    scores[1, sampled] += 100.0  # the sample's bound is above all but a few of the row's keys
+    scores[2] = torch.randint(0, 4, (N,), device="cuda").float()  # ties at the threshold, overflowing
+    scores[3] = (scores[3] * 8).round() / 8  # ties within the slots
+    scores[4, ::5] = float("-inf")
+    scores[4, :9] = float("inf")
+    scores[5, 1::3] = float("nan")
+    scores[6] = float("-inf")
+    scores[6, 100:110] = 1.0  # 10 candidates: all of them, then -1
+    monkeypatch.setenv("LCATTN_TOPK_SPLIT", "0")
+    one = ops.topk_indices(scores, k)
+    monkeypatch.delenv("LCATTN_TOPK_SPLIT")
+    monkeypatch.setenv("LCATTN_TOPK_SAMPLE", "1")
+    sampled_pick = ops.topk_indices(scores, k)
+    check_topk(sampled_pick, scores, k)
+    assert torch.equal(sampled_pick, one)
+    assert torch.equal(ops.topk_indices(scores, k), sampled_pick)  # repeatable
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
-@pytest.mark.parametrize("rows", [5, 20])
-def test_split_topk_graph_replay_cuda(rows):
+@pytest.mark.parametrize("rows,sample", [(5, "0"), (20, "0"), (20, "1")])
+def test_split_topk_graph_replay_cuda(monkeypatch, rows, sample):
     """The split top-k replayed in a CUDA graph with new scores each time (its counters start from
-    zero on every replay) picks what an eager call picks; at 20 rows filtered after round 0."""
+    zero on every replay) picks what an eager call picks; at 20 rows filtered after round 0, or from
+    a sampled bound (LCATTN_TOPK_SAMPLE=1)."""
+    monkeypatch.setenv("LCATTN_TOPK_SAMPLE", sample)
     scores = torch.randn(rows, 70000, device="cuda")
     graph, picked = capture(lambda: ops.topk_indices(scores, 512))
     for step in range(4):

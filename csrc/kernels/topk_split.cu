@@ -17,6 +17,10 @@
 // write on those few thousand keys in shared memory: the rows are read twice, not four times. A row
 // whose chunk keeps more than its slots, or more than the finish kernel holds, goes on through the
 // rounds and the write as without it (the rows the finish kernel took skip them).
+// With LCATTN_TOPK_SAMPLE=1 (off until it has run on a GPU), filtered rows skip round 0's histogram of
+// every key: a kernel per row selects the filter's bound from a sample of the row, and only the rows
+// the finish kernel cannot take (fewer than k keys at or above the bound, or an overflow) go on
+// through the three rounds and the write.
 // Every count is an integer, so the result is the same on every run. LCATTN_TOPK_SPLIT=0 turns it off.
 #include <cub/block/block_scan.cuh>
 
@@ -27,6 +31,7 @@
 #include "common/reduce.cuh"
 #include "common/topk_key.cuh"
 #include "lcattn/api.h"
+#include "lcattn/switches.h"
 #include "lcattn/workspace.h"
 
 namespace lcattn {
@@ -46,12 +51,13 @@ __device__ __forceinline__ int round_bits(int r) { return r == 2 ? 10 : 11; }
 __device__ __forceinline__ uint32_t known_mask(int r) { return r == 0 ? 0u : (r == 1 ? 0xFFE00000u : 0xFFFFFC00u); }
 
 struct RowState {
-  uint32_t prefix;  // the threshold key's bits decided so far
-  int remaining;    // keys still to take at or below the prefix (after the last round: ties to take)
-  int candidates;   // keys that are neither NaN nor -inf
-  int done;         // candidates <= k: take them all (threshold 0, no ties); or finished
-  int overflow;     // filtering: a chunk kept more keys than its slots
-  int finished;     // filtering: the finish kernel wrote the row
+  uint32_t prefix;     // the threshold key's bits decided so far
+  int remaining;       // keys still to take at or below the prefix (after the last round: ties to take)
+  int candidates;      // keys that are neither NaN nor -inf
+  int done;            // candidates <= k: take them all (threshold 0, no ties); or finished
+  int overflow;        // filtering: a chunk kept more keys than its slots
+  int finished;        // filtering: the finish kernel wrote the row
+  uint32_t keep_from;  // sampling: the filter keeps the keys at or above it (0: every candidate)
 };
 
 // The filtering path's sizes: rows per call, entries per row (chunks the finish kernel scans in
@@ -115,6 +121,7 @@ struct Layout {
     }
     bytes = carve.bytes();
   }
+  int sampled = 0;  // filtering from a sampled bound (topk_sample_kernel), not round 0's bin
   // Whether this call's rows are filtered (the workspace was sized for them: see filter_sized).
   bool filters(const TopkParams& p) const { return kept_keys && p.R >= kFilterMinRows && p.R <= kFilterMaxRows; }
 };
@@ -318,14 +325,15 @@ __global__ void __launch_bounds__(kThreads, 8) topk_write_kernel(const TopkParam
 
 // grid (chunks, R), filtering, after round 0's select: the chunk's keys at or above the bin of round
 // 0's digit (all candidates when the row takes them all), in index order, into its slots, and how
-// many there are. Every pick of the row is among them.
+// many there are. Every pick of the row is among them. Sampling: the keys at or above keep_from.
 __global__ void __launch_bounds__(kThreads) topk_filter_kernel(const TopkParams p, const Layout l) {
   __shared__ int warp_kept[kWarps];
   chain_start();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.y, c = blockIdx.x;
   const RowState& state = l.state[row];
   // Keep the keys above `bound`; key 0 (NaN, -inf) never: with digit 0 the bin's lowest key is 0.
-  const uint32_t bound = state.done || state.prefix == 0u ? 0u : state.prefix - 1u;
+  const uint32_t from = l.sampled ? state.keep_from : (state.done ? 0u : state.prefix);
+  const uint32_t bound = from == 0u ? 0u : from - 1u;
   const int lo = c * kChunk + warp * kWarpKeys;
   uint32_t key[kPerLane];
   load_keys(p.scores + int64_t(row) * p.N, p.N, lo, lane, key);
@@ -351,13 +359,49 @@ __global__ void __launch_bounds__(kThreads) topk_filter_kernel(const TopkParams 
   }
 }
 
+using FinishScan = cub::BlockScan<int, kFinishThreads>;
+
+// Rounds r_first .. 2 of the select (as topk_select_kernel) on keys[0, total) in shared memory, by
+// the kFinishThreads threads of the block: prefix gets the digits of the key of rank `remaining`
+// (counted from the largest; the digits above round r_first already in prefix), and remaining the
+// keys of that value to take. hist [kBins] and found [2] are shared scratch; the first barrier also
+// orders the caller's stores of the keys.
+__device__ void select_in_shared(const uint32_t* keys, int total, int r_first, uint32_t& prefix, int& remaining,
+                                 int* hist, int* found, FinishScan::TempStorage& scan_storage) {
+  const int t = threadIdx.x;
+  for (int r = r_first; r < 3; ++r) {
+    const uint32_t mask = known_mask(r), digits = (1u << round_bits(r)) - 1u;
+    const int shift = round_shift(r);
+    for (int x = t; x < kBins; x += kFinishThreads) hist[x] = 0;
+    if (t == 0) found[0] = -1;
+    __syncthreads();
+    for (int i = t; i < total; i += kFinishThreads)
+      if ((keys[i] & mask) == prefix) atomicAdd(&hist[(keys[i] >> shift) & digits], 1);
+    __syncthreads();
+    const int top = kBins - 1 - 2 * t;  // thread t: bins top and top - 1, thread 0 the highest
+    const int c0 = hist[top], c1 = hist[top - 1];
+    int above, all;
+    FinishScan(scan_storage).ExclusiveSum(c0 + c1, above, all);
+    if (above < remaining && above + c0 + c1 >= remaining) {
+      found[0] = above + c0 >= remaining ? top : top - 1;
+      found[1] = above + c0 >= remaining ? above : above + c0;
+    }
+    __syncthreads();
+    int digit = found[0], keys_above = found[1];
+    if (digit < 0) digit = 0, keys_above = all - hist[0];  // cannot happen; as topk_select_kernel
+    prefix |= uint32_t(digit) << shift;
+    remaining -= keys_above;
+    __syncthreads();  // every thread has read found[] and hist before the next round writes them
+  }
+}
+
 // grid R, kFinishThreads threads, filtering: the row's kept keys in shared memory (in index order),
-// rounds 1 and 2 of the select on them, then the ordered write; the row is then marked finished
-// (and done, so that the rounds skip it). A row with an overflowing chunk or more than
-// kFilterMaxKeys kept keys is left to the rounds and the write kernel.
+// rounds 1 and 2 of the select on them (sampling: all three), then the ordered write; the row is
+// then marked finished (and done, so that the rounds skip it). A row with an overflowing chunk or
+// more than kFilterMaxKeys kept keys (sampling: or too few) is left to the rounds and the write kernel.
 constexpr size_t kFinishSmem = size_t(kFilterMaxKeys) * (sizeof(uint32_t) + sizeof(int));
 __global__ void __launch_bounds__(kFinishThreads) topk_finish_kernel(const TopkParams p, const Layout l) {
-  using Scan = cub::BlockScan<int, kFinishThreads>;
+  using Scan = FinishScan;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int hist[kBins], chunk_start[kFilterMaxChunks], found[2];
   extern __shared__ uint32_t finish_smem[];
@@ -371,6 +415,9 @@ __global__ void __launch_bounds__(kFinishThreads) topk_finish_kernel(const TopkP
   int start, total;
   Scan(scan_storage).ExclusiveSum(t < l.chunks ? kept_count[t] : 0, start, total);
   if (total > kFilterMaxKeys) return;  // the same for the whole block
+  // Sampling: the keys at or above a bound hold every pick only if there are at least k of them (or
+  // they are every candidate, bound 0).
+  if (l.sampled && state->keep_from != 0u && total < p.k) return;
   if (t < l.chunks) chunk_start[t] = start;
   __syncthreads();
   for (int c = warp; c < l.chunks; c += kFinishThreads / 32) {  // a warp per chunk
@@ -382,35 +429,11 @@ __global__ void __launch_bounds__(kFinishThreads) topk_finish_kernel(const TopkP
   }
   uint32_t threshold = 0u;  // pick the keys above it, then `take` ties in index order
   int take = 0;
-  if (!state->done) {
-    uint32_t prefix = state->prefix;
-    int remaining = state->remaining;
-    for (int r = 1; r < 3; ++r) {  // as topk_select_kernel, on the kept keys
-      const uint32_t mask = known_mask(r), digits = (1u << round_bits(r)) - 1u;
-      const int shift = round_shift(r);
-      for (int x = t; x < kBins; x += kFinishThreads) hist[x] = 0;
-      if (t == 0) found[0] = -1;
-      __syncthreads();  // (also: the kept keys are in place)
-      for (int i = t; i < total; i += kFinishThreads)
-        if ((keys[i] & mask) == prefix) atomicAdd(&hist[(keys[i] >> shift) & digits], 1);
-      __syncthreads();
-      const int top = kBins - 1 - 2 * t;  // thread t: bins top and top - 1, thread 0 the highest
-      const int c0 = hist[top], c1 = hist[top - 1];
-      int above, all;
-      Scan(scan_storage).ExclusiveSum(c0 + c1, above, all);
-      if (above < remaining && above + c0 + c1 >= remaining) {
-        found[0] = above + c0 >= remaining ? top : top - 1;
-        found[1] = above + c0 >= remaining ? above : above + c0;
-      }
-      __syncthreads();
-      int digit = found[0], keys_above = found[1];
-      if (digit < 0) digit = 0, keys_above = all - hist[0];  // cannot happen; as topk_select_kernel
-      prefix |= uint32_t(digit) << shift;
-      remaining -= keys_above;
-      __syncthreads();  // every thread has read found[] and hist before the next round writes them
-    }
-    threshold = prefix;
-    take = remaining;
+  if (l.sampled ? total > p.k : !state->done) {
+    // Sampling: the whole select on the kept keys; else rounds 1 and 2 below round 0's digit.
+    threshold = l.sampled ? 0u : state->prefix;
+    take = l.sampled ? p.k : state->remaining;
+    select_in_shared(keys, total, l.sampled ? 0 : 1, threshold, take, hist, found, scan_storage);
   } else {
     __syncthreads();  // the kept keys are in place
   }
@@ -436,6 +459,47 @@ __global__ void __launch_bounds__(kFinishThreads) topk_finish_kernel(const TopkP
   if (t == 0) state->finished = state->done = 1;
 }
 
+// Sampling: a row's sample is every stride-th run of kSampleRun entries (stride at least 16, so at
+// most kSampleRuns runs are taken); the filter keeps the keys at or above the sample's key of rank
+// 2.5 k x (sample / row), about 2.5 k of the row's keys, 20 a chunk at k = 512.
+constexpr int kSampleRun = 256, kSampleRuns = 64, kSampleKeys = kSampleRun * kSampleRuns;
+constexpr size_t kSampleSmem = size_t(kSampleKeys) * sizeof(uint32_t);
+__device__ __forceinline__ int sample_stride(int N) {
+  const int runs = (N + kSampleRun - 1) / kSampleRun;
+  return max(16, (runs + kSampleRuns - 1) / kSampleRuns);
+}
+
+// grid R, kFinishThreads threads, sampling: the row's sample in shared memory, then the three rounds
+// of the select on it give keep_from (0 when the sample has fewer candidates than the rank).
+__global__ void __launch_bounds__(kFinishThreads) topk_sample_kernel(const TopkParams p, const Layout l) {
+  __shared__ FinishScan::TempStorage scan_storage;
+  __shared__ int hist[kBins], found[2];
+  extern __shared__ uint32_t sample_smem[];  // [kSampleKeys]
+  chain_start();
+  const int row = blockIdx.x, t = threadIdx.x;
+  const float* scores = p.scores + int64_t(row) * p.N;
+  const int stride = sample_stride(p.N), runs = (p.N + kSampleRun - 1) / kSampleRun;
+  const int n = (runs + stride - 1) / stride * kSampleRun;  // runs 0, stride, 2 stride, ...; past N: key 0
+  int candidates = 0;
+  for (int i = t; i < n; i += kFinishThreads) {
+    const int64_t at = int64_t(i / kSampleRun) * stride * kSampleRun + i % kSampleRun;
+    const uint32_t key = at < p.N ? topk_key(scores[at]) : 0u;
+    sample_smem[i] = key;
+    candidates += key != 0u;
+  }
+  int before, all_candidates;
+  FinishScan(scan_storage).ExclusiveSum(candidates, before, all_candidates);
+  __syncthreads();  // scan_storage is used again
+  const int64_t wanted = int64_t(5) * p.k * n / (2 * int64_t(p.N));
+  const int rank = wanted > 1 ? int(wanted) : 1;
+  uint32_t keep_from = 0u;
+  if (rank <= all_candidates) {
+    int remaining = rank;
+    select_in_shared(sample_smem, n, 0, keep_from, remaining, hist, found, scan_storage);
+  }
+  if (t == 0) l.state[row].keep_from = keep_from;
+}
+
 // Any number of rows: at 4096 rows the split path reads each row 4 times at the chip's rate, against
 // the one-CTA kernel's 6 reads on one SM and its write ordered 512 keys at a time (H200, k = 512:
 // 1.14 against 1.94 ms at 32K entries, 7.4 against 18.1 ms at 256K; kernel notes).
@@ -446,7 +510,7 @@ bool topk_split_applies(const TopkParams& p) { return p.R >= 1 && p.N >= kMinEnt
 size_t topk_split_workspace_bytes(const TopkParams& p) { return topk_split_applies(p) ? Layout(p, nullptr).bytes : 0; }
 
 cudaError_t topk_split_cuda(const TopkParams& all, cudaStream_t stream) {
-  const Layout l(all, all.split_workspace);
+  Layout l(all, all.split_workspace);
   for (int64_t r0 = 0; r0 < all.R; r0 += kSliceRows) {  // rows r0 .. r0 + p.R
     TopkParams p = all;
     p.R = std::min<int64_t>(kSliceRows, all.R - r0);
@@ -456,20 +520,32 @@ cudaError_t topk_split_cuda(const TopkParams& all, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
     // Each kernel after the first is placed while the one before finishes (common/chain.cuh).
     const dim3 grid(unsigned(l.chunks), unsigned(p.R));
+    const bool filters = l.filters(p);
+    l.sampled = filters && env_is("LCATTN_TOPK_SAMPLE", "1");
+    // Filtering: the kept keys into slots, then the finish kernel (after round 0, or first when sampled).
+    const auto filter_and_finish = [&]() {
+      static PerDevice<cudaError_t> smem_limit;
+      cudaError_t e =
+          allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(topk_finish_kernel), int(kFinishSmem));
+      if (e == cudaSuccess) e = launch_chained(topk_filter_kernel, grid, kThreads, 0, stream, p, l);
+      if (e == cudaSuccess)
+        e = launch_chained(topk_finish_kernel, dim3(unsigned(p.R)), kFinishThreads, kFinishSmem, stream, p, l);
+      return e;
+    };
+    if (l.sampled) {
+      static PerDevice<cudaError_t> smem_limit;
+      err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(topk_sample_kernel), int(kSampleSmem));
+      if (err == cudaSuccess) topk_sample_kernel<<<unsigned(p.R), kFinishThreads, kSampleSmem, stream>>>(p, l);
+      if (err == cudaSuccess) err = filter_and_finish();
+    }
     for (int r = 0; r < 3 && err == cudaSuccess; ++r) {
-      if (r == 0)
+      if (r == 0 && !l.sampled)
         topk_hist_kernel<<<grid, kThreads, 0, stream>>>(p, l, r);
       else
         err = launch_chained(topk_hist_kernel, grid, kThreads, 0, stream, p, l, r);
       if (err == cudaSuccess)
         err = launch_chained(topk_select_kernel, dim3(unsigned(p.R)), kThreads, 0, stream, p, l, r);
-      if (r == 0 && err == cudaSuccess && l.filters(p)) {
-        static PerDevice<cudaError_t> smem_limit;
-        err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(topk_finish_kernel), int(kFinishSmem));
-        if (err == cudaSuccess) err = launch_chained(topk_filter_kernel, grid, kThreads, 0, stream, p, l);
-        if (err == cudaSuccess)
-          err = launch_chained(topk_finish_kernel, dim3(unsigned(p.R)), kFinishThreads, kFinishSmem, stream, p, l);
-      }
+      if (r == 0 && err == cudaSuccess && filters && !l.sampled) err = filter_and_finish();
     }
     if (err == cudaSuccess)
       err = launch_chained(topk_write_kernel, dim3(unsigned(int64_t(l.chunks) * p.R)), kThreads, 0, stream, p, l);
