@@ -6,7 +6,7 @@ import torch
 
 from lcattn import ops, reference
 from lcattn.testing import MODEL_SHAPES, assert_close, check_topk
-from lcattn.testing.bench import capture
+from lcattn.testing.bench import capture, kernel_profile
 
 
 def check_indexer_topk(out, args, k):
@@ -303,7 +303,9 @@ def test_split_topk_sampled_bound_cuda(monkeypatch, rows, N, k):
     """Filtered rows with the bound taken from a sample of the row (LCATTN_TOPK_SAMPLE=1): the same
     indices as the one-CTA kernel on normal rows, a row whose sampled runs hold its largest keys (the
     bound keeps fewer than k keys: the row goes on through the rounds), tied rows (within and past a
-    chunk's slots), -inf, NaN and a row with fewer candidates than k."""
+    chunk's slots), -inf, NaN, a row with fewer candidates than k all in the sample (bound 0: the
+    finish kernel takes them all) and one with more in the sample than its rank (a bound that keeps
+    fewer than k: the rounds take them all); and the sample kernel is the one that ran."""
     scores = torch.randn(rows, N, device="cuda")
     runs = -(-N // 256)  # runs of 256 entries; every stride-th one is sampled, at most 64 of them
     stride = max(16, -(-runs // 64))
@@ -316,6 +318,8 @@ def test_split_topk_sampled_bound_cuda(monkeypatch, rows, N, k):
     scores[5, 1::3] = float("nan")
     scores[6] = float("-inf")
     scores[6, 100:110] = 1.0  # 10 candidates: all of them, then -1
+    scores[7] = float("-inf")
+    scores[7, :200] = torch.randn(200, device="cuda")  # in sampled run 0
     monkeypatch.setenv("LCATTN_TOPK_SPLIT", "0")
     one = ops.topk_indices(scores, k)
     monkeypatch.delenv("LCATTN_TOPK_SPLIT")
@@ -323,7 +327,10 @@ def test_split_topk_sampled_bound_cuda(monkeypatch, rows, N, k):
     sampled_pick = ops.topk_indices(scores, k)
     check_topk(sampled_pick, scores, k)
     assert torch.equal(sampled_pick, one)
-    assert torch.equal(ops.topk_indices(scores, k), sampled_pick)  # repeatable
+    again, kernels = ops.topk_indices(scores, k), "\n".join(kernel_profile(lambda: ops.topk_indices(scores, k), 1)[2])
+    assert torch.equal(again, sampled_pick)  # repeatable
+    if kernels:  # none under compute-sanitizer
+        assert "topk_sample_kernel" in kernels, kernels
 
 
 @pytest.mark.cuda

@@ -323,9 +323,9 @@ __global__ void __launch_bounds__(kThreads, 8) topk_write_kernel(const TopkParam
   }
 }
 
-// grid (chunks, R), filtering, after round 0's select: the chunk's keys at or above the bin of round
-// 0's digit (all candidates when the row takes them all), in index order, into its slots, and how
-// many there are. Every pick of the row is among them. Sampling: the keys at or above keep_from.
+// grid (chunks, R), filtering, after round 0's select (sampling: after the sample kernel): the chunk's keys at or above
+// the bin of round 0's digit (all candidates when the row takes them all), in index order, into its slots, and how many
+// there are. Every pick of the row is among them. Sampling: the keys at or above keep_from.
 __global__ void __launch_bounds__(kThreads) topk_filter_kernel(const TopkParams p, const Layout l) {
   __shared__ int warp_kept[kWarps];
   chain_start();
@@ -366,8 +366,9 @@ using FinishScan = cub::BlockScan<int, kFinishThreads>;
 // (counted from the largest; the digits above round r_first already in prefix), and remaining the
 // keys of that value to take. hist [kBins] and found [2] are shared scratch; the first barrier also
 // orders the caller's stores of the keys.
-__device__ void select_in_shared(const uint32_t* keys, int total, int r_first, uint32_t& prefix, int& remaining,
-                                 int* hist, int* found, FinishScan::TempStorage& scan_storage) {
+__device__ __forceinline__ void select_in_shared(const uint32_t* keys, int total, int r_first, uint32_t& prefix,
+                                                 int& remaining, int* hist, int* found,
+                                                 FinishScan::TempStorage& scan_storage) {
   const int t = threadIdx.x;
   for (int r = r_first; r < 3; ++r) {
     const uint32_t mask = known_mask(r), digits = (1u << round_bits(r)) - 1u;
@@ -459,9 +460,9 @@ __global__ void __launch_bounds__(kFinishThreads) topk_finish_kernel(const TopkP
   if (t == 0) state->finished = state->done = 1;
 }
 
-// Sampling: a row's sample is every stride-th run of kSampleRun entries (stride at least 16, so at
-// most kSampleRuns runs are taken); the filter keeps the keys at or above the sample's key of rank
-// 2.5 k x (sample / row), about 2.5 k of the row's keys, 20 a chunk at k = 512.
+// Sampling: a row's sample is every stride-th run of kSampleRun entries (at least 1 in 16, and at
+// most kSampleRuns runs); the filter keeps the keys at or above the sample's key of rank 2.5 k x
+// (sample / row), about 2.5 k of the row's keys (at k = 512 and 64 chunks, 20 a chunk).
 constexpr int kSampleRun = 256, kSampleRuns = 64, kSampleKeys = kSampleRun * kSampleRuns;
 constexpr size_t kSampleSmem = size_t(kSampleKeys) * sizeof(uint32_t);
 __device__ __forceinline__ int sample_stride(int N) {
