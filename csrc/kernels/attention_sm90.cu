@@ -53,14 +53,16 @@ static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may h
 enum : int { kBarLogits = 1, kBarRead = 2, kBarWidened = 3 };
 
 // Where a kv_fp8 entry's bytes go in its 1 KB row of a key tile, as "linear" offsets
-// (chunk * 128 + byte in the chunk's row; row_byte swizzles them). Math warpgroup w owns the row's
+// (chunk * 128 + byte in the chunk's row; linear_offset swizzles them). Math warpgroup w owns the row's
 // linear bytes [512 w, 512 w + 512) (dims 256 w ..). Its e4m3 channels (256 for w = 0, nope - 256
 // for w = 1) and a copy of the 8 scale bytes are staged at the end of its part that is not RoPE,
 // where it widens them in place; the RoPE channels (bf16) go to their final place [2 nope, 1024).
 struct Fp8Staging {
   KvFp8Layout l;
   __device__ int units(int w) const { return w == 0 ? 32 : (l.nope() - 256) / 8; }  // 8-channel units
-  __device__ int begin(int w) const { return w == 0 ? 248 : l.nope() + 248; }       // staged e4m3, then scales
+  // Where w's staged e4m3 units, then its 8 scale bytes, start, so that they end its part that is not
+  // RoPE: 512 - 8 (32 + 1) for w = 0, 2 nope - 8 ((nope - 256) / 8 + 1) for w = 1.
+  __device__ int begin(int w) const { return w == 0 ? 248 : l.nope() + 248; }
   // Linear destination of the entry's 8-byte piece t (pieces() - 1: the second copy of the scales).
   __device__ int pieces() const { return l.bytes() / 8 + 1; }
   __device__ int source(int t) const { return t < pieces() - 1 ? 8 * t : l.scale_offset(); }
@@ -73,11 +75,10 @@ struct Fp8Staging {
     return begin(0) + 8 * units(0);                 // scales for warpgroup 0
   }
 };
-static_assert(248 + 256 + 8 == 512, "warpgroup 0's staged bytes end its half");
 
-// Address of linear byte `lin` (Fp8Staging) of row r in a swizzled [8 chunks][64 rows][128 B] tile.
-__device__ __forceinline__ uint8_t* row_byte(uint8_t* tile, int r, int lin) {
-  return tile + (lin / 128) * kChunkBytes + swizzled(r, (lin % 128) / 16) + lin % 16;
+// Offset of linear byte `lin` (Fp8Staging) of row r in a swizzled [8 chunks][64 rows][128 B] tile.
+__device__ __forceinline__ int linear_offset(int r, int lin) {
+  return (lin / 128) * kChunkBytes + swizzled(r, (lin % 128) / 16) + lin % 16;
 }
 
 // Producer, kFp8Entries: as load_tile, but a row that is a kv_fp8 entry (entry: lane's row is one) is
@@ -102,13 +103,10 @@ __device__ __forceinline__ void load_tile_kv_fp8(uint8_t* tile, int warp, int la
     if (is_entry) {
 #pragma unroll
       for (int k = 0; k < kPiecesPerLane; ++k)
-        if (src[k] >= 0) cp_async_8(row_byte(tile, r, dst[k]), row + src[k]);
+        if (src[k] >= 0) cp_async_8(tile + linear_offset(r, dst[k]), row + src[k]);
     } else {
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int unit = half * 32 + lane;
-        cp_async_16(tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8), row ? row + unit * 16 : any, row ? 16 : 0);
-      }
+      for (int half = 0; half < 2; ++half) copy_row_unit(tile, r, half * 32 + lane, row, any);
     }
     if (lane == 0) {
       bias[r] = row ? 0.f : -INFINITY;
@@ -122,20 +120,16 @@ __device__ __forceinline__ void load_tile_kv_fp8(uint8_t* tile, int warp, int la
 // write: units 4k + q of the row go to thread q.
 __device__ __forceinline__ void widen_staged(uint32_t tile, uint32_t staged, int w, int tid, const Fp8Staging& st) {
   const int q = tid % 4, units = st.units(w), begin = st.begin(w);
-  // Linear byte lin of row r: the offset of row_byte, on a shared address.
-  const auto at = [&](int r, int lin) {
-    return tile + (lin / 128) * kChunkBytes + swizzled(r, (lin % 128) / 16) + lin % 16;
-  };
 #pragma unroll 1
   for (int pass = 0; pass < 2; ++pass) {
     const int r = pass * 32 + tid / 4;
     const bool mine = lds_u8(staged + r) != 0;
     uint2 raw[8], scales = make_uint2(0u, 0u);
     if (mine) {
-      scales = lds_v2(at(r, begin + 8 * units));
+      scales = lds_v2(tile + linear_offset(r, begin + 8 * units));
 #pragma unroll
       for (int k = 0; k < 8; ++k)
-        if (4 * k + q < units) raw[k] = lds_v2(at(r, begin + 8 * (4 * k + q)));
+        if (4 * k + q < units) raw[k] = lds_v2(tile + linear_offset(r, begin + 8 * (4 * k + q)));
     }
     __syncwarp();  // the row's staged bytes are read before any of its lanes overwrites them
     if (mine) {
@@ -145,26 +139,22 @@ __device__ __forceinline__ void widen_staged(uint32_t tile, uint32_t staged, int
         if (i >= units) continue;
         const int tile_index = c / KvFp8Layout::kTile;
         const uint32_t word = tile_index < 4 ? scales.x : scales.y;
-        sts_v4(at(r, 2 * c), widen8_e4m3(raw[k], kv_fp8_scale(uint8_t(word >> (8 * (tile_index % 4))))));
+        sts_v4(tile + linear_offset(r, 2 * c),
+               widen8_e4m3(raw[k], kv_fp8_scale(uint8_t(word >> (8 * (tile_index % 4))))));
       }
     }
   }
 }
 
 // widen_staged in fewer instructions (LCATTN_ATTN_FP8_LEAN_WIDEN=1, off until it has run on a GPU;
-// 448 SASS instructions a pass, against 662): unit i = 4k + q of the row (channels 256 w + 8 i ..)
-// lands in chunk 4 w + k / 2 at unit 4 (k % 2) + q, and its scale is the row's byte 4 w + k / 2, so
-// both are fixed per k; addresses from shifts. Every warpgroup has at least 24 units (nope >= 448),
-// so only k = 6, 7 can be past the end.
+// 401 SASS instructions from the full barrier to the wgmma, against 548): unit i = 4k + q of the row (channels 256 w +
+// 8 i ..) lands in chunk 4 w + k / 2 at unit 4 (k % 2) + q, and its scale is the row's byte 4 w + k / 2, so both are
+// fixed per k. Every warpgroup has at least 24 units (nope >= 448), so only k = 6, 7 can be past the end.
 __device__ __forceinline__ void widen_staged_lean(uint32_t tile, uint32_t staged, int w, int tid,
                                                   const Fp8Staging& st) {
   const uint32_t q = tid % 4, r7 = (tid / 4) % 8;  // rows pass * 32 + tid / 4 share r % 8
   const int units = st.units(w);
   const uint32_t first = st.begin(w) + 8 * q, scales_at = st.begin(w) + 8 * units;
-  // Offset of linear byte lin (Fp8Staging) from its row's start in chunk 0.
-  const auto place = [&](uint32_t lin) {
-    return (lin >> 7) * kChunkBytes + ((((lin >> 4) & 7) ^ r7) << 4) + (lin & 15);
-  };
   const uint32_t out = 4 * w * kChunkBytes + ((q ^ r7) << 4);  // unit q of chunk 4 w
 #pragma unroll 1
   for (int pass = 0; pass < 2; ++pass) {
@@ -174,11 +164,11 @@ __device__ __forceinline__ void widen_staged_lean(uint32_t tile, uint32_t staged
     uint2 raw[8];
     uint32_t scale_bytes = 0;
     if (mine) {
-      const uint2 both = lds_v2(row + place(scales_at));
+      const uint2 both = lds_v2(tile + linear_offset(r, scales_at));
       scale_bytes = w == 0 ? both.x : both.y;  // tiles 4 w .. 4 w + 3
 #pragma unroll
       for (int k = 0; k < 8; ++k)
-        if (k < 6 || 4 * k + int(q) < units) raw[k] = lds_v2(row + place(first + 32 * k));
+        if (k < 6 || 4 * k + int(q) < units) raw[k] = lds_v2(tile + linear_offset(r, first + 32 * k));
     }
     __syncwarp();  // the row's staged bytes are read before any of its lanes overwrites them
     if (mine) {

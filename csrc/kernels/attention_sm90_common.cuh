@@ -104,6 +104,14 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+// Producer: 16-byte unit `unit` (of 64) of a 1 KB bf16 row `src` into row r of a swizzled
+// [8 chunks][64 rows][128 B] tile; src null: zeros (reading nothing, from the valid address `any`).
+template <typename T>
+__device__ __forceinline__ void copy_row_unit(uint8_t* tile, int r, int unit, const T* src, const void* any) {
+  cp_async_16(tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8), src ? src + unit * (16 / sizeof(T)) : any,
+              src ? 16 : 0);
+}
+
 // Producer: loads 64 rows of 512 bf16 into a swizzled [8 chunks][64 rows][128 B] tile. Warp w takes
 // rows 16w .. 16w + 15; lane l brings the source of row 16w + l % 16 (null: absent, zero-filled),
 // and each row is two warp-wide 512-byte copies.
@@ -115,11 +123,7 @@ __device__ __forceinline__ void load_tile(uint8_t* tile, int warp, int lane, con
     const bf16* src =
         reinterpret_cast<const bf16*>(__shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j));
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int unit = half * 32 + lane;  // 16-byte unit of the 1 KB row
-      uint8_t* dst = tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8);
-      cp_async_16(dst, src ? src + unit * 8 : any, src ? 16 : 0);
-    }
+    for (int half = 0; half < 2; ++half) copy_row_unit(tile, r, half * 32 + lane, src, any);
     if (bias && lane == 0) bias[r] = src ? 0.f : -INFINITY;
   }
 }

@@ -55,8 +55,7 @@ __device__ __forceinline__ void load_half(uint8_t* tile, int r0, int lane, int h
   for (int j = 0; j < 32; ++j) {
     const bf16* src =
         reinterpret_cast<const bf16*>(__shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j));
-    const int unit = h * 32 + lane;  // 16-byte unit of the 1 KB row
-    cp_async_16(tile + (unit / 8) * kChunkBytes + swizzled(r0 + j, unit % 8), src ? src + unit * 8 : any, src ? 16 : 0);
+    copy_row_unit(tile, r0 + j, h * 32 + lane, src, any);
     if (h == 0 && lane == 0) bias[r0 + j] = src ? 0.f : -INFINITY;
   }
 }
