@@ -223,6 +223,35 @@ def test_hopper_pair_schedule_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES)
+@pytest.mark.parametrize("form", ["sparse", "dense128", "dense4", "window"])
+@pytest.mark.parametrize("splits", ["0", "3"])
+def test_hopper_key_split_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, splits):
+    """The logits split by keys between the math warpgroups (LCATTN_ATTN_KEY_SPLIT=1), with the
+    default splits and with 3 (fused combine): the reference's result on the Hopper cases, sinks that
+    take nothing or almost all, bitwise repeatable, and the kernel that ran."""
+    monkeypatch.setenv("LCATTN_ATTN_KEY_SPLIT", "1")
+    monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
+    sink[:8], sink[8:16] = float("-inf"), 30.0
+    idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
+    ratio = {"sparse": None, "dense128": 128, "dense4": 4, "window": 0}[form]
+
+    def run():
+        if ratio is None:
+            return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+        return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
+    ref = (reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx) if ratio is None
+           else reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
+    out, kernels = kernel_names(run)
+    if kernels:
+        assert "attention_sm90_kernel<false, false, true>" in kernels, kernels
+    check(*out, *ref)
+    again = run()
+    assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
+
+
+@pytest.mark.cuda
 def test_hopper_repeat_runs_are_bitwise_identical_cuda():
     for B, S in ((1, 96), (2, 1)):  # prefill and split decode
         q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, 64, 512, 64, S + 127, 600, [2000] * B, [1873] * B, "cuda")
@@ -233,13 +262,18 @@ def test_hopper_repeat_runs_are_bitwise_identical_cuda():
             assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
 
 
+# The math schedules of the Hopper kernel: version 4 (dims split), version 6 (pairs of blocks, one
+# split) and the logits split by keys.
+SCHEDULES = {"dims": {}, "pair": {"LCATTN_ATTN_PAIR": "1", "LCATTN_ATTN_SPLITS": "1"},
+             "keys": {"LCATTN_ATTN_KEY_SPLIT": "1"}}
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize("pair", ["0", "1"])
-def test_hopper_no_keys_and_extreme_sinks_cuda(monkeypatch, pair):
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_hopper_no_keys_and_extreme_sinks_cuda(monkeypatch, schedule):
     # Query 0 of sequence 1 sees no window row (its buffer starts later) and no index: output 0, lse -inf.
-    # Also with version 6 (LCATTN_ATTN_PAIR=1, one split).
-    monkeypatch.setenv("LCATTN_ATTN_PAIR", pair)
-    monkeypatch.setenv("LCATTN_ATTN_SPLITS", "1" if pair == "1" else "0")
+    for name, value in SCHEDULES[schedule].items():
+        monkeypatch.setenv(name, value)
     q, kv, kvs, qs, ckv, sink, f = make_attention(2, 3, 64, 512, 64, 130, 50, [400, 10], [273, 11], "cuda")
     idx = random_indices(2, 3, 40, 50, "cuda", invalid=0.0)
     idx[1] = -1
@@ -255,12 +289,15 @@ def test_hopper_no_keys_and_extreme_sinks_cuda(monkeypatch, pair):
 @pytest.mark.parametrize("form", ["sparse", "dense128"])
 @pytest.mark.parametrize("rope_dim", [64, 32, 8])
 @pytest.mark.parametrize("lean", ["0", "1"])
-def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, rope_dim, lean):
+@pytest.mark.parametrize("key_split", ["0", "1"])
+def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, rope_dim, lean, key_split):
     """The Hopper kernel reads kv_fp8 entries as they are and widens them exactly in shared memory, so
     it gives bit for bit what it gives on the dequantized bf16 entries (prefill, split decode, absent
-    keys), also with RoPE widths whose e4m3 part is not a multiple of 32 channels, and with the lean
-    widening (LCATTN_ATTN_FP8_LEAN_WIDEN=1); and it is the kernel that ran."""
+    keys), also with RoPE widths whose e4m3 part is not a multiple of 32 channels, with the lean
+    widening (LCATTN_ATTN_FP8_LEAN_WIDEN=1) and with the logits split by keys (LCATTN_ATTN_KEY_SPLIT=1);
+    and it is the kernel that ran."""
     monkeypatch.setenv("LCATTN_ATTN_FP8_LEAN_WIDEN", lean)
+    monkeypatch.setenv("LCATTN_ATTN_KEY_SPLIT", key_split)
     q, kv, kvs, qs, _, sink, f = make_attention(B, S, H, 512, rope_dim, L, N, q_start, kv_start, "cuda")
     x = torch.randn(B, N, 512, device="cuda") * torch.rand(B, N, 1, device="cuda") * 8
     ckv8 = ops.quantize_kv_fp8(x, rope_dim)
@@ -273,17 +310,19 @@ def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start,
     want = run(ops.dequantize_kv_fp8(ckv8, 512, rope_dim))
     got, kernels = kernel_names(lambda: run(ckv8))
     if kernels:
-        assert f"attention_sm90_kernel<true, {'true' if lean == '1' else 'false'}>" in kernels, kernels
+        flag = {"0": "false", "1": "true"}
+        assert f"attention_sm90_kernel<true, {flag[lean]}, {flag[key_split]}>" in kernels, kernels
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("pair", ["0", "1"])
-def test_hopper_very_negative_logits_after_an_empty_block_cuda(monkeypatch, pair):
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_hopper_very_negative_logits_after_an_empty_block_cuda(monkeypatch, schedule):
     """No window row, a first block of absent keys, then keys whose logits are all far below -128 in
     base 2 (q . k about -8000): a finite result equal to the reference's (an absent block's softmax
-    rescaled to such a maximum must give 0, not 0 x inf); also with version 6."""
-    monkeypatch.setenv("LCATTN_ATTN_PAIR", pair)
+    rescaled to such a maximum must give 0, not 0 x inf); in every schedule, one split."""
+    for name, value in SCHEDULES[schedule].items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", "1")
     q, kv, kvs, qs, ckv, sink, f = make_attention(1, 1, 64, 512, 64, 128, 200, [1000], [1006], "cuda")
     q.fill_(4.0)
@@ -385,9 +424,12 @@ def test_hopper_fused_combine_cuda(monkeypatch, splits, form, pair):
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
 @pytest.mark.parametrize("fused", [False, True])
-def test_hopper_decode_replays_in_cuda_graph_cuda(monkeypatch, fused):
+@pytest.mark.parametrize("key_split", ["0", "1"])
+def test_hopper_decode_replays_in_cuda_graph_cuda(monkeypatch, fused, key_split):
     """Decode captured once at a fixed batch, replayed on new inputs and positions: no host sync; also
-    with the fused combine, the default for 2 to 4 splits (its counters zeroed in the graph)."""
+    with the fused combine, the default for 2 to 4 splits (its counters zeroed in the graph), and with
+    the logits split by keys (LCATTN_ATTN_KEY_SPLIT=1)."""
+    monkeypatch.setenv("LCATTN_ATTN_KEY_SPLIT", key_split)
     monkeypatch.setenv("LCATTN_ATTN_FUSED_COMBINE", "1" if fused else "0")
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", "3" if fused else "0")  # 5 by default: more than it fuses
     B, H, K, N = 6, 64, 512, 700

@@ -11,7 +11,12 @@
 //        through shared memory (both then hold the same logits, bit for bit), run the same online
 //        softmax in fp32 (base 2), and accumulate O[:, dims w] += P V[:, dims w] with P (bf16) in
 //        registers and V = K read MN-major from the same buffer.
-// Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB, 128B-swizzled tiles.
+// Keys split (LCATTN_ATTN_KEY_SPLIT=1, off until it has run on a GPU): WG w computes the logits of
+//        keys 32w .. 32w + 31 over all 512 dims instead, so only each row's maximum crosses shared
+//        memory; each exponentiates its 32 keys, writes them as bf16 to an 8 KB P tile, and after a
+//        barrier both take P from the tile for their half of O; the row sums are added at the end.
+// Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB (keys split: the P tile
+// and the row statistics in their place), 128B-swizzled tiles.
 // Entries in the kv_fp8 form (kFp8Entries) are copied as they are by the producer's cp.async and
 // widened to bf16 in place (exact) by each math warpgroup for its own dims, so the math is the same
 // and the producer's loads stay asynchronous.
@@ -38,10 +43,16 @@ constexpr int kThreads = 384;
 struct SharedStorage {
   alignas(1024) uint8_t q[kChunks * kChunkBytes];     // Q [8 chunks][64 heads][128 B]
   alignas(1024) uint8_t k[2][kChunks * kChunkBytes];  // key ring [8 chunks][64 keys][128 B]
-  float logits[2][32 * 128];                          // WG w's partial S in accumulator order
-  float key_bias[2][kKeys];                           // 0, or -inf for an absent key
-  uint8_t staged[2][kKeys];                           // kFp8Entries: 1 for a row copied as a kv_fp8 entry
-  float2 unrotate[kMaxRopePairs];                     // (cos, -sin) of the query position per RoPE pair
+  union {
+    float logits[2][32 * 128];  // dims split: WG w's partial S in accumulator order
+    struct {
+      alignas(1024) uint8_t p[kChunkBytes];  // P [64 heads][64 keys] bf16, 128B-swizzled
+      float2 row_stat[2][128];               // WG w's (row r0, row r0 + 8) maxima, then sums, by tid
+    } split;                                 // keys split
+  };
+  float key_bias[2][kKeys];        // 0, or -inf for an absent key
+  uint8_t staged[2][kKeys];        // kFp8Entries: 1 for a row copied as a kv_fp8 entry
+  float2 unrotate[kMaxRopePairs];  // (cos, -sin) of the query position per RoPE pair
   uint64_t q_full, full[2], empty[2];
   int last_split;  // fused combine: this CTA is the last of its query's splits to finish
 };
@@ -115,69 +126,61 @@ __device__ __forceinline__ void load_tile_kv_fp8(uint8_t* tile, int warp, int la
   }
 }
 
-// Math warpgroup w widens its dims of the staged rows of a key tile (shared address
-// `tile`) in place. Four threads share a row (the same warp), read all of its staged bytes, then
-// write: units 4k + q of the row go to thread q.
-__device__ __forceinline__ void widen_staged(uint32_t tile, uint32_t staged, int w, int tid, const Fp8Staging& st) {
-  const int q = tid % 4, units = st.units(w), begin = st.begin(w);
-#pragma unroll 1
-  for (int pass = 0; pass < 2; ++pass) {
-    const int r = pass * 32 + tid / 4;
-    const bool mine = lds_u8(staged + r) != 0;
-    uint2 raw[8], scales = make_uint2(0u, 0u);
-    if (mine) {
-      scales = lds_v2(tile + linear_offset(r, begin + 8 * units));
+// Widens half w (dims 256 w .., linear bytes [512 w, 512 w + 512)) of row r of a key tile (shared
+// address `tile`) in place, if the row was staged. The row's four threads q = 0..3 (one warp) read all
+// of its staged bytes, then write: units 4k + q of the half go to thread q. Every lane of the warp calls
+// it (a __syncwarp inside).
+__device__ __forceinline__ void widen_row(uint32_t tile, uint32_t staged, int r, int w, int q, const Fp8Staging& st) {
+  const int units = st.units(w), begin = st.begin(w);
+  const bool mine = lds_u8(staged + r) != 0;
+  uint2 raw[8], scales = make_uint2(0u, 0u);
+  if (mine) {
+    scales = lds_v2(tile + linear_offset(r, begin + 8 * units));
 #pragma unroll
-      for (int k = 0; k < 8; ++k)
-        if (4 * k + q < units) raw[k] = lds_v2(tile + linear_offset(r, begin + 8 * (4 * k + q)));
-    }
-    __syncwarp();  // the row's staged bytes are read before any of its lanes overwrites them
-    if (mine) {
+    for (int k = 0; k < 8; ++k)
+      if (4 * k + q < units) raw[k] = lds_v2(tile + linear_offset(r, begin + 8 * (4 * k + q)));
+  }
+  __syncwarp();  // the row's staged bytes are read before any of its lanes overwrites them
+  if (mine) {
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const int i = 4 * k + q, c = 256 * w + 8 * i;  // first channel of unit i
-        if (i >= units) continue;
-        const int tile_index = c / KvFp8Layout::kTile;
-        const uint32_t word = tile_index < 4 ? scales.x : scales.y;
-        sts_v4(tile + linear_offset(r, 2 * c),
-               widen8_e4m3(raw[k], kv_fp8_scale(uint8_t(word >> (8 * (tile_index % 4))))));
-      }
+    for (int k = 0; k < 8; ++k) {
+      const int i = 4 * k + q, c = 256 * w + 8 * i;  // first channel of unit i
+      if (i >= units) continue;
+      const int tile_index = c / KvFp8Layout::kTile;
+      const uint32_t word = tile_index < 4 ? scales.x : scales.y;
+      sts_v4(tile + linear_offset(r, 2 * c),
+             widen8_e4m3(raw[k], kv_fp8_scale(uint8_t(word >> (8 * (tile_index % 4))))));
     }
   }
 }
 
-// widen_staged in fewer instructions (LCATTN_ATTN_FP8_LEAN_WIDEN=1, off until it has run on a GPU;
-// 401 SASS instructions from the full barrier to the wgmma, against 548): unit i = 4k + q of the row (channels 256 w +
-// 8 i ..) lands in chunk 4 w + k / 2 at unit 4 (k % 2) + q, and its scale is the row's byte 4 w + k / 2, so both are
-// fixed per k. Every warpgroup has at least 24 units (nope >= 448), so only k = 6, 7 can be past the end.
-__device__ __forceinline__ void widen_staged_lean(uint32_t tile, uint32_t staged, int w, int tid,
-                                                  const Fp8Staging& st) {
-  const uint32_t q = tid % 4, r7 = (tid / 4) % 8;  // rows pass * 32 + tid / 4 share r % 8
+// widen_row in fewer instructions (LCATTN_ATTN_FP8_LEAN_WIDEN=1, off until it has run on a GPU; 401
+// SASS instructions from the full barrier to the wgmma, against 548): unit i = 4k + q of the half (channels
+// 256 w + 8 i ..) lands in chunk 4 w + k / 2 at unit 4 (k % 2) + q, and its scale is the row's byte 4 w + k / 2,
+// so both are fixed per k. Every half has at least 24 units (nope >= 448), so only k = 6, 7 can be past the end.
+__device__ __forceinline__ void widen_row_lean(uint32_t tile, uint32_t staged, int r, int w, int q,
+                                               const Fp8Staging& st) {
   const int units = st.units(w);
   const uint32_t first = st.begin(w) + 8 * q, scales_at = st.begin(w) + 8 * units;
-  const uint32_t out = 4 * w * kChunkBytes + ((q ^ r7) << 4);  // unit q of chunk 4 w
-#pragma unroll 1
-  for (int pass = 0; pass < 2; ++pass) {
-    const int r = pass * 32 + tid / 4;
-    const uint32_t row = tile + r * 128;
-    const bool mine = lds_u8(staged + r) != 0;
-    uint2 raw[8];
-    uint32_t scale_bytes = 0;
-    if (mine) {
-      const uint2 both = lds_v2(tile + linear_offset(r, scales_at));
-      scale_bytes = w == 0 ? both.x : both.y;  // tiles 4 w .. 4 w + 3
+  const uint32_t out = 4 * w * kChunkBytes + ((uint32_t(q) ^ uint32_t(r % 8)) << 4);  // unit q of chunk 4 w
+  const uint32_t row = tile + r * 128;
+  const bool mine = lds_u8(staged + r) != 0;
+  uint2 raw[8];
+  uint32_t scale_bytes = 0;
+  if (mine) {
+    const uint2 both = lds_v2(tile + linear_offset(r, scales_at));
+    scale_bytes = w == 0 ? both.x : both.y;  // tiles 4 w .. 4 w + 3
 #pragma unroll
-      for (int k = 0; k < 8; ++k)
-        if (k < 6 || 4 * k + int(q) < units) raw[k] = lds_v2(tile + linear_offset(r, first + 32 * k));
-    }
-    __syncwarp();  // the row's staged bytes are read before any of its lanes overwrites them
-    if (mine) {
+    for (int k = 0; k < 8; ++k)
+      if (k < 6 || 4 * k + q < units) raw[k] = lds_v2(tile + linear_offset(r, first + 32 * k));
+  }
+  __syncwarp();  // the row's staged bytes are read before any of its lanes overwrites them
+  if (mine) {
 #pragma unroll
-      for (int k = 0; k < 8; ++k)
-        if (k < 6 || 4 * k + int(q) < units)
-          sts_v4(row + ((out + (k / 2) * kChunkBytes) ^ (64 * (k % 2))),
-                 widen8_e4m3(raw[k], kv_fp8_scale(uint8_t(scale_bytes >> (8 * (k / 2))))));
-    }
+    for (int k = 0; k < 8; ++k)
+      if (k < 6 || 4 * k + q < units)
+        sts_v4(row + ((out + (k / 2) * kChunkBytes) ^ (64 * (k % 2))),
+               widen8_e4m3(raw[k], kv_fp8_scale(uint8_t(scale_bytes >> (8 * (k / 2))))));
   }
 }
 
@@ -194,8 +197,47 @@ __device__ __forceinline__ void prefetch_row_l2(const void* row, int bytes, int 
   }
 }
 
-// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form); kLeanWiden: widened by widen_staged_lean.
-template <bool kFp8Entries, bool kLeanWiden>
+// Scales a math thread's logits s (rows r0, r0 + 8; columns 8 j + c0, + 1, j < N / 4, whose key biases
+// start at `bias`) to base 2 with the key bias added, and folds their row maxima over the quad into m.
+template <int N>
+__device__ __forceinline__ void scale_logits(float (&s)[N], const float* bias, float scale, int c0, float (&m)[2]) {
+#pragma unroll
+  for (int j = 0; j < N / 4; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float& x = s[j * 4 + e];
+      x = x * scale + bias[j * 8 + c0 + (e & 1)];
+      m[e / 2] = fmaxf(m[e / 2], x);
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffff, m[h], 1));
+    m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffff, m[h], 2));
+  }
+}
+
+// Moves a math thread's running sums l and output o (rows r0, r0 + 8) from the maxima m_run to m_new,
+// and returns in m_use the reference point the block's exponentials take.
+__device__ __forceinline__ void rescale_rows(float (&o)[128], float (&l)[2], float (&m_run)[2], const float (&m_new)[2],
+                                             float (&m_use)[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    m_use[h] = max_ref(m_new[h]);
+    const float corr = exp2f(m_run[h] - m_use[h]);  // 0 while nothing was seen (O and l are 0)
+    l[h] *= corr;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      o[j * 4 + 2 * h] *= corr;
+      o[j * 4 + 2 * h + 1] *= corr;
+    }
+    m_run[h] = m_new[h];
+  }
+}
+
+// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form); kLeanWiden: widened by widen_row_lean;
+// kKeySplit: the logits split by keys between the math warpgroups (LCATTN_ATTN_KEY_SPLIT=1).
+template <bool kFp8Entries, bool kLeanWiden, bool kKeySplit>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
   extern __shared__ uint8_t smem_raw[];
   // The base aligned to 1024 by an offset from smem_raw, so the compiler knows every access is to
@@ -266,13 +308,74 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     mbar_wait(&sm.full[buf], (it >> 1) & 1);
     fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
     if constexpr (kFp8Entries) {
+      // Dims split: this warpgroup's half of every row. Keys split: both halves of its own 32 rows,
+      // which its logits read; the other rows, which its P.V reads, are widened by the other
+      // warpgroup before the 256-thread barriers below.
       const Fp8Staging staging{KvFp8Layout{kDim, p.rope_dim}};
-      if constexpr (kLeanWiden)
-        widen_staged_lean(smem_addr(sm.k[buf]), smem_addr(sm.staged[buf]), wg, tid, staging);
-      else
-        widen_staged(smem_addr(sm.k[buf]), smem_addr(sm.staged[buf]), wg, tid, staging);
+      const uint32_t tile = smem_addr(sm.k[buf]), staged = smem_addr(sm.staged[buf]);
+#pragma unroll 1
+      for (int pass = 0; pass < 2; ++pass) {
+        const int r = (kKeySplit ? 32 * wg : 32 * pass) + tid / 4, half = kKeySplit ? pass : wg;
+        if constexpr (kLeanWiden)
+          widen_row_lean(tile, staged, r, half, tid % 4, staging);
+        else
+          widen_row(tile, staged, r, half, tid % 4, staging);
+      }
       fence_proxy_async();  // this thread's stores, before the warpgroup's wgmma reads them
       named_barrier_sync(kBarWidened + wg, 128);
+    }
+
+    if constexpr (kKeySplit) {
+      // S for this warpgroup's 32 keys (rows 32 wg .. of the tile) over all 512 dims: 32 k-steps of 16.
+      float sacc[16];
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 32; ++ks) {
+        const int chunk = ks / 4, off = (ks % 4) * 32;
+        wgmma_m64n32k16_ss(sacc, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
+                           smem_desc(sm.k[buf] + chunk * kChunkBytes + wg * 32 * 128 + off, 16, 1024), ks > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_registers(sacc);
+
+      // Row maxima over both warpgroups' keys: thread tid of either warpgroup holds the same rows, and
+      // fmaxf does not depend on the order, so both get the same maxima.
+      float m_mine[2] = {-INFINITY, -INFINITY};
+      scale_logits(sacc, sm.key_bias[buf] + 32 * wg, scale, c0, m_mine);
+      sm.split.row_stat[wg][tid] = make_float2(m_mine[0], m_mine[1]);
+      named_barrier_sync(kBarLogits, 256);
+      const float2 theirs = sm.split.row_stat[1 - wg][tid];
+      const float m_new[2] = {fmaxf(m_run[0], fmaxf(m_mine[0], theirs.x)), fmaxf(m_run[1], fmaxf(m_mine[1], theirs.y))};
+      float m_use[2];
+      rescale_rows(o, l_run, m_run, m_new, m_use);
+
+      // This warpgroup's half of P (bf16, keys 32 wg ..) into the [64 heads][64 keys] swizzled tile.
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        float e[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          e[i] = exp2f(sacc[j * 4 + i] - m_use[i / 2]);
+          l_run[i / 2] += e[i];
+        }
+        *reinterpret_cast<uint32_t*>(sm.split.p + swizzled(r0, 4 * wg + j) + 2 * c0) = pack_bf16(e[0], e[1]);
+        *reinterpret_cast<uint32_t*>(sm.split.p + swizzled(r0 + 8, 4 * wg + j) + 2 * c0) = pack_bf16(e[2], e[3]);
+      }
+      fence_proxy_async();                // the P stores, before either warpgroup's wgmma reads them
+      named_barrier_sync(kBarRead, 256);  // both halves of P are in the tile
+
+      // O[:, my dims] += P V[:, my dims], P from the tile (4 k-steps of 16 keys), V as below.
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_m64n256k16_ss_bmn(o, smem_desc(sm.split.p + kk * 32, 16, 1024),
+                                smem_desc(sm.k[buf] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
+      wgmma_commit();
+      wgmma_wait<0>();  // also before the next block's P overwrites the tile (its barrier follows this)
+      fence_registers(o);
+      mbar_arrive(&sm.empty[buf]);
+      continue;
     }
 
     // Partial S over this warpgroup's 256 dims: 16 k-steps of 16, four per 64-wide chunk.
@@ -301,31 +404,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     named_barrier_sync(kBarRead, 256);  // both read before either writes the next block's partial
 
     // Scaled base-2 logits, -inf for absent keys; the new row maxima.
-    float m_new[2] = {m_run[0], m_run[1]};
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float& x = sacc[j * 4 + e];
-        x = x * scale + sm.key_bias[buf][j * 8 + c0 + (e & 1)];
-        m_new[e / 2] = fmaxf(m_new[e / 2], x);
-      }
-    }
-    float m_use[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      m_new[h] = fmaxf(m_new[h], __shfl_xor_sync(0xffffffff, m_new[h], 1));
-      m_new[h] = fmaxf(m_new[h], __shfl_xor_sync(0xffffffff, m_new[h], 2));
-      m_use[h] = max_ref(m_new[h]);
-      const float corr = exp2f(m_run[h] - m_use[h]);  // 0 while nothing was seen (O and l are 0)
-      l_run[h] *= corr;
-#pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        o[j * 4 + 2 * h] *= corr;
-        o[j * 4 + 2 * h + 1] *= corr;
-      }
-      m_run[h] = m_new[h];
-    }
+    float m_new[2] = {m_run[0], m_run[1]}, m_use[2];
+    scale_logits(sacc, sm.key_bias[buf], scale, c0, m_new);
+    rescale_rows(o, l_run, m_run, m_new, m_use);
     uint32_t pa[4][4];  // P as the A operand of 4 k-steps of 16 keys
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -350,11 +431,20 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     mbar_arrive(&sm.empty[buf]);
   }
 
-  // Row sums over the quad (both warpgroups hold the same sums).
+  // Row sums over the quad.
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 1);
     l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
+  }
+  if constexpr (kKeySplit) {
+    // Each warpgroup summed its own keys: both add the two in the order (WG0) + (WG1). The maxima's
+    // slots are free: the last block's were read before its second barrier.
+    sm.split.row_stat[wg][tid] = make_float2(l_run[0], l_run[1]);
+    named_barrier_sync(kBarLogits, 256);
+    const float2 theirs = sm.split.row_stat[1 - wg][tid];
+    l_run[0] = wg == 0 ? l_run[0] + theirs.x : theirs.x + l_run[0];
+    l_run[1] = wg == 0 ? l_run[1] + theirs.y : theirs.y + l_run[1];
   }
 
   const int64_t head0 = work.row * p.H + work.group * kHeads;  // flat (row, head) of accumulator row 0
@@ -414,10 +504,10 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
   return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
 }
 
-template <bool kFp8Entries, bool kLeanWiden = false>
+template <bool kFp8Entries, bool kLeanWiden, bool kKeySplit>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_kernel<kFp8Entries, kLeanWiden>;
+  const auto kernel = attention_sm90_kernel<kFp8Entries, kLeanWiden, kKeySplit>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
@@ -467,14 +557,18 @@ cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
     err = cudaMemsetAsync(combine_counters(p), 0, ctas * sizeof(int), stream);
     if (err != cudaSuccess) return err;
   }
+  const bool key_split = env_is("LCATTN_ATTN_KEY_SPLIT", "1"), lean = env_is("LCATTN_ATTN_FP8_LEAN_WIDEN", "1");
   if (attention_pair_applies(p))
     err = attention_sm90_pair(p, stream);
   else if (!p.ckv_fp8)
-    err = launch_attention_sm90<false>(p, stream);
-  else if (env_is("LCATTN_ATTN_FP8_LEAN_WIDEN", "1"))
-    err = launch_attention_sm90<true, true>(p, stream);
+    err = key_split ? launch_attention_sm90<false, false, true>(p, stream)
+                    : launch_attention_sm90<false, false, false>(p, stream);
+  else if (key_split)
+    err =
+        lean ? launch_attention_sm90<true, true, true>(p, stream) : launch_attention_sm90<true, false, true>(p, stream);
   else
-    err = launch_attention_sm90<true>(p, stream);
+    err = lean ? launch_attention_sm90<true, true, false>(p, stream)
+               : launch_attention_sm90<true, false, false>(p, stream);
   if (err != cudaSuccess) return err;
   if (p.splits > 1 && !p.fused_combine) {
     err = cudaGetLastError();
