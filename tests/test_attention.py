@@ -335,6 +335,36 @@ def test_hopper_very_negative_logits_after_an_empty_block_cuda(monkeypatch, sche
     check(out, lse, *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("schedule", ["dims", "keys"])
+@pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES[:4])
+def test_hopper_rescale_slack_cuda(monkeypatch, schedule, B, S, H, K, N, q_start, kv_start, L):
+    """LCATTN_ATTN_RESCALE_SLACK: with slack 0 a warp skips only blocks whose rescale factors are all 1,
+    so the result is bit for bit the default's; with slack 8 (references up to 8 below the running
+    maxima) the reference's result, also on keys whose logits rise through the blocks by less than the
+    slack each, so that the references lag behind; in versions 4 and 7."""
+    for name, value in SCHEDULES[schedule].items():
+        monkeypatch.setenv(name, value)
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
+    sink[:8], sink[8:16] = float("-inf"), 30.0
+    idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
+
+    def run():
+        return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+    default = run()
+    monkeypatch.setenv("LCATTN_ATTN_RESCALE_SLACK", "0")
+    same = run()
+    assert torch.equal(default[0], same[0]) and torch.equal(default[1], same[1])
+    monkeypatch.setenv("LCATTN_ATTN_RESCALE_SLACK", "8")
+    check(*run(), *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
+    # Rising logits: every head's q is 0.05, entry i is i * 40 / N in every channel, the indices
+    # ascending: about 1.6 i * 40 / N in base 2, some 6.5 more each block of 64 at 640 keys.
+    q.fill_(0.05)
+    ckv.copy_((torch.arange(N, device="cuda", dtype=torch.float32) * 40 / N)[None, :, None].expand(B, N, 512))
+    idx = torch.sort(idx, dim=-1).values  # absent (-1) first, then ascending
+    check(*run(), *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
+
+
 def kernel_names(fn):
     """fn()'s result and the lines of the CUDA kernels it launches (none where the profiler sees no
     kernel, as under compute-sanitizer)."""

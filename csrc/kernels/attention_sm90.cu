@@ -217,21 +217,29 @@ __device__ __forceinline__ void scale_logits(float (&s)[N], const float* bias, f
   }
 }
 
-// Moves a math thread's running sums l and output o (rows r0, r0 + 8) from the maxima m_run to m_new,
-// and returns in m_use the reference point the block's exponentials take.
-__device__ __forceinline__ void rescale_rows(float (&o)[128], float (&l)[2], float (&m_run)[2], const float (&m_new)[2],
-                                             float (&m_use)[2]) {
+// Moves a math thread's running sums l and output o (rows r0, r0 + 8) from the reference maxima m_ref
+// to the block's maxima m_new, and returns in m_use the reference point the block's exponentials take.
+// With slack >= 0 the warp keeps its references unless a row's maximum passes its own by more than
+// slack (the 128 multiplies skipped; exact either way, and the warps of both math warpgroups that hold
+// the same rows decide alike); with slack 0 it skips only blocks whose factors would all be 1.
+__device__ __forceinline__ void rescale_rows(float (&o)[128], float (&l)[2], float (&m_ref)[2], const float (&m_new)[2],
+                                             float (&m_use)[2], float slack) {
+  const bool passed = slack < 0.f || m_new[0] > m_ref[0] + slack || m_new[1] > m_ref[1] + slack;
+  if (!__any_sync(0xffffffff, passed)) {
+    m_use[0] = max_ref(m_ref[0]), m_use[1] = max_ref(m_ref[1]);
+    return;
+  }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     m_use[h] = max_ref(m_new[h]);
-    const float corr = exp2f(m_run[h] - m_use[h]);  // 0 while nothing was seen (O and l are 0)
+    const float corr = exp2f(m_ref[h] - m_use[h]);  // 0 while nothing was seen (O and l are 0)
     l[h] *= corr;
 #pragma unroll
     for (int j = 0; j < 32; ++j) {
       o[j * 4 + 2 * h] *= corr;
       o[j * 4 + 2 * h + 1] *= corr;
     }
-    m_run[h] = m_new[h];
+    m_ref[h] = m_new[h];
   }
 }
 
@@ -300,7 +308,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   float o[128];  // O[64 heads, dims 256 wg .. 256 wg + 255], unnormalised
 #pragma unroll
   for (int i = 0; i < 128; ++i) o[i] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // base-2 max and sum per row
+  // Per row: the base-2 reference maximum (the running maximum, or with rescale_slack up to that much
+  // below it) and the sum relative to it.
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
 
   mbar_wait(&sm.q_full, 0);
   for (int blk = range.first; blk < range.last; ++blk) {
@@ -348,7 +358,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       const float2 theirs = sm.split.row_stat[1 - wg][tid];
       const float m_new[2] = {fmaxf(m_run[0], fmaxf(m_mine[0], theirs.x)), fmaxf(m_run[1], fmaxf(m_mine[1], theirs.y))};
       float m_use[2];
-      rescale_rows(o, l_run, m_run, m_new, m_use);
+      rescale_rows(o, l_run, m_run, m_new, m_use, p.rescale_slack);
 
       // This warpgroup's half of P (bf16, keys 32 wg ..) into the [64 heads][64 keys] swizzled tile.
 #pragma unroll
@@ -406,7 +416,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     // Scaled base-2 logits, -inf for absent keys; the new row maxima.
     float m_new[2] = {m_run[0], m_run[1]}, m_use[2];
     scale_logits(sacc, sm.key_bias[buf], scale, c0, m_new);
-    rescale_rows(o, l_run, m_run, m_new, m_use);
+    rescale_rows(o, l_run, m_run, m_new, m_use, p.rescale_slack);
     uint32_t pa[4][4];  // P as the A operand of 4 k-steps of 16 keys
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -548,7 +558,10 @@ bool attention_fuses_combine(const AttentionParams& p) {
          !env_is("LCATTN_ATTN_FUSED_COMBINE", "0");
 }
 
-cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream) {
+cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
+  AttentionParams p = params;
+  // LCATTN_ATTN_RESCALE_SLACK=s (base 2, versions 4 and 7), off until it has run on a GPU.
+  if (const long slack = env_int("LCATTN_ATTN_RESCALE_SLACK", -1); slack >= 0) p.rescale_slack = float(slack);
   if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
   if (p.fused_combine && p.splits > kMaxFusedSplits) return cudaErrorInvalidValue;  // its loop holds 4
   cudaError_t err = cudaSuccess;

@@ -119,6 +119,10 @@ struct AttentionParams {
   int splits;          // CUDA: parts the keys of each query are split into (attention_splits)
   bool fused_combine;  // CUDA, splits > 1: the last split of each query combines them (attention_fuses_combine)
   float scale;
+  // CUDA, Hopper kernel: a key block moves a warp's softmax reference maxima only when one of its rows'
+  // maxima passes its reference by more than this (base 2; the exponentials are then at most
+  // 2^rescale_slack); negative, every block moves them (LCATTN_ATTN_RESCALE_SLACK).
+  float rescale_slack = -1.f;
 };
 
 // Grouped GEMM for MoE (SPEC 6): y = x w_e^T per expert, bf16 in, fp32 accumulate, bf16 out.
