@@ -2,19 +2,19 @@
 # On a GPU machine, after the build: Nsight Compute's speed of light, warp states (the stall reasons)
 # and scheduler statistics of one Hopper attention call per schedule, at the V4-Flash prefill case
 # (S = 4096, 640 keys a query) and at decode (B = 64), each in OUT_DIR/ncu_<schedule>_<case>.txt.
-#   bash scripts/ncu_attention.sh OUT_DIR [SCHEDULE...]   (dims: version 4; keys: LCATTN_ATTN_KEY_SPLIT=1;
-#                                                          pair: LCATTN_ATTN_PAIR=1; default: dims keys)
+#   bash scripts/ncu_attention.sh OUT_DIR [SCHEDULE...]   (dims: version 4; keys, dims-keys:
+#                                   LCATTN_ATTN_SCHEDULE; pair: LCATTN_ATTN_PAIR=1; default: dims keys dims-keys)
 # Run it through gpu_check.sh's EXTRA so that it finds the built extension on PYTHONPATH.
 set -uo pipefail
 out=$(realpath -m "${1:-ncu_attention}")
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 schedules=("${@:2}")
-[ ${#schedules[@]} -gt 0 ] || schedules=(dims keys)
+[ ${#schedules[@]} -gt 0 ] || schedules=(dims keys dims-keys)
 for schedule in "${schedules[@]}"; do
   case $schedule in
     dims) env=() ;;
-    keys) env=(LCATTN_ATTN_KEY_SPLIT=1) ;;
+    keys | dims-keys) env=(LCATTN_ATTN_SCHEDULE=$schedule) ;;
     pair) env=(LCATTN_ATTN_PAIR=1) ;;
     *) echo "unknown schedule $schedule" >&2; exit 2 ;;
   esac

@@ -1,5 +1,6 @@
 """sparse_attn and dense_attn (SPEC 5) against the fp32 reference."""
 import os
+import re
 
 import pytest
 import torch
@@ -32,6 +33,20 @@ def check(out, lse, ref_out, ref_lse):
     assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
     assert_close(out.float(), ref_out, OUT_TOL, "out")
     assert_close(lse, ref_lse, LSE_TOL, "lse")
+
+
+# The math schedules of the Hopper kernel: version 4 (logits by dims), version 6 (pairs of blocks, one
+# split), version 7 (logits by keys) and logits by dims with the softmax by keys.
+SCHEDULES = {"dims": {}, "pair": {"LCATTN_ATTN_PAIR": "1", "LCATTN_ATTN_SPLITS": "1"},
+             "keys": {"LCATTN_ATTN_SCHEDULE": "keys"}, "dims-keys": {"LCATTN_ATTN_SCHEDULE": "dims-keys"}}
+SCHEDULE_NUMBER = {"dims": 0, "keys": 1, "dims-keys": 2}  # attention_sm90.cu's Schedule
+
+
+def ran_sm90_kernel(kernels, fp8, lean, schedule):
+    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, lean, schedule>."""
+    flag = {False: "false", True: "true"}
+    pattern = rf"attention_sm90_kernel<{flag[fp8]}, {flag[lean]}, \(.*?Schedule\){SCHEDULE_NUMBER[schedule]}>"
+    return re.search(pattern, kernels) is not None
 
 
 # (B, S, H, D, rope_dim, window, L, N, K, q_start, kv_start)
@@ -226,11 +241,13 @@ def test_hopper_pair_schedule_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start
 @pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES)
 @pytest.mark.parametrize("form", ["sparse", "dense128", "dense4", "window"])
 @pytest.mark.parametrize("splits", ["0", "3"])
-def test_hopper_key_split_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, splits):
-    """The logits split by keys between the math warpgroups (LCATTN_ATTN_KEY_SPLIT=1), with the
-    default splits and with 3 (fused combine): the reference's result on the Hopper cases, sinks that
-    take nothing or almost all, bitwise repeatable, and the kernel that ran."""
-    monkeypatch.setenv("LCATTN_ATTN_KEY_SPLIT", "1")
+@pytest.mark.parametrize("schedule", ["keys", "dims-keys"])
+def test_hopper_schedules_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, splits, schedule):
+    """The softmax split by keys between the math warpgroups (LCATTN_ATTN_SCHEDULE=keys: the logits
+    too; dims-keys: the logits by dims), with the default splits and with 3 (fused combine): the
+    reference's result on the Hopper cases, sinks that take nothing or almost all, bitwise repeatable,
+    and the kernel that ran."""
+    monkeypatch.setenv("LCATTN_ATTN_SCHEDULE", schedule)
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
     sink[:8], sink[8:16] = float("-inf"), 30.0
@@ -245,7 +262,7 @@ def test_hopper_key_split_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L,
            else reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
     out, kernels = kernel_names(run)
     if kernels:
-        assert "attention_sm90_kernel<false, false, true>" in kernels, kernels
+        assert ran_sm90_kernel(kernels, False, False, schedule), kernels
     check(*out, *ref)
     again = run()
     assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
@@ -260,12 +277,6 @@ def test_hopper_repeat_runs_are_bitwise_identical_cuda():
         for _ in range(3):
             again = ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
             assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
-
-
-# The math schedules of the Hopper kernel: version 4 (dims split), version 6 (pairs of blocks, one
-# split) and the logits split by keys.
-SCHEDULES = {"dims": {}, "pair": {"LCATTN_ATTN_PAIR": "1", "LCATTN_ATTN_SPLITS": "1"},
-             "keys": {"LCATTN_ATTN_KEY_SPLIT": "1"}}
 
 
 @pytest.mark.cuda
@@ -289,15 +300,16 @@ def test_hopper_no_keys_and_extreme_sinks_cuda(monkeypatch, schedule):
 @pytest.mark.parametrize("form", ["sparse", "dense128"])
 @pytest.mark.parametrize("rope_dim", [64, 32, 8])
 @pytest.mark.parametrize("lean", ["0", "1"])
-@pytest.mark.parametrize("key_split", ["0", "1"])
-def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, rope_dim, lean, key_split):
+@pytest.mark.parametrize("schedule", ["dims", "keys", "dims-keys"])
+def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, rope_dim, lean, schedule):
     """The Hopper kernel reads kv_fp8 entries as they are and widens them exactly in shared memory, so
     it gives bit for bit what it gives on the dequantized bf16 entries (prefill, split decode, absent
     keys), also with RoPE widths whose e4m3 part is not a multiple of 32 channels, with the lean
-    widening (LCATTN_ATTN_FP8_LEAN_WIDEN=1) and with the logits split by keys (LCATTN_ATTN_KEY_SPLIT=1);
-    and it is the kernel that ran."""
+    widening (LCATTN_ATTN_FP8_LEAN_WIDEN=1), in every schedule of the math warpgroups (SCHEDULES;
+    with the logits by keys each widens both halves of its own rows); and it is the kernel that ran."""
     monkeypatch.setenv("LCATTN_ATTN_FP8_LEAN_WIDEN", lean)
-    monkeypatch.setenv("LCATTN_ATTN_KEY_SPLIT", key_split)
+    for name, value in SCHEDULES[schedule].items():
+        monkeypatch.setenv(name, value)
     q, kv, kvs, qs, _, sink, f = make_attention(B, S, H, 512, rope_dim, L, N, q_start, kv_start, "cuda")
     x = torch.randn(B, N, 512, device="cuda") * torch.rand(B, N, 1, device="cuda") * 8
     ckv8 = ops.quantize_kv_fp8(x, rope_dim)
@@ -310,8 +322,7 @@ def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start,
     want = run(ops.dequantize_kv_fp8(ckv8, 512, rope_dim))
     got, kernels = kernel_names(lambda: run(ckv8))
     if kernels:
-        flag = {"0": "false", "1": "true"}
-        assert f"attention_sm90_kernel<true, {flag[lean]}, {flag[key_split]}>" in kernels, kernels
+        assert ran_sm90_kernel(kernels, True, lean == "1", schedule), kernels
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -336,13 +347,13 @@ def test_hopper_very_negative_logits_after_an_empty_block_cuda(monkeypatch, sche
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("schedule", ["dims", "keys"])
+@pytest.mark.parametrize("schedule", ["dims", "keys", "dims-keys"])
 @pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES[:4])
 def test_hopper_rescale_slack_cuda(monkeypatch, schedule, B, S, H, K, N, q_start, kv_start, L):
     """LCATTN_ATTN_RESCALE_SLACK: with slack 0 a warp skips only blocks whose rescale factors are all 1,
     so the result is bit for bit the default's; with slack 8 (references up to 8 below the running
     maxima) the reference's result, also on keys whose logits rise through the blocks by less than the
-    slack each, so that the references lag behind; in versions 4 and 7."""
+    slack each, so that the references lag behind; in every schedule but version 6's."""
     for name, value in SCHEDULES[schedule].items():
         monkeypatch.setenv(name, value)
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
@@ -454,12 +465,13 @@ def test_hopper_fused_combine_cuda(monkeypatch, splits, form, pair):
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
 @pytest.mark.parametrize("fused", [False, True])
-@pytest.mark.parametrize("key_split", ["0", "1"])
-def test_hopper_decode_replays_in_cuda_graph_cuda(monkeypatch, fused, key_split):
+@pytest.mark.parametrize("schedule", ["dims", "keys", "dims-keys"])
+def test_hopper_decode_replays_in_cuda_graph_cuda(monkeypatch, fused, schedule):
     """Decode captured once at a fixed batch, replayed on new inputs and positions: no host sync; also
-    with the fused combine, the default for 2 to 4 splits (its counters zeroed in the graph), and with
-    the logits split by keys (LCATTN_ATTN_KEY_SPLIT=1)."""
-    monkeypatch.setenv("LCATTN_ATTN_KEY_SPLIT", key_split)
+    with the fused combine, the default for 2 to 4 splits (its counters zeroed in the graph), and in
+    the schedules that split the softmax by keys."""
+    for name, value in SCHEDULES[schedule].items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("LCATTN_ATTN_FUSED_COMBINE", "1" if fused else "0")
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", "3" if fused else "0")  # 5 by default: more than it fuses
     B, H, K, N = 6, 64, 512, 700

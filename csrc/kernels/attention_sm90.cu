@@ -11,15 +11,15 @@
 //        through shared memory (both then hold the same logits, bit for bit), run the same online
 //        softmax in fp32 (base 2), and accumulate O[:, dims w] += P V[:, dims w] with P (bf16) in
 //        registers and V = K read MN-major from the same buffer.
-// Keys split (LCATTN_ATTN_KEY_SPLIT=1, off until it has run on a GPU): WG w computes the logits of
-//        keys 32w .. 32w + 31 over all 512 dims instead, so only each row's maximum crosses shared
-//        memory; each exponentiates its 32 keys, writes them as bf16 to an 8 KB P tile, and after a
-//        barrier both take P from the tile for their half of O; the row sums are added at the end.
-// Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB (keys split: the P tile
-// and the row statistics in their place), 128B-swizzled tiles.
+// Other schedules (LCATTN_ATTN_SCHEDULE=keys or dims-keys, off until they have run on a GPU; Schedule
+//        below): the logits of keys 32w .. 32w + 31 go to WG w, so only each row's maximum crosses
+//        shared memory; each exponentiates its 32 keys into an 8 KB bf16 P tile, and after a barrier
+//        both take P from the tile for their half of O; the row sums are added at the end.
+// Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB (other schedules: the P
+// tile, the row statistics and half-size partials in their place), 128B-swizzled tiles.
 // Entries in the kv_fp8 form (kFp8Entries) are copied as they are by the producer's cp.async and
-// widened to bf16 in place (exact) by each math warpgroup for its own dims, so the math is the same
-// and the producer's loads stay asynchronous.
+// widened to bf16 in place (exact) by each math warpgroup for its own dims (kKeys: its own rows), so
+// the math is the same and the producer's loads stay asynchronous.
 // With several splits (decode), each CTA writes its unnormalised output and (max, sum) to the
 // workspace and the last CTA of each query to finish (2 to 4 splits; fused_combine) or a second
 // kernel combines them, adds the sink and undoes the query rotation.
@@ -44,11 +44,12 @@ struct SharedStorage {
   alignas(1024) uint8_t q[kChunks * kChunkBytes];     // Q [8 chunks][64 heads][128 B]
   alignas(1024) uint8_t k[2][kChunks * kChunkBytes];  // key ring [8 chunks][64 keys][128 B]
   union {
-    float logits[2][32 * 128];  // dims split: WG w's partial S in accumulator order
+    float logits[2][32 * 128];  // kDims: WG w's partial S in accumulator order
     struct {
       alignas(1024) uint8_t p[kChunkBytes];  // P [64 heads][64 keys] bf16, 128B-swizzled
       float2 row_stat[2][128];               // WG w's (row r0, row r0 + 8) maxima, then sums, by tid
-    } split;                                 // keys split
+      float partial[2][16 * 128];            // kDimsThenKeys: WG w's partial logits of the other's keys
+    } split;                                 // kKeys, kDimsThenKeys
   };
   float key_bias[2][kKeys];        // 0, or -inf for an absent key
   uint8_t staged[2][kKeys];        // kFp8Entries: 1 for a row copied as a kv_fp8 entry
@@ -60,8 +61,8 @@ constexpr int kSmemBytes = sizeof(SharedStorage) + 1024;  // + room to align the
 static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
 
 // Named barriers (0 is __syncthreads): over the 256 math threads, then over math warpgroup w's 128
-// (kBarWidened + w).
-enum : int { kBarLogits = 1, kBarRead = 2, kBarWidened = 3 };
+// (kBarWidened + w), then kDimsThenKeys's exchange of partials over the 256.
+enum : int { kBarLogits = 1, kBarRead = 2, kBarWidened = 3, kBarPartials = 5 };
 
 // Where a kv_fp8 entry's bytes go in its 1 KB row of a key tile, as "linear" offsets
 // (chunk * 128 + byte in the chunk's row; linear_offset swizzles them). Math warpgroup w owns the row's
@@ -243,9 +244,32 @@ __device__ __forceinline__ void rescale_rows(float (&o)[128], float (&l)[2], flo
   }
 }
 
-// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form); kLeanWiden: widened by widen_row_lean;
-// kKeySplit: the logits split by keys between the math warpgroups (LCATTN_ATTN_KEY_SPLIT=1).
-template <bool kFp8Entries, bool kLeanWiden, bool kKeySplit>
+// How the two math warpgroups share a key block; in each, warpgroup w accumulates O for dims 256 w ..
+//   kDims (version 4): the logits by dims, the fp32 partials exchanged whole, and each warpgroup the
+//     softmax of all 64 keys, P from registers.
+//   kKeys (version 7, LCATTN_ATTN_SCHEDULE=keys): the logits of its own 32 keys over all 512 dims; only
+//     the row maxima exchanged; each the softmax of its 32 keys, P through a shared bf16 tile.
+//   kDimsThenKeys (LCATTN_ATTN_SCHEDULE=dims-keys): the logits by dims, each warpgroup receiving the
+//     other's partial for its own 32 keys only; then as kKeys.
+enum class Schedule { kDims, kKeys, kDimsThenKeys };
+
+// A math warpgroup's partial logits over its 256 dims (kDims, kDimsThenKeys): 16 k-steps of 16, four
+// per 64-wide chunk, Q and the key tile K-major in shared memory.
+__device__ __forceinline__ void partial_logits(float (&sacc)[32], const uint8_t* q, const uint8_t* keys, int wg) {
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < 16; ++ks) {
+    const int chunk = 4 * wg + ks / 4, off = (ks % 4) * 32;
+    wgmma_m64n64k16_ss(sacc, smem_desc(q + chunk * kChunkBytes + off, 16, 1024),
+                       smem_desc(keys + chunk * kChunkBytes + off, 16, 1024), ks > 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_registers(sacc);
+}
+
+// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form); kLeanWiden: widened by widen_row_lean.
+template <bool kFp8Entries, bool kLeanWiden, Schedule kSchedule>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
   extern __shared__ uint8_t smem_raw[];
   // The base aligned to 1024 by an offset from smem_raw, so the compiler knows every access is to
@@ -318,14 +342,15 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     mbar_wait(&sm.full[buf], (it >> 1) & 1);
     fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
     if constexpr (kFp8Entries) {
-      // Dims split: this warpgroup's half of every row. Keys split: both halves of its own 32 rows,
-      // which its logits read; the other rows, which its P.V reads, are widened by the other
-      // warpgroup before the 256-thread barriers below.
+      // This warpgroup's half of every row; with the logits split by keys (kOwnRows), both halves of
+      // its own 32 rows, which its logits read: the other rows, which its P.V reads, are widened by
+      // the other warpgroup before the 256-thread barriers below.
+      constexpr bool kOwnRows = kSchedule == Schedule::kKeys;
       const Fp8Staging staging{KvFp8Layout{kDim, p.rope_dim}};
       const uint32_t tile = smem_addr(sm.k[buf]), staged = smem_addr(sm.staged[buf]);
 #pragma unroll 1
       for (int pass = 0; pass < 2; ++pass) {
-        const int r = (kKeySplit ? 32 * wg : 32 * pass) + tid / 4, half = kKeySplit ? pass : wg;
+        const int r = (kOwnRows ? 32 * wg : 32 * pass) + tid / 4, half = kOwnRows ? pass : wg;
         if constexpr (kLeanWiden)
           widen_row_lean(tile, staged, r, half, tid % 4, staging);
         else
@@ -335,24 +360,72 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       named_barrier_sync(kBarWidened + wg, 128);
     }
 
-    if constexpr (kKeySplit) {
-      // S for this warpgroup's 32 keys (rows 32 wg .. of the tile) over all 512 dims: 32 k-steps of 16.
-      float sacc[16];
+    if constexpr (kSchedule == Schedule::kDims) {
+      float sacc[32];
+      partial_logits(sacc, sm.q, sm.k[buf], wg);
+      // Exchange partials: thread tid of either warpgroup holds the same (row, column) positions.
+#pragma unroll
+      for (int i = 0; i < 32; ++i) sm.logits[wg][i * 128 + tid] = sacc[i];
+      named_barrier_sync(kBarLogits, 256);
+      // Both warpgroups add the same two partials (a + b == b + a), so they agree exactly.
+#pragma unroll
+      for (int i = 0; i < 32; ++i) sacc[i] += sm.logits[1 - wg][i * 128 + tid];
+      named_barrier_sync(kBarRead, 256);  // both read before either writes the next block's partial
+
+      // Scaled base-2 logits, -inf for absent keys; the new row maxima.
+      float m_new[2] = {m_run[0], m_run[1]}, m_use[2];
+      scale_logits(sacc, sm.key_bias[buf], scale, c0, m_new);
+      rescale_rows(o, l_run, m_run, m_new, m_use, p.rescale_slack);
+      uint32_t pa[4][4];  // P as the A operand of 4 k-steps of 16 keys
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float e[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          e[i] = exp2f(sacc[j * 4 + i] - m_use[i / 2]);
+          l_run[i / 2] += e[i];
+        }
+        pa[j / 2][(j % 2) * 2] = pack_bf16(e[0], e[1]);
+        pa[j / 2][(j % 2) * 2 + 1] = pack_bf16(e[2], e[3]);
+      }
+
+      // O[:, my dims] += P V[:, my dims] (V = K, read MN-major: 4 chunks of 64 dims, 16 keys a k-step).
       wgmma_fence();
 #pragma unroll
-      for (int ks = 0; ks < 32; ++ks) {
-        const int chunk = ks / 4, off = (ks % 4) * 32;
-        wgmma_m64n32k16_ss(sacc, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
-                           smem_desc(sm.k[buf] + chunk * kChunkBytes + wg * 32 * 128 + off, 16, 1024), ks > 0);
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_m64n256k16_rs_bmn(o, pa[kk], smem_desc(sm.k[buf] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024),
+                                1);
+    } else {
+      float s[16];  // the logits of keys 32 wg .. 32 wg + 31 (columns 8 j + c0, + 1 from key 32 wg)
+      if constexpr (kSchedule == Schedule::kKeys) {
+        // Over all 512 dims: 32 k-steps of 16 on rows 32 wg .. of the tile.
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < 32; ++ks) {
+          const int chunk = ks / 4, off = (ks % 4) * 32;
+          wgmma_m64n32k16_ss(s, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
+                             smem_desc(sm.k[buf] + chunk * kChunkBytes + wg * 32 * 128 + off, 16, 1024), ks > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_registers(s);
+      } else {
+        float sacc[32];
+        partial_logits(sacc, sm.q, sm.k[buf], wg);
+        // Each warpgroup sends the other the partial of the other's keys and adds the one it receives
+        // to its own: kDims's logits, bit for bit, for half the keys.
+#pragma unroll
+        for (int i = 0; i < 16; ++i) sm.split.partial[wg][i * 128 + tid] = wg == 0 ? sacc[16 + i] : sacc[i];
+        named_barrier_sync(kBarPartials, 256);
+#pragma unroll
+        for (int i = 0; i < 16; ++i)
+          s[i] = (wg == 0 ? sacc[i] : sacc[16 + i]) + sm.split.partial[1 - wg][i * 128 + tid];
       }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_registers(sacc);
 
       // Row maxima over both warpgroups' keys: thread tid of either warpgroup holds the same rows, and
       // fmaxf does not depend on the order, so both get the same maxima.
       float m_mine[2] = {-INFINITY, -INFINITY};
-      scale_logits(sacc, sm.key_bias[buf] + 32 * wg, scale, c0, m_mine);
+      scale_logits(s, sm.key_bias[buf] + 32 * wg, scale, c0, m_mine);
       sm.split.row_stat[wg][tid] = make_float2(m_mine[0], m_mine[1]);
       named_barrier_sync(kBarLogits, 256);
       const float2 theirs = sm.split.row_stat[1 - wg][tid];
@@ -366,7 +439,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
         float e[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          e[i] = exp2f(sacc[j * 4 + i] - m_use[i / 2]);
+          e[i] = exp2f(s[j * 4 + i] - m_use[i / 2]);
           l_run[i / 2] += e[i];
         }
         *reinterpret_cast<uint32_t*>(sm.split.p + swizzled(r0, 4 * wg + j) + 2 * c0) = pack_bf16(e[0], e[1]);
@@ -375,66 +448,14 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       fence_proxy_async();                // the P stores, before either warpgroup's wgmma reads them
       named_barrier_sync(kBarRead, 256);  // both halves of P are in the tile
 
-      // O[:, my dims] += P V[:, my dims], P from the tile (4 k-steps of 16 keys), V as below.
+      // O[:, my dims] += P V[:, my dims], P from the tile (4 k-steps of 16 keys), V as above. The wait
+      // below also comes before the next block's P overwrites the tile (after the next maxima barrier).
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
         wgmma_m64n256k16_ss_bmn(o, smem_desc(sm.split.p + kk * 32, 16, 1024),
                                 smem_desc(sm.k[buf] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
-      wgmma_commit();
-      wgmma_wait<0>();  // also before the next block's P overwrites the tile (its barrier follows this)
-      fence_registers(o);
-      mbar_arrive(&sm.empty[buf]);
-      continue;
     }
-
-    // Partial S over this warpgroup's 256 dims: 16 k-steps of 16, four per 64-wide chunk.
-    float sacc[32];
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < 16; ++ks) {
-      const int chunk = 4 * wg + ks / 4, off = (ks % 4) * 32;
-      wgmma_m64n64k16_ss(sacc, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
-                         smem_desc(sm.k[buf] + chunk * kChunkBytes + off, 16, 1024), ks > 0);
-    }
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_registers(sacc);
-
-    // Exchange partials: thread tid of either warpgroup holds the same (row, column) positions.
-#pragma unroll
-    for (int i = 0; i < 32; ++i) sm.logits[wg][i * 128 + tid] = sacc[i];
-    named_barrier_sync(kBarLogits, 256);
-    // Both sums are taken in the order (WG0 part) + (WG1 part), so both warpgroups agree exactly.
-#pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      const float theirs = sm.logits[1 - wg][i * 128 + tid];
-      sacc[i] = wg == 0 ? sacc[i] + theirs : theirs + sacc[i];
-    }
-    named_barrier_sync(kBarRead, 256);  // both read before either writes the next block's partial
-
-    // Scaled base-2 logits, -inf for absent keys; the new row maxima.
-    float m_new[2] = {m_run[0], m_run[1]}, m_use[2];
-    scale_logits(sacc, sm.key_bias[buf], scale, c0, m_new);
-    rescale_rows(o, l_run, m_run, m_new, m_use, p.rescale_slack);
-    uint32_t pa[4][4];  // P as the A operand of 4 k-steps of 16 keys
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      float e[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        e[i] = exp2f(sacc[j * 4 + i] - m_use[i / 2]);
-        l_run[i / 2] += e[i];
-      }
-      pa[j / 2][(j % 2) * 2] = pack_bf16(e[0], e[1]);
-      pa[j / 2][(j % 2) * 2 + 1] = pack_bf16(e[2], e[3]);
-    }
-
-    // O[:, my dims] += P V[:, my dims] (V = K, read MN-major: 4 chunks of 64 dims, 16 keys a k-step).
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_m64n256k16_rs_bmn(o, pa[kk], smem_desc(sm.k[buf] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
     wgmma_commit();
     wgmma_wait<0>();
     fence_registers(o);
@@ -447,7 +468,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 1);
     l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
   }
-  if constexpr (kKeySplit) {
+  if constexpr (kSchedule != Schedule::kDims) {
     // Each warpgroup summed its own keys: both add the two in the order (WG0) + (WG1). The maxima's
     // slots are free: the last block's were read before its second barrier.
     sm.split.row_stat[wg][tid] = make_float2(l_run[0], l_run[1]);
@@ -514,15 +535,27 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
   return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
 }
 
-template <bool kFp8Entries, bool kLeanWiden, bool kKeySplit>
+template <bool kFp8Entries, bool kLeanWiden, Schedule kSchedule>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_kernel<kFp8Entries, kLeanWiden, kKeySplit>;
+  const auto kernel = attention_sm90_kernel<kFp8Entries, kLeanWiden, kSchedule>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
   kernel<<<unsigned(ctas), kThreads, kSmemBytes, stream>>>(p);
   return cudaSuccess;
+}
+
+template <bool kFp8Entries, bool kLeanWiden>
+cudaError_t launch_for_schedule(Schedule schedule, const AttentionParams& p, cudaStream_t stream) {
+  switch (schedule) {
+    case Schedule::kKeys:
+      return launch_attention_sm90<kFp8Entries, kLeanWiden, Schedule::kKeys>(p, stream);
+    case Schedule::kDimsThenKeys:
+      return launch_attention_sm90<kFp8Entries, kLeanWiden, Schedule::kDimsThenKeys>(p, stream);
+    default:
+      return launch_attention_sm90<kFp8Entries, kLeanWiden, Schedule::kDims>(p, stream);
+  }
 }
 
 }  // namespace
@@ -560,8 +593,10 @@ bool attention_fuses_combine(const AttentionParams& p) {
 
 cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
   AttentionParams p = params;
-  // LCATTN_ATTN_RESCALE_SLACK=s (base 2, versions 4 and 7), off until it has run on a GPU.
-  if (const long slack = env_int("LCATTN_ATTN_RESCALE_SLACK", -1); slack >= 0) p.rescale_slack = float(slack);
+  // LCATTN_ATTN_RESCALE_SLACK=s (base 2; every schedule of this kernel), off until it has run on a GPU.
+  // At most 32, so that sums of up to 2^32 exponentials of 2^32 each stay far from the fp32 range.
+  if (const long slack = env_int("LCATTN_ATTN_RESCALE_SLACK", -1); slack >= 0)
+    p.rescale_slack = float(std::min(slack, 32L));
   if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
   if (p.fused_combine && p.splits > kMaxFusedSplits) return cudaErrorInvalidValue;  // its loop holds 4
   cudaError_t err = cudaSuccess;
@@ -570,18 +605,17 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
     err = cudaMemsetAsync(combine_counters(p), 0, ctas * sizeof(int), stream);
     if (err != cudaSuccess) return err;
   }
-  const bool key_split = env_is("LCATTN_ATTN_KEY_SPLIT", "1"), lean = env_is("LCATTN_ATTN_FP8_LEAN_WIDEN", "1");
+  const Schedule schedule = env_is("LCATTN_ATTN_SCHEDULE", "keys")        ? Schedule::kKeys
+                            : env_is("LCATTN_ATTN_SCHEDULE", "dims-keys") ? Schedule::kDimsThenKeys
+                                                                          : Schedule::kDims;
   if (attention_pair_applies(p))
     err = attention_sm90_pair(p, stream);
   else if (!p.ckv_fp8)
-    err = key_split ? launch_attention_sm90<false, false, true>(p, stream)
-                    : launch_attention_sm90<false, false, false>(p, stream);
-  else if (key_split)
-    err =
-        lean ? launch_attention_sm90<true, true, true>(p, stream) : launch_attention_sm90<true, false, true>(p, stream);
+    err = launch_for_schedule<false, false>(schedule, p, stream);
+  else if (env_is("LCATTN_ATTN_FP8_LEAN_WIDEN", "1"))
+    err = launch_for_schedule<true, true>(schedule, p, stream);
   else
-    err = lean ? launch_attention_sm90<true, true, false>(p, stream)
-               : launch_attention_sm90<true, false, false>(p, stream);
+    err = launch_for_schedule<true, false>(schedule, p, stream);
   if (err != cudaSuccess) return err;
   if (p.splits > 1 && !p.fused_combine) {
     err = cudaGetLastError();
