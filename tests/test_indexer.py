@@ -182,8 +182,8 @@ def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, reads_e4m3):
 @pytest.mark.parametrize("form", ["bf16", "e4m3"])
 def test_indexer_tensor_sums_cuda(monkeypatch, B, S, N, HI, q_start, form):
     """The head sums on the tensor cores (LCATTN_INDEXER_TENSOR_SUMS=1): ReLU(S) is rounded to bf16
-    before the weighted sum, so the scores are within 4e-3 of the reference's (relative to the
-    largest), with visibility exact; a NaN in one query row's q stays in that row; indexer_topk's
+    before the weighted sum, so the scores are within 4e-3 relative error of the reference's, with
+    visibility exact; a NaN in one query row's q stays in that row; indexer_topk's
     picks keep the top-k contract within twice the scoring error; and the kernel ran."""
     monkeypatch.setenv("LCATTN_INDEXER_TENSOR_SUMS", "1")
     if form == "bf16":

@@ -54,8 +54,10 @@ struct SharedStorage {
   alignas(1024) uint8_t keys[kChunks * kKeyChunkBytes];         // [chunks][256 keys][128 B]
   alignas(1024) uint8_t q[kStages][kChunks * kPairChunkBytes];  // [chunks][row 0's heads, row 1's][128 B]
   float w[kStages][kPairRows];                                  // head weights, 0 for absent heads and rows
-  // kTensorSums: per math warpgroup, B [8 columns][2 chunks of 64 (row, head)] bf16, 128B-swizzled.
-  alignas(1024) uint8_t sum_weights[2][2][1024];
+  // kTensorSums: per math warpgroup and pair parity, B [8 columns][2 chunks of 64 (row, head)] bf16,
+  // 128B-swizzled. Two per warpgroup: pair i's is rewritten only after every warp of the warpgroup
+  // passed pair i - 1's barrier, so past its wgmma of pair i - 2 that read it.
+  alignas(1024) uint8_t sum_weights[2][2][2][1024];
   uint64_t keys_full, full[kStages], empty[kStages];
 };
 template <int kElemBytes>
@@ -220,8 +222,10 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
     key_n[half] = key0 + 64 * t_out + 8 * half;
     key_scale[half] = key_n[half] < p.N ? p.key_scale(b, key_n[half]) : 0.f;
   }
-  if constexpr (kTensorSums) {  // this warpgroup's B tile zeroed (columns 4-7 stay so), before any weight
-    *reinterpret_cast<uint4*>(&sm.sum_weights[wg][0][0] + 16 * tid) = make_uint4(0u, 0u, 0u, 0u);
+  if constexpr (kTensorSums) {  // this warpgroup's B tiles zeroed (columns 2-7 stay so), before any weight
+#pragma unroll
+    for (int part = 0; part < 2; ++part)
+      reinterpret_cast<uint4*>(sm.sum_weights[wg])[part * 128 + tid] = make_uint4(0u, 0u, 0u, 0u);
     named_barrier_sync(1 + wg, 128);
   }
   mbar_wait(&sm.keys_full, 0);
@@ -247,8 +251,8 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
     // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.
     float total[2];
     if constexpr (kTensorSums) {
-      // The previous pair's sums are done (waited below), so the tile may be rewritten.
-      store_sum_weights(sm.sum_weights[wg], sm.w[stage], tid);
+      uint8_t (&sum_weights)[2][1024] = sm.sum_weights[wg][i % 2];
+      store_sum_weights(sum_weights, sm.w[stage], tid);
       fence_proxy_async();              // the stores, before the warpgroup's wgmma reads them
       named_barrier_sync(1 + wg, 128);  // the whole tile
       wgmma_wait<0>();
@@ -274,7 +278,7 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
       for (int t = 0; t < 2; ++t)
 #pragma unroll
         for (int kk = 0; kk < 8; ++kk)
-          wgmma_m64n8k16_rs(d[t][kk / 4], a[t][kk], smem_desc(sm.sum_weights[wg][kk / 4] + (kk % 4) * 32, 16, 1024),
+          wgmma_m64n8k16_rs(d[t][kk / 4], a[t][kk], smem_desc(sum_weights[kk / 4] + (kk % 4) * 32, 16, 1024),
                             kk % 4 > 0);
       wgmma_commit();
       wgmma_wait<0>();
