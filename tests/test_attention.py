@@ -42,10 +42,11 @@ SCHEDULES = {"dims": {}, "pair": {"LCATTN_ATTN_PAIR": "1", "LCATTN_ATTN_SPLITS":
 SCHEDULE_NUMBER = {"dims": 0, "keys": 1, "dims-keys": 2}  # attention_sm90.cu's Schedule
 
 
-def ran_sm90_kernel(kernels, fp8, lean, schedule):
-    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, lean, schedule>."""
+def ran_sm90_kernel(kernels, fp8, lean, schedule, early=False):
+    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, lean, schedule, early>."""
     flag = {False: "false", True: "true"}
-    pattern = rf"attention_sm90_kernel<{flag[fp8]}, {flag[lean]}, \(.*?Schedule\){SCHEDULE_NUMBER[schedule]}>"
+    pattern = (rf"attention_sm90_kernel<{flag[fp8]}, {flag[lean]}, \(.*?Schedule\){SCHEDULE_NUMBER[schedule]}, "
+               rf"{flag[early]}>")
     return re.search(pattern, kernels) is not None
 
 
@@ -300,14 +301,18 @@ def test_hopper_no_keys_and_extreme_sinks_cuda(monkeypatch, schedule):
 @pytest.mark.parametrize("form", ["sparse", "dense128"])
 @pytest.mark.parametrize("rope_dim", [64, 32, 8])
 @pytest.mark.parametrize("lean", ["0", "1"])
+@pytest.mark.parametrize("early", ["0", "1"])
 @pytest.mark.parametrize("schedule", ["dims", "keys", "dims-keys"])
-def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, rope_dim, lean, schedule):
+def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, rope_dim, lean, early,
+                                  schedule):
     """The Hopper kernel reads kv_fp8 entries as they are and widens them exactly in shared memory, so
     it gives bit for bit what it gives on the dequantized bf16 entries (prefill, split decode, absent
     keys), also with RoPE widths whose e4m3 part is not a multiple of 32 channels, with the lean
-    widening (LCATTN_ATTN_FP8_LEAN_WIDEN=1), in every schedule of the math warpgroups (SCHEDULES;
-    with the logits by keys each widens both halves of its own rows); and it is the kernel that ran."""
+    widening (LCATTN_ATTN_FP8_LEAN_WIDEN=1), with the next block widened during this one's P.V
+    (LCATTN_ATTN_FP8_EARLY_WIDEN=1), in every schedule of the math warpgroups (SCHEDULES; with the
+    logits by keys each widens both halves of its own rows); and it is the kernel that ran."""
     monkeypatch.setenv("LCATTN_ATTN_FP8_LEAN_WIDEN", lean)
+    monkeypatch.setenv("LCATTN_ATTN_FP8_EARLY_WIDEN", early)
     for name, value in SCHEDULES[schedule].items():
         monkeypatch.setenv(name, value)
     q, kv, kvs, qs, _, sink, f = make_attention(B, S, H, 512, rope_dim, L, N, q_start, kv_start, "cuda")
@@ -322,7 +327,7 @@ def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start,
     want = run(ops.dequantize_kv_fp8(ckv8, 512, rope_dim))
     got, kernels = kernel_names(lambda: run(ckv8))
     if kernels:
-        assert ran_sm90_kernel(kernels, True, lean == "1", schedule), kernels
+        assert ran_sm90_kernel(kernels, True, lean == "1", schedule, early == "1"), kernels
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 

@@ -268,8 +268,11 @@ __device__ __forceinline__ void partial_logits(float (&sacc)[32], const uint8_t*
   fence_registers(sacc);
 }
 
-// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form); kLeanWiden: widened by widen_row_lean.
-template <bool kFp8Entries, bool kLeanWiden, Schedule kSchedule>
+// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form); kLeanWiden: widened by widen_row_lean;
+// kEarlyWiden (LCATTN_ATTN_FP8_EARLY_WIDEN=1, off until it has run on a GPU): block b + 1's entries are
+// widened while block b's P.V runs on the tensor cores (it reads the other buffer), so that only a
+// CTA's first block waits for its widening.
+template <bool kFp8Entries, bool kLeanWiden, Schedule kSchedule, bool kEarlyWiden>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
   extern __shared__ uint8_t smem_raw[];
   // The base aligned to 1024 by an offset from smem_raw, so the compiler knows every access is to
@@ -336,29 +339,32 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   // below it) and the sum relative to it.
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
 
+  // kFp8Entries: widens the staged entries of key buffer b in place: this warpgroup's half of every row;
+  // with the logits split by keys (kOwnRows), both halves of its own 32 rows, which its logits read (the
+  // other rows, which its P.V reads, are widened by the other warpgroup before the 256-thread barriers).
+  auto widen_buffer = [&](int b) {
+    constexpr bool kOwnRows = kSchedule == Schedule::kKeys;
+    const Fp8Staging staging{KvFp8Layout{kDim, p.rope_dim}};
+    const uint32_t tile = smem_addr(sm.k[b]), staged = smem_addr(sm.staged[b]);
+#pragma unroll 1
+    for (int pass = 0; pass < 2; ++pass) {
+      const int r = (kOwnRows ? 32 * wg : 32 * pass) + tid / 4, half = kOwnRows ? pass : wg;
+      if constexpr (kLeanWiden)
+        widen_row_lean(tile, staged, r, half, tid % 4, staging);
+      else
+        widen_row(tile, staged, r, half, tid % 4, staging);
+    }
+    fence_proxy_async();  // this thread's stores, before the warpgroup's wgmma reads them
+    named_barrier_sync(kBarWidened + wg, 128);
+  };
+
   mbar_wait(&sm.q_full, 0);
   for (int blk = range.first; blk < range.last; ++blk) {
     const int it = blk - range.first, buf = it & 1;
     mbar_wait(&sm.full[buf], (it >> 1) & 1);
     fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
-    if constexpr (kFp8Entries) {
-      // This warpgroup's half of every row; with the logits split by keys (kOwnRows), both halves of
-      // its own 32 rows, which its logits read: the other rows, which its P.V reads, are widened by
-      // the other warpgroup before the 256-thread barriers below.
-      constexpr bool kOwnRows = kSchedule == Schedule::kKeys;
-      const Fp8Staging staging{KvFp8Layout{kDim, p.rope_dim}};
-      const uint32_t tile = smem_addr(sm.k[buf]), staged = smem_addr(sm.staged[buf]);
-#pragma unroll 1
-      for (int pass = 0; pass < 2; ++pass) {
-        const int r = (kOwnRows ? 32 * wg : 32 * pass) + tid / 4, half = kOwnRows ? pass : wg;
-        if constexpr (kLeanWiden)
-          widen_row_lean(tile, staged, r, half, tid % 4, staging);
-        else
-          widen_row(tile, staged, r, half, tid % 4, staging);
-      }
-      fence_proxy_async();  // this thread's stores, before the warpgroup's wgmma reads them
-      named_barrier_sync(kBarWidened + wg, 128);
-    }
+    if constexpr (kFp8Entries)
+      if (!kEarlyWiden || blk == range.first) widen_buffer(buf);
 
     if constexpr (kSchedule == Schedule::kDims) {
       float sacc[32];
@@ -457,6 +463,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
                                 smem_desc(sm.k[buf] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
     }
     wgmma_commit();
+    if constexpr (kFp8Entries && kEarlyWiden) {  // the next block's widening while this P.V runs
+      if (blk + 1 < range.last) {
+        mbar_wait(&sm.full[buf ^ 1], ((it + 1) >> 1) & 1);
+        fence_proxy_async();
+        widen_buffer(buf ^ 1);
+      }
+    }
     wgmma_wait<0>();
     fence_registers(o);
     mbar_arrive(&sm.empty[buf]);
@@ -535,10 +548,10 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
   return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
 }
 
-template <bool kFp8Entries, bool kLeanWiden, Schedule kSchedule>
+template <bool kFp8Entries, bool kLeanWiden, Schedule kSchedule, bool kEarlyWiden>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_kernel<kFp8Entries, kLeanWiden, kSchedule>;
+  const auto kernel = attention_sm90_kernel<kFp8Entries, kLeanWiden, kSchedule, kEarlyWiden>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
@@ -546,16 +559,23 @@ cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream)
   return cudaSuccess;
 }
 
-template <bool kFp8Entries, bool kLeanWiden>
+template <bool kFp8Entries, bool kLeanWiden, bool kEarlyWiden = false>
 cudaError_t launch_for_schedule(Schedule schedule, const AttentionParams& p, cudaStream_t stream) {
   switch (schedule) {
     case Schedule::kKeys:
-      return launch_attention_sm90<kFp8Entries, kLeanWiden, Schedule::kKeys>(p, stream);
+      return launch_attention_sm90<kFp8Entries, kLeanWiden, Schedule::kKeys, kEarlyWiden>(p, stream);
     case Schedule::kDimsThenKeys:
-      return launch_attention_sm90<kFp8Entries, kLeanWiden, Schedule::kDimsThenKeys>(p, stream);
+      return launch_attention_sm90<kFp8Entries, kLeanWiden, Schedule::kDimsThenKeys, kEarlyWiden>(p, stream);
     default:
-      return launch_attention_sm90<kFp8Entries, kLeanWiden, Schedule::kDims>(p, stream);
+      return launch_attention_sm90<kFp8Entries, kLeanWiden, Schedule::kDims, kEarlyWiden>(p, stream);
   }
+}
+
+// kv_fp8 entries: LCATTN_ATTN_FP8_LEAN_WIDEN=1 and LCATTN_ATTN_FP8_EARLY_WIDEN=1 (read per call).
+template <bool kLeanWiden>
+cudaError_t launch_fp8(Schedule schedule, const AttentionParams& p, cudaStream_t stream) {
+  return env_is("LCATTN_ATTN_FP8_EARLY_WIDEN", "1") ? launch_for_schedule<true, kLeanWiden, true>(schedule, p, stream)
+                                                    : launch_for_schedule<true, kLeanWiden>(schedule, p, stream);
 }
 
 }  // namespace
@@ -613,9 +633,9 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
   else if (!p.ckv_fp8)
     err = launch_for_schedule<false, false>(schedule, p, stream);
   else if (env_is("LCATTN_ATTN_FP8_LEAN_WIDEN", "1"))
-    err = launch_for_schedule<true, true>(schedule, p, stream);
+    err = launch_fp8<true>(schedule, p, stream);
   else
-    err = launch_for_schedule<true, false>(schedule, p, stream);
+    err = launch_fp8<false>(schedule, p, stream);
   if (err != cudaSuccess) return err;
   if (p.splits > 1 && !p.fused_combine) {
     err = cudaGetLastError();
