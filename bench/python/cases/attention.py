@@ -247,6 +247,13 @@ def sparse_attn_cases(quick):
         nbytes = 2 * B * (K + 128) * 512  # the keys each sequence reads
         yield "sparse_attn", f"flash decode B={B} keys={K}+128 (graph)", flops, nbytes, make, {
             "unfused torch": make_base}
+    # B = 64 with top-k 128: 4 key blocks a CTA against 10, a CTA's fixed time against its time a block.
+    B, H, K, N = 64, 64, 128, 32768
+    def make_few(B=B, H=H, K=K, N=N):
+        a = attention_inputs(B, 1, H, K, N, pos=4 * N - 1)
+        return replayed(lambda: ops.sparse_attn(*a[:5], a[7], a[5], a[6]))
+    yield ("sparse_attn", f"flash decode B={B} keys={K}+128 (graph)", 4 * H * 512 * (K + 128) * B,
+           2 * B * (K + 128) * 512, make_few, {})
     # The same decode with the entries in the kv_fp8 form, against lcattn's bf16 decode of the
     # dequantized entries and FlashMLA's fp8 decode.
     # The flash_mla package if it has V4's decode and agrees with lcattn, else the built library.
