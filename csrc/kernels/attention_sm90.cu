@@ -198,26 +198,6 @@ __device__ __forceinline__ void prefetch_row_l2(const void* row, int bytes, int 
   }
 }
 
-// Scales a math thread's logits s (rows r0, r0 + 8; columns 8 j + c0, + 1, j < N / 4, whose key biases
-// start at `bias`) to base 2 with the key bias added, and folds their row maxima over the quad into m.
-template <int N>
-__device__ __forceinline__ void scale_logits(float (&s)[N], const float* bias, float scale, int c0, float (&m)[2]) {
-#pragma unroll
-  for (int j = 0; j < N / 4; ++j) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float& x = s[j * 4 + e];
-      x = x * scale + bias[j * 8 + c0 + (e & 1)];
-      m[e / 2] = fmaxf(m[e / 2], x);
-    }
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffff, m[h], 1));
-    m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffff, m[h], 2));
-  }
-}
-
 // Moves a math thread's running sums l and output o (rows r0, r0 + 8) from the reference maxima m_ref
 // to the block's maxima m_new, and returns in m_use the reference point the block's exponentials take.
 // With slack >= 0 the warp keeps its references unless a row's maximum passes its own by more than

@@ -88,6 +88,26 @@ struct SplitRange {
 // A row's running maximum as a reference point: 0 while no key was seen, so that exp2(x - ref) is never NaN.
 __device__ __forceinline__ float max_ref(float m) { return m == -INFINITY ? 0.f : m; }
 
+// Scales a math thread's logits s (rows r0, r0 + 8; columns 8 j + c0, + 1, j < N / 4, whose key biases
+// start at `bias`) to base 2 with the key bias added, and folds their row maxima over the quad into m.
+template <int N>
+__device__ __forceinline__ void scale_logits(float (&s)[N], const float* bias, float scale, int c0, float (&m)[2]) {
+#pragma unroll
+  for (int j = 0; j < N / 4; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float& x = s[j * 4 + e];
+      x = x * scale + bias[j * 8 + c0 + (e & 1)];
+      m[e / 2] = fmaxf(m[e / 2], x);
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffff, m[h], 1));
+    m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffff, m[h], 2));
+  }
+}
+
 // The factor that turns a row's unnormalised output into the result: 1 / (sum + exp(sink)), all
 // relative to the base-2 maximum m; 0 when the row saw no key at all (SPEC 5, sink in the denominator).
 __device__ __forceinline__ float output_scale(float sum, float m, float sink) {

@@ -76,25 +76,6 @@ __device__ __forceinline__ void issue_logits_half(float (&s)[32], PairStorage& s
   wgmma_commit();
 }
 
-// The scaled base-2 logits of this thread's rows r0 and r0 + 8 (-inf for absent keys) and their
-// maxima over the block, folded into `m` (quad shuffles: the 4 threads of a row hold its 64 columns).
-__device__ __forceinline__ void scale_logits(float (&s)[32], const float* bias, float scale, int c0, float (&m)[2]) {
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float& x = s[j * 4 + e];
-      x = x * scale + bias[j * 8 + c0 + (e & 1)];
-      m[e / 2] = fmaxf(m[e / 2], x);
-    }
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffff, m[h], 1));
-    m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffff, m[h], 2));
-  }
-}
-
 // O and the sums rescaled from the old to the new maximum of each row (0 while nothing was seen).
 __device__ __forceinline__ void rescale(float (&o)[128], float (&l)[2], const float (&factor)[2]) {
 #pragma unroll
