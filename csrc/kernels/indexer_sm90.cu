@@ -248,17 +248,28 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
           wgmma_m64n128k32_e4m3_ss(acc[t], desc_keys, desc_q, ks > 0);
       }
     wgmma_commit();
-    // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.
-    float total[2];
+    // The stage's head weights, read while the products run: kTensorSums, into this pair's B tile;
+    // otherwise those of this thread's columns (query row q, head 8 j + c0 + e) into registers.
+    uint8_t (&sum_weights)[2][1024] = sm.sum_weights[wg][i % 2];
+    float2 w[2][8];
     if constexpr (kTensorSums) {
-      uint8_t (&sum_weights)[2][1024] = sm.sum_weights[wg][i % 2];
       store_sum_weights(sum_weights, sm.w[stage], tid);
       fence_proxy_async();              // the stores, before the warpgroup's wgmma reads them
       named_barrier_sync(1 + wg, 128);  // the whole tile
-      wgmma_wait<0>();
-      fence_registers(acc[0]);
-      fence_registers(acc[1]);
-      mbar_arrive(&sm.empty[stage]);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 2; ++q)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) w[q][j] = *reinterpret_cast<const float2*>(&sm.w[stage][q * kHeads + 8 * j + c0]);
+    }
+    wgmma_wait<0>();
+    fence_registers(acc[0]);
+    fence_registers(acc[1]);
+    mbar_arrive(&sm.empty[stage]);
+
+    // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.
+    float total[2];
+    if constexpr (kTensorSums) {
       // ReLU(S) as A: k-step kk takes accumulator columns 16 kk .. 16 kk + 15 (blocks 2 kk, 2 kk + 1).
       uint32_t a[2][8][4];
 #pragma unroll
@@ -300,16 +311,6 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
         total[half] = t_out == 0 ? (q_out == 0 ? sums[0][0] : sums[0][1]) : (q_out == 0 ? sums[1][0] : sums[1][1]);
       }
     } else {
-      // Weights of this thread's columns: query row q, head 8 j + c0 + e.
-      float2 w[2][8];
-#pragma unroll
-      for (int q = 0; q < 2; ++q)
-#pragma unroll
-        for (int j = 0; j < 8; ++j) w[q][j] = *reinterpret_cast<const float2*>(&sm.w[stage][q * kHeads + 8 * j + c0]);
-      wgmma_wait<0>();
-      fence_registers(acc[0]);
-      fence_registers(acc[1]);
-      mbar_arrive(&sm.empty[stage]);
       head_sums_selected(acc, w, t_out, q_out, total);
     }
     const int s = s_first + 2 * i + q_out;
