@@ -10,7 +10,8 @@
 # BENCH="ARGS" also runs python bench/python/run.py ARGS --out OUT_DIR/bench (with a FlashMLA column
 # when build/baselines/flashmla_baseline.so, from scripts/build_flashmla.sh, is carried along).
 # DEMO_CONTEXT=N also runs the demo with an N-token prompt (DEMO_ARGS="--eager --no-compile" adds its
-# flags); STEP_TIMEOUT=S bounds each step (1800 s); SANITIZE=0 skips compute-sanitizer; EXTRA="CMD"
+# flags); STEP_TIMEOUT=S bounds each step (1800 s); SANITIZE=0 skips compute-sanitizer; SANITIZE_K=EXPR
+# runs it only on the CUDA tests that pytest's -k EXPR selects; EXTRA="CMD"
 # runs CMD as one more step (after the benchmarks) with the same environment.
 set -uo pipefail
 out=$(realpath -m "${1:-gpu_results}")
@@ -67,12 +68,13 @@ if [ -n "${DEMO_CONTEXT:-}" ]; then step demo python3 -m lcattn.demo --context "
 # cases run), and the grouped GEMMs at V4 dims (4096, 7168), in CUDA graphs and on forced grids
 # (the small irregular ones run).
 [ "${SANITIZE:-1}" != 0 ] || families=()
+chosen=${SANITIZE_K:+($SANITIZE_K) and }
 for family in "${families[@]}"; do
   step "memcheck_$family" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
-    --error-exitcode 1 python3 -m pytest "tests/test_$family.py" -m cuda -q -x
+    --error-exitcode 1 python3 -m pytest "tests/test_$family.py" -m cuda -q -x ${SANITIZE_K:+-k "$SANITIZE_K"}
   step "racecheck_$family" compute-sanitizer --tool racecheck --error-exitcode 1 \
     python3 -m pytest "tests/test_$family.py" -m cuda -q -x -v \
-    -k "not scale and not 262144 and not 1048576 and not 1-200-64 and not 1-70-128 and not 2-300-64 and not 4096 and not 4100 and not 7168 and not (moe and replays) and not grid_size"
+    -k "${chosen}not scale and not 262144 and not 1048576 and not 1-200-64 and not 1-70-128 and not 2-300-64 and not 4096 and not 4100 and not 7168 and not (moe and replays) and not grid_size"
 done
 echo "== status $status"
 exit $status

@@ -2,19 +2,18 @@
 # On a GPU machine, after the build: Nsight Compute's speed of light, warp states (the stall reasons)
 # and scheduler statistics of one Hopper attention call per schedule, at the V4-Flash prefill case
 # (S = 4096, 640 keys a query) and at decode (B = 64), each in OUT_DIR/ncu_<schedule>_<case>.txt.
-#   bash scripts/ncu_attention.sh OUT_DIR [SCHEDULE...]   (dims: version 4; keys, dims-keys:
-#                                   LCATTN_ATTN_SCHEDULE; pair: LCATTN_ATTN_PAIR=1; default: dims keys dims-keys)
+#   bash scripts/ncu_attention.sh OUT_DIR [SCHEDULE...]   (keys: version 7, dims: version 4, by
+#                                   LCATTN_ATTN_SCHEDULE; pair: LCATTN_ATTN_PAIR=1; default: keys dims)
 # Run it through gpu_check.sh's EXTRA so that it finds the built extension on PYTHONPATH.
 set -uo pipefail
 out=$(realpath -m "${1:-ncu_attention}")
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 schedules=("${@:2}")
-[ ${#schedules[@]} -gt 0 ] || schedules=(dims keys dims-keys)
+[ ${#schedules[@]} -gt 0 ] || schedules=(keys dims)
 for schedule in "${schedules[@]}"; do
   case $schedule in
-    dims) env=() ;;
-    keys | dims-keys) env=(LCATTN_ATTN_SCHEDULE=$schedule) ;;
+    keys | dims) env=(LCATTN_ATTN_SCHEDULE=$schedule) ;;
     pair) env=(LCATTN_ATTN_PAIR=1) ;;
     *) echo "unknown schedule $schedule" >&2; exit 2 ;;
   esac

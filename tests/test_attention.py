@@ -35,18 +35,17 @@ def check(out, lse, ref_out, ref_lse):
     assert_close(lse, ref_lse, LSE_TOL, "lse")
 
 
-# The math schedules of the Hopper kernel: version 4 (logits by dims), version 6 (pairs of blocks, one
-# split), version 7 (logits by keys) and logits by dims with the softmax by keys.
-SCHEDULES = {"dims": {}, "pair": {"LCATTN_ATTN_PAIR": "1", "LCATTN_ATTN_SPLITS": "1"},
-             "keys": {"LCATTN_ATTN_SCHEDULE": "keys"}, "dims-keys": {"LCATTN_ATTN_SCHEDULE": "dims-keys"}}
-SCHEDULE_NUMBER = {"dims": 0, "keys": 1, "dims-keys": 2}  # attention_sm90.cu's Schedule
+# The math schedules of the Hopper kernel: version 7 (logits and softmax by keys; bf16 entries'
+# default), version 4 (by dims; kv_fp8 entries' default) and version 6 (pairs of blocks, one split).
+SCHEDULES = {"keys": {"LCATTN_ATTN_SCHEDULE": "keys"}, "dims": {"LCATTN_ATTN_SCHEDULE": "dims"},
+             "pair": {"LCATTN_ATTN_PAIR": "1", "LCATTN_ATTN_SPLITS": "1"}}
+SCHEDULE_NUMBER = {"dims": 0, "keys": 1}  # attention_sm90.cu's Schedule
 
 
-def ran_sm90_kernel(kernels, fp8, lean, schedule, early=False):
-    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, lean, schedule, early>."""
+def ran_sm90_kernel(kernels, fp8, schedule):
+    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule>."""
     flag = {False: "false", True: "true"}
-    pattern = (rf"attention_sm90_kernel<{flag[fp8]}, {flag[lean]}, \(.*?Schedule\){SCHEDULE_NUMBER[schedule]}, "
-               rf"{flag[early]}>")
+    pattern = rf"attention_sm90_kernel<{flag[fp8]}, \(.*?Schedule\){SCHEDULE_NUMBER[schedule]}>"
     return re.search(pattern, kernels) is not None
 
 
@@ -242,12 +241,11 @@ def test_hopper_pair_schedule_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start
 @pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES)
 @pytest.mark.parametrize("form", ["sparse", "dense128", "dense4", "window"])
 @pytest.mark.parametrize("splits", ["0", "3"])
-@pytest.mark.parametrize("schedule", ["keys", "dims-keys"])
+@pytest.mark.parametrize("schedule", ["dims", "keys"])
 def test_hopper_schedules_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, splits, schedule):
-    """The softmax split by keys between the math warpgroups (LCATTN_ATTN_SCHEDULE=keys: the logits
-    too; dims-keys: the logits by dims), with the default splits and with 3 (fused combine): the
-    reference's result on the Hopper cases, sinks that take nothing or almost all, bitwise repeatable,
-    and the kernel that ran."""
+    """Each schedule of the math warpgroups (LCATTN_ATTN_SCHEDULE: logits and softmax split by keys,
+    or by dims), with the default splits and with 3 (fused combine): the reference's result on the
+    Hopper cases, sinks that take nothing or almost all, bitwise repeatable, and the kernel that ran."""
     monkeypatch.setenv("LCATTN_ATTN_SCHEDULE", schedule)
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
@@ -263,7 +261,7 @@ def test_hopper_schedules_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L,
            else reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
     out, kernels = kernel_names(run)
     if kernels:
-        assert ran_sm90_kernel(kernels, False, False, schedule), kernels
+        assert ran_sm90_kernel(kernels, False, schedule), kernels
     check(*out, *ref)
     again = run()
     assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
@@ -300,19 +298,13 @@ def test_hopper_no_keys_and_extreme_sinks_cuda(monkeypatch, schedule):
 @pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES[:4])
 @pytest.mark.parametrize("form", ["sparse", "dense128"])
 @pytest.mark.parametrize("rope_dim", [64, 32, 8])
-@pytest.mark.parametrize("lean", ["0", "1"])
-@pytest.mark.parametrize("early", ["0", "1"])
-@pytest.mark.parametrize("schedule", ["dims", "keys", "dims-keys"])
-def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, rope_dim, lean, early,
-                                  schedule):
+@pytest.mark.parametrize("schedule", ["dims", "keys"])
+def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, rope_dim, schedule):
     """The Hopper kernel reads kv_fp8 entries as they are and widens them exactly in shared memory, so
     it gives bit for bit what it gives on the dequantized bf16 entries (prefill, split decode, absent
-    keys), also with RoPE widths whose e4m3 part is not a multiple of 32 channels, with the lean
-    widening (LCATTN_ATTN_FP8_LEAN_WIDEN=1), with the next block widened during this one's P.V
-    (LCATTN_ATTN_FP8_EARLY_WIDEN=1), in every schedule of the math warpgroups (SCHEDULES; with the
-    logits by keys each widens both halves of its own rows); and it is the kernel that ran."""
-    monkeypatch.setenv("LCATTN_ATTN_FP8_LEAN_WIDEN", lean)
-    monkeypatch.setenv("LCATTN_ATTN_FP8_EARLY_WIDEN", early)
+    keys), also with RoPE widths whose e4m3 part is not a multiple of 32 channels, in both schedules
+    of the math warpgroups (by keys each widens both halves of its own rows); and it is the kernel
+    that ran."""
     for name, value in SCHEDULES[schedule].items():
         monkeypatch.setenv(name, value)
     q, kv, kvs, qs, _, sink, f = make_attention(B, S, H, 512, rope_dim, L, N, q_start, kv_start, "cuda")
@@ -327,7 +319,7 @@ def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start,
     want = run(ops.dequantize_kv_fp8(ckv8, 512, rope_dim))
     got, kernels = kernel_names(lambda: run(ckv8))
     if kernels:
-        assert ran_sm90_kernel(kernels, True, lean == "1", schedule, early == "1"), kernels
+        assert ran_sm90_kernel(kernels, True, schedule), kernels
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -352,7 +344,7 @@ def test_hopper_very_negative_logits_after_an_empty_block_cuda(monkeypatch, sche
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("schedule", ["dims", "keys", "dims-keys"])
+@pytest.mark.parametrize("schedule", ["dims", "keys"])
 @pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES[:4])
 def test_hopper_rescale_slack_cuda(monkeypatch, schedule, B, S, H, K, N, q_start, kv_start, L):
     """LCATTN_ATTN_RESCALE_SLACK: with slack 0 a warp skips only blocks whose rescale factors are all 1,
@@ -386,7 +378,7 @@ def kernel_names(fn):
     """fn()'s result and the lines of the CUDA kernels it launches (none where the profiler sees no
     kernel, as under compute-sanitizer)."""
     out = fn()
-    return out, "\n".join(kernel_profile(fn, 1, warmup=0)[2])
+    return out, "\n".join(kernel_profile(fn, 1, warmup=0, name_width=None)[2])
 
 
 # Split decode: (form, B, K, N, q_start, kv_start). 5 splits, the last row seeing no key; 2 splits (a
@@ -471,11 +463,11 @@ def test_hopper_fused_combine_cuda(monkeypatch, splits, form, pair):
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
 @pytest.mark.parametrize("fused", [False, True])
-@pytest.mark.parametrize("schedule", ["dims", "keys", "dims-keys"])
+@pytest.mark.parametrize("schedule", ["dims", "keys"])
 def test_hopper_decode_replays_in_cuda_graph_cuda(monkeypatch, fused, schedule):
     """Decode captured once at a fixed batch, replayed on new inputs and positions: no host sync; also
-    with the fused combine, the default for 2 to 4 splits (its counters zeroed in the graph), and in
-    the schedules that split the softmax by keys."""
+    with the fused combine, the default for 2 to 4 splits (its counters zeroed in the graph), in both
+    schedules of the math warpgroups."""
     for name, value in SCHEDULES[schedule].items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("LCATTN_ATTN_FUSED_COMBINE", "1" if fused else "0")

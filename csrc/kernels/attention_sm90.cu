@@ -6,17 +6,12 @@
 //   WG2, producer: gathers key rows (window rows, then selected or visible entries) with cp.async,
 //        64 keys a block, into a ring of two buffers, so block b + 1 loads while block b computes;
 //        marks absent keys (-1 indices, past the end) with a -inf bias and zero rows.
-//   WG0, WG1, math: WG w owns head dims 256w .. 256w + 255. Per block, WG w computes its partial
-//        logits Q[:, dims w] K[:, dims w]^T (64 heads x 64 keys), the two add each other's partial
-//        through shared memory (both then hold the same logits, bit for bit), run the same online
-//        softmax in fp32 (base 2), and accumulate O[:, dims w] += P V[:, dims w] with P (bf16) in
-//        registers and V = K read MN-major from the same buffer.
-// Other schedules (LCATTN_ATTN_SCHEDULE=keys or dims-keys, off until they have run on a GPU; Schedule
-//        below): the logits of keys 32w .. 32w + 31 go to WG w, so only each row's maximum crosses
-//        shared memory; each exponentiates its 32 keys into an 8 KB bf16 P tile, and after a barrier
-//        both take P from the tile for their half of O; the row sums are added at the end.
-// Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB (other schedules: the P
-// tile, the row statistics and half-size partials in their place), 128B-swizzled tiles.
+//   WG0, WG1, math: WG w accumulates O[:, dims 256w .. 256w + 255] += P V[:, those dims] in fp32, V = K
+//        read MN-major from the key buffer. How the two share a block's logits and online softmax
+//        (base 2) is the Schedule below: by keys (version 7, bf16 entries' default) or by dims
+//        (version 4, kv_fp8 entries' default).
+// Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB (kKeys: the P tile and
+// the row statistics in their place), 128B-swizzled tiles.
 // Entries in the kv_fp8 form (kFp8Entries) are copied as they are by the producer's cp.async and
 // widened to bf16 in place (exact) by each math warpgroup for its own dims (kKeys: its own rows), so
 // the math is the same and the producer's loads stay asynchronous.
@@ -48,8 +43,7 @@ struct SharedStorage {
     struct {
       alignas(1024) uint8_t p[kChunkBytes];  // P [64 heads][64 keys] bf16, 128B-swizzled
       float2 row_stat[2][128];               // WG w's (row r0, row r0 + 8) maxima, then sums, by tid
-      float partial[2][16 * 128];            // kDimsThenKeys: WG w's partial logits of the other's keys
-    } split;                                 // kKeys, kDimsThenKeys
+    } split;                                 // kKeys
   };
   float key_bias[2][kKeys];        // 0, or -inf for an absent key
   uint8_t staged[2][kKeys];        // kFp8Entries: 1 for a row copied as a kv_fp8 entry
@@ -61,8 +55,8 @@ constexpr int kSmemBytes = sizeof(SharedStorage) + 1024;  // + room to align the
 static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
 
 // Named barriers (0 is __syncthreads): over the 256 math threads, then over math warpgroup w's 128
-// (kBarWidened + w), then kDimsThenKeys's exchange of partials over the 256.
-enum : int { kBarLogits = 1, kBarRead = 2, kBarWidened = 3, kBarPartials = 5 };
+// (kBarWidened + w).
+enum : int { kBarLogits = 1, kBarRead = 2, kBarWidened = 3 };
 
 // Where a kv_fp8 entry's bytes go in its 1 KB row of a key tile, as "linear" offsets
 // (chunk * 128 + byte in the chunk's row; linear_offset swizzles them). Math warpgroup w owns the row's
@@ -129,38 +123,11 @@ __device__ __forceinline__ void load_tile_kv_fp8(uint8_t* tile, int warp, int la
 
 // Widens half w (dims 256 w .., linear bytes [512 w, 512 w + 512)) of row r of a key tile (shared
 // address `tile`) in place, if the row was staged. The row's four threads q = 0..3 (one warp) read all
-// of its staged bytes, then write: units 4k + q of the half go to thread q. Every lane of the warp calls
-// it (a __syncwarp inside).
+// of its staged bytes, then write; every lane of the warp calls it (a __syncwarp inside). Unit i = 4k + q
+// of the half (channels 256 w + 8 i ..) lands in chunk 4 w + k / 2 at unit 4 (k % 2) + q, and its scale
+// is the row's byte 4 w + k / 2, so both are fixed per k. Every half has at least 24 units (nope >= 448),
+// so only k = 6, 7 can be past the end.
 __device__ __forceinline__ void widen_row(uint32_t tile, uint32_t staged, int r, int w, int q, const Fp8Staging& st) {
-  const int units = st.units(w), begin = st.begin(w);
-  const bool mine = lds_u8(staged + r) != 0;
-  uint2 raw[8], scales = make_uint2(0u, 0u);
-  if (mine) {
-    scales = lds_v2(tile + linear_offset(r, begin + 8 * units));
-#pragma unroll
-    for (int k = 0; k < 8; ++k)
-      if (4 * k + q < units) raw[k] = lds_v2(tile + linear_offset(r, begin + 8 * (4 * k + q)));
-  }
-  __syncwarp();  // the row's staged bytes are read before any of its lanes overwrites them
-  if (mine) {
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const int i = 4 * k + q, c = 256 * w + 8 * i;  // first channel of unit i
-      if (i >= units) continue;
-      const int tile_index = c / KvFp8Layout::kTile;
-      const uint32_t word = tile_index < 4 ? scales.x : scales.y;
-      sts_v4(tile + linear_offset(r, 2 * c),
-             widen8_e4m3(raw[k], kv_fp8_scale(uint8_t(word >> (8 * (tile_index % 4))))));
-    }
-  }
-}
-
-// widen_row in fewer instructions (LCATTN_ATTN_FP8_LEAN_WIDEN=1, off until it has run on a GPU; 401
-// SASS instructions from the full barrier to the wgmma, against 548): unit i = 4k + q of the half (channels
-// 256 w + 8 i ..) lands in chunk 4 w + k / 2 at unit 4 (k % 2) + q, and its scale is the row's byte 4 w + k / 2,
-// so both are fixed per k. Every half has at least 24 units (nope >= 448), so only k = 6, 7 can be past the end.
-__device__ __forceinline__ void widen_row_lean(uint32_t tile, uint32_t staged, int r, int w, int q,
-                                               const Fp8Staging& st) {
   const int units = st.units(w);
   const uint32_t first = st.begin(w) + 8 * q, scales_at = st.begin(w) + 8 * units;
   const uint32_t out = 4 * w * kChunkBytes + ((uint32_t(q) ^ uint32_t(r % 8)) << 4);  // unit q of chunk 4 w
@@ -227,13 +194,12 @@ __device__ __forceinline__ void rescale_rows(float (&o)[128], float (&l)[2], flo
 // How the two math warpgroups share a key block; in each, warpgroup w accumulates O for dims 256 w ..
 //   kDims (version 4): the logits by dims, the fp32 partials exchanged whole, and each warpgroup the
 //     softmax of all 64 keys, P from registers.
-//   kKeys (version 7, LCATTN_ATTN_SCHEDULE=keys): the logits of its own 32 keys over all 512 dims; only
-//     the row maxima exchanged; each the softmax of its 32 keys, P through a shared bf16 tile.
-//   kDimsThenKeys (LCATTN_ATTN_SCHEDULE=dims-keys): the logits by dims, each warpgroup receiving the
-//     other's partial for its own 32 keys only; then as kKeys.
-enum class Schedule { kDims, kKeys, kDimsThenKeys };
+//   kKeys (version 7): the logits of its own 32 keys over all 512 dims; only the row maxima exchanged;
+//     each the softmax of its 32 keys into a shared bf16 P tile, which both read for their P.V; the row
+//     sums added once at the end.
+enum class Schedule { kDims, kKeys };
 
-// A math warpgroup's partial logits over its 256 dims (kDims, kDimsThenKeys): 16 k-steps of 16, four
+// A math warpgroup's partial logits over its 256 dims (kDims): 16 k-steps of 16, four
 // per 64-wide chunk, Q and the key tile K-major in shared memory.
 __device__ __forceinline__ void partial_logits(float (&sacc)[32], const uint8_t* q, const uint8_t* keys, int wg) {
   wgmma_fence();
@@ -248,11 +214,8 @@ __device__ __forceinline__ void partial_logits(float (&sacc)[32], const uint8_t*
   fence_registers(sacc);
 }
 
-// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form); kLeanWiden: widened by widen_row_lean;
-// kEarlyWiden (LCATTN_ATTN_FP8_EARLY_WIDEN=1, off until it has run on a GPU): block b + 1's entries are
-// widened while block b's P.V runs on the tensor cores (it reads the other buffer), so that only a
-// CTA's first block waits for its widening.
-template <bool kFp8Entries, bool kLeanWiden, Schedule kSchedule, bool kEarlyWiden>
+// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form).
+template <bool kFp8Entries, Schedule kSchedule>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
   extern __shared__ uint8_t smem_raw[];
   // The base aligned to 1024 by an offset from smem_raw, so the compiler knows every access is to
@@ -329,10 +292,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
 #pragma unroll 1
     for (int pass = 0; pass < 2; ++pass) {
       const int r = (kOwnRows ? 32 * wg : 32 * pass) + tid / 4, half = kOwnRows ? pass : wg;
-      if constexpr (kLeanWiden)
-        widen_row_lean(tile, staged, r, half, tid % 4, staging);
-      else
-        widen_row(tile, staged, r, half, tid % 4, staging);
+      widen_row(tile, staged, r, half, tid % 4, staging);
     }
     fence_proxy_async();  // this thread's stores, before the warpgroup's wgmma reads them
     named_barrier_sync(kBarWidened + wg, 128);
@@ -343,8 +303,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     const int it = blk - range.first, buf = it & 1;
     mbar_wait(&sm.full[buf], (it >> 1) & 1);
     fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
-    if constexpr (kFp8Entries)
-      if (!kEarlyWiden || blk == range.first) widen_buffer(buf);
+    if constexpr (kFp8Entries) widen_buffer(buf);
 
     if constexpr (kSchedule == Schedule::kDims) {
       float sacc[32];
@@ -382,31 +341,19 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
         wgmma_m64n256k16_rs_bmn(o, pa[kk], smem_desc(sm.k[buf] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024),
                                 1);
     } else {
-      float s[16];  // the logits of keys 32 wg .. 32 wg + 31 (columns 8 j + c0, + 1 from key 32 wg)
-      if constexpr (kSchedule == Schedule::kKeys) {
-        // Over all 512 dims: 32 k-steps of 16 on rows 32 wg .. of the tile.
-        wgmma_fence();
+      // The logits of keys 32 wg .. 32 wg + 31 (columns 8 j + c0, + 1 from key 32 wg) over all 512
+      // dims: 32 k-steps of 16 on rows 32 wg .. of the tile.
+      float s[16];
+      wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < 32; ++ks) {
-          const int chunk = ks / 4, off = (ks % 4) * 32;
-          wgmma_m64n32k16_ss(s, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
-                             smem_desc(sm.k[buf] + chunk * kChunkBytes + wg * 32 * 128 + off, 16, 1024), ks > 0);
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_registers(s);
-      } else {
-        float sacc[32];
-        partial_logits(sacc, sm.q, sm.k[buf], wg);
-        // Each warpgroup sends the other the partial of the other's keys and adds the one it receives
-        // to its own: kDims's logits, bit for bit, for half the keys.
-#pragma unroll
-        for (int i = 0; i < 16; ++i) sm.split.partial[wg][i * 128 + tid] = wg == 0 ? sacc[16 + i] : sacc[i];
-        named_barrier_sync(kBarPartials, 256);
-#pragma unroll
-        for (int i = 0; i < 16; ++i)
-          s[i] = (wg == 0 ? sacc[i] : sacc[16 + i]) + sm.split.partial[1 - wg][i * 128 + tid];
+      for (int ks = 0; ks < 32; ++ks) {
+        const int chunk = ks / 4, off = (ks % 4) * 32;
+        wgmma_m64n32k16_ss(s, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
+                           smem_desc(sm.k[buf] + chunk * kChunkBytes + wg * 32 * 128 + off, 16, 1024), ks > 0);
       }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_registers(s);
 
       // Row maxima over both warpgroups' keys: thread tid of either warpgroup holds the same rows, and
       // fmaxf does not depend on the order, so both get the same maxima.
@@ -443,13 +390,6 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
                                 smem_desc(sm.k[buf] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
     }
     wgmma_commit();
-    if constexpr (kFp8Entries && kEarlyWiden) {  // the next block's widening while this P.V runs
-      if (blk + 1 < range.last) {
-        mbar_wait(&sm.full[buf ^ 1], ((it + 1) >> 1) & 1);
-        fence_proxy_async();
-        widen_buffer(buf ^ 1);
-      }
-    }
     wgmma_wait<0>();
     fence_registers(o);
     mbar_arrive(&sm.empty[buf]);
@@ -461,7 +401,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 1);
     l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
   }
-  if constexpr (kSchedule != Schedule::kDims) {
+  if constexpr (kSchedule == Schedule::kKeys) {
     // Each warpgroup summed its own keys: both add the two in the order (WG0) + (WG1). The maxima's
     // slots are free: the last block's were read before its second barrier.
     sm.split.row_stat[wg][tid] = make_float2(l_run[0], l_run[1]);
@@ -528,10 +468,10 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
   return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
 }
 
-template <bool kFp8Entries, bool kLeanWiden, Schedule kSchedule, bool kEarlyWiden>
+template <bool kFp8Entries, Schedule kSchedule>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_kernel<kFp8Entries, kLeanWiden, kSchedule, kEarlyWiden>;
+  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
@@ -539,23 +479,14 @@ cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream)
   return cudaSuccess;
 }
 
-template <bool kFp8Entries, bool kLeanWiden, bool kEarlyWiden = false>
-cudaError_t launch_for_schedule(Schedule schedule, const AttentionParams& p, cudaStream_t stream) {
-  switch (schedule) {
-    case Schedule::kKeys:
-      return launch_attention_sm90<kFp8Entries, kLeanWiden, Schedule::kKeys, kEarlyWiden>(p, stream);
-    case Schedule::kDimsThenKeys:
-      return launch_attention_sm90<kFp8Entries, kLeanWiden, Schedule::kDimsThenKeys, kEarlyWiden>(p, stream);
-    default:
-      return launch_attention_sm90<kFp8Entries, kLeanWiden, Schedule::kDims, kEarlyWiden>(p, stream);
-  }
-}
-
-// kv_fp8 entries: LCATTN_ATTN_FP8_LEAN_WIDEN=1 and LCATTN_ATTN_FP8_EARLY_WIDEN=1 (read per call).
-template <bool kLeanWiden>
-cudaError_t launch_fp8(Schedule schedule, const AttentionParams& p, cudaStream_t stream) {
-  return env_is("LCATTN_ATTN_FP8_EARLY_WIDEN", "1") ? launch_for_schedule<true, kLeanWiden, true>(schedule, p, stream)
-                                                    : launch_for_schedule<true, kLeanWiden>(schedule, p, stream);
+// The math warpgroups' schedule: by keys for bf16 entries, by dims for kv_fp8 entries, where keys
+// measured 2-4% slower (H100); LCATTN_ATTN_SCHEDULE=keys or dims picks one (read per call).
+template <bool kFp8Entries>
+cudaError_t launch_for_schedule(const AttentionParams& p, cudaStream_t stream) {
+  const bool by_keys =
+      env_is("LCATTN_ATTN_SCHEDULE", "keys") || (!kFp8Entries && !env_is("LCATTN_ATTN_SCHEDULE", "dims"));
+  return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys>(p, stream)
+                 : launch_attention_sm90<kFp8Entries, Schedule::kDims>(p, stream);
 }
 
 }  // namespace
@@ -605,17 +536,12 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
     err = cudaMemsetAsync(combine_counters(p), 0, ctas * sizeof(int), stream);
     if (err != cudaSuccess) return err;
   }
-  const Schedule schedule = env_is("LCATTN_ATTN_SCHEDULE", "keys")        ? Schedule::kKeys
-                            : env_is("LCATTN_ATTN_SCHEDULE", "dims-keys") ? Schedule::kDimsThenKeys
-                                                                          : Schedule::kDims;
   if (attention_pair_applies(p))
     err = attention_sm90_pair(p, stream);
   else if (!p.ckv_fp8)
-    err = launch_for_schedule<false, false>(schedule, p, stream);
-  else if (env_is("LCATTN_ATTN_FP8_LEAN_WIDEN", "1"))
-    err = launch_fp8<true>(schedule, p, stream);
+    err = launch_for_schedule<false>(p, stream);
   else
-    err = launch_fp8<false>(schedule, p, stream);
+    err = launch_for_schedule<true>(p, stream);
   if (err != cudaSuccess) return err;
   if (p.splits > 1 && !p.fused_combine) {
     err = cudaGetLastError();

@@ -11,19 +11,11 @@
 //        (m64n128k16, 8 k-steps per tile), then per key and row sum_h w_h max(S, 0), -inf past the
 //        row's visible entries, written to the score row.
 // Rows that see no key of the block are written -inf up front and not computed.
-// Head sums on the tensor cores (kTensorSums, LCATTN_INDEXER_TENSOR_SUMS=1, off until it has run on a
-// GPU): ReLU(S) of a tile, rounded to bf16 (cvt.relu), is the A operand (registers) of 8 more m64n8k16
-// products against B = the pair's weights as bf16 [8][2 x 64 heads], columns 0 and 1 their high and low
-// bf16 parts, 4 k-steps a query row: the sum over heads in about a third of the instructions, at the
-// price of ReLU(S) in bf16 (2^-9 relative per term); NaN stays NaN (the other path's fmaxf drops it).
 // Shared memory: keys 64 KB + 4 stages of 32.5 KB; tiles 128B-swizzled [2 chunks of 64 dims][rows][128 B].
-#include <cuda_bf16.h>
-
 #include "common/device.h"
 #include "common/sm90.cuh"
 #include "indexer_sm90.h"
 #include "lcattn/shared_math.h"
-#include "lcattn/switches.h"
 
 namespace lcattn {
 namespace {
@@ -54,10 +46,6 @@ struct SharedStorage {
   alignas(1024) uint8_t keys[kChunks * kKeyChunkBytes];         // [chunks][256 keys][128 B]
   alignas(1024) uint8_t q[kStages][kChunks * kPairChunkBytes];  // [chunks][row 0's heads, row 1's][128 B]
   float w[kStages][kPairRows];                                  // head weights, 0 for absent heads and rows
-  // kTensorSums: per math warpgroup and pair parity, B [8 columns][2 chunks of 64 (row, head)] bf16,
-  // 128B-swizzled. Two per warpgroup: pair i's is rewritten only after every warp of the warpgroup
-  // passed pair i - 1's barrier, so past its wgmma of pair i - 2 that read it.
-  alignas(1024) uint8_t sum_weights[2][2][2][1024];
   uint64_t keys_full, full[kStages], empty[kStages];
 };
 template <int kElemBytes>
@@ -117,29 +105,9 @@ __device__ __forceinline__ void head_sums_selected(const float (&acc)[2][64], co
   }
 }
 
-// kTensorSums: warpgroup w's B tile of the pair's weights: column 0 at k = 64 q + h (query row q, head
-// h) the high bf16 part of the weight, column 1 the low part; thread tid writes k = tid. Columns 2-7
-// stay 0 (written once).
-__device__ __forceinline__ void store_sum_weights(uint8_t (&tile)[2][1024], const float* w, int tid) {
-  const float weight = w[tid];
-  const __nv_bfloat16 high = __float2bfloat16_rn(weight);
-  const __nv_bfloat16 low = __float2bfloat16_rn(weight - __bfloat162float(high));
-  const int k = tid % 64;
-  uint8_t* chunk = tile[tid / 64];
-  *reinterpret_cast<__nv_bfloat16*>(chunk + swizzled(0, k / 8) + (k % 8) * 2) = high;
-  *reinterpret_cast<__nv_bfloat16*>(chunk + swizzled(1, k / 8) + (k % 8) * 2) = low;
-}
-
-// ReLU of two fp32 values as a bf16 pair (lo in the low half).
-__device__ __forceinline__ uint32_t relu_bf16x2(float lo, float hi) {
-  uint32_t v;
-  asm("cvt.rn.relu.bf16x2.f32 %0, %1, %2;\n" : "=r"(v) : "f"(hi), "f"(lo));
-  return v;
-}
-
 // grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreads threads; q and keys
 // bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3).
-template <int kElemBytes, bool kTensorSums>
+template <int kElemBytes>
 __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const IndexerParams p) {
   using E = Elem<kElemBytes>;
   extern __shared__ uint8_t smem_raw[];
@@ -222,12 +190,6 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
     key_n[half] = key0 + 64 * t_out + 8 * half;
     key_scale[half] = key_n[half] < p.N ? p.key_scale(b, key_n[half]) : 0.f;
   }
-  if constexpr (kTensorSums) {  // this warpgroup's B tiles zeroed (columns 2-7 stay so), before any weight
-#pragma unroll
-    for (int part = 0; part < 2; ++part)
-      reinterpret_cast<uint4*>(sm.sum_weights[wg])[part * 128 + tid] = make_uint4(0u, 0u, 0u, 0u);
-    named_barrier_sync(1 + wg, 128);
-  }
   mbar_wait(&sm.keys_full, 0);
   for (int i = 0; i < pairs; ++i) {
     const int stage = i % kStages;
@@ -248,20 +210,12 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
           wgmma_m64n128k32_e4m3_ss(acc[t], desc_keys, desc_q, ks > 0);
       }
     wgmma_commit();
-    // The stage's head weights, read while the products run: kTensorSums, into this pair's B tile;
-    // otherwise those of this thread's columns (query row q, head 8 j + c0 + e) into registers.
-    uint8_t (&sum_weights)[2][1024] = sm.sum_weights[wg][i % 2];
+    // Weights of this thread's columns: query row q, head 8 j + c0 + e.
     float2 w[2][8];
-    if constexpr (kTensorSums) {
-      store_sum_weights(sum_weights, sm.w[stage], tid);
-      fence_proxy_async();              // the stores, before the warpgroup's wgmma reads them
-      named_barrier_sync(1 + wg, 128);  // the whole tile
-    } else {
 #pragma unroll
-      for (int q = 0; q < 2; ++q)
+    for (int q = 0; q < 2; ++q)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) w[q][j] = *reinterpret_cast<const float2*>(&sm.w[stage][q * kHeads + 8 * j + c0]);
-    }
+      for (int j = 0; j < 8; ++j) w[q][j] = *reinterpret_cast<const float2*>(&sm.w[stage][q * kHeads + 8 * j + c0]);
     wgmma_wait<0>();
     fence_registers(acc[0]);
     fence_registers(acc[1]);
@@ -269,50 +223,7 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
 
     // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.
     float total[2];
-    if constexpr (kTensorSums) {
-      // ReLU(S) as A: k-step kk takes accumulator columns 16 kk .. 16 kk + 15 (blocks 2 kk, 2 kk + 1).
-      uint32_t a[2][8][4];
-#pragma unroll
-      for (int t = 0; t < 2; ++t)
-#pragma unroll
-        for (int kk = 0; kk < 8; ++kk)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            const float* x = &acc[t][(2 * kk + r / 2) * 4 + 2 * (r % 2)];
-            a[t][kk][r] = relu_bf16x2(x[0], x[1]);
-          }
-      // Per tile and query row q, its own heads only (k-steps 4 q .. 4 q + 3), so that a row's NaN or
-      // inf does not reach the other's sum: (key row r, columns c0, c0 + 1), then key row r + 8.
-      float d[2][2][4];
-      wgmma_fence();
-#pragma unroll
-      for (int t = 0; t < 2; ++t)
-#pragma unroll
-        for (int kk = 0; kk < 8; ++kk)
-          wgmma_m64n8k16_rs(d[t][kk / 4], a[t][kk], smem_desc(sum_weights[kk / 4] + (kk % 4) * 32, 16, 1024),
-                            kk % 4 > 0);
-      wgmma_commit();
-      wgmma_wait<0>();
-#pragma unroll
-      for (int t = 0; t < 2; ++t) {
-        fence_registers(d[t][0]);
-        fence_registers(d[t][1]);
-      }
-      // Lane 4 g of each quad holds columns 0 and 1 (high and low parts) of every (tile, row); each lane
-      // of the quad takes its (t_out, q_out).
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        float sums[2][2];
-#pragma unroll
-        for (int t = 0; t < 2; ++t)
-#pragma unroll
-          for (int q = 0; q < 2; ++q)
-            sums[t][q] = __shfl_sync(0xffffffffu, d[t][q][2 * half] + d[t][q][2 * half + 1], lane & ~3);
-        total[half] = t_out == 0 ? (q_out == 0 ? sums[0][0] : sums[0][1]) : (q_out == 0 ? sums[1][0] : sums[1][1]);
-      }
-    } else {
-      head_sums_selected(acc, w, t_out, q_out, total);
-    }
+    head_sums_selected(acc, w, t_out, q_out, total);
     const int s = s_first + 2 * i + q_out;
     if (s < s_hi) {
       const int visible = visible_entries(q0 + s, p.ratio, p.N);
@@ -326,15 +237,15 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
   }
 }
 
-template <int kElemBytes, bool kTensorSums>
+template <int kElemBytes>
 cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const void* kernel = reinterpret_cast<const void*>(indexer_scores_sm90_kernel<kElemBytes, kTensorSums>);
+  const void* kernel = reinterpret_cast<const void*>(indexer_scores_sm90_kernel<kElemBytes>);
   const cudaError_t err = allow_dynamic_smem(smem_limit, kernel, kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
   const dim3 grid(unsigned(ceil_div(p.N, kKeys)), unsigned(chunks));
-  indexer_scores_sm90_kernel<kElemBytes, kTensorSums><<<grid, kThreads, kSmemBytes<kElemBytes>, stream>>>(p);
+  indexer_scores_sm90_kernel<kElemBytes><<<grid, kThreads, kSmemBytes<kElemBytes>, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -347,9 +258,7 @@ bool indexer_sm90_supported(const IndexerParams& p) {
 
 cudaError_t indexer_scores_sm90(const IndexerParams& p, cudaStream_t stream) {
   if (!indexer_sm90_supported(p)) return cudaErrorInvalidValue;
-  if (env_is("LCATTN_INDEXER_TENSOR_SUMS", "1"))  // read per call
-    return p.keys_e4m3 ? launch<1, true>(p, stream) : launch<2, true>(p, stream);
-  return p.keys_e4m3 ? launch<1, false>(p, stream) : launch<2, false>(p, stream);
+  return p.keys_e4m3 ? launch<1>(p, stream) : launch<2>(p, stream);
 }
 
 }  // namespace lcattn

@@ -17,10 +17,10 @@
 // write on those few thousand keys in shared memory: the rows are read twice, not four times. A row
 // whose chunk keeps more than its slots, or more than the finish kernel holds, goes on through the
 // rounds and the write as without it (the rows the finish kernel took skip them).
-// With LCATTN_TOPK_SAMPLE=1 (off until it has run on a GPU), filtered rows skip round 0's histogram of
-// every key: a kernel per row selects the filter's bound from a sample of the row, and only the rows
-// the finish kernel cannot take (fewer than k keys at or above the bound, or an overflow) go on
-// through the three rounds and the write.
+// Filtered rows skip round 0's histogram of every key (LCATTN_TOPK_SAMPLE=0 keeps it): a kernel per row
+// selects the filter's bound from a sample of the row, and only the rows the finish kernel cannot take
+// (fewer than k keys at or above the bound, or an overflow) go on through the three rounds and the
+// write.
 // Every count is an integer, so the result is the same on every run. LCATTN_TOPK_SPLIT=0 turns it off.
 #include <cub/block/block_scan.cuh>
 
@@ -522,7 +522,7 @@ cudaError_t topk_split_cuda(const TopkParams& all, cudaStream_t stream) {
     // Each kernel after the first is placed while the one before finishes (common/chain.cuh).
     const dim3 grid(unsigned(l.chunks), unsigned(p.R));
     const bool filters = l.filters(p);
-    l.sampled = filters && env_is("LCATTN_TOPK_SAMPLE", "1");
+    l.sampled = filters && !env_is("LCATTN_TOPK_SAMPLE", "0");
     // Filtering: the kept keys into slots, then the finish kernel (after round 0, or first when sampled).
     const auto filter_and_finish = [&]() {
       static PerDevice<cudaError_t> smem_limit;

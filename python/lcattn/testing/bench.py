@@ -3,7 +3,7 @@ rotated input sets, CUDA-graph capture, the measured ceilings, and a progress ba
 import math
 import sys
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -35,10 +35,11 @@ def median_ms(fns: List[Callable[[], object]], reps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def kernel_profile(fn: Callable[[], object], calls: int, warmup: int = 3) -> Tuple[float, float, List[str]]:
+def kernel_profile(fn: Callable[[], object], calls: int, warmup: int = 3,
+                   name_width: Optional[int] = 110) -> Tuple[float, float, List[str]]:
     """GPU kernels of fn() under torch.profiler, over `calls` calls after `warmup` ones: (GPU us per
     call, kernels per call, a line per kernel, largest first: us per call, share, launches per call,
-    name)."""
+    name cut to name_width characters; None keeps whole names)."""
     from torch.profiler import ProfilerActivity, profile
     for _ in range(warmup):
         fn()
@@ -50,7 +51,7 @@ def kernel_profile(fn: Callable[[], object], calls: int, warmup: int = 3) -> Tup
     events = sorted((e for e in prof.key_averages() if e.device_time_total > 0), key=lambda e: -e.device_time_total)
     total = sum(e.device_time_total for e in events) / calls
     lines = [f"  {e.device_time_total / calls:8.1f} us {100 * e.device_time_total / calls / total:5.1f}% "
-             f"{e.count / calls:6.1f}x  {e.key[:110]}" for e in events]
+             f"{e.count / calls:6.1f}x  {e.key[:name_width]}" for e in events]
     return total, sum(e.count for e in events) / calls, lines
 
 
