@@ -279,11 +279,13 @@ def test_hopper_repeat_runs_are_bitwise_identical_cuda():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("early", ["0", "1"])
 @pytest.mark.parametrize("schedule", SCHEDULES)
-def test_hopper_no_keys_and_extreme_sinks_cuda(monkeypatch, schedule):
+def test_hopper_no_keys_and_extreme_sinks_cuda(monkeypatch, schedule, early):
     # Query 0 of sequence 1 sees no window row (its buffer starts later) and no index: output 0, lse -inf.
     for name, value in SCHEDULES[schedule].items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LCATTN_ATTN_EARLY_START", early)
     q, kv, kvs, qs, ckv, sink, f = make_attention(2, 3, 64, 512, 64, 130, 50, [400, 10], [273, 11], "cuda")
     idx = random_indices(2, 3, 40, 50, "cuda", invalid=0.0)
     idx[1] = -1
@@ -292,6 +294,34 @@ def test_hopper_no_keys_and_extreme_sinks_cuda(monkeypatch, schedule):
     ref_out, ref_lse = reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx)
     assert torch.equal(out[1, 0], torch.zeros_like(out[1, 0])) and bool((lse[1, 0] == float("-inf")).all())
     check(out, lse, ref_out, ref_lse)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES)
+@pytest.mark.parametrize("form", ["sparse", "dense128", "window"])
+@pytest.mark.parametrize("splits", ["0", "3"])
+@pytest.mark.parametrize("schedule", ["dims", "keys"])
+def test_hopper_early_start_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, splits, schedule):
+    """LCATTN_ATTN_EARLY_START=1 (Q's loads before the barriers' set-up, the RoPE table built by the
+    math warpgroups while Q loads, the next CTA's Q and indices asked of L2) reorders only loads and
+    the table's writes: bit for bit the default's output and lse, with the default splits and with 3
+    (splits without a block), in both schedules."""
+    for name, value in SCHEDULES[schedule].items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
+    idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
+    ratio = {"sparse": None, "dense128": 128, "window": 0}[form]
+
+    def run():
+        if ratio is None:
+            return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+        return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
+    monkeypatch.setenv("LCATTN_ATTN_EARLY_START", "0")
+    want = run()
+    monkeypatch.setenv("LCATTN_ATTN_EARLY_START", "1")
+    got = run()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 @pytest.mark.cuda

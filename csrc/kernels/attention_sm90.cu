@@ -165,6 +165,23 @@ __device__ __forceinline__ void prefetch_row_l2(const void* row, int bytes, int 
   }
 }
 
+// One split (prefill): asks L2 for the Q rows (64 heads x 1 KB, contiguous) and the indices of CTA
+// blockIdx.x + the SM count, which starts about when this one ends (one CTA an SM, taken in order);
+// nothing past the grid.
+__device__ __forceinline__ void prefetch_next_cta_l2(const AttentionParams& p) {
+  uint32_t sms;
+  asm("mov.u32 %0, %%nsmid;" : "=r"(sms));
+  const uint32_t next = blockIdx.x + sms;  // with one split, the flat (query row, head group)
+  if (p.splits != 1 || next >= gridDim.x) return;
+  const bf16* q = p.q + int64_t(next) * kHeads * kDim;  // row * H + group * 64 = next * 64
+  const int* indices = p.indices ? p.indices + int64_t(next / uint32_t(p.H / kHeads)) * p.K : nullptr;
+  // The bulk prefetch takes 16-byte aligned addresses and sizes.
+  if (reinterpret_cast<uintptr_t>(q) % 16 == 0)
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(q), "r"(uint32_t(kHeads * kDim * 2)) : "memory");
+  if (indices && reinterpret_cast<uintptr_t>(indices) % 16 == 0 && p.K % 4 == 0)
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(indices), "r"(uint32_t(p.K * 4)) : "memory");
+}
+
 // Moves a math thread's running sums l and output o (rows r0, r0 + 8) from the reference maxima m_ref
 // to the block's maxima m_new, and returns in m_use the reference point the block's exponentials take.
 // With slack >= 0 the warp keeps its references unless a row's maximum passes its own by more than
@@ -225,6 +242,19 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   const QueryKeys keys(p, work.row, work.b, work.pos);
   const SplitRange range(keys.n_keys, p.splits, work.split);
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
+  // early_start, bf16 entries (the kv_fp8 producer, at its 56 registers, would spill more).
+  const bool early = !kFp8Entries && p.early_start;
+  // Q's rows, 16 a warp of a warpgroup (the producer, or with early_start math warpgroup 0).
+  const auto load_q = [&] {
+    const bf16* q = p.q + (work.row * p.H + work.group * kHeads) * kDim;
+    load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address
+  };
+  // early_start: Q's loads first (they depend on nothing loaded; WG0's arrival below tracks them), and
+  // L2 asked for the Q rows and indices of the CTA that will likely follow on some SM.
+  if (early && wg == 0) {
+    load_q();
+    if (tid == 0) prefetch_next_cta_l2(p);
+  }
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 128);
@@ -234,15 +264,17 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     }
     fence_barrier_init();
   }
-  fill_unrotate(sm.unrotate, p, work.pos);
+  if (!early) fill_unrotate(sm.unrotate, p, work.pos);
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
     reg_dealloc<56>();
+    if (!early) {
+      load_q();
+      mbar_arrive_cp_async(&sm.q_full);
+    }
     const int my_row = warp * 16 + lane % 16;
-    const bf16* q = p.q + (work.row * p.H + work.group * kHeads) * kDim;
-    load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills
-    mbar_arrive_cp_async(&sm.q_full);
+    const bf16* q = p.q + (work.row * p.H + work.group * kHeads) * kDim;  // any valid address for zero fills
     // Block b + 1's rows are looked up and prefetched into L2 while block b loads.
     auto look_up = [&](int blk) -> const void* {
       if (blk >= range.last) return nullptr;
@@ -298,6 +330,12 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     named_barrier_sync(kBarWidened + wg, 128);
   };
 
+  // early_start: the RoPE table while Q loads; the 256-thread barriers of every block (or the one
+  // below, without blocks) order it before the epilogue reads it.
+  if (early) {
+    if (wg == 0) mbar_arrive_cp_async(&sm.q_full);
+    fill_unrotate(sm.unrotate, p, work.pos);
+  }
   mbar_wait(&sm.q_full, 0);
   for (int blk = range.first; blk < range.last; ++blk) {
     const int it = blk - range.first, buf = it & 1;
@@ -411,6 +449,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     l_run[1] = wg == 0 ? l_run[1] + theirs.y : theirs.y + l_run[1];
   }
 
+  if (early && range.first == range.last) named_barrier_sync(kBarRead, 256);
   const int64_t head0 = work.row * p.H + work.group * kHeads;  // flat (row, head) of accumulator row 0
   write_rows(p, o, m_run, l_run, head0, p.sink + work.group * kHeads, work.split, r0, 256 * wg + c0,
              wg == 0 && lane % 4 == 0, sm.unrotate);
@@ -528,6 +567,7 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
   // At most 32, so that sums of up to 2^32 exponentials of 2^32 each stay far from the fp32 range.
   if (const long slack = env_int("LCATTN_ATTN_RESCALE_SLACK", -1); slack >= 0)
     p.rescale_slack = float(std::min(slack, 32L));
+  p.early_start = env_is("LCATTN_ATTN_EARLY_START", "1");  // off until it has run on a GPU
   if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
   if (p.fused_combine && p.splits > kMaxFusedSplits) return cudaErrorInvalidValue;  // its loop holds 4
   cudaError_t err = cudaSuccess;
