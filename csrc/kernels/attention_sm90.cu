@@ -231,8 +231,12 @@ __device__ __forceinline__ void partial_logits(float (&sacc)[32], const uint8_t*
   fence_registers(sacc);
 }
 
-// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form).
-template <bool kFp8Entries, Schedule kSchedule>
+// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form). kEarlyStart (LCATTN_ATTN_EARLY_START=1, bf16
+// entries; off until it has run on a GPU): math warpgroup 0 issues Q's loads before the barriers'
+// set-up, the math warpgroups build the RoPE table while they wait for Q, and with one split each CTA
+// asks L2 for the Q rows and indices of the CTA one SM count later. (The kv_fp8 producer, at its 56
+// registers, spilled 80 bytes more with it.)
+template <bool kFp8Entries, Schedule kSchedule, bool kEarlyStart>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
   extern __shared__ uint8_t smem_raw[];
   // The base aligned to 1024 by an offset from smem_raw, so the compiler knows every access is to
@@ -242,16 +246,15 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   const QueryKeys keys(p, work.row, work.b, work.pos);
   const SplitRange range(keys.n_keys, p.splits, work.split);
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
-  // early_start, bf16 entries (the kv_fp8 producer, at its 56 registers, would spill more).
-  const bool early = !kFp8Entries && p.early_start;
-  // Q's rows, 16 a warp of a warpgroup (the producer, or with early_start math warpgroup 0).
+  static_assert(!(kFp8Entries && kEarlyStart), "early start is for bf16 entries");
+  // Q's rows, 16 a warp of a warpgroup (the producer, or with kEarlyStart math warpgroup 0).
   const auto load_q = [&] {
     const bf16* q = p.q + (work.row * p.H + work.group * kHeads) * kDim;
     load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address
   };
-  // early_start: Q's loads first (they depend on nothing loaded; WG0's arrival below tracks them), and
+  // kEarlyStart: Q's loads first (they depend on nothing loaded; WG0's arrival below tracks them), and
   // L2 asked for the Q rows and indices of the CTA that will likely follow on some SM.
-  if (early && wg == 0) {
+  if (kEarlyStart && wg == 0) {
     load_q();
     if (tid == 0) prefetch_next_cta_l2(p);
   }
@@ -264,12 +267,12 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     }
     fence_barrier_init();
   }
-  if (!early) fill_unrotate(sm.unrotate, p, work.pos);
+  if (!kEarlyStart) fill_unrotate(sm.unrotate, p, work.pos);
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
     reg_dealloc<56>();
-    if (!early) {
+    if (!kEarlyStart) {
       load_q();
       mbar_arrive_cp_async(&sm.q_full);
     }
@@ -330,9 +333,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     named_barrier_sync(kBarWidened + wg, 128);
   };
 
-  // early_start: the RoPE table while Q loads; the 256-thread barriers of every block (or the one
+  // kEarlyStart: the RoPE table while Q loads; the 256-thread barriers of every block (or the one
   // below, without blocks) order it before the epilogue reads it.
-  if (early) {
+  if (kEarlyStart) {
     if (wg == 0) mbar_arrive_cp_async(&sm.q_full);
     fill_unrotate(sm.unrotate, p, work.pos);
   }
@@ -449,7 +452,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     l_run[1] = wg == 0 ? l_run[1] + theirs.y : theirs.y + l_run[1];
   }
 
-  if (early && range.first == range.last) named_barrier_sync(kBarRead, 256);
+  if (kEarlyStart && range.first == range.last) named_barrier_sync(kBarRead, 256);
   const int64_t head0 = work.row * p.H + work.group * kHeads;  // flat (row, head) of accumulator row 0
   write_rows(p, o, m_run, l_run, head0, p.sink + work.group * kHeads, work.split, r0, 256 * wg + c0,
              wg == 0 && lane % 4 == 0, sm.unrotate);
@@ -507,10 +510,10 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
   return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
 }
 
-template <bool kFp8Entries, Schedule kSchedule>
+template <bool kFp8Entries, Schedule kSchedule, bool kEarlyStart>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule>;
+  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule, kEarlyStart>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
@@ -520,12 +523,12 @@ cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream)
 
 // The math warpgroups' schedule: by keys for bf16 entries, by dims for kv_fp8 entries, where keys
 // measured 2-4% slower (H100); LCATTN_ATTN_SCHEDULE=keys or dims picks one (read per call).
-template <bool kFp8Entries>
+template <bool kFp8Entries, bool kEarlyStart = false>
 cudaError_t launch_for_schedule(const AttentionParams& p, cudaStream_t stream) {
   const bool by_keys =
       env_is("LCATTN_ATTN_SCHEDULE", "keys") || (!kFp8Entries && !env_is("LCATTN_ATTN_SCHEDULE", "dims"));
-  return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys>(p, stream)
-                 : launch_attention_sm90<kFp8Entries, Schedule::kDims>(p, stream);
+  return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, kEarlyStart>(p, stream)
+                 : launch_attention_sm90<kFp8Entries, Schedule::kDims, kEarlyStart>(p, stream);
 }
 
 }  // namespace
@@ -567,7 +570,6 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
   // At most 32, so that sums of up to 2^32 exponentials of 2^32 each stay far from the fp32 range.
   if (const long slack = env_int("LCATTN_ATTN_RESCALE_SLACK", -1); slack >= 0)
     p.rescale_slack = float(std::min(slack, 32L));
-  p.early_start = env_is("LCATTN_ATTN_EARLY_START", "1");  // off until it has run on a GPU
   if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
   if (p.fused_combine && p.splits > kMaxFusedSplits) return cudaErrorInvalidValue;  // its loop holds 4
   cudaError_t err = cudaSuccess;
@@ -578,6 +580,8 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
   }
   if (attention_pair_applies(p))
     err = attention_sm90_pair(p, stream);
+  else if (!p.ckv_fp8 && env_is("LCATTN_ATTN_EARLY_START", "1"))  // read per call
+    err = launch_for_schedule<false, true>(p, stream);
   else if (!p.ckv_fp8)
     err = launch_for_schedule<false>(p, stream);
   else

@@ -123,10 +123,6 @@ struct AttentionParams {
   // maxima passes its reference by more than this (base 2; the exponentials are then at most
   // 2^rescale_slack); negative, every block moves them (LCATTN_ATTN_RESCALE_SLACK).
   float rescale_slack = -1.f;
-  // CUDA, Hopper kernel, bf16 entries: math warpgroup 0 issues Q's loads before the barriers' set-up,
-  // the math warpgroups build the RoPE table while they wait for Q, and with one split each CTA asks
-  // L2 for the Q rows and indices of the CTA one SM count later (LCATTN_ATTN_EARLY_START=1).
-  bool early_start = false;
 };
 
 // Grouped GEMM for MoE (SPEC 6): y = x w_e^T per expert, bf16 in, fp32 accumulate, bf16 out.
