@@ -42,10 +42,10 @@ SCHEDULES = {"keys": {"LCATTN_ATTN_SCHEDULE": "keys"}, "dims": {"LCATTN_ATTN_SCH
 SCHEDULE_NUMBER = {"dims": 0, "keys": 1}  # attention_sm90.cu's Schedule
 
 
-def ran_sm90_kernel(kernels, fp8, schedule):
-    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule>."""
+def ran_sm90_kernel(kernels, fp8, schedule, early=False):
+    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule, early>."""
     flag = {False: "false", True: "true"}
-    pattern = rf"attention_sm90_kernel<{flag[fp8]}, \(.*?Schedule\){SCHEDULE_NUMBER[schedule]}>"
+    pattern = rf"attention_sm90_kernel<{flag[fp8]}, \(.*?Schedule\){SCHEDULE_NUMBER[schedule]}, {flag[early]}>"
     return re.search(pattern, kernels) is not None
 
 
@@ -305,7 +305,7 @@ def test_hopper_early_start_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, 
     """LCATTN_ATTN_EARLY_START=1 (Q's loads before the barriers' set-up, the RoPE table built by the
     math warpgroups while Q loads, the next CTA's Q and indices asked of L2) reorders only loads and
     the table's writes: bit for bit the default's output and lse, with the default splits and with 3
-    (splits without a block), in both schedules."""
+    (splits without a block), in both schedules; and the early kernel is the one that ran."""
     for name, value in SCHEDULES[schedule].items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
@@ -320,7 +320,9 @@ def test_hopper_early_start_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, 
     monkeypatch.setenv("LCATTN_ATTN_EARLY_START", "0")
     want = run()
     monkeypatch.setenv("LCATTN_ATTN_EARLY_START", "1")
-    got = run()
+    got, kernels = kernel_names(run)
+    if kernels:
+        assert ran_sm90_kernel(kernels, False, schedule, early=True), kernels
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
