@@ -42,6 +42,17 @@ SCHEDULES = {"keys": {"LCATTN_ATTN_SCHEDULE": "keys"}, "dims": {"LCATTN_ATTN_SCH
 SCHEDULE_NUMBER = {"dims": 0, "keys": 1}  # attention_sm90.cu's Schedule
 
 
+def hopper_call(form, q, kv, kvs, qs, ckv, idx, sink, f):
+    """The lcattn call and the reference of a Hopper test form: sparse (idx), dense at ratio 128 or 4, or
+    the window alone."""
+    ratio = {"sparse": None, "dense128": 128, "dense4": 4, "window": 0}[form]
+    if ratio is None:
+        return (lambda: ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f),
+                lambda: reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
+    return (lambda: ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=ratio),
+            lambda: reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
+
+
 def ran_sm90_kernel(kernels, fp8, schedule, early=False):
     """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule, early>."""
     flag = {False: "false", True: "true"}
@@ -250,15 +261,9 @@ def test_hopper_schedules_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L,
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
     sink[:8], sink[8:16] = float("-inf"), 30.0
-    idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
-    ratio = {"sparse": None, "dense128": 128, "dense4": 4, "window": 0}[form]
-
-    def run():
-        if ratio is None:
-            return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
-        return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
-    ref = (reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx) if ratio is None
-           else reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
+    run, reference_of = hopper_call(form, q, kv, kvs, qs, ckv, random_indices(B, S, K, N, "cuda", invalid=0.2),
+                                    sink, f)
+    ref = reference_of()
     out, kernels = kernel_names(run)
     if kernels:
         assert ran_sm90_kernel(kernels, False, schedule), kernels
@@ -310,13 +315,7 @@ def test_hopper_early_start_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, 
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
-    idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
-    ratio = {"sparse": None, "dense128": 128, "window": 0}[form]
-
-    def run():
-        if ratio is None:
-            return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
-        return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
+    run, _ = hopper_call(form, q, kv, kvs, qs, ckv, random_indices(B, S, K, N, "cuda", invalid=0.2), sink, f)
     monkeypatch.setenv("LCATTN_ATTN_EARLY_START", "0")
     want = run()
     monkeypatch.setenv("LCATTN_ATTN_EARLY_START", "1")

@@ -247,7 +247,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   const SplitRange range(keys.n_keys, p.splits, work.split);
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
   static_assert(!(kFp8Entries && kEarlyStart), "early start is for bf16 entries");
-  // Q's rows, 16 a warp of a warpgroup (the producer, or with kEarlyStart math warpgroup 0).
+  // Q's rows, 16 a warp of a warpgroup (the producer, or with kEarlyStart math warpgroup 0). The
+  // producer derives the address again below: one address for both changed the default kernels' code.
   const auto load_q = [&] {
     const bf16* q = p.q + (work.row * p.H + work.group * kHeads) * kDim;
     load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address
@@ -566,8 +567,8 @@ bool attention_fuses_combine(const AttentionParams& p) {
 
 cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
   AttentionParams p = params;
-  // LCATTN_ATTN_RESCALE_SLACK=s (base 2; every schedule of this kernel), off until it has run on a GPU.
-  // At most 32, so that sums of up to 2^32 exponentials of 2^32 each stay far from the fp32 range.
+  // LCATTN_ATTN_RESCALE_SLACK=s (base 2; every schedule of this kernel); off: measured within the spread
+  // of repeated runs. At most 32, so that sums of up to 2^32 exponentials of 2^32 each stay far from the fp32 range.
   if (const long slack = env_int("LCATTN_ATTN_RESCALE_SLACK", -1); slack >= 0)
     p.rescale_slack = float(std::min(slack, 32L));
   if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
@@ -580,10 +581,9 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
   }
   if (attention_pair_applies(p))
     err = attention_sm90_pair(p, stream);
-  else if (!p.ckv_fp8 && env_is("LCATTN_ATTN_EARLY_START", "1"))  // read per call
-    err = launch_for_schedule<false, true>(p, stream);
-  else if (!p.ckv_fp8)
-    err = launch_for_schedule<false>(p, stream);
+  else if (!p.ckv_fp8)  // LCATTN_ATTN_EARLY_START read per call
+    err = env_is("LCATTN_ATTN_EARLY_START", "1") ? launch_for_schedule<false, true>(p, stream)
+                                                 : launch_for_schedule<false>(p, stream);
   else
     err = launch_for_schedule<true>(p, stream);
   if (err != cudaSuccess) return err;
