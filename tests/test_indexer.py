@@ -364,3 +364,82 @@ def test_split_topk_in_indexer_decode_cuda(monkeypatch):
     one = ops.indexer_topk(*args, k=shape["index_topk"], ratio=4)
     monkeypatch.delenv("LCATTN_TOPK_SPLIT")
     assert torch.equal(ops.indexer_topk(*args, k=shape["index_topk"], ratio=4), one)
+
+
+def fused_and_unfused(monkeypatch, args, k, **kw):
+    """indexer_topk with LCATTN_INDEXER_FUSED_TOPK=1, and without (scores, then top-k), and the
+    kernels the fused call ran (none under compute-sanitizer)."""
+    monkeypatch.setenv("LCATTN_INDEXER_FUSED_TOPK", "1")
+    fused = ops.indexer_topk(*args, k=k, ratio=4, **kw)
+    kernels = "\n".join(kernel_profile(lambda: ops.indexer_topk(*args, k=k, ratio=4, **kw), 1, name_width=None)[2])
+    again = ops.indexer_topk(*args, k=k, ratio=4, **kw)
+    assert torch.equal(again, fused)  # repeatable
+    monkeypatch.delenv("LCATTN_INDEXER_FUSED_TOPK")
+    return fused, ops.indexer_topk(*args, k=k, ratio=4, **kw), kernels
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("B,S,N,HI,q_start,k", [
+    (1, 33, 70, 64, [250], 64),                 # odd rows: the last pair has one; rows with fewer entries than k
+    (2, 300, 517, 40, [0, 700], 64),            # fewer heads, entries not a multiple of 256, rows that see nothing
+    (3, 70, 1000, 64, [0, 1000, 133], 512),     # several sequences, most rows with fewer entries than k
+    (1, 513, 4100, 64, [16384 - 513], 512),     # V4-Flash's k: each buffer cut several times
+    (1, 40, 20000, 64, [80000 - 40], 1024),     # V4-Pro's k
+    (1, 18, 262144, 64, [1048576 - 18], 512),   # 1M context: 1024 key tiles a pair
+])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_indexer_topk_fused_cuda(monkeypatch, B, S, N, HI, q_start, k, fp8):
+    """Scoring fused with the top-k (LCATTN_INDEXER_FUSED_TOPK=1) picks what scoring then top-k picks:
+    the same scores, ties to the lower index; the k best by the reference's scores; repeatable; and
+    the fused kernel is the one that ran."""
+    if fp8:
+        args, _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
+        args, kw = args[:4], {"key_scales": args[4]}
+    else:
+        args, kw = make_indexer(B, S, N, HI, 128, "cuda", q_start), {}
+    fused, unfused, kernels = fused_and_unfused(monkeypatch, args, k, **kw)
+    assert torch.equal(fused, unfused)
+    mine = ops.indexer_scores(*args, ratio=4, **kw)
+    ref = reference.indexer_scores(*args, ratio=4, **kw)
+    finite = torch.isfinite(ref)
+    check_topk(fused, ref, k, tol=2 * (mine - ref)[finite].abs().max().item())
+    if kernels:
+        assert "indexer_topk_sm90_kernel" in kernels and "topk_kernel" not in kernels, kernels
+
+
+@pytest.mark.cuda
+def test_indexer_topk_fused_corner_cases_cuda(monkeypatch):
+    """Tied scores (every entry of sequence 0 alike: the lowest indices), a row whose scores are all
+    NaN (a NaN head weight: all -1), a row of +-inf and NaN scores (q near the bf16 maximum), the same
+    picks as scoring then top-k; and k past the fused kernel's 1280 runs scoring then top-k."""
+    q, w, keys, qs = make_indexer(2, 40, 3000, 64, 128, "cuda", [0, 12000])
+    keys[0] = keys[0, 0]
+    w[1, 3, 5] = float("nan")
+    q[1, 4] = 3e38
+    fused, unfused, _ = fused_and_unfused(monkeypatch, (q, w, keys, qs), 512)
+    assert torch.equal(fused, unfused)
+    for s in range(40):  # sequence 0, position s sees (s + 1) // 4 entries, all tied
+        seen = min(512, (s + 1) // 4)
+        assert fused[0, s].tolist() == list(range(seen)) + [-1] * (512 - seen), s
+    assert (fused[1, 3] == -1).all()
+    scores = ops.indexer_scores(q, w, keys, qs, ratio=4)
+    assert torch.isinf(scores[1, 4]).any() and torch.isnan(scores[1, 4]).any()
+    check_topk(fused[1, 4:5], scores[1, 4:5], 512)
+    wide, wide_unfused, kernels = fused_and_unfused(monkeypatch, (q, w, keys, qs), 2048)
+    assert torch.equal(wide, wide_unfused)
+    if kernels:
+        assert "indexer_topk_sm90_kernel" not in kernels, kernels
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
+                    reason="graph capture allocates through the caching allocator")
+def test_indexer_topk_fused_graph_replay_cuda(monkeypatch):
+    """The fused kernel replayed in a CUDA graph with new queries picks what an eager call picks."""
+    monkeypatch.setenv("LCATTN_INDEXER_FUSED_TOPK", "1")
+    q, w, keys, qs = make_indexer(1, 64, 5000, 64, 128, "cuda", [20000 - 64])
+    graph, picked = capture(lambda: ops.indexer_topk(q, w, keys, qs, k=512, ratio=4))
+    for step in range(3):
+        q.copy_(torch.randn_like(q, dtype=torch.float32).bfloat16())
+        graph.replay()
+        assert torch.equal(picked, ops.indexer_topk(q, w, keys, qs, k=512, ratio=4)), step

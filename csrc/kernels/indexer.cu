@@ -369,7 +369,15 @@ cudaError_t topk_cuda(const TopkParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// Prefill rows scored and selected in one kernel (indexer_topk_sm90.cu) when LCATTN_INDEXER_FUSED_TOPK=1:
+// no [block_rows, N] scores in memory and no separate top-k.
+bool indexer_topk_fuses(const IndexerTopkParams& p) {
+  return env_is("LCATTN_INDEXER_FUSED_TOPK", "1") && p.scoring.S > kHeadsRowsMax && sm90_kernel_applies(p.scoring) &&
+         indexer_topk_sm90_supported(p.scoring, p.k);
+}
+
 cudaError_t indexer_topk_cuda(const IndexerTopkParams& p, cudaStream_t stream) {
+  if (indexer_topk_fuses(p)) return indexer_topk_sm90(p.scoring, p.indices, p.k, stream);
   cudaError_t err = cudaSuccess;
   indexer_topk_blocks(p, [&](const IndexerParams& scoring, const TopkParams& topk) {
     err = indexer_scores_cuda(scoring, stream);

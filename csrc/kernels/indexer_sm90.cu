@@ -13,32 +13,17 @@
 // Rows that see no key of the block are written -inf up front and not computed.
 // Shared memory: keys 64 KB + 4 stages of 32.5 KB; tiles 128B-swizzled [2 chunks of 64 dims][rows][128 B].
 #include "common/device.h"
-#include "common/sm90.cuh"
+#include "indexer_sm90.cuh"
 #include "indexer_sm90.h"
 #include "lcattn/shared_math.h"
 
 namespace lcattn {
 namespace {
 
-using namespace sm90;
+using namespace indexer_sm90;
 
-constexpr int kDim = 128;              // indexer head dim: K of the products
-constexpr int kHeads = 64;             // heads per query row (fewer are zero-padded)
-constexpr int kKeys = 256;             // keys per CTA: M of two warpgroups x two m64 tiles
-constexpr int kRows = 256;             // query rows per CTA at most
-constexpr int kPairRows = 2 * kHeads;  // N of a product: 2 query rows x 64 heads
+constexpr int kRows = 256;  // query rows per CTA at most
 constexpr int kStages = 4;
-constexpr int kThreads = 384;
-constexpr int kKeyChunkBytes = kKeys * 128;       // 128 bytes of every key: 32 KB
-constexpr int kPairChunkBytes = kPairRows * 128;  // 128 bytes of a pair's 128 head rows: 16 KB
-
-// The element: bf16 (2 bytes, wgmma k = 16) or e4m3 (1 byte, k = 32). A row of kDim elements is
-// kChunks 128-byte swizzled chunks; a k-step reads 32 bytes of every row either way.
-template <int kElemBytes>
-struct Elem {
-  static constexpr int kRowBytes = kDim * kElemBytes, kChunks = kRowBytes / 128, kUnits = kRowBytes / 16;
-  static constexpr int kSteps = kRowBytes / 32;
-};
 
 template <int kElemBytes>
 struct SharedStorage {
@@ -54,55 +39,6 @@ static_assert(kSmemBytes<2> <= 232448, "more shared memory than an H100 block ma
 
 __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int64_t row) {
   return row / p.S * ceil_div(p.S, kRows) + row % p.S / kRows;
-}
-
-// The sums over heads of w_h max(S, 0) from a pair's accumulators acc[tile][64] (a thread holds 16
-// heads of each of its key rows and query rows; the other 48 are in the 3 other lanes of its quad).
-// w[q][j]: the weights of heads 8 j + 2 (lane % 4) and + 1. This thread's 16 heads, for each
-// (tile, query row, half: key rows + 0 and + 8), one fma chain of a max and an fma a product.
-__device__ __forceinline__ void thread_head_sums(const float (&acc)[2][64], const float2 (&w)[2][8],
-                                                 float (&sums)[2][2][2]) {
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int q = 0; q < 2; ++q)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        float sum = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float* a = &acc[t][(8 * q + j) * 4 + 2 * half];
-          sum = fmaf(w[q][j].x, fmaxf(a[0], 0.f), sum);
-          sum = fmaf(w[q][j].y, fmaxf(a[1], 0.f), sum);
-        }
-        sums[t][q][half] = sum;
-      }
-}
-
-// All 64 heads for the lane's (tile t, query row q), both halves: each sum in one chain and reduced
-// over the quad (16 shuffles), then selected.
-__device__ __forceinline__ void head_sums_selected(const float (&acc)[2][64], const float2 (&w)[2][8], int t, int q,
-                                                   float (&total)[2]) {
-  float sums[2][2][2];
-  thread_head_sums(acc, w, sums);
-#pragma unroll
-  for (int tt = 0; tt < 2; ++tt)
-#pragma unroll
-    for (int qq = 0; qq < 2; ++qq)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        float& sum = sums[tt][qq][half];
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      }
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {  // the lane's register without dynamic indexing
-    float v = sums[0][0][half];
-    v = (t == 0 && q == 1) ? sums[0][1][half] : v;
-    v = (t == 1 && q == 0) ? sums[1][0][half] : v;
-    v = (t == 1 && q == 1) ? sums[1][1][half] : v;
-    total[half] = v;
-  }
 }
 
 // grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreads threads; q and keys
@@ -196,20 +132,7 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
     mbar_wait(&sm.full[stage], (i / kStages) & 1);
     fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
     float acc[2][64];
-    wgmma_fence();
-#pragma unroll
-    for (int t = 0; t < 2; ++t)
-#pragma unroll
-      for (int ks = 0; ks < E::kSteps; ++ks) {
-        const uint64_t desc_keys =
-            smem_desc(sm.keys + (ks / 4) * kKeyChunkBytes + (128 * wg + 64 * t) * 128 + (ks % 4) * 32, 16, 1024);
-        const uint64_t desc_q = smem_desc(sm.q[stage] + (ks / 4) * kPairChunkBytes + (ks % 4) * 32, 16, 1024);
-        if constexpr (kElemBytes == 2)
-          wgmma_m64n128k16_ss(acc[t], desc_keys, desc_q, ks > 0);
-        else
-          wgmma_m64n128k32_e4m3_ss(acc[t], desc_keys, desc_q, ks > 0);
-      }
-    wgmma_commit();
+    issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);
     // Weights of this thread's columns: query row q, head 8 j + c0 + e.
     float2 w[2][8];
 #pragma unroll

@@ -130,12 +130,19 @@ at::Tensor indexer_topk(const at::Tensor& q, const at::Tensor& weights, const at
   IndexerTopkParams t{};
   t.scoring = p;
   t.block_rows = indexer_topk_block_rows(rows, p.N, block_rows);
-  at::Tensor block = at::empty({t.block_rows, p.N}, q.options().dtype(at::kFloat));
-  t.block = ptr<float>(block);
   t.indices = ptr<int>(indices);
   t.k = int(k);
-  at::Tensor split;
-  t.topk_split_workspace = topk_split_workspace(q, t.block_rows, p.N, t.k, split);
+  at::Tensor block, split;
+#if defined(LCATTN_WITH_CUDA)
+  const bool fused = q.is_cuda() && indexer_topk_fuses(t);
+#else
+  const bool fused = false;
+#endif
+  if (!fused) {  // scores a block of rows at a time into scratch, then selects
+    block = at::empty({t.block_rows, p.N}, q.options().dtype(at::kFloat));
+    t.block = ptr<float>(block);
+    t.topk_split_workspace = topk_split_workspace(q, t.block_rows, p.N, t.k, split);
+  }
   LCATTN_RUN(op, q, indexer_topk, t);
   return indices;
 }

@@ -40,6 +40,9 @@ cudaError_t topk_cuda(const TopkParams& p, cudaStream_t stream);
 // it does not take p. topk_cuda runs it when it takes p and the workspace is set.
 size_t topk_split_workspace_bytes(const TopkParams& p);
 cudaError_t topk_split_cuda(const TopkParams& p, cudaStream_t stream);
+// Whether indexer_topk_cuda scores and selects p in one kernel, which reads neither p.block nor
+// p.topk_split_workspace (prefill rows with LCATTN_INDEXER_FUSED_TOPK=1, where the kernel takes them).
+bool indexer_topk_fuses(const IndexerTopkParams& p);
 cudaError_t indexer_topk_cuda(const IndexerTopkParams& p, cudaStream_t stream);
 cudaError_t gather_rows_cuda(const GatherParams& p, cudaStream_t stream);
 cudaError_t attention_cuda(const AttentionParams& p, cudaStream_t stream);
