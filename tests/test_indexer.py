@@ -383,9 +383,10 @@ def fused_and_unfused(monkeypatch, args, k, **kw):
     (1, 33, 70, 64, [250], 64),                 # odd rows: the last pair has one; rows with fewer entries than k
     (2, 300, 517, 40, [0, 700], 64),            # fewer heads, entries not a multiple of 256, rows that see nothing
     (3, 70, 1000, 64, [0, 1000, 133], 512),     # several sequences, most rows with fewer entries than k
-    (1, 513, 4100, 64, [16384 - 513], 512),     # V4-Flash's k: each buffer cut several times
+    (1, 513, 4100, 64, [16384 - 513], 512),     # V4-Flash's k: each buffer cut once
     (1, 40, 20000, 64, [80000 - 40], 1024),     # V4-Pro's k
     (1, 18, 262144, 64, [1048576 - 18], 512),   # 1M context: 1024 key tiles a pair
+    (1, 18, 1048576, 64, [4194304 - 18], 512),  # the most entries it takes: the bitmap full
 ])
 @pytest.mark.parametrize("fp8", [False, True])
 def test_indexer_topk_fused_cuda(monkeypatch, B, S, N, HI, q_start, k, fp8):
@@ -409,26 +410,32 @@ def test_indexer_topk_fused_cuda(monkeypatch, B, S, N, HI, q_start, k, fp8):
 
 @pytest.mark.cuda
 def test_indexer_topk_fused_corner_cases_cuda(monkeypatch):
-    """Tied scores (every entry of sequence 0 alike: the lowest indices), a row whose scores are all
-    NaN (a NaN head weight: all -1), a row of +-inf and NaN scores (q near the bf16 maximum), the same
-    picks as scoring then top-k; and k past the fused kernel's 1280 runs scoring then top-k."""
-    q, w, keys, qs = make_indexer(2, 40, 3000, 64, 128, "cuda", [0, 12000])
+    """The same picks as scoring then top-k on: tied scores (every entry of sequence 0 alike: the
+    lowest indices, through cuts and across both buffers), +inf ties (each key of sequence 1 all of
+    one sign against a q near the bf16 maximum: +inf or 0), NaN scores (one negative head weight
+    against those +inf products), a row whose scores are all NaN (a NaN head weight: all -1); the
+    largest k the fused kernel takes (1280), and past it scoring then top-k."""
+    q, w, keys, qs = make_indexer(2, 40, 3000, 64, 128, "cuda", [12000, 12000])
     keys[0] = keys[0, 0]
+    signs = torch.randint(0, 2, (3000, 1), device="cuda") * 2 - 1
+    keys[1] = keys[1].abs() * signs
+    q[1, 4:6] = 3e38
+    w[1, 4:6] = w[1, 4:6].abs()
+    w[1, 5, 7] = -w[1, 5, 7]
     w[1, 3, 5] = float("nan")
-    q[1, 4] = 3e38
     fused, unfused, _ = fused_and_unfused(monkeypatch, (q, w, keys, qs), 512)
     assert torch.equal(fused, unfused)
-    for s in range(40):  # sequence 0, position s sees (s + 1) // 4 entries, all tied
-        seen = min(512, (s + 1) // 4)
-        assert fused[0, s].tolist() == list(range(seen)) + [-1] * (512 - seen), s
+    assert (fused[0] == torch.arange(512, device="cuda")).all()  # every row sees 3000 tied entries
     assert (fused[1, 3] == -1).all()
     scores = ops.indexer_scores(q, w, keys, qs, ratio=4)
-    assert torch.isinf(scores[1, 4]).any() and torch.isnan(scores[1, 4]).any()
-    check_topk(fused[1, 4:5], scores[1, 4:5], 512)
-    wide, wide_unfused, kernels = fused_and_unfused(monkeypatch, (q, w, keys, qs), 2048)
-    assert torch.equal(wide, wide_unfused)
-    if kernels:
-        assert "indexer_topk_sm90_kernel" not in kernels, kernels
+    assert (scores[1, 4] == float("inf")).sum() > 512 and torch.isnan(scores[1, 5]).any()
+    assert fused[1, 4].tolist() == torch.nonzero(signs[:, 0] > 0)[:512, 0].tolist()  # the first +inf ties
+    check_topk(fused[1], scores[1], 512)
+    for k, fuses in [(1280, True), (1281, False)]:
+        got, want, kernels = fused_and_unfused(monkeypatch, (q, w, keys, qs), k)
+        assert torch.equal(got, want), k
+        if kernels:
+            assert ("indexer_topk_sm90_kernel" in kernels) == fuses, kernels
 
 
 @pytest.mark.cuda

@@ -10,10 +10,10 @@
 //        candidate when it beats the row's threshold; a candidate is the composite key << 32 | ~index
 //        (larger is better, ties go to the lower index, as the top-k kernels take them), appended to
 //        the warpgroup's buffer for its row. A buffer that could overflow on the next step is cut to
-//        its k largest by a radix select over the composite (8 bits a pass), and its k-th becomes the
-//        warpgroup's threshold for the row: the k-th of a subset of the row's scores, so a lower bound
-//        on the row's k-th, and the row's top k are never dropped. Each warpgroup takes the larger of
-//        both thresholds.
+//        its k largest by a radix select over the composite (8 bits a pass), and the key of its k-th
+//        raises the row's threshold (shared by both warpgroups, atomic max): the k-th of a subset of
+//        the row's scores, so a lower bound on the row's k-th, and a score whose key is at or above
+//        it is taken, so the row's top k are never dropped.
 //   At the end, per row: the k largest of both buffers (a radix select by the 256 math threads) are
 //   marked in a bitmap of the entries (over the freed key stages) and written in ascending order,
 //   then -1.
@@ -46,13 +46,13 @@ struct FusedStorage {
   static constexpr int kStages = kRingBytes / kStageBytes;
   union {
     alignas(1024) uint8_t keys[kStages][kStageBytes];  // [chunks][256 keys][128 B]
-    uint32_t picked[kMaxEntries / 32];                  // after the stream: one row's picks, a bit each
+    uint32_t picked[kMaxEntries / 32];                 // after the stream: one row's picks, a bit each
   };
   alignas(1024) uint8_t q[Elem<kElemBytes>::kChunks * kPairChunkBytes];  // [chunks][row 0's heads, row 1's][128 B]
   uint64_t candidates[2][2][kCap];                                       // [warpgroup][row]: composites
   float scales[kStages][kKeys];                                          // key scales of each stage's keys
   float w[kPairRows];                                                    // head weights, 0 for absent heads and rows
-  uint64_t threshold[2][2];                                              // [warpgroup][row]; 0 takes every candidate
+  uint32_t threshold[2];                                                 // a key per row; 0 takes every candidate
   int count[2][2];                                                       // [warpgroup][row]
   uint32_t hist[2][256];                                                 // radix histogram of each warpgroup's cut
   int select[2][4];                                                      // digit, rank left, group size
@@ -68,8 +68,6 @@ __device__ __forceinline__ uint64_t composite(uint32_t key, int index) {
   return uint64_t(key) << 32 | (0xFFFFFFFFu - uint32_t(index));
 }
 __device__ __forceinline__ int index_of(uint64_t c) { return int(0xFFFFFFFFu - uint32_t(c)); }
-
-__device__ __forceinline__ uint64_t load_volatile(const uint64_t& x) { return *const_cast<const volatile uint64_t*>(&x); }
 
 // Appends the lanes' candidates (take) to their rows' buffers (a lane's row is lane % 2), one
 // shared atomic a row per warp.
@@ -92,8 +90,8 @@ __device__ __forceinline__ void append(bool take, uint64_t c, uint64_t (&buffers
 // 8 bits a pass from the top; it stops once the values left with the prefix are exactly those still
 // to take. hist [256] and state [3] are shared; threads 0-31 of the group scan the histogram.
 template <int kThreadsSel>
-__device__ __forceinline__ uint64_t kth_largest(const uint64_t (&v)[kPer], int k, uint32_t* hist, int* state,
-                                                int tid, int barrier) {
+__device__ __forceinline__ uint64_t kth_largest(const uint64_t (&v)[kPer], int k, uint32_t* hist, int* state, int tid,
+                                                int barrier) {
   uint64_t prefix = 0, mask = 0;
   int need = k;
   for (int shift = 56; shift >= 0; shift -= 8) {
@@ -137,8 +135,8 @@ __device__ __forceinline__ uint64_t kth_largest(const uint64_t (&v)[kPer], int k
 }
 
 // Cuts a warpgroup's buffer for one row (count > kCap - kStep > k entries) to its k largest; the k-th
-// becomes the warpgroup's threshold. All 128 threads of the warpgroup, after a barrier.
-__device__ __noinline__ void cut(uint64_t* buffer, int* count, uint64_t* threshold, uint32_t* hist, int* state, int k,
+// raises the row's threshold to its key. All 128 threads of the warpgroup, after a barrier.
+__device__ __noinline__ void cut(uint64_t* buffer, int* count, uint32_t* threshold, uint32_t* hist, int* state, int k,
                                  int tid, int barrier) {
   const int n = *count;
   uint64_t v[kPer];
@@ -150,8 +148,8 @@ __device__ __noinline__ void cut(uint64_t* buffer, int* count, uint64_t* thresho
 #pragma unroll
   for (int j = 0; j < kPer; ++j)
     if (v[j] >= kth) buffer[atomicAdd(count, 1)] = v[j];
-  if (tid == 0) *const_cast<volatile uint64_t*>(threshold) = kth;
-  named_barrier_sync(barrier, 128);  // the kept entries and their count before the next appends
+  if (tid == 0) atomicMax(threshold, uint32_t(kth >> 32));  // atomic: the other warpgroup reads it
+  named_barrier_sync(barrier, 128);                         // the kept entries and their count before the next appends
 }
 
 // grid (B * ceil(S / 2)), kThreads threads; q and keys bf16 (kElemBytes 2) or e4m3 (1: q_e4m3,
@@ -164,9 +162,10 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_topk_sm90_kernel(const In
   extern __shared__ uint8_t smem_raw[];
   // The base aligned to 1024 by an offset from smem_raw, so every access compiles to LDS/STS.
   Storage& sm = *reinterpret_cast<Storage*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
+  // The last pairs of every sequence first (the longest streams, when the sequences start alike).
   const int pairs_per_seq = ceil_div(p.S, 2);
-  const int b = int(blockIdx.x / pairs_per_seq);
-  const int s0 = 2 * (pairs_per_seq - 1 - int(blockIdx.x % pairs_per_seq));  // the longest pairs first
+  const int b = int(blockIdx.x % p.B);
+  const int s0 = 2 * (pairs_per_seq - 1 - int(blockIdx.x / p.B));
   const int rows = min(2, p.S - s0);
   const int64_t row0 = int64_t(b) * p.S + s0;  // flattened row of s0
   const int q0 = p.q_start[b];
@@ -184,10 +183,8 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_topk_sm90_kernel(const In
       mbar_init(&sm.full[i], 128);   // the producer's cp.async arrivals
       mbar_init(&sm.empty[i], 256);  // every math thread, after its products and scale reads
     }
-    for (int i = 0; i < 4; ++i) {
-      sm.threshold[i / 2][i % 2] = 0;
-      sm.count[i / 2][i % 2] = 0;
-    }
+    for (int i = 0; i < 4; ++i) sm.count[i / 2][i % 2] = 0;
+    sm.threshold[0] = sm.threshold[1] = 0;
     fence_barrier_init();
   }
   __syncthreads();
@@ -240,6 +237,7 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_topk_sm90_kernel(const In
 #pragma unroll
   for (int half = 0; half < 2; ++half) key_local[half] = 128 * wg + warp * 16 + lane / 4 + 64 * t_out + 8 * half;
   const int visible = s0 + q_out < s0 + rows ? visible_entries(q0 + s0 + q_out, p.ratio, p.N) : 0;
+  int most[2] = {0, 0};  // at least each buffer's count, the same in every thread of the warpgroup
   mbar_wait(&sm.q_full, 0);
   float2 w[2][8];  // weights of this thread's columns: query row q, head 8 j + c0 + e
 #pragma unroll
@@ -262,29 +260,43 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_topk_sm90_kernel(const In
 
     float total[2];
     head_sums_selected(acc, w, t_out, q_out, total);
-    const uint64_t bar = max(load_volatile(sm.threshold[0][q_out]), load_volatile(sm.threshold[1][q_out]));
+    // The rows' thresholds, read atomically by lane 0 (the other warpgroup may be raising them).
+    uint32_t bars[2] = {0u, 0u};
+    if (lane == 0) {
+      bars[0] = atomicMax(&sm.threshold[0], 0u);
+      bars[1] = atomicMax(&sm.threshold[1], 0u);
+    }
+    bars[0] = __shfl_sync(0xffffffffu, bars[0], 0);
+    bars[1] = __shfl_sync(0xffffffffu, bars[1], 0);
+    const uint32_t bar = q_out == 0 ? bars[0] : bars[1];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int n = i * kKeys + key_local[half];
       const uint32_t key = n < visible ? topk_key(scale[half] * total[half]) : 0u;
-      const uint64_t c = composite(key, n);
-      append(key != 0u && c > bar, c, sm.candidates[wg], sm.count[wg], lane);
+      append(key != 0u && key >= bar, composite(key, n), sm.candidates[wg], sm.count[wg], lane);
     }
-    named_barrier_sync(kCutBarrier + wg, 128);  // this step's appends are in
-    const int filled0 = sm.count[wg][0], filled1 = sm.count[wg][1];
-    named_barrier_sync(kCutBarrier + wg, 128);  // read by all before the next step appends
-    if (filled0 > kCap - kStep)
-      cut(sm.candidates[wg][0], &sm.count[wg][0], &sm.threshold[wg][0], sm.hist[wg], sm.select[wg], k, tid,
-          kCutBarrier + wg);
-    if (filled1 > kCap - kStep)
-      cut(sm.candidates[wg][1], &sm.count[wg][1], &sm.threshold[wg][1], sm.hist[wg], sm.select[wg], k, tid,
-          kCutBarrier + wg);
+    most[0] += kStep;
+    most[1] += kStep;
+    if (max(most[0], most[1]) > kCap - kStep) {   // a buffer may be too full for the next step: count them
+      named_barrier_sync(kCutBarrier + wg, 128);  // the appends are in
+      most[0] = sm.count[wg][0];
+      most[1] = sm.count[wg][1];
+      named_barrier_sync(kCutBarrier + wg, 128);  // read by all before a cut changes them
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        if (most[r] > kCap - kStep) {
+          cut(sm.candidates[wg][r], &sm.count[wg][r], &sm.threshold[r], sm.hist[wg], sm.select[wg], k, tid,
+              kCutBarrier + wg);
+          most[r] = k;
+        }
+    }
   }
 
   // ---------------------------------------------------------- the k best of both buffers, ascending
   named_barrier_sync(kMathBarrier, 256);  // both warpgroups are past the stream: buffers final, stages free
   const int t = threadIdx.x, math_warp = t / 32;
-  const int words = ceil_div(seen, 32), per = ceil_div(words, 256);
+  // Thread t scans words [t * per, (t + 1) * per): an odd stride keeps the lanes on distinct banks.
+  const int words = ceil_div(seen, 32), per = ceil_div(words, 256) | 1;
   for (int r = 0; r < rows; ++r) {
     const int n_first = sm.count[0][r], total = n_first + sm.count[1][r];
     uint64_t v[kPer];
@@ -303,7 +315,7 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_topk_sm90_kernel(const In
         atomicOr(&sm.picked[n / 32], 1u << (n % 32));
       }
     named_barrier_sync(kMathBarrier, 256);
-    // Thread t writes the picks of words [t * per, (t + 1) * per) after those of the threads before it.
+    // Thread t writes the picks of its words after those of the threads before it.
     const int w_begin = min(words, t * per), w_end = min(words, w_begin + per);
     int mine = 0;
     for (int x = w_begin; x < w_end; ++x) mine += __popc(sm.picked[x]);
