@@ -22,6 +22,7 @@
 
 #include "common/device.h"
 #include "common/topk_key.cuh"
+#include "common/topk_select.cuh"
 #include "indexer_sm90.cuh"
 #include "indexer_sm90.h"
 #include "lcattn/shared_math.h"
@@ -63,12 +64,6 @@ template <int kElemBytes>
 constexpr int kSmemBytes = sizeof(FusedStorage<kElemBytes>) + 1024;  // + room to align the base to 1024
 static_assert(kSmemBytes<2> <= 232448 && kSmemBytes<1> <= 232448, "more shared memory than an H100 block may have");
 
-// Composite of a candidate: its top-k key, then the complement of its index.
-__device__ __forceinline__ uint64_t composite(uint32_t key, int index) {
-  return uint64_t(key) << 32 | (0xFFFFFFFFu - uint32_t(index));
-}
-__device__ __forceinline__ int index_of(uint64_t c) { return int(0xFFFFFFFFu - uint32_t(c)); }
-
 // Appends the lanes' candidates (take) to their rows' buffers (a lane's row is lane % 2), one
 // shared atomic a row per warp.
 __device__ __forceinline__ void append(bool take, uint64_t c, uint64_t (&buffers)[2][kCap], int (&counts)[2],
@@ -86,52 +81,16 @@ __device__ __forceinline__ void append(bool take, uint64_t c, uint64_t (&buffers
   }
 }
 
-// The k-th largest of the nonzero values v of kThreadsSel threads (distinct, at least k of them),
-// 8 bits a pass from the top; it stops once the values left with the prefix are exactly those still
-// to take. hist [256] and state [3] are shared; threads 0-31 of the group scan the histogram.
-template <int kThreadsSel>
+// The k-th largest of the values v[] of the kGroup threads of named barrier `barrier`.
+template <int kGroup>
 __device__ __forceinline__ uint64_t kth_largest(const uint64_t (&v)[kPer], int k, uint32_t* hist, int* state, int tid,
                                                 int barrier) {
-  uint64_t prefix = 0, mask = 0;
-  int need = k;
-  for (int shift = 56; shift >= 0; shift -= 8) {
-    for (int x = tid; x < 256; x += kThreadsSel) hist[x] = 0;
-    named_barrier_sync(barrier, kThreadsSel);
+  return kth_largest_composite<kGroup>(
+      [&](auto&& f) {
 #pragma unroll
-    for (int j = 0; j < kPer; ++j)
-      if (v[j] != 0 && (v[j] & mask) == prefix) atomicAdd(&hist[(v[j] >> shift) & 255], 1u);
-    named_barrier_sync(barrier, kThreadsSel);
-    if (tid < 32) {  // lane l holds bins 8 l .. 8 l + 7; `from` counts the values in bins >= 8 l
-      uint32_t c[8], own = 0;
-#pragma unroll
-      for (int t = 0; t < 8; ++t) own += (c[t] = hist[8 * tid + t]);
-      uint32_t from = own;
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const uint32_t x = __shfl_down_sync(0xffffffffu, from, o);
-        if (tid + o < 32) from += x;
-      }
-      uint32_t above = from - own;
-      if (above < uint32_t(need) && uint32_t(need) <= from) {
-        for (int t = 7; t >= 0; --t) {
-          if (above + c[t] >= uint32_t(need)) {
-            state[0] = 8 * tid + t;
-            state[1] = need - int(above);
-            state[2] = int(c[t]);
-            break;
-          }
-          above += c[t];
-        }
-      }
-    }
-    named_barrier_sync(barrier, kThreadsSel);
-    const int digit = state[0], group = state[2];
-    need = state[1];
-    prefix |= uint64_t(digit) << shift;
-    mask |= uint64_t(255) << shift;
-    if (group == need) break;  // the same for every thread
-  }
-  return prefix;
+        for (int j = 0; j < kPer; ++j) f(v[j]);
+      },
+      k, hist, state, tid, [&] { named_barrier_sync(barrier, kGroup); });
 }
 
 // Cuts a warpgroup's buffer for one row (count > kCap - kStep > k entries) to its k largest; the k-th
@@ -273,7 +232,7 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_topk_sm90_kernel(const In
     for (int half = 0; half < 2; ++half) {
       const int n = i * kKeys + key_local[half];
       const uint32_t key = n < visible ? topk_key(scale[half] * total[half]) : 0u;
-      append(key != 0u && key >= bar, composite(key, n), sm.candidates[wg], sm.count[wg], lane);
+      append(key != 0u && key >= bar, topk_composite(key, n), sm.candidates[wg], sm.count[wg], lane);
     }
     most[0] += kStep;
     most[1] += kStep;
@@ -311,7 +270,7 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_topk_sm90_kernel(const In
 #pragma unroll
     for (int j = 0; j < kPer; ++j)
       if (v[j] >= kth) {
-        const int n = index_of(v[j]);
+        const int n = topk_composite_index(v[j]);
         atomicOr(&sm.picked[n / 32], 1u << (n % 32));
       }
     named_barrier_sync(kMathBarrier, 256);

@@ -21,7 +21,8 @@
 // selects the filter's bound from a sample of the row, and only the rows the finish kernel cannot take
 // (fewer than k keys at or above the bound, or an overflow) go on through the three rounds and the
 // write.
-// Every count is an integer, so the result is the same on every run. LCATTN_TOPK_SPLIT=0 turns it off.
+// Every count is an integer, so the result is the same on every run. LCATTN_TOPK_SPLIT=0 turns it off;
+// LCATTN_TOPK_STREAM=1 runs topk_stream.cu's one-read kernel instead, where it takes the rows.
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
@@ -33,6 +34,7 @@
 #include "lcattn/api.h"
 #include "lcattn/switches.h"
 #include "lcattn/workspace.h"
+#include "topk_stream.h"
 
 namespace lcattn {
 namespace {
@@ -508,9 +510,13 @@ bool topk_split_applies(const TopkParams& p) { return p.R >= 1 && p.N >= kMinEnt
 
 }  // namespace
 
-size_t topk_split_workspace_bytes(const TopkParams& p) { return topk_split_applies(p) ? Layout(p, nullptr).bytes : 0; }
+size_t topk_split_workspace_bytes(const TopkParams& p) {
+  if (topk_stream_takes(p)) return topk_stream_workspace_bytes(p);
+  return topk_split_applies(p) ? Layout(p, nullptr).bytes : 0;
+}
 
 cudaError_t topk_split_cuda(const TopkParams& all, cudaStream_t stream) {
+  if (topk_stream_takes(all)) return topk_stream_cuda(all, stream);  // one read of each row (topk_stream.cu)
   Layout l(all, all.split_workspace);
   for (int64_t r0 = 0; r0 < all.R; r0 += kSliceRows) {  // rows r0 .. r0 + p.R
     TopkParams p = all;

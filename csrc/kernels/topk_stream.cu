@@ -1,0 +1,242 @@
+// Top-k of long rows in one read (SPEC 4's contract), LCATTN_TOPK_STREAM=1: rows of 16K entries or
+// more, 1 <= k <= 2048. Each row is cut into P parts (enough CTAs for three an SM over all rows, each
+// part at least two tiles), one CTA a part. A CTA streams its part once in tiles of 4096 entries (16
+// coalesced loads a thread in flight) and keeps the entries whose key is at or above its threshold
+// in a buffer of composites (common/topk_select.cuh); when the buffer could overflow on the next
+// tile it is cut to its k largest, whose k-th's key becomes the threshold: the k-th of a subset of the
+// row, a lower bound on the row's k-th, so no pick is dropped. At the end each part's k best go to
+// the workspace, and the last CTA of the row to finish (a ticket) selects the row's k from the
+// parts', sorts their indices (bitonic, in shared memory) and writes them, then -1; with one part
+// the CTA does that itself. One kernel and a memset of the tickets per call; the same picks as the
+// other top-k kernels (ties to the lower index), on every run.
+#include <algorithm>
+#include <climits>
+
+#include "common/device.h"
+#include "common/topk_key.cuh"
+#include "common/topk_select.cuh"
+#include "lcattn/api.h"
+#include "lcattn/switches.h"
+#include "lcattn/workspace.h"
+#include "topk_stream.h"
+
+namespace lcattn {
+namespace {
+
+constexpr int kThreads = 256, kLoads = 16, kTile = kThreads * kLoads;  // 4096 entries a step
+constexpr int kCap = 6144;                                             // composites a CTA buffers
+constexpr int kMaxK = kCap - kTile;  // 2048: after a cut a whole tile fits
+constexpr int kCtasPerSm = 3;
+constexpr int kMinEntries = 16384;
+constexpr int kMinPartTiles = 2;
+// Dynamic shared memory: the buffer, the picks' indices to sort, the radix histogram, then ints:
+// [0, 3) the select's state, 3 the buffer's count, 4 the picks' count, 5 the ticket.
+constexpr size_t kSmemBytes = kCap * sizeof(uint64_t) + kMaxK * sizeof(int) + 256 * sizeof(uint32_t) + 8 * sizeof(int);
+
+// CTAs for one wave over the device (the workspace holds the parts of that many).
+int target_ctas() {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return kCtasPerSm * 132;
+  const int sms = device_sm_count(device);
+  return kCtasPerSm * (sms > 0 ? sms : 132);
+}
+
+// Parts of each row: about one wave of CTAs over all rows; parts of two tiles or more, and the
+// parts' k best together fit one CTA's buffer for the merge.
+int parts_of(const TopkParams& p) {
+  const int64_t tiles = (int64_t(p.N) + kTile - 1) / kTile;
+  int64_t parts = std::max<int64_t>(1, target_ctas() / std::max<int64_t>(p.R, 1));
+  parts = std::min<int64_t>(parts, std::max<int64_t>(1, tiles / kMinPartTiles));
+  parts = std::min<int64_t>(parts, kCap / p.k);
+  return int(std::max<int64_t>(1, parts));
+}
+
+// The workspace: a ticket per row (zeroed per call), and for rows of several parts each part's
+// count and its k best. Sized for any call of up to p.R rows with p's N and k (R * parts <= the
+// target when parts > 1).
+struct StreamLayout {
+  int parts;
+  int* ticket;        // [R]
+  int* part_count;    // [R * parts]
+  uint64_t* part_best;  // [R * parts, k]
+  size_t ticket_bytes, bytes;
+
+  StreamLayout(const TopkParams& p, void* workspace) {
+    parts = parts_of(p);
+    WorkspaceCarver carve(workspace);
+    ticket = carve.take<int>(size_t(p.R));
+    ticket_bytes = carve.bytes();
+    const size_t slots = size_t(std::max<int64_t>(p.R, target_ctas()));
+    part_count = carve.take<int>(slots);
+    part_best = carve.take<uint64_t>(size_t(target_ctas()) * p.k);
+    bytes = carve.bytes();
+  }
+};
+
+__device__ __forceinline__ void block_sync() { __syncthreads(); }
+
+// The k-th largest of the first n composites of buffer (n > k), by the whole block.
+__device__ __forceinline__ uint64_t kth_in_buffer(const uint64_t* buffer, int n, int k, uint32_t* hist, int* state) {
+  return kth_largest_composite<kThreads>(
+      [&](auto&& f) {
+        for (int x = threadIdx.x; x < n; x += kThreads) f(buffer[x]);
+      },
+      k, hist, state, threadIdx.x, block_sync);
+}
+
+// Cuts the buffer's n composites (n > k) to its k largest, in place; returns the k-th. Groups of 4
+// entries a thread are read, then their survivors written after the survivors before them: the
+// writes land below the entries read so far, so nothing is overwritten before it is read.
+__device__ __noinline__ uint64_t cut(uint64_t* buffer, int n, int k, uint32_t* hist, int* state, int* count) {
+  const uint64_t kth = kth_in_buffer(buffer, n, k, hist, state);
+  if (threadIdx.x == 0) *count = 0;
+  __syncthreads();
+  for (int g = 0; g < n; g += 4 * kThreads) {
+    uint64_t v[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int x = g + threadIdx.x + kThreads * j;
+      v[j] = x < n ? buffer[x] : 0;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (v[j] >= kth) buffer[atomicAdd(count, 1)] = v[j];
+  }
+  __syncthreads();
+  return kth;
+}
+
+// The k best of the buffer's n composites, their indices ascending into out [k], then -1.
+__device__ void write_best(uint64_t* buffer, int n, int k, int* sorted, uint32_t* hist, int* state, int* picks,
+                           int* out) {
+  const uint64_t kth = n > k ? kth_in_buffer(buffer, n, k, hist, state) : 1;
+  if (threadIdx.x == 0) *picks = 0;
+  __syncthreads();
+  for (int x = threadIdx.x; x < n; x += kThreads)
+    if (buffer[x] >= kth) sorted[atomicAdd(picks, 1)] = topk_composite_index(buffer[x]);
+  __syncthreads();
+  const int m = *picks;  // min(n, k)
+  int m2 = 1;
+  while (m2 < m) m2 <<= 1;
+  for (int x = m + threadIdx.x; x < m2; x += kThreads) sorted[x] = INT_MAX;
+  __syncthreads();
+  for (int size = 2; size <= m2; size <<= 1)  // bitonic sort of m2 indices, ascending
+    for (int stride = size / 2; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < m2 / 2; i += kThreads) {
+        const int lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
+        const int a = sorted[lo], b = sorted[hi];
+        if ((a > b) == ((lo & size) == 0)) {
+          sorted[lo] = b;
+          sorted[hi] = a;
+        }
+      }
+      __syncthreads();
+    }
+  for (int x = threadIdx.x; x < k; x += kThreads) out[x] = x < m ? sorted[x] : -1;
+}
+
+// grid (R, parts), kThreads threads, kSmemBytes of dynamic shared memory.
+__global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const TopkParams p, const StreamLayout l) {
+  extern __shared__ uint64_t stream_smem[];
+  uint64_t* buffer = stream_smem;                                   // [kCap]
+  int* sorted = reinterpret_cast<int*>(buffer + kCap);              // [kMaxK]
+  uint32_t* hist = reinterpret_cast<uint32_t*>(sorted + kMaxK);     // [256]
+  int* ints = reinterpret_cast<int*>(hist + 256);                   // [8]
+  int* state = ints;
+  int* count = ints + 3;
+  const int row = blockIdx.x, part = blockIdx.y, t = threadIdx.x, lane = t % 32;
+  const int tiles = (p.N + kTile - 1) / kTile, per_part = (tiles + l.parts - 1) / l.parts;
+  const int tile_begin = part * per_part, tile_end = min(tiles, tile_begin + per_part);
+  const float* scores = p.scores + int64_t(row) * p.N;
+  if (t == 0) *count = 0;
+  __syncthreads();
+  uint32_t threshold = 0u;  // the same in every thread
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    const int base = tile * kTile;
+    float v[kLoads];
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const int n = base + t + kThreads * j;
+      v[j] = n < p.N ? __ldcs(scores + n) : -INFINITY;  // read once: streaming
+    }
+    uint32_t taken = 0u;
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const uint32_t key = topk_key(v[j]);
+      taken |= (key != 0u && key >= threshold ? 1u : 0u) << j;
+    }
+    const int mine = __popc(taken);
+    int upto = mine;  // inclusive sum over the warp
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, upto, o);
+      if (lane >= o) upto += y;
+    }
+    int at = 0;
+    if (lane == 31 && upto > 0) at = atomicAdd(count, upto);
+    at = __shfl_sync(0xffffffffu, at, 31) + upto - mine;
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j)
+      if (taken >> j & 1u) buffer[at++] = topk_composite(topk_key(v[j]), base + t + kThreads * j);
+    __syncthreads();  // the tile's appends are in
+    const int n = *count;
+    __syncthreads();  // read by all before a cut changes it
+    if (n > kCap - kTile) threshold = max(threshold, topk_composite_key(cut(buffer, n, p.k, hist, state, count)));
+  }
+  int n = *count;  // after the last tile's barriers
+  int* out = p.indices + int64_t(row) * p.k;
+  if (l.parts == 1) {
+    write_best(buffer, n, p.k, sorted, hist, state, ints + 4, out);
+    return;
+  }
+  // Several parts: this part's k best to the workspace; the row's last CTA to finish merges them.
+  if (n > p.k) {
+    cut(buffer, n, p.k, hist, state, count);
+    n = p.k;
+  }
+  const int64_t slot = int64_t(row) * l.parts + part;
+  uint64_t* best = l.part_best + slot * p.k;
+  for (int x = t; x < n; x += kThreads) best[x] = buffer[x];
+  if (t == 0) l.part_count[slot] = n;
+  __threadfence();  // this part's results before its ticket
+  __syncthreads();
+  if (t == 0) ints[5] = atomicAdd(&l.ticket[row], 1);
+  __syncthreads();
+  if (ints[5] != l.parts - 1) return;  // the same for the whole block
+  __threadfence();  // every part's results, after their tickets
+  int total = 0;
+  for (int q = 0; q < l.parts; ++q) {
+    const int64_t s = int64_t(row) * l.parts + q;
+    const int nq = __ldcg(l.part_count + s);
+    for (int x = t; x < nq; x += kThreads) buffer[total + x] = __ldcg(l.part_best + s * p.k + x);
+    total += nq;
+  }
+  __syncthreads();
+  write_best(buffer, total, p.k, sorted, hist, state, ints + 4, out);
+}
+
+}  // namespace
+
+bool topk_stream_takes(const TopkParams& p) {
+  return env_is("LCATTN_TOPK_STREAM", "1") && p.N >= kMinEntries && p.k >= 1 && p.k <= kMaxK && p.R >= 1 &&
+         p.R <= INT_MAX;
+}
+
+size_t topk_stream_workspace_bytes(const TopkParams& p) {
+  return topk_stream_takes(p) ? StreamLayout(p, nullptr).bytes : 0;
+}
+
+cudaError_t topk_stream_cuda(const TopkParams& p, cudaStream_t stream) {
+  if (!topk_stream_takes(p) || !p.split_workspace) return cudaErrorInvalidValue;
+  const StreamLayout l(p, p.split_workspace);
+  static PerDevice<cudaError_t> smem_limit;
+  cudaError_t err =
+      allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(topk_stream_kernel), int(kSmemBytes));
+  if (err == cudaSuccess) err = cudaMemsetAsync(l.ticket, 0, l.ticket_bytes, stream);
+  if (err != cudaSuccess) return err;
+  topk_stream_kernel<<<dim3(unsigned(p.R), unsigned(l.parts)), kThreads, kSmemBytes, stream>>>(p, l);
+  return cudaGetLastError();
+}
+
+}  // namespace lcattn
