@@ -455,12 +455,14 @@ def test_indexer_topk_fused_graph_replay_cuda(monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
                                       (64, 262144, 512), (300, 40000, 512), (16, 262144, 2048), (4100, 16384, 300),
-                                      (5, 1100003, 600), (1, 16384, 1)])
+                                      (5, 1100003, 600), (1, 16384, 1), (3, 50001, 1)])
 def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
     """The one-read top-k (LCATTN_TOPK_STREAM=1): the same indices as the one-CTA kernel on rows with
     +inf, -inf, NaN and ties (a tied row cuts at one key), a rising row (every entry beats the
     threshold: a cut a tile), a falling one and one with fewer candidates than k; rows in one part
-    and in several (merged by the last CTA); repeatable, and the stream kernel is the one that ran."""
+    and in several (merged by the last CTA), the best of a row in its last part; rows of N not a
+    multiple of 4 (single loads) and of a multiple (16-byte loads); repeatable, and the stream kernel
+    is the one that ran."""
     scores = torch.randn(rows, N, device="cuda")
     scores[0, ::5] = float("-inf")
     scores[0, : min(N, 9)] = float("inf")
@@ -472,6 +474,7 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
         scores[3] = scores[3].sort(descending=True).values
         scores[4] = float("-inf")
         scores[4, 100:110] = 1.0
+    scores[-1, N - 6] = 100.0  # the row's best, in its last part
     monkeypatch.setenv("LCATTN_TOPK_SPLIT", "0")
     one = ops.topk_indices(scores, k)
     monkeypatch.delenv("LCATTN_TOPK_SPLIT")
@@ -488,10 +491,11 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
 @pytest.mark.cuda
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
-@pytest.mark.parametrize("rows", [1, 20, 500])
-def test_stream_topk_graph_replay_and_indexer_cuda(monkeypatch, rows):
+@pytest.mark.parametrize("rows,block_rows", [(1, 7), (20, 128), (500, 500)])
+def test_stream_topk_graph_replay_and_indexer_cuda(monkeypatch, rows, block_rows):
     """The one-read top-k replayed in a CUDA graph with new scores (its tickets are zeroed on every
-    replay) picks what an eager call picks; and indexer_topk's blocks of rows through it pick what
+    replay) picks what an eager call picks; and indexer_topk's blocks of rows through it (a last
+    block shorter than the one the workspace was sized for, which takes more parts a row) pick what
     they pick without it."""
     monkeypatch.setenv("LCATTN_TOPK_STREAM", "1")
     scores = torch.randn(rows, 70000, device="cuda")
@@ -500,7 +504,7 @@ def test_stream_topk_graph_replay_and_indexer_cuda(monkeypatch, rows):
         scores.copy_(torch.randn(rows, 70000, device="cuda"))
         graph.replay()
         assert torch.equal(picked, ops.topk_indices(scores, 512)), step
-    args = make_indexer(2, 150, 20000, 64, 128, "cuda", [80000, 100000])
-    streamed = ops.indexer_topk(*args, k=512, ratio=4, block_rows=rows)
+    args = make_indexer(2, 150, 70000, 64, 128, "cuda", [280000, 300000])
+    streamed = ops.indexer_topk(*args, k=512, ratio=4, block_rows=block_rows)
     monkeypatch.delenv("LCATTN_TOPK_STREAM")
-    assert torch.equal(streamed, ops.indexer_topk(*args, k=512, ratio=4, block_rows=rows))
+    assert torch.equal(streamed, ops.indexer_topk(*args, k=512, ratio=4, block_rows=block_rows))

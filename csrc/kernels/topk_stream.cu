@@ -1,10 +1,12 @@
 // Top-k of long rows in one read (SPEC 4's contract), LCATTN_TOPK_STREAM=1: rows of 16K entries or
 // more, 1 <= k <= 2048. Each row is cut into P parts (enough CTAs for three an SM over all rows, each
-// part at least two tiles), one CTA a part. A CTA streams its part once in tiles of 4096 entries (16
-// coalesced loads a thread in flight) and keeps the entries whose key is at or above its threshold
-// in a buffer of composites (common/topk_select.cuh); when the buffer could overflow on the next
-// tile it is cut to its k largest, whose k-th's key becomes the threshold: the k-th of a subset of the
-// row, a lower bound on the row's k-th, so no pick is dropped. At the end each part's k best go to
+// part at least two tiles), one CTA a part. A CTA streams its part once in tiles of 4096 entries (a
+// thread's 16 entries of the next tile in flight while it sifts this one; 16-byte loads when rows
+// are 16-byte aligned) and keeps the entries whose key is above its threshold in a buffer of
+// composites (common/topk_select.cuh); when the buffer could overflow on the next tile it is cut to
+// its k largest, and the k-th's key becomes the threshold: the k-th of a subset of the row, so a lower
+// bound on the row's k-th. An entry whose key equals it comes after those k (tiles go in index
+// order), so it is never among the row's k best, and no pick is dropped. At the end each part's k best go to
 // the workspace, and the last CTA of the row to finish (a ticket) selects the row's k from the
 // parts', sorts their indices (bitonic, in shared memory) and writes them, then -1; with one part
 // the CTA does that itself. One kernel and a memset of the tickets per call; the same picks as the
@@ -25,7 +27,7 @@ namespace {
 
 constexpr int kThreads = 256, kLoads = 16, kTile = kThreads * kLoads;  // 4096 entries a step
 constexpr int kCap = 6144;                                             // composites a CTA buffers
-constexpr int kMaxK = kCap - kTile;  // 2048: after a cut a whole tile fits
+constexpr int kMaxK = kCap - kTile;                                    // 2048: after a cut a whole tile fits
 constexpr int kCtasPerSm = 3;
 constexpr int kMinEntries = 16384;
 constexpr int kMinPartTiles = 2;
@@ -33,22 +35,27 @@ constexpr int kMinPartTiles = 2;
 // [0, 3) the select's state, 3 the buffer's count, 4 the picks' count, 5 the ticket.
 constexpr size_t kSmemBytes = kCap * sizeof(uint64_t) + kMaxK * sizeof(int) + 256 * sizeof(uint32_t) + 8 * sizeof(int);
 
-// CTAs for one wave over the device (the workspace holds the parts of that many).
-int target_ctas() {
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return kCtasPerSm * 132;
-  const int sms = device_sm_count(device);
-  return kCtasPerSm * (sms > 0 ? sms : 132);
+constexpr int kMaxWave = kCtasPerSm * 256;  // the workspace holds the parts of this many CTAs
+
+// CTAs for one wave over the current device, at most kMaxWave (the workspace does not depend on
+// the device: it may be sized before the call's device is made current).
+int wave_ctas() {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) == cudaSuccess) sms = device_sm_count(device);
+  return std::min(kMaxWave, kCtasPerSm * (sms > 0 ? sms : 132));
 }
 
-// Parts of each row: about one wave of CTAs over all rows; parts of two tiles or more, and the
-// parts' k best together fit one CTA's buffer for the merge.
+__host__ __device__ inline int tiles_of(int N) { return (N - 1) / kTile + 1; }  // N >= 1
+
+// Parts of each row: about one wave of CTAs over all rows; parts of two tiles or more, none empty,
+// and the parts' k best together fit one CTA's buffer for the merge.
 int parts_of(const TopkParams& p) {
-  const int64_t tiles = (int64_t(p.N) + kTile - 1) / kTile;
-  int64_t parts = std::max<int64_t>(1, target_ctas() / std::max<int64_t>(p.R, 1));
-  parts = std::min<int64_t>(parts, std::max<int64_t>(1, tiles / kMinPartTiles));
-  parts = std::min<int64_t>(parts, kCap / p.k);
-  return int(std::max<int64_t>(1, parts));
+  const int tiles = tiles_of(p.N);
+  int64_t parts = std::max<int64_t>(1, wave_ctas() / std::max<int64_t>(p.R, 1));
+  parts = std::min<int64_t>(parts, std::max(1, tiles / kMinPartTiles));
+  parts = std::max<int64_t>(1, std::min<int64_t>(parts, kCap / p.k));
+  const int per_part = int((tiles + parts - 1) / parts);
+  return (tiles + per_part - 1) / per_part;
 }
 
 // The workspace: a ticket per row (zeroed per call), and for rows of several parts each part's
@@ -56,8 +63,8 @@ int parts_of(const TopkParams& p) {
 // target when parts > 1).
 struct StreamLayout {
   int parts;
-  int* ticket;        // [R]
-  int* part_count;    // [R * parts]
+  int* ticket;          // [R]
+  int* part_count;      // [R * parts]
   uint64_t* part_best;  // [R * parts, k]
   size_t ticket_bytes, bytes;
 
@@ -66,9 +73,8 @@ struct StreamLayout {
     WorkspaceCarver carve(workspace);
     ticket = carve.take<int>(size_t(p.R));
     ticket_bytes = carve.bytes();
-    const size_t slots = size_t(std::max<int64_t>(p.R, target_ctas()));
-    part_count = carve.take<int>(slots);
-    part_best = carve.take<uint64_t>(size_t(target_ctas()) * p.k);
+    part_count = carve.take<int>(kMaxWave);  // R * parts <= the wave when parts > 1
+    part_best = carve.take<uint64_t>(size_t(kMaxWave) * p.k);
     bytes = carve.bytes();
   }
 };
@@ -136,36 +142,58 @@ __device__ void write_best(uint64_t* buffer, int n, int k, int* sorted, uint32_t
   for (int x = threadIdx.x; x < k; x += kThreads) out[x] = x < m ? sorted[x] : -1;
 }
 
+// Entry j of this thread in a tile: with kVec (rows 16-byte aligned, N a multiple of 4) 4 float4
+// of 4 consecutive entries 1024 apart, else 16 single entries 256 apart; both coalesced.
+template <bool kVec>
+__device__ __forceinline__ int entry_of(int tile, int j) {
+  const int t = threadIdx.x;
+  return tile * kTile + (kVec ? 4 * (t + kThreads * (j / 4)) + j % 4 : t + kThreads * j);
+}
+
+// A thread's entries of a tile (read once: evict-first), -inf past the row.
+template <bool kVec>
+__device__ __forceinline__ void load_tile(const float* row, int N, int tile, float (&v)[kLoads]) {
+  if constexpr (kVec) {
+#pragma unroll
+    for (int q = 0; q < kLoads / 4; ++q) {
+      const int n = entry_of<true>(tile, 4 * q);
+      const float4 x = n < N ? __ldcs(reinterpret_cast<const float4*>(row + n))
+                             : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+      v[4 * q] = x.x, v[4 * q + 1] = x.y, v[4 * q + 2] = x.z, v[4 * q + 3] = x.w;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const int n = entry_of<false>(tile, j);
+      v[j] = n < N ? __ldcs(row + n) : -INFINITY;
+    }
+  }
+}
+
 // grid (R, parts), kThreads threads, kSmemBytes of dynamic shared memory.
+template <bool kVec>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const TopkParams p, const StreamLayout l) {
   extern __shared__ uint64_t stream_smem[];
-  uint64_t* buffer = stream_smem;                                   // [kCap]
-  int* sorted = reinterpret_cast<int*>(buffer + kCap);              // [kMaxK]
-  uint32_t* hist = reinterpret_cast<uint32_t*>(sorted + kMaxK);     // [256]
-  int* ints = reinterpret_cast<int*>(hist + 256);                   // [8]
+  uint64_t* buffer = stream_smem;                                // [kCap]
+  int* sorted = reinterpret_cast<int*>(buffer + kCap);           // [kMaxK]
+  uint32_t* hist = reinterpret_cast<uint32_t*>(sorted + kMaxK);  // [256]
+  int* ints = reinterpret_cast<int*>(hist + 256);                // [8]
   int* state = ints;
   int* count = ints + 3;
   const int row = blockIdx.x, part = blockIdx.y, t = threadIdx.x, lane = t % 32;
-  const int tiles = (p.N + kTile - 1) / kTile, per_part = (tiles + l.parts - 1) / l.parts;
+  const int tiles = tiles_of(p.N), per_part = (tiles + l.parts - 1) / l.parts;
   const int tile_begin = part * per_part, tile_end = min(tiles, tile_begin + per_part);
   const float* scores = p.scores + int64_t(row) * p.N;
   if (t == 0) *count = 0;
   __syncthreads();
-  uint32_t threshold = 0u;  // the same in every thread
+  uint32_t threshold = 0u;  // the same in every thread; 0 takes every candidate
+  float v[kLoads], next[kLoads];
+  load_tile<kVec>(scores, p.N, tile_begin, v);
   for (int tile = tile_begin; tile < tile_end; ++tile) {
-    const int base = tile * kTile;
-    float v[kLoads];
-#pragma unroll
-    for (int j = 0; j < kLoads; ++j) {
-      const int n = base + t + kThreads * j;
-      v[j] = n < p.N ? __ldcs(scores + n) : -INFINITY;  // read once: streaming
-    }
+    if (tile + 1 < tile_end) load_tile<kVec>(scores, p.N, tile + 1, next);
     uint32_t taken = 0u;
 #pragma unroll
-    for (int j = 0; j < kLoads; ++j) {
-      const uint32_t key = topk_key(v[j]);
-      taken |= (key != 0u && key >= threshold ? 1u : 0u) << j;
-    }
+    for (int j = 0; j < kLoads; ++j) taken |= (topk_key(v[j]) > threshold ? 1u : 0u) << j;
     const int mine = __popc(taken);
     int upto = mine;  // inclusive sum over the warp
 #pragma unroll
@@ -178,11 +206,13 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
     at = __shfl_sync(0xffffffffu, at, 31) + upto - mine;
 #pragma unroll
     for (int j = 0; j < kLoads; ++j)
-      if (taken >> j & 1u) buffer[at++] = topk_composite(topk_key(v[j]), base + t + kThreads * j);
+      if (taken >> j & 1u) buffer[at++] = topk_composite(topk_key(v[j]), entry_of<kVec>(tile, j));
     __syncthreads();  // the tile's appends are in
     const int n = *count;
     __syncthreads();  // read by all before a cut changes it
     if (n > kCap - kTile) threshold = max(threshold, topk_composite_key(cut(buffer, n, p.k, hist, state, count)));
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) v[j] = next[j];
   }
   int n = *count;  // after the last tile's barriers
   int* out = p.indices + int64_t(row) * p.k;
@@ -204,7 +234,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
   if (t == 0) ints[5] = atomicAdd(&l.ticket[row], 1);
   __syncthreads();
   if (ints[5] != l.parts - 1) return;  // the same for the whole block
-  __threadfence();  // every part's results, after their tickets
+  __threadfence();                     // every part's results, after their tickets
   int total = 0;
   for (int q = 0; q < l.parts; ++q) {
     const int64_t s = int64_t(row) * l.parts + q;
@@ -230,12 +260,13 @@ size_t topk_stream_workspace_bytes(const TopkParams& p) {
 cudaError_t topk_stream_cuda(const TopkParams& p, cudaStream_t stream) {
   if (!topk_stream_takes(p) || !p.split_workspace) return cudaErrorInvalidValue;
   const StreamLayout l(p, p.split_workspace);
-  static PerDevice<cudaError_t> smem_limit;
-  cudaError_t err =
-      allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(topk_stream_kernel), int(kSmemBytes));
-  if (err == cudaSuccess) err = cudaMemsetAsync(l.ticket, 0, l.ticket_bytes, stream);
+  const bool vec = p.N % 4 == 0 && reinterpret_cast<uintptr_t>(p.scores) % 16 == 0;
+  const auto kernel = vec ? topk_stream_kernel<true> : topk_stream_kernel<false>;
+  static PerDevice<cudaError_t> smem_limit[2];
+  cudaError_t err = allow_dynamic_smem(smem_limit[vec], reinterpret_cast<const void*>(kernel), int(kSmemBytes));
+  if (err == cudaSuccess && l.parts > 1) err = cudaMemsetAsync(l.ticket, 0, l.ticket_bytes, stream);
   if (err != cudaSuccess) return err;
-  topk_stream_kernel<<<dim3(unsigned(p.R), unsigned(l.parts)), kThreads, kSmemBytes, stream>>>(p, l);
+  kernel<<<dim3(unsigned(p.R), unsigned(l.parts)), kThreads, kSmemBytes, stream>>>(p, l);
   return cudaGetLastError();
 }
 
