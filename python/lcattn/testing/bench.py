@@ -13,14 +13,27 @@ L2_BYTES = 50 * 2**20  # H100 / H200
 # host's launch latency (a graph launch costs several us; a step inside a model's graph does not pay
 # it). 0 times from an idle GPU.
 LAUNCH_LEAD_CYCLES = 100_000
+# Calls before the timed ones run for at least this long (and at least 3): a short call timed after
+# only a few warm-up calls ran at clocks still rising (the decode grouped GEMM: 73-75 us in a first
+# series of 60 calls, 65-66 us in a second one on the same inputs).
+WARMUP_SECONDS = 0.025
+
+
+def warm_up(fns: List[Callable[[], object]]) -> None:
+    """Calls the input sets in turn for WARMUP_SECONDS of GPU time, at least 3 calls."""
+    started, calls = time.perf_counter(), 0
+    while calls < 3 or time.perf_counter() - started < WARMUP_SECONDS:
+        fns[calls % len(fns)]()
+        calls += 1
+        if calls % 8 == 0:
+            torch.cuda.synchronize()  # keeps the host's clock on the GPU's work
+    torch.cuda.synchronize()
 
 
 def median_ms(fns: List[Callable[[], object]], reps: int) -> float:
-    """Median of reps timed calls, cycling through input sets so that L2 holds none of them; each call
-    queued behind LAUNCH_LEAD_CYCLES of spinning."""
-    for fn in fns[:3]:
-        fn()
-    torch.cuda.synchronize()
+    """Median of reps timed calls after warm_up, cycling through input sets so that L2 holds none of
+    them; each call queued behind LAUNCH_LEAD_CYCLES of spinning."""
+    warm_up(fns)
     times = []
     for r in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
