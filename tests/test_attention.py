@@ -569,8 +569,20 @@ def test_bad_input_is_rejected(device):
         ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink[:1], f)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: indices must be Int"):
         ops.sparse_attn(q, kv, kvs, qs, ckv, idx.long(), sink, f)
-    with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: ratio must be >= 0"):
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: ratio \(0 = window only\) must lie in \[0, "):
         ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=-1)
+    # Integer arguments past int32 are rejected, not truncated (2^32 + 1 would run as 1).
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: ratio \(0 = window only\) must lie in"):
+        ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=2**32 + 1)
+    for window in (0, 2**32, 2**32 + 1):
+        with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: window must lie in \[1, 2147483647\]"):
+            ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f, window=window)
+    for scale in (float("nan"), float("inf")):  # any finite scale is taken, 0 and negative ones too
+        with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: scale must be finite"):
+            ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=4, scale=scale)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: head dim must be even and in \[2, 1024\]"):
+        empty = torch.zeros(1, 2, 2, 0, device=device).bfloat16()
+        ops.dense_attn(empty, kv[..., :0].contiguous(), kvs, qs, ckv[..., :0].contiguous(), sink, f[:0], ratio=4)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: q_start values must lie in"):
         ops.dense_attn(q, kv, kvs, -qs - 1, ckv, sink, f, ratio=4)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: q must be \[B, S, H, D\], got shape"):

@@ -183,7 +183,11 @@ def test_bad_input_is_rejected(device):
         (dict(seq_lens=torch.tensor([9], dtype=torch.int32, device=device)), "seq_lens values must lie in"),
         (dict(start_pos=torch.tensor([-1], dtype=torch.int32, device=device)), "start_pos values must lie in"),
         (dict(out=out.half()), "out must be float32, bfloat16, float8_e4m3fn or uint8"),
-        (dict(ratio=0), "ratio must be >= 1"),
+        (dict(ratio=0), r"ratio must lie in \[1, 1073741823\], got 0"),
+        (dict(ratio=2**32), r"ratio must lie in \[1, 1073741823\]"),  # not truncated to 0
+        (dict(eps=float("nan")), "eps must be finite and at least 0"),
+        (dict(ring_score=ring_kv), "ring_kv and ring_score must not share memory"),
+        (dict(out=ring_kv.view(-1)[:16].view(1, 2, 8)), "ring_kv and out must not share memory"),
         (dict(kv=kv[..., :15], score=score[..., :15]), "kv width must be even"),
     ]
     for change, msg in bad:

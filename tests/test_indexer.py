@@ -249,8 +249,14 @@ def test_bad_input_is_rejected(device):
         ops.indexer_scores(q.float(), w, keys, q_start)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_scores: keys dim 2 must be 16"):
         ops.indexer_scores(q, w, keys[..., :8].contiguous(), q_start)
-    with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_topk: ratio must be >= 1"):
-        ops.indexer_topk(q, w, keys, q_start, k=4, ratio=0)
+    for ratio in (0, 2**32, 2**32 + 4):  # not truncated to 0 (a division by zero) or 4
+        with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_topk: ratio must lie in \[1, 2147483647\]"):
+            ops.indexer_topk(q, w, keys, q_start, k=4, ratio=ratio)
+        with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_scores: ratio must lie in \[1, 2147483647\]"):
+            ops.indexer_scores(q, w, keys, q_start, ratio=ratio)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_scores: DI must lie in \[0, 4096\], got 8192"):
+        ops.indexer_scores(torch.zeros(1, 1, 1, 8192, device=device).bfloat16(), w[:, :1, :1].contiguous(),
+                           torch.zeros(1, 2, 8192, device=device).bfloat16(), q_start)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] topk_indices: scores must be Float"):
         ops.topk_indices(torch.randn(2, 5, device=device).half(), 2)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] topk_indices: k must lie in"):

@@ -42,5 +42,9 @@ def test_hc_sinkhorn_rejects_bad_input(device):
                        (good.transpose(-1, -2), "must be contiguous")]:
         with pytest.raises(RuntimeError, match=match):
             ops.hc_sinkhorn(bad, 20)
-    with pytest.raises(RuntimeError, match="iters must be at least 1"):
-        ops.hc_sinkhorn(good, 0)
+    for iters in (0, 65537, 2**32 + 1):  # not truncated to 1
+        with pytest.raises(RuntimeError, match=r"iters must lie in \[1, 65536\]"):
+            ops.hc_sinkhorn(good, iters)
+    for eps in (float("nan"), -0.5):
+        with pytest.raises(RuntimeError, match="eps must be finite and at least 0"):
+            ops.hc_sinkhorn(good, 20, eps)

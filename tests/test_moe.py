@@ -347,6 +347,11 @@ def test_bad_input_is_rejected(device):
         ops.moe_permute(x, as_int([[0], [1], [2], [3], [4], [0]], device), 4)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_unpermute: rows values must lie in \[0, 5\]"):
         ops.moe_unpermute(x, as_int([[6]], device))
+    for num_experts in (0, 2**31, 2**32 + 1):  # not truncated to 1, no 16 GB offsets
+        with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_permute: num_experts must lie in \[1, 65536\]"):
+            ops.moe_permute(x, as_int([[0]] * 6, device), num_experts)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_route: route_scale must be finite and at least 0"):
+        ops.moe_route(torch.randn(3, 4, device=device), 2, float("nan"))
     with pytest.raises(RuntimeError, match=r"\[lcattn\] grouped_gemm_contiguous: N and K must be multiples of 8, "
                                            r"got N = 33, K = 8"):
         ops.grouped_gemm_contiguous(x, torch.randn(2, 33, 8, device=device).bfloat16(), as_int([0, 2, 6], device))
@@ -362,3 +367,6 @@ def test_bad_input_is_rejected(device):
         ops.moe_experts(x, None, as_int([[0], [1], [2], [3], [4], [0]], device), w_gate_up, w_down, 10.0)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_experts: w_down dim 2 must be 8"):
         ops.moe_experts(x, None, as_int([[0]] * 6, device), w_gate_up, w_down[..., :4].contiguous(), 10.0)
+    for limit in (float("nan"), -1.0):  # a NaN limit would clamp nothing
+        with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_experts: swiglu_limit must be finite and at least 0"):
+            ops.moe_experts(x, None, as_int([[0]] * 6, device), w_gate_up, w_down, limit)

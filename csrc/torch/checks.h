@@ -2,8 +2,11 @@
 // paths accept exactly the same inputs. Errors read "[lcattn] <op>: <what>, got <value>".
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <cstdint>
 #include <initializer_list>
 #include <string>
 #include <vector>
@@ -41,6 +44,29 @@ inline void check_tensor(const char* op, const char* name, const at::Tensor& t, 
     ++d;
   }
   LCATTN_CHECK(t.is_contiguous(), op, name, " must be contiguous, got strides ", t.strides());
+}
+
+// An integer argument the kernels take as an int: in [lo, hi] (hi at most INT32_MAX), so that it is
+// not truncated on the way.
+inline void check_int_arg(const char* op, const char* name, int64_t v, int64_t lo, int64_t hi = INT32_MAX) {
+  LCATTN_CHECK(v >= lo && v <= hi, op, name, " must lie in [", lo, ", ", hi, "], got ", v);
+}
+
+// A size the kernels index with an int (a dimension or a product of dimensions).
+inline void check_int_size(const char* op, const char* name, int64_t v) {
+  LCATTN_CHECK(v <= INT32_MAX, op, name, " must be at most ", INT32_MAX, ", got ", v);
+}
+
+// A float argument: finite and at least lo.
+inline void check_float_arg(const char* op, const char* name, double v, double lo) {
+  LCATTN_CHECK(std::isfinite(v) && v >= lo, op, name, " must be finite and at least ", lo, ", got ", v);
+}
+
+// A tensor an op writes shares no memory with another of its tensors.
+inline void check_no_overlap(const char* op, const char* written, const at::Tensor& w, const char* other,
+                             const at::Tensor& o) {
+  LCATTN_CHECK(at::get_overlap_status(w, o) == at::MemOverlapStatus::No, op, written, " and ", other,
+               " must not share memory");
 }
 
 // A CUDA kernel reads t in 16-byte vectors: its data must start on a 16-byte boundary (a contiguous

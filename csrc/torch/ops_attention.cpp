@@ -72,7 +72,7 @@ AttentionParams attention_params(const char* op, const at::Tensor& q, const at::
   check_tensor(op, "q_start", q_start, at::kInt, {B}, q);
   check_tensor(op, "sink", sink, at::kFloat, {H}, q);
   check_tensor(op, "inv_freq", inv_freq, at::kFloat, {-1}, q);
-  LCATTN_CHECK(D % 2 == 0 && D <= 1024, op, "head dim must be even and <= 1024, got ", D);
+  LCATTN_CHECK(D % 2 == 0 && D >= 2 && D <= 1024, op, "head dim must be even and in [2, 1024], got ", D);
   LCATTN_CHECK(2 * inv_freq.size(0) <= D, op, "rope_dim = 2 * len(inv_freq) must be <= head dim ", D, ", got ",
                2 * inv_freq.size(0));
   // bf16 entries, or uint8 ones in the kv_fp8 form (KvFp8Layout), which the caller widens.
@@ -81,7 +81,10 @@ AttentionParams attention_params(const char* op, const at::Tensor& q, const at::
                "ckv must be bfloat16 or uint8 (entries in the kv_fp8 form), got ", c10::toString(ckv.scalar_type()));
   const bool fp8 = ckv.scalar_type() == at::kByte;
   check_tensor(op, "ckv", ckv, ckv.scalar_type(), {B, -1, fp8 ? kv_fp8.bytes() : D}, q);
-  LCATTN_CHECK(window >= 1, op, "window must be >= 1, got ", window);
+  check_int_arg(op, "window", window, 1);
+  check_int_size(op, "kv dim 1", kv.size(1));
+  check_int_size(op, "ckv dim 1", ckv.size(1));
+  LCATTN_CHECK(!scale || std::isfinite(*scale), op, "scale must be finite, got ", scale.value_or(0.0));
   LCATTN_CHECK(B * S * H < INT32_MAX, op, "B * S * H must be < 2^31, got ", B * S * H);
   checks.add("q_start", q_start, 0, INT32_MAX - S);
   // Rows before position 0 are never read, so the buffer may start before it.
@@ -162,7 +165,7 @@ std::tuple<at::Tensor, at::Tensor> dense_attn(const at::Tensor& q, const at::Ten
   ValueChecks checks(op);
   AttentionParams p =
       attention_params(op, q, kv, kv_start, q_start, ckv, sink, inv_freq, scale, window, checks, out, lse);
-  LCATTN_CHECK(ratio >= 0, op, "ratio must be >= 0 (0 = window only), got ", ratio);
+  check_int_arg(op, "ratio (0 = window only)", ratio, 0);
   checks.run();
   p.ratio = int(ratio);
   at::Tensor entries;  // kv_fp8 widened: the bf16 entries

@@ -1,5 +1,6 @@
 // Adapter of compress_kv (SPEC 3).
 #include <optional>
+#include <utility>
 
 #include "checks.h"
 
@@ -13,9 +14,15 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
                  const at::Tensor& norm_weight, const at::Tensor& inv_freq, const at::Tensor& out, int64_t ratio,
                  bool overlap, double eps, const std::optional<at::Tensor>& out_scales) {
   LCATTN_CHECK(kv.dim() == 3, op, "kv must be [B, S, width], got shape ", kv.sizes());
-  LCATTN_CHECK(ratio >= 1, op, "ratio must be >= 1, got ", ratio);
+  check_int_arg(op, "ratio", ratio, 1, INT32_MAX / 2);
+  check_float_arg(op, "eps", eps, 0.0);
   const int64_t B = kv.size(0), S = kv.size(1), width = kv.size(2), coff = overlap ? 2 : 1;
   LCATTN_CHECK(width % coff == 0, op, "kv width must be even when overlap, got ", width);
+  // The CUDA kernels' limits, kept on every device so that both accept the same inputs: a CTA row
+  // per sequence (grid.y) and an entry's c floats in 48 KB of shared memory.
+  check_int_arg(op, "B", B, 0, 65535);
+  check_int_arg(op, "the entry width c", width / coff, 0, 12288);
+  check_int_size(op, "S", S);
   const int64_t c = width / coff, ring = coff * ratio;
   check_tensor(op, "kv", kv, at::kFloat, {B, S, width}, kv);
   check_tensor(op, "score", score, at::kFloat, {B, S, width}, kv);
@@ -41,6 +48,22 @@ void compress_kv(const at::Tensor& kv, const at::Tensor& score, const at::Tensor
   const bool e4m3 = type == at::kFloat8_e4m3fn;
   LCATTN_CHECK(e4m3 == out_scales.has_value(), op, "out_scales [B, N] go with an e4m3 out, and only with one");
   if (e4m3) check_tensor(op, "out_scales", *out_scales, at::kFloat, {B, out.size(1)}, kv);
+  const std::pair<const char*, const at::Tensor*> written[] = {
+      {"ring_kv", &ring_kv}, {"ring_score", &ring_score}, {"out", &out}, {"out_scales", e4m3 ? &*out_scales : nullptr}};
+  const std::pair<const char*, const at::Tensor*> all[] = {{"kv", &kv},
+                                                           {"score", &score},
+                                                           {"seq_lens", &seq_lens},
+                                                           {"start_pos", &start_pos},
+                                                           {"ape", &ape},
+                                                           {"norm_weight", &norm_weight},
+                                                           {"inv_freq", &inv_freq},
+                                                           written[0],
+                                                           written[1],
+                                                           written[2],
+                                                           written[3]};
+  for (const auto& [w_name, w] : written)
+    for (const auto& [o_name, o] : all)
+      if (w && o && w != o) check_no_overlap(op, w_name, *w, o_name, *o);
   ValueChecks checks(op);
   checks.add("seq_lens", seq_lens, 0, S);
   checks.add("start_pos", start_pos, 0, INT32_MAX - S);

@@ -20,7 +20,7 @@ IndexerInputs indexer_inputs(const char* op, const at::Tensor& q, const at::Tens
                              const at::Tensor& q_start, int64_t ratio, const std::optional<at::Tensor>& key_scales) {
   LCATTN_CHECK(q.dim() == 4, op, "q must be [B, S, HI, DI], got shape ", q.sizes());
   LCATTN_CHECK(keys.dim() == 3, op, "keys must be [B, N, DI], got shape ", keys.sizes());
-  LCATTN_CHECK(ratio >= 1, op, "ratio must be >= 1, got ", ratio);
+  check_int_arg(op, "ratio", ratio, 1);
   const int64_t B = q.size(0), S = q.size(1), HI = q.size(2), DI = q.size(3), N = keys.size(1);
   const bool fp8 = q.scalar_type() == at::kFloat8_e4m3fn;
   const at::ScalarType dtype = fp8 ? at::kFloat8_e4m3fn : at::kBFloat16;
@@ -33,6 +33,11 @@ IndexerInputs indexer_inputs(const char* op, const at::Tensor& q, const at::Tens
   check_tensor(op, "q_start", q_start, at::kInt, {B}, q);
   if (key_scales) check_tensor(op, "key_scales", *key_scales, at::kFloat, {B, N}, q);
   LCATTN_CHECK(HI * DI <= 8192, op, "HI * DI must be <= 8192, got ", HI * DI);
+  // The CUDA kernels' limits, kept on every device so that both accept the same inputs: a query row's
+  // q and 8 key rows in shared memory, and the key blocks of 64 entries as grid.y.
+  check_int_arg(op, "DI", DI, 0, 4096);
+  check_int_arg(op, "N", N, 0, 65535 * 64);
+  check_int_size(op, "B * S", B * S);
   check_values(op, "q_start", q_start, 0, INT32_MAX - S);
   IndexerInputs in;
   IndexerParams& p = in.p;

@@ -10,7 +10,8 @@ at::Tensor hc_sinkhorn(const at::Tensor& logits, int64_t iters, double eps) {
                logits.sizes());
   const int64_t n = logits.size(-1);
   LCATTN_CHECK(n >= 1 && n <= kSinkhornMaxN, op, "n must lie in [1, ", kSinkhornMaxN, "], got ", n);
-  LCATTN_CHECK(iters >= 1, op, "iters must be at least 1, got ", iters);
+  check_int_arg(op, "iters", iters, 1, 65536);
+  check_float_arg(op, "eps", eps, 0.0);
   check_dtype_device(op, "logits", logits, at::kFloat, logits);
   LCATTN_CHECK(logits.is_contiguous(), op, "logits must be contiguous, got strides ", logits.strides());
   at::Tensor out = at::empty_like(logits);

@@ -119,6 +119,8 @@ std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& logits, int64_t k
   const int64_t T = logits.size(0), E = logits.size(1);
   check_tensor(op, "logits", logits, at::kFloat, {T, E}, logits);
   LCATTN_CHECK(k >= 1 && k <= E, op, "k must lie in [1, E = ", E, "], got ", k);
+  check_int_size(op, "T * k", T * k);
+  check_float_arg(op, "route_scale", route_scale, 0.0);
   if (bias) check_tensor(op, "bias", *bias, at::kFloat, {E}, logits);
   LCATTN_CHECK(tid2eid.has_value() == token_ids.has_value(), op, "tid2eid and token_ids go together");
   LCATTN_CHECK(!(tid2eid && bias), op, "hash routing (tid2eid) takes no bias");
@@ -154,12 +156,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_permute(const at::Tensor& x, 
                                                            int64_t num_experts) {
   constexpr const char* op = "moe_permute";
   LCATTN_CHECK(x.dim() == 2, op, "x must be [T, D], got shape ", x.sizes());
-  LCATTN_CHECK(num_experts >= 1, op, "num_experts must be >= 1, got ", num_experts);
+  check_int_arg(op, "num_experts", num_experts, 1, 65536);
   const int64_t T = x.size(0), D = x.size(1);
   check_tensor(op, "x", x, at::kBFloat16, {T, D}, x);
   check_tensor(op, "indices", indices, at::kInt, {T, -1}, x);
   check_values(op, "indices", indices, 0, num_experts - 1);
   const int64_t k = indices.size(1);
+  LCATTN_CHECK(T * k < (int64_t(1) << 31), op, "T * k must be below 2^31, got ", T * k);
   at::Tensor x_perm = at::empty({T * k, D}, x.options());
   at::Tensor offsets = at::empty({num_experts + 1}, x.options().dtype(at::kInt));
   at::Tensor rows = at::empty({T, k}, x.options().dtype(at::kInt));
@@ -187,6 +190,8 @@ at::Tensor moe_unpermute(const at::Tensor& y, const at::Tensor& rows, const std:
   check_tensor(op, "y", y, at::kBFloat16, {R, D}, y);
   check_tensor(op, "rows", rows, at::kInt, {T, k}, y);
   if (weights) check_tensor(op, "weights", *weights, at::kFloat, {T, k}, y);
+  check_int_size(op, "y dim 0", R);
+  check_int_size(op, "T * k", T * k);
   check_values(op, "rows", rows, 0, R - 1);
   at::Tensor out = at::empty({T, D}, y.options());
   UnpermuteParams p{};
@@ -222,6 +227,7 @@ at::Tensor moe_experts(const at::Tensor& x, const std::optional<at::Tensor>& wei
   check_aligned(op, "w_gate_up", w_gate_up);
   check_aligned(op, "w_down", w_down);
   LCATTN_CHECK(T * k < (int64_t(1) << 31), op, "T * k must be below 2^31, got ", T * k);
+  check_float_arg(op, "swiglu_limit", swiglu_limit, 0.0);
   check_values(op, "indices", indices, 0, E - 1);
   at::Tensor out = at::empty({T, D}, x.options());
   MoeExpertsParams p{};
