@@ -405,11 +405,11 @@ def test_indexer_topk_fused_cuda(monkeypatch, B, S, N, HI, q_start, k, fp8):
     else:
         args, kw = make_indexer(B, S, N, HI, 128, "cuda", q_start), {}
     fused, unfused, kernels = fused_and_unfused(monkeypatch, args, k, **kw)
-    assert torch.equal(fused, unfused)
     mine = ops.indexer_scores(*args, ratio=4, **kw)
     ref = reference.indexer_scores(*args, ratio=4, **kw)
     finite = torch.isfinite(ref)
-    check_topk(fused, ref, k, tol=2 * (mine - ref)[finite].abs().max().item())
+    check_topk(fused, ref, k, tol=2 * (mine - ref)[finite].abs().max().item())  # the contract first
+    assert torch.equal(fused, unfused), "picks differ from scoring then top-k: the scores' bits differ"
     if kernels:
         assert "indexer_topk_sm90_kernel" in kernels and "topk_kernel" not in kernels, kernels
 
