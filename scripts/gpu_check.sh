@@ -39,7 +39,7 @@ if ls .whl/nvidia_cutlass-*.whl >/dev/null 2>&1; then
   export PYTHONPATH=$PYTHONPATH:/tmp/cutlass_site
 fi
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.txt" 2>&1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv >"$out/gpu.txt" 2>&1
 step build python3 setup.py build_ext --inplace
 step resources bash -c 'cuobjdump -res-usage python/lcattn/_C*.so | grep -A1 -E "attention|indexer|moe|cutlass" | grep -E "Function|REG"'
 families=("${@:2}")
