@@ -20,6 +20,19 @@ def check_indexer_topk(out, args, k):
     check_topk(out, ref, k, tol=2 * err)
 
 
+def one_cta_topk(monkeypatch, scores, k):
+    """The one-CTA top-k kernel's picks (LCATTN_TOPK_SPLIT=0): what every other CUDA top-k path must pick."""
+    monkeypatch.setenv("LCATTN_TOPK_SPLIT", "0")
+    picks = ops.topk_indices(scores, k)
+    monkeypatch.delenv("LCATTN_TOPK_SPLIT")
+    return picks
+
+
+def kernels_of(fn):
+    """The whole names of the GPU kernels one call of fn runs (empty under compute-sanitizer)."""
+    return "\n".join(kernel_profile(fn, 1, name_width=None)[2])
+
+
 def make_indexer(B, S, N, HI, DI, device, q_start):
     q = torch.randn(B, S, HI, DI, device=device).bfloat16()
     weights = torch.randn(B, S, HI, device=device) * HI ** -0.5 * DI ** -0.5
@@ -290,9 +303,7 @@ def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
     if rows > 3:
         scores[2] = (scores[2] * 8).round() / 8  # fewer ties, each chunk within its slots
     scores[0, : min(N, 9)] = float("inf")
-    monkeypatch.setenv("LCATTN_TOPK_SPLIT", "0")
-    one = ops.topk_indices(scores, k)
-    monkeypatch.delenv("LCATTN_TOPK_SPLIT")
+    one = one_cta_topk(monkeypatch, scores, k)
     split = ops.topk_indices(scores, k)
     check_topk(split, scores, k)
     assert torch.equal(split, one)
@@ -327,15 +338,13 @@ def test_split_topk_sampled_bound_cuda(monkeypatch, rows, N, k):
     scores[6, 100:110] = 1.0  # 10 candidates: all of them, then -1
     scores[7] = float("-inf")
     scores[7, :200] = torch.randn(200, device="cuda")  # in sampled run 0
-    monkeypatch.setenv("LCATTN_TOPK_SPLIT", "0")
-    one = ops.topk_indices(scores, k)
-    monkeypatch.delenv("LCATTN_TOPK_SPLIT")
+    one = one_cta_topk(monkeypatch, scores, k)
     monkeypatch.setenv("LCATTN_TOPK_SAMPLE", "1")
     sampled_pick = ops.topk_indices(scores, k)
     check_topk(sampled_pick, scores, k)
     assert torch.equal(sampled_pick, one)
     again = ops.topk_indices(scores, k)
-    kernels = "\n".join(kernel_profile(lambda: ops.topk_indices(scores, k), 1, name_width=None)[2])
+    kernels = kernels_of(lambda: ops.topk_indices(scores, k))
     assert torch.equal(again, sampled_pick)  # repeatable
     if kernels:  # none under compute-sanitizer
         assert "topk_sample_kernel" in kernels, kernels
@@ -377,7 +386,7 @@ def fused_and_unfused(monkeypatch, args, k, **kw):
     kernels the fused call ran (none under compute-sanitizer)."""
     monkeypatch.setenv("LCATTN_INDEXER_FUSED_TOPK", "1")
     fused = ops.indexer_topk(*args, k=k, ratio=4, **kw)
-    kernels = "\n".join(kernel_profile(lambda: ops.indexer_topk(*args, k=k, ratio=4, **kw), 1, name_width=None)[2])
+    kernels = kernels_of(lambda: ops.indexer_topk(*args, k=k, ratio=4, **kw))
     again = ops.indexer_topk(*args, k=k, ratio=4, **kw)
     assert torch.equal(again, fused)  # repeatable
     monkeypatch.delenv("LCATTN_INDEXER_FUSED_TOPK")
@@ -481,14 +490,12 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
         scores[4] = float("-inf")
         scores[4, 100:110] = 1.0
     scores[-1, N - 6] = 100.0  # the row's best, in its last part
-    monkeypatch.setenv("LCATTN_TOPK_SPLIT", "0")
-    one = ops.topk_indices(scores, k)
-    monkeypatch.delenv("LCATTN_TOPK_SPLIT")
+    one = one_cta_topk(monkeypatch, scores, k)
     monkeypatch.setenv("LCATTN_TOPK_STREAM", "1")
     stream = ops.topk_indices(scores, k)
     check_topk(stream, scores, k)
     assert torch.equal(stream, one)
-    kernels = "\n".join(kernel_profile(lambda: ops.topk_indices(scores, k), 1, name_width=None)[2])
+    kernels = kernels_of(lambda: ops.topk_indices(scores, k))
     assert torch.equal(ops.topk_indices(scores, k), stream)
     if kernels:  # none under compute-sanitizer
         assert "topk_stream_kernel" in kernels, kernels

@@ -133,15 +133,9 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
     fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
     float acc[2][64];
     issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);
-    // Weights of this thread's columns: query row q, head 8 j + c0 + e.
     float2 w[2][8];
-#pragma unroll
-    for (int q = 0; q < 2; ++q)
-#pragma unroll
-      for (int j = 0; j < 8; ++j) w[q][j] = *reinterpret_cast<const float2*>(&sm.w[stage][q * kHeads + 8 * j + c0]);
-    wgmma_wait<0>();
-    fence_registers(acc[0]);
-    fence_registers(acc[1]);
+    load_pair_weights(w, sm.w[stage], c0);
+    wait_pair_products(acc);
     mbar_arrive(&sm.empty[stage]);
 
     // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.

@@ -47,6 +47,22 @@ __device__ __forceinline__ void issue_pair_products(float (&acc)[2][64], const u
   wgmma_commit();
 }
 
+// Waits for issue_pair_products's group; then its accumulators may be read.
+__device__ __forceinline__ void wait_pair_products(float (&acc)[2][64]) {
+  wgmma_wait<0>();
+  fence_registers(acc[0]);
+  fence_registers(acc[1]);
+}
+
+// The head weights of this thread's columns (c0, c0 + 1 of every 8-column block) from a pair's
+// weights [2 rows x 64 heads] in shared memory: w[q][j] = heads 8 j + c0 and + 1 of query row q.
+__device__ __forceinline__ void load_pair_weights(float2 (&w)[2][8], const float* pair_weights, int c0) {
+#pragma unroll
+  for (int q = 0; q < 2; ++q)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) w[q][j] = *reinterpret_cast<const float2*>(&pair_weights[q * kHeads + 8 * j + c0]);
+}
+
 // The sums over heads of w_h max(S, 0) from a pair's accumulators acc[tile][64] (a thread holds 16
 // heads of each of its key rows and query rows; the other 48 are in the 3 other lanes of its quad).
 // w[q][j]: the weights of heads 8 j + 2 (lane % 4) and + 1. This thread's 16 heads, for each

@@ -198,11 +198,8 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_topk_sm90_kernel(const In
   const int visible = s0 + q_out < s0 + rows ? visible_entries(q0 + s0 + q_out, p.ratio, p.N) : 0;
   int most[2] = {0, 0};  // at least each buffer's count, the same in every thread of the warpgroup
   mbar_wait(&sm.q_full, 0);
-  float2 w[2][8];  // weights of this thread's columns: query row q, head 8 j + c0 + e
-#pragma unroll
-  for (int q = 0; q < 2; ++q)
-#pragma unroll
-    for (int j = 0; j < 8; ++j) w[q][j] = *reinterpret_cast<const float2*>(&sm.w[q * kHeads + 8 * j + c0]);
+  float2 w[2][8];  // the pair's weights stay in registers
+  load_pair_weights(w, sm.w, c0);
   for (int i = 0; i < steps; ++i) {
     const int stage = i % kStages;
     mbar_wait(&sm.full[stage], (i / kStages) & 1);
@@ -212,9 +209,7 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_topk_sm90_kernel(const In
     float scale[2];
 #pragma unroll
     for (int half = 0; half < 2; ++half) scale[half] = p.key_scales ? sm.scales[stage][key_local[half]] : 1.f;
-    wgmma_wait<0>();
-    fence_registers(acc[0]);
-    fence_registers(acc[1]);
+    wait_pair_products(acc);
     mbar_arrive(&sm.empty[stage]);
 
     float total[2];
