@@ -289,12 +289,13 @@ def test_bad_input_is_rejected(device):
                                       (4100, 16384, 300), (16, 262144, 512), (40, 100003, 2048),
                                       (32, 1048576, 8192)])
 def test_split_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
-    """Long rows spread over many CTAs (the default; LCATTN_TOPK_SPLIT=0 turns it off): the same
+    """Long rows spread over many CTAs (LCATTN_TOPK_STREAM=0; LCATTN_TOPK_SPLIT=0 turns it off): the same
     indices as the one-CTA kernel (both take tied keys in index order), on rows with ties, -inf, NaN
     and fewer candidates than k; 4100 rows run as two passes of at most 4096. 16 to 256 rows are
     filtered after round 0: the tied row overflows its chunks' slots and goes on through the rounds;
     a row in steps of 1/8 has ties within its slots; at k = 8192 a row keeps more keys than the
     finish kernel holds and goes on through the rounds too."""
+    monkeypatch.setenv("LCATTN_TOPK_STREAM", "0")  # the split kernels, not the one-read one
     scores = torch.randn(rows, N, device="cuda")
     scores[0, ::5] = float("-inf")
     if rows > 1:
@@ -324,6 +325,7 @@ def test_split_topk_sampled_bound_cuda(monkeypatch, rows, N, k):
     chunk's slots), -inf, NaN, a row with fewer candidates than k all in the sample (bound 0: the
     finish kernel takes them all) and one with more in the sample than its rank (a bound that keeps
     fewer than k: the rounds take them all); and the sample kernel is the one that ran."""
+    monkeypatch.setenv("LCATTN_TOPK_STREAM", "0")  # the split kernels, not the one-read one
     scores = torch.randn(rows, N, device="cuda")
     runs = -(-N // 256)  # runs of 256 entries; every stride-th one is sampled, at most 64 of them
     stride = max(16, -(-runs // 64))
@@ -358,6 +360,7 @@ def test_split_topk_graph_replay_cuda(monkeypatch, rows, sample):
     """The split top-k replayed in a CUDA graph with new scores each time (its counters start from
     zero on every replay) picks what an eager call picks; at 20 rows filtered from a sampled bound
     (the default) or after round 0 (LCATTN_TOPK_SAMPLE=0)."""
+    monkeypatch.setenv("LCATTN_TOPK_STREAM", "0")  # the split kernels, not the one-read one
     monkeypatch.setenv("LCATTN_TOPK_SAMPLE", sample)
     scores = torch.randn(rows, 70000, device="cuda")
     graph, picked = capture(lambda: ops.topk_indices(scores, 512))
@@ -371,8 +374,11 @@ def test_split_topk_graph_replay_cuda(monkeypatch, rows, sample):
 
 
 @pytest.mark.cuda
-def test_split_topk_in_indexer_decode_cuda(monkeypatch):
-    """indexer_topk at decode (a row per sequence, 64K entries) picks the same entries either way."""
+@pytest.mark.parametrize("stream", ["0", "1"])
+def test_split_topk_in_indexer_decode_cuda(monkeypatch, stream):
+    """indexer_topk at decode (a row per sequence, 64K entries) picks the same entries with the one-CTA
+    top-k as with the split one (LCATTN_TOPK_STREAM=0) and the one-read one (the default)."""
+    monkeypatch.setenv("LCATTN_TOPK_STREAM", stream)
     shape = MODEL_SHAPES["flash"]
     args = make_indexer(4, 1, 65536, shape["index_heads"], shape["index_dim"], "cuda", [262140, 100000, 5000, 3])
     monkeypatch.setenv("LCATTN_TOPK_SPLIT", "0")
@@ -472,7 +478,7 @@ def test_indexer_topk_fused_graph_replay_cuda(monkeypatch):
                                       (64, 262144, 512), (300, 40000, 512), (16, 262144, 2048), (4100, 16384, 300),
                                       (5, 1100003, 600), (1, 16384, 1), (3, 50001, 1)])
 def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
-    """The one-read top-k (LCATTN_TOPK_STREAM=1): the same indices as the one-CTA kernel on rows with
+    """The one-read top-k (the default for rows it takes): the same indices as the one-CTA kernel on rows with
     +inf, -inf, NaN and ties (a tied row cuts at one key), a rising row (every entry beats the
     threshold: a cut a tile), a falling one and one with fewer candidates than k; rows in one part
     and in several (merged by the last CTA), the best of a row in its last part; rows of N not a
@@ -491,7 +497,6 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
         scores[4, 100:110] = 1.0
     scores[-1, N - 6] = 100.0  # the row's best, in its last part
     one = one_cta_topk(monkeypatch, scores, k)
-    monkeypatch.setenv("LCATTN_TOPK_STREAM", "1")
     stream = ops.topk_indices(scores, k)
     check_topk(stream, scores, k)
     assert torch.equal(stream, one)
@@ -509,8 +514,7 @@ def test_stream_topk_graph_replay_and_indexer_cuda(monkeypatch, rows, block_rows
     """The one-read top-k replayed in a CUDA graph with new scores (its tickets are zeroed on every
     replay) picks what an eager call picks; and indexer_topk's blocks of rows through it (a last
     block shorter than the one the workspace was sized for, which takes more parts a row) pick what
-    they pick without it."""
-    monkeypatch.setenv("LCATTN_TOPK_STREAM", "1")
+    they pick with the split top-k (LCATTN_TOPK_STREAM=0)."""
     scores = torch.randn(rows, 70000, device="cuda")
     graph, picked = capture(lambda: ops.topk_indices(scores, 512))
     for step in range(3):
@@ -519,5 +523,5 @@ def test_stream_topk_graph_replay_and_indexer_cuda(monkeypatch, rows, block_rows
         assert torch.equal(picked, ops.topk_indices(scores, 512)), step
     args = make_indexer(2, 150, 70000, 64, 128, "cuda", [280000, 300000])
     streamed = ops.indexer_topk(*args, k=512, ratio=4, block_rows=block_rows)
-    monkeypatch.delenv("LCATTN_TOPK_STREAM")
+    monkeypatch.setenv("LCATTN_TOPK_STREAM", "0")
     assert torch.equal(streamed, ops.indexer_topk(*args, k=512, ratio=4, block_rows=block_rows))

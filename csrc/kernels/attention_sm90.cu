@@ -165,23 +165,6 @@ __device__ __forceinline__ void prefetch_row_l2(const void* row, int bytes, int 
   }
 }
 
-// One split (prefill): asks L2 for the Q rows (64 heads x 1 KB, contiguous) and the indices of CTA
-// blockIdx.x + the SM count, which starts about when this one ends (one CTA an SM, taken in order);
-// nothing past the grid.
-__device__ __forceinline__ void prefetch_next_cta_l2(const AttentionParams& p) {
-  uint32_t sms;
-  asm("mov.u32 %0, %%nsmid;" : "=r"(sms));
-  const uint32_t next = blockIdx.x + sms;  // with one split, the flat (query row, head group)
-  if (p.splits != 1 || next >= gridDim.x) return;
-  const bf16* q = p.q + int64_t(next) * kHeads * kDim;  // row * H + group * 64 = next * 64
-  const int* indices = p.indices ? p.indices + int64_t(next / uint32_t(p.H / kHeads)) * p.K : nullptr;
-  // The bulk prefetch takes 16-byte aligned addresses and sizes.
-  if (reinterpret_cast<uintptr_t>(q) % 16 == 0)
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(q), "r"(uint32_t(kHeads * kDim * 2)) : "memory");
-  if (indices && reinterpret_cast<uintptr_t>(indices) % 16 == 0 && p.K % 4 == 0)
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(indices), "r"(uint32_t(p.K * 4)) : "memory");
-}
-
 // Moves a math thread's running sums l and output o (rows r0, r0 + 8) from the reference maxima m_ref
 // to the block's maxima m_new, and returns in m_use the reference point the block's exponentials take.
 // With slack >= 0 the warp keeps its references unless a row's maximum passes its own by more than
@@ -231,12 +214,8 @@ __device__ __forceinline__ void partial_logits(float (&sacc)[32], const uint8_t*
   fence_registers(sacc);
 }
 
-// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form). kEarlyStart (LCATTN_ATTN_EARLY_START=1, bf16
-// entries; off until it has run on a GPU): math warpgroup 0 issues Q's loads before the barriers'
-// set-up, the math warpgroups build the RoPE table while they wait for Q, and with one split each CTA
-// asks L2 for the Q rows and indices of the CTA one SM count later. (The kv_fp8 producer, at its 56
-// registers, spilled 80 bytes more with it.)
-template <bool kFp8Entries, Schedule kSchedule, bool kEarlyStart>
+// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form).
+template <bool kFp8Entries, Schedule kSchedule>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
   extern __shared__ uint8_t smem_raw[];
   // The base aligned to 1024 by an offset from smem_raw, so the compiler knows every access is to
@@ -246,19 +225,6 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   const QueryKeys keys(p, work.row, work.b, work.pos);
   const SplitRange range(keys.n_keys, p.splits, work.split);
   const int wg = threadIdx.x / 128, tid = threadIdx.x % 128, warp = tid / 32, lane = threadIdx.x % 32;
-  static_assert(!(kFp8Entries && kEarlyStart), "early start is for bf16 entries");
-  // Q's rows, 16 a warp of a warpgroup (the producer, or with kEarlyStart math warpgroup 0). The
-  // producer derives the address again below: one address for both changed the default kernels' code.
-  const auto load_q = [&] {
-    const bf16* q = p.q + (work.row * p.H + work.group * kHeads) * kDim;
-    load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address
-  };
-  // kEarlyStart: Q's loads first (they depend on nothing loaded; WG0's arrival below tracks them), and
-  // L2 asked for the Q rows and indices of the CTA that will likely follow on some SM.
-  if (kEarlyStart && wg == 0) {
-    load_q();
-    if (tid == 0) prefetch_next_cta_l2(p);
-  }
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 128);
@@ -268,17 +234,15 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     }
     fence_barrier_init();
   }
-  if (!kEarlyStart) fill_unrotate(sm.unrotate, p, work.pos);
+  fill_unrotate(sm.unrotate, p, work.pos);
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
     reg_dealloc<56>();
-    if (!kEarlyStart) {
-      load_q();
-      mbar_arrive_cp_async(&sm.q_full);
-    }
     const int my_row = warp * 16 + lane % 16;
-    const bf16* q = p.q + (work.row * p.H + work.group * kHeads) * kDim;  // any valid address for zero fills
+    const bf16* q = p.q + (work.row * p.H + work.group * kHeads) * kDim;
+    load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills
+    mbar_arrive_cp_async(&sm.q_full);
     // Block b + 1's rows are looked up and prefetched into L2 while block b loads.
     auto look_up = [&](int blk) -> const void* {
       if (blk >= range.last) return nullptr;
@@ -334,12 +298,6 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     named_barrier_sync(kBarWidened + wg, 128);
   };
 
-  // kEarlyStart: the RoPE table while Q loads; the 256-thread barriers of every block (or the one
-  // below, without blocks) order it before the epilogue reads it.
-  if (kEarlyStart) {
-    if (wg == 0) mbar_arrive_cp_async(&sm.q_full);
-    fill_unrotate(sm.unrotate, p, work.pos);
-  }
   mbar_wait(&sm.q_full, 0);
   for (int blk = range.first; blk < range.last; ++blk) {
     const int it = blk - range.first, buf = it & 1;
@@ -453,7 +411,6 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     l_run[1] = wg == 0 ? l_run[1] + theirs.y : theirs.y + l_run[1];
   }
 
-  if (kEarlyStart && range.first == range.last) named_barrier_sync(kBarRead, 256);
   const int64_t head0 = work.row * p.H + work.group * kHeads;  // flat (row, head) of accumulator row 0
   write_rows(p, o, m_run, l_run, head0, p.sink + work.group * kHeads, work.split, r0, 256 * wg + c0,
              wg == 0 && lane % 4 == 0, sm.unrotate);
@@ -511,10 +468,10 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
   return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
 }
 
-template <bool kFp8Entries, Schedule kSchedule, bool kEarlyStart>
+template <bool kFp8Entries, Schedule kSchedule>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule, kEarlyStart>;
+  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
@@ -524,12 +481,12 @@ cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream)
 
 // The math warpgroups' schedule: by keys for bf16 entries, by dims for kv_fp8 entries, where keys
 // measured 2-4% slower (H100); LCATTN_ATTN_SCHEDULE=keys or dims picks one (read per call).
-template <bool kFp8Entries, bool kEarlyStart = false>
+template <bool kFp8Entries>
 cudaError_t launch_for_schedule(const AttentionParams& p, cudaStream_t stream) {
   const bool by_keys =
       env_is("LCATTN_ATTN_SCHEDULE", "keys") || (!kFp8Entries && !env_is("LCATTN_ATTN_SCHEDULE", "dims"));
-  return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, kEarlyStart>(p, stream)
-                 : launch_attention_sm90<kFp8Entries, Schedule::kDims, kEarlyStart>(p, stream);
+  return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys>(p, stream)
+                 : launch_attention_sm90<kFp8Entries, Schedule::kDims>(p, stream);
 }
 
 }  // namespace
@@ -581,11 +538,8 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
   }
   if (attention_pair_applies(p))
     err = attention_sm90_pair(p, stream);
-  else if (!p.ckv_fp8)  // LCATTN_ATTN_EARLY_START read per call
-    err = env_is("LCATTN_ATTN_EARLY_START", "1") ? launch_for_schedule<false, true>(p, stream)
-                                                 : launch_for_schedule<false>(p, stream);
   else
-    err = launch_for_schedule<true>(p, stream);
+    err = p.ckv_fp8 ? launch_for_schedule<true>(p, stream) : launch_for_schedule<false>(p, stream);
   if (err != cudaSuccess) return err;
   if (p.splits > 1 && !p.fused_combine) {
     err = cudaGetLastError();

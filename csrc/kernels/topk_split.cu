@@ -22,7 +22,7 @@
 // (fewer than k keys at or above the bound, or an overflow) go on through the three rounds and the
 // write.
 // Every count is an integer, so the result is the same on every run. LCATTN_TOPK_SPLIT=0 turns it off;
-// LCATTN_TOPK_STREAM=1 runs topk_stream.cu's one-read kernel instead, where it takes the rows.
+// topk_stream.cu's one-read kernel runs instead where it takes the rows (LCATTN_TOPK_STREAM=0: these).
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>

@@ -1,14 +1,13 @@
-// Top-k of long rows in one read (SPEC 4's contract), LCATTN_TOPK_STREAM=1: rows of 16K entries or
-// more, 1 <= k <= 2048. Each row is cut into P parts (enough CTAs for three an SM over all rows, each
-// part at least two tiles), one CTA a part. A CTA streams its part once in tiles of 4096 entries (a
-// thread's 16 entries of the next tile in flight while it sifts this one; 16-byte loads when rows
-// are 16-byte aligned) and keeps the entries whose key is above its threshold in a buffer of
-// composites (common/topk_select.cuh); when the buffer could overflow on the next tile it is cut to
-// its k largest, and the k-th's key becomes the threshold: the k-th of a subset of the row, so a lower
-// bound on the row's k-th. An entry whose key equals it comes after those k (tiles go in index
-// order), so it is never among the row's k best, and no pick is dropped. At the end each part's k best go to
-// the workspace, and the last CTA of the row to finish (a ticket) selects the row's k from the
-// parts', sorts their indices (bitonic, in shared memory) and writes them, then -1; with one part
+// Top-k of long rows in one read (SPEC 4's contract): rows of 16K entries or more, 1 <= k <= 2048;
+// LCATTN_TOPK_STREAM=0 leaves them to topk_split.cu's kernels. Each row is cut into P parts (enough
+// CTAs for three an SM over all rows, each part at least two tiles), one CTA a part. A CTA streams its part once in
+// tiles of 4096 entries (a thread's 16 entries of the next tile in flight while it sifts this one; 16-byte loads when
+// rows are 16-byte aligned) and keeps the entries whose key is above its threshold in a buffer of composites
+// (common/topk_select.cuh); when the buffer could overflow on the next tile it is cut to its k largest, and the k-th's
+// key becomes the threshold: the k-th of a subset of the row, so a lower bound on the row's k-th. An entry whose key
+// equals it comes after those k (tiles go in index order), so it is never among the row's k best, and no pick is
+// dropped. At the end each part's k best go to the workspace, and the last CTA of the row to finish (a ticket) selects
+// the row's k from the parts', sorts their indices (bitonic, in shared memory) and writes them, then -1; with one part
 // the CTA does that itself. One kernel and a memset of the tickets per call; the same picks as the
 // other top-k kernels (ties to the lower index), on every run.
 #include <algorithm>
@@ -249,7 +248,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
 }  // namespace
 
 bool topk_stream_takes(const TopkParams& p) {
-  return env_is("LCATTN_TOPK_STREAM", "1") && p.N >= kMinEntries && p.k >= 1 && p.k <= kMaxK && p.R >= 1 &&
+  return !env_is("LCATTN_TOPK_STREAM", "0") && p.N >= kMinEntries && p.k >= 1 && p.k <= kMaxK && p.R >= 1 &&
          p.R <= INT_MAX;
 }
 

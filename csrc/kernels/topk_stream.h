@@ -1,4 +1,4 @@
-// The one-read top-k of topk_stream.cu, taken by topk_split_cuda when LCATTN_TOPK_STREAM=1.
+// The one-read top-k of topk_stream.cu, taken by topk_split_cuda unless LCATTN_TOPK_STREAM=0.
 #pragma once
 #include <cstddef>
 
@@ -6,7 +6,7 @@
 
 namespace lcattn {
 
-// Whether it takes p: LCATTN_TOPK_STREAM=1, N >= 16384, 1 <= k <= 2048.
+// Whether it takes p: LCATTN_TOPK_STREAM is not 0, N >= 16384, 1 <= k <= 2048.
 bool topk_stream_takes(const TopkParams& p);
 // Bytes of p.split_workspace it needs for any call of up to p.R rows with p's N and k (0 when it
 // does not take p).
