@@ -162,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_permute(const at::Tensor& x, 
   check_tensor(op, "indices", indices, at::kInt, {T, -1}, x);
   check_values(op, "indices", indices, 0, num_experts - 1);
   const int64_t k = indices.size(1);
-  LCATTN_CHECK(T * k < (int64_t(1) << 31), op, "T * k must be below 2^31, got ", T * k);
+  check_int_size(op, "T * k", T * k);
   at::Tensor x_perm = at::empty({T * k, D}, x.options());
   at::Tensor offsets = at::empty({num_experts + 1}, x.options().dtype(at::kInt));
   at::Tensor rows = at::empty({T, k}, x.options().dtype(at::kInt));
@@ -226,7 +226,7 @@ at::Tensor moe_experts(const at::Tensor& x, const std::optional<at::Tensor>& wei
   check_gemm_dims(op, D, I);
   check_aligned(op, "w_gate_up", w_gate_up);
   check_aligned(op, "w_down", w_down);
-  LCATTN_CHECK(T * k < (int64_t(1) << 31), op, "T * k must be below 2^31, got ", T * k);
+  check_int_size(op, "T * k", T * k);
   check_float_arg(op, "swiglu_limit", swiglu_limit, 0.0);
   check_values(op, "indices", indices, 0, E - 1);
   at::Tensor out = at::empty({T, D}, x.options());
