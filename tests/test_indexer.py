@@ -477,8 +477,10 @@ def test_indexer_topk_fused_graph_replay_cuda(monkeypatch):
 @pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
                                       (64, 262144, 512), (300, 40000, 512), (16, 262144, 2048), (4100, 16384, 300),
                                       (5, 1100003, 600), (1, 16384, 1), (3, 50001, 1)])
-def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
-    """The one-read top-k (the default for rows it takes): the same indices as the one-CTA kernel on rows with
+@pytest.mark.parametrize("copies", ["1", "8"])
+def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, copies):
+    """The one-read top-k (the default for rows it takes), with one counter a radix bin and with 8
+    (LCATTN_TOPK_HIST_COPIES): the same indices as the one-CTA kernel on rows with
     +inf, -inf, NaN and ties (a tied row cuts at one key), a rising row (every entry beats the
     threshold: a cut a tile), a falling one and one with fewer candidates than k; rows in one part
     and in several (merged by the last CTA), the best of a row in its last part; rows of N not a
@@ -497,6 +499,7 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
         scores[4, 100:110] = 1.0
     scores[-1, N - 6] = 100.0  # the row's best, in its last part
     one = one_cta_topk(monkeypatch, scores, k)
+    monkeypatch.setenv("LCATTN_TOPK_HIST_COPIES", copies)
     stream = ops.topk_indices(scores, k)
     check_topk(stream, scores, k)
     assert torch.equal(stream, one)

@@ -30,9 +30,14 @@ constexpr int kMaxK = kCap - kTile;                                    // 2048: 
 constexpr int kCtasPerSm = 3;
 constexpr int kMinEntries = 16384;
 constexpr int kMinPartTiles = 2;
-// Dynamic shared memory: the buffer, the picks' indices to sort, the radix histogram, then ints:
-// [0, 3) the select's state, 3 the buffer's count, 4 the picks' count, 5 the ticket.
-constexpr size_t kSmemBytes = kCap * sizeof(uint64_t) + kMaxK * sizeof(int) + 256 * sizeof(uint32_t) + 8 * sizeof(int);
+// Dynamic shared memory: the buffer, the picks' indices to sort, the radix histogram (kCopies
+// counters a bin, kth_largest_composite), then ints: [0, 3) the select's state, 3 the buffer's
+// count, 4 the picks' count, 5 the ticket.
+constexpr size_t smem_bytes(int copies) {
+  return kCap * sizeof(uint64_t) + kMaxK * sizeof(int) + topk_hist_words(copies) * sizeof(uint32_t) + 8 * sizeof(int);
+}
+// Counters a histogram bin: LCATTN_TOPK_HIST_COPIES=8 gives each bin 8, one for each lane % 8.
+int hist_copies() { return env_int("LCATTN_TOPK_HIST_COPIES", 1) == 8 ? 8 : 1; }
 
 constexpr int kMaxWave = kCtasPerSm * 256;  // the workspace holds the parts of this many CTAs
 
@@ -81,8 +86,9 @@ struct StreamLayout {
 __device__ __forceinline__ void block_sync() { __syncthreads(); }
 
 // The k-th largest of the first n composites of buffer (n > k), by the whole block.
+template <int kCopies>
 __device__ __forceinline__ uint64_t kth_in_buffer(const uint64_t* buffer, int n, int k, uint32_t* hist, int* state) {
-  return kth_largest_composite<kThreads>(
+  return kth_largest_composite<kThreads, kCopies>(
       [&](auto&& f) {
         for (int x = threadIdx.x; x < n; x += kThreads) f(buffer[x]);
       },
@@ -92,8 +98,9 @@ __device__ __forceinline__ uint64_t kth_in_buffer(const uint64_t* buffer, int n,
 // Cuts the buffer's n composites (n > k) to its k largest, in place; returns the k-th. Groups of 4
 // entries a thread are read, then their survivors written after the survivors before them: the
 // writes land below the entries read so far, so nothing is overwritten before it is read.
+template <int kCopies>
 __device__ __noinline__ uint64_t cut(uint64_t* buffer, int n, int k, uint32_t* hist, int* state, int* count) {
-  const uint64_t kth = kth_in_buffer(buffer, n, k, hist, state);
+  const uint64_t kth = kth_in_buffer<kCopies>(buffer, n, k, hist, state);
   if (threadIdx.x == 0) *count = 0;
   __syncthreads();
   for (int g = 0; g < n; g += 4 * kThreads) {
@@ -113,9 +120,10 @@ __device__ __noinline__ uint64_t cut(uint64_t* buffer, int n, int k, uint32_t* h
 }
 
 // The k best of the buffer's n composites, their indices ascending into out [k], then -1.
+template <int kCopies>
 __device__ void write_best(uint64_t* buffer, int n, int k, int* sorted, uint32_t* hist, int* state, int* picks,
                            int* out) {
-  const uint64_t kth = n > k ? kth_in_buffer(buffer, n, k, hist, state) : 1;
+  const uint64_t kth = n > k ? kth_in_buffer<kCopies>(buffer, n, k, hist, state) : 1;
   if (threadIdx.x == 0) *picks = 0;
   __syncthreads();
   for (int x = threadIdx.x; x < n; x += kThreads)
@@ -169,14 +177,14 @@ __device__ __forceinline__ void load_tile(const float* row, int N, int tile, flo
   }
 }
 
-// grid (R, parts), kThreads threads, kSmemBytes of dynamic shared memory.
-template <bool kVec>
+// grid (R, parts), kThreads threads, smem_bytes(kCopies) of dynamic shared memory.
+template <bool kVec, int kCopies>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const TopkParams p, const StreamLayout l) {
   extern __shared__ uint64_t stream_smem[];
-  uint64_t* buffer = stream_smem;                                // [kCap]
-  int* sorted = reinterpret_cast<int*>(buffer + kCap);           // [kMaxK]
-  uint32_t* hist = reinterpret_cast<uint32_t*>(sorted + kMaxK);  // [256]
-  int* ints = reinterpret_cast<int*>(hist + 256);                // [8]
+  uint64_t* buffer = stream_smem;                                       // [kCap]
+  int* sorted = reinterpret_cast<int*>(buffer + kCap);                  // [kMaxK]
+  uint32_t* hist = reinterpret_cast<uint32_t*>(sorted + kMaxK);         // [topk_hist_words(kCopies)]
+  int* ints = reinterpret_cast<int*>(hist + topk_hist_words(kCopies));  // [8]
   int* state = ints;
   int* count = ints + 3;
   const int row = blockIdx.x, part = blockIdx.y, t = threadIdx.x, lane = t % 32;
@@ -209,19 +217,20 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
     __syncthreads();  // the tile's appends are in
     const int n = *count;
     __syncthreads();  // read by all before a cut changes it
-    if (n > kCap - kTile) threshold = max(threshold, topk_composite_key(cut(buffer, n, p.k, hist, state, count)));
+    if (n > kCap - kTile)
+      threshold = max(threshold, topk_composite_key(cut<kCopies>(buffer, n, p.k, hist, state, count)));
 #pragma unroll
     for (int j = 0; j < kLoads; ++j) v[j] = next[j];
   }
   int n = *count;  // after the last tile's barriers
   int* out = p.indices + int64_t(row) * p.k;
   if (l.parts == 1) {
-    write_best(buffer, n, p.k, sorted, hist, state, ints + 4, out);
+    write_best<kCopies>(buffer, n, p.k, sorted, hist, state, ints + 4, out);
     return;
   }
   // Several parts: this part's k best to the workspace; the row's last CTA to finish merges them.
   if (n > p.k) {
-    cut(buffer, n, p.k, hist, state, count);
+    cut<kCopies>(buffer, n, p.k, hist, state, count);
     n = p.k;
   }
   const int64_t slot = int64_t(row) * l.parts + part;
@@ -242,7 +251,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
     total += nq;
   }
   __syncthreads();
-  write_best(buffer, total, p.k, sorted, hist, state, ints + 4, out);
+  write_best<kCopies>(buffer, total, p.k, sorted, hist, state, ints + 4, out);
 }
 
 }  // namespace
@@ -260,12 +269,15 @@ cudaError_t topk_stream_cuda(const TopkParams& p, cudaStream_t stream) {
   if (!topk_stream_takes(p) || !p.split_workspace) return cudaErrorInvalidValue;
   const StreamLayout l(p, p.split_workspace);
   const bool vec = p.N % 4 == 0 && reinterpret_cast<uintptr_t>(p.scores) % 16 == 0;
-  const auto kernel = vec ? topk_stream_kernel<true> : topk_stream_kernel<false>;
-  static PerDevice<cudaError_t> smem_limit[2];
-  cudaError_t err = allow_dynamic_smem(smem_limit[vec], reinterpret_cast<const void*>(kernel), int(kSmemBytes));
+  const int copies = hist_copies();
+  const auto kernel = copies == 8 ? (vec ? topk_stream_kernel<true, 8> : topk_stream_kernel<false, 8>)
+                                  : (vec ? topk_stream_kernel<true, 1> : topk_stream_kernel<false, 1>);
+  const size_t smem = smem_bytes(copies);
+  static PerDevice<cudaError_t> smem_limit[2][2];
+  cudaError_t err = allow_dynamic_smem(smem_limit[copies == 8][vec], reinterpret_cast<const void*>(kernel), int(smem));
   if (err == cudaSuccess && l.parts > 1) err = cudaMemsetAsync(l.ticket, 0, l.ticket_bytes, stream);
   if (err != cudaSuccess) return err;
-  kernel<<<dim3(unsigned(p.R), unsigned(l.parts)), kThreads, kSmemBytes, stream>>>(p, l);
+  kernel<<<dim3(unsigned(p.R), unsigned(l.parts)), kThreads, smem, stream>>>(p, l);
   return cudaGetLastError();
 }
 
