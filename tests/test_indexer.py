@@ -190,6 +190,25 @@ def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, reads_e4m3):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("B,S,N,HI,q_start", [(2, 33, 300, 64, [0, 700]), (3, 70, 1000, 40, [0, 1000, 133]),
+                                              (1, 513, 4100, 64, [16384 - 513])])
+def test_indexer_fp8_keys_in_registers_cuda(monkeypatch, B, S, N, HI, q_start):
+    """LCATTN_INDEXER_KEYS_IN_REGS=1: the e4m3 prefill kernel with its keys as register operands of the
+    products gives the scores of the shared-memory form, bit for bit, and the reference's within fp8
+    wgmma's rounding."""
+    (q8, w8, k8, qs, key_scales), _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
+    shared = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
+    monkeypatch.setenv("LCATTN_INDEXER_KEYS_IN_REGS", "1")
+    mine = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
+    assert_close(mine, reference.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales), 5e-4,
+                 "e4m3 scores, keys in registers")
+    assert torch.equal(mine, shared)
+    kernels = kernels_of(lambda: ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales))
+    if kernels:  # none under compute-sanitizer
+        assert "indexer_scores_sm90_kernel<1, true>" in kernels, kernels
+
+
+@pytest.mark.cuda
 def test_indexer_misaligned_inputs_cuda():
     """A contiguous view that starts off a 16-byte boundary gets an [lcattn] error, not a misaligned
     vector load (which would end the CUDA context)."""
