@@ -496,11 +496,12 @@ def test_indexer_topk_fused_graph_replay_cuda(monkeypatch):
 @pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
                                       (64, 262144, 512), (300, 40000, 512), (16, 262144, 2048), (4100, 16384, 300),
                                       (5, 1100003, 600), (1, 16384, 1), (3, 50001, 1)])
-@pytest.mark.parametrize("copies", ["1", "8"])
-def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, copies):
-    """The one-read top-k (the default for rows it takes), with one counter a radix bin and with 8
-    (LCATTN_TOPK_HIST_COPIES): the same indices as the one-CTA kernel on rows with
-    +inf, -inf, NaN and ties (a tied row cuts at one key), a rising row (every entry beats the
+@pytest.mark.parametrize("switch", ["", "LCATTN_TOPK_HIST_COPIES=8", "LCATTN_TOPK_LEAN=1"])
+def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, switch):
+    """The one-read top-k (the default for rows it takes), also with 8 counters a radix bin and in its
+    lean form: the same indices as the one-CTA kernel on rows with
+    +inf, -inf, NaN and ties (a tied row cuts at one key; a row of -0.0 and +0.0, which the keys
+    order and floats do not), a rising row (every entry beats the
     threshold: a cut a tile), a falling one and one with fewer candidates than k; rows in one part
     and in several (merged by the last CTA), the best of a row in its last part; rows of N not a
     multiple of 4 (single loads) and of a multiple (16-byte loads); repeatable, and the stream kernel
@@ -516,9 +517,14 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, copies)
         scores[3] = scores[3].sort(descending=True).values
         scores[4] = float("-inf")
         scores[4, 100:110] = 1.0
+    if rows > 5:
+        zero = torch.zeros(N, device="cuda")
+        scores[5] = torch.where(torch.rand(N, device="cuda") < 0.5, -zero, zero)
+        scores[5, ::1000] = 1.0
     scores[-1, N - 6] = 100.0  # the row's best, in its last part
     one = one_cta_topk(monkeypatch, scores, k)
-    monkeypatch.setenv("LCATTN_TOPK_HIST_COPIES", copies)
+    if switch:
+        monkeypatch.setenv(*switch.split("="))
     stream = ops.topk_indices(scores, k)
     check_topk(stream, scores, k)
     assert torch.equal(stream, one)

@@ -38,6 +38,17 @@ constexpr size_t smem_bytes(int copies) {
 }
 // Counters a histogram bin: LCATTN_TOPK_HIST_COPIES=8 gives each bin 8, one for each lane % 8.
 int hist_copies() { return env_int("LCATTN_TOPK_HIST_COPIES", 1) == 8 ? 8 : 1; }
+// LCATTN_TOPK_LEAN=1: the radix passes read 4 composites a thread at a time, unrolled (not one a
+// loop trip with its own branch), and count without a branch (kth_largest_composite's kBranchless);
+// a tile is sifted by a float compare with the threshold's value, not by each entry's key.
+bool lean() { return env_is("LCATTN_TOPK_LEAN", "1"); }
+
+// The float whose topk_key is key, for a threshold: key 0 (take every candidate) is -inf. Thresholds
+// are keys of candidates, so never those of NaN.
+__device__ __forceinline__ float key_value(uint32_t key) {
+  if (key == 0u) return -INFINITY;
+  return __uint_as_float(key & 0x80000000u ? key & 0x7FFFFFFFu : ~key);
+}
 
 constexpr int kMaxWave = kCtasPerSm * 256;  // the workspace holds the parts of this many CTAs
 
@@ -86,11 +97,24 @@ struct StreamLayout {
 __device__ __forceinline__ void block_sync() { __syncthreads(); }
 
 // The k-th largest of the first n composites of buffer (n > k), by the whole block.
-template <int kCopies>
+template <int kCopies, bool kLean>
 __device__ __forceinline__ uint64_t kth_in_buffer(const uint64_t* buffer, int n, int k, uint32_t* hist, int* state) {
-  return kth_largest_composite<kThreads, kCopies>(
+  return kth_largest_composite<kThreads, kCopies, kLean>(
       [&](auto&& f) {
-        for (int x = threadIdx.x; x < n; x += kThreads) f(buffer[x]);
+        if constexpr (kLean) {
+          for (int g = 0; g < n; g += 4 * kThreads) {
+            uint64_t v[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const int x = g + threadIdx.x + kThreads * j;
+              v[j] = x < n ? buffer[x] : 0;  // 0 is skipped
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) f(v[j]);
+          }
+        } else {
+          for (int x = threadIdx.x; x < n; x += kThreads) f(buffer[x]);
+        }
       },
       k, hist, state, threadIdx.x, block_sync);
 }
@@ -98,9 +122,9 @@ __device__ __forceinline__ uint64_t kth_in_buffer(const uint64_t* buffer, int n,
 // Cuts the buffer's n composites (n > k) to its k largest, in place; returns the k-th. Groups of 4
 // entries a thread are read, then their survivors written after the survivors before them: the
 // writes land below the entries read so far, so nothing is overwritten before it is read.
-template <int kCopies>
+template <int kCopies, bool kLean>
 __device__ __noinline__ uint64_t cut(uint64_t* buffer, int n, int k, uint32_t* hist, int* state, int* count) {
-  const uint64_t kth = kth_in_buffer<kCopies>(buffer, n, k, hist, state);
+  const uint64_t kth = kth_in_buffer<kCopies, kLean>(buffer, n, k, hist, state);
   if (threadIdx.x == 0) *count = 0;
   __syncthreads();
   for (int g = 0; g < n; g += 4 * kThreads) {
@@ -120,10 +144,10 @@ __device__ __noinline__ uint64_t cut(uint64_t* buffer, int n, int k, uint32_t* h
 }
 
 // The k best of the buffer's n composites, their indices ascending into out [k], then -1.
-template <int kCopies>
+template <int kCopies, bool kLean>
 __device__ void write_best(uint64_t* buffer, int n, int k, int* sorted, uint32_t* hist, int* state, int* picks,
                            int* out) {
-  const uint64_t kth = n > k ? kth_in_buffer<kCopies>(buffer, n, k, hist, state) : 1;
+  const uint64_t kth = n > k ? kth_in_buffer<kCopies, kLean>(buffer, n, k, hist, state) : 1;
   if (threadIdx.x == 0) *picks = 0;
   __syncthreads();
   for (int x = threadIdx.x; x < n; x += kThreads)
@@ -178,7 +202,7 @@ __device__ __forceinline__ void load_tile(const float* row, int N, int tile, flo
 }
 
 // grid (R, parts), kThreads threads, smem_bytes(kCopies) of dynamic shared memory.
-template <bool kVec, int kCopies>
+template <bool kVec, int kCopies, bool kLean>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const TopkParams p, const StreamLayout l) {
   extern __shared__ uint64_t stream_smem[];
   uint64_t* buffer = stream_smem;                                       // [kCap]
@@ -199,8 +223,17 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
   for (int tile = tile_begin; tile < tile_end; ++tile) {
     if (tile + 1 < tile_end) load_tile<kVec>(scores, p.N, tile + 1, next);
     uint32_t taken = 0u;
+    if constexpr (kLean) {
+      // key(v) > threshold as floats: the same order but for -0 < +0, which the keys tell apart.
+      const float bar = key_value(threshold);
+      const bool bar_is_minus_zero = threshold == 0x7FFFFFFFu;
 #pragma unroll
-    for (int j = 0; j < kLoads; ++j) taken |= (topk_key(v[j]) > threshold ? 1u : 0u) << j;
+      for (int j = 0; j < kLoads; ++j)
+        taken |= (v[j] > bar || (bar_is_minus_zero && __float_as_uint(v[j]) == 0u) ? 1u : 0u) << j;
+    } else {
+#pragma unroll
+      for (int j = 0; j < kLoads; ++j) taken |= (topk_key(v[j]) > threshold ? 1u : 0u) << j;
+    }
     const int mine = __popc(taken);
     int upto = mine;  // inclusive sum over the warp
 #pragma unroll
@@ -218,19 +251,19 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
     const int n = *count;
     __syncthreads();  // read by all before a cut changes it
     if (n > kCap - kTile)
-      threshold = max(threshold, topk_composite_key(cut<kCopies>(buffer, n, p.k, hist, state, count)));
+      threshold = max(threshold, topk_composite_key(cut<kCopies, kLean>(buffer, n, p.k, hist, state, count)));
 #pragma unroll
     for (int j = 0; j < kLoads; ++j) v[j] = next[j];
   }
   int n = *count;  // after the last tile's barriers
   int* out = p.indices + int64_t(row) * p.k;
   if (l.parts == 1) {
-    write_best<kCopies>(buffer, n, p.k, sorted, hist, state, ints + 4, out);
+    write_best<kCopies, kLean>(buffer, n, p.k, sorted, hist, state, ints + 4, out);
     return;
   }
   // Several parts: this part's k best to the workspace; the row's last CTA to finish merges them.
   if (n > p.k) {
-    cut<kCopies>(buffer, n, p.k, hist, state, count);
+    cut<kCopies, kLean>(buffer, n, p.k, hist, state, count);
     n = p.k;
   }
   const int64_t slot = int64_t(row) * l.parts + part;
@@ -251,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
     total += nq;
   }
   __syncthreads();
-  write_best<kCopies>(buffer, total, p.k, sorted, hist, state, ints + 4, out);
+  write_best<kCopies, kLean>(buffer, total, p.k, sorted, hist, state, ints + 4, out);
 }
 
 }  // namespace
@@ -270,11 +303,19 @@ cudaError_t topk_stream_cuda(const TopkParams& p, cudaStream_t stream) {
   const StreamLayout l(p, p.split_workspace);
   const bool vec = p.N % 4 == 0 && reinterpret_cast<uintptr_t>(p.scores) % 16 == 0;
   const int copies = hist_copies();
-  const auto kernel = copies == 8 ? (vec ? topk_stream_kernel<true, 8> : topk_stream_kernel<false, 8>)
-                                  : (vec ? topk_stream_kernel<true, 1> : topk_stream_kernel<false, 1>);
+  const bool is_lean = lean();
+  using Kernel = void (*)(const TopkParams, const StreamLayout);
+  static constexpr Kernel kernels[2][2][2] = {
+      // [copies == 8][lean][vec]
+      {{topk_stream_kernel<false, 1, false>, topk_stream_kernel<true, 1, false>},
+       {topk_stream_kernel<false, 1, true>, topk_stream_kernel<true, 1, true>}},
+      {{topk_stream_kernel<false, 8, false>, topk_stream_kernel<true, 8, false>},
+       {topk_stream_kernel<false, 8, true>, topk_stream_kernel<true, 8, true>}}};
+  const Kernel kernel = kernels[copies == 8][is_lean][vec];
   const size_t smem = smem_bytes(copies);
-  static PerDevice<cudaError_t> smem_limit[2][2];
-  cudaError_t err = allow_dynamic_smem(smem_limit[copies == 8][vec], reinterpret_cast<const void*>(kernel), int(smem));
+  static PerDevice<cudaError_t> smem_limit[2][2][2];
+  cudaError_t err =
+      allow_dynamic_smem(smem_limit[copies == 8][is_lean][vec], reinterpret_cast<const void*>(kernel), int(smem));
   if (err == cudaSuccess && l.parts > 1) err = cudaMemsetAsync(l.ticket, 0, l.ticket_bytes, stream);
   if (err != cudaSuccess) return err;
   kernel<<<dim3(unsigned(p.R), unsigned(l.parts)), kThreads, smem, stream>>>(p, l);
