@@ -496,10 +496,10 @@ def test_indexer_topk_fused_graph_replay_cuda(monkeypatch):
 @pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
                                       (64, 262144, 512), (300, 40000, 512), (16, 262144, 2048), (4100, 16384, 300),
                                       (5, 1100003, 600), (1, 16384, 1), (3, 50001, 1)])
-@pytest.mark.parametrize("switch", ["", "LCATTN_TOPK_HIST_COPIES=8", "LCATTN_TOPK_LEAN=1"])
+@pytest.mark.parametrize("switch", ["", "LCATTN_TOPK_HIST_COPIES=8", "LCATTN_TOPK_LEAN=1", "LCATTN_TOPK_MARKED=1"])
 def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, switch):
-    """The one-read top-k (the default for rows it takes), also with 8 counters a radix bin and in its
-    lean form: the same indices as the one-CTA kernel on rows with
+    """The one-read top-k (the default for rows it takes), also with 8 counters a radix bin, in its
+    lean form and writing through a bitmap: the same indices as the one-CTA kernel on rows with
     +inf, -inf, NaN and ties (a tied row cuts at one key; a row of -0.0 and +0.0, which the keys
     order and floats do not), a rising row (every entry beats the
     threshold: a cut a tile), a falling one and one with fewer candidates than k; rows in one part

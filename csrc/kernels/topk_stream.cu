@@ -7,9 +7,9 @@
 // key becomes the threshold: the k-th of a subset of the row, so a lower bound on the row's k-th. An entry whose key
 // equals it comes after those k (tiles go in index order), so it is never among the row's k best, and no pick is
 // dropped. At the end each part's k best go to the workspace, and the last CTA of the row to finish (a ticket) selects
-// the row's k from the parts', sorts their indices (bitonic, in shared memory) and writes them, then -1; with one part
-// the CTA does that itself. One kernel and a memset of the tickets per call; the same picks as the
-// other top-k kernels (ties to the lower index), on every run.
+// the row's k from the parts', sorts their indices (bitonic, in shared memory; or, with LCATTN_TOPK_MARKED=1, marks
+// them in a bitmap of the row) and writes them, then -1; with one part the CTA does that itself. One kernel and a
+// memset of the tickets per call; the same picks as the other top-k kernels (ties to the lower index), on every run.
 #include <algorithm>
 #include <climits>
 
@@ -51,6 +51,7 @@ __device__ __forceinline__ float key_value(uint32_t key) {
 }
 
 constexpr int kMaxWave = kCtasPerSm * 256;  // the workspace holds the parts of this many CTAs
+constexpr int kMarkedEntries = kCap * 64;   // a bitmap of the row over the buffer: 393,216 entries
 
 // CTAs for one wave over the current device, at most kMaxWave (the workspace does not depend on
 // the device: it may be sized before the call's device is made current).
@@ -78,6 +79,7 @@ int parts_of(const TopkParams& p) {
 // target when parts > 1).
 struct StreamLayout {
   int parts;
+  bool marked;          // the picks written in order through a bitmap (write_best)
   int* ticket;          // [R]
   int* part_count;      // [R * parts]
   uint64_t* part_best;  // [R * parts, k]
@@ -85,6 +87,7 @@ struct StreamLayout {
 
   StreamLayout(const TopkParams& p, void* workspace) {
     parts = parts_of(p);
+    marked = env_is("LCATTN_TOPK_MARKED", "1") && p.N <= kMarkedEntries;
     WorkspaceCarver carve(workspace);
     ticket = carve.take<int>(size_t(p.R));
     ticket_bytes = carve.bytes();
@@ -143,10 +146,40 @@ __device__ __noinline__ uint64_t cut(uint64_t* buffer, int n, int k, uint32_t* h
   return kth;
 }
 
-// The k best of the buffer's n composites, their indices ascending into out [k], then -1.
+// The m indices of picked (distinct, in [0, N)) ascending into out: each marked in a bitmap of the
+// row's entries in `words` [ceil(N / 32)], then thread t writes the marks of its words after those
+// of the threads before it (an odd number of words a thread, so that the lanes read distinct banks).
+// warp_sums: [kThreads / 32] of scratch.
+__device__ void write_marked(const int* picked, int m, int N, uint32_t* words, int* warp_sums, int* out) {
+  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  const int count = (N + 31) / 32, per = ((count + kThreads - 1) / kThreads) | 1;
+  for (int x = t; x < count; x += kThreads) words[x] = 0u;
+  __syncthreads();
+  for (int i = t; i < m; i += kThreads) atomicOr(&words[picked[i] / 32], 1u << (picked[i] % 32));
+  __syncthreads();
+  const int begin = min(count, t * per), end = min(count, begin + per);
+  int mine = 0;
+  for (int x = begin; x < end; ++x) mine += __popc(words[x]);
+  int upto = mine;  // inclusive sum over the warp, then the warps before
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, upto, o);
+    if (lane >= o) upto += y;
+  }
+  if (lane == 31) warp_sums[warp] = upto;
+  __syncthreads();
+  int at = upto - mine;
+  for (int w = 0; w < warp; ++w) at += warp_sums[w];
+  for (int x = begin; x < end; ++x)
+    for (uint32_t bits = words[x]; bits != 0u; bits &= bits - 1u) out[at++] = 32 * x + __ffs(bits) - 1;
+}
+
+// The k best of the buffer's n composites, their indices ascending into out [k], then -1: with
+// `marked` (rows of up to kMarkedEntries) through a bitmap of the row over the buffer, which is
+// free once the picks are out of it, else by a bitonic sort of the picks.
 template <int kCopies, bool kLean>
-__device__ void write_best(uint64_t* buffer, int n, int k, int* sorted, uint32_t* hist, int* state, int* picks,
-                           int* out) {
+__device__ void write_best(uint64_t* buffer, int n, int k, int N, bool marked, int* sorted, uint32_t* hist, int* state,
+                           int* picks, int* out) {
   const uint64_t kth = n > k ? kth_in_buffer<kCopies, kLean>(buffer, n, k, hist, state) : 1;
   if (threadIdx.x == 0) *picks = 0;
   __syncthreads();
@@ -154,6 +187,11 @@ __device__ void write_best(uint64_t* buffer, int n, int k, int* sorted, uint32_t
     if (buffer[x] >= kth) sorted[atomicAdd(picks, 1)] = topk_composite_index(buffer[x]);
   __syncthreads();
   const int m = *picks;  // min(n, k)
+  if (marked) {
+    write_marked(sorted, m, N, reinterpret_cast<uint32_t*>(buffer), reinterpret_cast<int*>(hist), out);
+    for (int x = m + threadIdx.x; x < k; x += kThreads) out[x] = -1;
+    return;
+  }
   int m2 = 1;
   while (m2 < m) m2 <<= 1;
   for (int x = m + threadIdx.x; x < m2; x += kThreads) sorted[x] = INT_MAX;
@@ -258,7 +296,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
   int n = *count;  // after the last tile's barriers
   int* out = p.indices + int64_t(row) * p.k;
   if (l.parts == 1) {
-    write_best<kCopies, kLean>(buffer, n, p.k, sorted, hist, state, ints + 4, out);
+    write_best<kCopies, kLean>(buffer, n, p.k, p.N, l.marked, sorted, hist, state, ints + 4, out);
     return;
   }
   // Several parts: this part's k best to the workspace; the row's last CTA to finish merges them.
@@ -284,7 +322,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
     total += nq;
   }
   __syncthreads();
-  write_best<kCopies, kLean>(buffer, total, p.k, sorted, hist, state, ints + 4, out);
+  write_best<kCopies, kLean>(buffer, total, p.k, p.N, l.marked, sorted, hist, state, ints + 4, out);
 }
 
 }  // namespace
