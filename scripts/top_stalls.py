@@ -22,6 +22,8 @@ def main() -> None:
     path, top = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 40
     with open(path, newline="") as f:
         lines = [line for line in f if line.startswith('"')]  # the CSV rows, without ncu's banner
+    # Newer ncu writes a "Kernel Name" row before the header: start at the header.
+    lines = lines[next((i for i, line in enumerate(lines) if "Warp Stall Sampling" in line), 0):]
     rows = list(csv.DictReader(lines))
     if not rows:
         sys.exit(f"no rows in {path}")

@@ -190,25 +190,6 @@ def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, reads_e4m3):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("B,S,N,HI,q_start", [(2, 33, 300, 64, [0, 700]), (3, 70, 1000, 40, [0, 1000, 133]),
-                                              (1, 513, 4100, 64, [16384 - 513])])
-def test_indexer_fp8_keys_in_registers_cuda(monkeypatch, B, S, N, HI, q_start):
-    """LCATTN_INDEXER_KEYS_IN_REGS=1: the e4m3 prefill kernel with its keys as register operands of the
-    products gives the scores of the shared-memory form, bit for bit, and the reference's within fp8
-    wgmma's rounding."""
-    (q8, w8, k8, qs, key_scales), _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
-    shared = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
-    monkeypatch.setenv("LCATTN_INDEXER_KEYS_IN_REGS", "1")
-    mine = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
-    assert_close(mine, reference.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales), 5e-4,
-                 "e4m3 scores, keys in registers")
-    assert torch.equal(mine, shared)
-    kernels = kernels_of(lambda: ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales))
-    if kernels:  # none under compute-sanitizer
-        assert "indexer_scores_sm90_kernel<1, true>" in kernels, kernels
-
-
-@pytest.mark.cuda
 def test_indexer_misaligned_inputs_cuda():
     """A contiguous view that starts off a 16-byte boundary gets an [lcattn] error, not a misaligned
     vector load (which would end the CUDA context)."""
@@ -496,16 +477,15 @@ def test_indexer_topk_fused_graph_replay_cuda(monkeypatch):
 @pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
                                       (64, 262144, 512), (300, 40000, 512), (16, 262144, 2048), (4100, 16384, 300),
                                       (5, 1100003, 600), (1, 16384, 1), (3, 50001, 1)])
-@pytest.mark.parametrize("switch", ["", "LCATTN_TOPK_HIST_COPIES=8", "LCATTN_TOPK_LEAN=1", "LCATTN_TOPK_MARKED=1"])
-def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, switch):
-    """The one-read top-k (the default for rows it takes), also with 8 counters a radix bin, in its
-    lean form and writing through a bitmap: the same indices as the one-CTA kernel on rows with
-    +inf, -inf, NaN and ties (a tied row cuts at one key; a row of -0.0 and +0.0, which the keys
-    order and floats do not), a rising row (every entry beats the
+def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
+    """The one-read top-k (LCATTN_TOPK_STREAM=1 makes it take rows too few to fill the SMs): the same
+    indices as the one-CTA kernel on rows with
+    +inf, -inf, NaN and ties (a tied row cuts at one key; a row of -0.0 and +0.0), a rising row (every entry beats the
     threshold: a cut a tile), a falling one and one with fewer candidates than k; rows in one part
     and in several (merged by the last CTA), the best of a row in its last part; rows of N not a
-    multiple of 4 (single loads) and of a multiple (16-byte loads); repeatable, and the stream kernel
-    is the one that ran."""
+    multiple of 4 (single loads) and of a multiple (16-byte loads); picks written through a bitmap of
+    the row (up to 393,216 entries) and sorted (longer rows); repeatable, and the stream kernel is the
+    one that ran."""
     scores = torch.randn(rows, N, device="cuda")
     scores[0, ::5] = float("-inf")
     scores[0, : min(N, 9)] = float("inf")
@@ -523,8 +503,7 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, switch)
         scores[5, ::1000] = 1.0
     scores[-1, N - 6] = 100.0  # the row's best, in its last part
     one = one_cta_topk(monkeypatch, scores, k)
-    if switch:
-        monkeypatch.setenv(*switch.split("="))
+    monkeypatch.setenv("LCATTN_TOPK_STREAM", "1")
     stream = ops.topk_indices(scores, k)
     check_topk(stream, scores, k)
     assert torch.equal(stream, one)
@@ -535,6 +514,25 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, switch)
 
 
 @pytest.mark.cuda
+def test_stream_topk_takes_rows_that_fill_the_sms_cuda(monkeypatch):
+    """By default the one-read top-k takes rows whose parts fill the SMs (64 rows of 262,144) and leaves
+    fewer (one row) to the split kernels, which are faster there; indexer_topk whose full blocks take
+    it and whose short last block does not (the workspace sized for both) picks what the split path
+    picks."""
+    for rows, stream in ((1, False), (64, True)):
+        scores = torch.randn(rows, 262144, device="cuda")
+        picked = ops.topk_indices(scores, 512)
+        check_topk(picked, scores, 512)
+        kernels = kernels_of(lambda s=scores: ops.topk_indices(s, 512))
+        if kernels:  # none under compute-sanitizer
+            assert ("topk_stream_kernel" in kernels) == stream, kernels
+    args = make_indexer(1, 150, 70000, 64, 128, "cuda", [280000 - 150])
+    mixed = ops.indexer_topk(*args, k=512, ratio=4, block_rows=140)  # blocks of 140 and 10 rows
+    monkeypatch.setenv("LCATTN_TOPK_STREAM", "0")
+    assert torch.equal(mixed, ops.indexer_topk(*args, k=512, ratio=4, block_rows=140))
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
 @pytest.mark.parametrize("rows,block_rows", [(1, 7), (20, 128), (500, 500)])
@@ -542,7 +540,8 @@ def test_stream_topk_graph_replay_and_indexer_cuda(monkeypatch, rows, block_rows
     """The one-read top-k replayed in a CUDA graph with new scores (its tickets are zeroed on every
     replay) picks what an eager call picks; and indexer_topk's blocks of rows through it (a last
     block shorter than the one the workspace was sized for, which takes more parts a row) pick what
-    they pick with the split top-k (LCATTN_TOPK_STREAM=0)."""
+    they pick with the split top-k (LCATTN_TOPK_STREAM=0). LCATTN_TOPK_STREAM=1: every block takes it."""
+    monkeypatch.setenv("LCATTN_TOPK_STREAM", "1")
     scores = torch.randn(rows, 70000, device="cuda")
     graph, picked = capture(lambda: ops.topk_indices(scores, 512))
     for step in range(3):

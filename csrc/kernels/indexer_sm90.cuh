@@ -47,34 +47,6 @@ __device__ __forceinline__ void issue_pair_products(float (&acc)[2][64], const u
   wgmma_commit();
 }
 
-// Warpgroup wg's keys of an e4m3 key tile as wgmma A fragments: a[t][ks] of m64 tile t (keys 128 wg
-// + 64 t ..) and k-step ks, rows warp * 16 + lane / 4 (+ 8), bytes 32 ks + 4 (lane % 4) (+ 16).
-__device__ __forceinline__ void load_key_fragments(uint32_t (&a)[2][4][4], const uint8_t* keys, int wg) {
-  const int warp = threadIdx.x % 128 / 32, lane = threadIdx.x % 32;
-  const uint32_t base = smem_addr(keys) + 4 * (lane % 4);
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int row = 128 * wg + 64 * t + warp * 16 + lane / 4 + 8 * (j % 2), unit = 2 * ks + j / 2;
-        a[t][ks][j] = lds_u32(base + swizzled(row, unit));
-      }
-}
-
-// issue_pair_products for e4m3 keys held in registers (load_key_fragments): the products read only
-// the pair's q from shared memory, two thirds of the bytes of the shared-memory form.
-__device__ __forceinline__ void issue_pair_products_keys_in_regs(float (&acc)[2][64], const uint32_t (&a)[2][4][4],
-                                                                 const uint8_t* q) {
-  wgmma_fence();
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) wgmma_m64n128k32_e4m3_rs(acc[t], a[t][ks], smem_desc(q + ks * 32, 16, 1024), ks > 0);
-  wgmma_commit();
-}
-
 // Waits for issue_pair_products's group; then its accumulators may be read.
 __device__ __forceinline__ void wait_pair_products(float (&acc)[2][64]) {
   wgmma_wait<0>();

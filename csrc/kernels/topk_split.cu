@@ -510,9 +510,9 @@ bool topk_split_applies(const TopkParams& p) { return p.R >= 1 && p.N >= kMinEnt
 
 }  // namespace
 
+// Sized for either path: a call of fewer rows (indexer_topk's last block) may take the other one.
 size_t topk_split_workspace_bytes(const TopkParams& p) {
-  if (topk_stream_takes(p)) return topk_stream_workspace_bytes(p);
-  return topk_split_applies(p) ? Layout(p, nullptr).bytes : 0;
+  return std::max(topk_stream_workspace_bytes(p), topk_split_applies(p) ? Layout(p, nullptr).bytes : size_t(0));
 }
 
 cudaError_t topk_split_cuda(const TopkParams& all, cudaStream_t stream) {

@@ -1,5 +1,7 @@
-// Top-k of long rows in one read (SPEC 4's contract): rows of 16K entries or more, 1 <= k <= 2048;
-// LCATTN_TOPK_STREAM=0 leaves them to topk_split.cu's kernels. Each row is cut into P parts (enough
+// Top-k of long rows in one read (SPEC 4's contract): rows of 16K entries or more, 1 <= k <= 2048,
+// and rows enough for a CTA an SM (below that topk_split.cu's kernels are faster: 1 x 262,144 28
+// against 48 us on an H100); LCATTN_TOPK_STREAM=0 leaves every row to topk_split.cu, =1 takes every
+// row of 16K entries or more here. Each row is cut into P parts (enough
 // CTAs for three an SM over all rows, each part at least two tiles), one CTA a part. A CTA streams its part once in
 // tiles of 4096 entries (a thread's 16 entries of the next tile in flight while it sifts this one; 16-byte loads when
 // rows are 16-byte aligned) and keeps the entries whose key is above its threshold in a buffer of composites
@@ -7,9 +9,10 @@
 // key becomes the threshold: the k-th of a subset of the row, so a lower bound on the row's k-th. An entry whose key
 // equals it comes after those k (tiles go in index order), so it is never among the row's k best, and no pick is
 // dropped. At the end each part's k best go to the workspace, and the last CTA of the row to finish (a ticket) selects
-// the row's k from the parts', sorts their indices (bitonic, in shared memory; or, with LCATTN_TOPK_MARKED=1, marks
-// them in a bitmap of the row) and writes them, then -1; with one part the CTA does that itself. One kernel and a
-// memset of the tickets per call; the same picks as the other top-k kernels (ties to the lower index), on every run.
+// the row's k from the parts', marks their indices in a bitmap of the row over the buffer (a bitonic sort past 393,216
+// entries) and writes them in order, then -1; with one part
+// the CTA does that itself. One kernel and a memset of the tickets per call; the same picks as the
+// other top-k kernels (ties to the lower index), on every run.
 #include <algorithm>
 #include <climits>
 
@@ -30,36 +33,21 @@ constexpr int kMaxK = kCap - kTile;                                    // 2048: 
 constexpr int kCtasPerSm = 3;
 constexpr int kMinEntries = 16384;
 constexpr int kMinPartTiles = 2;
-// Dynamic shared memory: the buffer, the picks' indices to sort, the radix histogram (kCopies
-// counters a bin, kth_largest_composite), then ints: [0, 3) the select's state, 3 the buffer's
-// count, 4 the picks' count, 5 the ticket.
-constexpr size_t smem_bytes(int copies) {
-  return kCap * sizeof(uint64_t) + kMaxK * sizeof(int) + topk_hist_words(copies) * sizeof(uint32_t) + 8 * sizeof(int);
-}
-// Counters a histogram bin: LCATTN_TOPK_HIST_COPIES=8 gives each bin 8, one for each lane % 8.
-int hist_copies() { return env_int("LCATTN_TOPK_HIST_COPIES", 1) == 8 ? 8 : 1; }
-// LCATTN_TOPK_LEAN=1: the radix passes read 4 composites a thread at a time, unrolled (not one a
-// loop trip with its own branch), and count without a branch (kth_largest_composite's kBranchless);
-// a tile is sifted by a float compare with the threshold's value, not by each entry's key.
-bool lean() { return env_is("LCATTN_TOPK_LEAN", "1"); }
-
-// The float whose topk_key is key, for a threshold: key 0 (take every candidate) is -inf. Thresholds
-// are keys of candidates, so never those of NaN.
-__device__ __forceinline__ float key_value(uint32_t key) {
-  if (key == 0u) return -INFINITY;
-  return __uint_as_float(key & 0x80000000u ? key & 0x7FFFFFFFu : ~key);
-}
+// Dynamic shared memory: the buffer, the picks' indices to sort, the radix histogram, then ints:
+// [0, 3) the select's state, 3 the buffer's count, 4 the picks' count, 5 the ticket.
+constexpr size_t kSmemBytes = kCap * sizeof(uint64_t) + kMaxK * sizeof(int) + 256 * sizeof(uint32_t) + 8 * sizeof(int);
 
 constexpr int kMaxWave = kCtasPerSm * 256;  // the workspace holds the parts of this many CTAs
 constexpr int kMarkedEntries = kCap * 64;   // a bitmap of the row over the buffer: 393,216 entries
 
 // CTAs for one wave over the current device, at most kMaxWave (the workspace does not depend on
 // the device: it may be sized before the call's device is made current).
-int wave_ctas() {
+int sm_count() {
   int device = 0, sms = 0;
   if (cudaGetDevice(&device) == cudaSuccess) sms = device_sm_count(device);
-  return std::min(kMaxWave, kCtasPerSm * (sms > 0 ? sms : 132));
+  return sms > 0 ? sms : 132;
 }
+int wave_ctas() { return std::min(kMaxWave, kCtasPerSm * sm_count()); }
 
 __host__ __device__ inline int tiles_of(int N) { return (N - 1) / kTile + 1; }  // N >= 1
 
@@ -79,7 +67,6 @@ int parts_of(const TopkParams& p) {
 // target when parts > 1).
 struct StreamLayout {
   int parts;
-  bool marked;          // the picks written in order through a bitmap (write_best)
   int* ticket;          // [R]
   int* part_count;      // [R * parts]
   uint64_t* part_best;  // [R * parts, k]
@@ -87,7 +74,6 @@ struct StreamLayout {
 
   StreamLayout(const TopkParams& p, void* workspace) {
     parts = parts_of(p);
-    marked = env_is("LCATTN_TOPK_MARKED", "1") && p.N <= kMarkedEntries;
     WorkspaceCarver carve(workspace);
     ticket = carve.take<int>(size_t(p.R));
     ticket_bytes = carve.bytes();
@@ -100,24 +86,10 @@ struct StreamLayout {
 __device__ __forceinline__ void block_sync() { __syncthreads(); }
 
 // The k-th largest of the first n composites of buffer (n > k), by the whole block.
-template <int kCopies, bool kLean>
 __device__ __forceinline__ uint64_t kth_in_buffer(const uint64_t* buffer, int n, int k, uint32_t* hist, int* state) {
-  return kth_largest_composite<kThreads, kCopies, kLean>(
+  return kth_largest_composite<kThreads>(
       [&](auto&& f) {
-        if constexpr (kLean) {
-          for (int g = 0; g < n; g += 4 * kThreads) {
-            uint64_t v[4];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int x = g + threadIdx.x + kThreads * j;
-              v[j] = x < n ? buffer[x] : 0;  // 0 is skipped
-            }
-#pragma unroll
-            for (int j = 0; j < 4; ++j) f(v[j]);
-          }
-        } else {
-          for (int x = threadIdx.x; x < n; x += kThreads) f(buffer[x]);
-        }
+        for (int x = threadIdx.x; x < n; x += kThreads) f(buffer[x]);
       },
       k, hist, state, threadIdx.x, block_sync);
 }
@@ -125,9 +97,8 @@ __device__ __forceinline__ uint64_t kth_in_buffer(const uint64_t* buffer, int n,
 // Cuts the buffer's n composites (n > k) to its k largest, in place; returns the k-th. Groups of 4
 // entries a thread are read, then their survivors written after the survivors before them: the
 // writes land below the entries read so far, so nothing is overwritten before it is read.
-template <int kCopies, bool kLean>
 __device__ __noinline__ uint64_t cut(uint64_t* buffer, int n, int k, uint32_t* hist, int* state, int* count) {
-  const uint64_t kth = kth_in_buffer<kCopies, kLean>(buffer, n, k, hist, state);
+  const uint64_t kth = kth_in_buffer(buffer, n, k, hist, state);
   if (threadIdx.x == 0) *count = 0;
   __syncthreads();
   for (int g = 0; g < n; g += 4 * kThreads) {
@@ -174,20 +145,19 @@ __device__ void write_marked(const int* picked, int m, int N, uint32_t* words, i
     for (uint32_t bits = words[x]; bits != 0u; bits &= bits - 1u) out[at++] = 32 * x + __ffs(bits) - 1;
 }
 
-// The k best of the buffer's n composites, their indices ascending into out [k], then -1: with
-// `marked` (rows of up to kMarkedEntries) through a bitmap of the row over the buffer, which is
-// free once the picks are out of it, else by a bitonic sort of the picks.
-template <int kCopies, bool kLean>
-__device__ void write_best(uint64_t* buffer, int n, int k, int N, bool marked, int* sorted, uint32_t* hist, int* state,
-                           int* picks, int* out) {
-  const uint64_t kth = n > k ? kth_in_buffer<kCopies, kLean>(buffer, n, k, hist, state) : 1;
+// The k best of the buffer's n composites, their indices ascending into out [k], then -1: for rows
+// of up to kMarkedEntries through a bitmap of the row over the buffer (free once the picks are out
+// of it), else by a bitonic sort of the picks.
+__device__ void write_best(uint64_t* buffer, int n, int k, int N, int* sorted, uint32_t* hist, int* state, int* picks,
+                           int* out) {
+  const uint64_t kth = n > k ? kth_in_buffer(buffer, n, k, hist, state) : 1;
   if (threadIdx.x == 0) *picks = 0;
   __syncthreads();
   for (int x = threadIdx.x; x < n; x += kThreads)
     if (buffer[x] >= kth) sorted[atomicAdd(picks, 1)] = topk_composite_index(buffer[x]);
   __syncthreads();
   const int m = *picks;  // min(n, k)
-  if (marked) {
+  if (N <= kMarkedEntries) {
     write_marked(sorted, m, N, reinterpret_cast<uint32_t*>(buffer), reinterpret_cast<int*>(hist), out);
     for (int x = m + threadIdx.x; x < k; x += kThreads) out[x] = -1;
     return;
@@ -239,14 +209,14 @@ __device__ __forceinline__ void load_tile(const float* row, int N, int tile, flo
   }
 }
 
-// grid (R, parts), kThreads threads, smem_bytes(kCopies) of dynamic shared memory.
-template <bool kVec, int kCopies, bool kLean>
+// grid (R, parts), kThreads threads, kSmemBytes of dynamic shared memory.
+template <bool kVec>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const TopkParams p, const StreamLayout l) {
   extern __shared__ uint64_t stream_smem[];
-  uint64_t* buffer = stream_smem;                                       // [kCap]
-  int* sorted = reinterpret_cast<int*>(buffer + kCap);                  // [kMaxK]
-  uint32_t* hist = reinterpret_cast<uint32_t*>(sorted + kMaxK);         // [topk_hist_words(kCopies)]
-  int* ints = reinterpret_cast<int*>(hist + topk_hist_words(kCopies));  // [8]
+  uint64_t* buffer = stream_smem;                                // [kCap]
+  int* sorted = reinterpret_cast<int*>(buffer + kCap);           // [kMaxK]
+  uint32_t* hist = reinterpret_cast<uint32_t*>(sorted + kMaxK);  // [256]
+  int* ints = reinterpret_cast<int*>(hist + 256);                // [8]
   int* state = ints;
   int* count = ints + 3;
   const int row = blockIdx.x, part = blockIdx.y, t = threadIdx.x, lane = t % 32;
@@ -261,17 +231,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
   for (int tile = tile_begin; tile < tile_end; ++tile) {
     if (tile + 1 < tile_end) load_tile<kVec>(scores, p.N, tile + 1, next);
     uint32_t taken = 0u;
-    if constexpr (kLean) {
-      // key(v) > threshold as floats: the same order but for -0 < +0, which the keys tell apart.
-      const float bar = key_value(threshold);
-      const bool bar_is_minus_zero = threshold == 0x7FFFFFFFu;
 #pragma unroll
-      for (int j = 0; j < kLoads; ++j)
-        taken |= (v[j] > bar || (bar_is_minus_zero && __float_as_uint(v[j]) == 0u) ? 1u : 0u) << j;
-    } else {
-#pragma unroll
-      for (int j = 0; j < kLoads; ++j) taken |= (topk_key(v[j]) > threshold ? 1u : 0u) << j;
-    }
+    for (int j = 0; j < kLoads; ++j) taken |= (topk_key(v[j]) > threshold ? 1u : 0u) << j;
     const int mine = __popc(taken);
     int upto = mine;  // inclusive sum over the warp
 #pragma unroll
@@ -288,20 +249,19 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
     __syncthreads();  // the tile's appends are in
     const int n = *count;
     __syncthreads();  // read by all before a cut changes it
-    if (n > kCap - kTile)
-      threshold = max(threshold, topk_composite_key(cut<kCopies, kLean>(buffer, n, p.k, hist, state, count)));
+    if (n > kCap - kTile) threshold = max(threshold, topk_composite_key(cut(buffer, n, p.k, hist, state, count)));
 #pragma unroll
     for (int j = 0; j < kLoads; ++j) v[j] = next[j];
   }
   int n = *count;  // after the last tile's barriers
   int* out = p.indices + int64_t(row) * p.k;
   if (l.parts == 1) {
-    write_best<kCopies, kLean>(buffer, n, p.k, p.N, l.marked, sorted, hist, state, ints + 4, out);
+    write_best(buffer, n, p.k, p.N, sorted, hist, state, ints + 4, out);
     return;
   }
   // Several parts: this part's k best to the workspace; the row's last CTA to finish merges them.
   if (n > p.k) {
-    cut<kCopies, kLean>(buffer, n, p.k, hist, state, count);
+    cut(buffer, n, p.k, hist, state, count);
     n = p.k;
   }
   const int64_t slot = int64_t(row) * l.parts + part;
@@ -322,41 +282,36 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
     total += nq;
   }
   __syncthreads();
-  write_best<kCopies, kLean>(buffer, total, p.k, p.N, l.marked, sorted, hist, state, ints + 4, out);
+  write_best(buffer, total, p.k, p.N, sorted, hist, state, ints + 4, out);
+}
+
+// Rows the kernel can take: 16K entries or more, 1 <= k <= kMaxK, unless LCATTN_TOPK_STREAM=0.
+bool stream_fits(const TopkParams& p) {
+  return !env_is("LCATTN_TOPK_STREAM", "0") && p.N >= kMinEntries && p.k >= 1 && p.k <= kMaxK && p.R >= 1 &&
+         p.R <= INT_MAX;
 }
 
 }  // namespace
 
 bool topk_stream_takes(const TopkParams& p) {
-  return !env_is("LCATTN_TOPK_STREAM", "0") && p.N >= kMinEntries && p.k >= 1 && p.k <= kMaxK && p.R >= 1 &&
-         p.R <= INT_MAX;
+  if (!stream_fits(p)) return false;
+  // Rows whose parts fill every SM (parts are capped by the merge buffer and the row's tiles).
+  const int64_t parts_cap = std::min<int64_t>(kCap / p.k, std::max(1, tiles_of(p.N) / kMinPartTiles));
+  return env_is("LCATTN_TOPK_STREAM", "1") || p.R * parts_cap >= sm_count();
 }
 
-size_t topk_stream_workspace_bytes(const TopkParams& p) {
-  return topk_stream_takes(p) ? StreamLayout(p, nullptr).bytes : 0;
-}
+size_t topk_stream_workspace_bytes(const TopkParams& p) { return stream_fits(p) ? StreamLayout(p, nullptr).bytes : 0; }
 
 cudaError_t topk_stream_cuda(const TopkParams& p, cudaStream_t stream) {
   if (!topk_stream_takes(p) || !p.split_workspace) return cudaErrorInvalidValue;
   const StreamLayout l(p, p.split_workspace);
   const bool vec = p.N % 4 == 0 && reinterpret_cast<uintptr_t>(p.scores) % 16 == 0;
-  const int copies = hist_copies();
-  const bool is_lean = lean();
-  using Kernel = void (*)(const TopkParams, const StreamLayout);
-  static constexpr Kernel kernels[2][2][2] = {
-      // [copies == 8][lean][vec]
-      {{topk_stream_kernel<false, 1, false>, topk_stream_kernel<true, 1, false>},
-       {topk_stream_kernel<false, 1, true>, topk_stream_kernel<true, 1, true>}},
-      {{topk_stream_kernel<false, 8, false>, topk_stream_kernel<true, 8, false>},
-       {topk_stream_kernel<false, 8, true>, topk_stream_kernel<true, 8, true>}}};
-  const Kernel kernel = kernels[copies == 8][is_lean][vec];
-  const size_t smem = smem_bytes(copies);
-  static PerDevice<cudaError_t> smem_limit[2][2][2];
-  cudaError_t err =
-      allow_dynamic_smem(smem_limit[copies == 8][is_lean][vec], reinterpret_cast<const void*>(kernel), int(smem));
+  const auto kernel = vec ? topk_stream_kernel<true> : topk_stream_kernel<false>;
+  static PerDevice<cudaError_t> smem_limit[2];
+  cudaError_t err = allow_dynamic_smem(smem_limit[vec], reinterpret_cast<const void*>(kernel), int(kSmemBytes));
   if (err == cudaSuccess && l.parts > 1) err = cudaMemsetAsync(l.ticket, 0, l.ticket_bytes, stream);
   if (err != cudaSuccess) return err;
-  kernel<<<dim3(unsigned(p.R), unsigned(l.parts)), kThreads, smem, stream>>>(p, l);
+  kernel<<<dim3(unsigned(p.R), unsigned(l.parts)), kThreads, kSmemBytes, stream>>>(p, l);
   return cudaGetLastError();
 }
 

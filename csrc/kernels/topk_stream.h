@@ -1,4 +1,4 @@
-// The one-read top-k of topk_stream.cu, taken by topk_split_cuda unless LCATTN_TOPK_STREAM=0.
+// The one-read top-k of topk_stream.cu, taken by topk_split_cuda for the rows it takes.
 #pragma once
 #include <cstddef>
 
@@ -6,10 +6,11 @@
 
 namespace lcattn {
 
-// Whether it takes p: LCATTN_TOPK_STREAM is not 0, N >= 16384, 1 <= k <= 2048.
+// Whether it takes p: N >= 16384, 1 <= k <= 2048, and rows enough to fill the SMs with their parts
+// (LCATTN_TOPK_STREAM=1: any number of rows; =0: none).
 bool topk_stream_takes(const TopkParams& p);
 // Bytes of p.split_workspace it needs for any call of up to p.R rows with p's N and k (0 when it
-// does not take p).
+// takes no rows of that N and k).
 size_t topk_stream_workspace_bytes(const TopkParams& p);
 cudaError_t topk_stream_cuda(const TopkParams& p, cudaStream_t stream);
 

@@ -57,14 +57,14 @@ def fp8_scores_case(S, N, make, bf16_scores, flops):
 
 
 def topk_cases(quick):
-    for R, N in ((64, 262144), (4096, 32768)) if quick else ((1, 262144), (64, 262144), (4096, 8192), (4096, 32768),
-                                                              (4096, 131072), (4096, 262144)):
+    for R, N in ((64, 262144), (4096, 32768)) if quick else ((1, 262144), (16, 262144), (64, 262144), (4096, 8192),
+                                                              (4096, 32768), (4096, 131072), (4096, 262144)):
         def make(R=R, N=N):
             s = torch.randn(R, N, device=DEV)
             return lambda: ops.topk_indices(s, 512)
         def base(R=R, N=N):
             s = torch.randn(R, N, device=DEV)
             return lambda: torch.topk(s, 512, dim=-1)
-        # Rows of a 4096-query prefill chunk form the context curve; 1 and 64 rows are decode batches.
+        # Rows of a 4096-query prefill chunk form the context curve; 1, 16 and 64 rows are decode batches.
         yield ("topk_indices", f"rows={R} N={N} k=512", 0, 4 * R * N, make, {"torch.topk": base},
                4 * N if R == 4096 else 0)

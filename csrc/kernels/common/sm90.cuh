@@ -19,11 +19,6 @@ __device__ __forceinline__ uint8_t lds_u8(uint32_t addr) {
   asm volatile("ld.shared.u8 %0, [%1];\n" : "=h"(v) : "r"(addr));
   return static_cast<uint8_t>(v);
 }
-__device__ __forceinline__ uint32_t lds_u32(uint32_t addr) {
-  uint32_t v;
-  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
-  return v;
-}
 __device__ __forceinline__ uint2 lds_v2(uint32_t addr) {
   uint2 v;
   asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr));
@@ -199,18 +194,6 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3_ss(float (&d)[64], uint64_
   LCATTN_WGMMA_M64N128_SS("m64n128k32.f32.e4m3.e4m3", "");
 }
 #undef LCATTN_WGMMA_M64N128_SS
-
-// D[64x128] (+)= A[64x32] (registers: a[0..3] = rows r, r + 8 of this thread's warp, bytes 4 t .. 4 t
-// + 3 and 16 + 4 t .. for r = lane / 4, t = lane % 4, as mma.m16n8k32) B[128x32]^T in e4m3.
-__device__ __forceinline__ void wgmma_m64n128k32_e4m3_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b,
-                                                         int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {" LCATTN_ACC_NAMES_0_31 ", " LCATTN_ACC_NAMES_32_63
-      "}, {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
-      : LCATTN_ACC_0_31(d), LCATTN_ACC_32_63(d)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
-}
 
 // A D[64x256] bf16 wgmma with B MN-major in shared memory: the 128 accumulators %0-%127, then the
 // A operand (`a_operand`, from %128 on), the B descriptor and the accumulate flag (`tail` names them

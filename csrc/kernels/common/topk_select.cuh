@@ -18,53 +18,24 @@ __device__ __forceinline__ uint32_t topk_composite_key(uint64_t c) { return uint
 // least k of them): for_each_value(f) calls f(v) for each of this thread's values (zeros are
 // skipped); sync() is the group's barrier. A radix select, 8 bits a pass from the top, that stops
 // once the values left with the prefix are exactly those still to take, so that the values >= the
-// result are exactly k. hist [topk_hist_words(kCopies)] (256 words with one copy and branches) and
-// state [3] are the group's shared scratch;
-// threads 0-31 of the group (tid < 32) scan the histogram. Ends with a sync; hist and state may be
-// reused after the next. With kCopies > 1 (a multiple of 4) each bin has that many counters side by
-// side, lane l counting into copy l % kCopies, summed per bin before the scan: the values of a row
-// concentrate in few bins (a pass over the key's top byte sees one or two binades), and lanes
-// adding to one shared address are served one after another. kBranchless: a value outside the
-// prefix adds to a spare bin (256) instead of branching around its atomic; a warp's adds to one
-// address are one ATOMS.POPC.INC.
-constexpr int topk_hist_words(int copies) { return copies > 1 ? 257 * copies + 256 : 257; }
-
-template <int kGroup, int kCopies = 1, bool kBranchless = false, class ForEachValue, class Sync>
+// result are exactly k. hist [256] and state [3] are the group's shared scratch; threads 0-31 of the
+// group (tid < 32) scan the histogram. Ends with a sync; hist and state may be reused after the next.
+template <int kGroup, class ForEachValue, class Sync>
 __device__ __forceinline__ uint64_t kth_largest_composite(ForEachValue&& for_each_value, int k, uint32_t* hist,
                                                           int* state, int tid, Sync&& sync) {
   uint64_t prefix = 0, mask = 0;
   int need = k;
   for (int shift = 56; shift >= 0; shift -= 8) {
-    for (int x = tid; x < 256 * kCopies; x += kGroup) hist[x] = 0;
+    for (int x = tid; x < 256; x += kGroup) hist[x] = 0;
     sync();
-    const uint32_t copy = uint32_t(tid) % 32 % kCopies;
     for_each_value([&](uint64_t v) {
-      const bool in = v != 0 && (v & mask) == prefix;
-      if constexpr (kBranchless)
-        atomicAdd(&hist[(in ? uint32_t(v >> shift) & 255u : 256u) * kCopies + copy], 1u);
-      else if (in)
-        atomicAdd(&hist[((v >> shift) & 255) * kCopies + copy], 1u);
+      if (v != 0 && (v & mask) == prefix) atomicAdd(&hist[(v >> shift) & 255], 1u);
     });
     sync();
-    uint32_t* bins = hist;  // [256] the counts
-    if constexpr (kCopies > 1) {
-      static_assert(kCopies % 4 == 0, "copies are summed 4 at a time");
-      bins = hist + 257 * kCopies;
-      for (int x = tid; x < 256; x += kGroup) {
-        uint32_t sum = 0;
-#pragma unroll
-        for (int r = 0; r < kCopies; r += 4) {
-          const uint4 c = *reinterpret_cast<const uint4*>(hist + x * kCopies + r);
-          sum += c.x + c.y + c.z + c.w;
-        }
-        bins[x] = sum;
-      }
-      sync();
-    }
     if (tid < 32) {  // lane l holds bins 8 l .. 8 l + 7; `from` counts the values in bins >= 8 l
       uint32_t c[8], own = 0;
 #pragma unroll
-      for (int t = 0; t < 8; ++t) own += (c[t] = bins[8 * tid + t]);
+      for (int t = 0; t < 8; ++t) own += (c[t] = hist[8 * tid + t]);
       uint32_t from = own;
 #pragma unroll
       for (int o = 1; o < 32; o <<= 1) {
