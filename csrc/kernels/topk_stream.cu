@@ -40,13 +40,14 @@ constexpr size_t kSmemBytes = kCap * sizeof(uint64_t) + kMaxK * sizeof(int) + 25
 constexpr int kMaxWave = kCtasPerSm * 256;  // the workspace holds the parts of this many CTAs
 constexpr int kMarkedEntries = kCap * 64;   // a bitmap of the row over the buffer: 393,216 entries
 
-// CTAs for one wave over the current device, at most kMaxWave (the workspace does not depend on
-// the device: it may be sized before the call's device is made current).
+// The current device's SMs (132 when it cannot be asked).
 int sm_count() {
   int device = 0, sms = 0;
   if (cudaGetDevice(&device) == cudaSuccess) sms = device_sm_count(device);
   return sms > 0 ? sms : 132;
 }
+// CTAs for one wave over the current device, at most kMaxWave (the workspace does not depend on
+// the device: it may be sized before the call's device is made current).
 int wave_ctas() { return std::min(kMaxWave, kCtasPerSm * sm_count()); }
 
 __host__ __device__ inline int tiles_of(int N) { return (N - 1) / kTile + 1; }  // N >= 1
