@@ -377,7 +377,8 @@ def test_split_topk_graph_replay_cuda(monkeypatch, rows, sample):
 @pytest.mark.parametrize("stream", ["0", "1"])
 def test_split_topk_in_indexer_decode_cuda(monkeypatch, stream):
     """indexer_topk at decode (a row per sequence, 64K entries) picks the same entries with the one-CTA
-    top-k as with the split one (LCATTN_TOPK_STREAM=0) and the one-read one (the default)."""
+    top-k as with the split one (LCATTN_TOPK_STREAM=0) and the one-read one (forced by =1: four rows
+    are too few for it by default)."""
     monkeypatch.setenv("LCATTN_TOPK_STREAM", stream)
     shape = MODEL_SHAPES["flash"]
     args = make_indexer(4, 1, 65536, shape["index_heads"], shape["index_dim"], "cuda", [262140, 100000, 5000, 3])
@@ -476,7 +477,8 @@ def test_indexer_topk_fused_graph_replay_cuda(monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
                                       (64, 262144, 512), (300, 40000, 512), (16, 262144, 2048), (4100, 16384, 300),
-                                      (5, 1100003, 600), (1, 16384, 1), (3, 50001, 1)])
+                                      (5, 1100003, 600), (1, 16384, 1), (3, 50001, 1), (2, 393216, 512),
+                                      (2, 393217, 300)])
 def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
     """The one-read top-k (LCATTN_TOPK_STREAM=1 makes it take rows too few to fill the SMs): the same
     indices as the one-CTA kernel on rows with
@@ -484,8 +486,8 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
     threshold: a cut a tile), a falling one and one with fewer candidates than k; rows in one part
     and in several (merged by the last CTA), the best of a row in its last part; rows of N not a
     multiple of 4 (single loads) and of a multiple (16-byte loads); picks written through a bitmap of
-    the row (up to 393,216 entries) and sorted (longer rows); repeatable, and the stream kernel is the
-    one that ran."""
+    the row (up to 393,216 entries: the whole buffer) and sorted (longer rows); repeatable, and the
+    stream kernel is the one that ran."""
     scores = torch.randn(rows, N, device="cuda")
     scores[0, ::5] = float("-inf")
     scores[0, : min(N, 9)] = float("inf")
@@ -519,6 +521,7 @@ def test_stream_topk_takes_rows_that_fill_the_sms_cuda(monkeypatch):
     fewer (one row) to the split kernels, which are faster there; indexer_topk whose full blocks take
     it and whose short last block does not (the workspace sized for both) picks what the split path
     picks."""
+    monkeypatch.delenv("LCATTN_TOPK_STREAM", raising=False)
     for rows, stream in ((1, False), (64, True)):
         scores = torch.randn(rows, 262144, device="cuda")
         picked = ops.topk_indices(scores, 512)
@@ -528,6 +531,9 @@ def test_stream_topk_takes_rows_that_fill_the_sms_cuda(monkeypatch):
             assert ("topk_stream_kernel" in kernels) == stream, kernels
     args = make_indexer(1, 150, 70000, 64, 128, "cuda", [280000 - 150])
     mixed = ops.indexer_topk(*args, k=512, ratio=4, block_rows=140)  # blocks of 140 and 10 rows
+    kernels = kernels_of(lambda: ops.indexer_topk(*args, k=512, ratio=4, block_rows=140))
+    if kernels:  # both paths ran
+        assert "topk_stream_kernel" in kernels and "topk_hist_kernel" in kernels, kernels
     monkeypatch.setenv("LCATTN_TOPK_STREAM", "0")
     assert torch.equal(mixed, ops.indexer_topk(*args, k=512, ratio=4, block_rows=140))
 
