@@ -510,7 +510,8 @@ bool topk_split_applies(const TopkParams& p) { return p.R >= 1 && p.N >= kMinEnt
 
 }  // namespace
 
-// Sized for either path: a call of fewer rows (indexer_topk's last block) may take the other one.
+// Sized for either path: a call of fewer rows (indexer_topk's last block) may take the other one
+// (the one-read kernel's part is 3 MB at k = 512, also for calls it does not take).
 size_t topk_split_workspace_bytes(const TopkParams& p) {
   return std::max(topk_stream_workspace_bytes(p), topk_split_applies(p) ? Layout(p, nullptr).bytes : size_t(0));
 }
