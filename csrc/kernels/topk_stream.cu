@@ -146,9 +146,30 @@ __device__ void write_marked(const int* picked, int m, int N, uint32_t* words, i
     for (uint32_t bits = words[x]; bits != 0u; bits &= bits - 1u) out[at++] = 32 * x + __ffs(bits) - 1;
 }
 
+// The m indices of picked (distinct; [kMaxK] of room) ascending into out, by a bitonic sort in place.
+__device__ void write_sorted(int* picked, int m, int* out) {
+  int m2 = 1;
+  while (m2 < m) m2 <<= 1;
+  for (int x = m + threadIdx.x; x < m2; x += kThreads) picked[x] = INT_MAX;
+  __syncthreads();
+  for (int size = 2; size <= m2; size <<= 1)
+    for (int stride = size / 2; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < m2 / 2; i += kThreads) {
+        const int lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
+        const int a = picked[lo], b = picked[hi];
+        if ((a > b) == ((lo & size) == 0)) {
+          picked[lo] = b;
+          picked[hi] = a;
+        }
+      }
+      __syncthreads();
+    }
+  for (int x = threadIdx.x; x < m; x += kThreads) out[x] = picked[x];
+}
+
 // The k best of the buffer's n composites, their indices ascending into out [k], then -1: for rows
 // of up to kMarkedEntries through a bitmap of the row over the buffer (free once the picks are out
-// of it), else by a bitonic sort of the picks.
+// of it), else sorted.
 __device__ void write_best(uint64_t* buffer, int n, int k, int N, int* sorted, uint32_t* hist, int* state, int* picks,
                            int* out) {
   const uint64_t kth = n > k ? kth_in_buffer(buffer, n, k, hist, state) : 1;
@@ -158,28 +179,11 @@ __device__ void write_best(uint64_t* buffer, int n, int k, int N, int* sorted, u
     if (buffer[x] >= kth) sorted[atomicAdd(picks, 1)] = topk_composite_index(buffer[x]);
   __syncthreads();
   const int m = *picks;  // min(n, k)
-  if (N <= kMarkedEntries) {
+  if (N <= kMarkedEntries)
     write_marked(sorted, m, N, reinterpret_cast<uint32_t*>(buffer), reinterpret_cast<int*>(hist), out);
-    for (int x = m + threadIdx.x; x < k; x += kThreads) out[x] = -1;
-    return;
-  }
-  int m2 = 1;
-  while (m2 < m) m2 <<= 1;
-  for (int x = m + threadIdx.x; x < m2; x += kThreads) sorted[x] = INT_MAX;
-  __syncthreads();
-  for (int size = 2; size <= m2; size <<= 1)  // bitonic sort of m2 indices, ascending
-    for (int stride = size / 2; stride > 0; stride >>= 1) {
-      for (int i = threadIdx.x; i < m2 / 2; i += kThreads) {
-        const int lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
-        const int a = sorted[lo], b = sorted[hi];
-        if ((a > b) == ((lo & size) == 0)) {
-          sorted[lo] = b;
-          sorted[hi] = a;
-        }
-      }
-      __syncthreads();
-    }
-  for (int x = threadIdx.x; x < k; x += kThreads) out[x] = x < m ? sorted[x] : -1;
+  else
+    write_sorted(sorted, m, out);
+  for (int x = m + threadIdx.x; x < k; x += kThreads) out[x] = -1;
 }
 
 // Entry j of this thread in a tile: with kVec (rows 16-byte aligned, N a multiple of 4) 4 float4
