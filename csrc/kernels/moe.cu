@@ -175,8 +175,9 @@ struct GemmConfig {
   GemmWorkspaceFn workspace;
 };
 
-// The CUTLASS tile by rows per expert; LCATTN_GROUPED_GEMM_TILE=n32|n64|n128|n256 overrides it (for
-// tuning, and for tests that run every tile on the same shapes); read per call.
+// The CUTLASS tile (or the GEMV) by rows per expert; LCATTN_GROUPED_GEMM_TILE=n32|n64|n128|n256|gemv
+// overrides it (for tuning, and for tests that run every tile on the same shapes; gemv where
+// gemv_fits); read per call.
 moe_sm90::Tile tile_for(const GroupedGemmParams& p) {
   if (const char* forced = std::getenv("LCATTN_GROUPED_GEMM_TILE")) {
     const std::string name(forced);
@@ -184,6 +185,7 @@ moe_sm90::Tile tile_for(const GroupedGemmParams& p) {
     if (name == "n64") return moe_sm90::Tile::n64;
     if (name == "n128") return moe_sm90::Tile::n128;
     if (name == "n256") return moe_sm90::Tile::n256;
+    if (name == "gemv" && moe_sm90::gemv_fits(p)) return moe_sm90::Tile::gemv;
   }
   return moe_sm90::pick_tile(p);
 }
@@ -199,6 +201,8 @@ GemmConfig gemm_config(const GroupedGemmParams& p) {
       return p.gated ? LCATTN_GEMM_CONFIG(n64_gated) : LCATTN_GEMM_CONFIG(n64);
     case moe_sm90::Tile::n128:
       return p.gated ? LCATTN_GEMM_CONFIG(n128_gated) : LCATTN_GEMM_CONFIG(n128);
+    case moe_sm90::Tile::gemv:
+      return GemmConfig{moe_sm90::grouped_gemv, [](const GroupedGemmParams&) { return size_t(0); }};
     default:
       return p.gated ? LCATTN_GEMM_CONFIG(n256_gated) : LCATTN_GEMM_CONFIG(n256);
   }
@@ -207,8 +211,9 @@ GemmConfig gemm_config(const GroupedGemmParams& p) {
 
 cudaError_t grouped_gemm_cuda(const GroupedGemmParams& p, cudaStream_t stream) {
   if (p.E == 0 || p.M == 0 || p.N == 0) return cudaSuccess;
-  if (p.N % (p.gated ? 16 : 8) || p.K % 8 || !p.workspace) return cudaErrorInvalidValue;
-  return gemm_config(p).run(p, stream);
+  const GemmConfig config = gemm_config(p);
+  if (p.N % (p.gated ? 16 : 8) || p.K % 8 || (!p.workspace && config.workspace(p) > 0)) return cudaErrorInvalidValue;
+  return config.run(p, stream);
 }
 
 }  // namespace
