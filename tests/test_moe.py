@@ -88,7 +88,15 @@ def test_grouped_gemm_masked(device, counts, M, N, K):
         assert (y[e, n:] == 0).all()
 
 
-def test_grouped_gemm_empty_input(device):
+def test_grouped_gemm_empty_input(device, monkeypatch):
+    for tile in ("", "gemv") if device == "cuda" else ("",):  # K = 0: y is zero, on the GEMV too
+        if tile:
+            monkeypatch.setenv("LCATTN_GROUPED_GEMM_TILE", tile)
+        w0 = torch.empty(3, 16, 0, device=device).bfloat16()
+        y = ops.grouped_gemm_contiguous(torch.empty(5, 0, device=device).bfloat16(), w0, as_int([0, 2, 2, 5], device))
+        assert y.shape == (5, 16) and (y == 0).all()
+        y = ops.grouped_gemm_masked(torch.empty(3, 2, 0, device=device).bfloat16(), w0, as_int([1, 0, 2], device))
+        assert y.shape == (3, 2, 16) and (y == 0).all()
     w = expert_weights(3, 16, 8, device)
     y = ops.grouped_gemm_contiguous(torch.empty(0, 8, device=device).bfloat16(), w, as_int([0, 0, 0, 0], device))
     assert y.shape == (0, 16)
@@ -182,12 +190,13 @@ def test_grid_size_does_not_change_output_cuda(monkeypatch, T):
 def test_grouped_gemv_cuda(monkeypatch):
     """The decode GEMV forced (LCATTN_GROUPED_GEMM_TILE=gemv) on irregular shapes in both layouts: runs
     of weight rows that end at each expert, rows per expert past its rounds of 4, a weight row that
-    fills a stage (K = 16384), no expert with rows; bitwise equal on grids of 1, 7 and every SM (each
-    CTA's share of rows moves, not how a row is summed)."""
+    fills a stage (K = 16384), no expert with rows (masked); bitwise equal on grids of 1, 7 and every
+    SM (each CTA's share of rows moves, not how a row is summed)."""
     monkeypatch.setenv("LCATTN_GROUPED_GEMM_TILE", "gemv")
+    torch.manual_seed(0)
     flash_t1 = [1 if e in (3, 40, 77, 150, 201, 255) else 0 for e in range(256)] + [1]  # 6 of 256 + shared
     contiguous = [([3, 0, 9, 1, 0, 5], 40, 24), ([0, 1, 6], 64, 7168), ([2, 1], 24, 16384),
-                  (flash_t1, 1024, 1024), ([0, 0, 0], 16, 32), (random_counts(1000, 12), 32, 64)]
+                  (flash_t1, 1024, 1024), (random_counts(1000, 12), 32, 64)]
     masked = [([3, 0, 9, 1], 9, 264, 72), ([0, 1, 1, 0, 0, 1, 1, 0, 1], 1, 4096, 256), ([0, 0, 0], 2, 16, 8)]
     outputs = []
     for ctas in (None, "1", "7"):
@@ -220,7 +229,7 @@ def test_grouped_gemv_cuda(monkeypatch):
 def test_grouped_gemv_is_picked_for_few_rows_cuda(monkeypatch):
     """With LCATTN_GROUPED_GEMV=1 the heuristic takes the GEMV up to 8 rows per expert (M) and the
     CUTLASS tiles past that; shapes it cannot take (K past a stage, more than 1024 experts, gated)
-    keep the CUTLASS tile even when it is forced."""
+    keep the CUTLASS tile, also when the GEMV is forced."""
     monkeypatch.setenv("LCATTN_GROUPED_GEMV", "1")
     for M, K, E, gemv in ((8, 256, 16, True), (9, 256, 16, False), (2, 16392, 2, False), (2, 64, 1025, False)):
         counts = [M] + [0] * (E - 1)
@@ -232,6 +241,10 @@ def test_grouped_gemv_is_picked_for_few_rows_cuda(monkeypatch):
         names = "\n".join(kernel_profile(call, 1, name_width=None)[2])
         if names:  # none under compute-sanitizer
             assert ("grouped_gemv_kernel" in names) == gemv, (M, K, E, names)
+        if not gemv and M <= 8:
+            monkeypatch.setenv("LCATTN_GROUPED_GEMM_TILE", "gemv")
+            assert torch.equal(ops.grouped_gemm_contiguous(x, w, offsets), y)
+            monkeypatch.delenv("LCATTN_GROUPED_GEMM_TILE")
     monkeypatch.setenv("LCATTN_GROUPED_GEMM_TILE", "gemv")
     T, k, E, D, I = 1, 6, 16, 256, 136
     x = torch.randn(T, D, device="cuda").bfloat16()

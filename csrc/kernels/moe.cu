@@ -211,6 +211,8 @@ GemmConfig gemm_config(const GroupedGemmParams& p) {
 
 cudaError_t grouped_gemm_cuda(const GroupedGemmParams& p, cudaStream_t stream) {
   if (p.E == 0 || p.M == 0 || p.N == 0) return cudaSuccess;
+  if (p.K == 0)  // empty sums: y is zero
+    return cudaMemsetAsync(p.y, 0, sizeof(bf16) * (p.counts ? p.E : 1) * p.M * p.out_cols(), stream);
   const GemmConfig config = gemm_config(p);
   if (p.N % (p.gated ? 16 : 8) || p.K % 8 || (!p.workspace && config.workspace(p) > 0)) return cudaErrorInvalidValue;
   return config.run(p, stream);

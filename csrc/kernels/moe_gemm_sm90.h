@@ -32,7 +32,9 @@ LCATTN_GROUPED_GEMM_SM90_DECLARE(n256_gated)
 // a stage of kGemvStageBytes); not gated. It needs no workspace.
 constexpr int kGemvMaxExperts = 1024, kGemvStageBytes = 32768, kGemvMaxK = kGemvStageBytes / 2;
 cudaError_t grouped_gemv(const GroupedGemmParams& p, cudaStream_t stream);
-inline bool gemv_fits(const GroupedGemmParams& p) { return !p.gated && p.E <= kGemvMaxExperts && p.K <= kGemvMaxK; }
+inline bool gemv_fits(const GroupedGemmParams& p) {
+  return !p.gated && p.E <= kGemvMaxExperts && p.K > 0 && p.K <= kGemvMaxK;
+}
 // Rows per expert (M contiguous: a bound; the capacity masked) up to which the heuristic picks the
 // GEMV, when LCATTN_GROUPED_GEMV=1 (off until measured on a GPU).
 constexpr int kGemvRows = 8;
