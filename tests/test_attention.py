@@ -8,7 +8,7 @@ import torch
 from lcattn import ops, reference
 from lcattn.modules.rope import plain_inv_freq
 from lcattn.testing import MODEL_SHAPES, assert_close
-from lcattn.testing.bench import kernel_profile
+from lcattn.testing.bench import kernel_names
 
 OUT_TOL, LSE_TOL = 1e-2, 1e-4  # bf16 output; fp32 log-sum-exp
 
@@ -245,7 +245,7 @@ def test_hopper_pair_schedule_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start
         def run():
             return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
         ref = reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio)
-    out, kernels = kernel_names(run)
+    out, kernels = run_and_kernels(run)
     if kernels:  # every case has at least 2 key blocks, so 3 forced splits are at least 2
         assert "attention_sm90_pair_kernel" in kernels, kernels
         assert ("attention_combine_kernel" in kernels) == (splits > 1), kernels
@@ -270,7 +270,7 @@ def test_hopper_schedules_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L,
     run, reference_of = hopper_call(form, q, kv, kvs, qs, ckv, random_indices(B, S, K, N, "cuda", invalid=0.2),
                                     sink, f)
     ref = reference_of()
-    out, kernels = kernel_names(run)
+    out, kernels = run_and_kernels(run)
     if kernels:
         assert ran_sm90_kernel(kernels, False, schedule), kernels
     check(*out, *ref)
@@ -328,7 +328,7 @@ def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start,
             return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
         return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=128)
     want = run(ops.dequantize_kv_fp8(ckv8, 512, rope_dim))
-    got, kernels = kernel_names(lambda: run(ckv8))
+    got, kernels = run_and_kernels(lambda: run(ckv8))
     if kernels:
         assert ran_sm90_kernel(kernels, True, schedule), kernels
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
@@ -385,11 +385,11 @@ def test_hopper_rescale_slack_cuda(monkeypatch, schedule, B, S, H, K, N, q_start
     check(*run(), *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
 
 
-def kernel_names(fn):
+def run_and_kernels(fn):
     """fn()'s result and the lines of the CUDA kernels it launches (none where the profiler sees no
     kernel, as under compute-sanitizer)."""
     out = fn()
-    return out, "\n".join(kernel_profile(fn, 1, warmup=0, name_width=None)[2])
+    return out, kernel_names(fn, warmup=0)
 
 
 # Split decode: (form, B, K, N, q_start, kv_start). 5 splits, the last row seeing no key; 2 splits (a
@@ -420,7 +420,7 @@ def test_hopper_split_combine_cuda(monkeypatch, form, B, K, N, q_start, kv_start
         def run():
             return ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=128)
         ref = reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=128)
-    out, kernels = kernel_names(run)
+    out, kernels = run_and_kernels(run)
     if kernels:
         assert "attention_combine_kernel" in kernels, kernels
     check(*out, *ref)
@@ -457,7 +457,7 @@ def test_hopper_fused_combine_cuda(monkeypatch, splits, form, pair):
     monkeypatch.setenv("LCATTN_ATTN_FUSED_COMBINE", "0")
     separate = run()
     monkeypatch.delenv("LCATTN_ATTN_FUSED_COMBINE")
-    out, kernels = kernel_names(run)
+    out, kernels = run_and_kernels(run)
     if kernels:
         assert ("attention_combine_kernel" in kernels) == (splits > 4), kernels
         assert ("attention_sm90_pair_kernel" in kernels) == (pair == "1"), kernels

@@ -6,7 +6,7 @@ import torch
 
 from lcattn import ops, reference
 from lcattn.testing import MODEL_SHAPES, assert_close, check_topk
-from lcattn.testing.bench import capture, kernel_profile
+from lcattn.testing.bench import capture, kernel_names
 
 
 def check_indexer_topk(out, args, k):
@@ -26,11 +26,6 @@ def one_cta_topk(monkeypatch, scores, k):
     picks = ops.topk_indices(scores, k)
     monkeypatch.delenv("LCATTN_TOPK_SPLIT")
     return picks
-
-
-def kernels_of(fn):
-    """The whole names of the GPU kernels one call of fn runs (empty under compute-sanitizer)."""
-    return "\n".join(kernel_profile(fn, 1, name_width=None)[2])
 
 
 def make_indexer(B, S, N, HI, DI, device, q_start):
@@ -346,7 +341,7 @@ def test_split_topk_sampled_bound_cuda(monkeypatch, rows, N, k):
     check_topk(sampled_pick, scores, k)
     assert torch.equal(sampled_pick, one)
     again = ops.topk_indices(scores, k)
-    kernels = kernels_of(lambda: ops.topk_indices(scores, k))
+    kernels = kernel_names(lambda: ops.topk_indices(scores, k))
     assert torch.equal(again, sampled_pick)  # repeatable
     if kernels:  # none under compute-sanitizer
         assert "topk_sample_kernel" in kernels, kernels
@@ -393,7 +388,7 @@ def fused_and_unfused(monkeypatch, args, k, **kw):
     kernels the fused call ran (none under compute-sanitizer)."""
     monkeypatch.setenv("LCATTN_INDEXER_FUSED_TOPK", "1")
     fused = ops.indexer_topk(*args, k=k, ratio=4, **kw)
-    kernels = kernels_of(lambda: ops.indexer_topk(*args, k=k, ratio=4, **kw))
+    kernels = kernel_names(lambda: ops.indexer_topk(*args, k=k, ratio=4, **kw))
     again = ops.indexer_topk(*args, k=k, ratio=4, **kw)
     assert torch.equal(again, fused)  # repeatable
     monkeypatch.delenv("LCATTN_INDEXER_FUSED_TOPK")
@@ -509,7 +504,7 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
     stream = ops.topk_indices(scores, k)
     check_topk(stream, scores, k)
     assert torch.equal(stream, one)
-    kernels = kernels_of(lambda: ops.topk_indices(scores, k))
+    kernels = kernel_names(lambda: ops.topk_indices(scores, k))
     assert torch.equal(ops.topk_indices(scores, k), stream)
     if kernels:  # none under compute-sanitizer
         assert "topk_stream_kernel" in kernels, kernels
@@ -526,12 +521,12 @@ def test_stream_topk_takes_rows_that_fill_the_sms_cuda(monkeypatch):
         scores = torch.randn(rows, 262144, device="cuda")
         picked = ops.topk_indices(scores, 512)
         check_topk(picked, scores, 512)
-        kernels = kernels_of(lambda s=scores: ops.topk_indices(s, 512))
+        kernels = kernel_names(lambda s=scores: ops.topk_indices(s, 512))
         if kernels:  # none under compute-sanitizer
             assert ("topk_stream_kernel" in kernels) == stream, kernels
     args = make_indexer(1, 150, 70000, 64, 128, "cuda", [280000 - 150])
     mixed = ops.indexer_topk(*args, k=512, ratio=4, block_rows=140)  # blocks of 140 and 10 rows
-    kernels = kernels_of(lambda: ops.indexer_topk(*args, k=512, ratio=4, block_rows=140))
+    kernels = kernel_names(lambda: ops.indexer_topk(*args, k=512, ratio=4, block_rows=140))
     if kernels:  # both paths ran
         assert "topk_stream_kernel" in kernels and "topk_hist_kernel" in kernels, kernels
     monkeypatch.setenv("LCATTN_TOPK_STREAM", "0")

@@ -7,11 +7,12 @@
 #include <algorithm>
 #include <cstdint>
 
+#include <cub/block/block_scan.cuh>
+
 #include "common/device.h"
 #include "common/reduce.cuh"
 #include "common/sm90.cuh"
 #include "lcattn/numeric.h"
-#include "lcattn/switches.h"
 #include "moe_gemm_sm90.h"
 
 namespace lcattn::moe_sm90 {
@@ -22,10 +23,12 @@ constexpr int kStages = 6;
 constexpr int kMaxRun = 8;  // weight rows a stage holds at most
 constexpr int kTokens = 4;  // x rows dotted with a stage at a time
 
+using ExpertScan = cub::BlockScan<int, kThreads>;
+
 struct GemvShared {
   uint64_t full[kStages], empty[kStages];
   float partial[2][kConsumerWarps][kMaxRun * kTokens];  // per warp, [row][token]; two rounds in turn
-  int warp_counts[kThreads / 32];
+  ExpertScan::TempStorage scan;
   int active[kGemvMaxExperts];  // the experts with rows, ascending
 };
 constexpr int kStagesOffset = (sizeof(GemvShared) + 127) / 128 * 128;
@@ -53,19 +56,16 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_gemv_kernel(const Grouped
     }
     sm90::fence_barrier_init();
   }
-  // The experts with rows, in order: a block scan of their flags, kThreads experts at a time.
+  // The experts with rows, in order: a block scan of their flags, kThreads experts at a time (the
+  // barrier after each also publishes the mbarriers' init).
   int active = 0;
   for (int base = 0; base < p.E; base += kThreads) {
     int64_t begin = 0;
-    int rows = 0;
+    int rows = 0, before, added;
     if (base + tid < p.E) p.expert_rows(base + tid, begin, rows);
-    const unsigned ballot = __ballot_sync(0xffffffffu, rows > 0);
-    if (lane == 0) s.warp_counts[warp] = __popc(ballot);
-    __syncthreads();
-    int before = active;
-    for (int w = 0; w < warp; ++w) before += s.warp_counts[w];
-    if (rows > 0) s.active[before + __popc(ballot & ((1u << lane) - 1u))] = base + tid;
-    for (int w = 0; w < kThreads / 32; ++w) active += s.warp_counts[w];
+    ExpertScan(s.scan).ExclusiveSum(rows > 0 ? 1 : 0, before, added);
+    if (rows > 0) s.active[active + before] = base + tid;
+    active += added;
     __syncthreads();
   }
   // This CTA's share [lo, hi) of the active weight rows (row n of the a-th active expert is a N + n),
@@ -175,15 +175,10 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_gemv_kernel(const Grouped
 cudaError_t grouped_gemv(const GroupedGemmParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_allowed;
   cudaError_t err = allow_dynamic_smem(smem_allowed, reinterpret_cast<const void*>(grouped_gemv_kernel), kSmemBytes);
-  int device = 0;
-  if (err == cudaSuccess) err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
-  // One CTA per SM (the stages take most of its shared memory); LCATTN_GROUPED_GEMM_CTAS=n forces n,
-  // for tests that check that the shares do not change the output.
-  const int sms = std::max(device_sm_count(device), 1);
-  const long forced = env_int("LCATTN_GROUPED_GEMM_CTAS", 0);
-  const int ctas = forced > 0 ? int(std::min<long>(forced, sms)) : sms;
-  grouped_gemv_kernel<<<ctas, kThreads, kSmemBytes, stream>>>(p);
+  // One CTA per SM (the stages take most of its shared memory), or forced_ctas.
+  const int sms = std::max(current_device_sm_count(), 1), forced = forced_ctas(1, sms);
+  grouped_gemv_kernel < < < forced > 0 ? forced : sms, kThreads, kSmemBytes, stream >>> (p);
   return cudaGetLastError();
 }
 

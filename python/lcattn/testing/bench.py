@@ -68,6 +68,12 @@ def kernel_profile(fn: Callable[[], object], calls: int, warmup: int = 3,
     return total, sum(e.count for e in events) / calls, lines
 
 
+def kernel_names(fn: Callable[[], object], warmup: int = 3) -> str:
+    """The whole names of the GPU kernels one call of fn() launches, a line each (empty where the
+    profiler sees no kernel, as under compute-sanitizer)."""
+    return "\n".join(kernel_profile(fn, 1, warmup=warmup, name_width=None)[2])
+
+
 def capture(fn: Callable[[], object]) -> Tuple[torch.cuda.CUDAGraph, object]:
     """fn() captured in a CUDA graph after a warm-up on a side stream: (graph, its output)."""
     side = torch.cuda.Stream()
