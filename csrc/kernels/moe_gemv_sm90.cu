@@ -178,7 +178,8 @@ cudaError_t grouped_gemv(const GroupedGemmParams& p, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   // One CTA per SM (the stages take most of its shared memory), or forced_ctas.
   const int sms = std::max(current_device_sm_count(), 1), forced = forced_ctas(1, sms);
-  grouped_gemv_kernel < < < forced > 0 ? forced : sms, kThreads, kSmemBytes, stream >>> (p);
+  const int ctas = forced > 0 ? forced : sms;
+  grouped_gemv_kernel<<<ctas, kThreads, kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 
