@@ -12,7 +12,8 @@
 # DEMO_CONTEXT=N also runs the demo with an N-token prompt (DEMO_ARGS="--eager --no-compile" adds its
 # flags); STEP_TIMEOUT=S bounds each step (1800 s); SANITIZE=0 skips compute-sanitizer; SANITIZE_K=EXPR
 # runs it only on the CUDA tests that pytest's -k EXPR selects; EXTRA="CMD"
-# runs CMD as one more step (after the benchmarks) with the same environment.
+# runs CMD as one more step (after the benchmarks) with the same environment. SKIP_BUILD=1 uses the
+# carried python/lcattn/_C*.so as it is (built elsewhere with the same torch and CUDA).
 set -uo pipefail
 out=$(realpath -m "${1:-gpu_results}")
 mkdir -p "$out"
@@ -40,7 +41,7 @@ if ls .whl/nvidia_cutlass-*.whl >/dev/null 2>&1; then
 fi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv >"$out/gpu.txt" 2>&1
-step build python3 setup.py build_ext --inplace
+[ -n "${SKIP_BUILD:-}" ] || step build python3 setup.py build_ext --inplace
 step resources bash -c 'cuobjdump -res-usage python/lcattn/_C*.so | grep -A1 -E "attention|indexer|moe|cutlass" | grep -E "Function|REG"'
 families=("${@:2}")
 [ ${#families[@]} -gt 0 ] || families=(compress indexer attention moe mhc opcheck)
