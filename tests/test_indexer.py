@@ -512,12 +512,12 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
 
 @pytest.mark.cuda
 def test_stream_topk_takes_rows_that_fill_the_sms_cuda(monkeypatch):
-    """By default the one-read top-k takes rows whose parts fill the SMs (64 rows of 262,144) and leaves
-    fewer (one row) to the split kernels, which are faster there; indexer_topk whose full blocks take
+    """By default the one-read top-k takes rows with parts for twice the SMs (64 rows of 262,144) and
+    leaves fewer (1 and 16 rows) to the split kernels, which are faster there; indexer_topk whose full blocks take
     it and whose short last block does not (the workspace sized for both) picks what the split path
     picks."""
     monkeypatch.delenv("LCATTN_TOPK_STREAM", raising=False)
-    for rows, stream in ((1, False), (64, True)):
+    for rows, stream in ((1, False), (16, False), (64, True)):
         scores = torch.randn(rows, 262144, device="cuda")
         picked = ops.topk_indices(scores, 512)
         check_topk(picked, scores, 512)

@@ -1,5 +1,4 @@
 """Grouped GEMM, routing, permute and unpermute (SPEC 6) against the reference."""
-import functools
 import os
 
 import pytest
@@ -7,7 +6,7 @@ import torch
 
 from lcattn import ops, reference
 from lcattn.testing import MODEL_SHAPES, assert_close, assert_within_bf16_error
-from lcattn.testing.bench import capture, kernel_names
+from lcattn.testing.bench import capture
 
 GEMM_TOL = 1e-2  # bf16 output
 
@@ -88,15 +87,12 @@ def test_grouped_gemm_masked(device, counts, M, N, K):
         assert (y[e, n:] == 0).all()
 
 
-def test_grouped_gemm_empty_input(device, monkeypatch):
-    for tile in ("", "gemv") if device == "cuda" else ("",):  # K = 0: y is zero, on the GEMV too
-        if tile:
-            monkeypatch.setenv("LCATTN_GROUPED_GEMM_TILE", tile)
-        w0 = torch.empty(3, 16, 0, device=device).bfloat16()
-        y = ops.grouped_gemm_contiguous(torch.empty(5, 0, device=device).bfloat16(), w0, as_int([0, 2, 2, 5], device))
-        assert y.shape == (5, 16) and (y == 0).all()
-        y = ops.grouped_gemm_masked(torch.empty(3, 2, 0, device=device).bfloat16(), w0, as_int([1, 0, 2], device))
-        assert y.shape == (3, 2, 16) and (y == 0).all()
+def test_grouped_gemm_empty_input(device):
+    w0 = torch.empty(3, 16, 0, device=device).bfloat16()  # K = 0: y is zero
+    y = ops.grouped_gemm_contiguous(torch.empty(5, 0, device=device).bfloat16(), w0, as_int([0, 2, 2, 5], device))
+    assert y.shape == (5, 16) and (y == 0).all()
+    y = ops.grouped_gemm_masked(torch.empty(3, 2, 0, device=device).bfloat16(), w0, as_int([1, 0, 2], device))
+    assert y.shape == (3, 2, 16) and (y == 0).all()
     w = expert_weights(3, 16, 8, device)
     y = ops.grouped_gemm_contiguous(torch.empty(0, 8, device=device).bfloat16(), w, as_int([0, 0, 0, 0], device))
     assert y.shape == (0, 16)
@@ -187,79 +183,10 @@ def test_grid_size_does_not_change_output_cuda(monkeypatch, T):
 
 
 @pytest.mark.cuda
-def test_grouped_gemv_cuda(monkeypatch):
-    """The decode GEMV forced (LCATTN_GROUPED_GEMM_TILE=gemv) on irregular shapes in both layouts: runs
-    of weight rows that end at each expert, rows per expert past its rounds of 4, a weight row that
-    fills a stage (K = 16384), no expert with rows (masked); bitwise equal on grids of 1, 7 and every
-    SM (each CTA's share of rows moves, not how a row is summed)."""
-    monkeypatch.setenv("LCATTN_GROUPED_GEMM_TILE", "gemv")
-    torch.manual_seed(0)
-    flash_t1 = [1 if e in (3, 40, 77, 150, 201, 255) else 0 for e in range(256)] + [1]  # 6 of 256 + shared
-    contiguous = [([3, 0, 9, 1, 0, 5], 40, 24), ([0, 1, 6], 64, 7168), ([2, 1], 24, 16384),
-                  (flash_t1, 1024, 1024), (random_counts(1000, 12), 32, 64)]
-    masked = [([3, 0, 9, 1], 9, 264, 72), ([0, 1, 1, 0, 0, 1, 1, 0, 1], 1, 4096, 256), ([0, 0, 0], 2, 16, 8)]
-    outputs = []
-    for ctas in (None, "1", "7"):
-        if ctas:
-            monkeypatch.setenv("LCATTN_GROUPED_GEMM_CTAS", ctas)
-        torch.manual_seed(0)
-        for counts, N, K in contiguous:
-            x = torch.randn(sum(counts), K, device="cuda").bfloat16()
-            w, offsets = expert_weights(len(counts), N, K, "cuda"), offsets_of(counts, "cuda")
-            y = ops.grouped_gemm_contiguous(x, w, offsets)
-            if ctas is None:
-                assert_close(y.float(), reference.grouped_gemm_contiguous(x, w, offsets), GEMM_TOL)
-            outputs.append(y)
-        for counts, M, N, K in masked:
-            E = len(counts)
-            x, w = torch.randn(E, M, K, device="cuda").bfloat16(), expert_weights(E, N, K, "cuda")
-            c = as_int(counts, "cuda")
-            y = ops.grouped_gemm_masked(x, w, c)
-            if ctas is None:
-                assert_close(y.float(), reference.grouped_gemm_masked(x, w, c), GEMM_TOL)
-                for e, n in enumerate(counts):
-                    assert (y[e, n:] == 0).all()
-            outputs.append(y)
-    cases = len(contiguous) + len(masked)
-    for i in range(cases):
-        assert torch.equal(outputs[i], outputs[cases + i]) and torch.equal(outputs[i], outputs[2 * cases + i]), i
-
-
-@pytest.mark.cuda
-def test_grouped_gemv_is_picked_for_few_rows_cuda(monkeypatch):
-    """With LCATTN_GROUPED_GEMV=1 the heuristic takes the GEMV up to 8 rows per expert (M) and the
-    CUTLASS tiles past that; shapes it cannot take (K past a stage, more than 1024 experts, gated)
-    keep the CUTLASS tile, also when the GEMV is forced."""
-    monkeypatch.setenv("LCATTN_GROUPED_GEMV", "1")
-    for M, K, E, gemv in ((8, 256, 16, True), (9, 256, 16, False), (2, 16392, 2, False), (2, 64, 1025, False)):
-        counts = [M] + [0] * (E - 1)
-        x = torch.randn(M, K, device="cuda").bfloat16()
-        w, offsets = expert_weights(E, 32, K, "cuda"), offsets_of(counts, "cuda")
-        y = ops.grouped_gemm_contiguous(x, w, offsets)
-        assert_close(y.float(), reference.grouped_gemm_contiguous(x, w, offsets), GEMM_TOL)
-        names = kernel_names(functools.partial(ops.grouped_gemm_contiguous, x, w, offsets))
-        if names:  # none under compute-sanitizer
-            assert ("grouped_gemv_kernel" in names) == gemv, (M, K, E, names)
-        if not gemv and M <= 8:
-            monkeypatch.setenv("LCATTN_GROUPED_GEMM_TILE", "gemv")
-            assert torch.equal(ops.grouped_gemm_contiguous(x, w, offsets), y)
-            monkeypatch.delenv("LCATTN_GROUPED_GEMM_TILE")
-    monkeypatch.setenv("LCATTN_GROUPED_GEMM_TILE", "gemv")
-    T, k, E, D, I = 1, 6, 16, 256, 136
-    x = torch.randn(T, D, device="cuda").bfloat16()
-    w_gate_up, w_down = expert_weights(E, 2 * I, D, "cuda"), expert_weights(E, D, I, "cuda")
-    weights, idx = ops.moe_route(torch.randn(T, E, device="cuda"), k, 1.5)
-    for fused in ("0", "1"):  # the gated gate+up GEMM (fused) keeps its CUTLASS tile
-        monkeypatch.setenv("LCATTN_MOE_FUSED_SWIGLU", fused)
-        out = ops.moe_experts(x, weights, idx, w_gate_up, w_down, 0.5)
-        assert_close(out.float(), reference.moe_experts(x, weights, idx, w_gate_up, w_down, 0.5), 2e-2)
-
-
-@pytest.mark.cuda
 def test_unknown_tile_override_is_an_error_cuda(monkeypatch):
     monkeypatch.setenv("LCATTN_GROUPED_GEMM_TILE", "n48")
     x, w = torch.randn(4, 16, device="cuda").bfloat16(), expert_weights(2, 8, 16, "cuda")
-    with pytest.raises(RuntimeError, match=r"LCATTN_GROUPED_GEMM_TILE must be n32, n64, n128, n256 or gemv, got 'n48'"):
+    with pytest.raises(RuntimeError, match=r"LCATTN_GROUPED_GEMM_TILE must be n32, n64, n128 or n256, got 'n48'"):
         ops.grouped_gemm_contiguous(x, w, offsets_of([1, 3], "cuda"))
 
 

@@ -175,9 +175,8 @@ struct GemmConfig {
   GemmWorkspaceFn workspace;
 };
 
-// The CUTLASS tile (or the GEMV) by rows per expert; LCATTN_GROUPED_GEMM_TILE=n32|n64|n128|n256|gemv
-// overrides it (for tuning, and for tests that run every tile on the same shapes; gemv where
-// gemv_fits); read per call.
+// The CUTLASS tile by rows per expert; LCATTN_GROUPED_GEMM_TILE=n32|n64|n128|n256 overrides it (for
+// tuning, and for tests that run every tile on the same shapes); read per call.
 moe_sm90::Tile tile_for(const GroupedGemmParams& p) {
   if (const char* forced = std::getenv("LCATTN_GROUPED_GEMM_TILE")) {
     const std::string name(forced);
@@ -185,7 +184,6 @@ moe_sm90::Tile tile_for(const GroupedGemmParams& p) {
     if (name == "n64") return moe_sm90::Tile::n64;
     if (name == "n128") return moe_sm90::Tile::n128;
     if (name == "n256") return moe_sm90::Tile::n256;
-    if (name == "gemv" && moe_sm90::gemv_fits(p)) return moe_sm90::Tile::gemv;
   }
   return moe_sm90::pick_tile(p);
 }
@@ -201,8 +199,6 @@ GemmConfig gemm_config(const GroupedGemmParams& p) {
       return p.gated ? LCATTN_GEMM_CONFIG(n64_gated) : LCATTN_GEMM_CONFIG(n64);
     case moe_sm90::Tile::n128:
       return p.gated ? LCATTN_GEMM_CONFIG(n128_gated) : LCATTN_GEMM_CONFIG(n128);
-    case moe_sm90::Tile::gemv:
-      return GemmConfig{moe_sm90::grouped_gemv, [](const GroupedGemmParams&) { return size_t(0); }};
     default:
       return p.gated ? LCATTN_GEMM_CONFIG(n256_gated) : LCATTN_GEMM_CONFIG(n256);
   }

@@ -27,19 +27,7 @@ LCATTN_GROUPED_GEMM_SM90_DECLARE(n128_gated)
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n256_gated)
 #undef LCATTN_GROUPED_GEMM_SM90_DECLARE
 
-// The GEMV for decode (moe_gemv_sm90.cu): one equal share of the active experts' weight rows per SM,
-// for any rows per expert (fast for a few), E <= kGemvMaxExperts and K <= kGemvMaxK (a weight row fits
-// a stage of kGemvStageBytes); not gated. It needs no workspace.
-constexpr int kGemvMaxExperts = 1024, kGemvStageBytes = 32768, kGemvMaxK = kGemvStageBytes / 2;
-cudaError_t grouped_gemv(const GroupedGemmParams& p, cudaStream_t stream);
-inline bool gemv_fits(const GroupedGemmParams& p) {
-  return !p.gated && p.E <= kGemvMaxExperts && p.K > 0 && p.K <= kGemvMaxK;
-}
-// Rows per expert (M contiguous: a bound; the capacity masked) up to which the heuristic picks the
-// GEMV, when LCATTN_GROUPED_GEMV=1 (off until measured on a GPU).
-constexpr int kGemvRows = 8;
-
-enum class Tile { n32, n64, n128, n256, gemv };
+enum class Tile { n32, n64, n128, n256 };
 
 // The tile's row count follows the mean rows per expert (M / E contiguous, the capacity M masked).
 // Up to 64 rows the GEMM is bound by reading the weights, and its rate follows the weight bytes in
@@ -48,7 +36,6 @@ enum class Tile { n32, n64, n128, n256, gemv };
 // more rows. Measured on the H200 (csrc/kernels/NOTES.md): 256 x 64 beat 128 x 64 by 8% at 64 rows,
 // 128 x 32 at 64 rows read each weight tile twice (0.6x), 256 x 32 lost 4-8% in decode.
 inline Tile pick_tile(const GroupedGemmParams& p) {
-  if (p.M <= kGemvRows && gemv_fits(p) && env_is("LCATTN_GROUPED_GEMV", "1")) return Tile::gemv;
   const int rows = p.counts ? p.M : (p.E > 0 ? (p.M + p.E - 1) / p.E : 0);
   if (rows <= 32) return Tile::n32;
   if (rows <= 64) return Tile::n64;

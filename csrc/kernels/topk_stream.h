@@ -6,7 +6,7 @@
 
 namespace lcattn {
 
-// Whether it takes p: N >= 16384, 1 <= k <= 2048, and rows enough to fill the SMs with their parts
+// Whether it takes p: N >= 16384, 1 <= k <= 2048, and rows enough for parts for twice the SMs
 // (LCATTN_TOPK_STREAM=1: any number of rows; =0: none).
 bool topk_stream_takes(const TopkParams& p);
 // Bytes of p.split_workspace it needs for any call of up to p.R rows with p's N and k (0 when it
