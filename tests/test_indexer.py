@@ -475,7 +475,7 @@ def test_indexer_topk_fused_graph_replay_cuda(monkeypatch):
                                       (5, 1100003, 600), (1, 16384, 1), (3, 50001, 1), (2, 393216, 512),
                                       (2, 393217, 300)])
 def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
-    """The one-read top-k (LCATTN_TOPK_STREAM=1 makes it take rows too few to fill the SMs): the same
+    """The one-read top-k (LCATTN_TOPK_STREAM=1 makes it take rows it would leave to the split kernels): the same
     indices as the one-CTA kernel on rows with
     +inf, -inf, NaN and ties (a tied row cuts at one key; a row of -0.0 and +0.0), a rising row (every entry beats the
     threshold: a cut a tile), a falling one and one with fewer candidates than k; rows in one part
