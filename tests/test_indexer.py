@@ -475,8 +475,8 @@ def test_indexer_topk_fused_graph_replay_cuda(monkeypatch):
                                       (5, 1100003, 600), (1, 16384, 1), (3, 50001, 1), (2, 393216, 512),
                                       (2, 393217, 300)])
 def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
-    """The one-read top-k (LCATTN_TOPK_STREAM=1 makes it take rows it would leave to the split kernels): the same
-    indices as the one-CTA kernel on rows with
+    """The one-read top-k (LCATTN_TOPK_STREAM=1 makes it take rows it would leave to the split
+    kernels): the same indices as the one-CTA kernel on rows with
     +inf, -inf, NaN and ties (a tied row cuts at one key; a row of -0.0 and +0.0), a rising row (every entry beats the
     threshold: a cut a tile), a falling one and one with fewer candidates than k; rows in one part
     and in several (merged by the last CTA), the best of a row in its last part; rows of N not a
@@ -513,9 +513,9 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
 @pytest.mark.cuda
 def test_stream_topk_takes_rows_that_fill_the_sms_cuda(monkeypatch):
     """By default the one-read top-k takes rows with parts for twice the SMs (64 rows of 262,144) and
-    leaves fewer (1 and 16 rows) to the split kernels, which are faster there; indexer_topk whose full blocks take
-    it and whose short last block does not (the workspace sized for both) picks what the split path
-    picks."""
+    leaves fewer (1 and 16 rows) to the split kernels, which are faster there; indexer_topk whose full
+    blocks take it and whose short last block does not (the workspace sized for both) picks what the
+    split path picks."""
     monkeypatch.delenv("LCATTN_TOPK_STREAM", raising=False)
     for rows, stream in ((1, False), (16, False), (64, True)):
         scores = torch.randn(rows, 262144, device="cuda")

@@ -63,17 +63,12 @@ inline int balanced_ctas(const GroupedGemmParams& p, int tile_features, int tile
   return int(std::min<int64_t>(ctas, num_sms));
 }
 
-// LCATTN_GROUPED_GEMM_CTAS=n: n CTAs, rounded down to the cluster, at most num_sms (for tests that
-// check that every grid computes the same output); 0 when unset. Read per call.
-inline int forced_ctas(int cluster, int num_sms) {
-  const long forced = env_int("LCATTN_GROUPED_GEMM_CTAS", 0);
-  return forced > 0 ? int(std::max<long>(cluster, std::min<long>(forced, num_sms) / cluster * cluster)) : 0;
-}
-
-// The persistent grid: balanced_ctas, or forced_ctas.
+// The persistent grid: balanced_ctas, or LCATTN_GROUPED_GEMM_CTAS=n CTAs (rounded down to the cluster,
+// at most num_sms; for tests that check that every grid computes the same tiles); read per call.
 inline int grid_ctas(const GroupedGemmParams& p, int tile_features, int tile_rows, int cluster, int num_sms) {
-  const int forced = forced_ctas(cluster, num_sms);
-  return forced > 0 ? forced : balanced_ctas(p, tile_features, tile_rows, cluster, num_sms);
+  const long forced = env_int("LCATTN_GROUPED_GEMM_CTAS", 0);
+  if (forced > 0) return int(std::max<long>(cluster, std::min<long>(forced, num_sms) / cluster * cluster));
+  return balanced_ctas(p, tile_features, tile_rows, cluster, num_sms);
 }
 
 }  // namespace lcattn::moe_sm90

@@ -42,7 +42,8 @@ constexpr int kMarkedEntries = kCap * 64;   // a bitmap of the row over the buff
 
 // The current device's SMs (132 when it cannot be asked).
 int sm_count() {
-  const int sms = current_device_sm_count();
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) == cudaSuccess) sms = device_sm_count(device);
   return sms > 0 ? sms : 132;
 }
 // CTAs for one wave over the current device, at most kMaxWave (the workspace does not depend on

@@ -36,12 +36,6 @@ inline int device_sm_count(int device) {
   });
 }
 
-// The multiprocessor count of the current device (0 if it cannot be read).
-inline int current_device_sm_count() {
-  int device = 0;
-  return cudaGetDevice(&device) == cudaSuccess ? device_sm_count(device) : 0;
-}
-
 // The compute capability of `device` as 10 * major + minor (0 if it cannot be read).
 inline int device_capability(int device) {
   static PerDevice<int> cache;
