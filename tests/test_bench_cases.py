@@ -14,7 +14,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "python"
 def driver(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))  # the scripts import their siblings, as when run from there
     run = importlib.import_module("run")
-    for name in ("cases", "cases.attention", "cases.indexer", "cases.moe", "cases.compress"):
+    for name in ("cases", "cases.attention", "cases.indexer", "cases.moe", "cases.compress", "cases.mhc"):
         monkeypatch.setattr(importlib.import_module(name), "DEV", "cpu")  # the cases' few eager tensors
     return run
 

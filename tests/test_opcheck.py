@@ -57,6 +57,9 @@ def cases(device):
                         rand(3, 8, 8, dtype=bf), 10.0),
         "hc_sinkhorn": (rand(2, 3, 4, 4), 20, 1e-6),
         "hc_sinkhorn (defaults)": (rand(5, 4, 4), 3),
+        "hc_post": (rand(2, 3, 4, 16, dtype=bf), rand(2, 3, 16, dtype=bf), rand(2, 3, 4), rand(2, 3, 4, 4)),
+        "hc_post (fp32)": (rand(5, 4, 12), rand(5, 12), rand(5, 4), rand(5, 4, 4)),
+        "hc_collapse": (rand(2, 3, 4, 16, dtype=bf), rand(2, 3, 4)),
     }
 
 

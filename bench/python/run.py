@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 
 import layers  # bench/python/layers.py and cases/, beside this script
 import torch
-from cases import DEV, attention, compress, indexer, moe
+from cases import DEV, attention, compress, indexer, mhc, moe
 
 from lcattn.testing.bench import Progress, ceilings, median_ms, rotated
 
@@ -94,7 +94,7 @@ def measure(op, case, flops, nbytes, make_ours, make_baselines, ceilings, reps, 
 
 FAMILIES = {"sparse_attn": attention.sparse_attn_cases, "dense_attn": attention.dense_attn_cases,
             "indexer_topk": indexer.indexer_cases, "topk_indices": indexer.topk_cases, "grouped_gemm": moe.gemm_cases,
-            "moe_block": moe.moe_block_cases, "compress_kv": compress.compress_cases}
+            "moe_block": moe.moe_block_cases, "compress_kv": compress.compress_cases, "mhc": mhc.mhc_cases}
 
 
 def write_plots(results: List[Result], layer_rows: List[dict], out_dir: str) -> None:

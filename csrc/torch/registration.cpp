@@ -73,4 +73,8 @@ TORCH_LIBRARY(lcattn, m) {
       "float swiglu_limit) -> Tensor");
   // [7] mHC: softmax over each row of logits [..., n, n], + eps, then Sinkhorn normalisation.
   def(m, "hc_sinkhorn(Tensor logits, int iters, float eps=1e-06) -> Tensor");
+  // [7] mHC: a site's new streams y_j = post_j * out + sum_i comb_ij X_i, and its sublayer input
+  // h = sum_i pre_i X_i, each summed in fp32.
+  def(m, "hc_post(Tensor streams, Tensor out, Tensor post, Tensor comb) -> Tensor");
+  def(m, "hc_collapse(Tensor streams, Tensor pre) -> Tensor");
 }

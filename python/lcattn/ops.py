@@ -308,6 +308,29 @@ def _(logits, iters, eps=1e-6):
     return torch.empty_like(logits)
 
 
+def hc_post(streams: Tensor, out: Tensor, post: Tensor, comb: Tensor) -> Tensor:
+    """An mHC site's new residual streams (SPEC 7): streams X [..., n, D] and the sublayer's output
+    [..., D] (bf16 or fp32, the same), post [..., n] and comb [..., n, n] fp32 -> y [..., n, D] in the
+    streams' type, y_j = post_j * out + sum_i comb_ij X_i summed in fp32. One pass over the streams."""
+    return _ops.hc_post(streams, out, post, comb)
+
+
+@torch.library.register_fake("lcattn::hc_post")
+def _(streams, out, post, comb):
+    return torch.empty_like(streams)
+
+
+def hc_collapse(streams: Tensor, pre: Tensor) -> Tensor:
+    """An mHC sublayer's input (SPEC 7): streams X [..., n, D] (bf16 or fp32) and pre [..., n] fp32 ->
+    h [..., D] in the streams' type, h = sum_i pre_i X_i summed in fp32. One pass over the streams."""
+    return _ops.hc_collapse(streams, pre)
+
+
+@torch.library.register_fake("lcattn::hc_collapse")
+def _(streams, pre):
+    return streams.new_empty(streams.shape[:-2] + streams.shape[-1:])
+
+
 def _regroup_gate_up(w: Tensor, name: str, interleave: bool) -> Tensor:
     """w [..., 2I, D] as [..., 2, I / 8, 8, D] (gate rows, then up rows) <-> [..., I / 8, 2, 8, D]
     (blocks of 8 gate rows, each followed by their 8 up rows)."""

@@ -27,6 +27,7 @@ void moe_experts_cpu(const MoeExpertsParams& p);
 // Scratch bytes moe_experts_{cpu,cuda} need in p.workspace (cuda: with the grouped GEMM's problems).
 size_t moe_experts_workspace_bytes(const MoeExpertsParams& p, bool cuda);
 void hc_sinkhorn_cpu(const SinkhornParams& p);
+void hc_mix_cpu(const HcMixParams& p);
 
 #if defined(LCATTN_WITH_CUDA)
 cudaError_t compress_kv_cuda(const CompressParams& p, cudaStream_t stream);
@@ -68,6 +69,7 @@ cudaError_t moe_unpermute_cuda(const UnpermuteParams& p, cudaStream_t stream);
 cudaError_t swiglu_cuda(const SwigluParams& p, cudaStream_t stream);
 cudaError_t moe_experts_cuda(const MoeExpertsParams& p, cudaStream_t stream);
 cudaError_t hc_sinkhorn_cuda(const SinkhornParams& p, cudaStream_t stream);
+cudaError_t hc_mix_cuda(const HcMixParams& p, cudaStream_t stream);
 #endif
 
 }  // namespace lcattn

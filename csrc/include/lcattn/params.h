@@ -234,4 +234,19 @@ struct SinkhornParams {
 };
 constexpr int kSinkhornMaxN = 8;
 
+// Per token, m weighted sums of the n residual streams (SPEC 7), summed in fp32 and rounded once to the
+// streams' type (bf16 or fp32: `bf16_streams`): y_j = post_j * out + sum_i comb_ij X_i for j < m.
+// A site's new streams (hc_post): m = n. The sublayer input h = sum_i pre_i X_i (hc_collapse): m = 1,
+// comb = pre, and post and out null (no first term).
+struct HcMixParams {
+  const void* streams;  // [T, n, D] X
+  const void* out;      // [T, D] the sublayer's output f(h), the streams' type; or null
+  const float* post;    // [T, m]; null with out
+  const float* comb;    // [T, n, m]: comb[i][j] weighs stream i in sum j
+  void* y;              // [T, m, D]
+  int64_t T;
+  int n, m, D;  // 1 <= n <= kSinkhornMaxN, m = n or 1
+  bool bf16_streams;
+};
+
 }  // namespace lcattn

@@ -174,4 +174,14 @@ LCATTN_HD void hc_sinkhorn(const SinkhornParams& p, int64_t m) {
     hc_sinkhorn_matrix<kSinkhornMaxN>(in, out, p.n, p.iters, p.eps);
 }
 
+// Sum j of one element (HcMixParams): post_j * out (when post) + sum_i comb_ij x_i over i < n, in that
+// order; N >= n is a compile-time bound, so that x can stay in registers.
+template <int N>
+LCATTN_HD float hc_mix_element(const float* post, const float* comb, int n, int m, int j, float out, const float* x) {
+  float acc = post ? post[j] * out : 0.f;
+  for (int i = 0; i < N; ++i)
+    if (i < n) acc += comb[i * m + j] * x[i];
+  return acc;
+}
+
 }  // namespace lcattn

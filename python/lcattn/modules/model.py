@@ -231,13 +231,22 @@ class MoE(nn.Module):
 
 
 def stream_mix(streams: Tensor, fn: Tensor, eps: float) -> Tensor:
-    """(flatten(X) / rms(flatten(X))) @ fn^T in fp32 (SPEC 7)."""
-    return F.linear(unit_rms(streams.flatten(2).float(), eps), fn.float())
+    """(flatten(X) / rms(flatten(X))) @ fn^T in fp32 (SPEC 7), as (flatten(X) @ fn^T) / rms: the scale
+    is per token, so the fp32 streams are read once by the product and the rms reads the streams."""
+    x = streams.flatten(2)
+    mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square() / x.shape[-1]
+    return F.linear(x.float(), fn.float()) * torch.rsqrt(mean_square + eps)
+
+
+def mhc_dtype(streams: Tensor) -> torch.dtype:
+    """The type the mHC ops take the streams in: theirs when bf16 or fp32, else fp32."""
+    return streams.dtype if streams.dtype in (torch.bfloat16, torch.float32) else torch.float32
 
 
 def collapse(streams: Tensor, pre: Tensor) -> Tensor:
-    """sum_i pre_i X_i."""
-    return (pre.unsqueeze(-1) * streams).sum(dim=2).to(streams.dtype)
+    """sum_i pre_i X_i, in fp32, one pass over the streams."""
+    dtype = mhc_dtype(streams)
+    return ops.hc_collapse(streams.to(dtype).contiguous(), pre.float().contiguous()).to(streams.dtype)
 
 
 class HyperConnection(nn.Module):
@@ -264,9 +273,11 @@ class HyperConnection(nn.Module):
 
 
 def mix_streams(streams: Tensor, post: Tensor, comb: Tensor, out: Tensor) -> Tensor:
-    """X'_j = post_j * f(h) + sum_i comb_ij X_i (SPEC 7)."""
-    dtype = streams.dtype
-    return post.to(dtype).unsqueeze(-1) * out.unsqueeze(-2) + torch.matmul(comb.to(dtype).transpose(-1, -2), streams)
+    """X'_j = post_j * f(h) + sum_i comb_ij X_i (SPEC 7), in fp32, one pass over the streams."""
+    dtype = mhc_dtype(streams)
+    y = ops.hc_post(streams.to(dtype).contiguous(), out.to(dtype).contiguous(), post.float().contiguous(),
+                    comb.float().contiguous())
+    return y.to(streams.dtype)
 
 
 class DecoderLayer(nn.Module):

@@ -210,3 +210,13 @@ def hc_sinkhorn(logits: Tensor, iters: int, eps: float = 1e-6) -> Tensor:
         a = a / (a.sum(dim=-1, keepdim=True) + eps)
         a = a / (a.sum(dim=-2, keepdim=True) + eps)
     return a
+
+
+def hc_post(streams: Tensor, out: Tensor, post: Tensor, comb: Tensor) -> Tensor:
+    """SPEC 7's new streams y_j = post_j * out + sum_i comb_ij X_i, in fp32."""
+    return post.float().unsqueeze(-1) * out.float().unsqueeze(-2) + comb.float().transpose(-1, -2) @ streams.float()
+
+
+def hc_collapse(streams: Tensor, pre: Tensor) -> Tensor:
+    """SPEC 7's sublayer input h = sum_i pre_i X_i, in fp32."""
+    return (pre.float().unsqueeze(-1) * streams.float()).sum(-2)
