@@ -41,8 +41,7 @@ def model_calls(model, ids):
     """The same prompts and steps as decode(), as plain model calls on a growing cache."""
     B = ids.shape[0]
     cache = model.new_cache(B)
-    first = model(ids[:, :max(LENGTHS)], cache, lengths=LENGTHS)
-    out = [torch.stack([first[b, n - 1] for b, n in enumerate(LENGTHS)])]
+    out = [model(ids[:, :max(LENGTHS)], cache, lengths=LENGTHS, last=True)]
     for t in range(STEPS):
         out.append(model(torch.stack([ids[b, n + t] for b, n in enumerate(LENGTHS)])[:, None], cache)[:, 0])
     return torch.stack(out, 1)

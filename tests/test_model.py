@@ -42,6 +42,19 @@ def test_batch_of_different_lengths_matches_single_sequences(device):
     assert rel(batched_steps, single_steps) < TOL and same_argmax(batched_steps, single_steps) > 0.8
 
 
+def test_last_logits_are_each_rows_logits_at_its_end(device):
+    """last=True: the LM head on each row's last valid token alone (a row of length 0: its first)."""
+    model = tiny_model(device)
+    lengths = [53, 21, 0]
+    ids = torch.randint(0, model.config.vocab_size, (3, 53), device=device)
+    full = model(ids, model.new_cache(3), lengths=lengths)
+    last = model(ids, model.new_cache(3), lengths=lengths, last=True)
+    assert last.shape == (3, model.config.vocab_size)
+    ends = torch.stack([full[b, max(n, 1) - 1] for b, n in enumerate(lengths)])
+    assert rel(last, ends) < 1e-5
+    assert rel(model(ids[:2], last=True), model(ids[:2])[:, -1]) < 1e-5
+
+
 @pytest.mark.parametrize("kinds", [[SLIDING], [CSA], [HCA]])
 def test_each_layer_kind_alone(device, kinds):
     model = tiny_model(device, layer_types=kinds)

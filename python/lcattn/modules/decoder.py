@@ -58,10 +58,10 @@ class Decoder:
             n = [min(max(length - start, 0), piece.shape[1]) for length in lens]
             if not any(n):
                 break
-            logits = self.model(piece, self.cache, lengths=None if lengths is None else n)
+            logits = self.model(piece, self.cache, lengths=None if lengths is None else n, last=True)
             for b in range(B):
                 if n[b] and start + n[b] == lens[b]:
-                    last[b] = logits[b, n[b] - 1].clone()
+                    last[b] = logits[b].clone()
         vocab = self.model.config.vocab_size
         zeros = torch.zeros(vocab, device=input_ids.device, dtype=self.model.lm_head.weight.dtype)
         return torch.stack([zeros if row is None else row for row in last])

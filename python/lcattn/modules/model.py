@@ -27,7 +27,13 @@ class RMSNorm(nn.Module):
 
 
 def unit_rms(x: Tensor, eps: float) -> Tensor:
-    return x * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps).to(x.dtype)
+    """x / rms(x) over the last dim, the mean square summed in fp32 (without an fp32 copy of x)."""
+    return x * torch.rsqrt(mean_square(x) + eps).to(x.dtype)
+
+
+def mean_square(x: Tensor) -> Tensor:
+    """mean(x^2) over the last dim [..., 1], summed in fp32."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square() / x.shape[-1]
 
 
 def linear(dim_in: int, dim_out: int) -> nn.Linear:
@@ -234,8 +240,7 @@ def stream_mix(streams: Tensor, fn: Tensor, eps: float) -> Tensor:
     """(flatten(X) / rms(flatten(X))) @ fn^T in fp32 (SPEC 7), as (flatten(X) @ fn^T) / rms: the scale
     is per token, so the fp32 streams are read once by the product and the rms reads the streams."""
     x = streams.flatten(2)
-    mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square() / x.shape[-1]
-    return F.linear(x.float(), fn.float()) * torch.rsqrt(mean_square + eps)
+    return F.linear(x.float(), fn.float()) * torch.rsqrt(mean_square(x) + eps)
 
 
 def mhc_dtype(streams: Tensor) -> torch.dtype:
@@ -324,7 +329,9 @@ class DeepseekV4Model(nn.Module):
 
 
 class DeepseekV4ForCausalLM(nn.Module):
-    """forward(input_ids [B, S], cache=None, lengths=None) -> logits [B, S, vocab].
+    """forward(input_ids [B, S], cache=None, lengths=None, last=False) -> logits [B, S, vocab], or with
+    last=True only each row's logits at its last valid token [B, vocab] (the LM head runs on those
+    alone: at an 8192-token prefill chunk it is the largest GEMM).
 
     With a cache, the call continues each sequence where the cache left it; `lengths` gives the
     valid tokens of each row of input_ids (default all S), so a batch may hold sequences of
@@ -349,7 +356,7 @@ class DeepseekV4ForCausalLM(nn.Module):
 
     @torch.no_grad()
     def forward(self, input_ids: Tensor, cache: Optional[DeepseekV4Cache] = None,
-                lengths: Optional[List[int]] = None) -> Tensor:
+                lengths: Optional[List[int]] = None, last: bool = False) -> Tensor:
         cache = self.new_cache(input_ids.shape[0]) if cache is None else cache
         step = cache.step(input_ids, lengths)
         x = self.model.embed_tokens(input_ids)
@@ -357,7 +364,11 @@ class DeepseekV4ForCausalLM(nn.Module):
         for layer, state in zip(self.model.layers, cache.layers):
             streams = layer(streams, state, step)
         cache.advance(step)
-        return self.lm_head(self.model.norm(self.model.hc_head(streams)))
+        if last:  # [B, 1, n, D]: each row's streams at its last valid token (a row without one: its first)
+            ends = [input_ids.shape[1]] * input_ids.shape[0] if lengths is None else lengths
+            streams = torch.stack([streams[b, max(end, 1) - 1] for b, end in enumerate(ends)]).unsqueeze(1)
+        logits = self.lm_head(self.model.norm(self.model.hc_head(streams)))
+        return logits[:, 0] if last else logits
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, generator: Optional[torch.Generator] = None) -> "DeepseekV4ForCausalLM":

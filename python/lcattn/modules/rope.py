@@ -33,10 +33,11 @@ def layer_inv_freq(config: DeepseekV4Config, layer_type: str) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
     """Rotates the interleaved pairs of the last 2 * len(inv_freq) channels of x [B, S, ..., D] at
-    positions [B, S], in fp32; returns x's dtype. sign -1 undoes the rotation."""
+    positions [B, S] in place (x is a projection's fresh output: only the RoPE channels are written),
+    in fp32, and returns x. sign -1 undoes the rotation."""
     rd = 2 * inv_freq.numel()
     angle = positions.float().view(*positions.shape, *([1] * (x.dim() - 3)), 1) * inv_freq
     cos, sin = angle.cos(), sign * angle.sin()
     even, odd = x[..., -rd::2].float(), x[..., -rd + 1::2].float()
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
-    return torch.cat((x[..., :-rd], rotated.to(x.dtype)), dim=-1)
+    x[..., -rd:] = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+    return x
