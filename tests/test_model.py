@@ -4,6 +4,7 @@ import torch
 from model_helpers import rel, same_argmax, tiny_model
 
 from lcattn.modules import CSA, HCA, SLIDING, DeepseekV4Config, DeepseekV4ForCausalLM
+from lcattn.modules.model import stream_mix
 
 # Logits agree up to bf16 rounding of the ops' inputs; where rounding flips a discrete choice (an
 # expert, an indexer pick) a token differs more, so the tests bound the median token and the argmax.
@@ -53,6 +54,17 @@ def test_last_logits_are_each_rows_logits_at_its_end(device):
     ends = torch.stack([full[b, max(n, 1) - 1] for b, n in enumerate(lengths)])
     assert rel(last, ends) < 1e-5
     assert rel(model(ids[:2], last=True), model(ids[:2])[:, -1]) < 1e-5
+
+
+@pytest.mark.cuda
+def test_stream_mix_of_bf16_streams_matches_fp32_cuda():
+    """On CUDA the mHC mix of bf16 streams is a bf16 GEMM against fn split into two bf16 parts."""
+    streams = torch.randn(3, 70, 4, 4096, device="cuda").bfloat16()
+    fn = torch.randn(24, 4 * 4096, device="cuda") * 0.01
+    x = streams.flatten(2).float()
+    ref = torch.nn.functional.linear(x, fn) * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6)
+    got = stream_mix(streams, fn, 1e-6)
+    assert got.dtype == torch.float32 and ((got - ref).norm(dim=-1) / ref.norm(dim=-1)).max() < 1e-5
 
 
 @pytest.mark.parametrize("kinds", [[SLIDING], [CSA], [HCA]])

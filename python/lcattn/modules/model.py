@@ -236,10 +236,19 @@ class MoE(nn.Module):
 
 
 def stream_mix(streams: Tensor, fn: Tensor, eps: float) -> Tensor:
-    """(flatten(X) / rms(flatten(X))) @ fn^T in fp32 (SPEC 7), as (flatten(X) @ fn^T) / rms: the scale
-    is per token, so the fp32 streams are read once by the product and the rms reads the streams."""
+    """(flatten(X) / rms(flatten(X))) @ fn^T in fp32 (SPEC 7), as (flatten(X) @ fn^T) / rms (the scale
+    is per token). bf16 streams on CUDA: one bf16 GEMM with fp32 sums against fn split into two bf16
+    parts (fn = hi + lo to about 2^-17), so the streams are read once, with no fp32 copy of them."""
     x = streams.flatten(2)
-    return F.linear(x.float(), fn.float()) * torch.rsqrt(mean_square(x) + eps)
+    if x.is_cuda and x.dtype == torch.bfloat16:
+        fn = fn.float()
+        hi = fn.to(torch.bfloat16)
+        parts = torch.cat((hi, (fn - hi.float()).to(torch.bfloat16)))  # [2M, n D]
+        both = torch.mm(x.reshape(-1, x.shape[-1]), parts.t(), out_dtype=torch.float32)
+        mix = (both[:, :fn.shape[0]] + both[:, fn.shape[0]:]).view(*x.shape[:-1], fn.shape[0])
+    else:
+        mix = F.linear(x.float(), fn.float())
+    return mix * torch.rsqrt(mean_square(x) + eps)
 
 
 def mhc_dtype(streams: Tensor) -> torch.dtype:
