@@ -58,8 +58,8 @@ def test_last_logits_are_each_rows_logits_at_its_end(device):
 
 @pytest.mark.cuda
 def test_stream_mix_of_bf16_streams_matches_fp32_cuda():
-    """On CUDA the mHC mix of bf16 streams is a bf16 GEMM against fn split into two bf16 parts."""
-    streams = torch.randn(3, 70, 4, 4096, device="cuda").bfloat16()
+    """On CUDA the mHC mix of a prefill's bf16 streams is a bf16 GEMM against fn split in two bf16 parts."""
+    streams = torch.randn(3, 90, 4, 4096, device="cuda").bfloat16()  # prefill-sized: 270 tokens
     fn = torch.randn(24, 4 * 4096, device="cuda") * 0.01
     x = streams.flatten(2).float()
     ref = torch.nn.functional.linear(x, fn) * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6)
