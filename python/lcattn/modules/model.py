@@ -239,9 +239,8 @@ def stream_mix(streams: Tensor, fn: Tensor, eps: float) -> Tensor:
     """(flatten(X) / rms(flatten(X))) @ fn^T in fp32 (SPEC 7), as (flatten(X) @ fn^T) / rms (the scale
     is per token). bf16 streams of a prefill on CUDA: one bf16 GEMM with fp32 sums against fn split
     into two bf16 parts (fn = hi + lo to about 2^-17), so the streams are read once, with no fp32 copy
-    of them (at 8192 tokens 0.5 ms a site less on the H100). At decode sizes the split costs more than
-    the copy saves (a compiled decode step took 2.70 ms with it against 2.61 without, one run each), so there the
-    fp32 product stays."""
+    of them (about 0.5 ms a site less at 8192 tokens on the H100). A decode step keeps the fp32
+    product: its compiled step took 2.70 ms with the split against 2.61 without (one run each)."""
     x = streams.flatten(2)
     if x.is_cuda and x.dtype == torch.bfloat16 and x.shape[:-1].numel() >= 256:
         fn = fn.float()
