@@ -23,7 +23,7 @@ TOLERANCES = {
     "compress_kv csa": 1e-5, "compress_kv hca": 1e-5, "indexer_scores": 1e-5, "topk_indices": 0.0,
     "indexer_topk": 0.0, "gather_rows": 0.0, "sparse_attn": 1e-2, "dense_attn": 1e-2, "moe_route": 1e-6,
     "moe_permute": 0.0, "grouped_gemm_contiguous": 1e-2, "grouped_gemm_masked": 1e-2, "moe_unpermute": 1e-2,
-    "moe_experts": 2e-2,
+    "moe_experts": 2e-2, "hc_sinkhorn": 1e-5, "hc_post": 1e-2, "hc_collapse": 1e-2,
 }
 
 
@@ -126,6 +126,18 @@ def run(device: torch.device) -> list:
     w_gate_up = (torch.randn(E, 2 * inter, hidden, device=device) * hidden ** -0.5).to(bf)
     record("moe_experts", lambda: ops.moe_experts(x, weights, experts, w_gate_up, w_down, 10.0),
            lambda o: rel_err(o.float(), reference.moe_experts(x, weights, experts, w_gate_up, w_down, 10.0)))
+
+    # mHC: the mixing matrices, a site's new streams and its sublayer input (4 streams a token).
+    n = 4
+    mix_logits = torch.randn(T, n, n, device=device) * 2
+    comb = record("hc_sinkhorn", lambda: ops.hc_sinkhorn(mix_logits, 20),
+                  lambda a: rel_err(a, reference.hc_sinkhorn(mix_logits, 20)))
+    streams, out = torch.randn(T, n, hidden, device=device).to(bf), torch.randn(T, hidden, device=device).to(bf)
+    post, pre = 2 * torch.sigmoid(torch.randn(T, n, device=device)), torch.sigmoid(torch.randn(T, n, device=device))
+    record("hc_post", lambda: ops.hc_post(streams, out, post, comb),
+           lambda y: rel_err(y.float(), reference.hc_post(streams, out, post, comb)))
+    record("hc_collapse", lambda: ops.hc_collapse(streams, pre),
+           lambda y: rel_err(y.float(), reference.hc_collapse(streams, pre)))
     return rows
 
 
