@@ -34,8 +34,8 @@ def test_every_family_yields_well_formed_cases(driver, quick):
 
 
 def test_the_bench_scripts_import(driver):
-    for name in ("layers", "profile_case", "profile_decode", "profile_layer", "attention_once", "expert_parallel",
-                 "decode_gemm"):
+    for name in ("layers", "profile_case", "profile_decode", "profile_prefill", "profile_layer", "attention_once",
+                 "expert_parallel", "decode_gemm"):
         importlib.import_module(name)
 
 
