@@ -7,8 +7,7 @@ import argparse
 
 import torch
 
-from lcattn.demo import decode_median_ms, gpu_config
-from lcattn.modules import DeepseekV4ForCausalLM
+from lcattn.demo import decode_median_ms, gpu_config, random_model
 from lcattn.testing.bench import kernel_profile
 
 
@@ -25,10 +24,7 @@ def main() -> None:
     torch.manual_seed(0)
     cuda = torch.device("cuda")
     config = gpu_config(args.experts, None)
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = DeepseekV4ForCausalLM(config).init_weights()
-    torch.set_default_dtype(torch.float32)
+    model = random_model(config, cuda)
     context = args.prompt + 4 * args.steps + 8
     prompt = torch.randint(0, config.vocab_size, (args.batch, args.prompt), device="cuda")
 

@@ -9,8 +9,7 @@ import time
 
 import torch
 
-from lcattn.demo import gpu_config
-from lcattn.modules import DeepseekV4ForCausalLM
+from lcattn.demo import gpu_config, random_model
 from lcattn.testing.bench import kernel_profile
 
 
@@ -26,10 +25,7 @@ def main() -> None:
         parser.error("--chunks must be at least 2 (the first one is not counted)")
     torch.manual_seed(0)
     config = gpu_config(args.experts, None)
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = DeepseekV4ForCausalLM(config).init_weights()
-    torch.set_default_dtype(torch.float32)
+    model = random_model(config, torch.device("cuda"))
     n = args.chunk * args.chunks
     prompt = torch.randint(0, config.vocab_size, (1, n), device="cuda")
 

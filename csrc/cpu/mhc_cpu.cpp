@@ -18,16 +18,16 @@ void hc_mix_tokens(const HcMixParams& p, int64_t t0, int64_t t1) {
   const T* streams = static_cast<const T*>(p.streams);
   const T* out = static_cast<const T*>(p.out);
   T* y = static_cast<T*>(p.y);
-  const int n = p.n, m = p.m, D = p.D;
+  const int n = p.n, m = p.sums(), D = p.D;
   for (int64_t t = t0; t < t1; ++t) {
     const float* post = p.post ? p.post + t * m : nullptr;
     const float* comb = p.comb + t * n * m;
     for (int d = 0; d < D; ++d) {
-      float x[kSinkhornMaxN];
+      float x[kHcMaxStreams];
       for (int i = 0; i < n; ++i) x[i] = load(streams, (t * n + i) * D + d);
       const float o = out ? load(out, t * D + d) : 0.f;
       for (int j = 0; j < m; ++j)
-        store(y, (t * m + j) * D + d, hc_mix_element<kSinkhornMaxN>(post, comb, n, m, j, o, x));
+        store(y, (t * m + j) * D + d, hc_mix_element<kHcMaxStreams>(post, comb, n, m, j, o, x));
     }
   }
 }

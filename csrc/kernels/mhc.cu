@@ -76,7 +76,7 @@ constexpr int kHcMixThreads = 256;
 template <class T, int N, int V, bool Post>
 __global__ void __launch_bounds__(kHcMixThreads) hc_mix_kernel(const HcMixParams p) {
   constexpr int M = Post ? N : 1;                                 // bound on m
-  __shared__ float weights[kSinkhornMaxN * (kSinkhornMaxN + 1)];  // post [m] when Post, then comb [n, m]
+  __shared__ float weights[kHcMaxStreams * (kHcMaxStreams + 1)];  // post [m] when Post, then comb [n, m]
   const int n = N == 4 ? 4 : p.n, m = Post ? n : 1, D = p.D, units = D / V;
   const int post_len = Post ? m : 0;
   const T* streams = static_cast<const T*>(p.streams);
@@ -116,7 +116,7 @@ cudaError_t launch_hc_mix(const HcMixParams& p, cudaStream_t stream) {
   if (p.n == 4)
     hc_mix_kernel<T, 4, V, Post><<<blocks, kHcMixThreads, 0, stream>>>(p);
   else
-    hc_mix_kernel<T, kSinkhornMaxN, V, Post><<<blocks, kHcMixThreads, 0, stream>>>(p);
+    hc_mix_kernel<T, kHcMaxStreams, V, Post><<<blocks, kHcMixThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -124,8 +124,6 @@ template <class T, int V>
 cudaError_t launch_hc_mix(const HcMixParams& p, cudaStream_t stream) {
   return p.post ? launch_hc_mix<T, V, true>(p, stream) : launch_hc_mix<T, V, false>(p, stream);
 }
-
-bool aligned_16(const void* v) { return reinterpret_cast<uintptr_t>(v) % 16 == 0; }
 
 }  // namespace
 
@@ -139,7 +137,7 @@ cudaError_t hc_sinkhorn_cuda(const SinkhornParams& p, cudaStream_t stream) {
 cudaError_t hc_mix_cuda(const HcMixParams& p, cudaStream_t stream) {
   if (p.T == 0 || p.D == 0) return cudaSuccess;
   const int vec = p.bf16_streams ? 8 : 4;  // elements in 16 bytes
-  const bool vectors = p.D % vec == 0 && aligned_16(p.streams) && (!p.out || aligned_16(p.out)) && aligned_16(p.y);
+  const bool vectors = p.D % vec == 0 && aligned16(p.streams) && (!p.out || aligned16(p.out)) && aligned16(p.y);
   if (p.bf16_streams) return vectors ? launch_hc_mix<bf16, 8>(p, stream) : launch_hc_mix<bf16, 1>(p, stream);
   return vectors ? launch_hc_mix<float, 4>(p, stream) : launch_hc_mix<float, 1>(p, stream);
 }

@@ -95,8 +95,6 @@ __global__ void __launch_bounds__(kPermuteThreads) moe_place_kernel(const Permut
   }
 }
 
-__device__ __forceinline__ bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
 // grid (T * k): copies token row x[t] to its permuted row (none for a slot routed nowhere), 16 bytes
 // at a time when D % 8 == 0.
 __global__ void moe_scatter_kernel(const PermuteParams p) {

@@ -72,7 +72,7 @@ inline void check_no_overlap(const char* op, const char* written, const at::Tens
 // A CUDA kernel reads t in 16-byte vectors: its data must start on a 16-byte boundary (a contiguous
 // view at an odd storage offset does not), or the misaligned load would end the CUDA context.
 inline void check_aligned_16(const char* op, const char* name, const at::Tensor& t) {
-  LCATTN_CHECK(!t.is_cuda() || reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, op, name,
+  LCATTN_CHECK(!t.is_cuda() || aligned16(t.data_ptr()), op, name,
                " must start on a 16-byte boundary on CUDA (storage offset ", t.storage_offset(), ")");
 }
 

@@ -13,7 +13,7 @@ at::Tensor hc_sinkhorn(const at::Tensor& logits, int64_t iters, double eps) {
   LCATTN_CHECK(logits.dim() >= 2 && logits.size(-1) == logits.size(-2), op, "logits must be [..., n, n], got shape ",
                logits.sizes());
   const int64_t n = logits.size(-1);
-  LCATTN_CHECK(n >= 1 && n <= kSinkhornMaxN, op, "n must lie in [1, ", kSinkhornMaxN, "], got ", n);
+  LCATTN_CHECK(n >= 1 && n <= kHcMaxStreams, op, "n must lie in [1, ", kHcMaxStreams, "], got ", n);
   check_int_arg(op, "iters", iters, 1, 65536);
   check_float_arg(op, "eps", eps, 0.0);
   check_dtype_device(op, "logits", logits, at::kFloat, logits);
@@ -30,16 +30,17 @@ at::Tensor hc_sinkhorn(const at::Tensor& logits, int64_t iters, double eps) {
   return out;
 }
 
-// Per token, m weighted sums of the streams [..., n, D] (bf16 or fp32): comb [..., n, m] fp32, and for
-// hc_post also out [..., D] (the streams' type) and post [..., m] fp32 -> [..., m, D], or [..., D] for
-// the collapse, in the streams' type (HcMixParams).
+// Per token, weighted sums of the streams [..., n, D] (bf16 or fp32), in the streams' type
+// (HcMixParams): hc_post, with out [..., D] (the streams' type), post [..., n] and comb [..., n, n]
+// fp32 -> [..., n, D]; the collapse (out and post null), with pre [..., n] fp32 as comb -> [..., D].
 at::Tensor hc_mix(const char* op, const at::Tensor& streams, const at::Tensor* out, const at::Tensor* post,
-                  const at::Tensor& comb, bool collapse) {
+                  const at::Tensor& comb) {
+  const bool collapse = !post;
   LCATTN_CHECK(streams.dim() >= 2, op, "streams must be [..., n, D], got shape ", streams.sizes());
   LCATTN_CHECK(streams.scalar_type() == at::kBFloat16 || streams.scalar_type() == at::kFloat, op,
                "streams must be BFloat16 or Float, got ", c10::toString(streams.scalar_type()));
   const int64_t n = streams.size(-2), D = streams.size(-1), m = collapse ? 1 : n;
-  LCATTN_CHECK(n >= 1 && n <= kSinkhornMaxN, op, "n must lie in [1, ", kSinkhornMaxN, "], got ", n);
+  LCATTN_CHECK(n >= 1 && n <= kHcMaxStreams, op, "n must lie in [1, ", kHcMaxStreams, "], got ", n);
   check_int_size(op, "D", D);
   const at::IntArrayRef lead = streams.sizes().slice(0, streams.dim() - 2);
   auto expect = [&](const char* name, const at::Tensor& t, at::ScalarType dtype, std::vector<int64_t> tail) {
@@ -69,7 +70,6 @@ at::Tensor hc_mix(const char* op, const at::Tensor& streams, const at::Tensor* o
   p.y = y.data_ptr();
   p.T = streams.numel() / std::max<int64_t>(n * D, 1);
   p.n = int(n);
-  p.m = int(m);
   p.D = int(D);
   p.bf16_streams = streams.scalar_type() == at::kBFloat16;
   LCATTN_RUN(op, streams, hc_mix, p);
@@ -77,11 +77,11 @@ at::Tensor hc_mix(const char* op, const at::Tensor& streams, const at::Tensor* o
 }
 
 at::Tensor hc_post(const at::Tensor& streams, const at::Tensor& out, const at::Tensor& post, const at::Tensor& comb) {
-  return hc_mix("hc_post", streams, &out, &post, comb, false);
+  return hc_mix("hc_post", streams, &out, &post, comb);
 }
 
 at::Tensor hc_collapse(const at::Tensor& streams, const at::Tensor& pre) {
-  return hc_mix("hc_collapse", streams, nullptr, nullptr, pre, true);
+  return hc_mix("hc_collapse", streams, nullptr, nullptr, pre);
 }
 
 void register_ops(torch::Library& m) {

@@ -35,6 +35,16 @@ def gpu_config(experts: int, layers) -> DeepseekV4Config:
     return config
 
 
+def random_model(config: DeepseekV4Config, device: torch.device) -> DeepseekV4ForCausalLM:
+    """The demo's model with random weights: bf16 on the GPU (the norms, sinks and mHC weights stay
+    fp32), fp32 on the CPU."""
+    torch.set_default_dtype(torch.bfloat16 if device.type == "cuda" else torch.float32)
+    with torch.device(device):
+        model = DeepseekV4ForCausalLM(config).init_weights()
+    torch.set_default_dtype(torch.float32)
+    return model
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -110,11 +120,7 @@ def main() -> None:
     prompt_len = context - args.decode
     torch.manual_seed(args.seed)
 
-    # bf16 weights on the GPU (the norms, sinks and mHC weights stay fp32), fp32 on the CPU.
-    torch.set_default_dtype(torch.bfloat16 if device.type == "cuda" else torch.float32)
-    with torch.device(device):
-        model = DeepseekV4ForCausalLM(config).init_weights()
-    torch.set_default_dtype(torch.float32)
+    model = random_model(config, device)
     params = sum(p.numel() for p in model.parameters())
     if args.expert_parallel:
         lcattn.parallel.expert_parallel(model)

@@ -122,4 +122,7 @@ LCATTN_HD void rope_rotate_pair(float* x, int pos, float inv_freq, float sign) {
 
 LCATTN_HD int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// Whether ptr starts on a 16-byte boundary (where 16-byte vector loads and stores may go).
+LCATTN_HD bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
 }  // namespace lcattn

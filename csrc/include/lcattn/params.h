@@ -229,15 +229,15 @@ struct SinkhornParams {
   const float* logits;  // [M, n, n]
   float* out;           // [M, n, n]
   int64_t M;
-  int n, iters;  // 1 <= n <= kSinkhornMaxN, iters >= 1
+  int n, iters;  // 1 <= n <= kHcMaxStreams, iters >= 1
   float eps;
 };
-constexpr int kSinkhornMaxN = 8;
+constexpr int kHcMaxStreams = 8;  // the most residual streams n the mHC ops take
 
-// Per token, m weighted sums of the n residual streams (SPEC 7), summed in fp32 and rounded once to the
-// streams' type (bf16 or fp32: `bf16_streams`): y_j = post_j * out + sum_i comb_ij X_i for j < m.
-// A site's new streams (hc_post): m = n. The sublayer input h = sum_i pre_i X_i (hc_collapse): m = 1,
-// comb = pre, and post and out null (no first term).
+// Per token, m = sums() weighted sums of the n residual streams (SPEC 7), summed in fp32 and rounded
+// once to the streams' type (bf16 or fp32: `bf16_streams`): y_j = post_j * out + sum_i comb_ij X_i for
+// j < m. A site's new streams (hc_post): m = n. The sublayer input h = sum_i pre_i X_i (hc_collapse):
+// post and out null (no first term), so m = 1 and comb = pre.
 struct HcMixParams {
   const void* streams;  // [T, n, D] X
   const void* out;      // [T, D] the sublayer's output f(h), the streams' type; or null
@@ -245,8 +245,9 @@ struct HcMixParams {
   const float* comb;    // [T, n, m]: comb[i][j] weighs stream i in sum j
   void* y;              // [T, m, D]
   int64_t T;
-  int n, m, D;  // 1 <= n <= kSinkhornMaxN, m = n or 1
+  int n, D;  // 1 <= n <= kHcMaxStreams
   bool bf16_streams;
+  LCATTN_HD int sums() const { return post ? n : 1; }
 };
 
 }  // namespace lcattn

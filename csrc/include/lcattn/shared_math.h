@@ -164,14 +164,14 @@ LCATTN_HD void hc_sinkhorn_matrix(const float* logits, float* out, int n, int it
       if (i < n && j < n) out[i * n + j] = a[i][j];
 }
 
-// Matrix m of p: V4's n = 4 on its own path, any other n up to kSinkhornMaxN on the general one.
+// Matrix m of p: V4's n = 4 on its own path, any other n up to kHcMaxStreams on the general one.
 LCATTN_HD void hc_sinkhorn(const SinkhornParams& p, int64_t m) {
   const float* in = p.logits + m * p.n * p.n;
   float* out = p.out + m * p.n * p.n;
   if (p.n == 4)
     hc_sinkhorn_matrix<4>(in, out, 4, p.iters, p.eps);
   else
-    hc_sinkhorn_matrix<kSinkhornMaxN>(in, out, p.n, p.iters, p.eps);
+    hc_sinkhorn_matrix<kHcMaxStreams>(in, out, p.n, p.iters, p.eps);
 }
 
 // Sum j of one element (HcMixParams): post_j * out (when post) + sum_i comb_ij x_i over i < n, in that
