@@ -15,8 +15,10 @@ L2_BYTES = 50 * 2**20  # H100 / H200
 LAUNCH_LEAD_CYCLES = 100_000
 # Calls before the timed ones run for at least this long (and at least 3): a short call timed after
 # only a few warm-up calls ran at clocks still rising (the decode grouped GEMM: 73-75 us in a first
-# series of 60 calls, 65-66 us in a second one on the same inputs).
-WARMUP_SECONDS = 0.025
+# series of 60 calls, 65-66 us in a second one on the same inputs), and with 25 ms a call timed first
+# after the driver's prefill GEMM rows still ran slow (flash T=1 decode GEMM on an H100: 100 us, then
+# 86-87 us in the next two series of the same case).
+WARMUP_SECONDS = 0.1
 
 
 def warm_up(fns: List[Callable[[], object]]) -> None:
