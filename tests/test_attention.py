@@ -121,6 +121,12 @@ def test_kv_fp8_form(device):
     assert y[..., :448][nan_tile].isnan().all()
     with pytest.raises(ValueError, match=r"\[lcattn\] dequantize_kv_fp8: x must be uint8 \[..., 584\]"):
         ops.dequantize_kv_fp8(q[..., :576], 512, 64)
+    for head_dim, rope_dim in ((512, -2), (512, 514), (511, 64), (512, 3)):
+        got = rf"must be even with 0 <= rope_dim <= head dim, got head dim {head_dim}, rope_dim {rope_dim}"
+        with pytest.raises(ValueError, match=r"\[lcattn\] quantize_kv_fp8: head dim and rope_dim " + got):
+            ops.quantize_kv_fp8(x[..., :head_dim], rope_dim)
+        with pytest.raises(ValueError, match=r"\[lcattn\] dequantize_kv_fp8: head dim and rope_dim " + got):
+            ops.dequantize_kv_fp8(q, head_dim, rope_dim)
 
 
 # (B, S, H, D, rope_dim, L, N, K, q_start, kv_start): S * K < N widens only the selected entries

@@ -201,3 +201,15 @@ def test_kv_fp8_needs_an_even_width(device):
     out = torch.zeros(1, 2, ops.kv_fp8_bytes(9, 2), dtype=torch.uint8, device=device)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: kv_fp8 entries need an even width, got 9"):
         ops.compress_kv(*one_chunk(device, c=9, rope_dim=2), out, 4, True)
+
+
+def test_helpers_reject_bad_shapes():
+    """compress_state and quantize_e4m3 name what is wrong instead of failing inside torch."""
+    for batch, ratio, width in ((-1, 4, 8), (1, 0, 8), (1, 4, -8)):
+        with pytest.raises(ValueError, match=r"\[lcattn\] compress_state: batch and width must be at least 0 and "
+                                             rf"ratio at least 1, got batch {batch}, ratio {ratio}, width {width}"):
+            ops.compress_state(batch, ratio, width, True)
+    assert ops.compress_state(0, 4, 8, False)[0].shape == (0, 4, 8)
+    for x in (torch.zeros(2, 0), torch.tensor(1.0)):
+        with pytest.raises(ValueError, match=r"\[lcattn\] quantize_e4m3: x must be \[..., D\] with D >= 1"):
+            ops.quantize_e4m3(x)

@@ -232,6 +232,9 @@ def test_interleave_gate_up_layout():
     assert torch.equal(ops.deinterleave_gate_up(w), torch.cat([gate, up], 1))
     with pytest.raises(ValueError, match=r"\[lcattn\] interleave_gate_up: 2I must be a multiple of 16, got 24"):
         ops.interleave_gate_up(torch.randn(E, 24, D))
+    with pytest.raises(ValueError, match=r"\[lcattn\] deinterleave_gate_up: w must be \[..., 2I, D\], got shape "
+                                         r"\(16,\)"):
+        ops.deinterleave_gate_up(torch.randn(16))
 
 
 def test_moe_experts_checkpoint_layout(device, swiglu_pass):
@@ -364,6 +367,9 @@ def test_bad_input_is_rejected(device):
                                            r"got N = 8, K = 12"):
         ops.grouped_gemm_masked(torch.randn(2, 3, 12, device=device).bfloat16(),
                                 torch.randn(2, 8, 12, device=device).bfloat16(), as_int([1, 1], device))
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_experts: D and I must be multiples of 8, got D = 8, I = 4"):
+        ops.moe_experts(x, None, as_int([[0]] * 6, device), torch.randn(2, 8, 8, device=device).bfloat16(),
+                        torch.randn(2, 8, 4, device=device).bfloat16(), 10.0)
     offset_view = torch.randn(6 * 8 + 1, device=device).bfloat16()[1:].view(6, 8)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] grouped_gemm_contiguous: x must start at a 16-byte aligned"):
         ops.grouped_gemm_contiguous(offset_view, w, as_int([0, 2, 6], device))

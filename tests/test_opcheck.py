@@ -97,3 +97,19 @@ def test_no_silent_backward():
         out, _ = ops.dense_attn(q, kv, kv_start, q_start, ckv, sink, inv_freq, 4)
     with torch.inference_mode():
         assert torch.equal(ops.dense_attn(q, kv, kv_start, q_start, ckv, sink, inv_freq, 4)[0], out)
+
+
+@pytest.mark.parametrize("name", list(cases("cpu")))
+def test_meta_tensor_among_cpu_ones_is_an_error(name):
+    """A meta tensor among CPU ones (a parameter left unloaded) reaches the op's fake kernel, which is
+    also its Meta kernel: it raises as the adapters do rather than return empty tensors as a result."""
+    args = list(cases("cpu")[name])
+    tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    if len(tensors) < 2:
+        pytest.skip("one tensor: all meta is a meta call")
+    last = tensors[-1]
+    args[last] = args[last].to("meta")
+    schema = getattr(torch.ops.lcattn, name.split()[0]).default._schema
+    with pytest.raises(RuntimeError, match=rf"\[lcattn\] {name.split()[0]}: {schema.arguments[last].name} must be on "
+                                           r"cpu, got meta"):
+        getattr(torch.ops.lcattn, name.split()[0])(*args)

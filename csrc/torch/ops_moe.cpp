@@ -222,8 +222,7 @@ at::Tensor moe_experts(const at::Tensor& x, const std::optional<at::Tensor>& wei
                w_gate_up.size(1));
   check_tensor(op, "w_gate_up", w_gate_up, at::kBFloat16, {E, 2 * I, D}, x);
   check_tensor(op, "w_down", w_down, at::kBFloat16, {E, D, I}, x);
-  check_gemm_dims(op, 2 * I, D);
-  check_gemm_dims(op, D, I);
+  LCATTN_CHECK(D % 8 == 0 && I % 8 == 0, op, "D and I must be multiples of 8, got D = ", D, ", I = ", I);
   check_aligned(op, "w_gate_up", w_gate_up);
   check_aligned(op, "w_down", w_down);
   check_int_size(op, "T * k", T * k);

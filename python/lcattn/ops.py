@@ -11,12 +11,34 @@ window keys are [B, L, D] with row j at position kv_start[b] + j. Compressed ent
 with entry i at row i (or [B, N, bytes] uint8 in the kv_fp8 form, :func:`quantize_kv_fp8`).
 Index tensors are int32 with -1 for "none"; lengths and positions are int32.
 """
-from typing import Optional, Tuple
+import functools
+import inspect
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 _ops = torch.ops.lcattn
+
+
+def _fake(op: str) -> Callable:
+    """Registers the decorated function as op's fake kernel. A fake kernel is also the op's Meta
+    kernel, which dispatch prefers to the CPU and CUDA ones: a call that mixes a meta tensor with
+    others lands here, so the tensors' devices are checked here as the adapters check them (SPEC
+    0.2), rather than empty tensors returned in place of a result."""
+    def register(fn: Callable) -> Callable:
+        names = list(inspect.signature(fn).parameters)
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            tensors = [(n, a) for n, a in [*zip(names, args), *kwargs.items()] if isinstance(a, Tensor)]
+            for name, t in tensors[1:]:
+                if t.device != tensors[0][1].device:
+                    raise RuntimeError(f"[lcattn] {op}: {name} must be on {tensors[0][1].device}, got {t.device}")
+            return fn(*args, **kwargs)
+        torch.library.register_fake(f"lcattn::{op}")(checked)
+        return fn
+    return register
 
 
 def compress_kv(kv: Tensor, score: Tensor, seq_lens: Tensor, start_pos: Tensor, ring_kv: Tensor,
@@ -39,7 +61,7 @@ def compress_kv(kv: Tensor, score: Tensor, seq_lens: Tensor, start_pos: Tensor, 
                      ratio, overlap, eps, out_scales)
 
 
-@torch.library.register_fake("lcattn::compress_kv")
+@_fake("compress_kv")
 def _(kv, score, seq_lens, start_pos, ring_kv, ring_score, ape, norm_weight, inv_freq, out, ratio, overlap,
       eps=1e-6, out_scales=None):
     return None
@@ -48,6 +70,9 @@ def _(kv, score, seq_lens, start_pos, ring_kv, ring_score, ape, norm_weight, inv
 def compress_state(batch: int, ratio: int, width: int, overlap: bool,
                    device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
     """Empty carry-over rings (ring_kv, ring_score) for :func:`compress_kv`."""
+    if batch < 0 or ratio < 1 or width < 0:
+        raise ValueError(f"[lcattn] compress_state: batch and width must be at least 0 and ratio at least 1, got "
+                         f"batch {batch}, ratio {ratio}, width {width}")
     shape = (batch, (2 if overlap else 1) * ratio, width)
     return (torch.zeros(shape, dtype=torch.float32, device=device),
             torch.zeros(shape, dtype=torch.float32, device=device))
@@ -61,6 +86,8 @@ def quantize_e4m3(x: Tensor, min_amax: float = 1e-4) -> Tuple[Tensor, Tensor]:
     and x / s rounded to nearest; x = s * result up to e4m3 rounding. The rule DeepSeek's fp8
     indexer uses for its q (per token and head) and keys (per entry); compress_kv applies the same
     one when it writes e4m3 entries. Plain torch ops (capturable, compilable)."""
+    if x.dim() == 0 or x.shape[-1] == 0:
+        raise ValueError(f"[lcattn] quantize_e4m3: x must be [..., D] with D >= 1, got shape {tuple(x.shape)}")
     amax = x.float().abs().amax(dim=-1).clamp_min(min_amax)
     # A tensor divisor: torch divides a CUDA tensor by a Python number as a product with its
     # reciprocal, which is not the correctly rounded quotient the kernels compute.
@@ -78,6 +105,12 @@ def kv_fp8_bytes(head_dim: int, rope_dim: int) -> int:
     return (nope + 2 * rope_dim + -(-nope // KV_FP8_TILE) + 7) // 8 * 8
 
 
+def _check_kv_fp8_dims(op: str, head_dim: int, rope_dim: int) -> None:
+    if not (0 <= rope_dim <= head_dim and head_dim % 2 == 0 and rope_dim % 2 == 0):
+        raise ValueError(f"[lcattn] {op}: head dim and rope_dim must be even with 0 <= rope_dim <= head dim, got "
+                         f"head dim {head_dim}, rope_dim {rope_dim}")
+
+
 def quantize_kv_fp8(x: Tensor, rope_dim: int) -> Tensor:
     """Compressed attention entries x [..., D] (fp32 or bf16) -> their kv_fp8 form, uint8
     [..., kv_fp8_bytes(D, rope_dim)], the bytes of an entry of FlashMLA's fp8 cache for V4 (SPEC 5.1): the
@@ -85,14 +118,13 @@ def quantize_kv_fp8(x: Tensor, rope_dim: int) -> Tensor:
     at least max(amax / 448, 1e-4) and that power's UE8M0 byte kept; the RoPE channels as bf16.
     A tile holding NaN or infinity is stored as NaN. compress_kv writes the same bytes itself.
     Plain torch ops."""
+    if not x.is_floating_point() or x.dim() == 0:
+        raise ValueError(f"[lcattn] quantize_kv_fp8: x must be a floating-point tensor [..., D], got {x.dtype} "
+                         f"{tuple(x.shape)}")
     D = x.shape[-1]
+    _check_kv_fp8_dims("quantize_kv_fp8", D, rope_dim)
     nope = D - rope_dim
     tiles = -(-nope // KV_FP8_TILE)
-    if not x.is_floating_point():
-        raise ValueError(f"[lcattn] quantize_kv_fp8: x must be a floating-point tensor, got {x.dtype}")
-    if nope < 0 or nope % 2 or rope_dim % 2:
-        raise ValueError(f"[lcattn] quantize_kv_fp8: head dim {D} and rope_dim {rope_dim} must be even, rope_dim <= "
-                         "head dim")
     xf = x.float()
     tiled = torch.nn.functional.pad(xf[..., :nope], (0, tiles * KV_FP8_TILE - nope)).unflatten(-1, (tiles, KV_FP8_TILE))
     amax = tiled.abs().amax(dim=-1)
@@ -112,6 +144,7 @@ def quantize_kv_fp8(x: Tensor, rope_dim: int) -> Tensor:
 def dequantize_kv_fp8(x: Tensor, head_dim: int, rope_dim: int) -> Tensor:
     """The kv_fp8 form x [..., kv_fp8_bytes(head_dim, rope_dim)] uint8 -> bf16 [..., head_dim]: each
     e4m3 value times its tile's 2^(byte - 127) (exact in bf16), then the RoPE channels."""
+    _check_kv_fp8_dims("dequantize_kv_fp8", head_dim, rope_dim)
     nope = head_dim - rope_dim
     tiles = -(-nope // KV_FP8_TILE)
     if x.dtype != torch.uint8 or x.shape[-1] != kv_fp8_bytes(head_dim, rope_dim):
@@ -135,7 +168,7 @@ def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, ra
     return _ops.indexer_scores(q, weights, keys, q_start, ratio, key_scales)
 
 
-@torch.library.register_fake("lcattn::indexer_scores")
+@_fake("indexer_scores")
 def _(q, weights, keys, q_start, ratio=4, key_scales=None):
     return q.new_empty((q.shape[0], q.shape[1], keys.shape[1]), dtype=torch.float32)
 
@@ -146,7 +179,7 @@ def topk_indices(scores: Tensor, k: int) -> Tensor:
     return _ops.topk_indices(scores, k)
 
 
-@torch.library.register_fake("lcattn::topk_indices")
+@_fake("topk_indices")
 def _(scores, k):
     return scores.new_empty((*scores.shape[:-1], k), dtype=torch.int32)
 
@@ -161,7 +194,7 @@ def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, k: i
     return _ops.indexer_topk(q, weights, keys, q_start, k, ratio, block_rows, key_scales)
 
 
-@torch.library.register_fake("lcattn::indexer_topk")
+@_fake("indexer_topk")
 def _(q, weights, keys, q_start, k, ratio=4, block_rows=0, key_scales=None):
     return q.new_empty((q.shape[0], q.shape[1], k), dtype=torch.int32)
 
@@ -171,7 +204,7 @@ def gather_rows(pool: Tensor, indices: Tensor) -> Tensor:
     return _ops.gather_rows(pool, indices)
 
 
-@torch.library.register_fake("lcattn::gather_rows")
+@_fake("gather_rows")
 def _(pool, indices):
     return pool.new_empty((*indices.shape, pool.shape[-1]))
 
@@ -194,7 +227,7 @@ def _attention_fake(q):
     return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
-@torch.library.register_fake("lcattn::sparse_attn")
+@_fake("sparse_attn")
 def _(q, kv, kv_start, q_start, ckv, indices, sink, inv_freq, scale=None, window=128):
     return _attention_fake(q)
 
@@ -207,7 +240,7 @@ def dense_attn(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: Te
     return _ops.dense_attn(q, kv, kv_start, q_start, ckv, sink, inv_freq, ratio, scale, window)
 
 
-@torch.library.register_fake("lcattn::dense_attn")
+@_fake("dense_attn")
 def _(q, kv, kv_start, q_start, ckv, sink, inv_freq, ratio, scale=None, window=128):
     return _attention_fake(q)
 
@@ -218,7 +251,7 @@ def grouped_gemm_contiguous(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
     return _ops.grouped_gemm_contiguous(x, w, offsets)
 
 
-@torch.library.register_fake("lcattn::grouped_gemm_contiguous")
+@_fake("grouped_gemm_contiguous")
 def _(x, w, offsets):
     return x.new_empty((x.shape[0], w.shape[1]))
 
@@ -229,7 +262,7 @@ def grouped_gemm_masked(x: Tensor, w: Tensor, counts: Tensor) -> Tensor:
     return _ops.grouped_gemm_masked(x, w, counts)
 
 
-@torch.library.register_fake("lcattn::grouped_gemm_masked")
+@_fake("grouped_gemm_masked")
 def _(x, w, counts):
     return x.new_empty((x.shape[0], x.shape[1], w.shape[1]))
 
@@ -245,7 +278,7 @@ def moe_route(logits: Tensor, k: int, route_scale: float, bias: Optional[Tensor]
     return _ops.moe_route(logits, k, route_scale, bias, tid2eid, token_ids)
 
 
-@torch.library.register_fake("lcattn::moe_route")
+@_fake("moe_route")
 def _(logits, k, route_scale, bias=None, tid2eid=None, token_ids=None):
     shape = (logits.shape[0], k)
     return logits.new_empty(shape), logits.new_empty(shape, dtype=torch.int32)
@@ -260,7 +293,7 @@ def moe_permute(x: Tensor, indices: Tensor, num_experts: int) -> Tuple[Tensor, T
     return _ops.moe_permute(x, indices, num_experts)
 
 
-@torch.library.register_fake("lcattn::moe_permute")
+@_fake("moe_permute")
 def _(x, indices, num_experts):
     return (x.new_empty((indices.shape[0] * indices.shape[1], x.shape[1])),
             x.new_empty((num_experts + 1,), dtype=torch.int32),
@@ -272,7 +305,7 @@ def moe_unpermute(y: Tensor, rows: Tensor, weights: Optional[Tensor] = None) -> 
     return _ops.moe_unpermute(y, rows, weights)
 
 
-@torch.library.register_fake("lcattn::moe_unpermute")
+@_fake("moe_unpermute")
 def _(y, rows, weights=None):
     return y.new_empty((rows.shape[0], y.shape[1]))
 
@@ -291,7 +324,7 @@ def moe_experts(x: Tensor, weights: Optional[Tensor], indices: Tensor, w_gate_up
     return _ops.moe_experts(x, weights, indices, w_gate_up, w_down, swiglu_limit)
 
 
-@torch.library.register_fake("lcattn::moe_experts")
+@_fake("moe_experts")
 def _(x, weights, indices, w_gate_up, w_down, swiglu_limit):
     return torch.empty_like(x)
 
@@ -303,7 +336,7 @@ def hc_sinkhorn(logits: Tensor, iters: int, eps: float = 1e-6) -> Tensor:
     return _ops.hc_sinkhorn(logits, iters, eps)
 
 
-@torch.library.register_fake("lcattn::hc_sinkhorn")
+@_fake("hc_sinkhorn")
 def _(logits, iters, eps=1e-6):
     return torch.empty_like(logits)
 
@@ -315,7 +348,7 @@ def hc_post(streams: Tensor, out: Tensor, post: Tensor, comb: Tensor) -> Tensor:
     return _ops.hc_post(streams, out, post, comb)
 
 
-@torch.library.register_fake("lcattn::hc_post")
+@_fake("hc_post")
 def _(streams, out, post, comb):
     return torch.empty_like(streams)
 
@@ -326,7 +359,7 @@ def hc_collapse(streams: Tensor, pre: Tensor) -> Tensor:
     return _ops.hc_collapse(streams, pre)
 
 
-@torch.library.register_fake("lcattn::hc_collapse")
+@_fake("hc_collapse")
 def _(streams, pre):
     return streams.new_empty(streams.shape[:-2] + streams.shape[-1:])
 
@@ -334,6 +367,8 @@ def _(streams, pre):
 def _regroup_gate_up(w: Tensor, name: str, interleave: bool) -> Tensor:
     """w [..., 2I, D] as [..., 2, I / 8, 8, D] (gate rows, then up rows) <-> [..., I / 8, 2, 8, D]
     (blocks of 8 gate rows, each followed by their 8 up rows)."""
+    if w.dim() < 2:
+        raise ValueError(f"[lcattn] {name}: w must be [..., 2I, D], got shape {tuple(w.shape)}")
     *lead, rows, cols = w.shape
     if rows % 16:
         raise ValueError(f"[lcattn] {name}: 2I must be a multiple of 16, got {rows}")
