@@ -99,13 +99,21 @@ def test_decoder_rejects_bad_calls(device):
     dec = model.decoder(2, 32, graph=False)
     with pytest.raises(ValueError, match=r"\[lcattn\] the decoder holds 2 sequences"):
         dec.prefill(torch.zeros(3, 4, dtype=torch.long, device=device))
-    with pytest.raises(ValueError, match=r"\[lcattn\] lengths must be 2 values in \[0, 4\]"):
+    with pytest.raises(ValueError, match=r"\[lcattn\] lengths must be 2 ints in \[0, 4\]"):
         dec.prefill(torch.zeros(2, 4, dtype=torch.long, device=device), [5, 1])
     with pytest.raises(ValueError, match=r"\[lcattn\] a sequence would pass the cache's max_context = 32"):
         dec.prefill(torch.zeros(2, 40, dtype=torch.long, device=device))
     assert dec.cache.host_lengths == [0, 0]
     with pytest.raises(ValueError, match=r"\[lcattn\] step takes 2 token ids"):
         dec.step(torch.zeros(3, dtype=torch.long, device=device))
+    for ids in (torch.tensor([3.7, 100.9], device=device), torch.tensor([True, False], device=device)):
+        with pytest.raises(ValueError, match=r"\[lcattn\] token_ids must be int64 or int32 token ids \[2\]"):
+            dec.step(ids)  # logits' values instead of their argmax, say: not read as ids
+    with pytest.raises(ValueError, match=r"\[lcattn\] input_ids must be int64 or int32 token ids \[B, S\]"):
+        dec.prefill(torch.zeros(4, dtype=torch.long, device=device))
+    assert dec.cache.host_lengths == [0, 0]
+    with pytest.raises(ValueError, match=r"\[lcattn\] a cache holds at least 1 sequence, got batch 0"):
+        model.decoder(0, 32, graph=False)
     if device.type == "cpu":
         with pytest.raises(ValueError, match=r"\[lcattn\] a CUDA graph needs"):
             model.decoder(1, 8, graph=True)

@@ -1,4 +1,6 @@
 """DeepSeek-V4 model blocks: cache consistency, batching and presets."""
+from dataclasses import replace
+
 import pytest
 import torch
 from model_helpers import rel, same_argmax, tiny_model
@@ -79,8 +81,71 @@ def test_each_layer_kind_alone(device, kinds):
 
 def test_bad_lengths_are_rejected():
     model = tiny_model("cpu")
-    with pytest.raises(ValueError, match=r"\[lcattn\] lengths must be 2 values in \[0, 4\]"):
+    with pytest.raises(ValueError, match=r"\[lcattn\] lengths must be 2 ints in \[0, 4\]"):
         model(torch.zeros(2, 4, dtype=torch.long), lengths=[5, 1])
+    with pytest.raises(ValueError, match=r"\[lcattn\] lengths must be 2 ints in \[0, 4\], got \[2.7, 3\]"):
+        model(torch.zeros(2, 4, dtype=torch.long), lengths=[2.7, 3], last=True)
+
+
+def test_bad_ids_are_rejected_before_the_cache_changes():
+    """Ids that are not int64 or int32 [B, S], none, or of another batch than the cache's: an error
+    before any layer writes the cache, so the next call continues as if the bad one had not been made;
+    int32 ids give int64's logits."""
+    model = tiny_model("cpu")
+    ids = torch.randint(0, model.config.vocab_size, (1, 30))
+    cache, fresh = model.new_cache(1), model.new_cache(1)
+    model(ids[:, :20], cache), model(ids[:, :20], fresh)
+    for bad, match in ((ids[:, 20:].float(), r"input_ids must be int64 or int32 token ids \[B, S\], got torch.float32"),
+                       (ids[0, 20:], r"input_ids must be int64 or int32 token ids \[B, S\], got torch.int64 \(10,\)"),
+                       (ids[:, :0], r"input_ids must hold at least one position"),
+                       (ids[:, 20:].repeat(2, 1), r"the cache holds 1 sequences, got input_ids of 2")):
+        with pytest.raises(ValueError, match=r"\[lcattn\] " + match):
+            model(bad, cache)
+    assert cache.host_lengths == [20]
+    assert torch.equal(model(ids[:, 20:].int(), cache), model(ids[:, 20:], fresh))
+
+
+def test_config_is_checked():
+    for change, match in (({"layer_types": ["dense"]}, r"layer_types must be 'sliding', 'csa' or 'hca', "
+                                                        r"got \['dense'\]"),
+                          ({"o_groups": 3}, r"o_groups must divide num_heads = 4, got 3"),
+                          ({"csa_ratio": 0}, r"csa_ratio must be at least 1, got 0"),
+                          ({"experts_per_token": 9}, r"experts_per_token must be at most num_experts = 8, got 9"),
+                          ({"rope_dim": 3}, r"rope_dim must be even and in \[0, head_dim = 64\], got 3")):
+        with pytest.raises(ValueError, match=r"\[lcattn\] config: " + match):
+            replace(DeepseekV4Config.tiny(), **change)
+
+
+def test_dtype_conversion_keeps_the_fixed_dtypes():
+    """model.to(bfloat16) converts the matrices and keeps norms, sinks, mHC and RoPE tables in fp32 and the
+    experts in bf16, as a model built in bf16 has them: the same logits."""
+    model = tiny_model("cpu")
+    ids = torch.randint(0, model.config.vocab_size, (1, 12))
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        built = DeepseekV4ForCausalLM(model.config)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    built.load_hf_state_dict({k: v.to(built.state_dict()[k].dtype) for k, v in model.hf_state_dict().items()})
+    converted = model.to(torch.bfloat16)
+    for name, t in [*built.state_dict().items()]:
+        assert converted.state_dict()[name].dtype == t.dtype, name
+    assert torch.equal(converted(ids), built(ids))
+
+
+def test_loading_copies_onto_the_model():
+    """load_hf_state_dict copies: the loaded model and the checkpoint's tensors share no memory."""
+    model = tiny_model("cpu")
+    ids = torch.randint(0, model.config.vocab_size, (1, 12))
+    before = model(ids)
+    again = DeepseekV4ForCausalLM(model.config)
+    again.load_hf_state_dict(model.hf_state_dict())
+    again.init_weights(generator=torch.Generator().manual_seed(5))
+    assert torch.equal(model(ids), before)
+    with torch.device("meta"):
+        lazy = DeepseekV4ForCausalLM(model.config)
+    with pytest.raises(ValueError, match=r"\[lcattn\] load_hf_state_dict: the model is on the meta device"):
+        lazy.load_hf_state_dict(model.hf_state_dict())
 
 
 def test_presets():

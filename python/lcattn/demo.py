@@ -98,6 +98,12 @@ def main() -> None:
                         "kv_fp8 form, the bytes of FlashMLA's V4 fp8 entries (config.kv_fp8)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    for name in ("chunk", "experts", "context", "batch_prompt"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("decode", "batch"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be at least 0, got {getattr(args, name)}")
     device = torch.device(args.device)
     rank = 0
     if args.expert_parallel:

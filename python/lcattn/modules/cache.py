@@ -3,6 +3,7 @@ indexer keys and the compressors' carry-over rings, so that prefill, chunked pre
 give the same results. Every tensor is updated in place; with a fixed capacity (max_context) the
 entries are allocated once, so a decode step's tensors keep their addresses and a CUDA graph of the
 step can be replayed."""
+import operator
 from typing import List, Optional
 
 import torch
@@ -89,10 +90,20 @@ class Step:
 
 def valid_lengths(lengths: List[int], B: int, S: int) -> List[int]:
     """lengths as B ints in [0, S], or an [lcattn] error."""
-    lens = [int(n) for n in lengths]
+    try:
+        lens = [operator.index(n) for n in lengths]  # ints (and integer tensors), not 2.7 read as 2
+    except TypeError:
+        raise ValueError(f"[lcattn] lengths must be {B} ints in [0, {S}], got {list(lengths)}") from None
     if len(lens) != B or any(n < 0 or n > S for n in lens):
-        raise ValueError(f"[lcattn] lengths must be {B} values in [0, {S}], got {lens}")
+        raise ValueError(f"[lcattn] lengths must be {B} ints in [0, {S}], got {lens}")
     return lens
+
+
+def check_token_ids(ids: torch.Tensor, name: str, shape: str = "[B, S]") -> None:
+    """An [lcattn] error unless ids are int64 or int32 token ids (of rank 2 for shape [B, S])."""
+    if ids.dtype not in (torch.int64, torch.int32) or (shape == "[B, S]" and ids.dim() != 2):
+        raise ValueError(f"[lcattn] {name} must be int64 or int32 token ids {shape}, got {ids.dtype} "
+                         f"{tuple(ids.shape)}")
 
 
 class DeepseekV4Cache:
@@ -103,6 +114,8 @@ class DeepseekV4Cache:
     grow as the sequences do, up to the model's max_positions."""
 
     def __init__(self, config: DeepseekV4Config, batch: int, device: torch.device, max_context: Optional[int] = None):
+        if batch < 1:
+            raise ValueError(f"[lcattn] a cache holds at least 1 sequence, got batch {batch}")
         if max_context is not None and not 0 < max_context <= config.max_positions:
             raise ValueError(f"[lcattn] max_context must be in [1, {config.max_positions}], got {max_context}")
         self.config, self.max_context = config, max_context

@@ -48,6 +48,27 @@ class DeepseekV4Config:
     yarn_beta_slow: float = 1.0
     max_positions: int = 1048576
 
+    def __post_init__(self):
+        """An [lcattn] error for a configuration no model can be built from."""
+        def need(ok: bool, what: str, value) -> None:
+            if not ok:
+                raise ValueError(f"[lcattn] config: {what}, got {value}")
+        for name in ("vocab_size", "hidden_size", "num_heads", "head_dim", "q_lora_rank", "o_groups", "o_lora_rank",
+                     "window", "csa_ratio", "hca_ratio", "index_heads", "index_dim", "index_topk", "num_experts",
+                     "experts_per_token", "expert_dim", "hc_sinkhorn_iters", "max_positions"):
+            need(getattr(self, name) >= 1, f"{name} must be at least 1", getattr(self, name))
+        unknown = [t for t in self.layer_types if t not in (SLIDING, CSA, HCA)]
+        need(not unknown, f"layer_types must be '{SLIDING}', '{CSA}' or '{HCA}'", unknown)
+        need(0 <= self.rope_dim <= self.head_dim and self.rope_dim % 2 == 0,
+             f"rope_dim must be even and in [0, head_dim = {self.head_dim}]", self.rope_dim)
+        need(self.num_heads % self.o_groups == 0, f"o_groups must divide num_heads = {self.num_heads}", self.o_groups)
+        need(self.experts_per_token <= self.num_experts, f"experts_per_token must be at most num_experts = "
+             f"{self.num_experts}", self.experts_per_token)
+        need(0 <= self.num_hash_layers, "num_hash_layers must be at least 0", self.num_hash_layers)
+        need(1 <= self.hc_mult <= 8, "hc_mult (mHC streams) must be in [1, 8]", self.hc_mult)
+        need(self.yarn_factor == 0 or self.yarn_original_positions >= 1,
+             "yarn_original_positions must be at least 1 with YaRN (yarn_factor > 0)", self.yarn_original_positions)
+
     @property
     def num_layers(self) -> int:
         return len(self.layer_types)

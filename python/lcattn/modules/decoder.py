@@ -11,7 +11,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from lcattn.modules.cache import valid_lengths
+from lcattn.modules.cache import check_token_ids, valid_lengths
 
 
 class Decoder:
@@ -46,6 +46,7 @@ class Decoder:
         in calls of about `chunk` tokens (all sequences together: it bounds the activations and the
         logits); returns each sequence's logits at its last prompt token [batch, vocab] (zeros for an
         empty prompt)."""
+        check_token_ids(input_ids, "input_ids")
         B, S = input_ids.shape
         if B != self.batch:
             raise ValueError(f"[lcattn] the decoder holds {self.batch} sequences, got input_ids of {B}")
@@ -69,6 +70,7 @@ class Decoder:
     @torch.no_grad()
     def step(self, token_ids: Tensor) -> Tensor:
         """Appends token_ids [batch] (one per sequence); returns the next-token logits [batch, vocab]."""
+        check_token_ids(token_ids, "token_ids", f"[{self.batch}]")
         if token_ids.numel() != self.batch:
             raise ValueError(f"[lcattn] step takes {self.batch} token ids, got {token_ids.numel()}")
         self.ids.copy_(token_ids.reshape(self.batch, 1))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lcattn import ops
-from lcattn.modules.cache import DeepseekV4Cache, LayerCache, Step
+from lcattn.modules.cache import DeepseekV4Cache, LayerCache, Step, check_token_ids
 from lcattn.modules.config import CSA, HCA, SLIDING, DeepseekV4Config
 from lcattn.modules.decoder import Decoder
 from lcattn.modules.rope import apply_rope, layer_inv_freq
@@ -197,7 +197,7 @@ class Router(nn.Module):
         if hashed:  # int32, as moe_route reads it (transformers stores int64)
             self.register_buffer("tid2eid", torch.zeros(config.vocab_size, config.experts_per_token, dtype=torch.int32))
         else:
-            self.register_buffer("e_score_correction_bias", torch.zeros(config.num_experts))
+            self.register_buffer("e_score_correction_bias", torch.zeros(config.num_experts, dtype=torch.float32))
 
 
 class MoE(nn.Module):
@@ -367,7 +367,15 @@ class DeepseekV4ForCausalLM(nn.Module):
     @torch.no_grad()
     def forward(self, input_ids: Tensor, cache: Optional[DeepseekV4Cache] = None,
                 lengths: Optional[List[int]] = None, last: bool = False) -> Tensor:
+        # Every check before the first layer writes the cache: a call that fails leaves it as it was.
+        check_token_ids(input_ids, "input_ids")
+        if input_ids.shape[1] == 0:
+            raise ValueError(f"[lcattn] input_ids must hold at least one position, got shape {tuple(input_ids.shape)}")
         cache = self.new_cache(input_ids.shape[0]) if cache is None else cache
+        if input_ids.shape[0] != len(cache.host_lengths):
+            raise ValueError(f"[lcattn] the cache holds {len(cache.host_lengths)} sequences, got input_ids of "
+                             f"{input_ids.shape[0]}")
+        input_ids = input_ids.long()  # the hash-routed MoE looks its experts up by int64 id
         step = cache.step(input_ids, lengths)
         x = self.model.embed_tokens(input_ids)
         streams = x.unsqueeze(2).expand(-1, -1, self.config.hc_mult, -1).contiguous()
@@ -375,10 +383,23 @@ class DeepseekV4ForCausalLM(nn.Module):
             streams = layer(streams, state, step)
         cache.advance(step)
         if last:  # [B, 1, n, D]: each row's streams at its last valid token (a row without one: its first)
-            ends = [input_ids.shape[1]] * input_ids.shape[0] if lengths is None else lengths
-            streams = torch.stack([streams[b, max(end, 1) - 1] for b, end in enumerate(ends)]).unsqueeze(1)
+            streams = torch.stack([streams[b, max(end, 1) - 1] for b, end in enumerate(step.host_lens)]).unsqueeze(1)
         logits = self.lm_head(self.model.norm(self.model.hc_head(streams)))
         return logits[:, 0] if last else logits
+
+    def _apply(self, fn, recurse=True):
+        """Module.to(dtype), half() and bfloat16() convert every floating tensor; the fixed-dtype ones
+        (FIXED_DTYPE, and the fp32 buffers: RoPE tables, routing bias) keep their dtype and follow only
+        the device, so a converted model runs as one built in that dtype."""
+        fixed = {id(t): torch.bfloat16 if name.endswith(BF16_PARAMETERS) else torch.float32
+                 for name, t in self.named_parameters() if name.endswith(FIXED_DTYPE)}
+        fixed.update({id(t): torch.float32 for t in self.buffers() if t.is_floating_point()})
+
+        def keep_fixed(t):
+            out = fn(t)
+            want = fixed.get(id(t))
+            return t.to(device=out.device, dtype=want) if want is not None and out.dtype != want else out
+        return super()._apply(keep_fixed, recurse)
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, generator: Optional[torch.Generator] = None) -> "DeepseekV4ForCausalLM":
@@ -408,9 +429,9 @@ class DeepseekV4ForCausalLM(nn.Module):
 
     def load_hf_state_dict(self, state_dict: dict) -> None:
         """Loads a transformers-format state dict; multi-token-prediction (`mtp.`) weights are skipped.
-        Tensors keep the checkpoint's dtype, except those of a fixed dtype: fp32 (norms, sinks, mHC, biases),
-        bf16 (the routed experts) and int32 (the hash-routing table). The experts' gate and up rows are
-        interleaved (ops.interleave_gate_up)."""
+        Tensors are copied onto the model's device and keep the checkpoint's dtype, except those of a fixed
+        dtype: fp32 (norms, sinks, mHC, biases), bf16 (the routed experts) and int32 (the hash-routing
+        table). The experts' gate and up rows are interleaved (ops.interleave_gate_up)."""
         own = self.state_dict()
         wanted = {k: v for k, v in state_dict.items() if not (k.startswith("mtp.") or ".mtp." in k)}
         for prefix, module in self.named_modules():  # expert-parallel layers keep their own experts' rows
@@ -422,7 +443,14 @@ class DeepseekV4ForCausalLM(nn.Module):
         for name, tensor in wanted.items():
             if tuple(own[name].shape) != tuple(tensor.shape):
                 raise ValueError(f"[lcattn] {name}: shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}")
-        converted = {k: v.to(own[k].dtype) if k.endswith(FIXED_DTYPE) else v for k, v in wanted.items()}
+        device = self.lm_head.weight.device
+        if device.type == "meta":
+            raise ValueError("[lcattn] load_hf_state_dict: the model is on the meta device; build it on the device "
+                             "to load onto")
+        # Copies on the model's device, in the checkpoint's dtype (assign keeps it): the caller's tensors
+        # are not shared, and the model's computed buffers (RoPE tables) stay beside its parameters.
+        converted = {k: v.to(device=device, dtype=own[k].dtype if k.endswith(FIXED_DTYPE) else v.dtype, copy=True)
+                     for k, v in wanted.items()}
         for name in converted:
             if name.endswith("experts.gate_up_proj"):
                 converted[name] = ops.interleave_gate_up(converted[name])
@@ -438,6 +466,7 @@ class DeepseekV4ForCausalLM(nn.Module):
 # Parameters that stay fp32 whatever the model dtype, as in the published model.
 FP32_PARAMETERS = ("norm.weight", "layernorm.weight", "sinks", "position_bias", ".fn", ".base", ".scale", "hc_fn",
                    "hc_base", "hc_scale", "e_score_correction_bias")
-# Tensors whose dtype the model fixes whatever the checkpoint's: FP32_PARAMETERS, the experts (bf16,
-# the grouped GEMM's) and the hash-routing table (int32, moe_route's).
-FIXED_DTYPE = FP32_PARAMETERS + ("experts.gate_up_proj", "experts.down_proj", "tid2eid")
+BF16_PARAMETERS = ("experts.gate_up_proj", "experts.down_proj")  # the grouped GEMM's operands
+# Tensors whose dtype the model fixes whatever the checkpoint's or a conversion's: FP32_PARAMETERS,
+# BF16_PARAMETERS and the hash-routing table (int32, moe_route's).
+FIXED_DTYPE = FP32_PARAMETERS + BF16_PARAMETERS + ("tid2eid",)
