@@ -99,9 +99,10 @@ def valid_lengths(lengths: List[int], B: int, S: int) -> List[int]:
     return lens
 
 
-def check_token_ids(ids: torch.Tensor, name: str, shape: str = "[B, S]") -> None:
-    """An [lcattn] error unless ids are int64 or int32 token ids (of rank 2 for shape [B, S])."""
-    if ids.dtype not in (torch.int64, torch.int32) or (shape == "[B, S]" and ids.dim() != 2):
+def check_token_ids(ids: torch.Tensor, name: str, batch: Optional[int] = None) -> None:
+    """An [lcattn] error unless ids are int64 or int32 token ids: [B, S], or `batch` of them in any shape."""
+    shape = "[B, S]" if batch is None else f"[{batch}]"
+    if ids.dtype not in (torch.int64, torch.int32) or (batch is None and ids.dim() != 2):
         raise ValueError(f"[lcattn] {name} must be int64 or int32 token ids {shape}, got {ids.dtype} "
                          f"{tuple(ids.shape)}")
 
