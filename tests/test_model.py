@@ -142,6 +142,12 @@ def test_loading_copies_onto_the_model():
     again.load_hf_state_dict(model.hf_state_dict())
     again.init_weights(generator=torch.Generator().manual_seed(5))
     assert torch.equal(model(ids), before)
+    mixed = model.hf_state_dict()
+    mixed["lm_head.weight"] = mixed["lm_head.weight"].half()
+    with pytest.raises(ValueError, match=r"\[lcattn\] load_hf_state_dict: the checkpoint's tensors \(but the "
+                                         r"fixed-dtype ones\) must share one dtype, got \['torch.float16', "
+                                         r"'torch.float32'\]"):
+        again.load_hf_state_dict(mixed)
     with torch.device("meta"):
         lazy = DeepseekV4ForCausalLM(model.config)
     with pytest.raises(ValueError, match=r"\[lcattn\] load_hf_state_dict: the model is on the meta device"):

@@ -443,6 +443,10 @@ class DeepseekV4ForCausalLM(nn.Module):
         for name, tensor in wanted.items():
             if tuple(own[name].shape) != tuple(tensor.shape):
                 raise ValueError(f"[lcattn] {name}: shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}")
+        dtypes = {str(v.dtype) for k, v in wanted.items() if not k.endswith(FIXED_DTYPE)}
+        if len(dtypes) > 1:
+            raise ValueError(f"[lcattn] load_hf_state_dict: the checkpoint's tensors (but the fixed-dtype ones) must "
+                             f"share one dtype, got {sorted(dtypes)}")
         device = self.lm_head.weight.device
         if device.type == "meta":
             raise ValueError("[lcattn] load_hf_state_dict: the model is on the meta device; build it on the device "
