@@ -104,7 +104,8 @@ def test_decoder_rejects_bad_calls(device):
     with pytest.raises(ValueError, match=r"\[lcattn\] a sequence would pass the cache's max_context = 32"):
         dec.prefill(torch.zeros(2, 40, dtype=torch.long, device=device))
     assert dec.cache.host_lengths == [0, 0]
-    with pytest.raises(ValueError, match=r"\[lcattn\] step takes 2 token ids"):
+    with pytest.raises(ValueError, match=r"\[lcattn\] token_ids must be int64 or int32 token ids \[2\], got "
+                                         r"torch.int64 \(3,\)"):
         dec.step(torch.zeros(3, dtype=torch.long, device=device))
     for ids in (torch.tensor([3.7, 100.9], device=device), torch.tensor([True, False], device=device)):
         with pytest.raises(ValueError, match=r"\[lcattn\] token_ids must be int64 or int32 token ids \[2\]"):

@@ -20,6 +20,7 @@ import argparse
 import os
 import resource
 import time
+from dataclasses import replace
 
 import torch
 
@@ -30,9 +31,8 @@ from lcattn.testing.bench import Progress
 
 
 def gpu_config(experts: int, layers) -> DeepseekV4Config:
-    config = DeepseekV4Config.flash().with_layers(layers or [SLIDING, CSA, HCA, CSA, HCA])
-    config.num_experts = experts  # all 256 experts of 5 layers would need 64 GB of weights alone
-    return config
+    # all 256 experts of 5 layers would need 64 GB of weights alone
+    return replace(DeepseekV4Config.flash(), num_experts=experts).with_layers(layers or [SLIDING, CSA, HCA, CSA, HCA])
 
 
 def random_model(config: DeepseekV4Config, device: torch.device) -> DeepseekV4ForCausalLM:

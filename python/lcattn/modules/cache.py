@@ -102,7 +102,7 @@ def valid_lengths(lengths: List[int], B: int, S: int) -> List[int]:
 def check_token_ids(ids: torch.Tensor, name: str, batch: Optional[int] = None) -> None:
     """An [lcattn] error unless ids are int64 or int32 token ids: [B, S], or `batch` of them in any shape."""
     shape = "[B, S]" if batch is None else f"[{batch}]"
-    if ids.dtype not in (torch.int64, torch.int32) or (batch is None and ids.dim() != 2):
+    if ids.dtype not in (torch.int64, torch.int32) or (ids.dim() != 2 if batch is None else ids.numel() != batch):
         raise ValueError(f"[lcattn] {name} must be int64 or int32 token ids {shape}, got {ids.dtype} "
                          f"{tuple(ids.shape)}")
 

@@ -71,8 +71,6 @@ class Decoder:
     def step(self, token_ids: Tensor) -> Tensor:
         """Appends token_ids [batch] (one per sequence); returns the next-token logits [batch, vocab]."""
         check_token_ids(token_ids, "token_ids", self.batch)
-        if token_ids.numel() != self.batch:
-            raise ValueError(f"[lcattn] step takes {self.batch} token ids, got {token_ids.numel()}")
         self.ids.copy_(token_ids.reshape(self.batch, 1))
         if not self.use_graph:
             return self.forward(self.ids, self.cache)[:, 0]

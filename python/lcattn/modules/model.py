@@ -389,16 +389,16 @@ class DeepseekV4ForCausalLM(nn.Module):
 
     def _apply(self, fn, recurse=True):
         """Module.to(dtype), half() and bfloat16() convert every floating tensor; the fixed-dtype ones
-        (FIXED_DTYPE, and the fp32 buffers: RoPE tables, routing bias) keep their dtype and follow only
-        the device, so a converted model runs as one built in that dtype."""
-        fixed = {id(t): torch.bfloat16 if name.endswith(BF16_PARAMETERS) else torch.float32
-                 for name, t in self.named_parameters() if name.endswith(FIXED_DTYPE)}
-        fixed.update({id(t): torch.float32 for t in self.buffers() if t.is_floating_point()})
+        (FIXED_DTYPE, and the buffers: RoPE tables, routing bias, hash table) keep their dtype and follow
+        only the device, so a converted model runs as one built in that dtype."""
+        fixed = {id(t): t.dtype for name, t in self.named_parameters() if name.endswith(FIXED_DTYPE)}
+        fixed.update({id(t): t.dtype for t in self.buffers()})
 
         def keep_fixed(t):
-            out = fn(t)
-            want = fixed.get(id(t))
-            return t.to(device=out.device, dtype=want) if want is not None and out.dtype != want else out
+            if id(t) not in fixed:
+                return fn(t)
+            target = fn(torch.empty(0, dtype=t.dtype, device=t.device))  # where fn sends t, without converting it
+            return fn(t) if target.dtype == fixed[id(t)] else t.to(device=target.device)
         return super()._apply(keep_fixed, recurse)
 
     @torch.no_grad()
@@ -429,9 +429,10 @@ class DeepseekV4ForCausalLM(nn.Module):
 
     def load_hf_state_dict(self, state_dict: dict) -> None:
         """Loads a transformers-format state dict; multi-token-prediction (`mtp.`) weights are skipped.
-        Tensors are copied onto the model's device and keep the checkpoint's dtype, except those of a fixed
-        dtype: fp32 (norms, sinks, mHC, biases), bf16 (the routed experts) and int32 (the hash-routing
-        table). The experts' gate and up rows are interleaved (ops.interleave_gate_up)."""
+        Tensors are copied onto the model's device in the checkpoint's dtype (that of lm_head.weight),
+        except those of a fixed dtype: fp32 (norms, sinks, mHC, biases), bf16 (the routed experts) and
+        int32 (the hash-routing table). The experts' gate and up rows are interleaved
+        (ops.interleave_gate_up)."""
         own = self.state_dict()
         wanted = {k: v for k, v in state_dict.items() if not (k.startswith("mtp.") or ".mtp." in k)}
         for prefix, module in self.named_modules():  # expert-parallel layers keep their own experts' rows
@@ -443,17 +444,14 @@ class DeepseekV4ForCausalLM(nn.Module):
         for name, tensor in wanted.items():
             if tuple(own[name].shape) != tuple(tensor.shape):
                 raise ValueError(f"[lcattn] {name}: shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}")
-        dtypes = {str(v.dtype) for k, v in wanted.items() if not k.endswith(FIXED_DTYPE)}
-        if len(dtypes) > 1:
-            raise ValueError(f"[lcattn] load_hf_state_dict: the checkpoint's tensors (but the fixed-dtype ones) must "
-                             f"share one dtype, got {sorted(dtypes)}")
+        dtype = wanted["lm_head.weight"].dtype  # the checkpoint's (transformers keeps a few weights fp32 in fp16)
         device = self.lm_head.weight.device
         if device.type == "meta":
             raise ValueError("[lcattn] load_hf_state_dict: the model is on the meta device; build it on the device "
                              "to load onto")
         # Copies on the model's device, in the checkpoint's dtype (assign keeps it): the caller's tensors
         # are not shared, and the model's computed buffers (RoPE tables) stay beside its parameters.
-        converted = {k: v.to(device=device, dtype=own[k].dtype if k.endswith(FIXED_DTYPE) else v.dtype, copy=True)
+        converted = {k: v.to(device=device, dtype=own[k].dtype if k.endswith(FIXED_DTYPE) else dtype, copy=True)
                      for k, v in wanted.items()}
         for name in converted:
             if name.endswith("experts.gate_up_proj"):
