@@ -152,6 +152,8 @@ def test_loading_copies_onto_the_model():
         lazy = DeepseekV4ForCausalLM(model.config)
     with pytest.raises(ValueError, match=r"\[lcattn\] load_hf_state_dict: the model is on the meta device"):
         lazy.load_hf_state_dict(model.hf_state_dict())
+    lazy.to_empty(device="cpu").load_hf_state_dict(model.hf_state_dict())  # no memory until it is needed
+    assert torch.equal(lazy(ids), before)
 
 
 def test_presets():

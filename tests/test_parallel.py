@@ -1,5 +1,6 @@
 """Expert parallelism (lcattn.parallel) on CPU processes over gloo: the same logits as one process."""
 import os
+from datetime import timedelta
 
 import pytest
 import torch
@@ -23,7 +24,9 @@ def run_calls(model, ids, lengths):
 
 
 def worker(rank: int, world: int, store: str, backend: str = "gloo") -> None:
-    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
+    # A rank left waiting in a collective fails the test in a minute rather than gloo's 30.
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
     device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -35,6 +38,11 @@ def worker(rank: int, world: int, store: str, backend: str = "gloo") -> None:
         lengths = [9 + 5 * rank, 7 + rank]
         ids = torch.randint(0, model.config.vocab_size, (2, lengths[0] + 3)).to(device)
         single = run_calls(model, ids, lengths)
+        # Prompts of one width on every rank, of different lengths: rank 0's end in the third chunk of 8,
+        # the others' in the first, after which they keep calling with zero lengths.
+        prompt = torch.randint(0, model.config.vocab_size, (1, 20)).to(device)
+        prompt_lengths = [20 if rank == 0 else 5]
+        single_prefill = model.decoder(1, 64, graph=False).prefill(prompt, prompt_lengths, chunk=8)
 
         expert_parallel(model)
         local = model.config.num_experts // world
@@ -50,10 +58,18 @@ def worker(rank: int, world: int, store: str, backend: str = "gloo") -> None:
             else:  # the GEMM's tile follows the rows per expert, which differ between the runs
                 assert rel(got, want) < 1e-2 and same_argmax(got, want) > 0.9, rank
 
-        # A transformers-format checkpoint loads into the sharded model as this rank's experts.
+        got = model.decoder(1, 64, graph=False).prefill(prompt, prompt_lengths, chunk=8)
+        assert rel(got, single_prefill) < 1e-2 if device.type == "cuda" else torch.equal(got, single_prefill)
+
+        # A transformers-format checkpoint loads into the sharded model as this rank's experts, also into
+        # one built on the meta device, sharded, then given memory: no rank holds every expert.
         model.load_hf_state_dict(checkpoint)
         reloaded = run_calls(model, ids, lengths)
         assert all(torch.equal(a, b) for a, b in zip(reloaded, parallel))
+        with torch.device("meta"):
+            lazy = expert_parallel(DeepseekV4ForCausalLM(DeepseekV4Config.tiny()))
+        lazy.to_empty(device=device).load_hf_state_dict(checkpoint)
+        assert all(torch.equal(a, b) for a, b in zip(run_calls(lazy, ids, lengths), parallel))
 
         # Slots routed nowhere (expert -1, as hash routing gives for unchecked input) add nothing.
         moe, E = model.model.layers[0].mlp, model.config.num_experts
@@ -80,6 +96,22 @@ def test_expert_parallel_matches_one_process(world, tmp_path):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_expert_parallel_over_nccl_cuda(tmp_path):
     mp.spawn(worker, args=(2, str(tmp_path / "store"), "nccl"), nprocs=2)  # 8 experts: 2 ranks of 4
+
+
+def outsider(rank: int, store: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    try:
+        group = dist.new_group([0])
+        if rank == 1:
+            with pytest.raises(ValueError, match=r"\[lcattn\] rank 1 is not in the process group"):
+                expert_parallel(DeepseekV4ForCausalLM(DeepseekV4Config.tiny()), group)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_rank_outside_the_group_is_an_error(tmp_path):
+    mp.spawn(outsider, args=(str(tmp_path / "store"),), nprocs=2)
 
 
 def test_expert_parallel_needs_a_process_group():

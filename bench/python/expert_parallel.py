@@ -62,9 +62,9 @@ def main() -> None:
     tokens = torch.zeros(T, dtype=torch.long, device=device)
     weights, experts = layer.route(x, tokens)
     rows = torch.randn(T * config.experts_per_token, config.hidden_size, device=device).bfloat16()
+    rows = rows[:rows.shape[0] // world * world]  # equal splits: every rank sends and receives as many
     even = [rows.shape[0] // world] * world
-    even[-1] += rows.shape[0] - sum(even)
-    received = rows[:sum(even)]
+    received = rows
     local_ids = torch.randint(0, layer.local, (received.shape[0], 1), dtype=torch.int32, device=device)
 
     whole = median_ms(lambda: layer.routed_experts(x, weights, experts), args.reps, device)

@@ -140,8 +140,8 @@ def main() -> None:
           flush=True)
 
     prompt = torch.randint(0, config.vocab_size, (1, prompt_len), device=device)
-    # torch.compile traces the step whole (fullgraph): the expert-parallel exchange, with host-side
-    # split sizes, cannot be traced so.
+    # An expert-parallel step is not compiled by default: its exchange reads the split sizes on the
+    # host (--compile asks for it).
     use_compile = device.type == "cuda" and not args.expert_parallel if args.compile is None else args.compile
     graph = False if args.eager else None  # None: on CUDA for a capturable model, unless LCATTN_DECODE_GRAPH=0
     decoder = model.decoder(1, context, graph=graph, compile=use_compile)

@@ -12,9 +12,11 @@ routing weights, in the same order and precision as the one-device model.
     model = lcattn.parallel.expert_parallel(model, group)
 
 Every rank must make the same calls (each MoE layer is a collective): the same number of model
-calls, so Decoder.prefill with the same prompt width, batch and chunk on every rank; a rank with
-no tokens for a call passes zero lengths. A slot routed nowhere (expert -1 from hash routing of
-unchecked input) is sent nowhere and adds nothing.
+calls, so Decoder.prefill with the same prompt width, batch and chunk on every rank (it then makes
+one call per chunk of the width, with zero lengths where a rank's prompts are done); a rank with no
+tokens for a call passes zero lengths. An error on one rank (a bad input, a full cache) leaves the
+others waiting in the next collective until the process group's timeout. A slot routed nowhere
+(expert -1 from hash routing of unchecked input) is sent nowhere and adds nothing.
 """
 from typing import Optional
 
@@ -40,11 +42,14 @@ class ExpertParallelMoE(MoE):
     the MoE's own (module names as in MoE, so the layer's state dict keeps its keys)."""
 
     graph_capturable = False  # the all-to-all split sizes are read on the host
+    collective = True  # every rank must make the same calls (Decoder.prefill keeps calling with zero lengths)
 
     def __init__(self, moe: MoE, group: Optional[dist.ProcessGroup]):
         nn.Module.__init__(self)
         self.config, self.hashed, self.group = moe.config, moe.hashed, group
         self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        if self.rank < 0:
+            raise ValueError(f"[lcattn] rank {dist.get_rank()} is not in the process group")
         E = moe.config.num_experts
         if E % self.world:
             raise ValueError(f"[lcattn] {E} experts do not split evenly over {self.world} ranks")

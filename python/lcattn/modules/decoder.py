@@ -28,6 +28,7 @@ class Decoder:
         self.cache = model.new_cache(batch, max_context=max_context)
         device = self.cache.lengths.device
         capturable = all(getattr(m, "graph_capturable", True) for m in model.modules())
+        self.collective = any(getattr(m, "collective", False) for m in model.modules())  # expert-parallel
         if graph is None:
             graph = device.type == "cuda" and capturable and os.environ.get("LCATTN_DECODE_GRAPH") != "0"
         self.use_graph = graph
@@ -57,7 +58,7 @@ class Decoder:
         for start in range(0, S, positions):
             piece = input_ids[:, start:start + positions]
             n = [min(max(length - start, 0), piece.shape[1]) for length in lens]
-            if not any(n):
+            if not any(n) and not self.collective:  # an expert-parallel rank calls as often as the others
                 break
             logits = self.model(piece, self.cache, lengths=None if lengths is None else n, last=True)
             for b in range(B):

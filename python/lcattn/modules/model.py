@@ -432,7 +432,8 @@ class DeepseekV4ForCausalLM(nn.Module):
         Tensors are copied onto the model's device in the checkpoint's dtype (that of lm_head.weight),
         except those of a fixed dtype: fp32 (norms, sinks, mHC, biases), bf16 (the routed experts) and
         int32 (the hash-routing table). The experts' gate and up rows are interleaved
-        (ops.interleave_gate_up)."""
+        (ops.interleave_gate_up). The RoPE tables are rebuilt, so a model built on the meta device,
+        made expert-parallel and then given memory with to_empty(device) loads whole."""
         own = self.state_dict()
         wanted = {k: v for k, v in state_dict.items() if not (k.startswith("mtp.") or ".mtp." in k)}
         for prefix, module in self.named_modules():  # expert-parallel layers keep their own experts' rows
@@ -457,6 +458,9 @@ class DeepseekV4ForCausalLM(nn.Module):
             if name.endswith("experts.gate_up_proj"):
                 converted[name] = ops.interleave_gate_up(converted[name])
         self.load_state_dict(converted, strict=True, assign=True)
+        for module in self.modules():  # not in a state dict: rebuilt, for a model made with to_empty too
+            if isinstance(module, Attention):
+                module.inv_freq = layer_inv_freq(self.config, module.kind).to(device)
 
     def hf_state_dict(self) -> dict:
         """The state dict in transformers' format, as load_hf_state_dict takes it: the experts' gate rows
