@@ -64,19 +64,18 @@ def main() -> None:
     rows = torch.randn(T * config.experts_per_token, config.hidden_size, device=device).bfloat16()
     rows = rows[:rows.shape[0] // world * world]  # equal splits: every rank sends and receives as many
     even = [rows.shape[0] // world] * world
-    received = rows
-    local_ids = torch.randint(0, layer.local, (received.shape[0], 1), dtype=torch.int32, device=device)
+    local_ids = torch.randint(0, layer.local, (rows.shape[0], 1), dtype=torch.int32, device=device)
 
     whole = median_ms(lambda: layer.routed_experts(x, weights, experts), args.reps, device)
     exchange = median_ms(lambda: layer.exchange(layer.exchange(rows, even, even), even, even), args.reps, device)
-    gemm = median_ms(lambda: ops.moe_experts(received, None, local_ids, layer.experts.gate_up_proj,
+    gemm = median_ms(lambda: ops.moe_experts(rows, None, local_ids, layer.experts.gate_up_proj,
                                              layer.experts.down_proj, config.swiglu_limit), args.reps, device)
     if rank == 0:
         print(f"{name} MoE layer, {config.num_experts} experts over {world} ranks ({dist.get_backend()}), "
               f"{T} tokens per rank, k = {config.experts_per_token}, medians of {args.reps}:")
         print(f"  routed experts, whole layer: {whole:8.3f} ms")
         print(f"  all-to-all of the rows, there and back (even splits): {exchange:8.3f} ms")
-        print(f"  local experts on {received.shape[0]} rows: {gemm:8.3f} ms")
+        print(f"  local experts on {rows.shape[0]} rows: {gemm:8.3f} ms")
     dist.destroy_process_group()
 
 

@@ -20,10 +20,11 @@ void check_offsets(const char* op, const at::Tensor& offsets, int64_t M) {
                  e + 1, "] = ", v[e + 1]);
 }
 
-// The Hopper GEMM moves 16-byte rows (TMA): N and K multiples of 8 on every device, so CPU and CUDA
-// accept the same shapes.
-void check_gemm_dims(const char* op, int64_t N, int64_t K) {
-  LCATTN_CHECK(N % 8 == 0 && K % 8 == 0, op, "N and K must be multiples of 8, got N = ", N, ", K = ", K);
+// The Hopper GEMM moves 16-byte rows (TMA): its dims (N and K of the grouped GEMMs, D and I of
+// moe_experts) multiples of 8 on every device, so CPU and CUDA accept the same shapes.
+void check_gemm_dims(const char* op, const char* a, int64_t A, const char* b, int64_t B) {
+  LCATTN_CHECK(A % 8 == 0 && B % 8 == 0, op, a, " and ", b, " must be multiples of 8, got ", a, " = ", A, ", ", b,
+               " = ", B);
 }
 
 void check_aligned(const char* op, const char* name, const at::Tensor& t) {
@@ -80,7 +81,7 @@ at::Tensor grouped_gemm_contiguous(const at::Tensor& x, const at::Tensor& w, con
   check_tensor(op, "x", x, at::kBFloat16, {M, K}, x);
   check_tensor(op, "w", w, at::kBFloat16, {E, N, K}, x);
   check_tensor(op, "offsets", offsets, at::kInt, {E + 1}, x);
-  check_gemm_dims(op, N, K);
+  check_gemm_dims(op, "N", N, "K", K);
   check_aligned(op, "x", x);
   check_aligned(op, "w", w);
   check_offsets(op, offsets, M);
@@ -99,7 +100,7 @@ at::Tensor grouped_gemm_masked(const at::Tensor& x, const at::Tensor& w, const a
   check_tensor(op, "x", x, at::kBFloat16, {E, M, K}, x);
   check_tensor(op, "w", w, at::kBFloat16, {E, N, K}, x);
   check_tensor(op, "counts", counts, at::kInt, {E}, x);
-  check_gemm_dims(op, N, K);
+  check_gemm_dims(op, "N", N, "K", K);
   check_aligned(op, "x", x);
   check_aligned(op, "w", w);
   check_values(op, "counts", counts, 0, M);
@@ -222,7 +223,7 @@ at::Tensor moe_experts(const at::Tensor& x, const std::optional<at::Tensor>& wei
                w_gate_up.size(1));
   check_tensor(op, "w_gate_up", w_gate_up, at::kBFloat16, {E, 2 * I, D}, x);
   check_tensor(op, "w_down", w_down, at::kBFloat16, {E, D, I}, x);
-  LCATTN_CHECK(D % 8 == 0 && I % 8 == 0, op, "D and I must be multiples of 8, got D = ", D, ", I = ", I);
+  check_gemm_dims(op, "D", D, "I", I);
   check_aligned(op, "w_gate_up", w_gate_up);
   check_aligned(op, "w_down", w_down);
   check_int_size(op, "T * k", T * k);

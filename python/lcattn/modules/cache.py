@@ -134,7 +134,12 @@ class DeepseekV4Cache:
                              f"adding {lens})")
 
     def step(self, input_ids: torch.Tensor, lengths: Optional[List[int]]) -> Step:
+        """The call's positions and lengths, or an [lcattn] error before anything is written."""
         B, S = input_ids.shape
+        if B != len(self.host_lengths):
+            raise ValueError(f"[lcattn] the cache holds {len(self.host_lengths)} sequences, got input_ids of {B}")
+        if S == 0:
+            raise ValueError(f"[lcattn] input_ids must hold at least one position, got shape {(B, S)}")
         device = self.lengths.device
         if lengths is None:  # every row full: filled on the device, no host-to-device copy
             lens = [S] * B
