@@ -474,10 +474,13 @@ def test_indexer_topk_fused_graph_replay_cuda(monkeypatch):
                                       (64, 262144, 512), (300, 40000, 512), (16, 262144, 2048), (4100, 16384, 300),
                                       (5, 1100003, 600), (1, 16384, 1), (3, 50001, 1), (2, 393216, 512),
                                       (2, 393217, 300)])
-def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
+@pytest.mark.parametrize("bound", ["0", "1"])
+def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, bound):
     """The one-read top-k (LCATTN_TOPK_STREAM=1 makes it take rows it would leave to the split
-    kernels): the same indices as the one-CTA kernel on rows with
-    +inf, -inf, NaN and ties (a tied row cuts at one key; a row of -0.0 and +0.0), a rising row (every entry beats the
+    kernels), with and without its first threshold from the first two tiles (LCATTN_TOPK_FIRST_BOUND):
+    the same indices as the one-CTA kernel on rows with
+    +inf, -inf, NaN and ties (a tied row cuts at one key; a row of -0.0 and +0.0; a row of one value,
+    where the bound is every entry's key), a rising row (every entry beats the
     threshold: a cut a tile), a falling one and one with fewer candidates than k; rows in one part
     and in several (merged by the last CTA), the best of a row in its last part; rows of N not a
     multiple of 4 (single loads) and of a multiple (16-byte loads); picks written through a bitmap of
@@ -498,9 +501,12 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k):
         zero = torch.zeros(N, device="cuda")
         scores[5] = torch.where(torch.rand(N, device="cuda") < 0.5, -zero, zero)
         scores[5, ::1000] = 1.0
+    if rows > 6:
+        scores[6] = 0.5
     scores[-1, N - 6] = 100.0  # the row's best, in its last part
     one = one_cta_topk(monkeypatch, scores, k)
     monkeypatch.setenv("LCATTN_TOPK_STREAM", "1")
+    monkeypatch.setenv("LCATTN_TOPK_FIRST_BOUND", bound)
     stream = ops.topk_indices(scores, k)
     check_topk(stream, scores, k)
     assert torch.equal(stream, one)
