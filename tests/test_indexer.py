@@ -472,8 +472,8 @@ def test_indexer_topk_fused_graph_replay_cuda(monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.parametrize("rows,N,k", [(1, 262144, 512), (3, 100003, 1024), (64, 32768, 512), (2, 16384, 2048),
                                       (64, 262144, 512), (300, 40000, 512), (16, 262144, 2048), (4100, 16384, 300),
-                                      (5, 1100003, 600), (1, 16384, 1), (3, 50001, 1), (2, 393216, 512),
-                                      (2, 393217, 300)])
+                                      (5, 1100003, 600), (1, 16384, 1), (3, 50001, 1), (3, 50001, 300),
+                                      (2, 393216, 512), (2, 393217, 300), (1, 4194304, 16)])
 @pytest.mark.parametrize("bound", ["0", "1"])
 def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, bound):
     """The one-read top-k (LCATTN_TOPK_STREAM=1 makes it take rows it would leave to the split
@@ -483,9 +483,10 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, bound):
     where the bound is every entry's key), a rising row (every entry beats the
     threshold: a cut a tile), a falling one and one with fewer candidates than k; rows in one part
     and in several (merged by the last CTA), the best of a row in its last part; rows of N not a
-    multiple of 4 (single loads) and of a multiple (16-byte loads); picks written through a bitmap of
-    the row (up to 393,216 entries: the whole buffer) and sorted (longer rows); repeatable, and the
-    stream kernel is the one that ran."""
+    multiple of 4 (single loads) and of a multiple (16-byte loads); a last part of one tile (50,001
+    entries); more parts than threads in the merging CTA (one row of 4M entries, k = 16: 342 parts on
+    132 SMs); picks written through a bitmap of the row (up to 393,216 entries: the whole buffer) and
+    sorted (longer rows); repeatable, and the stream kernel is the one that ran."""
     scores = torch.randn(rows, N, device="cuda")
     scores[0, ::5] = float("-inf")
     scores[0, : min(N, 9)] = float("inf")
@@ -514,6 +515,33 @@ def test_stream_topk_equals_one_block_topk_cuda(monkeypatch, rows, N, k, bound):
     assert torch.equal(ops.topk_indices(scores, k), stream)
     if kernels:  # none under compute-sanitizer
         assert "topk_stream_kernel" in kernels, kernels
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("groups", [2, 4, 8])
+@pytest.mark.parametrize("N", [16384, 16387])
+def test_stream_topk_first_bound_groups_cuda(monkeypatch, groups, N):
+    """The one-read top-k's first bound cuts each thread's 32 keys of the first two tiles into as many
+    groups as k needs (256 threads x groups >= k). Rows of one part (400 rows), each thread with one
+    5.0 in half of its groups and 0.0 elsewhere, and k one past 256 x groups / 2: with half as many
+    groups every group would hold a 5.0, the bound would be 5.0 and the row's best 0.0 (the lowest
+    index of them) would be dropped. Thread t's entry j of a tile is 4 (t + 256 (j // 4)) + j % 4 with
+    16-byte loads (N a multiple of 4) and t + 256 j with single ones."""
+    rows, k = 400, 256 * groups // 2 + 1
+    slots = {2: [(0, 0)], 4: [(0, 0), (1, 0)], 8: [(0, 0), (0, 8), (1, 0), (1, 8)]}[groups]  # (tile, j)
+    t = torch.arange(256)
+    scores = torch.zeros(rows, N)
+    for tile, j in slots:
+        at = 4 * (t + 256 * (j // 4)) + j % 4 if N % 4 == 0 else t + 256 * j
+        scores[:, 4096 * tile + at] = 5.0
+    scores = scores.cuda()
+    one = one_cta_topk(monkeypatch, scores, k)
+    monkeypatch.setenv("LCATTN_TOPK_STREAM", "1")
+    monkeypatch.delenv("LCATTN_TOPK_FIRST_BOUND", raising=False)
+    picked = ops.topk_indices(scores, k)
+    check_topk(picked, scores, k)
+    assert torch.equal(picked, one)
+    assert bool((picked >= 0).all())
 
 
 @pytest.mark.cuda

@@ -2,17 +2,17 @@
 // and rows enough for a CTA an SM (below that topk_split.cu's kernels are faster: 1 x 262,144 28
 // against 48 us on an H100); LCATTN_TOPK_STREAM=0 leaves every row to topk_split.cu, =1 takes every
 // row of 16K entries or more here. Each row is cut into P parts (enough
-// CTAs for three an SM over all rows, each part at least two tiles), one CTA a part. A CTA streams its part once in
-// tiles of 4096 entries (a thread's 16 entries of the next tile in flight while it sifts this one; 16-byte loads when
-// rows are 16-byte aligned) and keeps the entries whose key is above its threshold (at first a bound taken from its
-// first two tiles) in a buffer of composites (common/topk_select.cuh); when the buffer could overflow on the next tile
-// it is cut to its k largest, and the k-th's key becomes the threshold: the k-th of a subset of the row, so a lower
-// bound on the row's k-th. An entry whose key equals it comes after those k (tiles go in index order), so it is never
-// among the row's k best, and no pick is dropped. At the end each part's k best go to the workspace, and the last CTA
-// of the row to finish (a ticket) selects the row's k from the parts', marks their indices in a bitmap of the row over
-// the buffer (a bitonic sort past 393,216 entries) and writes them in order, then -1; with one part the CTA does that
-// itself. One kernel and a memset of the tickets per call; the same picks as the other top-k kernels (ties to the lower
-// index), on every run.
+// CTAs for three an SM over all rows, parts of two tiles but the last, which may have one), one CTA a part. A CTA
+// streams its part once in tiles of 4096 entries (a thread's 16 entries of the next tile in flight while it sifts this
+// one; 16-byte loads when rows are 16-byte aligned) and keeps the entries whose key is above its threshold (at first a
+// bound taken from its first two tiles) in a buffer of composites (common/topk_select.cuh); when the buffer could
+// overflow on the next tile it is cut to its k largest, and the k-th's key becomes the threshold: the k-th of a subset
+// of the row, so a lower bound on the row's k-th. An entry whose key equals it comes after those k (tiles go in index
+// order), so it is never among the row's k best, and no pick is dropped. At the end each part's k best go to the
+// workspace, and the last CTA of the row to finish (a ticket) selects the row's k from the parts', marks their indices
+// in a bitmap of the row over the buffer (a bitonic sort past 393,216 entries) and writes them in order, then -1; with
+// one part the CTA does that itself. One kernel and a memset of the tickets per call; the same picks as the other top-k
+// kernels (ties to the lower index), on every run.
 #include <algorithm>
 #include <climits>
 
@@ -52,7 +52,8 @@ int wave_ctas() { return std::min(kMaxWave, kCtasPerSm * sm_count()); }
 
 __host__ __device__ inline int tiles_of(int N) { return (N - 1) / kTile + 1; }  // N >= 1
 
-// Parts of each row: about one wave of CTAs over all rows; parts of two tiles or more, none empty,
+// Parts of each row: about one wave of CTAs over all rows; parts of two tiles or more but the last
+// (which may have one), none empty,
 // and the parts' k best together fit one CTA's buffer for the merge.
 int parts_of(const TopkParams& p) {
   const int tiles = tiles_of(p.N);
@@ -218,7 +219,7 @@ __device__ __forceinline__ void load_tile(const float* row, int N, int tile, flo
 // (tile 2's keys 0 when the part has one tile): each thread cuts its 32 keys into g groups of 32 / g
 // (the least g of 1, 2, 4, 8 with kThreads * g >= k), and every group's largest key is at least the
 // smallest over the block, so that many entries, at least k, are at or above it. For normal scores
-// at k = 512 that is near the 68th percentile (512 maxima of 16), so the first tile no longer fills
+// at k = 512 that is about two thirds of the way up (512 maxima of 16), so the first tile no longer fills
 // the buffer to be cut at once while the stream waits (LCATTN_TOPK_FIRST_BOUND=0 starts from 0).
 // hist: [kThreads / 32] of scratch, free until the first tile's appends are in. Every thread gets it.
 __device__ __forceinline__ uint32_t first_bound(const float (&v)[kLoads], const float (&next)[kLoads], bool has_next,
@@ -328,7 +329,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
   // instead of two a part (at 64 x 262,144 on an H100 3.4 against 4.0 us).
   int* counts = sorted;  // [parts], free until write_best
   const int64_t first = int64_t(row) * l.parts;
-  if (t < l.parts) counts[t] = __ldcg(l.part_count + first + t);
+  for (int q = t; q < l.parts; q += kThreads) counts[q] = __ldcg(l.part_count + first + q);  // up to kMaxWave
   __syncthreads();
   int total = 0;
   for (int q = 0; q < l.parts; ++q) total += counts[q];
