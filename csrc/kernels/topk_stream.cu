@@ -333,12 +333,12 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) topk_stream_kernel(const
   __syncthreads();
   int total = 0;
   for (int q = 0; q < l.parts; ++q) total += counts[q];
+  int q = 0, start = 0;  // the part of this thread's place x and the part's first place (x only grows)
   for (int base = 0; base < total; base += 8 * kThreads) {
     uint64_t got[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const int x = base + kThreads * j + t;
-      int q = 0, start = 0;  // x's part and the part's first place in the buffer
       got[j] = 0;
       if (x < total) {
         while (x - start >= counts[q]) start += counts[q++];
