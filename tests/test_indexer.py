@@ -185,22 +185,6 @@ def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, reads_e4m3):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("B,S,N,HI,q_start", [(2, 33, 300, 64, [0, 700]), (3, 70, 1000, 40, [0, 1000, 133]),
-                                              (1, 513, 4100, 64, [16384 - 513])])
-def test_indexer_fp8_keys_in_registers_cuda(monkeypatch, B, S, N, HI, q_start):
-    """LCATTN_INDEXER_FP8_KEYS_IN_REGISTERS=1: the e4m3 products take the keys from registers; the
-    scores are bit for bit those of the products that read them from shared memory."""
-    (q8, w8, k8, qs, key_scales), _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
-    monkeypatch.setenv("LCATTN_INDEXER_FP8_KEYS_IN_REGISTERS", "0")
-    from_shared = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
-    monkeypatch.setenv("LCATTN_INDEXER_FP8_KEYS_IN_REGISTERS", "1")
-    mine = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
-    ref = reference.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
-    assert_close(mine, ref, 5e-4, "e4m3 scores, keys in registers")
-    assert torch.equal(mine, from_shared)
-
-
-@pytest.mark.cuda
 def test_indexer_misaligned_inputs_cuda():
     """A contiguous view that starts off a 16-byte boundary gets an [lcattn] error, not a misaligned
     vector load (which would end the CUDA context)."""

@@ -16,7 +16,6 @@
 #include "indexer_sm90.cuh"
 #include "indexer_sm90.h"
 #include "lcattn/shared_math.h"
-#include "lcattn/switches.h"
 
 namespace lcattn {
 namespace {
@@ -43,11 +42,9 @@ __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int
 }
 
 // grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreads threads; q and keys
-// bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3). kKeysInRegisters (e4m3 only): each math thread
-// reads its key fragments once and the products read only q from shared memory.
-template <int kElemBytes, bool kKeysInRegisters>
+// bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3).
+template <int kElemBytes>
 __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const IndexerParams p) {
-  static_assert(!kKeysInRegisters || kElemBytes == 1, "keys in registers: e4m3 only");
   using E = Elem<kElemBytes>;
   extern __shared__ uint8_t smem_raw[];
   SharedStorage<kElemBytes>& sm =
@@ -130,17 +127,12 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
     key_scale[half] = key_n[half] < p.N ? p.key_scale(b, key_n[half]) : 0.f;
   }
   mbar_wait(&sm.keys_full, 0);
-  uint32_t key_frags[2][4][4];
-  if constexpr (kKeysInRegisters) load_key_fragments(key_frags, sm.keys, wg, warp, lane);
   for (int i = 0; i < pairs; ++i) {
     const int stage = i % kStages;
     mbar_wait(&sm.full[stage], (i / kStages) & 1);
     fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
     float acc[2][64];
-    if constexpr (kKeysInRegisters)
-      issue_pair_products_rs(acc, key_frags, sm.q[stage]);
-    else
-      issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);
+    issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);
     float2 w[2][8];
     load_pair_weights(w, sm.w[stage], c0);
     wait_pair_products(acc);
@@ -162,15 +154,15 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
   }
 }
 
-template <int kElemBytes, bool kKeysInRegisters = false>
+template <int kElemBytes>
 cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const void* kernel = reinterpret_cast<const void*>(indexer_scores_sm90_kernel<kElemBytes, kKeysInRegisters>);
+  const void* kernel = reinterpret_cast<const void*>(indexer_scores_sm90_kernel<kElemBytes>);
   const cudaError_t err = allow_dynamic_smem(smem_limit, kernel, kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
   const dim3 grid(unsigned(ceil_div(p.N, kKeys)), unsigned(chunks));
-  indexer_scores_sm90_kernel<kElemBytes, kKeysInRegisters><<<grid, kThreads, kSmemBytes<kElemBytes>, stream>>>(p);
+  indexer_scores_sm90_kernel<kElemBytes><<<grid, kThreads, kSmemBytes<kElemBytes>, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -183,9 +175,7 @@ bool indexer_sm90_supported(const IndexerParams& p) {
 
 cudaError_t indexer_scores_sm90(const IndexerParams& p, cudaStream_t stream) {
   if (!indexer_sm90_supported(p)) return cudaErrorInvalidValue;
-  if (!p.keys_e4m3) return launch<2>(p, stream);
-  // LCATTN_INDEXER_FP8_KEYS_IN_REGISTERS=1: the e4m3 products take the keys from registers.
-  return env_is("LCATTN_INDEXER_FP8_KEYS_IN_REGISTERS", "1") ? launch<1, true>(p, stream) : launch<1>(p, stream);
+  return p.keys_e4m3 ? launch<1>(p, stream) : launch<2>(p, stream);
 }
 
 }  // namespace lcattn

@@ -47,35 +47,6 @@ __device__ __forceinline__ void issue_pair_products(float (&acc)[2][64], const u
   wgmma_commit();
 }
 
-// This thread's A fragments of warpgroup wg's two m64 tiles of e4m3 keys, read once from the key tile
-// (one 128-byte swizzled row a key): a[t][ks] holds rows 128 wg + 64 t + 16 warp + lane / 4 (+ 8) at
-// bytes 32 ks + 4 (lane % 4) .. + 3 (+ 16), the layout of wgmma_m64n128k32_e4m3_rs.
-__device__ __forceinline__ void load_key_fragments(uint32_t (&a)[2][4][4], const uint8_t* keys, int wg, int warp,
-                                                   int lane) {
-  const int byte = 4 * (lane % 4);
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = 128 * wg + 64 * t + 16 * warp + lane / 4 + 8 * (i % 2);
-        a[t][ks][i] = *reinterpret_cast<const uint32_t*>(keys + swizzled(r, 2 * ks + i / 2) + byte);
-      }
-}
-
-// issue_pair_products for e4m3 keys held in registers (load_key_fragments): only q is read from
-// shared memory, 4 KB a product instead of 6.
-__device__ __forceinline__ void issue_pair_products_rs(float (&acc)[2][64], const uint32_t (&a)[2][4][4],
-                                                       const uint8_t* q) {
-  wgmma_fence();
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) wgmma_m64n128k32_e4m3_rs(acc[t], a[t][ks], smem_desc(q + ks * 32, 16, 1024), ks > 0);
-  wgmma_commit();
-}
-
 // Waits for issue_pair_products's group; then its accumulators may be read.
 __device__ __forceinline__ void wait_pair_products(float (&acc)[2][64]) {
   wgmma_wait<0>();

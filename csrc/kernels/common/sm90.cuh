@@ -195,19 +195,6 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3_ss(float (&d)[64], uint64_
 }
 #undef LCATTN_WGMMA_M64N128_SS
 
-// D[64x128] (+)= A[64x32] B[128x32]^T in e4m3, A from registers (per warp, 16 rows in the m16n8k32
-// layout: a[0] row lane / 4, bytes 4 (lane % 4) .. + 3; a[1] 8 rows below; a[2], a[3] the same 16 bytes on)
-// and B K-major in shared memory.
-__device__ __forceinline__ void wgmma_m64n128k32_e4m3_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b,
-                                                         int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {" LCATTN_ACC_NAMES_0_31 ", " LCATTN_ACC_NAMES_32_63
-      "}, {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
-      : LCATTN_ACC_0_31(d), LCATTN_ACC_32_63(d)
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
-}
-
 // A D[64x256] bf16 wgmma with B MN-major in shared memory: the 128 accumulators %0-%127, then the
 // A operand (`a_operand`, from %128 on), the B descriptor and the accumulate flag (`tail` names them
 // and the immediates); the arguments after `tail` are the operands after the accumulators.
