@@ -1,0 +1,255 @@
+"""Where a Hopper sparse-attention CTA's time goes: builds csrc/kernels/attention_sm90.cu with a
+%globaltimer stamp at each phase of every CTA (one thread each, no barrier added) and a small driver,
+runs a V4-Flash prefill chunk (64 heads, head dim 512, a 128-token window, top-k entries of a
+32,768-entry pool, bf16) at each top-k given, and prints each phase's mean time per CTA, the gap from
+a CTA's end to the start of the next CTA on its SM, and the fit a + b x blocks over the top-k values.
+On a GPU machine, from the repository root:
+
+    python bench/python/attention_phases.py [--tokens 4096] [--topk 512,128]
+
+Needs nvcc. The stamps go in by matching lines of the kernel's source: an edit there that moves one
+of them is an error here, to be mended in PROBES. Stamps (slot: thread, where): 0: 0, entry;
+1: 0, after the set-up barrier (mbarriers, RoPE table); 2: 0, Q arrived; 3: 0, first block arrived;
+4: 0, last block's P.V done; 5: 0, its output stores issued; 8: 256 (producer), Q's copies issued;
+9: 256, the first block's copies issued. Slot 6 holds the SM, slot 7 the CTA's blocks. Per block
+(thread 0, version 7's schedule, the default for bf16 entries; blocks followed by another): its keys
+arrived, its logits done, the maxima exchanged, P in the tile, its P.V done, the next block's keys
+arrived.
+"""
+import argparse
+import os
+import subprocess
+import tempfile
+
+PROBES = [
+    ("namespace lcattn {\nnamespace {\n",
+     "namespace lcattn {\n"
+     "__device__ unsigned long long g_stamps[kProbeCtas * kSlots];\n"
+     "__device__ __forceinline__ unsigned long long stamp() {\n"
+     "  unsigned long long t;\n"
+     "  asm volatile(\"mov.u64 %0, %globaltimer;\" : \"=l\"(t));\n"
+     "  return t;\n"
+     "}\n"
+     "__device__ __forceinline__ unsigned sm_id() {\n"
+     "  unsigned s;\n"
+     "  asm volatile(\"mov.u32 %0, %smid;\" : \"=r\"(s));\n"
+     "  return s;\n"
+     "}\n"
+     "#define PUT(i, thread, value) do { if (threadIdx.x == (thread) && blockIdx.x < kProbeCtas) "
+     "g_stamps[blockIdx.x * kSlots + (i)] = (value); } while (0)\n"
+     "#define PROBE(i, thread) PUT(i, thread, stamp())\n"
+     "__device__ unsigned long long g_block_stamps[kProbeCtas * kBlockSlots * 5];\n"
+     "#define BLOCK_PROBE(it, point) do { if (threadIdx.x == 0 && blockIdx.x < kProbeCtas && (it) < kBlockSlots) "
+     "g_block_stamps[(blockIdx.x * kBlockSlots + (it)) * 5 + (point)] = stamp(); } while (0)\n"
+     "namespace {\n"),
+    ("  const CtaWork work(p);\n", "  PROBE(0, 0);\n  PUT(6, 0, sm_id());\n  const CtaWork work(p);\n"),
+    ("  fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n",
+     "  fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n  PROBE(1, 0);\n"
+     "  PUT(7, 0, (unsigned long long)(range.last - range.first));\n"),
+    ("    load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills\n",
+     "    load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills\n"
+     "    PROBE(8, 256);\n"),
+    ("      mbar_arrive_cp_async(&sm.full[buf]);\n      if (lane == 0) mbar_arrive(&sm.full[buf]);\n",
+     "      mbar_arrive_cp_async(&sm.full[buf]);\n      if (lane == 0) mbar_arrive(&sm.full[buf]);\n"
+     "      if (it == 0) PROBE(9, 256);\n"),
+    ("  mbar_wait(&sm.q_full, 0);\n  for (int blk = range.first;",
+     "  mbar_wait(&sm.q_full, 0);\n  PROBE(2, 0);\n  for (int blk = range.first;"),
+    ("    mbar_wait(&sm.full[buf], (it >> 1) & 1);\n",
+     "    mbar_wait(&sm.full[buf], (it >> 1) & 1);\n    if (it == 0) PROBE(3, 0);\n    BLOCK_PROBE(it, 0);\n"),
+    # Per block, version 7 (the logits by keys): logits done, maxima exchanged, P in the tile, P.V done.
+    ("      wgmma_commit();\n      wgmma_wait<0>();\n      fence_registers(s);\n",
+     "      wgmma_commit();\n      wgmma_wait<0>();\n      fence_registers(s);\n      BLOCK_PROBE(it, 1);\n"),
+    ("      named_barrier_sync(kBarLogits, 256);\n      const float2 theirs = sm.split.row_stat[1 - wg][tid];\n",
+     "      named_barrier_sync(kBarLogits, 256);\n      BLOCK_PROBE(it, 2);\n"
+     "      const float2 theirs = sm.split.row_stat[1 - wg][tid];\n"),
+    ("      named_barrier_sync(kBarRead, 256);  // both halves of P are in the tile\n",
+     "      named_barrier_sync(kBarRead, 256);  // both halves of P are in the tile\n      BLOCK_PROBE(it, 3);\n"),
+    ("    wgmma_commit();\n    wgmma_wait<0>();\n    fence_registers(o);\n    mbar_arrive(&sm.empty[buf]);\n",
+     "    wgmma_commit();\n    wgmma_wait<0>();\n    fence_registers(o);\n    BLOCK_PROBE(it, 4);\n"
+     "    mbar_arrive(&sm.empty[buf]);\n"),
+    ("  // Row sums over the quad.\n", "  PROBE(4, 0);\n  // Row sums over the quad.\n"),
+    ("             wg == 0 && lane % 4 == 0, sm.unrotate);\n",
+     "             wg == 0 && lane % 4 == 0, sm.unrotate);\n  PROBE(5, 0);\n"),
+]
+
+DRIVER = r"""
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+using namespace lcattn;
+
+__global__ void fill_random(bf16* x, int64_t n, uint32_t seed) {  // uniform in [-1, 1)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
+    x[i] = __float2bfloat16(float(h >> 8) / 8388608.f - 1.f);
+  }
+}
+
+template <typename T>
+T* device_copy(const std::vector<T>& h) {
+  T* d;
+  cudaMalloc(&d, h.size() * sizeof(T));
+  cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
+  return d;
+}
+
+int main(int argc, char** argv) {
+  const int S = atoi(argv[1]), reps = 20, H = 64, D = 512, N = 32768, rope = 64, window = 128;
+  const int q_start = 131072 - S;
+  bf16 *q, *kv, *ckv, *out;
+  float* lse;
+  cudaMalloc(&q, size_t(S) * H * D * 2);
+  cudaMalloc(&kv, size_t(S) * D * 2);
+  cudaMalloc(&ckv, size_t(N) * D * 2);
+  cudaMalloc(&out, size_t(S) * H * D * 2);
+  cudaMalloc(&lse, size_t(S) * H * 4);
+  fill_random<<<1024, 256>>>(q, int64_t(S) * H * D, 1u);
+  fill_random<<<1024, 256>>>(kv, int64_t(S) * D, 2u);
+  fill_random<<<1024, 256>>>(ckv, int64_t(N) * D, 3u);
+  std::vector<float> inv_freq(rope / 2), sink(H, 0.f);
+  for (int i = 0; i < rope / 2; ++i) inv_freq[i] = std::pow(10000.f, -2.f * i / rope);
+  const int starts[1] = {q_start};
+  int* d_start = device_copy(std::vector<int>(starts, starts + 1));
+  float* d_inv_freq = device_copy(inv_freq);
+  float* d_sink = device_copy(sink);
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  std::mt19937 gen(7);
+  for (int arg = 2; arg < argc; ++arg) {
+    const int K = atoi(argv[arg]);
+    std::vector<int> idx(size_t(S) * K);
+    for (int s = 0; s < S; ++s) {  // K distinct entries visible to position q_start + s, ascending
+      const int visible = (q_start + s + 1) / 4;
+      std::vector<int> pick(K);
+      for (int j = 0; j < K; ++j) pick[j] = int(gen() % uint32_t(std::min(visible, N)));
+      std::sort(pick.begin(), pick.end());
+      std::copy(pick.begin(), pick.end(), idx.begin() + size_t(s) * K);
+    }
+    int* d_idx = device_copy(idx);
+    AttentionParams p{};
+    p.q = q, p.kv = kv, p.kv_start = d_start, p.q_start = d_start, p.ckv = ckv, p.indices = d_idx;
+    p.sink = d_sink, p.inv_freq = d_inv_freq, p.out = out, p.lse = lse;
+    p.B = 1, p.S = S, p.H = H, p.D = D, p.L = S, p.N = N, p.K = K, p.window = window, p.ratio = 4, p.rope_dim = rope;
+    p.splits = 1, p.scale = 1.f / std::sqrt(float(D));
+    for (int it = 0; it < 10; ++it) attention_sm90(p, 0);
+    cudaEventRecord(a);
+    for (int it = 0; it < reps; ++it) attention_sm90(p, 0);
+    cudaEventRecord(b);
+    if (cudaEventSynchronize(b) != cudaSuccess) return 1;
+    float ms;
+    cudaEventElapsedTime(&ms, a, b);
+    const int ctas = std::min(S * H / 64, kProbeCtas);
+    std::vector<unsigned long long> st(size_t(kProbeCtas) * kSlots);
+    cudaMemcpyFromSymbol(st.data(), g_stamps, st.size() * 8);
+    double sum[kSlots] = {0}, blocks = 0, gap = 0;
+    int gaps = 0, sms = 0;
+    for (int c = 0; c < ctas; ++c) {
+      const unsigned long long* s = &st[size_t(c) * kSlots];
+      for (int i = 1; i <= 5; ++i) sum[i] += double(s[i] - s[i - 1]);
+      sum[8] += double(s[8] - s[0]), sum[9] += double(s[9] - s[0]);
+      blocks += double(s[7]);
+      sms = std::max(sms, int(s[6]) + 1);
+    }
+    // Per SM, the CTAs in order of their start: the gap from one's stores issued to the next one's entry.
+    std::vector<std::vector<std::pair<unsigned long long, unsigned long long>>> per_sm(sms);
+    for (int c = 0; c < ctas; ++c) {
+      const unsigned long long* s = &st[size_t(c) * kSlots];
+      per_sm[s[6]].push_back({s[0], s[5]});
+    }
+    for (auto& v : per_sm) {
+      std::sort(v.begin(), v.end());
+      for (size_t i = 1; i < v.size(); ++i) gap += double(v[i].first) - double(v[i - 1].second), ++gaps;
+    }
+    const double per_block = sum[4] / std::max(blocks, 1.0);
+    // Per block (stamps of thread 0, math warpgroup 0): keys arrived -> logits -> maxima barrier -> P barrier
+    // -> P.V done -> the next block's keys arrived.
+    std::vector<unsigned long long> bs(size_t(kProbeCtas) * kBlockSlots * 5);
+    cudaMemcpyFromSymbol(bs.data(), g_block_stamps, bs.size() * 8);
+    double part[5] = {0};
+    long counted = 0;
+    for (int c = 0; c < ctas; ++c) {
+      const int n = std::min<int>(int(st[size_t(c) * kSlots + 7]), kBlockSlots);
+      for (int it = 0; it + 1 < n; ++it) {  // blocks followed by another: all five parts
+        const unsigned long long* x = &bs[(size_t(c) * kBlockSlots + it) * 5];
+        for (int i = 0; i < 4; ++i) part[i] += double(x[i + 1] - x[i]);
+        part[4] += double(x[5] - x[4]);  // x[5]: the next block's arrival
+        ++counted;
+      }
+    }
+    printf("top-k %d: %.3f ms a call (%d tokens, %d CTAs on %d SMs, %.1f blocks a CTA), %.2f us a CTA's slot\n", K,
+           ms / reps, S, ctas, sms, blocks / ctas, ms / reps * 1e3 * sms / ctas);
+    printf("  1 %.3f\n  2 %.3f\n  3 %.3f\n  4 %.3f %.3f\n  5 %.3f\n  6 %.3f\n  8 %.3f\n  9 %.3f\n", sum[1] / ctas / 1e3,
+           sum[2] / ctas / 1e3, sum[3] / ctas / 1e3, sum[4] / ctas / 1e3, per_block / 1e3, sum[5] / ctas / 1e3,
+           gaps ? gap / gaps / 1e3 : 0.0, sum[8] / ctas / 1e3, sum[9] / ctas / 1e3);
+    if (counted)
+      printf("  11 %.3f\n  12 %.3f\n  13 %.3f\n  14 %.3f\n  15 %.3f\n", part[0] / counted / 1e3,
+             part[1] / counted / 1e3, part[2] / counted / 1e3, part[3] / counted / 1e3, part[4] / counted / 1e3);
+    printf("  blocks %.2f\n", blocks / ctas);
+    cudaFree(d_idx);
+  }
+  return 0;
+}
+"""
+
+PHASES = {1: "set-up (barriers, RoPE table)", 2: "Q's wait", 3: "first block's wait", 4: "blocks",
+          5: "epilogue (stores issued)", 6: "gap to the SM's next CTA", 8: "producer: Q issued at",
+          9: "producer: block 0 issued at", 11: "a block: logits", 12: "a block: maxima barrier",
+          13: "a block: exp2, P, barrier", 14: "a block: P.V", 15: "a block: next keys' wait"}
+
+
+def instrumented_source(root: str) -> str:
+    src = open(os.path.join(root, "csrc/kernels/attention_sm90.cu")).read()
+    for line, becomes in PROBES:
+        if src.count(line) != 1:
+            raise SystemExit(f"attention_sm90.cu no longer has exactly one {line.strip()[:60]!r}: mend PROBES")
+        src = src.replace(line, becomes)
+    head = ("constexpr int kProbeCtas = 16384, kSlots = 10;  // CTAs whose stamps are kept, slots a CTA\n"
+            "constexpr int kBlockSlots = 32;  // blocks a CTA whose stamps are kept\n")
+    return head + src + DRIVER
+
+
+def report(out: str) -> None:
+    """Prints the driver's output with the phases named, and the fit a + b x blocks of a CTA's slot."""
+    fit = []  # [blocks a CTA, us a CTA's slot] per top-k
+    for line in out.splitlines():
+        fields = line.split()
+        if line.startswith("top-k"):
+            print(line)
+            fit.append([0.0, float(line.rsplit(", ", 1)[1].split()[0])])
+        elif fields[0] == "blocks":
+            fit[-1][0] = float(fields[1])
+        else:  # "  slot us [us a block]"
+            extra = f" ({fields[2]} us a block)" if len(fields) == 3 else ""
+            print(f"  {PHASES[int(fields[0])]:<32} {fields[1]} us{extra}")
+    if len(fit) >= 2 and fit[0][0] != fit[-1][0]:
+        (x0, y0), (x1, y1) = fit[0], fit[-1]
+        b = (y1 - y0) / (x1 - x0)
+        print(f"fit of a CTA's slot: a = {y0 - b * x0:.2f} us, b = {b:.3f} us a block")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--topk", default="512,128", help="comma list of top-k values (entries a query)")
+    args = parser.parse_args()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    topks = [int(k) for k in args.topk.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        cu, exe = os.path.join(tmp, "attention_phases.cu"), os.path.join(tmp, "attention_phases")
+        with open(cu, "w") as f:
+            f.write(instrumented_source(root))
+        subprocess.run(["nvcc", "-std=c++17", "-O3", "-DLCATTN_WITH_CUDA", "-DNDEBUG", "-gencode",
+                        "arch=compute_90a,code=sm_90a", f"-I{root}/csrc/include", f"-I{root}/csrc/kernels", cu,
+                        f"{root}/csrc/kernels/attention_sm90_pair.cu", "-o", exe], check=True)
+        out = subprocess.run([exe, str(args.tokens)] + [str(k) for k in topks], check=True, capture_output=True,
+                             text=True).stdout
+    report(out)
+
+
+if __name__ == "__main__":
+    main()
