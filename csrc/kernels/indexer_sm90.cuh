@@ -47,6 +47,57 @@ __device__ __forceinline__ void issue_pair_products(float (&acc)[2][64], const u
   wgmma_commit();
 }
 
+// S = K Q^T of one m64 tile (keys key_row0 .. key_row0 + 63 of the key tile) against the pair's 128
+// head rows, issued and committed as one wgmma group (four math warpgroups, one tile each).
+template <int kElemBytes>
+__device__ __forceinline__ void issue_tile_products(float (&acc)[64], const uint8_t* keys, const uint8_t* q,
+                                                    int key_row0) {
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < Elem<kElemBytes>::kSteps; ++ks) {
+    const uint64_t desc_keys = smem_desc(keys + (ks / 4) * kKeyChunkBytes + key_row0 * 128 + (ks % 4) * 32, 16, 1024);
+    const uint64_t desc_q = smem_desc(q + (ks / 4) * kPairChunkBytes + (ks % 4) * 32, 16, 1024);
+    if constexpr (kElemBytes == 2)
+      wgmma_m64n128k16_ss(acc, desc_keys, desc_q, ks > 0);
+    else
+      wgmma_m64n128k32_e4m3_ss(acc, desc_keys, desc_q, ks > 0);
+  }
+  wgmma_commit();
+}
+
+// The sum over all 64 heads of w_h max(S, 0) for the lane's (query row q, key half), from one tile's
+// accumulators: the thread's 16 heads of each (query row, half) with the weights read from the
+// pair's [2 rows x 64 heads] in shared memory one row at a time (fewer live registers than
+// load_pair_weights), each sum reduced over the quad, then the lane's one selected.
+__device__ __forceinline__ float tile_head_sum(const float (&acc)[64], const float* pair_weights, int c0, int q,
+                                               int half) {
+  float sums[2][2];
+#pragma unroll
+  for (int qq = 0; qq < 2; ++qq) {
+    float2 w[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) w[j] = *reinterpret_cast<const float2*>(&pair_weights[qq * kHeads + 8 * j + c0]);
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      float sum = 0.f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float* a = &acc[(8 * qq + j) * 4 + 2 * hh];
+        sum = fmaf(w[j].x, fmaxf(a[0], 0.f), sum);
+        sum = fmaf(w[j].y, fmaxf(a[1], 0.f), sum);
+      }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      sums[qq][hh] = sum;
+    }
+  }
+  float v = sums[0][0];  // the lane's register without dynamic indexing
+  v = (q == 0 && half == 1) ? sums[0][1] : v;
+  v = (q == 1 && half == 0) ? sums[1][0] : v;
+  v = (q == 1 && half == 1) ? sums[1][1] : v;
+  return v;
+}
+
 // Waits for issue_pair_products's group; then its accumulators may be read.
 __device__ __forceinline__ void wait_pair_products(float (&acc)[2][64]) {
   wgmma_wait<0>();
