@@ -11,13 +11,16 @@ Needs nvcc. The stamps go in by matching lines of the kernel's source: an edit t
 of them is an error here, to be mended in PROBES. Stamps (slot: thread, where): 0: 0, entry;
 1: 0, after the set-up barrier (mbarriers, RoPE table); 2: 0, Q arrived; 3: 0, first block arrived;
 4: 0, last block's P.V done; 5: 0, its output stores issued; 8: 256 (producer), Q's copies issued;
-9: 256, the first block's copies issued. Slot 6 holds the SM, slot 7 the CTA's blocks. Per block
-(thread 0, version 7's schedule, the default for bf16 entries; blocks followed by another): its keys
-arrived, its logits done, the maxima exchanged, P in the tile, its P.V done, the next block's keys
-arrived.
+9: 256, the first block's copies issued. Slot 6 holds the SM, slot 7 the CTA's blocks, 10 and 11
+the SM's clock at stamps 0 and 5. Per block (thread 0, version 7's schedule, the default for bf16
+entries, in SM clock cycles turned into us by the clock's rate against the timer over the CTA;
+blocks followed by another): its keys arrived, its logits done, the maxima exchanged, P in the
+tile, its P.V done, the next block's keys arrived. The driver clears LCATTN_ATTN_PAIR and
+LCATTN_ATTN_SCHEDULE (other kernels, or no per-block stamps).
 """
 import argparse
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -40,9 +43,10 @@ PROBES = [
      "#define PROBE(i, thread) PUT(i, thread, stamp())\n"
      "__device__ unsigned long long g_block_stamps[kProbeCtas * kBlockSlots * 5];\n"
      "#define BLOCK_PROBE(it, point) do { if (threadIdx.x == 0 && blockIdx.x < kProbeCtas && (it) < kBlockSlots) "
-     "g_block_stamps[(blockIdx.x * kBlockSlots + (it)) * 5 + (point)] = stamp(); } while (0)\n"
+     "g_block_stamps[(blockIdx.x * kBlockSlots + (it)) * 5 + (point)] = clock64(); } while (0)\n"
      "namespace {\n"),
-    ("  const CtaWork work(p);\n", "  PROBE(0, 0);\n  PUT(6, 0, sm_id());\n  const CtaWork work(p);\n"),
+    ("  const CtaWork work(p);\n",
+     "  PROBE(0, 0);\n  PUT(10, 0, clock64());\n  PUT(6, 0, sm_id());\n  const CtaWork work(p);\n"),
     ("  fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n",
      "  fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n  PROBE(1, 0);\n"
      "  PUT(7, 0, (unsigned long long)(range.last - range.first));\n"),
@@ -69,7 +73,7 @@ PROBES = [
      "    mbar_arrive(&sm.empty[buf]);\n"),
     ("  // Row sums over the quad.\n", "  PROBE(4, 0);\n  // Row sums over the quad.\n"),
     ("             wg == 0 && lane % 4 == 0, sm.unrotate);\n",
-     "             wg == 0 && lane % 4 == 0, sm.unrotate);\n  PROBE(5, 0);\n"),
+     "             wg == 0 && lane % 4 == 0, sm.unrotate);\n  PROBE(5, 0);\n  PUT(11, 0, clock64());\n"),
 ]
 
 DRIVER = r"""
@@ -85,7 +89,7 @@ __global__ void fill_random(bf16* x, int64_t n, uint32_t seed) {  // uniform in 
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     uint32_t h = uint32_t(i) * 2654435761u ^ seed;
     h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
-    x[i] = __float2bfloat16(float(h >> 8) / 8388608.f - 1.f);
+    x[i] = float_to_bf16(float(h >> 8) / 8388608.f - 1.f);  // bf16 is the bits (uint16_t)
   }
 }
 
@@ -97,62 +101,71 @@ T* device_copy(const std::vector<T>& h) {
   return d;
 }
 
+// The inputs of the driver's flash prefill case (bench/python/cases/attention.py): one sequence of S
+// tokens ending at position 131,071, a window of 128 raw rows, K entries a token drawn without
+// repeats from a pool of 32,768, random sinks, RoPE base 160,000.
 int main(int argc, char** argv) {
-  const int S = atoi(argv[1]), reps = 20, H = 64, D = 512, N = 32768, rope = 64, window = 128;
-  const int q_start = 131072 - S;
+  unsetenv("LCATTN_ATTN_PAIR");  // the stamps are in attention_sm90.cu's kernel, the per-block ones in version 7
+  unsetenv("LCATTN_ATTN_SCHEDULE");
+  const int S = atoi(argv[1]), reps = 20, H = 64, D = 512, N = 32768, rope = 64, window = 128, L = S + window - 1;
+  const int q_start = 131072 - S, kv_start = q_start - (window - 1);
   bf16 *q, *kv, *ckv, *out;
   float* lse;
   cudaMalloc(&q, size_t(S) * H * D * 2);
-  cudaMalloc(&kv, size_t(S) * D * 2);
+  cudaMalloc(&kv, size_t(L) * D * 2);
   cudaMalloc(&ckv, size_t(N) * D * 2);
   cudaMalloc(&out, size_t(S) * H * D * 2);
   cudaMalloc(&lse, size_t(S) * H * 4);
   fill_random<<<1024, 256>>>(q, int64_t(S) * H * D, 1u);
-  fill_random<<<1024, 256>>>(kv, int64_t(S) * D, 2u);
+  fill_random<<<1024, 256>>>(kv, int64_t(L) * D, 2u);
   fill_random<<<1024, 256>>>(ckv, int64_t(N) * D, 3u);
-  std::vector<float> inv_freq(rope / 2), sink(H, 0.f);
-  for (int i = 0; i < rope / 2; ++i) inv_freq[i] = std::pow(10000.f, -2.f * i / rope);
-  const int starts[1] = {q_start};
-  int* d_start = device_copy(std::vector<int>(starts, starts + 1));
+  std::mt19937 gen(7);
+  std::normal_distribution<float> normal;
+  std::vector<float> inv_freq(rope / 2), sink(H);
+  for (int i = 0; i < rope / 2; ++i) inv_freq[i] = std::pow(160000.f, -2.f * i / rope);
+  for (float& x : sink) x = normal(gen);
+  int* d_q_start = device_copy(std::vector<int>{q_start});
+  int* d_kv_start = device_copy(std::vector<int>{kv_start});
   float* d_inv_freq = device_copy(inv_freq);
   float* d_sink = device_copy(sink);
   cudaEvent_t a, b;
   cudaEventCreate(&a);
   cudaEventCreate(&b);
-  std::mt19937 gen(7);
+  std::vector<int> pool(N);
+  for (int i = 0; i < N; ++i) pool[i] = i;
   for (int arg = 2; arg < argc; ++arg) {
     const int K = atoi(argv[arg]);
     std::vector<int> idx(size_t(S) * K);
-    for (int s = 0; s < S; ++s) {  // K distinct entries visible to position q_start + s, ascending
-      const int visible = (q_start + s + 1) / 4;
-      std::vector<int> pick(K);
-      for (int j = 0; j < K; ++j) pick[j] = int(gen() % uint32_t(std::min(visible, N)));
-      std::sort(pick.begin(), pick.end());
-      std::copy(pick.begin(), pick.end(), idx.begin() + size_t(s) * K);
-    }
+    for (int s = 0; s < S; ++s)  // K distinct entries a token: a partial shuffle of the pool
+      for (int j = 0; j < K; ++j) {
+        std::swap(pool[j], pool[j + int(gen() % uint32_t(N - j))]);
+        idx[size_t(s) * K + j] = pool[j];
+      }
     int* d_idx = device_copy(idx);
     AttentionParams p{};
-    p.q = q, p.kv = kv, p.kv_start = d_start, p.q_start = d_start, p.ckv = ckv, p.indices = d_idx;
+    p.q = q, p.kv = kv, p.kv_start = d_kv_start, p.q_start = d_q_start, p.ckv = ckv, p.indices = d_idx;
     p.sink = d_sink, p.inv_freq = d_inv_freq, p.out = out, p.lse = lse;
-    p.B = 1, p.S = S, p.H = H, p.D = D, p.L = S, p.N = N, p.K = K, p.window = window, p.ratio = 4, p.rope_dim = rope;
+    p.B = 1, p.S = S, p.H = H, p.D = D, p.L = L, p.N = N, p.K = K, p.window = window, p.ratio = 4, p.rope_dim = rope;
     p.splits = 1, p.scale = 1.f / std::sqrt(float(D));
-    for (int it = 0; it < 10; ++it) attention_sm90(p, 0);
+    for (int it = 0; it < 10; ++it)
+      if (attention_sm90(p, 0) != cudaSuccess) return 1;
     cudaEventRecord(a);
     for (int it = 0; it < reps; ++it) attention_sm90(p, 0);
     cudaEventRecord(b);
-    if (cudaEventSynchronize(b) != cudaSuccess) return 1;
+    if (cudaEventSynchronize(b) != cudaSuccess || cudaGetLastError() != cudaSuccess) return 1;
     float ms;
     cudaEventElapsedTime(&ms, a, b);
-    const int ctas = std::min(S * H / 64, kProbeCtas);
+    const int all = S * H / 64, ctas = std::min(all, kProbeCtas);  // CTAs, and those with stamps
     std::vector<unsigned long long> st(size_t(kProbeCtas) * kSlots);
     cudaMemcpyFromSymbol(st.data(), g_stamps, st.size() * 8);
-    double sum[kSlots] = {0}, blocks = 0, gap = 0;
+    double sum[kSlots] = {0}, blocks = 0, gap = 0, cycles = 0, ns = 0;
     int gaps = 0, sms = 0;
     for (int c = 0; c < ctas; ++c) {
       const unsigned long long* s = &st[size_t(c) * kSlots];
       for (int i = 1; i <= 5; ++i) sum[i] += double(s[i] - s[i - 1]);
       sum[8] += double(s[8] - s[0]), sum[9] += double(s[9] - s[0]);
       blocks += double(s[7]);
+      cycles += double(s[11] - s[10]), ns += double(s[5] - s[0]);  // the SM's clock against the timer
       sms = std::max(sms, int(s[6]) + 1);
     }
     // Per SM, the CTAs in order of their start: the gap from one's stores issued to the next one's entry.
@@ -177,18 +190,19 @@ int main(int argc, char** argv) {
       for (int it = 0; it + 1 < n; ++it) {  // blocks followed by another: all five parts
         const unsigned long long* x = &bs[(size_t(c) * kBlockSlots + it) * 5];
         for (int i = 0; i < 4; ++i) part[i] += double(x[i + 1] - x[i]);
-        part[4] += double(x[5] - x[4]);  // x[5]: the next block's arrival
+        part[4] += double(x[5] - x[4]);  // x[5]: the next block's arrival (cycles, all five)
         ++counted;
       }
     }
-    printf("top-k %d: %.3f ms a call (%d tokens, %d CTAs on %d SMs, %.1f blocks a CTA), %.2f us a CTA's slot\n", K,
-           ms / reps, S, ctas, sms, blocks / ctas, ms / reps * 1e3 * sms / ctas);
+    const double us_per_cycle = ns / cycles / 1e3;
+    printf("top-k %d: %.3f ms a call (%d tokens, %d CTAs on %d SMs, %.1f blocks a CTA, SM clock %.0f MHz), "
+           "%.2f us a CTA's slot\n",
+           K, ms / reps, S, all, sms, blocks / ctas, 1.0 / us_per_cycle, ms / reps * 1e3 * sms / all);
     printf("  1 %.3f\n  2 %.3f\n  3 %.3f\n  4 %.3f %.3f\n  5 %.3f\n  6 %.3f\n  8 %.3f\n  9 %.3f\n", sum[1] / ctas / 1e3,
            sum[2] / ctas / 1e3, sum[3] / ctas / 1e3, sum[4] / ctas / 1e3, per_block / 1e3, sum[5] / ctas / 1e3,
            gaps ? gap / gaps / 1e3 : 0.0, sum[8] / ctas / 1e3, sum[9] / ctas / 1e3);
     if (counted)
-      printf("  11 %.3f\n  12 %.3f\n  13 %.3f\n  14 %.3f\n  15 %.3f\n", part[0] / counted / 1e3,
-             part[1] / counted / 1e3, part[2] / counted / 1e3, part[3] / counted / 1e3, part[4] / counted / 1e3);
+      for (int i = 0; i < 5; ++i) printf("  %d %.3f\n", 11 + i, part[i] / counted * us_per_cycle);
     printf("  blocks %.2f\n", blocks / ctas);
     cudaFree(d_idx);
   }
@@ -208,7 +222,7 @@ def instrumented_source(root: str) -> str:
         if src.count(line) != 1:
             raise SystemExit(f"attention_sm90.cu no longer has exactly one {line.strip()[:60]!r}: mend PROBES")
         src = src.replace(line, becomes)
-    head = ("constexpr int kProbeCtas = 16384, kSlots = 10;  // CTAs whose stamps are kept, slots a CTA\n"
+    head = ("constexpr int kProbeCtas = 16384, kSlots = 12;  // CTAs whose stamps are kept, slots a CTA\n"
             "constexpr int kBlockSlots = 32;  // blocks a CTA whose stamps are kept\n")
     return head + src + DRIVER
 
@@ -243,7 +257,8 @@ def main() -> None:
         cu, exe = os.path.join(tmp, "attention_phases.cu"), os.path.join(tmp, "attention_phases")
         with open(cu, "w") as f:
             f.write(instrumented_source(root))
-        subprocess.run(["nvcc", "-std=c++17", "-O3", "-DLCATTN_WITH_CUDA", "-DNDEBUG", "-gencode",
+        nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+        subprocess.run([nvcc, "-std=c++17", "-O3", "-DLCATTN_WITH_CUDA", "-DNDEBUG", "-gencode",
                         "arch=compute_90a,code=sm_90a", f"-I{root}/csrc/include", f"-I{root}/csrc/kernels", cu,
                         f"{root}/csrc/kernels/attention_sm90_pair.cu", "-o", exe], check=True)
         out = subprocess.run([exe, str(args.tokens)] + [str(k) for k in topks], check=True, capture_output=True,

@@ -10,6 +10,7 @@ of them is an error here, to be mended in PROBES.
 """
 import argparse
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -141,7 +142,8 @@ def main() -> None:
         cu, exe = os.path.join(tmp, "topk_phases.cu"), os.path.join(tmp, "topk_phases")
         with open(cu, "w") as f:
             f.write(instrumented_source(root))
-        subprocess.run(["nvcc", "-std=c++17", "-O3", "-DLCATTN_WITH_CUDA", "-DNDEBUG", "-gencode",
+        nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+        subprocess.run([nvcc, "-std=c++17", "-O3", "-DLCATTN_WITH_CUDA", "-DNDEBUG", "-gencode",
                         "arch=compute_90a,code=sm_90a", f"-I{root}/csrc/include", f"-I{root}/csrc/kernels", cu,
                         "-o", exe], check=True)
         out = subprocess.run([exe, str(args.rows), str(args.entries), str(args.k)], check=True,

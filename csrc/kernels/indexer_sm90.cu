@@ -33,11 +33,13 @@ constexpr int kStages = 4;
 template <int kMathGroups>
 constexpr int kThreadsOf = 128 * (kMathGroups + 1);
 // A math thread's registers after setmaxnreg; the producer's are 56 (at 40 the e4m3 producer spilled).
-// The CTA's pool is kThreadsOf x the launch bound's count: 384 x 168 (two groups), 640 x 96 (four).
+// They must fit the CTA's pool: its threads x the launch bound's count (a multiple of 8).
 template <int kMathGroups>
 constexpr int kMathRegs = kMathGroups == 2 ? 224 : 104;
-static_assert(128 * 56 + 256 * kMathRegs<2> <= 384 * 168 && 128 * 56 + 512 * kMathRegs<4> <= 640 * 96,
-              "setmaxnreg beyond the CTA's registers");
+template <int kMathGroups>
+constexpr bool kRegsFit = 128 * 56 + 128 * kMathGroups * kMathRegs<kMathGroups> <=
+                          kThreadsOf<kMathGroups> * (65536 / kThreadsOf<kMathGroups> / 8 * 8);
+static_assert(kRegsFit<2> && kRegsFit<4>, "setmaxnreg beyond the CTA's registers");
 
 template <int kElemBytes>
 struct SharedStorage {
