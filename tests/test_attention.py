@@ -545,8 +545,10 @@ def test_repeat_runs_are_bitwise_identical(device):
 def test_bad_input_is_rejected(device):
     q, kv, kvs, qs, ckv, sink, f = make_attention(1, 2, 2, 64, 16, 10, 6, [8], [0], device)
     idx = random_indices(1, 2, 3, 6, device)
+    past = idx.clone()
+    past[0, 1, 2] = 6  # one index past the pool (random ones may all be -1)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: indices values must lie in \[-1, 5\]"):
-        ops.sparse_attn(q, kv, kvs, qs, ckv, idx + 6, sink, f)
+        ops.sparse_attn(q, kv, kvs, qs, ckv, past, sink, f)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: q must be BFloat16, got Float"):
         ops.sparse_attn(q.float(), kv, kvs, qs, ckv, idx, sink, f)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] sparse_attn: kv dim 2 must be 64"):
