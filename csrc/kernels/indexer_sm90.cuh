@@ -26,33 +26,10 @@ struct Elem {
   static constexpr int kSteps = kRowBytes / 32;
 };
 
-// S = K Q^T of warpgroup wg's two m64 tiles (keys 128 wg .. 128 wg + 127 of the key tile) against
-// the pair's 128 head rows, issued and committed as one wgmma group.
+// The k-steps of S = K Q^T for one m64 tile (keys key_row0 .. key_row0 + 63 of the key tile) against
+// the pair's 128 head rows (no fence or commit: the callers group them).
 template <int kElemBytes>
-__device__ __forceinline__ void issue_pair_products(float (&acc)[2][64], const uint8_t* keys, const uint8_t* q,
-                                                    int wg) {
-  wgmma_fence();
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int ks = 0; ks < Elem<kElemBytes>::kSteps; ++ks) {
-      const uint64_t desc_keys =
-          smem_desc(keys + (ks / 4) * kKeyChunkBytes + (128 * wg + 64 * t) * 128 + (ks % 4) * 32, 16, 1024);
-      const uint64_t desc_q = smem_desc(q + (ks / 4) * kPairChunkBytes + (ks % 4) * 32, 16, 1024);
-      if constexpr (kElemBytes == 2)
-        wgmma_m64n128k16_ss(acc[t], desc_keys, desc_q, ks > 0);
-      else
-        wgmma_m64n128k32_e4m3_ss(acc[t], desc_keys, desc_q, ks > 0);
-    }
-  wgmma_commit();
-}
-
-// S = K Q^T of one m64 tile (keys key_row0 .. key_row0 + 63 of the key tile) against the pair's 128
-// head rows, issued and committed as one wgmma group (four math warpgroups, one tile each).
-template <int kElemBytes>
-__device__ __forceinline__ void issue_tile_products(float (&acc)[64], const uint8_t* keys, const uint8_t* q,
-                                                    int key_row0) {
-  wgmma_fence();
+__device__ __forceinline__ void tile_products(float (&acc)[64], const uint8_t* keys, const uint8_t* q, int key_row0) {
 #pragma unroll
   for (int ks = 0; ks < Elem<kElemBytes>::kSteps; ++ks) {
     const uint64_t desc_keys = smem_desc(keys + (ks / 4) * kKeyChunkBytes + key_row0 * 128 + (ks % 4) * 32, 16, 1024);
@@ -62,40 +39,26 @@ __device__ __forceinline__ void issue_tile_products(float (&acc)[64], const uint
     else
       wgmma_m64n128k32_e4m3_ss(acc, desc_keys, desc_q, ks > 0);
   }
+}
+
+// S = K Q^T of warpgroup wg's two m64 tiles (keys 128 wg .. 128 wg + 127 of the key tile) against
+// the pair's 128 head rows, issued and committed as one wgmma group.
+template <int kElemBytes>
+__device__ __forceinline__ void issue_pair_products(float (&acc)[2][64], const uint8_t* keys, const uint8_t* q,
+                                                    int wg) {
+  wgmma_fence();
+#pragma unroll
+  for (int t = 0; t < 2; ++t) tile_products<kElemBytes>(acc[t], keys, q, 128 * wg + 64 * t);
   wgmma_commit();
 }
 
-// The sum over all 64 heads of w_h max(S, 0) for the lane's (query row q, key half), from one tile's
-// accumulators: the thread's 16 heads of each (query row, half) with the weights read from the
-// pair's [2 rows x 64 heads] in shared memory one row at a time (fewer live registers than
-// load_pair_weights), each sum reduced over the quad, then the lane's one selected.
-__device__ __forceinline__ float tile_head_sum(const float (&acc)[64], const float* pair_weights, int c0, int q,
-                                               int half) {
-  float sums[2][2];
-#pragma unroll
-  for (int qq = 0; qq < 2; ++qq) {
-    float2 w[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) w[j] = *reinterpret_cast<const float2*>(&pair_weights[qq * kHeads + 8 * j + c0]);
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      float sum = 0.f;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float* a = &acc[(8 * qq + j) * 4 + 2 * hh];
-        sum = fmaf(w[j].x, fmaxf(a[0], 0.f), sum);
-        sum = fmaf(w[j].y, fmaxf(a[1], 0.f), sum);
-      }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      sums[qq][hh] = sum;
-    }
-  }
-  float v = sums[0][0];  // the lane's register without dynamic indexing
-  v = (q == 0 && half == 1) ? sums[0][1] : v;
-  v = (q == 1 && half == 0) ? sums[1][0] : v;
-  v = (q == 1 && half == 1) ? sums[1][1] : v;
-  return v;
+// One m64 tile's products as one wgmma group (four math warpgroups, one tile each).
+template <int kElemBytes>
+__device__ __forceinline__ void issue_tile_products(float (&acc)[64], const uint8_t* keys, const uint8_t* q,
+                                                    int key_row0) {
+  wgmma_fence();
+  tile_products<kElemBytes>(acc, keys, q, key_row0);
+  wgmma_commit();
 }
 
 // Waits for issue_pair_products's group; then its accumulators may be read.
@@ -114,10 +77,22 @@ __device__ __forceinline__ void load_pair_weights(float2 (&w)[2][8], const float
     for (int j = 0; j < 8; ++j) w[q][j] = *reinterpret_cast<const float2*>(&pair_weights[q * kHeads + 8 * j + c0]);
 }
 
-// The sums over heads of w_h max(S, 0) from a pair's accumulators acc[tile][64] (a thread holds 16
-// heads of each of its key rows and query rows; the other 48 are in the 3 other lanes of its quad).
-// w[q][j]: the weights of heads 8 j + 2 (lane % 4) and + 1. This thread's 16 heads, for each
-// (tile, query row, half: key rows + 0 and + 8), one fma chain of a max and an fma a product.
+// The sum over this thread's 16 heads of w_h max(S, 0) for query row q and half (key rows + 0 or + 8)
+// of one tile's accumulators (a thread holds 16 heads of each of its key rows and query rows; the
+// other 48 are in the 3 other lanes of its quad): one fma chain of a max and an fma a product.
+// w[j]: the weights of query row q's heads 8 j + 2 (lane % 4) and + 1.
+__device__ __forceinline__ float thread_head_sum(const float (&acc)[64], const float2 (&w)[8], int q, int half) {
+  float sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float* a = &acc[(8 * q + j) * 4 + 2 * half];
+    sum = fmaf(w[j].x, fmaxf(a[0], 0.f), sum);
+    sum = fmaf(w[j].y, fmaxf(a[1], 0.f), sum);
+  }
+  return sum;
+}
+
+// thread_head_sum of a pair's accumulators acc[tile][64] for every (tile, query row, half).
 __device__ __forceinline__ void thread_head_sums(const float (&acc)[2][64], const float2 (&w)[2][8],
                                                  float (&sums)[2][2][2]) {
 #pragma unroll
@@ -125,16 +100,7 @@ __device__ __forceinline__ void thread_head_sums(const float (&acc)[2][64], cons
 #pragma unroll
     for (int q = 0; q < 2; ++q)
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        float sum = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float* a = &acc[t][(8 * q + j) * 4 + 2 * half];
-          sum = fmaf(w[q][j].x, fmaxf(a[0], 0.f), sum);
-          sum = fmaf(w[q][j].y, fmaxf(a[1], 0.f), sum);
-        }
-        sums[t][q][half] = sum;
-      }
+      for (int half = 0; half < 2; ++half) sums[t][q][half] = thread_head_sum(acc[t], w[q], q, half);
 }
 
 // All 64 heads for the lane's (tile t, query row q), both halves: each sum in one chain and reduced
@@ -161,6 +127,33 @@ __device__ __forceinline__ void head_sums_selected(const float (&acc)[2][64], co
     v = (t == 1 && q == 1) ? sums[1][1][half] : v;
     total[half] = v;
   }
+}
+
+// The sum over all 64 heads of w_h max(S, 0) for the lane's (query row q, key half), from one tile's
+// accumulators: thread_head_sum of each (query row, half) with the weights read from the pair's
+// [2 rows x 64 heads] in shared memory one row at a time (fewer live registers than
+// load_pair_weights), each reduced over the quad as head_sums_selected does, then the lane's one.
+__device__ __forceinline__ float tile_head_sum(const float (&acc)[64], const float* pair_weights, int c0, int q,
+                                               int half) {
+  float sums[2][2];
+#pragma unroll
+  for (int qq = 0; qq < 2; ++qq) {
+    float2 w[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) w[j] = *reinterpret_cast<const float2*>(&pair_weights[qq * kHeads + 8 * j + c0]);
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      float sum = thread_head_sum(acc, w, qq, hh);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      sums[qq][hh] = sum;
+    }
+  }
+  float v = sums[0][0];  // the lane's register without dynamic indexing
+  v = (q == 0 && half == 1) ? sums[0][1] : v;
+  v = (q == 1 && half == 0) ? sums[1][0] : v;
+  v = (q == 1 && half == 1) ? sums[1][1] : v;
+  return v;
 }
 
 }  // namespace indexer_sm90
