@@ -53,10 +53,10 @@ def hopper_call(form, q, kv, kvs, qs, ckv, idx, sink, f):
             lambda: reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
 
 
-def ran_sm90_kernel(kernels, fp8, schedule):
-    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule>."""
+def ran_sm90_kernel(kernels, fp8, schedule, late_rope=False):
+    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule, late_rope>."""
     flag = {False: "false", True: "true"}
-    pattern = rf"attention_sm90_kernel<{flag[fp8]}, \(.*?Schedule\){SCHEDULE_NUMBER[schedule]}>"
+    pattern = rf"attention_sm90_kernel<{flag[fp8]}, \(.*?Schedule\){SCHEDULE_NUMBER[schedule]}, {flag[late_rope]}>"
     return re.search(pattern, kernels) is not None
 
 
@@ -389,6 +389,32 @@ def test_hopper_rescale_slack_cuda(monkeypatch, schedule, B, S, H, K, N, q_start
     ckv.copy_((torch.arange(N, device="cuda", dtype=torch.float32) * 40 / N)[None, :, None].expand(B, N, 512))
     idx = torch.sort(idx, dim=-1).values  # absent (-1) first, then ascending
     check(*run(), *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES[:4] + [
+    (2, 40, 64, 256, 32768, [131072 - 40, 120000], [131072 - 167, 119873], 167),  # angles past 105,615 rad
+])
+@pytest.mark.parametrize("splits", ["0", "3"])
+def test_hopper_late_rope_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, splits):
+    """LCATTN_ATTN_LATE_ROPE=1: the RoPE table built by math warp 0 while Q loads gives the default's
+    result bit for bit (the same sincosf, later and by other threads), in prefill, at positions whose
+    angles take sincosf's slow path, and with 3 splits (the fused combine reads the table too)."""
+    monkeypatch.delenv("LCATTN_ATTN_SCHEDULE", raising=False)  # bf16 entries: by keys
+    monkeypatch.delenv("LCATTN_ATTN_PAIR", raising=False)
+    monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
+    idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
+
+    def run():
+        return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
+    default = run()
+    monkeypatch.setenv("LCATTN_ATTN_LATE_ROPE", "1")
+    late, kernels = run_and_kernels(run)
+    if kernels:
+        assert ran_sm90_kernel(kernels, False, "keys", late_rope=True), kernels
+    assert torch.equal(default[0], late[0]) and torch.equal(default[1], late[1])
+    check(*late, *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
 
 
 def run_and_kernels(fn):

@@ -16,7 +16,8 @@ the SM's clock at stamps 0 and 5. Per block (thread 0, version 7's schedule, the
 entries, in SM clock cycles turned into us by the clock's rate against the timer over the CTA;
 blocks followed by another): its keys arrived, its logits done, the maxima exchanged, P in the
 tile, its P.V done, the next block's keys arrived. The driver clears LCATTN_ATTN_PAIR and
-LCATTN_ATTN_SCHEDULE (other kernels, or no per-block stamps).
+LCATTN_ATTN_SCHEDULE (other kernels, or no per-block stamps); LCATTN_ATTN_LATE_ROPE=1 in the
+environment times the kernel that builds the RoPE table while Q loads.
 """
 import argparse
 import os
@@ -47,8 +48,8 @@ PROBES = [
      "namespace {\n"),
     ("  const CtaWork work(p);\n",
      "  PROBE(0, 0);\n  PUT(10, 0, clock64());\n  PUT(6, 0, sm_id());\n  const CtaWork work(p);\n"),
-    ("  fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n",
-     "  fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n  PROBE(1, 0);\n"
+    ("  if constexpr (!kLateRope) fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n",
+     "  if constexpr (!kLateRope) fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n  PROBE(1, 0);\n"
      "  PUT(7, 0, (unsigned long long)(range.last - range.first));\n"),
     ("    load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills\n",
      "    load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills\n"

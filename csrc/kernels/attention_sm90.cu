@@ -214,9 +214,13 @@ __device__ __forceinline__ void partial_logits(float (&sacc)[32], const uint8_t*
   fence_registers(sacc);
 }
 
-// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form).
-template <bool kFp8Entries, Schedule kSchedule>
+// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form). kLateRope (LCATTN_ATTN_LATE_ROPE=1, bf16 entries
+// by keys; off): the RoPE (cos, -sin) table is built by math warp 0 while Q loads instead of before
+// the set-up barrier, which the producer waits on before it issues Q (the accurate sincosf of the
+// angles past 105,615 rad at 128K context takes its slow path).
+template <bool kFp8Entries, Schedule kSchedule, bool kLateRope = false>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
+  static_assert(!kLateRope || kSchedule == Schedule::kKeys, "late RoPE table: the row sums' barrier orders it");
   extern __shared__ uint8_t smem_raw[];
   // The base aligned to 1024 by an offset from smem_raw, so the compiler knows every access is to
   // shared memory (LDS / STS, not generic LD / ST).
@@ -234,7 +238,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     }
     fence_barrier_init();
   }
-  fill_unrotate(sm.unrotate, p, work.pos);
+  if constexpr (!kLateRope) fill_unrotate(sm.unrotate, p, work.pos);
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
@@ -272,6 +276,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
 
   // ------------------------------------------------------------------------------------ math
   reg_alloc<224>();
+  // kLateRope: threads 0 .. rope_dim / 2 - 1 (math warp 0) build the table while Q loads; the row sums'
+  // exchange barrier after the blocks (every CTA meets it) orders it before the epilogue's reads.
+  if constexpr (kLateRope) fill_unrotate(sm.unrotate, p, work.pos);
   const int r0 = warp * 16 + lane / 4;  // this thread's rows r0 and r0 + 8 of every accumulator
   const int c0 = (lane % 4) * 2;        // and columns c0, c0 + 1 of every 8-column block
   const float scale = p.scale * kLog2e;
@@ -468,10 +475,10 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
   return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
 }
 
-template <bool kFp8Entries, Schedule kSchedule>
+template <bool kFp8Entries, Schedule kSchedule, bool kLateRope = false>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule>;
+  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule, kLateRope>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
@@ -485,6 +492,9 @@ template <bool kFp8Entries>
 cudaError_t launch_for_schedule(const AttentionParams& p, cudaStream_t stream) {
   const bool by_keys =
       env_is("LCATTN_ATTN_SCHEDULE", "keys") || (!kFp8Entries && !env_is("LCATTN_ATTN_SCHEDULE", "dims"));
+  if constexpr (!kFp8Entries)
+    if (by_keys && env_is("LCATTN_ATTN_LATE_ROPE", "1"))
+      return launch_attention_sm90<false, Schedule::kKeys, true>(p, stream);
   return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys>(p, stream)
                  : launch_attention_sm90<kFp8Entries, Schedule::kDims>(p, stream);
 }
