@@ -12,13 +12,15 @@ NAN = float("nan")
 @pytest.mark.parametrize("biased", [False, True])
 def test_route_nan_logits(device, biased):
     T, E, k = 7, 16, 4
-    # Unbiased: logits on a grid of 0.5, so equal keys tie and go to the lower expert id.
-    logits = torch.randn(T, E) * 3 if biased else torch.randint(-4, 4, (T, E)) * 0.5
+    # Logits on a grid of 0.5 and biases on one of 0.01, so that equal keys tie (and go to the lower
+    # expert id) and different keys differ by at least 1.2e-4 (sqrt(softplus(x)) + bias over the grids):
+    # the op's and the reference's roundings, an ulp apart, cannot order them differently.
+    logits = torch.randint(-8, 8, (T, E)) * 0.5 if biased else torch.randint(-4, 4, (T, E)) * 0.5
     logits[0, logits[0].argmax()] = NAN  # the best expert's logit
     logits[1, ::3] = NAN
     logits[2] = NAN  # no number at all: experts 0..k-1, NaN weights
     logits[3, 1:] = NAN  # fewer numbers than k: the NaN experts fill up, so every weight is NaN
-    bias = torch.randn(E, device=device) * 0.1 if biased else None
+    bias = (torch.randint(-10, 11, (E,)) * 0.01).to(device) if biased else None
     logits = logits.to(device)
     w, idx = ops.moe_route(logits, k, 1.5, bias=bias)
     ref_w, ref_idx = reference.moe_route(logits, k, 1.5, bias=bias)
