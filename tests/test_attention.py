@@ -53,10 +53,11 @@ def hopper_call(form, q, kv, kvs, qs, ckv, idx, sink, f):
             lambda: reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
 
 
-def ran_sm90_kernel(kernels, fp8, schedule, late_rope=False):
-    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule, late_rope>."""
+def ran_sm90_kernel(kernels, fp8, schedule, late_rope=False, ahead=1):
+    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule, late_rope, ahead>."""
     flag = {False: "false", True: "true"}
-    pattern = rf"attention_sm90_kernel<{flag[fp8]}, \(.*?Schedule\){SCHEDULE_NUMBER[schedule]}, {flag[late_rope]}>"
+    schedule = rf"\(.*?Schedule\){SCHEDULE_NUMBER[schedule]}"
+    pattern = rf"attention_sm90_kernel<{flag[fp8]}, {schedule}, {flag[late_rope]}, {ahead}>"
     return re.search(pattern, kernels) is not None
 
 
@@ -391,30 +392,43 @@ def test_hopper_rescale_slack_cuda(monkeypatch, schedule, B, S, H, K, N, q_start
     check(*run(), *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
 
 
+# Producer-side switches of the Hopper kernel: (environment variable, the kernel's template arguments
+# after the schedule, forms of the entries it applies to).
+PRODUCER_SWITCHES = {"LCATTN_ATTN_LATE_ROPE": (dict(late_rope=True), ["bf16"]),
+                     "LCATTN_ATTN_PREFETCH_AHEAD": (dict(ahead=4), ["bf16", "kv_fp8"])}
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES[:4] + [
     (2, 9, 64, 256, 32768, [131072 - 9, 120000], [131072 - 136, 119873], 136),  # angles past 105,615 rad
 ])
 @pytest.mark.parametrize("splits", ["0", "3"])
-def test_hopper_late_rope_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, splits):
-    """LCATTN_ATTN_LATE_ROPE=1: the RoPE table built by math warp 0 while Q loads gives the default's
-    result bit for bit (the same sincosf, later and by other threads), in prefill, at positions whose
-    angles take sincosf's slow path, and with 3 splits (the fused combine reads the table too)."""
-    monkeypatch.delenv("LCATTN_ATTN_SCHEDULE", raising=False)  # bf16 entries: by keys
+@pytest.mark.parametrize("switch,entries", [(name, e) for name, (_, forms) in PRODUCER_SWITCHES.items() for e in forms])
+def test_hopper_producer_switches_cuda(monkeypatch, switch, entries, B, S, H, K, N, q_start, kv_start, L, splits):
+    """The producer-side switches give the default's result bit for bit: LCATTN_ATTN_LATE_ROPE=1 (the
+    RoPE table built by math warp 0 while Q loads: the same sincosf, later and by other threads) and
+    LCATTN_ATTN_PREFETCH_AHEAD=1 (rows asked of L2 4 blocks ahead: the same copies), in prefill, at
+    positions whose angles take sincosf's slow path, with 3 splits (the fused combine reads the table
+    too), on bf16 entries and, for the prefetch, kv_fp8 ones; and the kernel that ran."""
+    monkeypatch.delenv("LCATTN_ATTN_SCHEDULE", raising=False)  # each form's default schedule
     monkeypatch.delenv("LCATTN_ATTN_PAIR", raising=False)
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
+    if entries == "kv_fp8":
+        ckv = ops.quantize_kv_fp8(ckv.float(), 64)
     idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
 
     def run():
         return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
     default = run()
-    monkeypatch.setenv("LCATTN_ATTN_LATE_ROPE", "1")
-    late, kernels = run_and_kernels(run)
+    monkeypatch.setenv(switch, "1")
+    changed, kernels = run_and_kernels(run)
     if kernels:
-        assert ran_sm90_kernel(kernels, False, "keys", late_rope=True), kernels
-    assert torch.equal(default[0], late[0]) and torch.equal(default[1], late[1])
-    check(*late, *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
+        fp8 = entries == "kv_fp8"
+        assert ran_sm90_kernel(kernels, fp8, "dims" if fp8 else "keys", **PRODUCER_SWITCHES[switch][0]), kernels
+    assert torch.equal(default[0], changed[0]) and torch.equal(default[1], changed[1])
+    if entries == "bf16":
+        check(*changed, *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
 
 
 def run_and_kernels(fn):

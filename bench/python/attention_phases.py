@@ -6,6 +6,7 @@ a CTA's end to the start of the next CTA on its SM, and the fit a + b x blocks o
 On a GPU machine, from the repository root:
 
     python bench/python/attention_phases.py [--tokens 4096] [--topk 512,128]
+    python bench/python/attention_phases.py --batch 64 --tokens 1     (decode: a pool per sequence)
 
 Needs nvcc. The stamps go in by matching lines of the kernel's source: an edit there that moves one
 of them is an error here, to be mended in PROBES. Stamps (slot: thread, where): 0: 0, entry;
@@ -102,31 +103,31 @@ T* device_copy(const std::vector<T>& h) {
   return d;
 }
 
-// The inputs of the driver's flash prefill case (bench/python/cases/attention.py): one sequence of S
-// tokens ending at position 131,071, a window of 128 raw rows, K entries a token drawn without
-// repeats from a pool of 32,768, random sinks, RoPE base 160,000.
+// The inputs of the driver's flash cases (bench/python/cases/attention.py): B sequences of S tokens
+// ending at position 131,071 (prefill: B = 1; decode: S = 1), a window of 128 raw rows, K entries a
+// token drawn without repeats from its sequence's pool of 32,768, random sinks, RoPE base 160,000.
 int main(int argc, char** argv) {
   unsetenv("LCATTN_ATTN_PAIR");  // the stamps are in attention_sm90.cu's kernel, the per-block ones in version 7
   unsetenv("LCATTN_ATTN_SCHEDULE");
-  const int S = atoi(argv[1]), reps = 20, H = 64, D = 512, N = 32768, rope = 64, window = 128, L = S + window - 1;
-  const int q_start = 131072 - S, kv_start = q_start - (window - 1);
+  const int B = atoi(argv[1]), S = atoi(argv[2]), reps = 20, H = 64, D = 512, N = 32768, rope = 64, window = 128;
+  const int L = S + window - 1, q_start = 131072 - S, kv_start = q_start - (window - 1);
   bf16 *q, *kv, *ckv, *out;
   float* lse;
-  cudaMalloc(&q, size_t(S) * H * D * 2);
-  cudaMalloc(&kv, size_t(L) * D * 2);
-  cudaMalloc(&ckv, size_t(N) * D * 2);
-  cudaMalloc(&out, size_t(S) * H * D * 2);
-  cudaMalloc(&lse, size_t(S) * H * 4);
-  fill_random<<<1024, 256>>>(q, int64_t(S) * H * D, 1u);
-  fill_random<<<1024, 256>>>(kv, int64_t(L) * D, 2u);
-  fill_random<<<1024, 256>>>(ckv, int64_t(N) * D, 3u);
+  cudaMalloc(&q, size_t(B) * S * H * D * 2);
+  cudaMalloc(&kv, size_t(B) * L * D * 2);
+  cudaMalloc(&ckv, size_t(B) * N * D * 2);
+  cudaMalloc(&out, size_t(B) * S * H * D * 2);
+  cudaMalloc(&lse, size_t(B) * S * H * 4);
+  fill_random<<<1024, 256>>>(q, int64_t(B) * S * H * D, 1u);
+  fill_random<<<1024, 256>>>(kv, int64_t(B) * L * D, 2u);
+  fill_random<<<1024, 256>>>(ckv, int64_t(B) * N * D, 3u);
   std::mt19937 gen(7);
   std::normal_distribution<float> normal;
   std::vector<float> inv_freq(rope / 2), sink(H);
   for (int i = 0; i < rope / 2; ++i) inv_freq[i] = std::pow(160000.f, -2.f * i / rope);
   for (float& x : sink) x = normal(gen);
-  int* d_q_start = device_copy(std::vector<int>{q_start});
-  int* d_kv_start = device_copy(std::vector<int>{kv_start});
+  int* d_q_start = device_copy(std::vector<int>(B, q_start));
+  int* d_kv_start = device_copy(std::vector<int>(B, kv_start));
   float* d_inv_freq = device_copy(inv_freq);
   float* d_sink = device_copy(sink);
   cudaEvent_t a, b;
@@ -134,10 +135,10 @@ int main(int argc, char** argv) {
   cudaEventCreate(&b);
   std::vector<int> pool(N);
   for (int i = 0; i < N; ++i) pool[i] = i;
-  for (int arg = 2; arg < argc; ++arg) {
+  for (int arg = 3; arg < argc; ++arg) {
     const int K = atoi(argv[arg]);
-    std::vector<int> idx(size_t(S) * K);
-    for (int s = 0; s < S; ++s)  // K distinct entries a token: a partial shuffle of the pool
+    std::vector<int> idx(size_t(B) * S * K);
+    for (int s = 0; s < B * S; ++s)  // K distinct entries a token: a partial shuffle of the pool
       for (int j = 0; j < K; ++j) {
         std::swap(pool[j], pool[j + int(gen() % uint32_t(N - j))]);
         idx[size_t(s) * K + j] = pool[j];
@@ -146,7 +147,7 @@ int main(int argc, char** argv) {
     AttentionParams p{};
     p.q = q, p.kv = kv, p.kv_start = d_kv_start, p.q_start = d_q_start, p.ckv = ckv, p.indices = d_idx;
     p.sink = d_sink, p.inv_freq = d_inv_freq, p.out = out, p.lse = lse;
-    p.B = 1, p.S = S, p.H = H, p.D = D, p.L = L, p.N = N, p.K = K, p.window = window, p.ratio = 4, p.rope_dim = rope;
+    p.B = B, p.S = S, p.H = H, p.D = D, p.L = L, p.N = N, p.K = K, p.window = window, p.ratio = 4, p.rope_dim = rope;
     p.splits = 1, p.scale = 1.f / std::sqrt(float(D));
     for (int it = 0; it < 10; ++it)
       if (attention_sm90(p, 0) != cudaSuccess) return 1;
@@ -156,7 +157,7 @@ int main(int argc, char** argv) {
     if (cudaEventSynchronize(b) != cudaSuccess || cudaGetLastError() != cudaSuccess) return 1;
     float ms;
     cudaEventElapsedTime(&ms, a, b);
-    const int all = S * H / 64, ctas = std::min(all, kProbeCtas);  // CTAs, and those with stamps
+    const int all = B * S * H / 64, ctas = std::min(all, kProbeCtas);  // CTAs, and those with stamps
     std::vector<unsigned long long> st(size_t(kProbeCtas) * kSlots);
     cudaMemcpyFromSymbol(st.data(), g_stamps, st.size() * 8);
     double sum[kSlots] = {0}, blocks = 0, gap = 0, cycles = 0, ns = 0;
@@ -196,9 +197,9 @@ int main(int argc, char** argv) {
       }
     }
     const double us_per_cycle = ns / cycles / 1e3;
-    printf("top-k %d: %.3f ms a call (%d tokens, %d CTAs on %d SMs, %.1f blocks a CTA, SM clock %.0f MHz), "
+    printf("top-k %d: %.3f ms a call (%d x %d tokens, %d CTAs on %d SMs, %.1f blocks a CTA, SM clock %.0f MHz), "
            "%.2f us a CTA's slot\n",
-           K, ms / reps, S, all, sms, blocks / ctas, 1.0 / us_per_cycle, ms / reps * 1e3 * sms / all);
+           K, ms / reps, B, S, all, sms, blocks / ctas, 1.0 / us_per_cycle, ms / reps * 1e3 * sms / all);
     printf("  1 %.3f\n  2 %.3f\n  3 %.3f\n  4 %.3f %.3f\n  5 %.3f\n  6 %.3f\n  8 %.3f\n  9 %.3f\n", sum[1] / ctas / 1e3,
            sum[2] / ctas / 1e3, sum[3] / ctas / 1e3, sum[4] / ctas / 1e3, per_block / 1e3, sum[5] / ctas / 1e3,
            gaps ? gap / gaps / 1e3 : 0.0, sum[8] / ctas / 1e3, sum[9] / ctas / 1e3);
@@ -249,7 +250,8 @@ def report(out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--tokens", type=int, default=4096, help="tokens a sequence")
+    parser.add_argument("--batch", type=int, default=1, help="sequences, each with its own pool (decode: --tokens 1)")
     parser.add_argument("--topk", default="512,128", help="comma list of top-k values (entries a query)")
     args = parser.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -262,8 +264,8 @@ def main() -> None:
         subprocess.run([nvcc, "-std=c++17", "-O3", "-DLCATTN_WITH_CUDA", "-DNDEBUG", "-gencode",
                         "arch=compute_90a,code=sm_90a", f"-I{root}/csrc/include", f"-I{root}/csrc/kernels", cu,
                         f"{root}/csrc/kernels/attention_sm90_pair.cu", "-o", exe], check=True)
-        out = subprocess.run([exe, str(args.tokens)] + [str(k) for k in topks], check=True, capture_output=True,
-                             text=True).stdout
+        out = subprocess.run([exe, str(args.batch), str(args.tokens)] + [str(k) for k in topks], check=True,
+                             capture_output=True, text=True).stdout
     report(out)
 
 

@@ -217,8 +217,10 @@ __device__ __forceinline__ void partial_logits(float (&sacc)[32], const uint8_t*
 // kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form). kLateRope (LCATTN_ATTN_LATE_ROPE=1, bf16 entries
 // by keys; off): the RoPE (cos, -sin) table is built by math warp 0 while Q loads instead of before
 // the set-up barrier, which the producer waits on before it issues Q (the accurate sincosf of the
-// angles past 105,615 rad at 128K context takes its slow path).
-template <bool kFp8Entries, Schedule kSchedule, bool kLateRope = false>
+// angles past 105,615 rad at 128K context takes its slow path). kAhead (LCATTN_ATTN_PREFETCH_AHEAD=1:
+// 4; off: 1): the producer asks L2 for the rows of the blocks up to kAhead ahead of the one it loads,
+// so that at decode (each query its own pool, read from DRAM) a block's copies find its rows in L2.
+template <bool kFp8Entries, Schedule kSchedule, bool kLateRope = false, int kAhead = 1>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
   static_assert(!kLateRope || kSchedule == Schedule::kKeys, "late RoPE table: the row sums' barrier orders it");
   extern __shared__ uint8_t smem_raw[];
@@ -270,6 +272,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       mbar_arrive_cp_async(&sm.full[buf]);
       if (lane == 0) mbar_arrive(&sm.full[buf]);
       next = look_up(blk + 1);
+      if constexpr (kAhead > 1) {  // after block 0's copies: blocks 2 .. kAhead; then block blk + kAhead
+#pragma unroll 1
+        for (int ahead = it == 0 ? 2 : kAhead; ahead <= kAhead; ++ahead) look_up(blk + ahead);
+      }
     }
     return;
   }
@@ -475,10 +481,10 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
   return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
 }
 
-template <bool kFp8Entries, Schedule kSchedule, bool kLateRope = false>
+template <bool kFp8Entries, Schedule kSchedule, bool kLateRope = false, int kAhead = 1>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule, kLateRope>;
+  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule, kLateRope, kAhead>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
@@ -495,6 +501,10 @@ cudaError_t launch_for_schedule(const AttentionParams& p, cudaStream_t stream) {
   if constexpr (!kFp8Entries)
     if (by_keys && env_is("LCATTN_ATTN_LATE_ROPE", "1"))
       return launch_attention_sm90<false, Schedule::kKeys, true>(p, stream);
+  // The default schedule of each form with its rows asked of L2 4 blocks ahead.
+  constexpr Schedule kDefault = kFp8Entries ? Schedule::kDims : Schedule::kKeys;
+  if (by_keys == (kDefault == Schedule::kKeys) && env_is("LCATTN_ATTN_PREFETCH_AHEAD", "1"))
+    return launch_attention_sm90<kFp8Entries, kDefault, false, 4>(p, stream);
   return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys>(p, stream)
                  : launch_attention_sm90<kFp8Entries, Schedule::kDims>(p, stream);
 }
