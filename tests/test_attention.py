@@ -38,6 +38,8 @@ def check(out, lse, ref_out, ref_lse):
 # The math schedules of the Hopper kernel: version 7 (logits and softmax by keys; bf16 entries'
 # default), version 4 (by dims; kv_fp8 entries' default) and version 6 (pairs of blocks, one split).
 SCHEDULES = {"keys": {"LCATTN_ATTN_SCHEDULE": "keys"}, "dims": {"LCATTN_ATTN_SCHEDULE": "dims"},
+             "keys_late_rope": {"LCATTN_ATTN_SCHEDULE": "keys", "LCATTN_ATTN_LATE_ROPE": "1"},
+             "ahead": {"LCATTN_ATTN_PREFETCH_AHEAD": "1"},
              "pair": {"LCATTN_ATTN_PAIR": "1", "LCATTN_ATTN_SPLITS": "1"}}
 SCHEDULE_NUMBER = {"dims": 0, "keys": 1}  # attention_sm90.cu's Schedule
 
@@ -407,15 +409,18 @@ PRODUCER_SWITCHES = {"LCATTN_ATTN_LATE_ROPE": (dict(late_rope=True), ["bf16"]),
 def test_hopper_producer_switches_cuda(monkeypatch, switch, entries, B, S, H, K, N, q_start, kv_start, L, splits):
     """The producer-side switches give the default's result bit for bit: LCATTN_ATTN_LATE_ROPE=1 (the
     RoPE table built by math warp 0 while Q loads: the same sincosf, later and by other threads) and
-    LCATTN_ATTN_PREFETCH_AHEAD=1 (rows asked of L2 4 blocks ahead: the same copies), in prefill, at
-    positions whose angles take sincosf's slow path, with 3 splits (the fused combine reads the table
-    too), on bf16 entries and, for the prefetch, kv_fp8 ones; and the kernel that ran."""
-    monkeypatch.delenv("LCATTN_ATTN_SCHEDULE", raising=False)  # each form's default schedule
-    monkeypatch.delenv("LCATTN_ATTN_PAIR", raising=False)
+    LCATTN_ATTN_PREFETCH_AHEAD=1 (rows asked of L2 4 blocks ahead: the same copies), in prefill and
+    decode, at positions whose angles take sincosf's slow path, with 3 splits (the fused combine reads
+    the table too), on bf16 entries and, for the prefetch, kv_fp8 ones; and the kernels that ran."""
+    for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK",
+                 *PRODUCER_SWITCHES):
+        monkeypatch.delenv(name, raising=False)  # each form's default kernel, the one switch under test
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
+    values = ckv  # the entries' values: bf16, or kv_fp8 entries dequantized
     if entries == "kv_fp8":
         ckv = ops.quantize_kv_fp8(ckv.float(), 64)
+        values = ops.dequantize_kv_fp8(ckv, 512, 64)
     idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
 
     def run():
@@ -426,9 +431,10 @@ def test_hopper_producer_switches_cuda(monkeypatch, switch, entries, B, S, H, K,
     if kernels:
         fp8 = entries == "kv_fp8"
         assert ran_sm90_kernel(kernels, fp8, "dims" if fp8 else "keys", **PRODUCER_SWITCHES[switch][0]), kernels
+        if splits == "3":  # at most 4 splits combine in the last CTA of each query, which reads the table
+            assert "attention_combine_kernel" not in kernels, kernels
     assert torch.equal(default[0], changed[0]) and torch.equal(default[1], changed[1])
-    if entries == "bf16":
-        check(*changed, *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
+    check(*changed, *reference.attention(q, kv, kvs, qs, values, sink, f, indices=idx))
 
 
 def run_and_kernels(fn):

@@ -6,11 +6,12 @@ a CTA's end to the start of the next CTA on its SM, and the fit a + b x blocks o
 On a GPU machine, from the repository root:
 
     python bench/python/attention_phases.py [--tokens 4096] [--topk 512,128]
-    python bench/python/attention_phases.py --batch 64 --tokens 1     (decode: a pool per sequence)
+    python bench/python/attention_phases.py --batch 64 --tokens 1 [--cold]     (decode: a pool per sequence)
 
 Needs nvcc. The stamps go in by matching lines of the kernel's source: an edit there that moves one
 of them is an error here, to be mended in PROBES. Stamps (slot: thread, where): 0: 0, entry;
-1: 0, after the set-up barrier (mbarriers, RoPE table); 2: 0, Q arrived; 3: 0, first block arrived;
+1: 0, after the set-up barrier (mbarriers, RoPE table; with LCATTN_ATTN_LATE_ROPE=1 the table is in
+2); 2: 0, Q arrived; 3: 0, first block arrived;
 4: 0, last block's P.V done; 5: 0, its output stores issued; 8: 256 (producer), Q's copies issued;
 9: 256, the first block's copies issued. Slot 6 holds the SM, slot 7 the CTA's blocks, 10 and 11
 the SM's clock at stamps 0 and 5. Per block (thread 0, version 7's schedule, the default for bf16
@@ -109,7 +110,8 @@ T* device_copy(const std::vector<T>& h) {
 int main(int argc, char** argv) {
   unsetenv("LCATTN_ATTN_PAIR");  // the stamps are in attention_sm90.cu's kernel, the per-block ones in version 7
   unsetenv("LCATTN_ATTN_SCHEDULE");
-  const int B = atoi(argv[1]), S = atoi(argv[2]), reps = 20, H = 64, D = 512, N = 32768, rope = 64, window = 128;
+  const int B = atoi(argv[1]), S = atoi(argv[2]), cold = atoi(argv[3]), reps = 20, H = 64, D = 512, N = 32768;
+  const int rope = 64, window = 128;
   const int L = S + window - 1, q_start = 131072 - S, kv_start = q_start - (window - 1);
   bf16 *q, *kv, *ckv, *out;
   float* lse;
@@ -135,7 +137,10 @@ int main(int argc, char** argv) {
   cudaEventCreate(&b);
   std::vector<int> pool(N);
   for (int i = 0; i < N; ++i) pool[i] = i;
-  for (int arg = 3; arg < argc; ++arg) {
+  // cold: before each timed call, writing 256 MB moves the rows out of L2 (each call's events time it alone).
+  void* flush = nullptr;
+  if (cold) cudaMalloc(&flush, size_t(256) << 20);
+  for (int arg = 4; arg < argc; ++arg) {
     const int K = atoi(argv[arg]);
     std::vector<int> idx(size_t(B) * S * K);
     for (int s = 0; s < B * S; ++s)  // K distinct entries a token: a partial shuffle of the pool
@@ -151,12 +156,17 @@ int main(int argc, char** argv) {
     p.splits = 1, p.scale = 1.f / std::sqrt(float(D));
     for (int it = 0; it < 10; ++it)
       if (attention_sm90(p, 0) != cudaSuccess) return 1;
-    cudaEventRecord(a);
-    for (int it = 0; it < reps; ++it) attention_sm90(p, 0);
-    cudaEventRecord(b);
-    if (cudaEventSynchronize(b) != cudaSuccess || cudaGetLastError() != cudaSuccess) return 1;
-    float ms;
-    cudaEventElapsedTime(&ms, a, b);
+    float ms = 0.f;
+    for (int it = 0; it < (cold ? reps : 1); ++it) {
+      if (cold) cudaMemsetAsync(flush, it, size_t(256) << 20, 0);
+      cudaEventRecord(a);
+      for (int call = 0; call < (cold ? 1 : reps); ++call) attention_sm90(p, 0);
+      cudaEventRecord(b);
+      if (cudaEventSynchronize(b) != cudaSuccess || cudaGetLastError() != cudaSuccess) return 1;
+      float t;
+      cudaEventElapsedTime(&t, a, b);
+      ms += t;
+    }
     const int all = B * S * H / 64, ctas = std::min(all, kProbeCtas);  // CTAs, and those with stamps
     std::vector<unsigned long long> st(size_t(kProbeCtas) * kSlots);
     cudaMemcpyFromSymbol(st.data(), g_stamps, st.size() * 8);
@@ -197,9 +207,11 @@ int main(int argc, char** argv) {
       }
     }
     const double us_per_cycle = ns / cycles / 1e3;
+    // A CTA's slot: the call's time per wave of one CTA an SM (the call's time when the CTAs are fewer).
+    const double slot = ms / reps * 1e3 * sms / std::max(sms, all);
     printf("top-k %d: %.3f ms a call (%d x %d tokens, %d CTAs on %d SMs, %.1f blocks a CTA, SM clock %.0f MHz), "
            "%.2f us a CTA's slot\n",
-           K, ms / reps, B, S, all, sms, blocks / ctas, 1.0 / us_per_cycle, ms / reps * 1e3 * sms / all);
+           K, ms / reps, B, S, all, sms, blocks / ctas, 1.0 / us_per_cycle, slot);
     printf("  1 %.3f\n  2 %.3f\n  3 %.3f\n  4 %.3f %.3f\n  5 %.3f\n  6 %.3f\n  8 %.3f\n  9 %.3f\n", sum[1] / ctas / 1e3,
            sum[2] / ctas / 1e3, sum[3] / ctas / 1e3, sum[4] / ctas / 1e3, per_block / 1e3, sum[5] / ctas / 1e3,
            gaps ? gap / gaps / 1e3 : 0.0, sum[8] / ctas / 1e3, sum[9] / ctas / 1e3);
@@ -252,6 +264,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=4096, help="tokens a sequence")
     parser.add_argument("--batch", type=int, default=1, help="sequences, each with its own pool (decode: --tokens 1)")
+    parser.add_argument("--cold", action="store_true", help="rows out of L2 before each call (a decode step's picks "
+                        "change; the driver's graph replays reuse them)")
     parser.add_argument("--topk", default="512,128", help="comma list of top-k values (entries a query)")
     args = parser.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -264,8 +278,8 @@ def main() -> None:
         subprocess.run([nvcc, "-std=c++17", "-O3", "-DLCATTN_WITH_CUDA", "-DNDEBUG", "-gencode",
                         "arch=compute_90a,code=sm_90a", f"-I{root}/csrc/include", f"-I{root}/csrc/kernels", cu,
                         f"{root}/csrc/kernels/attention_sm90_pair.cu", "-o", exe], check=True)
-        out = subprocess.run([exe, str(args.batch), str(args.tokens)] + [str(k) for k in topks], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run([exe, str(args.batch), str(args.tokens), str(int(args.cold))] + [str(k) for k in topks],
+                             check=True, capture_output=True, text=True).stdout
     report(out)
 
 

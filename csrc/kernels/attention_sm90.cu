@@ -250,11 +250,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills
     mbar_arrive_cp_async(&sm.q_full);
     // Block b + 1's rows are looked up and prefetched into L2 while block b loads.
+    auto row_bytes = [&](int blk) { return blk * kKeys + my_row < keys.n_window ? kDim * 2 : keys.entry_bytes; };
     auto look_up = [&](int blk) -> const void* {
       if (blk >= range.last) return nullptr;
-      const int u = blk * kKeys + my_row;
-      const void* row = keys.row(u);
-      prefetch_row_l2(row, u < keys.n_window ? kDim * 2 : keys.entry_bytes, lane);
+      const void* row = keys.row(blk * kKeys + my_row);
+      prefetch_row_l2(row, row_bytes(blk), lane);
       return row;
     };
     const void* next = keys.row(range.first * kKeys + my_row);
@@ -273,8 +273,16 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       if (lane == 0) mbar_arrive(&sm.full[buf]);
       next = look_up(blk + 1);
       if constexpr (kAhead > 1) {  // after block 0's copies: blocks 2 .. kAhead; then block blk + kAhead
-#pragma unroll 1
-        for (int ahead = it == 0 ? 2 : kAhead; ahead <= kAhead; ++ahead) look_up(blk + ahead);
+        if (it == 0) {
+          const void* rows[kAhead - 1];  // the index loads first, so that they are in flight together
+#pragma unroll
+          for (int a = 2; a <= kAhead; ++a)
+            rows[a - 2] = blk + a < range.last ? keys.row((blk + a) * kKeys + my_row) : nullptr;
+#pragma unroll
+          for (int a = 2; a <= kAhead; ++a) prefetch_row_l2(rows[a - 2], row_bytes(blk + a), lane);
+        } else {
+          look_up(blk + kAhead);
+        }
       }
     }
     return;
