@@ -22,20 +22,14 @@ LCATTN_ATTN_SCHEDULE (other kernels, or no per-block stamps); LCATTN_ATTN_LATE_R
 environment times the kernel that builds the RoPE table while Q loads.
 """
 import argparse
-import os
-import shutil
-import subprocess
-import tempfile
+
+from phase_probe import STAMP, build_and_run, instrumented_source
 
 PROBES = [
     ("namespace lcattn {\nnamespace {\n",
      "namespace lcattn {\n"
      "__device__ unsigned long long g_stamps[kProbeCtas * kSlots];\n"
-     "__device__ __forceinline__ unsigned long long stamp() {\n"
-     "  unsigned long long t;\n"
-     "  asm volatile(\"mov.u64 %0, %globaltimer;\" : \"=l\"(t));\n"
-     "  return t;\n"
-     "}\n"
+     + STAMP +
      "__device__ __forceinline__ unsigned sm_id() {\n"
      "  unsigned s;\n"
      "  asm volatile(\"mov.u32 %0, %smid;\" : \"=r\"(s));\n"
@@ -224,21 +218,13 @@ int main(int argc, char** argv) {
 }
 """
 
+HEAD = ("constexpr int kProbeCtas = 16384, kSlots = 12;  // CTAs whose stamps are kept, slots a CTA\n"
+        "constexpr int kBlockSlots = 32;  // blocks a CTA whose stamps are kept\n")
+
 PHASES = {1: "set-up (barriers, RoPE table)", 2: "Q's wait", 3: "first block's wait", 4: "blocks",
           5: "epilogue (stores issued)", 6: "gap to the SM's next CTA", 8: "producer: Q issued at",
           9: "producer: block 0 issued at", 11: "a block: logits", 12: "a block: maxima barrier",
           13: "a block: exp2, P, barrier", 14: "a block: P.V", 15: "a block: next keys' wait"}
-
-
-def instrumented_source(root: str) -> str:
-    src = open(os.path.join(root, "csrc/kernels/attention_sm90.cu")).read()
-    for line, becomes in PROBES:
-        if src.count(line) != 1:
-            raise SystemExit(f"attention_sm90.cu no longer has exactly one {line.strip()[:60]!r}: mend PROBES")
-        src = src.replace(line, becomes)
-    head = ("constexpr int kProbeCtas = 16384, kSlots = 12;  // CTAs whose stamps are kept, slots a CTA\n"
-            "constexpr int kBlockSlots = 32;  // blocks a CTA whose stamps are kept\n")
-    return head + src + DRIVER
 
 
 def report(out: str) -> None:
@@ -268,18 +254,10 @@ def main() -> None:
                         "change; the driver's graph replays reuse them)")
     parser.add_argument("--topk", default="512,128", help="comma list of top-k values (entries a query)")
     args = parser.parse_args()
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     topks = [int(k) for k in args.topk.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        cu, exe = os.path.join(tmp, "attention_phases.cu"), os.path.join(tmp, "attention_phases")
-        with open(cu, "w") as f:
-            f.write(instrumented_source(root))
-        nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
-        subprocess.run([nvcc, "-std=c++17", "-O3", "-DLCATTN_WITH_CUDA", "-DNDEBUG", "-gencode",
-                        "arch=compute_90a,code=sm_90a", f"-I{root}/csrc/include", f"-I{root}/csrc/kernels", cu,
-                        f"{root}/csrc/kernels/attention_sm90_pair.cu", "-o", exe], check=True)
-        out = subprocess.run([exe, str(args.batch), str(args.tokens), str(int(args.cold))] + [str(k) for k in topks],
-                             check=True, capture_output=True, text=True).stdout
+    source = instrumented_source("attention_sm90.cu", PROBES, HEAD, DRIVER)
+    out = build_and_run("attention_phases", source, [args.batch, args.tokens, int(args.cold), *topks],
+                        sources=["attention_sm90_pair.cu"])
     report(out)
 
 

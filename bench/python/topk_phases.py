@@ -9,10 +9,8 @@ Needs nvcc. The stamps go in by matching lines of the kernel's source: an edit t
 of them is an error here, to be mended in PROBES.
 """
 import argparse
-import os
-import shutil
-import subprocess
-import tempfile
+
+from phase_probe import STAMP, build_and_run, instrumented_source
 
 # (line of topk_stream.cu, what it becomes): stamp i of a CTA is taken where PROBE(i) stands.
 PROBES = [
@@ -20,11 +18,7 @@ PROBES = [
      "namespace lcattn {\n"
      "__device__ unsigned long long g_stamps[kProbeCtas * 16];\n"
      "__device__ int g_cuts[kProbeCtas];\n"
-     "__device__ __forceinline__ unsigned long long stamp() {\n"
-     "  unsigned long long t;\n"
-     "  asm volatile(\"mov.u64 %0, %globaltimer;\" : \"=l\"(t));\n"
-     "  return t;\n"
-     "}\n"
+     + STAMP +
      "__device__ __forceinline__ int probe_cta() { return blockIdx.x * gridDim.y + blockIdx.y; }\n"
      "#define PROBE(i) do { __syncthreads(); if (threadIdx.x == 0 && probe_cta() < kProbeCtas) "
      "g_stamps[probe_cta() * 16 + (i)] = stamp(); } while (0)\n"
@@ -51,6 +45,8 @@ PROBES = [
     ("  write_best(buffer, total, p.k, p.N, sorted, hist, state, ints + 4, out);\n}",
      "  write_best(buffer, total, p.k, p.N, sorted, hist, state, ints + 4, out);\n  PROBE(9);\n}"),
 ]
+
+HEAD = "constexpr int kProbeCtas = 1024;  // CTAs whose stamps are kept\n"
 
 # Phase i runs from stamp i - 1 to stamp i; those from the ticket on are the merging CTA's.
 PHASES = ["first tile", "its cut", "tiles after", "part's cut and write", "ticket", "parts' loads", "select",
@@ -122,32 +118,14 @@ int main(int argc, char** argv) {
 """
 
 
-def instrumented_source(root: str) -> str:
-    src = open(os.path.join(root, "csrc/kernels/topk_stream.cu")).read()
-    for line, becomes in PROBES:
-        if src.count(line) != 1:
-            raise SystemExit(f"topk_stream.cu no longer has exactly one {line.strip()[:60]!r}: mend PROBES")
-        src = src.replace(line, becomes)
-    return "constexpr int kProbeCtas = 1024;  // CTAs whose stamps are kept\n" + src + DRIVER
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--entries", type=int, default=262144)
     parser.add_argument("--k", type=int, default=512)
     args = parser.parse_args()
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    with tempfile.TemporaryDirectory() as tmp:
-        cu, exe = os.path.join(tmp, "topk_phases.cu"), os.path.join(tmp, "topk_phases")
-        with open(cu, "w") as f:
-            f.write(instrumented_source(root))
-        nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
-        subprocess.run([nvcc, "-std=c++17", "-O3", "-DLCATTN_WITH_CUDA", "-DNDEBUG", "-gencode",
-                        "arch=compute_90a,code=sm_90a", f"-I{root}/csrc/include", f"-I{root}/csrc/kernels", cu,
-                        "-o", exe], check=True)
-        out = subprocess.run([exe, str(args.rows), str(args.entries), str(args.k)], check=True,
-                             capture_output=True, text=True).stdout
+    source = instrumented_source("topk_stream.cu", PROBES, HEAD, DRIVER)
+    out = build_and_run("topk_phases", source, [args.rows, args.entries, args.k])
     for line in out.splitlines():  # "  i us" lines name their phase
         fields = line.split()
         if line.startswith("  ") and len(fields) == 2:

@@ -1,0 +1,41 @@
+"""What the phase probes (topk_phases.py, attention_phases.py) share: a kernel's source with timer
+stamps put in by matching its lines, built with nvcc beside a small driver and run."""
+import os
+import shutil
+import subprocess
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# The device's nanosecond timer, for the stamps.
+STAMP = ("__device__ __forceinline__ unsigned long long stamp() {\n"
+         "  unsigned long long t;\n"
+         "  asm volatile(\"mov.u64 %0, %globaltimer;\" : \"=l\"(t));\n"
+         "  return t;\n"
+         "}\n")
+
+
+def instrumented_source(kernel: str, probes, head: str, driver: str) -> str:
+    """head, then csrc/kernels/<kernel> with each (line, what it becomes) of probes replaced (each line
+    must occur exactly once: an edit of the kernel that moves one is an error, to mend in probes),
+    then driver."""
+    src = open(os.path.join(ROOT, "csrc/kernels", kernel)).read()
+    for line, becomes in probes:
+        if src.count(line) != 1:
+            raise SystemExit(f"{kernel} no longer has exactly one {line.strip()[:60]!r}: mend PROBES")
+        src = src.replace(line, becomes)
+    return head + src + driver
+
+
+def build_and_run(name: str, source: str, args, sources=()) -> str:
+    """Builds source (with csrc/kernels/<sources> beside it) for sm_90a and returns what it prints when
+    run with args."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cu, exe = os.path.join(tmp, f"{name}.cu"), os.path.join(tmp, name)
+        with open(cu, "w") as f:
+            f.write(source)
+        nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+        subprocess.run([nvcc, "-std=c++17", "-O3", "-DLCATTN_WITH_CUDA", "-DNDEBUG", "-gencode",
+                        "arch=compute_90a,code=sm_90a", f"-I{ROOT}/csrc/include", f"-I{ROOT}/csrc/kernels", cu,
+                        *(os.path.join(ROOT, "csrc/kernels", s) for s in sources), "-o", exe], check=True)
+        return subprocess.run([exe, *map(str, args)], check=True, capture_output=True, text=True).stdout
