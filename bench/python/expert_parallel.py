@@ -16,7 +16,7 @@ import torch.distributed as dist
 from lcattn import ops
 from lcattn.modules import DeepseekV4Config
 from lcattn.modules.model import MoE
-from lcattn.parallel import ExpertParallelMoE
+from lcattn.parallel import ExpertParallelMoE, shut_down
 
 
 def median_ms(fn, reps: int, device: torch.device) -> float:
@@ -76,7 +76,7 @@ def main() -> None:
         print(f"  routed experts, whole layer: {whole:8.3f} ms")
         print(f"  all-to-all of the rows, there and back (even splits): {exchange:8.3f} ms")
         print(f"  local experts on {rows.shape[0]} rows: {gemm:8.3f} ms")
-    dist.destroy_process_group()
+    shut_down()
 
 
 if __name__ == "__main__":

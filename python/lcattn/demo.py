@@ -182,7 +182,7 @@ def main() -> None:
               f"{ms:.2f} ms/step, {B * 1e3 / ms:,.0f} tokens/s (median, {graphed})")
 
     if args.expert_parallel:
-        torch.distributed.destroy_process_group()
+        lcattn.parallel.shut_down()
 
 
 if __name__ == "__main__":

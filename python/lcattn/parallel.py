@@ -102,3 +102,10 @@ def expert_parallel(model: nn.Module, group: Optional[dist.ProcessGroup] = None)
         if not isinstance(layer.mlp, ExpertParallelMoE):
             layer.mlp = ExpertParallelMoE(layer.mlp, group)
     return model
+
+
+def shut_down(group: Optional[dist.ProcessGroup] = None) -> None:
+    """Destroys the process group once every rank has come this far: gloo aborts a rank whose peer
+    tears the group down while an exchange between them is still in flight."""
+    dist.barrier(group)
+    dist.destroy_process_group(group)
