@@ -185,29 +185,6 @@ def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, reads_e4m3):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("B,S,N,HI,q_start", [(1, 33, 70, 64, [250]), (2, 300, 517, 40, [0, 700]),
-                                              (3, 70, 1000, 64, [0, 1000, 133]), (1, 513, 4100, 64, [16384 - 513])])
-@pytest.mark.parametrize("e4m3", [False, True])
-def test_indexer_scores_four_groups_cuda(monkeypatch, B, S, N, HI, q_start, e4m3):
-    """LCATTN_INDEXER_FOUR_GROUPS=1: the wgmma kernel with four math warpgroups of one m64 tile each
-    gives the two-group kernel's scores bit for bit (the same products per tile and the same sum
-    order), bf16 and e4m3, and the reference's within their tolerances."""
-    monkeypatch.delenv("LCATTN_INDEXER_SM90", raising=False)  # the wgmma kernel, on e4m3 as it is
-    monkeypatch.delenv("LCATTN_INDEXER_FP8", raising=False)
-    if e4m3:
-        (q, w, keys, qs, key_scales), _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
-    else:
-        (q, w, keys, qs), key_scales = make_indexer(B, S, N, HI, 128, "cuda", q_start), None
-    monkeypatch.setenv("LCATTN_INDEXER_FOUR_GROUPS", "0")
-    two = ops.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
-    monkeypatch.setenv("LCATTN_INDEXER_FOUR_GROUPS", "1")
-    four = ops.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
-    ref = reference.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
-    assert_close(four, ref, 5e-4 if e4m3 else 1e-5, "four-group scores")
-    assert torch.equal(four, two)
-
-
-@pytest.mark.cuda
 def test_indexer_misaligned_inputs_cuda():
     """A contiguous view that starts off a 16-byte boundary gets an [lcattn] error, not a misaligned
     vector load (which would end the CUDA context)."""

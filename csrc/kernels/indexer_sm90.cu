@@ -10,16 +10,12 @@
 //   WG0, WG1, math: WG w owns keys 128w .. 128w + 127 (two m64 tiles). Per pair: S = K Q^T
 //        (m64n128k16, 8 k-steps per tile), then per key and row sum_h w_h max(S, 0), -inf past the
 //        row's visible entries, written to the score row.
-// With LCATTN_INDEXER_FOUR_GROUPS=1 (off): four math warpgroups of one m64 tile each (keys 64w ..
-// 64w + 63, half the accumulators and a chain half as long per warpgroup, twice the warps to hide
-// it) and the producer as WG4.
 // Rows that see no key of the block are written -inf up front and not computed.
 // Shared memory: keys 64 KB + 4 stages of 32.5 KB; tiles 128B-swizzled [2 chunks of 64 dims][rows][128 B].
 #include "common/device.h"
 #include "indexer_sm90.cuh"
 #include "indexer_sm90.h"
 #include "lcattn/shared_math.h"
-#include "lcattn/switches.h"
 
 namespace lcattn {
 namespace {
@@ -28,18 +24,6 @@ using namespace indexer_sm90;
 
 constexpr int kRows = 256;  // query rows per CTA at most
 constexpr int kStages = 4;
-
-// kMathGroups math warpgroups (2: two m64 tiles each; 4: one each), then the producer warpgroup.
-template <int kMathGroups>
-constexpr int kThreadsOf = 128 * (kMathGroups + 1);
-// A math thread's registers after setmaxnreg; the producer's are 56 (at 40 the e4m3 producer spilled).
-// They must fit the CTA's pool: its threads x the launch bound's count (a multiple of 8).
-template <int kMathGroups>
-constexpr int kMathRegs = kMathGroups == 2 ? 224 : 104;
-template <int kMathGroups>
-constexpr bool kRegsFit = 128 * 56 + 128 * kMathGroups * kMathRegs<kMathGroups> <=
-                          kThreadsOf<kMathGroups> * (65536 / kThreadsOf<kMathGroups> / 8 * 8);
-static_assert(kRegsFit<2> && kRegsFit<4>, "setmaxnreg beyond the CTA's registers");
 
 template <int kElemBytes>
 struct SharedStorage {
@@ -57,11 +41,10 @@ __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int
   return row / p.S * ceil_div(p.S, kRows) + row % p.S / kRows;
 }
 
-// grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreadsOf<kMathGroups>
-// threads; q and keys bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3).
-template <int kElemBytes, int kMathGroups>
-__global__ void __launch_bounds__(kThreadsOf<kMathGroups>, 1) indexer_scores_sm90_kernel(const IndexerParams p) {
-  constexpr int kThreads = kThreadsOf<kMathGroups>;
+// grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreads threads; q and keys
+// bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3).
+template <int kElemBytes>
+__global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const IndexerParams p) {
   using E = Elem<kElemBytes>;
   extern __shared__ uint8_t smem_raw[];
   SharedStorage<kElemBytes>& sm =
@@ -90,15 +73,15 @@ __global__ void __launch_bounds__(kThreadsOf<kMathGroups>, 1) indexer_scores_sm9
   if (threadIdx.x == 0) {
     mbar_init(&sm.keys_full, 128);
     for (int i = 0; i < kStages; ++i) {
-      mbar_init(&sm.full[i], 128);                 // the producer's cp.async arrivals (q and weights)
-      mbar_init(&sm.empty[i], 128 * kMathGroups);  // every math thread, after its products and weight loads
+      mbar_init(&sm.full[i], 128);   // the producer's cp.async arrivals (q and weights)
+      mbar_init(&sm.empty[i], 256);  // every math thread, after its products and weight loads
     }
     fence_barrier_init();
   }
   __syncthreads();
 
-  if (wg == kMathGroups) {  // ------------------------------------------------------------ producer
-    reg_dealloc<56>();
+  if (wg == 2) {        // ---------------------------------------------------------------- producer
+    reg_dealloc<56>();  // 40 spills in the e4m3 producer
     const uint8_t* q_all = kElemBytes == 2 ? reinterpret_cast<const uint8_t*>(p.q) : p.q_e4m3;
     const uint8_t* keys_all = kElemBytes == 2 ? reinterpret_cast<const uint8_t*>(p.keys) : p.keys_e4m3;
     const uint8_t* keys = keys_all + (int64_t(b) * p.N + n0) * E::kRowBytes;
@@ -130,33 +113,8 @@ __global__ void __launch_bounds__(kThreadsOf<kMathGroups>, 1) indexer_scores_sm9
   }
 
   // ------------------------------------------------------------------------------------ math
-  reg_alloc<kMathRegs<kMathGroups>>();
+  reg_alloc<224>();
   const int c0 = (lane % 4) * 2;  // this thread's columns c0, c0 + 1 of every 8-column block
-  if constexpr (kMathGroups == 4) {
-    // This thread's keys: accumulator rows warp * 16 + lane / 4 (+ 8) of the warpgroup's tile. Lane l of
-    // a quad writes query row q_out = l % 2 of key half (l % 4) / 2.
-    const int q_out = lane % 2, half_out = (lane % 4) / 2;
-    const int key_n = n0 + 64 * wg + warp * 16 + lane / 4 + 8 * half_out;
-    const float key_scale = key_n < p.N ? p.key_scale(b, key_n) : 0.f;
-    mbar_wait(&sm.keys_full, 0);
-    for (int i = 0; i < pairs; ++i) {
-      const int stage = i % kStages;
-      mbar_wait(&sm.full[stage], (i / kStages) & 1);
-      fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
-      float acc[64];
-      issue_tile_products<kElemBytes>(acc, sm.keys, sm.q[stage], 64 * wg);
-      wgmma_wait<0>();
-      fence_registers(acc);
-      const float total = tile_head_sum(acc, sm.w[stage], c0, q_out, half_out);
-      mbar_arrive(&sm.empty[stage]);  // after the weights' reads, which the sums make
-      const int s = s_first + 2 * i + q_out;
-      if (s < s_hi && key_n < p.N) {
-        const int visible = visible_entries(q0 + s, p.ratio, p.N);
-        p.scores[(seq_row0 + s - p.row_begin) * p.N + key_n] = key_n < visible ? key_scale * total : -INFINITY;
-      }
-    }
-    return;
-  }
   // This thread's keys: accumulator rows warp * 16 + lane / 4 (+ 8) of tiles 0 and 1.
   const int key0 = n0 + 128 * wg + warp * 16 + lane / 4;
   // Lane l of a quad writes (tile, query row) = (l % 4 / 2, l % 2) of keys key_n[half], both halves.
@@ -196,16 +154,15 @@ __global__ void __launch_bounds__(kThreadsOf<kMathGroups>, 1) indexer_scores_sm9
   }
 }
 
-template <int kElemBytes, int kMathGroups>
+template <int kElemBytes>
 cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const void* kernel = reinterpret_cast<const void*>(indexer_scores_sm90_kernel<kElemBytes, kMathGroups>);
+  const void* kernel = reinterpret_cast<const void*>(indexer_scores_sm90_kernel<kElemBytes>);
   const cudaError_t err = allow_dynamic_smem(smem_limit, kernel, kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
   const dim3 grid(unsigned(ceil_div(p.N, kKeys)), unsigned(chunks));
-  indexer_scores_sm90_kernel<kElemBytes, kMathGroups>
-      <<<grid, kThreadsOf<kMathGroups>, kSmemBytes<kElemBytes>, stream>>>(p);
+  indexer_scores_sm90_kernel<kElemBytes><<<grid, kThreads, kSmemBytes<kElemBytes>, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -218,8 +175,7 @@ bool indexer_sm90_supported(const IndexerParams& p) {
 
 cudaError_t indexer_scores_sm90(const IndexerParams& p, cudaStream_t stream) {
   if (!indexer_sm90_supported(p)) return cudaErrorInvalidValue;
-  if (env_is("LCATTN_INDEXER_FOUR_GROUPS", "1")) return p.keys_e4m3 ? launch<1, 4>(p, stream) : launch<2, 4>(p, stream);
-  return p.keys_e4m3 ? launch<1, 2>(p, stream) : launch<2, 2>(p, stream);
+  return p.keys_e4m3 ? launch<1>(p, stream) : launch<2>(p, stream);
 }
 
 }  // namespace lcattn

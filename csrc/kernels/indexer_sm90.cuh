@@ -52,15 +52,6 @@ __device__ __forceinline__ void issue_pair_products(float (&acc)[2][64], const u
   wgmma_commit();
 }
 
-// One m64 tile's products as one wgmma group (four math warpgroups, one tile each).
-template <int kElemBytes>
-__device__ __forceinline__ void issue_tile_products(float (&acc)[64], const uint8_t* keys, const uint8_t* q,
-                                                    int key_row0) {
-  wgmma_fence();
-  tile_products<kElemBytes>(acc, keys, q, key_row0);
-  wgmma_commit();
-}
-
 // Waits for issue_pair_products's group; then its accumulators may be read.
 __device__ __forceinline__ void wait_pair_products(float (&acc)[2][64]) {
   wgmma_wait<0>();
@@ -127,33 +118,6 @@ __device__ __forceinline__ void head_sums_selected(const float (&acc)[2][64], co
     v = (t == 1 && q == 1) ? sums[1][1][half] : v;
     total[half] = v;
   }
-}
-
-// The sum over all 64 heads of w_h max(S, 0) for the lane's (query row q, key half), from one tile's
-// accumulators: thread_head_sum of each (query row, half) with the weights read from the pair's
-// [2 rows x 64 heads] in shared memory one row at a time (fewer live registers than
-// load_pair_weights), each reduced over the quad as head_sums_selected does, then the lane's one.
-__device__ __forceinline__ float tile_head_sum(const float (&acc)[64], const float* pair_weights, int c0, int q,
-                                               int half) {
-  float sums[2][2];
-#pragma unroll
-  for (int qq = 0; qq < 2; ++qq) {
-    float2 w[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) w[j] = *reinterpret_cast<const float2*>(&pair_weights[qq * kHeads + 8 * j + c0]);
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      float sum = thread_head_sum(acc, w, qq, hh);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      sums[qq][hh] = sum;
-    }
-  }
-  float v = sums[0][0];  // the lane's register without dynamic indexing
-  v = (q == 0 && half == 1) ? sums[0][1] : v;
-  v = (q == 1 && half == 0) ? sums[1][0] : v;
-  v = (q == 1 && half == 1) ? sums[1][1] : v;
-  return v;
 }
 
 }  // namespace indexer_sm90
