@@ -38,8 +38,7 @@ def check(out, lse, ref_out, ref_lse):
 # The math schedules of the Hopper kernel: version 7 (logits and softmax by keys; bf16 entries'
 # default), version 4 (by dims; kv_fp8 entries' default) and version 6 (pairs of blocks, one split).
 SCHEDULES = {"keys": {"LCATTN_ATTN_SCHEDULE": "keys"}, "dims": {"LCATTN_ATTN_SCHEDULE": "dims"},
-             "keys_late_rope": {"LCATTN_ATTN_SCHEDULE": "keys", "LCATTN_ATTN_LATE_ROPE": "1"},
-             "ahead": {"LCATTN_ATTN_PREFETCH_AHEAD": "1"},
+             "staged_out": {"LCATTN_ATTN_STAGED_OUT": "1"},
              "pair": {"LCATTN_ATTN_PAIR": "1", "LCATTN_ATTN_SPLITS": "1"}}
 SCHEDULE_NUMBER = {"dims": 0, "keys": 1}  # attention_sm90.cu's Schedule
 
@@ -55,11 +54,11 @@ def hopper_call(form, q, kv, kvs, qs, ckv, idx, sink, f):
             lambda: reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
 
 
-def ran_sm90_kernel(kernels, fp8, schedule, late_rope=False, ahead=1):
-    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule, late_rope, ahead>."""
+def ran_sm90_kernel(kernels, fp8, schedule, staged_out=False):
+    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule, staged_out>."""
     flag = {False: "false", True: "true"}
     schedule = rf"\(.*?Schedule\){SCHEDULE_NUMBER[schedule]}"
-    pattern = rf"attention_sm90_kernel<{flag[fp8]}, {schedule}, {flag[late_rope]}, {ahead}>"
+    pattern = rf"attention_sm90_kernel<{flag[fp8]}, {schedule}, {flag[staged_out]}>"
     return re.search(pattern, kernels) is not None
 
 
@@ -394,10 +393,9 @@ def test_hopper_rescale_slack_cuda(monkeypatch, schedule, B, S, H, K, N, q_start
     check(*run(), *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
 
 
-# Producer-side switches of the Hopper kernel: (environment variable, the kernel's template arguments
-# after the schedule, forms of the entries it applies to).
-PRODUCER_SWITCHES = {"LCATTN_ATTN_LATE_ROPE": (dict(late_rope=True), ["bf16"]),
-                     "LCATTN_ATTN_PREFETCH_AHEAD": (dict(ahead=4), ["bf16", "kv_fp8"])}
+# Switches of the Hopper kernel that leave its result's bits as they are: (environment variable, the
+# kernel's template arguments after the schedule, forms of the entries it applies to).
+BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": (dict(staged_out=True), ["bf16", "kv_fp8"])}
 
 
 @pytest.mark.cuda
@@ -405,15 +403,15 @@ PRODUCER_SWITCHES = {"LCATTN_ATTN_LATE_ROPE": (dict(late_rope=True), ["bf16"]),
     (2, 9, 64, 256, 32768, [131072 - 9, 120000], [131072 - 136, 119873], 136),  # angles past 105,615 rad
 ])
 @pytest.mark.parametrize("splits", ["0", "3"])
-@pytest.mark.parametrize("switch,entries", [(name, e) for name, (_, forms) in PRODUCER_SWITCHES.items() for e in forms])
-def test_hopper_producer_switches_cuda(monkeypatch, switch, entries, B, S, H, K, N, q_start, kv_start, L, splits):
-    """The producer-side switches give the default's result bit for bit: LCATTN_ATTN_LATE_ROPE=1 (the
-    RoPE table built by math warp 0 while Q loads: the same sincosf, later and by other threads) and
-    LCATTN_ATTN_PREFETCH_AHEAD=1 (rows asked of L2 4 blocks ahead: the same copies), in prefill and
-    decode, at positions whose angles take sincosf's slow path, with 3 splits (the fused combine reads
-    the table too), on bf16 entries and, for the prefetch, kv_fp8 ones; and the kernels that ran."""
+@pytest.mark.parametrize("switch,entries", [(name, e) for name, (_, forms) in BITWISE_SWITCHES.items() for e in forms])
+def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, N, q_start, kv_start, L, splits):
+    """The switches that move data, not arithmetic, give the default's result bit for bit:
+    LCATTN_ATTN_STAGED_OUT=1 (one split's O out through shared memory in 16-byte pieces), in prefill and
+    decode, at positions whose angles take sincosf's slow path, with 3 splits (the partials and the
+    fused combine, as before), on bf16 entries (by keys) and kv_fp8 ones (by dims); and the kernels
+    that ran."""
     for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK",
-                 *PRODUCER_SWITCHES):
+                 *BITWISE_SWITCHES):
         monkeypatch.delenv(name, raising=False)  # each form's default kernel, the one switch under test
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
@@ -430,7 +428,7 @@ def test_hopper_producer_switches_cuda(monkeypatch, switch, entries, B, S, H, K,
     changed, kernels = run_and_kernels(run)
     if kernels:
         fp8 = entries == "kv_fp8"
-        assert ran_sm90_kernel(kernels, fp8, "dims" if fp8 else "keys", **PRODUCER_SWITCHES[switch][0]), kernels
+        assert ran_sm90_kernel(kernels, fp8, "dims" if fp8 else "keys", **BITWISE_SWITCHES[switch][0]), kernels
         if splits == "3":  # at most 4 splits combine in the last CTA of each query, which reads the table
             assert "attention_combine_kernel" not in kernels, kernels
     assert torch.equal(default[0], changed[0]) and torch.equal(default[1], changed[1])

@@ -10,16 +10,16 @@ On a GPU machine, from the repository root:
 
 Needs nvcc. The stamps go in by matching lines of the kernel's source: an edit there that moves one
 of them is an error here, to be mended in PROBES. Stamps (slot: thread, where): 0: 0, entry;
-1: 0, after the set-up barrier (mbarriers, RoPE table; with LCATTN_ATTN_LATE_ROPE=1 the table is in
-2); 2: 0, Q arrived; 3: 0, first block arrived;
+1: 0, after the set-up barrier (mbarriers; the RoPE table too by dims, by keys it is in 2); 2: 0, Q
+arrived; 3: 0, first block arrived;
 4: 0, last block's P.V done; 5: 0, its output stores issued; 8: 256 (producer), Q's copies issued;
 9: 256, the first block's copies issued. Slot 6 holds the SM, slot 7 the CTA's blocks, 10 and 11
 the SM's clock at stamps 0 and 5. Per block (thread 0, version 7's schedule, the default for bf16
 entries, in SM clock cycles turned into us by the clock's rate against the timer over the CTA;
 blocks followed by another): its keys arrived, its logits done, the maxima exchanged, P in the
 tile, its P.V done, the next block's keys arrived. The driver clears LCATTN_ATTN_PAIR and
-LCATTN_ATTN_SCHEDULE (other kernels, or no per-block stamps); LCATTN_ATTN_LATE_ROPE=1 in the
-environment times the kernel that builds the RoPE table while Q loads.
+LCATTN_ATTN_SCHEDULE (other kernels, or no per-block stamps); LCATTN_ATTN_STAGED_OUT=1 in the
+environment times the kernel that writes O through shared memory.
 """
 import argparse
 
@@ -44,8 +44,8 @@ PROBES = [
      "namespace {\n"),
     ("  const CtaWork work(p);\n",
      "  PROBE(0, 0);\n  PUT(10, 0, clock64());\n  PUT(6, 0, sm_id());\n  const CtaWork work(p);\n"),
-    ("  if constexpr (!kLateRope) fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n",
-     "  if constexpr (!kLateRope) fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n  PROBE(1, 0);\n"
+    ("  if constexpr (!kLateTable) fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n",
+     "  if constexpr (!kLateTable) fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n  PROBE(1, 0);\n"
      "  PUT(7, 0, (unsigned long long)(range.last - range.first));\n"),
     ("    load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills\n",
      "    load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills\n"
@@ -71,6 +71,8 @@ PROBES = [
     ("  // Row sums over the quad.\n", "  PROBE(4, 0);\n  // Row sums over the quad.\n"),
     ("             wg == 0 && lane % 4 == 0, sm.unrotate);\n",
      "             wg == 0 && lane % 4 == 0, sm.unrotate);\n  PROBE(5, 0);\n  PUT(11, 0, clock64());\n"),
+    ("kBarWidened + wg);\n      return;\n",
+     "kBarWidened + wg);\n      PROBE(5, 0);\n      PUT(11, 0, clock64());\n      return;\n"),
 ]
 
 DRIVER = r"""

@@ -214,15 +214,15 @@ __device__ __forceinline__ void partial_logits(float (&sacc)[32], const uint8_t*
   fence_registers(sacc);
 }
 
-// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form). kLateRope (LCATTN_ATTN_LATE_ROPE=1, bf16 entries
-// by keys; off): the RoPE (cos, -sin) table is built by math warp 0 while Q loads instead of before
-// the set-up barrier, which the producer waits on before it issues Q (the accurate sincosf of the
-// angles past 105,615 rad at 128K context takes its slow path). kAhead (LCATTN_ATTN_PREFETCH_AHEAD=1:
-// 4; off: 1): the producer asks L2 for the rows of the blocks up to kAhead ahead of the one it loads,
-// so that at decode (each query its own pool, read from DRAM) a block's copies find its rows in L2.
-template <bool kFp8Entries, Schedule kSchedule, bool kLateRope = false, int kAhead = 1>
+// kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form). By keys, the RoPE (cos, -sin) table is built by
+// math warp 0 while Q loads (the row sums' barrier after the blocks orders it before the epilogue), so
+// the producer issues Q without waiting on the accurate sincosf, whose angles past 105,615 rad at 128K
+// context take its slow path; by dims it is built before the set-up barrier. kStagedOut
+// (LCATTN_ATTN_STAGED_OUT=1; off): with one split, O goes out through shared memory in 16-byte
+// pieces (write_rows_staged) instead of 4-byte stores.
+template <bool kFp8Entries, Schedule kSchedule, bool kStagedOut = false>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
-  static_assert(!kLateRope || kSchedule == Schedule::kKeys, "late RoPE table: the row sums' barrier orders it");
+  constexpr bool kLateTable = kSchedule == Schedule::kKeys;
   extern __shared__ uint8_t smem_raw[];
   // The base aligned to 1024 by an offset from smem_raw, so the compiler knows every access is to
   // shared memory (LDS / STS, not generic LD / ST).
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     }
     fence_barrier_init();
   }
-  if constexpr (!kLateRope) fill_unrotate(sm.unrotate, p, work.pos);
+  if constexpr (!kLateTable) fill_unrotate(sm.unrotate, p, work.pos);
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
@@ -250,11 +250,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills
     mbar_arrive_cp_async(&sm.q_full);
     // Block b + 1's rows are looked up and prefetched into L2 while block b loads.
-    auto row_bytes = [&](int blk) { return blk * kKeys + my_row < keys.n_window ? kDim * 2 : keys.entry_bytes; };
     auto look_up = [&](int blk) -> const void* {
       if (blk >= range.last) return nullptr;
-      const void* row = keys.row(blk * kKeys + my_row);
-      prefetch_row_l2(row, row_bytes(blk), lane);
+      const int u = blk * kKeys + my_row;
+      const void* row = keys.row(u);
+      prefetch_row_l2(row, u < keys.n_window ? kDim * 2 : keys.entry_bytes, lane);
       return row;
     };
     const void* next = keys.row(range.first * kKeys + my_row);
@@ -272,27 +272,15 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       mbar_arrive_cp_async(&sm.full[buf]);
       if (lane == 0) mbar_arrive(&sm.full[buf]);
       next = look_up(blk + 1);
-      if constexpr (kAhead > 1) {  // after block 0's copies: blocks 2 .. kAhead; then block blk + kAhead
-        if (it == 0) {
-          const void* rows[kAhead - 1];  // the index loads first, so that they are in flight together
-#pragma unroll
-          for (int a = 2; a <= kAhead; ++a)
-            rows[a - 2] = blk + a < range.last ? keys.row((blk + a) * kKeys + my_row) : nullptr;
-#pragma unroll
-          for (int a = 2; a <= kAhead; ++a) prefetch_row_l2(rows[a - 2], row_bytes(blk + a), lane);
-        } else {
-          look_up(blk + kAhead);
-        }
-      }
     }
     return;
   }
 
   // ------------------------------------------------------------------------------------ math
   reg_alloc<224>();
-  // kLateRope: threads 0 .. rope_dim / 2 - 1 (math warp 0) build the table while Q loads; the row sums'
+  // kLateTable: threads 0 .. rope_dim / 2 - 1 (math warp 0) build the table while Q loads; the row sums'
   // exchange barrier after the blocks (every CTA meets it) orders it before the epilogue's reads.
-  if constexpr (kLateRope) fill_unrotate(sm.unrotate, p, work.pos);
+  if constexpr (kLateTable) fill_unrotate(sm.unrotate, p, work.pos);
   const int r0 = warp * 16 + lane / 4;  // this thread's rows r0 and r0 + 8 of every accumulator
   const int c0 = (lane % 4) * 2;        // and columns c0, c0 + 1 of every 8-column block
   const float scale = p.scale * kLog2e;
@@ -433,6 +421,15 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   }
 
   const int64_t head0 = work.row * p.H + work.group * kHeads;  // flat (row, head) of accumulator row 0
+  if constexpr (kStagedOut) {
+    // Staged in WG w's 32 KB half of Q (dims 256 w ..): by keys both warpgroups' logits are done (the
+    // row sums' barrier); by dims WG w's logits read only that half, and its last wgmma has completed.
+    if (p.splits == 1) {
+      write_rows_staged(p, o, m_run, l_run, head0, p.sink + work.group * kHeads, r0, c0, wg, wg == 0 && lane % 4 == 0,
+                        sm.unrotate, sm.q + wg * (kChunks / 2) * kChunkBytes, kBarWidened + wg);
+      return;
+    }
+  }
   write_rows(p, o, m_run, l_run, head0, p.sink + work.group * kHeads, work.split, r0, 256 * wg + c0,
              wg == 0 && lane % 4 == 0, sm.unrotate);
   if (p.splits > 1 && p.fused_combine)
@@ -489,10 +486,10 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
   return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
 }
 
-template <bool kFp8Entries, Schedule kSchedule, bool kLateRope = false, int kAhead = 1>
+template <bool kFp8Entries, Schedule kSchedule, bool kStagedOut>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule, kLateRope, kAhead>;
+  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule, kStagedOut>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
@@ -506,15 +503,11 @@ template <bool kFp8Entries>
 cudaError_t launch_for_schedule(const AttentionParams& p, cudaStream_t stream) {
   const bool by_keys =
       env_is("LCATTN_ATTN_SCHEDULE", "keys") || (!kFp8Entries && !env_is("LCATTN_ATTN_SCHEDULE", "dims"));
-  if constexpr (!kFp8Entries)
-    if (by_keys && env_is("LCATTN_ATTN_LATE_ROPE", "1"))
-      return launch_attention_sm90<false, Schedule::kKeys, true>(p, stream);
-  // The default schedule of each form with its rows asked of L2 4 blocks ahead.
-  constexpr Schedule kDefault = kFp8Entries ? Schedule::kDims : Schedule::kKeys;
-  if (by_keys == (kDefault == Schedule::kKeys) && env_is("LCATTN_ATTN_PREFETCH_AHEAD", "1"))
-    return launch_attention_sm90<kFp8Entries, kDefault, false, 4>(p, stream);
-  return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys>(p, stream)
-                 : launch_attention_sm90<kFp8Entries, Schedule::kDims>(p, stream);
+  if (env_is("LCATTN_ATTN_STAGED_OUT", "1"))
+    return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, true>(p, stream)
+                   : launch_attention_sm90<kFp8Entries, Schedule::kDims, true>(p, stream);
+  return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, false>(p, stream)
+                 : launch_attention_sm90<kFp8Entries, Schedule::kDims, false>(p, stream);
 }
 
 }  // namespace

@@ -198,6 +198,46 @@ __device__ __forceinline__ void write_rows(const AttentionParams& p, const float
   }
 }
 
+// The one-split epilogue through shared memory: math warpgroup wg's normalised, unrotated bf16
+// [64 heads][256 dims] half (dims 256 wg ..) goes to `stage` (32 KB, 512-byte rows; a row's 16-byte
+// pieces permuted by row % 8, so a warp's 4-byte stores, 8 rows x 16 bytes, meet no bank twice), then
+// each warp copies one half-row at a time with 16-byte loads and stores: 512 contiguous bytes a
+// store instruction instead of 8 rows' 16 bytes. Bit for bit write_rows' result. `bar`: a named
+// barrier of the warpgroup's 128 threads.
+__device__ __forceinline__ void write_rows_staged(const AttentionParams& p, const float (&o)[128], const float (&m)[2],
+                                                  const float (&l)[2], int64_t head0, const float* sinks, int r0,
+                                                  int c0, int wg, bool stats, const float2* unrotate, uint8_t* stage,
+                                                  int bar) {
+  constexpr int kRowBytes = kDim;  // 256 bf16
+  const int rope_begin = kDim - p.rope_dim;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = r0 + 8 * h;
+    const float inv = output_scale(l[h], m[h], sinks[r]);
+    uint8_t* row = stage + r * kRowBytes + c0 * 2;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      float x0 = o[j * 4 + 2 * h] * inv, x1 = o[j * 4 + 2 * h + 1] * inv;
+      const int d = 256 * wg + 8 * j + c0;
+      if (d >= rope_begin) {
+        const float2 cs = unrotate[(d - rope_begin) / 2];
+        rotate_pair(x0, x1, cs.x, cs.y);
+      }
+      *reinterpret_cast<uint32_t*>(row + (j ^ (r % 8)) * 16) = pack_bf16(x0, x1);
+    }
+    if (stats) p.lse[head0 + r] = natural_lse(l[h], m[h]);
+  }
+  named_barrier_sync(bar, 128);
+  bf16* out = p.out + head0 * kDim + 256 * wg;
+  const int t = threadIdx.x % 128;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {  // piece g = 128 i + t: row g / 32, 16-byte piece g % 32
+    const int r = 4 * i + t / 32, piece = t % 32;
+    const uint4 v = *reinterpret_cast<const uint4*>(stage + r * kRowBytes + (piece ^ (r % 8)) * 16);
+    *reinterpret_cast<uint4*>(out + int64_t(r) * kDim + piece * 8) = v;
+  }
+}
+
 // Writes dims [d, d + 4) of the combined (row, head) n: acc normalised by the sum l (base-2 max m)
 // and the sink, RoPE undone (kTable: with the CTA's (cos, -sin) table `unrotate`; else from the
 // angle); the thread of d = 0 also writes its lse.
