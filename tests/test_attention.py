@@ -36,9 +36,12 @@ def check(out, lse, ref_out, ref_lse):
 
 
 # The math schedules of the Hopper kernel: version 7 (logits and softmax by keys; bf16 entries'
-# default), version 4 (by dims; kv_fp8 entries' default) and version 6 (pairs of blocks, one split).
+# default), version 4 (by dims; kv_fp8 entries' default), each also with the other way of writing the
+# output (by keys through shared memory, by dims with 4-byte stores by default), and version 6 (pairs
+# of blocks, one split).
 SCHEDULES = {"keys": {"LCATTN_ATTN_SCHEDULE": "keys"}, "dims": {"LCATTN_ATTN_SCHEDULE": "dims"},
-             "staged_out": {"LCATTN_ATTN_STAGED_OUT": "1"},
+             "keys_unstaged": {"LCATTN_ATTN_SCHEDULE": "keys", "LCATTN_ATTN_STAGED_OUT": "0"},
+             "dims_staged": {"LCATTN_ATTN_SCHEDULE": "dims", "LCATTN_ATTN_STAGED_OUT": "1"},
              "pair": {"LCATTN_ATTN_PAIR": "1", "LCATTN_ATTN_SPLITS": "1"}}
 SCHEDULE_NUMBER = {"dims": 0, "keys": 1}  # attention_sm90.cu's Schedule
 
@@ -54,9 +57,12 @@ def hopper_call(form, q, kv, kvs, qs, ckv, idx, sink, f):
             lambda: reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
 
 
-def ran_sm90_kernel(kernels, fp8, schedule, staged_out=False):
-    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule, staged_out>."""
+def ran_sm90_kernel(kernels, fp8, schedule, staged_out=None):
+    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule, staged_out>
+    (staged_out None: the schedule's default, the output through shared memory by keys only)."""
     flag = {False: "false", True: "true"}
+    if staged_out is None:
+        staged_out = schedule == "keys"
     schedule = rf"\(.*?Schedule\){SCHEDULE_NUMBER[schedule]}"
     pattern = rf"attention_sm90_kernel<{flag[fp8]}, {schedule}, {flag[staged_out]}>"
     return re.search(pattern, kernels) is not None
@@ -393,9 +399,9 @@ def test_hopper_rescale_slack_cuda(monkeypatch, schedule, B, S, H, K, N, q_start
     check(*run(), *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
 
 
-# Switches of the Hopper kernel that leave its result's bits as they are: (environment variable, the
-# kernel's template arguments after the schedule, forms of the entries it applies to).
-BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": (dict(staged_out=True), ["bf16", "kv_fp8"])}
+# Switches of the Hopper kernel that leave its result's bits as they are: environment variable ->
+# the forms of the entries it is tested on.
+BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": ["bf16", "kv_fp8"]}
 
 
 @pytest.mark.cuda
@@ -403,13 +409,13 @@ BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": (dict(staged_out=True), ["bf16", "
     (2, 9, 64, 256, 32768, [131072 - 9, 120000], [131072 - 136, 119873], 136),  # angles past 105,615 rad
 ])
 @pytest.mark.parametrize("splits", ["0", "3"])
-@pytest.mark.parametrize("switch,entries", [(name, e) for name, (_, forms) in BITWISE_SWITCHES.items() for e in forms])
+@pytest.mark.parametrize("switch,entries", [(name, e) for name, forms in BITWISE_SWITCHES.items() for e in forms])
 def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, N, q_start, kv_start, L, splits):
-    """The switches that move data, not arithmetic, give the default's result bit for bit:
-    LCATTN_ATTN_STAGED_OUT=1 (one split's O out through shared memory in 16-byte pieces), in prefill and
+    """The switches that move data, not arithmetic, give the same bits off (0) and on (1):
+    LCATTN_ATTN_STAGED_OUT (one split's O out through shared memory in 16-byte pieces), in prefill and
     decode, at positions whose angles take sincosf's slow path, with 3 splits (the partials and the
-    fused combine, as before), on bf16 entries (by keys) and kv_fp8 ones (by dims); and the kernels
-    that ran."""
+    fused combine, the same either way), on bf16 entries (by keys) and kv_fp8 ones (by dims); and the
+    kernels that ran."""
     for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK",
                  *BITWISE_SWITCHES):
         monkeypatch.delenv(name, raising=False)  # each form's default kernel, the one switch under test
@@ -420,19 +426,19 @@ def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, 
         ckv = ops.quantize_kv_fp8(ckv.float(), 64)
         values = ops.dequantize_kv_fp8(ckv, 512, 64)
     idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
-
-    def run():
-        return ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)
-    default = run()
-    monkeypatch.setenv(switch, "1")
-    changed, kernels = run_and_kernels(run)
-    if kernels:
-        fp8 = entries == "kv_fp8"
-        assert ran_sm90_kernel(kernels, fp8, "dims" if fp8 else "keys", **BITWISE_SWITCHES[switch][0]), kernels
-        if splits == "3":  # at most 4 splits combine in the last CTA of each query, which reads the table
-            assert "attention_combine_kernel" not in kernels, kernels
-    assert torch.equal(default[0], changed[0]) and torch.equal(default[1], changed[1])
-    check(*changed, *reference.attention(q, kv, kvs, qs, values, sink, f, indices=idx))
+    fp8 = entries == "kv_fp8"
+    results = []
+    for on in (False, True):
+        monkeypatch.setenv(switch, "1" if on else "0")
+        out, kernels = run_and_kernels(lambda: ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f))
+        if kernels:
+            assert ran_sm90_kernel(kernels, fp8, "dims" if fp8 else "keys", staged_out=on), kernels
+            if splits == "3":  # at most 4 splits combine in the last CTA of each query
+                assert "attention_combine_kernel" not in kernels, kernels
+        results.append(out)
+    switched_off, switched_on = results
+    assert torch.equal(switched_off[0], switched_on[0]) and torch.equal(switched_off[1], switched_on[1])
+    check(*switched_on, *reference.attention(q, kv, kvs, qs, values, sink, f, indices=idx))
 
 
 def run_and_kernels(fn):

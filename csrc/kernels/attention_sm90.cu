@@ -217,9 +217,9 @@ __device__ __forceinline__ void partial_logits(float (&sacc)[32], const uint8_t*
 // kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form). By keys, the RoPE (cos, -sin) table is built by
 // math warp 0 while Q loads (the row sums' barrier after the blocks orders it before the epilogue), so
 // the producer issues Q without waiting on the accurate sincosf, whose angles past 105,615 rad at 128K
-// context take its slow path; by dims it is built before the set-up barrier. kStagedOut
-// (LCATTN_ATTN_STAGED_OUT=1; off): with one split, O goes out through shared memory in 16-byte
-// pieces (write_rows_staged) instead of 4-byte stores.
+// context take its slow path; by dims it is built before the set-up barrier. kStagedOut (by keys,
+// launch_for_schedule): with one split, O goes out through shared memory in 16-byte pieces
+// (write_rows_staged) instead of 4-byte stores.
 template <bool kFp8Entries, Schedule kSchedule, bool kStagedOut = false>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
   constexpr bool kLateTable = kSchedule == Schedule::kKeys;
@@ -498,12 +498,15 @@ cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream)
 }
 
 // The math warpgroups' schedule: by keys for bf16 entries, by dims for kv_fp8 entries, where keys
-// measured 2-4% slower (H100); LCATTN_ATTN_SCHEDULE=keys or dims picks one (read per call).
+// measured 2-4% slower (H100); LCATTN_ATTN_SCHEDULE=keys or dims picks one. The output through shared
+// memory: by keys (1.01-1.11x on the bf16 sparse rows, H100), not by dims (kv_fp8 rows 0.98-1.02x, with
+// more spills in their producer); LCATTN_ATTN_STAGED_OUT=1 or 0 picks it or not. Both read per call.
 template <bool kFp8Entries>
 cudaError_t launch_for_schedule(const AttentionParams& p, cudaStream_t stream) {
   const bool by_keys =
       env_is("LCATTN_ATTN_SCHEDULE", "keys") || (!kFp8Entries && !env_is("LCATTN_ATTN_SCHEDULE", "dims"));
-  if (env_is("LCATTN_ATTN_STAGED_OUT", "1"))
+  const bool staged = by_keys ? !env_is("LCATTN_ATTN_STAGED_OUT", "0") : env_is("LCATTN_ATTN_STAGED_OUT", "1");
+  if (staged)
     return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, true>(p, stream)
                    : launch_attention_sm90<kFp8Entries, Schedule::kDims, true>(p, stream);
   return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, false>(p, stream)
