@@ -279,6 +279,7 @@ def test_hopper_schedules_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L,
     Hopper cases, sinks that take nothing or almost all, bitwise repeatable, and the kernel that ran."""
     monkeypatch.setenv("LCATTN_ATTN_SCHEDULE", schedule)
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
+    monkeypatch.delenv("LCATTN_ATTN_STAGED_OUT", raising=False)  # each schedule's own way of writing O
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
     sink[:8], sink[8:16] = float("-inf"), 30.0
     run, reference_of = hopper_call(form, q, kv, kvs, qs, ckv, random_indices(B, S, K, N, "cuda", invalid=0.2),
@@ -330,6 +331,7 @@ def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start,
     keys), also with RoPE widths whose e4m3 part is not a multiple of 32 channels, in both schedules
     of the math warpgroups (by keys each widens both halves of its own rows); and it is the kernel
     that ran."""
+    monkeypatch.delenv("LCATTN_ATTN_STAGED_OUT", raising=False)  # each schedule's own way of writing O
     for name, value in SCHEDULES[schedule].items():
         monkeypatch.setenv(name, value)
     q, kv, kvs, qs, _, sink, f = make_attention(B, S, H, 512, rope_dim, L, N, q_start, kv_start, "cuda")
@@ -408,14 +410,14 @@ BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": ["bf16", "kv_fp8"]}
 @pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES[:4] + [
     (2, 9, 64, 256, 32768, [131072 - 9, 120000], [131072 - 136, 119873], 136),  # angles past 105,615 rad
 ])
-@pytest.mark.parametrize("splits", ["0", "3"])
+@pytest.mark.parametrize("splits", ["0", "1", "3"])
 @pytest.mark.parametrize("switch,entries", [(name, e) for name, forms in BITWISE_SWITCHES.items() for e in forms])
 def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, N, q_start, kv_start, L, splits):
     """The switches that move data, not arithmetic, give the same bits off (0) and on (1):
     LCATTN_ATTN_STAGED_OUT (one split's O out through shared memory in 16-byte pieces), in prefill and
-    decode, at positions whose angles take sincosf's slow path, with 3 splits (the partials and the
-    fused combine, the same either way), on bf16 entries (by keys) and kv_fp8 ones (by dims); and the
-    kernels that ran."""
+    decode, at positions whose angles take sincosf's slow path, with the default splits, with one (the
+    staged path at decode too) and with 3 (the partials and the fused combine, the same either way),
+    on bf16 entries (by keys) and kv_fp8 ones (by dims); and the kernels that ran."""
     for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK",
                  *BITWISE_SWITCHES):
         monkeypatch.delenv(name, raising=False)  # each form's default kernel, the one switch under test

@@ -18,8 +18,8 @@ the SM's clock at stamps 0 and 5. Per block (thread 0, version 7's schedule, the
 entries, in SM clock cycles turned into us by the clock's rate against the timer over the CTA;
 blocks followed by another): its keys arrived, its logits done, the maxima exchanged, P in the
 tile, its P.V done, the next block's keys arrived. The driver clears LCATTN_ATTN_PAIR and
-LCATTN_ATTN_SCHEDULE (other kernels, or no per-block stamps); LCATTN_ATTN_STAGED_OUT=1 in the
-environment times the kernel that writes O through shared memory.
+LCATTN_ATTN_SCHEDULE (other kernels, or no per-block stamps); LCATTN_ATTN_STAGED_OUT=0 in the
+environment times the kernel with 4-byte output stores (by keys, O goes out through shared memory).
 """
 import argparse
 

@@ -499,13 +499,15 @@ cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream)
 
 // The math warpgroups' schedule: by keys for bf16 entries, by dims for kv_fp8 entries, where keys
 // measured 2-4% slower (H100); LCATTN_ATTN_SCHEDULE=keys or dims picks one. The output through shared
-// memory: by keys (1.01-1.11x on the bf16 sparse rows, H100), not by dims (kv_fp8 rows 0.98-1.02x, with
+// memory: by keys (1.00-1.11x on the bf16 sparse rows, H100), not by dims (kv_fp8 rows 0.98-1.02x, with
 // more spills in their producer); LCATTN_ATTN_STAGED_OUT=1 or 0 picks it or not. Both read per call.
+// Its 16-byte stores need p.out 16-byte aligned (the ops allocate it; a C++ caller may not).
 template <bool kFp8Entries>
 cudaError_t launch_for_schedule(const AttentionParams& p, cudaStream_t stream) {
   const bool by_keys =
       env_is("LCATTN_ATTN_SCHEDULE", "keys") || (!kFp8Entries && !env_is("LCATTN_ATTN_SCHEDULE", "dims"));
-  const bool staged = by_keys ? !env_is("LCATTN_ATTN_STAGED_OUT", "0") : env_is("LCATTN_ATTN_STAGED_OUT", "1");
+  const bool staged = (by_keys ? !env_is("LCATTN_ATTN_STAGED_OUT", "0") : env_is("LCATTN_ATTN_STAGED_OUT", "1")) &&
+                      reinterpret_cast<uintptr_t>(p.out) % 16 == 0;
   if (staged)
     return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, true>(p, stream)
                    : launch_attention_sm90<kFp8Entries, Schedule::kDims, true>(p, stream);
