@@ -12,11 +12,12 @@
 //   Against version 4, where both warpgroups add each other's partial logits and run the same
 //   softmax on every block: no partial-logit exchange, each softmax once, a 64-key P exchanged in
 //   bf16, and one warpgroup's products overlap the other's softmax.
-//   WG2, producer: warps 0-1 fill key buffer 0 (even blocks), warps 2-3 buffer 1 (odd blocks), each
-//   buffer in halves (dims 0-255, 256-511) with their own full and free barriers. A half is free
-//   once the last product that reads it is done: buffer 0's first half after WG0's own product, its
-//   second after WG1's product with P0; buffer 1's first after WG0's product with P1, its second
-//   after WG1's own (each block's logits end before its P exists).
+//   WG2, producer: key buffer 0 holds the even blocks, buffer 1 the odd ones, each filled in halves
+//   (dims 0-255, 256-511) with their own full and free barriers. A half is free once the last
+//   product that reads it is done: buffer 0's first half after WG0's own product, its second after
+//   WG1's product with P0; buffer 1's first after WG0's product with P1, its second after WG1's own
+//   (each block's logits end before its P exists). All 128 producer threads fill every half, in that
+//   order, from row addresses looked up a pair ahead (load_half).
 // Shared memory: Q 64 KB, 2 key buffers of 64 KB, 2 P tiles of 8 KB, all 128B-swizzled.
 #include "attention_sm90.h"
 #include "attention_sm90_common.cuh"
@@ -46,18 +47,21 @@ static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may h
 // the other waits.
 enum : int { kBarMax0 = 1, kBarMax1 = 2, kBarP0 = 3, kBarP1 = 4, kBarSums = 5, kBarCombine = 6 };
 
-// Producer: half h (dims 256h .. 256h + 255, chunks 4h .. 4h + 3) of the 32 rows [r0, r0 + 32) of a
-// key buffer; lane l brings the source of row r0 + l (null: absent, zero-filled from `any`) and,
-// with h = 0, sets the rows' bias.
-__device__ __forceinline__ void load_half(uint8_t* tile, int r0, int lane, int h, const bf16* mine, const bf16* any,
+// Producer: half h (dims 256h .. 256h + 255, chunks 4h .. 4h + 3) of a key buffer's 64 rows, by the
+// 128 producer threads: thread t copies 16-byte unit t % 8 of each 128-byte chunk row of its rows
+// 4 (t / 8) .. + 3, whose sources (null: absent, zero-filled from `any`) it looked up itself, so
+// that a warp's copy is 4 rows x 128 contiguous bytes and no address crosses lanes; 16 copies a
+// thread. With h = 0 the threads of unit 0 set their rows' bias.
+__device__ __forceinline__ void load_half(uint8_t* tile, int t, int h, const bf16* const (&rows)[4], const bf16* any,
                                           float* bias) {
-#pragma unroll 4
-  for (int j = 0; j < 32; ++j) {
-    const bf16* src =
-        reinterpret_cast<const bf16*>(__shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j));
-    copy_row_unit(tile, r0 + j, h * 32 + lane, src, any);
-    if (h == 0 && lane == 0) bias[r0 + j] = src ? 0.f : -INFINITY;
-  }
+  const int unit = t % 8, row0 = 4 * (t / 8);
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) copy_row_unit(tile, row0 + r, (4 * h + c) * 8 + unit, rows[r], any);
+  if (h == 0 && unit == 0)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) bias[row0 + r] = rows[r] ? 0.f : -INFINITY;
 }
 
 // S[64 heads x 64 keys] += Q K^T over the dims of half h of key buffer w (first: S = instead), once
@@ -151,8 +155,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 128);
     for (int w = 0; w < 2; ++w) {
-      mbar_init(&sm.full[w][0], 64 + 2);  // 64 cp.async arrivals + 2 warps' key_bias stores
-      mbar_init(&sm.full[w][1], 64);
+      mbar_init(&sm.full[w][0], 128 + 16);  // 128 cp.async arrivals + the 16 bias writers' stores
+      mbar_init(&sm.full[w][1], 128);
       mbar_init(&sm.empty[w][0], 128);  // one math warpgroup, after its product that reads it last
       mbar_init(&sm.empty[w][1], 128);
     }
@@ -162,39 +166,40 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
-    reg_dealloc<56>();
+    reg_dealloc<72>();
     const bf16* q = p.q + (work.row * p.H + work.group * kHeads) * kDim;
     load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address
     mbar_arrive_cp_async(&sm.q_full);
-    const int w = warp / 2, r0 = (warp % 2) * 32;  // this warp's buffer and rows
-    // Block first + 2 it + w of this split, or an absent one past its last.
-    auto row_of = [&](int it) -> const void* {
-      const int blk = range.first + 2 * it + w;
-      return blk < range.last ? keys.row(blk * kKeys + r0 + lane) : nullptr;
+    // This thread's 4 rows of the pair's two blocks (block first + 2 it + w in buffer w; absent past
+    // the split's last), looked up for the next pair while this one's copies wait for free halves.
+    const int t = threadIdx.x - 256;
+    auto look_up = [&](int it, const bf16* (&rows)[2][4]) {
+#pragma unroll
+      for (int w = 0; w < 2; ++w) {
+        const int blk = range.first + 2 * it + w;
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          rows[w][r] = blk < range.last ? static_cast<const bf16*>(keys.row(blk * kKeys + 4 * (t / 8) + r)) : nullptr;
+      }
     };
+    const bf16* rows[2][4];
+    if (pairs > 0) look_up(0, rows);
     for (int it = 0; it < pairs; ++it) {
-      const bf16* mine = static_cast<const bf16*>(row_of(it));
 #pragma unroll
-      for (int step = 0; step < 2; ++step) {
-        const int h = step ^ w;  // in the order the halves are freed: buffer 1 (WG1's block) second half first
+      for (int step = 0; step < 4; ++step) {  // in the order the halves are freed: (0, 0), (1, 1), (0, 1), (1, 0)
+        const int w = step % 2, h = (step + step / 2) % 2;
         if (it > 0) mbar_wait(&sm.empty[w][h], (it - 1) & 1);
-        load_half(sm.k[w], r0, lane, h, mine, q, sm.key_bias[w]);
+        load_half(sm.k[w], t, h, rows[w], q, sm.key_bias[w]);
         mbar_arrive_cp_async(&sm.full[w][h]);
-        if (h == 0 && lane == 0) mbar_arrive(&sm.full[w][0]);
+        if (h == 0 && t % 8 == 0) mbar_arrive(&sm.full[w][0]);
       }
-      if (it + 1 < pairs) {  // the next pair's row of this lane into L2 while this one computes
-        const void* next = row_of(it + 1);
-        if (next)
-#pragma unroll
-          for (int line = 0; line < 8; ++line)
-            asm volatile("prefetch.global.L2 [%0];\n" ::"l"(static_cast<const uint8_t*>(next) + line * 128));
-      }
+      if (it + 1 < pairs) look_up(it + 1, rows);  // the copies above already hold their addresses
     }
     return;
   }
 
   // ------------------------------------------------------------------------------------ math
-  reg_alloc<224>();
+  reg_alloc<216>();
   const int r0 = warp * 16 + lane / 4;  // this thread's rows r0 and r0 + 8 of every accumulator
   const int c0 = (lane % 4) * 2;        // and columns c0, c0 + 1 of every 8-column block
   const float scale = p.scale * kLog2e;
