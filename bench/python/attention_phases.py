@@ -7,6 +7,7 @@ On a GPU machine, from the repository root:
 
     python bench/python/attention_phases.py [--tokens 4096] [--topk 512,128]
     python bench/python/attention_phases.py --batch 64 --tokens 1 [--cold]     (decode: a pool per sequence)
+    python bench/python/attention_phases.py --pair     (version 6, attention_sm90_pair.cu: stamps per pair)
 
 Needs nvcc. The stamps go in by matching lines of the kernel's source: an edit there that moves one
 of them is an error here, to be mended in PROBES. Stamps (slot: thread, where): 0: 0, entry;
@@ -17,8 +18,9 @@ arrived; 3: 0, first block arrived;
 the SM's clock at stamps 0 and 5. Per block (thread 0, version 7's schedule, the default for bf16
 entries, in SM clock cycles turned into us by the clock's rate against the timer over the CTA;
 blocks followed by another): its keys arrived, its logits done, the maxima exchanged, P in the
-tile, its P.V done, the next block's keys arrived. The driver clears LCATTN_ATTN_PAIR and
-LCATTN_ATTN_SCHEDULE (other kernels, or no per-block stamps); LCATTN_ATTN_STAGED_OUT=0 in the
+tile, its P.V done, the next block's keys arrived; with --pair per pair of blocks (PAIR_PROBES). The
+driver sets LCATTN_ATTN_PAIR for --pair, else clears it, and clears LCATTN_ATTN_SCHEDULE (other
+kernels, or no per-block stamps); LCATTN_ATTN_STAGED_OUT=0 in the
 environment times the kernel with 4-byte output stores (by keys, O goes out through shared memory).
 """
 import argparse
@@ -75,6 +77,38 @@ PROBES = [
      "kBarWidened + wg);\n      PROBE(5, 0);\n      PUT(11, 0, clock64());\n      return;\n"),
 ]
 
+# Version 6 (attention_sm90_pair.cu, --pair): the same CTA stamps (3: the first pair's logits done), and
+# per pair (thread 0, math warpgroup 0): block 2i's logits done, its softmax done (maximum published),
+# its own P.V done, WG1's pair maximum arrived, WG1's P arrived; the next pair's logits done.
+PAIR_PROBES = [
+    PROBES[0], PROBES[1],
+    ("  fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n",
+     "  fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n  PROBE(1, 0);\n"
+     "  PUT(7, 0, (unsigned long long)(range.last - range.first));\n"),
+    ("    load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address\n",
+     "    load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address\n"
+     "    PROBE(8, 256);\n"),
+    ("        mbar_arrive_cp_async(&sm.full[w][h]);\n",
+     "        mbar_arrive_cp_async(&sm.full[w][h]);\n        if (it == 0 && step == 0) PROBE(9, 256);\n"),
+    ("  mbar_wait(&sm.q_full, 0);\n  if (wg == 0) {\n",
+     "  mbar_wait(&sm.q_full, 0);\n  PROBE(2, 0);\n  if (wg == 0) {\n"),
+    ("      issue_logits_half(sacc, sm, 0, 1, 0, false);\n      wgmma_wait<0>();\n      fence_registers(sacc);\n",
+     "      issue_logits_half(sacc, sm, 0, 1, 0, false);\n      wgmma_wait<0>();\n      fence_registers(sacc);\n"
+     "      PROBE(3, 0);\n"),
+    ("      // Block 2i's softmax against the running maximum; publish the new maximum to WG1.\n",
+     "      BLOCK_PROBE(it, 0);\n"),
+    ("      named_barrier_arrive(kBarMax0, 256);\n",
+     "      BLOCK_PROBE(it, 1);\n      named_barrier_arrive(kBarMax0, 256);\n"),
+    ("      mbar_arrive(&sm.empty[0][0]);\n", "      mbar_arrive(&sm.empty[0][0]);\n      BLOCK_PROBE(it, 2);\n"),
+    ("      named_barrier_sync(kBarMax1, 256);\n",
+     "      named_barrier_sync(kBarMax1, 256);\n      BLOCK_PROBE(it, 3);\n"),
+    ("      named_barrier_sync(kBarP1, 256);\n", "      named_barrier_sync(kBarP1, 256);\n      BLOCK_PROBE(it, 4);\n"),
+    ("  // The row sums: over the quad, then both warpgroups' added in one order (both hold the same).\n",
+     "  PROBE(4, 0);\n"
+     "  // The row sums: over the quad, then both warpgroups' added in one order (both hold the same).\n"),
+    PROBES[-2],
+]
+
 DRIVER = r"""
 #include <algorithm>
 #include <cmath>
@@ -104,7 +138,8 @@ T* device_copy(const std::vector<T>& h) {
 // ending at position 131,071 (prefill: B = 1; decode: S = 1), a window of 128 raw rows, K entries a
 // token drawn without repeats from its sequence's pool of 32,768, random sinks, RoPE base 160,000.
 int main(int argc, char** argv) {
-  unsetenv("LCATTN_ATTN_PAIR");  // the stamps are in attention_sm90.cu's kernel, the per-block ones in version 7
+  // The stamped kernel: version 6 (attention_sm90_pair.cu) with kPair, else attention_sm90.cu's by keys.
+  if (kPair) setenv("LCATTN_ATTN_PAIR", "1", 1); else unsetenv("LCATTN_ATTN_PAIR");
   unsetenv("LCATTN_ATTN_SCHEDULE");
   const int B = atoi(argv[1]), S = atoi(argv[2]), cold = atoi(argv[3]), reps = 20, H = 64, D = 512, N = 32768;
   const int rope = 64, window = 128;
@@ -194,8 +229,8 @@ int main(int argc, char** argv) {
     double part[5] = {0};
     long counted = 0;
     for (int c = 0; c < ctas; ++c) {
-      const int n = std::min<int>(int(st[size_t(c) * kSlots + 7]), kBlockSlots);
-      for (int it = 0; it + 1 < n; ++it) {  // blocks followed by another: all five parts
+      const int n = std::min<int>((int(st[size_t(c) * kSlots + 7]) + kBlocksAStep - 1) / kBlocksAStep, kBlockSlots);
+      for (int it = 0; it + 1 < n; ++it) {  // steps (blocks or pairs) followed by another: all five parts
         const unsigned long long* x = &bs[(size_t(c) * kBlockSlots + it) * 5];
         for (int i = 0; i < 4; ++i) part[i] += double(x[i + 1] - x[i]);
         part[4] += double(x[5] - x[4]);  // x[5]: the next block's arrival (cycles, all five)
@@ -221,15 +256,18 @@ int main(int argc, char** argv) {
 """
 
 HEAD = ("constexpr int kProbeCtas = 16384, kSlots = 12;  // CTAs whose stamps are kept, slots a CTA\n"
-        "constexpr int kBlockSlots = 32;  // blocks a CTA whose stamps are kept\n")
+        "constexpr int kBlockSlots = 32;  // steps (blocks or pairs) a CTA whose stamps are kept\n")
 
 PHASES = {1: "set-up (barriers, RoPE table)", 2: "Q's wait", 3: "first block's wait", 4: "blocks",
           5: "epilogue (stores issued)", 6: "gap to the SM's next CTA", 8: "producer: Q issued at",
           9: "producer: block 0 issued at", 11: "a block: logits", 12: "a block: maxima barrier",
           13: "a block: exp2, P, barrier", 14: "a block: P.V", 15: "a block: next keys' wait"}
+PAIR_PHASES = {**PHASES, 3: "first pair's logits done", 11: "a pair: WG0's softmax", 12: "a pair: WG0's own P.V",
+               13: "a pair: WG1's maximum's wait", 14: "a pair: WG1's P's wait",
+               15: "a pair: other P.V, next logits"}
 
 
-def report(out: str) -> None:
+def report(out: str, phases: dict) -> None:
     """Prints the driver's output with the phases named, and the fit a + b x blocks of a CTA's slot."""
     fit = []  # [blocks a CTA, us a CTA's slot] per top-k
     for line in out.splitlines():
@@ -241,7 +279,7 @@ def report(out: str) -> None:
             fit[-1][0] = float(fields[1])
         else:  # "  slot us [us a block]"
             extra = f" ({fields[2]} us a block)" if len(fields) == 3 else ""
-            print(f"  {PHASES[int(fields[0])]:<32} {fields[1]} us{extra}")
+            print(f"  {phases[int(fields[0])]:<32} {fields[1]} us{extra}")
     if len(fit) >= 2 and fit[0][0] != fit[-1][0]:
         (x0, y0), (x1, y1) = fit[0], fit[-1]
         b = (y1 - y0) / (x1 - x0)
@@ -255,12 +293,15 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="rows out of L2 before each call (a decode step's picks "
                         "change; the driver's graph replays reuse them)")
     parser.add_argument("--topk", default="512,128", help="comma list of top-k values (entries a query)")
+    parser.add_argument("--pair", action="store_true", help="version 6 (attention_sm90_pair.cu), stamps per pair")
     args = parser.parse_args()
     topks = [int(k) for k in args.topk.split(",")]
-    source = instrumented_source("attention_sm90.cu", PROBES, HEAD, DRIVER)
-    out = build_and_run("attention_phases", source, [args.batch, args.tokens, int(args.cold), *topks],
-                        sources=["attention_sm90_pair.cu"])
-    report(out)
+    head = HEAD + f"constexpr bool kPair = {str(args.pair).lower()};\nconstexpr int kBlocksAStep = {1 + args.pair};\n"
+    kernel, other = ("attention_sm90_pair.cu", "attention_sm90.cu") if args.pair else \
+        ("attention_sm90.cu", "attention_sm90_pair.cu")
+    source = instrumented_source(kernel, PAIR_PROBES if args.pair else PROBES, head, DRIVER)
+    out = build_and_run("attention_phases", source, [args.batch, args.tokens, int(args.cold), *topks], sources=[other])
+    report(out, PAIR_PHASES if args.pair else PHASES)
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     // This thread's 4 rows of the pair's two blocks (block first + 2 it + w in buffer w; absent past
     // the split's last), looked up for the next pair while this one's copies wait for free halves.
     const int t = threadIdx.x - 256;
-    auto look_up = [&](int it, const bf16* (&rows)[2][4]) {
+    auto look_up = [&](int it, const bf16*(&rows)[2][4]) {
 #pragma unroll
       for (int w = 0; w < 2; ++w) {
         const int blk = range.first + 2 * it + w;
