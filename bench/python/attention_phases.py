@@ -262,8 +262,9 @@ PHASES = {1: "set-up (barriers, RoPE table)", 2: "Q's wait", 3: "first block's w
           5: "epilogue (stores issued)", 6: "gap to the SM's next CTA", 8: "producer: Q issued at",
           9: "producer: block 0 issued at", 11: "a block: logits", 12: "a block: maxima barrier",
           13: "a block: exp2, P, barrier", 14: "a block: P.V", 15: "a block: next keys' wait"}
-PAIR_PHASES = {**PHASES, 3: "first pair's logits done", 11: "a pair: WG0's softmax", 12: "a pair: WG0's own P.V",
-               13: "a pair: WG1's maximum's wait", 14: "a pair: WG1's P's wait",
+PAIR_PHASES = {**PHASES, 3: "first pair's logits done", 9: "producer: pair 0's first half issued at",
+               11: "a pair: WG0's softmax", 12: "a pair: WG0's own P.V",
+               13: "a pair: WG1's maximum's wait", 14: "a pair: P0 out, O rescaled, WG1's P's wait",
                15: "a pair: other P.V, next logits"}
 
 

@@ -16,8 +16,9 @@
 //   (dims 0-255, 256-511) with their own full and free barriers. A half is free once the last
 //   product that reads it is done: buffer 0's first half after WG0's own product, its second after
 //   WG1's product with P0; buffer 1's first after WG0's product with P1, its second after WG1's own
-//   (each block's logits end before its P exists). All 128 producer threads fill every half, in that
-//   order, from row addresses looked up a pair ahead (load_half).
+//   (each block's logits end before its P exists). All 128 producer threads fill every half in the
+//   order the halves are freed, (0, 0), (1, 1), (0, 1), (1, 0) as (buffer, half), from row addresses
+//   looked up a pair ahead (load_half).
 // Shared memory: Q 64 KB, 2 key buffers of 64 KB, 2 P tiles of 8 KB, all 128B-swizzled.
 #include "attention_sm90.h"
 #include "attention_sm90_common.cuh"
@@ -171,7 +172,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address
     mbar_arrive_cp_async(&sm.q_full);
     // This thread's 4 rows of the pair's two blocks (block first + 2 it + w in buffer w; absent past
-    // the split's last), looked up for the next pair while this one's copies wait for free halves.
+    // the split's last); the next pair's looked up once this pair's copies are issued.
     const int t = threadIdx.x - 256;
     auto look_up = [&](int it, const bf16*(&rows)[2][4]) {
 #pragma unroll
