@@ -158,6 +158,18 @@ __device__ __forceinline__ void fill_unrotate(float2* unrotate, const AttentionP
   }
 }
 
+// Output dims d, d + 1 of a row as packed bf16: the accumulators x0, x1 normalised by inv, RoPE undone
+// where d is a RoPE channel (the CTA's (cos, -sin) table from rope_begin on).
+__device__ __forceinline__ uint32_t output_pair(float x0, float x1, float inv, int d, int rope_begin,
+                                                const float2* unrotate) {
+  x0 *= inv, x1 *= inv;
+  if (d >= rope_begin) {
+    const float2 cs = unrotate[(d - rope_begin) / 2];
+    rotate_pair(x0, x1, cs.x, cs.y);
+  }
+  return pack_bf16(x0, x1);
+}
+
 // A math thread's rows r0 and r0 + 8 (of the 64 heads from head0 = flat (row, head) of row 0, whose
 // sinks start at `sinks`) and its dims dim0 + 8 j, + 1 of O (unnormalised, relative to the base-2
 // maxima m) with the rows' sums l: with several splits, split's partial (O, then (m, l) from the
@@ -186,13 +198,9 @@ __device__ __forceinline__ void write_rows(const AttentionParams& p, const float
     bf16* dst = p.out + (head0 + r0 + 8 * h) * kDim;
 #pragma unroll
     for (int j = 0; j < 32; ++j) {
-      float x0 = o[j * 4 + 2 * h] * inv, x1 = o[j * 4 + 2 * h + 1] * inv;
       const int d = dim0 + 8 * j;
-      if (d >= rope_begin) {
-        const float2 cs = unrotate[(d - rope_begin) / 2];
-        rotate_pair(x0, x1, cs.x, cs.y);
-      }
-      *reinterpret_cast<uint32_t*>(dst + d) = pack_bf16(x0, x1);
+      *reinterpret_cast<uint32_t*>(dst + d) =
+          output_pair(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1], inv, d, rope_begin, unrotate);
     }
     if (stats) p.lse[head0 + r0 + 8 * h] = natural_lse(l[h], m[h]);
   }
@@ -216,15 +224,9 @@ __device__ __forceinline__ void write_rows_staged(const AttentionParams& p, cons
     const float inv = output_scale(l[h], m[h], sinks[r]);
     uint8_t* row = stage + r * kRowBytes + c0 * 2;
 #pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      float x0 = o[j * 4 + 2 * h] * inv, x1 = o[j * 4 + 2 * h + 1] * inv;
-      const int d = 256 * wg + 8 * j + c0;
-      if (d >= rope_begin) {
-        const float2 cs = unrotate[(d - rope_begin) / 2];
-        rotate_pair(x0, x1, cs.x, cs.y);
-      }
-      *reinterpret_cast<uint32_t*>(row + (j ^ (r % 8)) * 16) = pack_bf16(x0, x1);
-    }
+    for (int j = 0; j < 32; ++j)
+      *reinterpret_cast<uint32_t*>(row + (j ^ (r % 8)) * 16) =
+          output_pair(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1], inv, 256 * wg + 8 * j + c0, rope_begin, unrotate);
     if (stats) p.lse[head0 + r] = natural_lse(l[h], m[h]);
   }
   named_barrier_sync(bar, 128);
