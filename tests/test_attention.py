@@ -36,9 +36,9 @@ def check(out, lse, ref_out, ref_lse):
 
 
 # The math schedules of the Hopper kernel: version 7 (logits and softmax by keys; bf16 entries'
-# default), version 4 (by dims; kv_fp8 entries' default), each also with the other way of writing the
-# output (by keys through shared memory, by dims with 4-byte stores by default), and version 6 (pairs
-# of blocks, one split).
+# default but for prefill of 8 or more key blocks), version 4 (by dims; kv_fp8 entries' default), each
+# also with the other way of writing the output (by keys through shared memory, by dims with 4-byte
+# stores by default), and version 6 (pairs of blocks, one split; bf16 prefill's default).
 SCHEDULES = {"keys": {"LCATTN_ATTN_SCHEDULE": "keys"}, "dims": {"LCATTN_ATTN_SCHEDULE": "dims"},
              "keys_unstaged": {"LCATTN_ATTN_SCHEDULE": "keys", "LCATTN_ATTN_STAGED_OUT": "0"},
              "dims_staged": {"LCATTN_ATTN_SCHEDULE": "dims", "LCATTN_ATTN_STAGED_OUT": "1"},
@@ -294,6 +294,28 @@ def test_hopper_schedules_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L,
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("case,kernel", [
+    (0, "attention_sm90_pair_kernel"),  # V4-Flash prefill, 10 key blocks: version 6
+    (1, "attention_sm90_pair_kernel"),  # V4-Pro prefill, 18 blocks
+    (2, r"attention_sm90_kernel<false, \(.*?Schedule\)1, true>"),  # decode: version 7, staged output
+    (3, r"attention_sm90_kernel<false, \(.*?Schedule\)1, true>"),  # prefill of 4 blocks: version 7
+])
+def test_hopper_default_kernel_cuda(monkeypatch, case, kernel):
+    """Without switches, bf16 entries take version 6 for prefill of at least 8 key blocks and version 7
+    otherwise (decode, fewer blocks): the reference's result and the kernel that ran."""
+    for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_SPLITS", "LCATTN_ATTN_STAGED_OUT",
+                 "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK"):
+        monkeypatch.delenv(name, raising=False)
+    B, S, H, K, N, q_start, kv_start, L = HOPPER_CASES[case]
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
+    idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
+    out, kernels = run_and_kernels(lambda: ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f))
+    if kernels:
+        assert re.search(kernel, kernels) is not None, kernels
+    check(*out, *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
+
+
+@pytest.mark.cuda
 def test_hopper_repeat_runs_are_bitwise_identical_cuda():
     for B, S in ((1, 96), (2, 1)):  # prefill and split decode
         q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, 64, 512, 64, S + 127, 600, [2000] * B, [1873] * B, "cuda")
@@ -421,6 +443,7 @@ def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, 
     for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK",
                  *BITWISE_SWITCHES):
         monkeypatch.delenv(name, raising=False)  # each form's default kernel, the one switch under test
+    monkeypatch.setenv("LCATTN_ATTN_PAIR", "0")  # the switch is version 7's and 4's (prefill takes 6)
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
     values = ckv  # the entries' values: bf16, or kv_fp8 entries dequantized

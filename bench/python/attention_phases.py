@@ -16,10 +16,11 @@ arrived; 3: 0, first block arrived;
 4: 0, last block's P.V done; 5: 0, its output stores issued; 8: 256 (producer), Q's copies issued;
 9: 256, the first block's copies issued. Slot 6 holds the SM, slot 7 the CTA's blocks, 10 and 11
 the SM's clock at stamps 0 and 5. Per block (thread 0, version 7's schedule, the default for bf16
-entries, in SM clock cycles turned into us by the clock's rate against the timer over the CTA;
+decode and for prefill of fewer than 8 key blocks, in SM clock cycles turned into us by the
+clock's rate against the timer over the CTA;
 blocks followed by another): its keys arrived, its logits done, the maxima exchanged, P in the
 tile, its P.V done, the next block's keys arrived; with --pair per pair of blocks (PAIR_PROBES). The
-driver sets LCATTN_ATTN_PAIR for --pair, else clears it, and clears LCATTN_ATTN_SCHEDULE (other
+driver sets LCATTN_ATTN_PAIR to 1 for --pair, else to 0, and clears LCATTN_ATTN_SCHEDULE (other
 kernels, or no per-block stamps); LCATTN_ATTN_STAGED_OUT=0 in the
 environment times the kernel with 4-byte output stores (by keys, O goes out through shared memory).
 """
@@ -139,7 +140,7 @@ T* device_copy(const std::vector<T>& h) {
 // token drawn without repeats from its sequence's pool of 32,768, random sinks, RoPE base 160,000.
 int main(int argc, char** argv) {
   // The stamped kernel: version 6 (attention_sm90_pair.cu) with kPair, else attention_sm90.cu's by keys.
-  if (kPair) setenv("LCATTN_ATTN_PAIR", "1", 1); else unsetenv("LCATTN_ATTN_PAIR");
+  setenv("LCATTN_ATTN_PAIR", kPair ? "1" : "0", 1);
   unsetenv("LCATTN_ATTN_SCHEDULE");
   const int B = atoi(argv[1]), S = atoi(argv[2]), cold = atoi(argv[3]), reps = 20, H = 64, D = 512, N = 32768;
   const int rope = 64, window = 128;

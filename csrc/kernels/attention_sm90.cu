@@ -8,8 +8,9 @@
 //        marks absent keys (-1 indices, past the end) with a -inf bias and zero rows.
 //   WG0, WG1, math: WG w accumulates O[:, dims 256w .. 256w + 255] += P V[:, those dims] in fp32, V = K
 //        read MN-major from the key buffer. How the two share a block's logits and online softmax
-//        (base 2) is the Schedule below: by keys (version 7, bf16 entries' default) or by dims
-//        (version 4, kv_fp8 entries' default).
+//        (base 2) is the Schedule below: by keys (version 7, bf16 entries' default but for prefill of
+//        8 key blocks or more, which version 6 takes: pair_schedule_applies) or by dims (version 4,
+//        kv_fp8 entries' default).
 // Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB (kKeys: the P tile and
 // the row statistics in their place), 128B-swizzled tiles.
 // Entries in the kv_fp8 form (kFp8Entries) are copied as they are by the producer's cp.async and
@@ -180,7 +181,7 @@ __device__ __forceinline__ void rescale_rows(float (&o)[128], float (&l)[2], flo
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     m_use[h] = max_ref(m_new[h]);
-    const float corr = exp2f(m_ref[h] - m_use[h]);  // 0 while nothing was seen (O and l are 0)
+    const float corr = exp2_ftz(m_ref[h] - m_use[h]);  // 0 while nothing was seen (O and l are 0)
     l[h] *= corr;
 #pragma unroll
     for (int j = 0; j < 32; ++j) {
@@ -202,12 +203,13 @@ enum class Schedule { kDims, kKeys };
 // A math warpgroup's partial logits over its 256 dims (kDims): 16 k-steps of 16, four
 // per 64-wide chunk, Q and the key tile K-major in shared memory.
 __device__ __forceinline__ void partial_logits(float (&sacc)[32], const uint8_t* q, const uint8_t* keys, int wg) {
+  const uint64_t q_desc = smem_desc(q + 4 * wg * kChunkBytes, 16, 1024);
+  const uint64_t k_desc = smem_desc(keys + 4 * wg * kChunkBytes, 16, 1024);
   wgmma_fence();
 #pragma unroll
   for (int ks = 0; ks < 16; ++ks) {
-    const int chunk = 4 * wg + ks / 4, off = (ks % 4) * 32;
-    wgmma_m64n64k16_ss(sacc, smem_desc(q + chunk * kChunkBytes + off, 16, 1024),
-                       smem_desc(keys + chunk * kChunkBytes + off, 16, 1024), ks > 0);
+    const int at = (ks / 4) * kChunkBytes + (ks % 4) * 32;
+    wgmma_m64n64k16_ss(sacc, desc_advance(q_desc, at), desc_advance(k_desc, at), ks > 0);
   }
   wgmma_commit();
   wgmma_wait<0>();
@@ -336,7 +338,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
         float e[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          e[i] = exp2f(sacc[j * 4 + i] - m_use[i / 2]);
+          e[i] = exp2_ftz(sacc[j * 4 + i] - m_use[i / 2]);
           l_run[i / 2] += e[i];
         }
         pa[j / 2][(j % 2) * 2] = pack_bf16(e[0], e[1]);
@@ -344,21 +346,20 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       }
 
       // O[:, my dims] += P V[:, my dims] (V = K, read MN-major: 4 chunks of 64 dims, 16 keys a k-step).
+      const uint64_t v_desc = smem_desc(sm.k[buf] + 4 * wg * kChunkBytes, kChunkBytes, 1024);
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma_m64n256k16_rs_bmn(o, pa[kk], smem_desc(sm.k[buf] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024),
-                                1);
+      for (int kk = 0; kk < 4; ++kk) wgmma_m64n256k16_rs_bmn(o, pa[kk], desc_advance(v_desc, kk * 2048), 1);
     } else {
       // The logits of keys 32 wg .. 32 wg + 31 (columns 8 j + c0, + 1 from key 32 wg) over all 512
       // dims: 32 k-steps of 16 on rows 32 wg .. of the tile.
       float s[16];
+      const uint64_t q_desc = smem_desc(sm.q, 16, 1024), k_desc = smem_desc(sm.k[buf] + wg * 32 * 128, 16, 1024);
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < 32; ++ks) {
-        const int chunk = ks / 4, off = (ks % 4) * 32;
-        wgmma_m64n32k16_ss(s, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
-                           smem_desc(sm.k[buf] + chunk * kChunkBytes + wg * 32 * 128 + off, 16, 1024), ks > 0);
+        const int at = (ks / 4) * kChunkBytes + (ks % 4) * 32;
+        wgmma_m64n32k16_ss(s, desc_advance(q_desc, at), desc_advance(k_desc, at), ks > 0);
       }
       wgmma_commit();
       wgmma_wait<0>();
@@ -381,7 +382,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
         float e[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          e[i] = exp2f(s[j * 4 + i] - m_use[i / 2]);
+          e[i] = exp2_ftz(s[j * 4 + i] - m_use[i / 2]);
           l_run[i / 2] += e[i];
         }
         *reinterpret_cast<uint32_t*>(sm.split.p + swizzled(r0, 4 * wg + j) + 2 * c0) = pack_bf16(e[0], e[1]);
@@ -392,11 +393,12 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
 
       // O[:, my dims] += P V[:, my dims], P from the tile (4 k-steps of 16 keys), V as above. The wait
       // below also comes before the next block's P overwrites the tile (after the next maxima barrier).
+      const uint64_t p_desc = smem_desc(sm.split.p, 16, 1024);
+      const uint64_t v_desc = smem_desc(sm.k[buf] + 4 * wg * kChunkBytes, kChunkBytes, 1024);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
-        wgmma_m64n256k16_ss_bmn(o, smem_desc(sm.split.p + kk * 32, 16, 1024),
-                                smem_desc(sm.k[buf] + 4 * wg * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
+        wgmma_m64n256k16_ss_bmn(o, desc_advance(p_desc, kk * 32), desc_advance(v_desc, kk * 2048), 1);
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -461,7 +463,7 @@ __global__ void __launch_bounds__(128 * kCombineGroups) attention_combine_kernel
 #pragma unroll 4
   for (int i = g; i < p.splits; i += kCombineGroups) {
     const float* part = parts + i * split_stride;
-    const float w = exp2f(part[kDim] - m_use);  // 0 for a split that saw no key
+    const float w = exp2_ftz(part[kDim] - m_use);  // 0 for a split that saw no key
     l += w * part[kDim + 1];
     const float4 v = *reinterpret_cast<const float4*>(part + d);
     acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
@@ -515,6 +517,23 @@ cudaError_t launch_for_schedule(const AttentionParams& p, cudaStream_t stream) {
                  : launch_attention_sm90<kFp8Entries, Schedule::kDims, false>(p, stream);
 }
 
+// The key blocks of the query with the most keys: its window and its top-k or compressed entries.
+int max_key_blocks(const AttentionParams& p) {
+  const int max_keys = min(p.window, p.L) + (p.indices ? p.K : (p.ratio > 0 ? p.N : 0));
+  return (max_keys + kKeys - 1) / kKeys;
+}
+
+// Version 6 where it measured faster than version 7 (H100, bf16 entries): one split, queries that share
+// their sequence's keys (S > 1, so the gathered rows mostly come from L2) and at least 8 key blocks.
+// Its CTA's fixed cost is about 2 us more and its block about 0.3 us less (prefill 1.03-1.19x at 10-18
+// blocks, 0.96x at 4; decode 0.87-0.90x). LCATTN_ATTN_PAIR=1 or 0 takes it or not; an explicit
+// LCATTN_ATTN_SCHEDULE asks for version 7 or 4.
+bool pair_schedule_applies(const AttentionParams& p) {
+  if (p.ckv_fp8 || env_is("LCATTN_ATTN_PAIR", "0")) return false;
+  if (env_is("LCATTN_ATTN_PAIR", "1")) return true;
+  return !std::getenv("LCATTN_ATTN_SCHEDULE") && p.splits == 1 && p.S > 1 && max_key_blocks(p) >= 8;
+}
+
 }  // namespace
 
 bool attention_sm90_supported(const AttentionParams& p) { return sm90_takes(p, p.ckv_fp8 != nullptr); }
@@ -528,8 +547,7 @@ int attention_splits(const AttentionParams& p, int num_sms) {
   // split CTA writes and the last reads back a 128 KB fp32 partial: at B = 64 (2 splits filling 128
   // SMs) that traffic made the decode 1.34x slower than one split (H200).
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads);
-  const int max_keys = min(p.window, p.L) + (p.indices ? p.K : (p.ratio > 0 ? p.N : 0));
-  const int blocks = (max_keys + kKeys - 1) / kKeys;
+  const int blocks = max_key_blocks(p);
   // LCATTN_ATTN_SPLITS=n forces n parts (no more than the key blocks), to measure other splits.
   if (const long forced = env_int("LCATTN_ATTN_SPLITS", 0); forced > 0 && ctas > 0)
     return int(std::min<long>(forced, std::max(1, blocks)));
@@ -562,7 +580,7 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
     err = cudaMemsetAsync(combine_counters(p), 0, ctas * sizeof(int), stream);
     if (err != cudaSuccess) return err;
   }
-  if (attention_pair_applies(p))
+  if (pair_schedule_applies(p))
     err = attention_sm90_pair(p, stream);
   else
     err = p.ckv_fp8 ? launch_for_schedule<true>(p, stream) : launch_for_schedule<false>(p, stream);

@@ -9,8 +9,7 @@ bool attention_sm90_supported(const AttentionParams& p);
 cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream);
 
 // Version 6 (attention_sm90_pair.cu): blocks in pairs, one softmax per block; taken by attention_sm90
-// for bf16 entries with LCATTN_ATTN_PAIR=1, off while it is no faster (splits as version 4's).
-bool attention_pair_applies(const AttentionParams& p);
+// for bf16 entries where it measured faster (pair_schedule_applies); its splits write version 4's partials.
 cudaError_t attention_sm90_pair(const AttentionParams& p, cudaStream_t stream);
 
 }  // namespace lcattn

@@ -1,6 +1,7 @@
 // Version 6 of the Hopper attention kernel (SPEC 5; kernel notes): blocks of 64 keys taken in pairs,
-// the schedule of FlashMLA's sparse prefill. LCATTN_ATTN_PAIR=1 (off by default: as fast as version
-// 4 so far); bf16 entries (kv_fp8 calls run version 4, attention_sm90.cu).
+// the schedule of FlashMLA's sparse prefill. The default for bf16 prefill of 8 key blocks or more
+// (pair_schedule_applies in attention_sm90.cu; LCATTN_ATTN_PAIR=0 or 1 overrides); kv_fp8 entries run
+// version 4.
 //
 // One CTA = one query token x 64 heads (x one split of its keys, written as a partial result that
 // attention_sm90 combines, as version 4's), three warpgroups. For the pair of blocks (2i, 2i + 1):
@@ -23,7 +24,6 @@
 #include "attention_sm90.h"
 #include "attention_sm90_common.cuh"
 #include "common/device.h"
-#include "lcattn/switches.h"
 
 namespace lcattn {
 namespace {
@@ -71,12 +71,13 @@ __device__ __forceinline__ void issue_logits_half(float (&s)[32], PairStorage& s
                                                   bool first) {
   mbar_wait(&sm.full[w][h], phase);
   fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
+  const uint64_t q_desc = smem_desc(sm.q + 4 * h * kChunkBytes, 16, 1024);
+  const uint64_t k_desc = smem_desc(sm.k[w] + 4 * h * kChunkBytes, 16, 1024);
   wgmma_fence();
 #pragma unroll
   for (int ks = 0; ks < 16; ++ks) {
-    const int chunk = 4 * h + ks / 4, off = (ks % 4) * 32;
-    wgmma_m64n64k16_ss(s, smem_desc(sm.q + chunk * kChunkBytes + off, 16, 1024),
-                       smem_desc(sm.k[w] + chunk * kChunkBytes + off, 16, 1024), !first || ks > 0);
+    const int at = (ks / 4) * kChunkBytes + (ks % 4) * 32;
+    wgmma_m64n64k16_ss(s, desc_advance(q_desc, at), desc_advance(k_desc, at), !first || ks > 0);
   }
   wgmma_commit();
 }
@@ -98,7 +99,7 @@ __device__ __forceinline__ void rescale(float (&o)[128], float (&l)[2], const fl
 __device__ __forceinline__ void exponentiate(float (&s)[32], const float (&m)[2], float (&l)[2]) {
 #pragma unroll
   for (int i = 0; i < 32; ++i) {
-    s[i] = exp2f(s[i] - max_ref(m[(i % 4) / 2]));
+    s[i] = exp2_ftz(s[i] - max_ref(m[(i % 4) / 2]));
     l[(i % 4) / 2] += s[i];
   }
 }
@@ -126,20 +127,21 @@ __device__ __forceinline__ void store_p(uint8_t* tile, const float (&s)[32], int
 // O[:, dims of half h] += P V[:, dims of half h] for key buffer w, P from registers.
 __device__ __forceinline__ void issue_pv_own(float (&o)[128], const uint32_t (&pa)[4][4], const PairStorage& sm, int w,
                                              int h) {
+  const uint64_t v_desc = smem_desc(sm.k[w] + 4 * h * kChunkBytes, kChunkBytes, 1024);
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk)
-    wgmma_m64n256k16_rs_bmn(o, pa[kk], smem_desc(sm.k[w] + 4 * h * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
+  for (int kk = 0; kk < 4; ++kk) wgmma_m64n256k16_rs_bmn(o, pa[kk], desc_advance(v_desc, kk * 2048), 1);
   wgmma_commit();
 }
 
 // O[:, dims of half h] += P V[:, dims of half h] for key buffer w, P from the other warpgroup's tile.
 __device__ __forceinline__ void issue_pv_other(float (&o)[128], const PairStorage& sm, int w, int h) {
+  const uint64_t p_desc = smem_desc(sm.p[w], 16, 1024);
+  const uint64_t v_desc = smem_desc(sm.k[w] + 4 * h * kChunkBytes, kChunkBytes, 1024);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk)
-    wgmma_m64n256k16_ss_bmn(o, smem_desc(sm.p[w] + kk * 32, 16, 1024),
-                            smem_desc(sm.k[w] + 4 * h * kChunkBytes + kk * 2048, kChunkBytes, 1024), 1);
+    wgmma_m64n256k16_ss_bmn(o, desc_advance(p_desc, kk * 32), desc_advance(v_desc, kk * 2048), 1);
   wgmma_commit();
 }
 
@@ -223,7 +225,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       // Block 2i's softmax against the running maximum; publish the new maximum to WG1.
       float m_new[2] = {m_run[0], m_run[1]}, factor[2];
       scale_logits(sacc, sm.key_bias[0], scale, c0, m_new);
-      for (int h = 0; h < 2; ++h) factor[h] = exp2f(m_run[h] - max_ref(m_new[h]));
+      for (int h = 0; h < 2; ++h) factor[h] = exp2_ftz(m_run[h] - max_ref(m_new[h]));
       rescale(o, l_run, factor);
       exponentiate(sacc, m_new, l_run);
       if (lane % 4 == 0) sm.row_max[0][r0] = m_new[0], sm.row_max[0][r0 + 8] = m_new[1];
@@ -240,7 +242,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       named_barrier_sync(kBarMax1, 256);
       for (int h = 0; h < 2; ++h) {
         const float m_pair = sm.row_max[1][r0 + 8 * h];
-        factor[h] = exp2f(m_new[h] - max_ref(m_pair));
+        factor[h] = exp2_ftz(m_new[h] - max_ref(m_pair));
         m_run[h] = m_pair;
       }
 #pragma unroll
@@ -279,7 +281,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       named_barrier_sync(kBarMax0, 256);
       for (int h = 0; h < 2; ++h) {
         m_new[h] = fmaxf(sm.row_max[0][r0 + 8 * h], m_new[h]);
-        factor[h] = exp2f(m_run[h] - max_ref(m_new[h]));
+        factor[h] = exp2_ftz(m_run[h] - max_ref(m_new[h]));
       }
       rescale(o, l_run, factor);
       exponentiate(sacc, m_new, l_run);
@@ -319,8 +321,6 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
 }
 
 }  // namespace
-
-bool attention_pair_applies(const AttentionParams& p) { return !p.ckv_fp8 && env_is("LCATTN_ATTN_PAIR", "1"); }
 
 cudaError_t attention_sm90_pair(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;

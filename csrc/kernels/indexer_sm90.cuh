@@ -30,10 +30,11 @@ struct Elem {
 // the pair's 128 head rows (no fence or commit: the callers group them).
 template <int kElemBytes>
 __device__ __forceinline__ void tile_products(float (&acc)[64], const uint8_t* keys, const uint8_t* q, int key_row0) {
+  const uint64_t keys_desc = smem_desc(keys + key_row0 * 128, 16, 1024), q_desc = smem_desc(q, 16, 1024);
 #pragma unroll
   for (int ks = 0; ks < Elem<kElemBytes>::kSteps; ++ks) {
-    const uint64_t desc_keys = smem_desc(keys + (ks / 4) * kKeyChunkBytes + key_row0 * 128 + (ks % 4) * 32, 16, 1024);
-    const uint64_t desc_q = smem_desc(q + (ks / 4) * kPairChunkBytes + (ks % 4) * 32, 16, 1024);
+    const uint64_t desc_keys = desc_advance(keys_desc, (ks / 4) * kKeyChunkBytes + (ks % 4) * 32);
+    const uint64_t desc_q = desc_advance(q_desc, (ks / 4) * kPairChunkBytes + (ks % 4) * 32);
     if constexpr (kElemBytes == 2)
       wgmma_m64n128k16_ss(acc, desc_keys, desc_q, ks > 0);
     else

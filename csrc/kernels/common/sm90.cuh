@@ -100,6 +100,14 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t lead, uint
          uint64_t((stride >> 4) & 0x3FFF) << 32 | uint64_t(1) << 62;
 }
 
+// The descriptor of the operand `bytes` (a multiple of 16) further on in shared memory. Only the start
+// address field (bits 0-13, address / 16) moves, and it cannot carry into the next field (shared
+// addresses stay below 256 KB): one 32-bit add a k-step where rebuilding the descriptor takes about
+// seven instructions and a move to a uniform register.
+__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
+  return (desc & ~uint64_t(0xFFFFFFFFu)) | uint32_t(uint32_t(desc) + (bytes >> 4));
+}
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int kPending>
