@@ -424,8 +424,9 @@ def test_hopper_rescale_slack_cuda(monkeypatch, schedule, B, S, H, K, N, q_start
 
 
 # Switches of the Hopper kernel that leave its result's bits as they are: environment variable ->
-# the forms of the entries it is tested on.
-BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": ["bf16", "kv_fp8"]}
+# the kernels it is tested on: bf16 entries by keys (version 7), kv_fp8 ones by dims (version 4), bf16
+# entries on version 6 ("pair").
+BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": ["bf16", "kv_fp8", "pair"], "LCATTN_ATTN_LATE_ROPE": ["pair"]}
 
 
 @pytest.mark.cuda
@@ -436,14 +437,15 @@ BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": ["bf16", "kv_fp8"]}
 @pytest.mark.parametrize("switch,entries", [(name, e) for name, forms in BITWISE_SWITCHES.items() for e in forms])
 def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, N, q_start, kv_start, L, splits):
     """The switches that move data, not arithmetic, give the same bits off (0) and on (1):
-    LCATTN_ATTN_STAGED_OUT (one split's O out through shared memory in 16-byte pieces), in prefill and
-    decode, at positions whose angles take sincosf's slow path, with the default splits, with one (the
-    staged path at decode too) and with 3 (the partials and the fused combine, the same either way),
-    on bf16 entries (by keys) and kv_fp8 ones (by dims); and the kernels that ran."""
-    for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK",
-                 *BITWISE_SWITCHES):
+    LCATTN_ATTN_STAGED_OUT (one split's O out through shared memory in 16-byte pieces) and, on version
+    6, LCATTN_ATTN_LATE_ROPE (the RoPE table built after the set-up barrier), in prefill and decode, at
+    positions whose angles take sincosf's slow path, with the default splits, with one (the staged
+    path at decode too) and with 3 (the partials and the fused combine, the same either way), on bf16
+    entries (by keys, and on version 6) and kv_fp8 ones (by dims); and the kernels that ran."""
+    for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK", *BITWISE_SWITCHES):
         monkeypatch.delenv(name, raising=False)  # each form's default kernel, the one switch under test
-    monkeypatch.setenv("LCATTN_ATTN_PAIR", "0")  # the switch is version 7's and 4's (prefill takes 6)
+    pair = entries == "pair"
+    monkeypatch.setenv("LCATTN_ATTN_PAIR", "1" if pair else "0")  # else prefill of 8 blocks takes version 6
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
     values = ckv  # the entries' values: bf16, or kv_fp8 entries dequantized
@@ -452,14 +454,18 @@ def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, 
         values = ops.dequantize_kv_fp8(ckv, 512, 64)
     idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
     fp8 = entries == "kv_fp8"
+    flag = {False: "false", True: "true"}
     results = []
     for on in (False, True):
         monkeypatch.setenv(switch, "1" if on else "0")
         out, kernels = run_and_kernels(lambda: ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f))
-        if kernels:
+        if kernels and pair:  # attention_sm90_pair_kernel<staged output, late table>
+            staged, late = (on, False) if switch == "LCATTN_ATTN_STAGED_OUT" else (False, on)
+            assert f"attention_sm90_pair_kernel<{flag[staged]}, {flag[late]}>" in kernels, kernels
+        elif kernels:
             assert ran_sm90_kernel(kernels, fp8, "dims" if fp8 else "keys", staged_out=on), kernels
-            if splits == "3":  # at most 4 splits combine in the last CTA of each query
-                assert "attention_combine_kernel" not in kernels, kernels
+        if kernels and splits == "3":  # at most 4 splits combine in the last CTA of each query
+            assert "attention_combine_kernel" not in kernels, kernels
         results.append(out)
     switched_off, switched_on = results
     assert torch.equal(switched_off[0], switched_on[0]) and torch.equal(switched_off[1], switched_on[1])

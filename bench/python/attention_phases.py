@@ -22,7 +22,9 @@ blocks followed by another): its keys arrived, its logits done, the maxima excha
 tile, its P.V done, the next block's keys arrived; with --pair per pair of blocks (PAIR_PROBES). The
 driver sets LCATTN_ATTN_PAIR to 1 for --pair, else to 0, and clears LCATTN_ATTN_SCHEDULE (other
 kernels, or no per-block stamps); LCATTN_ATTN_STAGED_OUT=0 in the
-environment times the kernel with 4-byte output stores (by keys, O goes out through shared memory).
+environment times the kernel with 4-byte output stores (by keys, O goes out through shared memory),
+and with --pair LCATTN_ATTN_STAGED_OUT=1 and LCATTN_ATTN_LATE_ROPE=1 time version 6 with the output
+through shared memory and the table built after the set-up barrier.
 """
 import argparse
 
@@ -83,8 +85,8 @@ PROBES = [
 # its own P.V done, WG1's pair maximum arrived, WG1's P arrived; the next pair's logits done.
 PAIR_PROBES = [
     PROBES[0], PROBES[1],
-    ("  fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n",
-     "  fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n  PROBE(1, 0);\n"
+    ("  if constexpr (!kLateTable) fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n",
+     "  if constexpr (!kLateTable) fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n  PROBE(1, 0);\n"
      "  PUT(7, 0, (unsigned long long)(range.last - range.first));\n"),
     ("    load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address\n",
      "    load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address\n"
@@ -108,6 +110,8 @@ PAIR_PROBES = [
      "  PROBE(4, 0);\n"
      "  // The row sums: over the quad, then both warpgroups' added in one order (both hold the same).\n"),
     PROBES[-2],
+    ("kBarStaged + wg);\n      return;\n",
+     "kBarStaged + wg);\n      PROBE(5, 0);\n      PUT(11, 0, clock64());\n      return;\n"),
 ]
 
 DRIVER = r"""

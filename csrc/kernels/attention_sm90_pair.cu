@@ -24,6 +24,7 @@
 #include "attention_sm90.h"
 #include "attention_sm90_common.cuh"
 #include "common/device.h"
+#include "lcattn/switches.h"
 
 namespace lcattn {
 namespace {
@@ -46,7 +47,8 @@ static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may h
 
 // Named barriers (0 is __syncthreads) between the two math warpgroups (256 threads): one arrives,
 // the other waits.
-enum : int { kBarMax0 = 1, kBarMax1 = 2, kBarP0 = 3, kBarP1 = 4, kBarSums = 5, kBarCombine = 6 };
+// kBarStaged + w: math warpgroup w's own 128 threads (the staged output).
+enum : int { kBarMax0 = 1, kBarMax1 = 2, kBarP0 = 3, kBarP1 = 4, kBarSums = 5, kBarCombine = 6, kBarStaged = 7 };
 
 // Producer: half h (dims 256h .. 256h + 255, chunks 4h .. 4h + 3) of a key buffer's 64 rows, by the
 // 128 producer threads: thread t copies 16-byte unit t % 8 of each 128-byte chunk row of its rows
@@ -145,6 +147,11 @@ __device__ __forceinline__ void issue_pv_other(float (&o)[128], const PairStorag
   wgmma_commit();
 }
 
+// kStagedOut: a one-split output through shared memory (write_rows_staged, in Q's place) instead of
+// 4-byte stores. kLateTable: the RoPE table built by math warp 0 after the set-up barrier, while Q
+// loads, instead of before it. Both off by default (LCATTN_ATTN_STAGED_OUT=1, LCATTN_ATTN_LATE_ROPE=1),
+// as version 7 has them.
+template <bool kStagedOut, bool kLateTable>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const AttentionParams p) {
   extern __shared__ uint8_t smem_raw[];
   // Aligned by pointer arithmetic on the shared array, so accesses stay LDS/STS (kernel notes).
@@ -165,7 +172,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     }
     fence_barrier_init();
   }
-  fill_unrotate(sm.unrotate, p, work.pos);
+  if constexpr (!kLateTable) fill_unrotate(sm.unrotate, p, work.pos);
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
@@ -203,6 +210,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
 
   // ------------------------------------------------------------------------------------ math
   reg_alloc<216>();
+  // kLateTable: threads 0 .. rope_dim / 2 - 1 (math warp 0); the row sums' barrier after the pairs,
+  // which every CTA meets, orders it before the epilogue's and the fused combine's reads.
+  if constexpr (kLateTable) fill_unrotate(sm.unrotate, p, work.pos);
   const int r0 = warp * 16 + lane / 4;  // this thread's rows r0 and r0 + 8 of every accumulator
   const int c0 = (lane % 4) * 2;        // and columns c0, c0 + 1 of every 8-column block
   const float scale = p.scale * kLog2e;
@@ -314,22 +324,38 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
   named_barrier_sync(kBarSums, 256);
   const int64_t head0 = work.row * p.H + work.group * kHeads;  // flat (row, head) of accumulator row 0
   const float sums[2] = {sm.row_sum[0][r0] + sm.row_sum[1][r0], sm.row_sum[0][r0 + 8] + sm.row_sum[1][r0 + 8]};
+  if constexpr (kStagedOut) {
+    if (p.splits == 1) {  // in WG w's 32 KB half of Q: both warpgroups' logits are done (the sums' barrier)
+      write_rows_staged(p, o, m_run, sums, head0, p.sink + work.group * kHeads, r0, c0, wg, wg == 0 && lane % 4 == 0,
+                        sm.unrotate, sm.q + wg * (kChunks / 2) * kChunkBytes, kBarStaged + wg);
+      return;
+    }
+  }
   write_rows(p, o, m_run, sums, head0, p.sink + work.group * kHeads, work.split, r0, 256 * wg + c0,
              wg == 0 && lane % 4 == 0, sm.unrotate);
   if (p.splits > 1 && p.fused_combine)
     combine_if_last(p, sm.last_split, sm.unrotate, work.cta, head0, kBarSums, kBarCombine);
 }
 
-}  // namespace
-
-cudaError_t attention_sm90_pair(const AttentionParams& p, cudaStream_t stream) {
+template <bool kStagedOut, bool kLateTable>
+cudaError_t launch_pair(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const cudaError_t err =
-      allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(attention_sm90_pair_kernel), kSmemBytes);
+  const auto kernel = attention_sm90_pair_kernel<kStagedOut, kLateTable>;
+  const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
-  attention_sm90_pair_kernel<<<unsigned(ctas), kThreads, kSmemBytes, stream>>>(p);
+  kernel<<<unsigned(ctas), kThreads, kSmemBytes, stream>>>(p);
   return cudaGetLastError();
+}
+
+}  // namespace
+
+// The staged output needs p.out 16-byte aligned (the ops allocate it so), as version 7's.
+cudaError_t attention_sm90_pair(const AttentionParams& p, cudaStream_t stream) {
+  const bool staged = env_is("LCATTN_ATTN_STAGED_OUT", "1") && reinterpret_cast<uintptr_t>(p.out) % 16 == 0;
+  const bool late = env_is("LCATTN_ATTN_LATE_ROPE", "1");
+  if (staged) return late ? launch_pair<true, true>(p, stream) : launch_pair<true, false>(p, stream);
+  return late ? launch_pair<false, true>(p, stream) : launch_pair<false, false>(p, stream);
 }
 
 }  // namespace lcattn
