@@ -11,7 +11,8 @@ On a GPU machine, from the repository root:
 
 Needs nvcc. The stamps go in by matching lines of the kernel's source: an edit there that moves one
 of them is an error here, to be mended in PROBES. Stamps (slot: thread, where): 0: 0, entry;
-1: 0, after the set-up barrier (mbarriers; the RoPE table too by dims, by keys it is in 2); 2: 0, Q
+1: 0, after the set-up barrier (mbarriers; the RoPE table too by dims and in version 6, by keys and
+with version 6's LCATTN_ATTN_LATE_ROPE=1 it is in 2); 2: 0, Q
 arrived; 3: 0, first block arrived;
 4: 0, last block's P.V done; 5: 0, its output stores issued; 8: 256 (producer), Q's copies issued;
 9: 256, the first block's copies issued. Slot 6 holds the SM, slot 7 the CTA's blocks, 10 and 11

@@ -149,8 +149,8 @@ __device__ __forceinline__ void issue_pv_other(float (&o)[128], const PairStorag
 
 // kStagedOut: a one-split output through shared memory (write_rows_staged, in Q's place) instead of
 // 4-byte stores. kLateTable: the RoPE table built by math warp 0 after the set-up barrier, while Q
-// loads, instead of before it. Both off by default (LCATTN_ATTN_STAGED_OUT=1, LCATTN_ATTN_LATE_ROPE=1),
-// as version 7 has them.
+// loads, instead of before it. Version 7 by keys has both; here they are off unless
+// LCATTN_ATTN_STAGED_OUT=1 and LCATTN_ATTN_LATE_ROPE=1 (not yet measured).
 template <bool kStagedOut, bool kLateTable>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const AttentionParams p) {
   extern __shared__ uint8_t smem_raw[];
