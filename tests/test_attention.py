@@ -1,8 +1,6 @@
 """sparse_attn and dense_attn (SPEC 5) against the fp32 reference."""
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -461,9 +459,9 @@ def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, 
     for on in (False, True):
         monkeypatch.setenv(switch, "1" if on else "0")
         out, kernels = run_and_kernels(lambda: ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f))
-        if kernels and pair:  # attention_sm90_pair_kernel<staged output, late table, L2 hints>
+        if kernels and pair:  # attention_sm90_pair_kernel<staged output, late table>
             staged, late = (on, False) if switch == "LCATTN_ATTN_STAGED_OUT" else (False, on)
-            assert f"attention_sm90_pair_kernel<{flag[staged]}, {flag[late]}, false>" in kernels, kernels
+            assert f"attention_sm90_pair_kernel<{flag[staged]}, {flag[late]}>" in kernels, kernels
         elif kernels:
             assert ran_sm90_kernel(kernels, fp8, "dims" if fp8 else "keys", staged_out=on), kernels
         if kernels and splits == "3":  # at most 4 splits combine in the last CTA of each query
@@ -669,40 +667,3 @@ def test_bad_input_is_rejected(device):
         ops.dense_attn(q, kv, kvs, qs, ckv.half(), sink, f, ratio=4)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] dense_attn: q must be contiguous"):
         ops.dense_attn(q.transpose(1, 2), kv, kvs, qs, ckv, sink, f, ratio=4)
-
-
-# The child of test_hopper_pair_l2_hints_cuda: version 6 without and with LCATTN_ATTN_L2_HINTS=1 on a
-# prefill and a decode case (one split), the same bits, the reference's result, the kernel that ran.
-L2_HINTS_CHILD = """
-import os, sys, torch
-sys.path.insert(0, sys.argv[1])
-import test_attention as t
-from lcattn import ops, reference
-os.environ["LCATTN_ATTN_PAIR"], os.environ["LCATTN_ATTN_SPLITS"] = "1", "1"
-for case in (t.HOPPER_CASES[0], t.HOPPER_CASES[2]):
-    B, S, H, K, N, q_start, kv_start, L = case
-    q, kv, kvs, qs, ckv, sink, f = t.make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
-    idx = t.random_indices(B, S, K, N, "cuda", invalid=0.2)
-    results = []
-    for hints in ("0", "1"):
-        os.environ["LCATTN_ATTN_L2_HINTS"] = hints
-        out, kernels = t.run_and_kernels(lambda: ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f))
-        name = "attention_sm90_pair_kernel<false, false, " + ("true>" if hints == "1" else "false>")
-        assert not kernels or name in kernels, kernels
-        results.append(out)
-    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
-    t.check(*results[1], *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
-print("ok")
-"""
-
-
-@pytest.mark.cuda
-def test_hopper_pair_l2_hints_cuda():
-    """Version 6 with LCATTN_ATTN_L2_HINTS=1 (its key copies under an evict-last L2 policy, with 256-byte
-    fetches) gives the default's bits and the reference's result, in prefill and decode. In a child
-    process: such hinted copies once raised illegal-instruction faults here, which would end this
-    process's CUDA context for every later test."""
-    child = subprocess.run([sys.executable, "-c", L2_HINTS_CHILD, os.path.dirname(os.path.abspath(__file__))],
-                           capture_output=True, text=True, timeout=600)
-    assert child.returncode == 0 and child.stdout.strip().endswith("ok"), child.stdout[-2000:] + child.stderr[-4000:]
-

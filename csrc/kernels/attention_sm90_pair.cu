@@ -54,17 +54,14 @@ enum : int { kBarMax0 = 1, kBarMax1 = 2, kBarP0 = 3, kBarP1 = 4, kBarSums = 5, k
 // 128 producer threads: thread t copies 16-byte unit t % 8 of each 128-byte chunk row of its rows
 // 4 (t / 8) .. + 3, whose sources (null: absent, zero-filled from `any`) it looked up itself, so
 // that a warp's copy is 4 rows x 128 contiguous bytes and no address crosses lanes; 16 copies a
-// thread. With h = 0 the threads of unit 0 set their rows' bias. kL2Hints: the copies under the
-// evict-last `policy`, with 256-byte L2 fetches (FlashMLA's copies of its gathered rows).
-template <bool kL2Hints>
+// thread. With h = 0 the threads of unit 0 set their rows' bias.
 __device__ __forceinline__ void load_half(uint8_t* tile, int t, int h, const bf16* const (&rows)[4], const bf16* any,
-                                          float* bias, uint64_t policy) {
+                                          float* bias) {
   const int unit = t % 8, row0 = 4 * (t / 8);
 #pragma unroll
   for (int r = 0; r < 4; ++r)
 #pragma unroll
-    for (int c = 0; c < 4; ++c)
-      copy_row_unit<bf16, kL2Hints>(tile, row0 + r, (4 * h + c) * 8 + unit, rows[r], any, policy);
+    for (int c = 0; c < 4; ++c) copy_row_unit(tile, row0 + r, (4 * h + c) * 8 + unit, rows[r], any);
   if (h == 0 && unit == 0)
 #pragma unroll
     for (int r = 0; r < 4; ++r) bias[row0 + r] = rows[r] ? 0.f : -INFINITY;
@@ -153,10 +150,8 @@ __device__ __forceinline__ void issue_pv_other(float (&o)[128], const PairStorag
 // kStagedOut: a one-split output through shared memory (write_rows_staged, in Q's place) instead of
 // 4-byte stores. kLateTable: the RoPE table built by math warp 0 after the set-up barrier, while Q
 // loads, instead of before it. Version 7 by keys has both; here they are off unless
-// LCATTN_ATTN_STAGED_OUT=1 and LCATTN_ATTN_LATE_ROPE=1 (not yet measured). kL2Hints
-// (LCATTN_ATTN_L2_HINTS=1, not yet run): the key rows' copies keep their lines in L2 (evict-last) and
-// fetch 256 bytes, as FlashMLA's.
-template <bool kStagedOut, bool kLateTable, bool kL2Hints>
+// LCATTN_ATTN_STAGED_OUT=1 and LCATTN_ATTN_LATE_ROPE=1 (not yet measured).
+template <bool kStagedOut, bool kLateTable>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const AttentionParams p) {
   extern __shared__ uint8_t smem_raw[];
   // Aligned by pointer arithmetic on the shared array, so accesses stay LDS/STS (kernel notes).
@@ -198,14 +193,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       }
     };
     const bf16* rows[2][4];
-    const uint64_t policy = kL2Hints ? l2_evict_last_policy() : 0;
     if (pairs > 0) look_up(0, rows);
     for (int it = 0; it < pairs; ++it) {
 #pragma unroll
       for (int step = 0; step < 4; ++step) {  // in the order the halves are freed: (0, 0), (1, 1), (0, 1), (1, 0)
         const int w = step % 2, h = (step + step / 2) % 2;
         if (it > 0) mbar_wait(&sm.empty[w][h], (it - 1) & 1);
-        load_half<kL2Hints>(sm.k[w], t, h, rows[w], q, sm.key_bias[w], policy);
+        load_half(sm.k[w], t, h, rows[w], q, sm.key_bias[w]);
         mbar_arrive_cp_async(&sm.full[w][h]);
         if (h == 0 && t % 8 == 0) mbar_arrive(&sm.full[w][0]);
       }
@@ -343,21 +337,15 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     combine_if_last(p, sm.last_split, sm.unrotate, work.cta, head0, kBarSums, kBarCombine);
 }
 
-template <bool kStagedOut, bool kLateTable, bool kL2Hints>
+template <bool kStagedOut, bool kLateTable>
 cudaError_t launch_pair(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_pair_kernel<kStagedOut, kLateTable, kL2Hints>;
+  const auto kernel = attention_sm90_pair_kernel<kStagedOut, kLateTable>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
   if (err != cudaSuccess) return err;
   const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
   kernel<<<unsigned(ctas), kThreads, kSmemBytes, stream>>>(p);
   return cudaGetLastError();
-}
-
-template <bool kStagedOut, bool kLateTable>
-cudaError_t launch_pair_hints(const AttentionParams& p, cudaStream_t stream) {
-  return env_is("LCATTN_ATTN_L2_HINTS", "1") ? launch_pair<kStagedOut, kLateTable, true>(p, stream)
-                                             : launch_pair<kStagedOut, kLateTable, false>(p, stream);
 }
 
 }  // namespace
@@ -366,8 +354,8 @@ cudaError_t launch_pair_hints(const AttentionParams& p, cudaStream_t stream) {
 cudaError_t attention_sm90_pair(const AttentionParams& p, cudaStream_t stream) {
   const bool staged = env_is("LCATTN_ATTN_STAGED_OUT", "1") && reinterpret_cast<uintptr_t>(p.out) % 16 == 0;
   const bool late = env_is("LCATTN_ATTN_LATE_ROPE", "1");
-  if (staged) return late ? launch_pair_hints<true, true>(p, stream) : launch_pair_hints<true, false>(p, stream);
-  return late ? launch_pair_hints<false, true>(p, stream) : launch_pair_hints<false, false>(p, stream);
+  if (staged) return late ? launch_pair<true, true>(p, stream) : launch_pair<true, false>(p, stream);
+  return late ? launch_pair<false, true>(p, stream) : launch_pair<false, false>(p, stream);
 }
 
 }  // namespace lcattn
