@@ -490,27 +490,28 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
 
 template <bool kFp8Entries, Schedule kSchedule, bool kStagedOut>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
-  static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule, kStagedOut>;
-  const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
-  if (err != cudaSuccess) return err;
-  const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
-  kernel<<<unsigned(ctas), kThreads, kSmemBytes, stream>>>(p);
-  return cudaSuccess;
+  static PerDevice<cudaError_t> allowed;
+  return launch_per_item(attention_sm90_kernel<kFp8Entries, kSchedule, kStagedOut>, allowed, kThreads, kSmemBytes, p,
+                         stream);
+}
+
+// The one-split output through shared memory in 16-byte pieces (write_rows_staged): on by default where
+// it measured faster (by_default), LCATTN_ATTN_STAGED_OUT=1 or 0 turns it on or off. Read per call.
+// Its 16-byte stores need p.out 16-byte aligned (the ops allocate it; a C++ caller may not).
+bool stages_output(const AttentionParams& p, bool by_default) {
+  const bool on = by_default ? !env_is("LCATTN_ATTN_STAGED_OUT", "0") : env_is("LCATTN_ATTN_STAGED_OUT", "1");
+  return on && reinterpret_cast<uintptr_t>(p.out) % 16 == 0;
 }
 
 // The math warpgroups' schedule: by keys for bf16 entries, by dims for kv_fp8 entries, where keys
-// measured 2-4% slower (H100); LCATTN_ATTN_SCHEDULE=keys or dims picks one. The output through shared
-// memory: by keys (1.00-1.11x on the bf16 sparse rows, H100), not by dims (kv_fp8 rows 0.98-1.02x, with
-// more spills in their producer); LCATTN_ATTN_STAGED_OUT=1 or 0 picks it or not. Both read per call.
-// Its 16-byte stores need p.out 16-byte aligned (the ops allocate it; a C++ caller may not).
+// measured 2-4% slower (H100); LCATTN_ATTN_SCHEDULE=keys or dims picks one (read per call). The output
+// through shared memory by default by keys (1.00-1.11x on the bf16 sparse rows, H100), not by dims
+// (kv_fp8 rows 0.98-1.02x, with more spills in their producer).
 template <bool kFp8Entries>
 cudaError_t launch_for_schedule(const AttentionParams& p, cudaStream_t stream) {
   const bool by_keys =
       env_is("LCATTN_ATTN_SCHEDULE", "keys") || (!kFp8Entries && !env_is("LCATTN_ATTN_SCHEDULE", "dims"));
-  const bool staged = (by_keys ? !env_is("LCATTN_ATTN_STAGED_OUT", "0") : env_is("LCATTN_ATTN_STAGED_OUT", "1")) &&
-                      reinterpret_cast<uintptr_t>(p.out) % 16 == 0;
-  if (staged)
+  if (stages_output(p, by_keys))
     return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, true>(p, stream)
                    : launch_attention_sm90<kFp8Entries, Schedule::kDims, true>(p, stream);
   return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, false>(p, stream)
@@ -546,7 +547,7 @@ int attention_splits(const AttentionParams& p, int num_sms) {
   // SMs, into parts of at least two blocks (so each part still overlaps a load with the math). Each
   // split CTA writes and the last reads back a 128 KB fp32 partial: at B = 64 (2 splits filling 128
   // SMs) that traffic made the decode 1.34x slower than one split (H200).
-  const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads);
+  const int64_t ctas = head_group_items(p);
   const int blocks = max_key_blocks(p);
   // LCATTN_ATTN_SPLITS=n forces n parts (no more than the key blocks), to measure other splits.
   if (const long forced = env_int("LCATTN_ATTN_SPLITS", 0); forced > 0 && ctas > 0)
@@ -557,7 +558,7 @@ int attention_splits(const AttentionParams& p, int num_sms) {
 
 int64_t attention_workspace_floats(const AttentionParams& p) {
   if (p.splits <= 1) return 0;
-  const int64_t counters = p.fused_combine ? int64_t(p.B) * p.S * (p.H / kHeads) : 0;  // one int each
+  const int64_t counters = p.fused_combine ? head_group_items(p) : 0;  // one int each
   return partial_floats(p) + counters;
 }
 
@@ -576,12 +577,11 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
   if (p.fused_combine && p.splits > kMaxFusedSplits) return cudaErrorInvalidValue;  // its loop holds 4
   cudaError_t err = cudaSuccess;
   if (p.splits > 1 && p.fused_combine) {  // the arrival counters after the partials start at zero
-    const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads);
-    err = cudaMemsetAsync(combine_counters(p), 0, ctas * sizeof(int), stream);
+    err = cudaMemsetAsync(combine_counters(p), 0, head_group_items(p) * sizeof(int), stream);
     if (err != cudaSuccess) return err;
   }
-  if (pair_schedule_applies(p))
-    err = attention_sm90_pair(p, stream);
+  if (pair_schedule_applies(p))  // its output through shared memory and late table: off unless asked for
+    err = attention_sm90_pair(p, stages_output(p, false), env_is("LCATTN_ATTN_LATE_ROPE", "1"), stream);
   else
     err = p.ckv_fp8 ? launch_for_schedule<true>(p, stream) : launch_for_schedule<false>(p, stream);
   if (err != cudaSuccess) return err;

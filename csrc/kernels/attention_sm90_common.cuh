@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_bf16.h>
 
+#include "common/device.h"
 #include "common/sm90.cuh"
 #include "lcattn/shared_math.h"
 
@@ -38,6 +39,22 @@ struct CtaWork {
     pos = p.q_start[b] + int(row % p.S);
   }
 };
+
+// The (query row, head group) items of a call; a CTA each per split.
+__host__ __device__ inline int64_t head_group_items(const AttentionParams& p) {
+  return int64_t(p.B) * p.S * (p.H / kHeads);
+}
+
+// Launches an attention kernel of `threads` threads on a CTA per item and split, with `smem_bytes` of
+// dynamic shared memory (allowed once per device; `allowed` is the call site's own).
+template <typename Kernel>
+cudaError_t launch_per_item(Kernel kernel, PerDevice<cudaError_t>& allowed, int threads, int smem_bytes,
+                            const AttentionParams& p, cudaStream_t stream) {
+  const cudaError_t err = allow_dynamic_smem(allowed, reinterpret_cast<const void*>(kernel), smem_bytes);
+  if (err != cudaSuccess) return err;
+  kernel<<<unsigned(head_group_items(p) * p.splits), threads, smem_bytes, stream>>>(p);
+  return cudaGetLastError();
+}
 
 // With several splits the workspace holds the partials [splits, B * S * H, kPartStride], then (fused
 // combine) one arrival counter per (query row, head group).

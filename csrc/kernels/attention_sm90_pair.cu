@@ -24,7 +24,6 @@
 #include "attention_sm90.h"
 #include "attention_sm90_common.cuh"
 #include "common/device.h"
-#include "lcattn/switches.h"
 
 namespace lcattn {
 namespace {
@@ -149,8 +148,8 @@ __device__ __forceinline__ void issue_pv_other(float (&o)[128], const PairStorag
 
 // kStagedOut: a one-split output through shared memory (write_rows_staged, in Q's place) instead of
 // 4-byte stores. kLateTable: the RoPE table built by math warp 0 after the set-up barrier, while Q
-// loads, instead of before it. Version 7 by keys has both; here they are off unless
-// LCATTN_ATTN_STAGED_OUT=1 and LCATTN_ATTN_LATE_ROPE=1 (not yet measured).
+// loads, instead of before it. Version 7 by keys has both; here the dispatch (attention_sm90) takes
+// them only with LCATTN_ATTN_STAGED_OUT=1 and LCATTN_ATTN_LATE_ROPE=1 (not yet measured).
 template <bool kStagedOut, bool kLateTable>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const AttentionParams p) {
   extern __shared__ uint8_t smem_raw[];
@@ -339,23 +338,15 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
 
 template <bool kStagedOut, bool kLateTable>
 cudaError_t launch_pair(const AttentionParams& p, cudaStream_t stream) {
-  static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = attention_sm90_pair_kernel<kStagedOut, kLateTable>;
-  const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes);
-  if (err != cudaSuccess) return err;
-  const int64_t ctas = int64_t(p.B) * p.S * (p.H / kHeads) * p.splits;
-  kernel<<<unsigned(ctas), kThreads, kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  static PerDevice<cudaError_t> allowed;
+  return launch_per_item(attention_sm90_pair_kernel<kStagedOut, kLateTable>, allowed, kThreads, kSmemBytes, p, stream);
 }
 
 }  // namespace
 
-// The staged output needs p.out 16-byte aligned (the ops allocate it so), as version 7's.
-cudaError_t attention_sm90_pair(const AttentionParams& p, cudaStream_t stream) {
-  const bool staged = env_is("LCATTN_ATTN_STAGED_OUT", "1") && reinterpret_cast<uintptr_t>(p.out) % 16 == 0;
-  const bool late = env_is("LCATTN_ATTN_LATE_ROPE", "1");
-  if (staged) return late ? launch_pair<true, true>(p, stream) : launch_pair<true, false>(p, stream);
-  return late ? launch_pair<false, true>(p, stream) : launch_pair<false, false>(p, stream);
+cudaError_t attention_sm90_pair(const AttentionParams& p, bool staged_out, bool late_table, cudaStream_t stream) {
+  if (staged_out) return late_table ? launch_pair<true, true>(p, stream) : launch_pair<true, false>(p, stream);
+  return late_table ? launch_pair<false, true>(p, stream) : launch_pair<false, false>(p, stream);
 }
 
 }  // namespace lcattn
