@@ -12,7 +12,8 @@
 // and a write two barriers after the last read of the round before.) Variants:
 //   0  as above                                     -> clean if racecheck follows arrive -> sync
 //   1  without barrier 2 (WG0's read of max1 races with WG1's write) -> a real race: to be flagged
-//   2  as 0, every barrier a bar.sync of both warpgroups (no arrive) -> clean
+//   2  as 0, every barrier a bar.sync of both warpgroups (no arrive), WG1 meeting 3 before 4 as WG0
+//      does                                          -> clean
 // Each variant prints the sum of what WG0 read (the same in 0 and 2).
 #include <cstdio>
 #include <cstdlib>
@@ -48,8 +49,13 @@ __global__ void __launch_bounds__(256, 1) probe(float* out) {
       const float m = max0[row];
       if (lane % 4 == 0) max1[row] = m + 1.f;
       if (V != 1) arrive(2);
-      arrive(4);
-      named_barrier_sync(3, 256);
+      if (V == 2) {  // every barrier a sync of both: barrier 3 before 4, as WG0 meets them
+        named_barrier_sync(3, 256);
+        named_barrier_sync(4, 256);
+      } else {
+        arrive(4);
+        named_barrier_sync(3, 256);
+      }
     }
   }
   if (wg == 0) atomicAdd(out, seen);

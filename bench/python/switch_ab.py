@@ -1,0 +1,79 @@
+"""A/B of dispatch switches on the driver's cases, with the settings interleaved: every case is timed
+under each setting in turn, for several rounds, on the same input sets, so a drift of clocks or of
+the GPU's state over the run falls on all settings alike (the driver's --switch times the reference
+first, then each switch). Prints each setting's median over the rounds, its spread (min-max) and
+its ratio to the first setting (above 1: faster than the first).
+
+    python bench/python/switch_ab.py --ops sparse_attn,dense_attn --match prefill \\
+        --setting "" --setting "LCATTN_ATTN_STAGED_OUT=1 LCATTN_ATTN_LATE_ROPE=1" [--rounds 5]
+
+A setting is a space-separated list of NAME=VALUE; "" is the environment as it is. The switches
+must be read per call (the dispatch's are).
+"""
+import argparse
+import os
+import statistics
+
+import torch
+from run import FAMILIES  # bench/python/, beside this script
+
+from lcattn.testing.bench import median_ms, rotated
+
+
+def parse_setting(text: str) -> dict:
+    pairs = [item.partition("=") for item in text.split()]
+    if any(not name or not sep for name, sep, _ in pairs):
+        raise SystemExit(f"--setting takes NAME=VALUE ..., got {text!r}")
+    return {name: value for name, _, value in pairs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ops", default="sparse_attn,dense_attn", help=f"comma list of {', '.join(FAMILIES)}")
+    parser.add_argument("--match", default="", help="only the cases whose name holds this text")
+    parser.add_argument("--setting", action="append", required=True, help="NAME=VALUE ...; repeat, at least 2")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=10, help="timed calls per setting and round")
+    parser.add_argument("--quick", action="store_true", help="the driver's quick cases")
+    args = parser.parse_args()
+    settings = [parse_setting(s) for s in args.setting]
+    if len(settings) < 2:
+        parser.error("give at least two --setting")
+    names = sorted({name for s in settings for name in s})
+    base = {name: os.environ.get(name) for name in names}
+    unknown = set(args.ops.split(",")) - set(FAMILIES)
+    if unknown:
+        parser.error(f"unknown --ops {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
+    print(f"{torch.cuda.get_device_name()}; settings: " + " | ".join(s or "(as is)" for s in args.setting))
+    for family in args.ops.split(","):
+        for op, case, _, nbytes, make, *_ in FAMILIES[family](args.quick):
+            if args.match not in case:
+                continue
+            fns = rotated(make, max(nbytes, 1))
+            times = [[] for _ in settings]
+            for _ in range(args.rounds):
+                for i, setting in enumerate(settings):
+                    for name in names:  # each setting on top of the environment as it was
+                        value = setting.get(name, base[name])
+                        if value is None:
+                            os.environ.pop(name, None)
+                        else:
+                            os.environ[name] = value
+                    times[i].append(median_ms(fns, args.reps))
+            del fns
+            torch.cuda.empty_cache()
+            first = statistics.median(times[0])
+            cells = []
+            for t in times:
+                m = statistics.median(t)
+                cells.append(f"{m:.4f} ms [{min(t):.4f}-{max(t):.4f}] {first / m:.3f}x")
+            print(f"{op} {case}: " + " | ".join(cells), flush=True)
+    for name, value in base.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+if __name__ == "__main__":
+    main()
