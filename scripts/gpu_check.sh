@@ -70,7 +70,9 @@ if [ -n "${DEMO_CONTEXT:-}" ]; then step demo python3 -m lcattn.demo --context "
 # (the small irregular ones run), and the fused indexer top-k's cases whose math warpgroups cut their
 # buffers a different number of times (20000 entries, the tied corner cases; the graph-replay case
 # cuts too): racecheck flags those even where every access is ordered by bar.sync
-# (scripts/racecheck_named_barriers.cu reproduces it).
+# (scripts/racecheck_named_barriers.cu reproduces it). In the attention family it reports version 6's
+# row maxima hand-off (a bar.arrive -> bar.sync pair; scripts/racecheck_pair_exchange.cu shows the tool
+# flags that ordered pattern): any other hazard there is news.
 [ "${SANITIZE:-1}" != 0 ] || families=()
 chosen=${SANITIZE_K:+($SANITIZE_K) and }
 for family in "${families[@]}"; do
