@@ -614,6 +614,24 @@ def test_all_indices_invalid_is_window_only(device):
     assert torch.equal(out, window[0])
 
 
+def test_every_logit_minus_inf_is_no_key(device):
+    # q[..., 0] = -inf against keys whose dim 0 is positive: every logit of those heads is -inf, which
+    # SPEC 5 treats as a query with no key (output 0, lse -inf); the other heads as usual.
+    q, kv, kvs, qs, ckv, sink, f = make_attention(2, 3, 4, 64, 16, 20, 6, [16, 0], [0, 0], device)
+    kv[..., 0], ckv[..., 0] = 1.0, 1.0
+    q[:, :, 1:3, 0] = float("-inf")
+    idx = random_indices(2, 3, 4, 6, device, invalid=0.0)
+    for out, lse in [ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f),
+                     ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=4)]:
+        assert torch.equal(out[:, :, 1:3], torch.zeros_like(out[:, :, 1:3]))
+        assert torch.equal(lse[:, :, 1:3], torch.full_like(lse[:, :, 1:3], float("-inf")))
+        assert out[:, :, [0, 3]].abs().sum() > 0
+    check(*ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f),
+          *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
+    check(*ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=4),
+          *reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=4))
+
+
 def test_repeat_runs_are_bitwise_identical(device):
     q, kv, kvs, qs, ckv, sink, f = make_attention(1, 3, 8, 512, 64, 130, 50, [140], [12], device)
     idx = random_indices(1, 3, 32, 50, device)
