@@ -210,6 +210,13 @@ def test_helpers_reject_bad_shapes():
                                              rf"ratio at least 1, got batch {batch}, ratio {ratio}, width {width}"):
             ops.compress_state(batch, ratio, width, True)
     assert ops.compress_state(0, 4, 8, False)[0].shape == (0, 4, 8)
-    for x in (torch.zeros(2, 0), torch.tensor(1.0)):
-        with pytest.raises(ValueError, match=r"\[lcattn\] quantize_e4m3: x must be \[..., D\] with D >= 1"):
+    with pytest.raises(ValueError, match=r"\[lcattn\] compress_state: width must be even when overlap"):
+        ops.compress_state(2, 4, 31, True)
+    assert ops.compress_state(2, 4, 31, False)[0].shape == (2, 4, 31)
+    for x in (torch.zeros(2, 0), torch.tensor(1.0), torch.ones(2, 4, dtype=torch.int32)):
+        with pytest.raises(ValueError, match=r"\[lcattn\] quantize_e4m3: x must be a floating-point tensor "
+                                             r"\[..., D\] with D >= 1"):
             ops.quantize_e4m3(x)
+    for min_amax in (0.0, -1.0, float("nan"), float("inf")):  # 0 would give an all-zero row scale 0, NaN codes
+        with pytest.raises(ValueError, match=r"\[lcattn\] quantize_e4m3: min_amax must be finite and above 0"):
+            ops.quantize_e4m3(torch.zeros(1, 4), min_amax)

@@ -271,6 +271,10 @@ def test_bad_input_is_rejected(device):
         ops.topk_indices(torch.randn(2, 5, device=device), -1)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] gather_rows: indices values must lie in \[-1, 8\]"):
         ops.gather_rows(torch.randn(1, 9, 4, device=device), torch.tensor([[[9]]], dtype=torch.int32, device=device))
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] gather_rows: pool elements must be a multiple of 2 bytes "
+                                           r"wide, got Byte"):
+        ops.gather_rows(torch.zeros(1, 9, 4, dtype=torch.uint8, device=device),
+                        torch.tensor([[[1]]], dtype=torch.int32, device=device))
     with pytest.raises(RuntimeError, match=r"\[lcattn\] gather_rows: indices must be Int, got Long"):
         ops.gather_rows(torch.randn(1, 9, 4, device=device), torch.tensor([[[1]]], device=device))
     if device.type == "cuda":

@@ -303,6 +303,14 @@ def test_route_hash_and_nan(device):
     logits[0] = float("nan")
     _, idx = ops.moe_route(logits, k, 1.5, bias=torch.zeros(E, device=device))
     assert ((idx >= 0) & (idx < E)).all() and idx[0].unique().numel() == k, "NaN must still give valid experts"
+    # Infinite logits (SPEC 6): all picked -inf -> every weight 0 / 0; one +inf -> NaN for it, 0 for the rest.
+    inf = torch.zeros(2, E, device=device)
+    inf[0], inf[1, 3] = float("-inf"), float("inf")
+    w, idx = ops.moe_route(inf, k, 1.5)
+    ref_w, ref_idx = reference.moe_route(inf, k, 1.5)
+    assert torch.equal(idx.cpu(), ref_idx.cpu()) and idx[1, 0] == 3
+    assert w[0].isnan().all() and w[1, 0].isnan() and torch.equal(w[1, 1:].cpu(), torch.zeros(k - 1))
+    assert torch.equal(w.isnan().cpu(), ref_w.isnan().cpu())
 
 
 @pytest.mark.parametrize("T,k,E,D", [(9, 3, 5, 24), (1, 6, 256, 4096), (0, 2, 4, 8), (40, 6, 64, 130)])
@@ -355,6 +363,17 @@ def test_bad_input_is_rejected(device):
         ops.moe_permute(x, as_int([[0], [1], [2], [3], [4], [0]], device), 4)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_unpermute: rows values must lie in \[0, 5\]"):
         ops.moe_unpermute(x, as_int([[6]], device))
+    # E past an int (zero-size weights hold any E): refused, not truncated (E = 2^32 + 1 would run as 1)
+    for E in (2**31, 2**32 + 1):
+        empty = torch.empty(E, 8, 0, device=device, dtype=torch.bfloat16)
+        with pytest.raises(RuntimeError, match=r"\[lcattn\] grouped_gemm_contiguous: E \(w dim 0\) must lie in "
+                                               r"\[0, 2147483646\]"):
+            ops.grouped_gemm_contiguous(x[:, :0], empty, as_int([0, 6], device))
+        with pytest.raises(RuntimeError, match=r"\[lcattn\] grouped_gemm_masked: E \(x dim 0\) must lie in"):
+            ops.grouped_gemm_masked(torch.empty(E, 1, 0, device=device, dtype=torch.bfloat16), empty,
+                                    as_int([0], device))
+        with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_experts: E \(w_gate_up dim 0\) must lie in"):
+            ops.moe_experts(x, None, as_int([[0]] * 6, device), empty, empty, 10.0)
     for num_experts in (0, 2**31, 2**32 + 1):  # not truncated to 1, no 16 GB offsets
         with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_permute: num_experts must lie in \[1, 65536\]"):
             ops.moe_permute(x, as_int([[0]] * 6, device), num_experts)

@@ -113,3 +113,21 @@ def test_meta_tensor_among_cpu_ones_is_an_error(name):
     with pytest.raises(RuntimeError, match=rf"\[lcattn\] {name.split()[0]}: {schema.arguments[last].name} must be on "
                                            r"cpu, got meta"):
         getattr(torch.ops.lcattn, name.split()[0])(*args)
+
+
+def test_fake_kernels_check_the_sizes_of_their_outputs():
+    """On meta tensors (and under torch.compile) an integer argument that sizes an output is checked as
+    the adapters check it, not turned into a negative or absurd dimension."""
+    scores = torch.empty(3, 5, device="meta")
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] topk_indices: k must lie in \[0, 65536\], got -1"):
+        ops.topk_indices(scores, -1)
+    q, w = torch.empty(1, 2, 4, 8, device="meta", dtype=torch.bfloat16), torch.empty(1, 2, 4, device="meta")
+    keys, q_start = torch.empty(1, 6, 8, device="meta", dtype=torch.bfloat16), torch.empty(1, device="meta",
+                                                                                          dtype=torch.int32)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] indexer_topk: k must lie in \[0, 65536\], got 70000"):
+        ops.indexer_topk(q, w, keys, q_start, 70000)
+    x, idx = torch.empty(3, 8, device="meta", dtype=torch.bfloat16), torch.empty(3, 2, device="meta",
+                                                                                dtype=torch.int32)
+    with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_permute: num_experts must lie in \[1, 65536\], got -2"):
+        ops.moe_permute(x, idx, -2)
+    assert ops.topk_indices(scores, 4).shape == (3, 4)

@@ -157,7 +157,8 @@ at::Tensor gather_rows(const at::Tensor& pool, const at::Tensor& indices) {
   LCATTN_CHECK(pool.dim() == 3, op, "pool must be [B, N, D], got shape ", pool.sizes());
   LCATTN_CHECK(indices.dim() == 3, op, "indices must be [B, S, K], got shape ", indices.sizes());
   const int64_t B = pool.size(0), N = pool.size(1), D = pool.size(2);
-  LCATTN_CHECK(pool.element_size() % 2 == 0, op, "pool elements must be 2 or more bytes wide");
+  LCATTN_CHECK(pool.element_size() % 2 == 0, op, "pool elements must be a multiple of 2 bytes wide, got ",
+               c10::toString(pool.scalar_type()));
   check_tensor(op, "pool", pool, pool.scalar_type(), {B, N, D}, pool);
   check_tensor(op, "indices", indices, at::kInt, {B, -1, -1}, pool);
   check_values(op, "indices", indices, -1, N - 1);

@@ -78,6 +78,7 @@ at::Tensor grouped_gemm_contiguous(const at::Tensor& x, const at::Tensor& w, con
   LCATTN_CHECK(x.dim() == 2, op, "x must be [M, K], got shape ", x.sizes());
   LCATTN_CHECK(w.dim() == 3, op, "w must be [E, N, K], got shape ", w.sizes());
   const int64_t M = x.size(0), K = x.size(1), E = w.size(0), N = w.size(1);
+  check_int_arg(op, "E (w dim 0)", E, 0, INT32_MAX - 1);  // E + 1 offsets, counted in an int
   check_tensor(op, "x", x, at::kBFloat16, {M, K}, x);
   check_tensor(op, "w", w, at::kBFloat16, {E, N, K}, x);
   check_tensor(op, "offsets", offsets, at::kInt, {E + 1}, x);
@@ -97,6 +98,7 @@ at::Tensor grouped_gemm_masked(const at::Tensor& x, const at::Tensor& w, const a
   LCATTN_CHECK(x.dim() == 3, op, "x must be [E, M, K], got shape ", x.sizes());
   LCATTN_CHECK(w.dim() == 3, op, "w must be [E, N, K], got shape ", w.sizes());
   const int64_t E = x.size(0), M = x.size(1), K = x.size(2), N = w.size(1);
+  check_int_arg(op, "E (x dim 0)", E, 0, INT32_MAX - 1);
   check_tensor(op, "x", x, at::kBFloat16, {E, M, K}, x);
   check_tensor(op, "w", w, at::kBFloat16, {E, N, K}, x);
   check_tensor(op, "counts", counts, at::kInt, {E}, x);
@@ -216,6 +218,7 @@ at::Tensor moe_experts(const at::Tensor& x, const std::optional<at::Tensor>& wei
   LCATTN_CHECK(w_gate_up.dim() == 3, op, "w_gate_up must be [E, 2I, D], got shape ", w_gate_up.sizes());
   const int64_t T = x.size(0), D = x.size(1), k = indices.size(1), E = w_gate_up.size(0);
   const int64_t I = w_gate_up.size(1) / 2;
+  check_int_arg(op, "E (w_gate_up dim 0)", E, 0, INT32_MAX - 1);
   check_tensor(op, "x", x, at::kBFloat16, {T, D}, x);
   check_tensor(op, "indices", indices, at::kInt, {T, k}, x);
   if (weights) check_tensor(op, "weights", *weights, at::kFloat, {T, k}, x);

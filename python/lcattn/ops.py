@@ -41,6 +41,12 @@ def _fake(op: str) -> Callable:
     return register
 
 
+def _check_range(op: str, name: str, v: int, lo: int, hi: int) -> None:
+    """A fake kernel's check of an integer argument that sizes its outputs, as the adapter's."""
+    if not lo <= v <= hi:
+        raise RuntimeError(f"[lcattn] {op}: {name} must lie in [{lo}, {hi}], got {v}")
+
+
 def compress_kv(kv: Tensor, score: Tensor, seq_lens: Tensor, start_pos: Tensor, ring_kv: Tensor,
                 ring_score: Tensor, ape: Tensor, norm_weight: Tensor, inv_freq: Tensor, out: Tensor,
                 ratio: int, overlap: bool, eps: float = 1e-6, out_scales: Optional[Tensor] = None) -> None:
@@ -73,6 +79,9 @@ def compress_state(batch: int, ratio: int, width: int, overlap: bool,
     if batch < 0 or ratio < 1 or width < 0:
         raise ValueError(f"[lcattn] compress_state: batch and width must be at least 0 and ratio at least 1, got "
                          f"batch {batch}, ratio {ratio}, width {width}")
+    if overlap and width % 2:
+        raise ValueError(f"[lcattn] compress_state: width must be even when overlap (compress_kv's kv width), "
+                         f"got {width}")
     shape = (batch, (2 if overlap else 1) * ratio, width)
     return (torch.zeros(shape, dtype=torch.float32, device=device),
             torch.zeros(shape, dtype=torch.float32, device=device))
@@ -86,8 +95,11 @@ def quantize_e4m3(x: Tensor, min_amax: float = 1e-4) -> Tuple[Tensor, Tensor]:
     and x / s rounded to nearest; x = s * result up to e4m3 rounding. The rule DeepSeek's fp8
     indexer uses for its q (per token and head) and keys (per entry); compress_kv applies the same
     one when it writes e4m3 entries. Plain torch ops (capturable, compilable)."""
-    if x.dim() == 0 or x.shape[-1] == 0:
-        raise ValueError(f"[lcattn] quantize_e4m3: x must be [..., D] with D >= 1, got shape {tuple(x.shape)}")
+    if not x.is_floating_point() or x.dim() == 0 or x.shape[-1] == 0:
+        raise ValueError(f"[lcattn] quantize_e4m3: x must be a floating-point tensor [..., D] with D >= 1, got "
+                         f"{x.dtype} {tuple(x.shape)}")
+    if not min_amax > 0 or min_amax == float("inf"):
+        raise ValueError(f"[lcattn] quantize_e4m3: min_amax must be finite and above 0, got {min_amax}")
     amax = x.float().abs().amax(dim=-1).clamp_min(min_amax)
     # A tensor divisor: torch divides a CUDA tensor by a Python number as a product with its
     # reciprocal, which is not the correctly rounded quotient the kernels compute.
@@ -181,6 +193,7 @@ def topk_indices(scores: Tensor, k: int) -> Tensor:
 
 @_fake("topk_indices")
 def _(scores, k):
+    _check_range("topk_indices", "k", k, 0, 65536)
     return scores.new_empty((*scores.shape[:-1], k), dtype=torch.int32)
 
 
@@ -196,6 +209,7 @@ def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, q_start: Tensor, k: i
 
 @_fake("indexer_topk")
 def _(q, weights, keys, q_start, k, ratio=4, block_rows=0, key_scales=None):
+    _check_range("indexer_topk", "k", k, 0, 65536)
     return q.new_empty((q.shape[0], q.shape[1], k), dtype=torch.int32)
 
 
@@ -295,6 +309,7 @@ def moe_permute(x: Tensor, indices: Tensor, num_experts: int) -> Tuple[Tensor, T
 
 @_fake("moe_permute")
 def _(x, indices, num_experts):
+    _check_range("moe_permute", "num_experts", num_experts, 1, 65536)
     return (x.new_empty((indices.shape[0] * indices.shape[1], x.shape[1])),
             x.new_empty((num_experts + 1,), dtype=torch.int32),
             x.new_empty(indices.shape, dtype=torch.int32))
