@@ -8,6 +8,8 @@ On a GPU machine, from the repository root:
     python bench/python/attention_phases.py [--tokens 4096] [--topk 512,128]
     python bench/python/attention_phases.py --batch 64 --tokens 1 [--cold]     (decode: a pool per sequence)
     python bench/python/attention_phases.py --pair     (version 6, attention_sm90_pair.cu: stamps per pair)
+    python bench/python/attention_phases.py --pair --setting "LCATTN_ATTN_STAGED_OUT=1"   (one build, timed
+        as the environment is, then with each --setting's switches set)
 
 Needs nvcc. The stamps go in by matching lines of the kernel's source: an edit there that moves one
 of them is an error here, to be mended in PROBES. Stamps (slot: thread, where): 0: 0, entry;
@@ -301,14 +303,26 @@ def main() -> None:
                         "change; the driver's graph replays reuse them)")
     parser.add_argument("--topk", default="512,128", help="comma list of top-k values (entries a query)")
     parser.add_argument("--pair", action="store_true", help="version 6 (attention_sm90_pair.cu), stamps per pair")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE ...",
+                        help="also time the build with these switches set (repeatable; one build for all)")
     args = parser.parse_args()
+    settings = [{}]
+    for text in args.setting:
+        pairs = [item.partition("=") for item in text.split()]
+        if not pairs or any(not name or not sep for name, sep, _ in pairs):
+            parser.error(f"--setting takes NAME=VALUE ..., got {text!r}")
+        settings.append({name: value for name, _, value in pairs})
     topks = [int(k) for k in args.topk.split(",")]
     head = HEAD + f"constexpr bool kPair = {str(args.pair).lower()};\nconstexpr int kBlocksAStep = {1 + args.pair};\n"
     kernel, other = ("attention_sm90_pair.cu", "attention_sm90.cu") if args.pair else \
         ("attention_sm90.cu", "attention_sm90_pair.cu")
     source = instrumented_source(kernel, PAIR_PROBES if args.pair else PROBES, head, DRIVER)
-    out = build_and_run("attention_phases", source, [args.batch, args.tokens, int(args.cold), *topks], sources=[other])
-    report(out, PAIR_PHASES if args.pair else PHASES)
+    outs = build_and_run("attention_phases", source, [args.batch, args.tokens, int(args.cold), *topks],
+                         sources=[other], settings=settings)
+    for setting, out in zip(settings, outs):
+        if len(settings) > 1:
+            print("setting: " + (" ".join(f"{k}={v}" for k, v in setting.items()) or "as the environment is"))
+        report(out, PAIR_PHASES if args.pair else PHASES)
 
 
 if __name__ == "__main__":

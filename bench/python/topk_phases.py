@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=512)
     args = parser.parse_args()
     source = instrumented_source("topk_stream.cu", PROBES, HEAD, DRIVER)
-    out = build_and_run("topk_phases", source, [args.rows, args.entries, args.k])
+    out = build_and_run("topk_phases", source, [args.rows, args.entries, args.k])[0]
     for line in out.splitlines():  # "  i us" lines name their phase
         fields = line.split()
         if line.startswith("  ") and len(fields) == 2:
