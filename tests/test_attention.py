@@ -615,6 +615,7 @@ def test_all_indices_invalid_is_window_only(device):
 
 
 def test_every_logit_minus_inf_is_no_key(device):
+    inf, nan = float("inf"), float("nan")
     # q[..., 0] = -inf against keys whose dim 0 is positive: every logit of those heads is -inf, which
     # SPEC 5 treats as a query with no key (output 0, lse -inf); the other heads as usual.
     q, kv, kvs, qs, ckv, sink, f = make_attention(2, 3, 4, 64, 16, 20, 6, [16, 0], [0, 0], device)
@@ -630,6 +631,16 @@ def test_every_logit_minus_inf_is_no_key(device):
           *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
     check(*ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=4),
           *reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=4))
+    if device.type == "cpu":  # the CPU implementation: a -inf key adds nothing there; a NaN q stays NaN
+        q = torch.tensor([[-inf, 0, 0, 1.0], [nan, 0, 0, 0]]).view(1, 1, 2, 4).bfloat16()
+        kv = torch.tensor([[1.0, 0, 0, -inf], [1.0, 2, 3, 4]]).view(1, 2, 4).bfloat16()
+        args = (q, kv, torch.tensor([0], dtype=torch.int32), torch.tensor([1], dtype=torch.int32), kv,
+                torch.zeros(2), torch.zeros(0))
+        out, lse = ops.dense_attn(*args, ratio=1)
+        ref_out, ref_lse = reference.attention(*args, ratio=1)
+        assert torch.equal(out[0, 0, 0], torch.zeros(4, dtype=torch.bfloat16)) and lse[0, 0, 0] == -inf
+        assert out[0, 0, 1].isnan().all() and lse[0, 0, 1].isnan() and ref_lse[0, 0, 1].isnan()
+        assert torch.equal(ref_out[0, 0, 0], out[0, 0, 0].float()) and ref_lse[0, 0, 0] == -inf
 
 
 def test_repeat_runs_are_bitwise_identical(device):

@@ -35,19 +35,20 @@ void attention_cpu(const AttentionParams& p) {
       mx = std::max(mx, logits[u]);
     }
     // A query with no key, or whose every logit is -inf (an infinite q), is a query with no key:
-    // output 0 and lse -inf, whatever the sink (as the reference and the CUDA kernels).
+    // output 0 and lse -inf, whatever the sink (as the reference). A NaN logit stays NaN.
     const float mx_ref = mx == -INFINITY ? 0.f : mx;
     float sum = 0.f;
     for (size_t u = 0; u < keys.size(); ++u) {
       const float e = std::exp(logits[u] - mx_ref);
+      if (e == 0.f) continue;  // adds nothing, even for a key holding an infinity
       sum += e;
       for (int d = 0; d < p.D; ++d) acc[d] += e * bf16_to_float(keys[u][d]);
     }
-    const float denom = sum > 0.f ? sum + std::exp(p.sink[h] - mx_ref) : 1.f;
+    const float denom = sum == 0.f ? 1.f : sum + std::exp(p.sink[h] - mx_ref);
     for (int d = 0; d < p.D; ++d) acc[d] /= denom;
     for (int k = 0; k < p.rope_dim / 2; ++k) rope_rotate_pair(&acc[p.D - p.rope_dim + 2 * k], pos, p.inv_freq[k], -1.f);
     for (int d = 0; d < p.D; ++d) p.out[n * p.D + d] = float_to_bf16(acc[d]);
-    p.lse[n] = sum > 0.f ? mx + std::log(sum) : -INFINITY;
+    p.lse[n] = sum == 0.f ? -INFINITY : mx + std::log(sum);
   });
 }
 
