@@ -1,8 +1,10 @@
 """A/B of dispatch switches on the driver's cases, with the settings interleaved: every case is timed
-under each setting in turn, for several rounds, on the same input sets, so a drift of clocks or of
-the GPU's state over the run falls on all settings alike (the driver's --switch times the reference
-first, then each switch). Prints each setting's median over the rounds, its spread (min-max) and
-its ratio to the first setting (above 1: faster than the first).
+under each setting in turn (the order rotated each round), for several rounds, on the same input
+sets, so a drift of clocks or of the GPU's state over the run falls on all settings alike (the
+driver's --switch times the reference first, then each switch). Prints each setting's median over
+the rounds, its spread (min-max) and its ratio to the first setting (above 1: faster than the
+first). Cases replayed as CUDA graphs ("(graph)") are left out: their kernel is fixed when the graph
+is captured, so a switch read per call would not reach it (run.py --switch times those).
 
     python bench/python/switch_ab.py --ops sparse_attn,dense_attn --match prefill \\
         --setting "" --setting "LCATTN_ATTN_STAGED_OUT=1 LCATTN_ATTN_LATE_ROPE=1" [--rounds 5]
@@ -44,35 +46,39 @@ def main() -> None:
     unknown = set(args.ops.split(",")) - set(FAMILIES)
     if unknown:
         parser.error(f"unknown --ops {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
+
+    def apply(setting: dict) -> None:  # a setting on top of the environment as it was
+        for name in names:
+            value = setting.get(name, base[name])
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
     print(f"{torch.cuda.get_device_name()}; settings: " + " | ".join(s or "(as is)" for s in args.setting))
-    for family in args.ops.split(","):
-        for op, case, _, nbytes, make, *_ in FAMILIES[family](args.quick):
-            if args.match not in case:
-                continue
-            fns = rotated(make, max(nbytes, 1))
-            times = [[] for _ in settings]
-            for _ in range(args.rounds):
-                for i, setting in enumerate(settings):
-                    for name in names:  # each setting on top of the environment as it was
-                        value = setting.get(name, base[name])
-                        if value is None:
-                            os.environ.pop(name, None)
-                        else:
-                            os.environ[name] = value
-                    times[i].append(median_ms(fns, args.reps))
-            del fns
-            torch.cuda.empty_cache()
-            first = statistics.median(times[0])
-            cells = []
-            for t in times:
-                m = statistics.median(t)
-                cells.append(f"{m:.4f} ms [{min(t):.4f}-{max(t):.4f}] {first / m:.3f}x")
-            print(f"{op} {case}: " + " | ".join(cells), flush=True)
-    for name, value in base.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    try:
+        for family in args.ops.split(","):
+            for op, case, _, nbytes, make, *_ in FAMILIES[family](args.quick):
+                if args.match not in case or "(graph)" in case:
+                    continue
+                apply({})
+                fns = rotated(make, max(nbytes, 1))
+                times = [[] for _ in settings]
+                for r in range(args.rounds):
+                    for j in range(len(settings)):
+                        i = (j + r) % len(settings)
+                        apply(settings[i])
+                        times[i].append(median_ms(fns, args.reps))
+                del fns
+                torch.cuda.empty_cache()
+                first = statistics.median(times[0])
+                cells = []
+                for t in times:
+                    m = statistics.median(t)
+                    cells.append(f"{m:.4f} ms [{min(t):.4f}-{max(t):.4f}] {first / m:.3f}x")
+                print(f"{op} {case}: " + " | ".join(cells), flush=True)
+    finally:
+        apply({})
 
 
 if __name__ == "__main__":
