@@ -198,7 +198,7 @@ def test_bad_input_is_rejected(device):
 
 
 def test_kv_fp8_needs_an_even_width(device):
-    out = torch.zeros(1, 2, ops.kv_fp8_bytes(9, 2), dtype=torch.uint8, device=device)
+    out = torch.zeros(1, 2, 16, dtype=torch.uint8, device=device)  # the bytes 9 channels would take (7 e4m3, 2 bf16)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] compress_kv: kv_fp8 entries need an even width, got 9"):
         ops.compress_kv(*one_chunk(device, c=9, rope_dim=2), out, 4, True)
 
@@ -210,6 +210,10 @@ def test_helpers_reject_bad_shapes():
                                              rf"ratio at least 1, got batch {batch}, ratio {ratio}, width {width}"):
             ops.compress_state(batch, ratio, width, True)
     assert ops.compress_state(0, 4, 8, False)[0].shape == (0, 4, 8)
+    for head_dim, rope_dim in ((9, 2), (16, 32), (-8, 0), (16, 3)):
+        with pytest.raises(ValueError, match=r"\[lcattn\] kv_fp8_bytes: head dim and rope_dim must be even"):
+            ops.kv_fp8_bytes(head_dim, rope_dim)
+    assert ops.kv_fp8_bytes(512, 64) == 584
     with pytest.raises(ValueError, match=r"\[lcattn\] compress_state: width must be even when overlap"):
         ops.compress_state(2, 4, 31, True)
     assert ops.compress_state(2, 4, 31, False)[0].shape == (2, 4, 31)

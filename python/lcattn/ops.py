@@ -113,6 +113,7 @@ KV_FP8_TILE = 64
 
 def kv_fp8_bytes(head_dim: int, rope_dim: int) -> int:
     """Bytes of one compressed attention entry in the kv_fp8 form (584 for V4's 512 and 64)."""
+    _check_kv_fp8_dims("kv_fp8_bytes", head_dim, rope_dim)
     nope = head_dim - rope_dim
     return (nope + 2 * rope_dim + -(-nope // KV_FP8_TILE) + 7) // 8 * 8
 
