@@ -31,7 +31,7 @@ through shared memory and the table built after the set-up barrier.
 """
 import argparse
 
-from phase_probe import STAMP, build_and_run, instrumented_source
+from phase_probe import STAMP, build_and_run, instrumented_source, parse_setting
 
 PROBES = [
     ("namespace lcattn {\nnamespace {\n",
@@ -306,12 +306,7 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE ...",
                         help="also time the build with these switches set (repeatable; one build for all)")
     args = parser.parse_args()
-    settings = [{}]
-    for text in args.setting:
-        pairs = [item.partition("=") for item in text.split()]
-        if not pairs or any(not name or not sep for name, sep, _ in pairs):
-            parser.error(f"--setting takes NAME=VALUE ..., got {text!r}")
-        settings.append({name: value for name, _, value in pairs})
+    settings = [{}] + [parse_setting(text) for text in args.setting]
     topks = [int(k) for k in args.topk.split(",")]
     head = HEAD + f"constexpr bool kPair = {str(args.pair).lower()};\nconstexpr int kBlocksAStep = {1 + args.pair};\n"
     kernel, other = ("attention_sm90_pair.cu", "attention_sm90.cu") if args.pair else \

@@ -15,6 +15,15 @@ STAMP = ("__device__ __forceinline__ unsigned long long stamp() {\n"
          "}\n")
 
 
+def parse_setting(text: str) -> dict:
+    """A setting of switches, "NAME=VALUE ..." ("" for none) -> {NAME: VALUE} (the probes' and
+    switch_ab.py's --setting)."""
+    pairs = [item.partition("=") for item in text.split()]
+    if any(not name or not sep for name, sep, _ in pairs):
+        raise SystemExit(f"--setting takes NAME=VALUE ..., got {text!r}")
+    return {name: value for name, _, value in pairs}
+
+
 def instrumented_source(kernel: str, probes, head: str, driver: str) -> str:
     """head, then csrc/kernels/<kernel> with each (line, what it becomes) of probes replaced (each line
     must occur exactly once: an edit of the kernel that moves one is an error, to mend in probes),

@@ -17,16 +17,10 @@ import os
 import statistics
 
 import torch
-from run import FAMILIES  # bench/python/, beside this script
+from phase_probe import parse_setting  # bench/python/, beside this script
+from run import FAMILIES
 
 from lcattn.testing.bench import median_ms, rotated
-
-
-def parse_setting(text: str) -> dict:
-    pairs = [item.partition("=") for item in text.split()]
-    if any(not name or not sep for name, sep, _ in pairs):
-        raise SystemExit(f"--setting takes NAME=VALUE ..., got {text!r}")
-    return {name: value for name, _, value in pairs}
 
 
 def main() -> None:

@@ -98,7 +98,7 @@ def quantize_e4m3(x: Tensor, min_amax: float = 1e-4) -> Tuple[Tensor, Tensor]:
     if not x.is_floating_point() or x.dim() == 0 or x.shape[-1] == 0:
         raise ValueError(f"[lcattn] quantize_e4m3: x must be a floating-point tensor [..., D] with D >= 1, got "
                          f"{x.dtype} {tuple(x.shape)}")
-    if not min_amax > 0 or min_amax == float("inf"):
+    if not 0 < min_amax < float("inf"):
         raise ValueError(f"[lcattn] quantize_e4m3: min_amax must be finite and above 0, got {min_amax}")
     amax = x.float().abs().amax(dim=-1).clamp_min(min_amax)
     # A tensor divisor: torch divides a CUDA tensor by a Python number as a product with its
