@@ -424,9 +424,12 @@ def test_hopper_rescale_slack_cuda(monkeypatch, schedule, B, S, H, K, N, q_start
 
 
 # Switches of the Hopper kernel that leave its result's bits as they are: environment variable ->
-# the kernels it is tested on: bf16 entries by keys (version 7), kv_fp8 ones by dims (version 4), bf16
-# entries on version 6 ("pair").
-BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": ["bf16", "kv_fp8", "pair"], "LCATTN_ATTN_LATE_ROPE": ["pair"]}
+# (its value off, its value on, the kernels it is tested on: bf16 entries by keys (version 7), kv_fp8
+# ones by dims (version 4), bf16 entries on version 6 ("pair"); its flag in version 6's form, PairForm).
+BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": ("0", "1", ["bf16", "kv_fp8", "pair"], 1),
+                    "LCATTN_ATTN_LATE_ROPE": ("0", "1", ["pair"], 2),
+                    "LCATTN_ATTN_INDICES_IN_FLIGHT": ("0", "1", ["pair"], 4),
+                    "LCATTN_ATTN_KEY_FENCE": ("1", "0", ["pair"], 8)}
 
 
 @pytest.mark.cuda
@@ -434,11 +437,14 @@ BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": ["bf16", "kv_fp8", "pair"], "LCATT
     (2, 9, 64, 256, 32768, [131072 - 9, 120000], [131072 - 136, 119873], 136),  # angles past 105,615 rad
 ])
 @pytest.mark.parametrize("splits", ["0", "1", "3"])
-@pytest.mark.parametrize("switch,entries", [(name, e) for name, forms in BITWISE_SWITCHES.items() for e in forms])
+@pytest.mark.parametrize("switch,entries",
+                         [(name, e) for name, (*_, forms, _) in BITWISE_SWITCHES.items() for e in forms])
 def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, N, q_start, kv_start, L, splits):
-    """The switches that move data, not arithmetic, give the same bits off (0) and on (1):
+    """The switches that move data, not arithmetic, give the same bits off and on:
     LCATTN_ATTN_STAGED_OUT (one split's O out through shared memory in 16-byte pieces) and, on version
-    6, LCATTN_ATTN_LATE_ROPE (the RoPE table built after the set-up barrier), in prefill and decode, at
+    6, LCATTN_ATTN_LATE_ROPE (the RoPE table built after the set-up barrier),
+    LCATTN_ATTN_INDICES_IN_FLIGHT (the producer's index loads together) and LCATTN_ATTN_KEY_FENCE=0
+    (no proxy fence before the logits' wgmma), in prefill and decode, at
     positions whose angles take sincosf's slow path, with the default splits, with one (the staged
     path at decode too) and with 3 (the partials and the fused combine, the same either way), on bf16
     entries (by keys, and on version 6) and kv_fp8 ones (by dims); and the kernels that ran."""
@@ -454,14 +460,13 @@ def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, 
         values = ops.dequantize_kv_fp8(ckv, 512, 64)
     idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
     fp8 = entries == "kv_fp8"
-    flag = {False: "false", True: "true"}
+    off_value, on_value, _, form = BITWISE_SWITCHES[switch]
     results = []
     for on in (False, True):
-        monkeypatch.setenv(switch, "1" if on else "0")
+        monkeypatch.setenv(switch, on_value if on else off_value)
         out, kernels = run_and_kernels(lambda: ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f))
-        if kernels and pair:  # attention_sm90_pair_kernel<staged output, late table>
-            staged, late = (on, False) if switch == "LCATTN_ATTN_STAGED_OUT" else (False, on)
-            assert f"attention_sm90_pair_kernel<{flag[staged]}, {flag[late]}>" in kernels, kernels
+        if kernels and pair:  # attention_sm90_pair_kernel<form>
+            assert f"attention_sm90_pair_kernel<{form if on else 0}>" in kernels, kernels
         elif kernels:
             assert ran_sm90_kernel(kernels, fp8, "dims" if fp8 else "keys", staged_out=on), kernels
         if kernels and splits == "3":  # at most 4 splits combine in the last CTA of each query

@@ -98,9 +98,10 @@ PAIR_PROBES = [
      "        mbar_arrive_cp_async(&sm.full[w][h]);\n        if (it == 0 && step == 0) PROBE(9, 256);\n"),
     ("  mbar_wait(&sm.q_full, 0);\n  if (wg == 0) {\n",
      "  mbar_wait(&sm.q_full, 0);\n  PROBE(2, 0);\n  if (wg == 0) {\n"),
-    ("      issue_logits_half(sacc, sm, 0, 1, 0, false);\n      wgmma_wait<0>();\n      fence_registers(sacc);\n",
-     "      issue_logits_half(sacc, sm, 0, 1, 0, false);\n      wgmma_wait<0>();\n      fence_registers(sacc);\n"
-     "      PROBE(3, 0);\n"),
+    ("      issue_logits_half<kKeyFence>(sacc, sm, 0, 1, 0, false);\n      wgmma_wait<0>();\n"
+     "      fence_registers(sacc);\n",
+     "      issue_logits_half<kKeyFence>(sacc, sm, 0, 1, 0, false);\n      wgmma_wait<0>();\n"
+     "      fence_registers(sacc);\n      PROBE(3, 0);\n"),
     ("      // Block 2i's softmax against the running maximum; publish the new maximum to WG1.\n",
      "      BLOCK_PROBE(it, 0);\n"),
     ("      named_barrier_arrive(kBarMax0, 256);\n",

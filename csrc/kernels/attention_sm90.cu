@@ -535,6 +535,13 @@ bool pair_schedule_applies(const AttentionParams& p) {
   return !std::getenv("LCATTN_ATTN_SCHEDULE") && p.splits == 1 && p.S > 1 && max_key_blocks(p) >= 8;
 }
 
+// Version 6's form (PairForm flags): each off unless its switch asks for it (read per call).
+int pair_form(const AttentionParams& p) {
+  return (stages_output(p, false) ? kPairStagedOut : 0) | (env_is("LCATTN_ATTN_LATE_ROPE", "1") ? kPairLateTable : 0) |
+         (env_is("LCATTN_ATTN_INDICES_IN_FLIGHT", "1") ? kPairIndicesInFlight : 0) |
+         (env_is("LCATTN_ATTN_KEY_FENCE", "0") ? kPairNoKeyFence : 0);
+}
+
 }  // namespace
 
 bool attention_sm90_supported(const AttentionParams& p) { return sm90_takes(p, p.ckv_fp8 != nullptr); }
@@ -580,8 +587,8 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
     err = cudaMemsetAsync(combine_counters(p), 0, head_group_items(p) * sizeof(int), stream);
     if (err != cudaSuccess) return err;
   }
-  if (pair_schedule_applies(p))  // its output through shared memory and late table: off unless asked for
-    err = attention_sm90_pair(p, stages_output(p, false), env_is("LCATTN_ATTN_LATE_ROPE", "1"), stream);
+  if (pair_schedule_applies(p))
+    err = attention_sm90_pair(p, pair_form(p), stream);
   else
     err = p.ckv_fp8 ? launch_for_schedule<true>(p, stream) : launch_for_schedule<false>(p, stream);
   if (err != cudaSuccess) return err;

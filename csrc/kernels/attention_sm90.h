@@ -10,8 +10,14 @@ cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream);
 
 // Version 6 (attention_sm90_pair.cu): blocks in pairs, one softmax per block; taken by attention_sm90
 // for bf16 entries where it measured faster (pair_schedule_applies); its splits write version 4's partials.
-// staged_out: a one-split output through shared memory (p.out 16-byte aligned); late_table: the RoPE
-// table built after the set-up barrier.
-cudaError_t attention_sm90_pair(const AttentionParams& p, bool staged_out, bool late_table, cudaStream_t stream);
+// Its forms, flags of a bit each (the dispatch reads them from LCATTN_ATTN_* switches, all off by default):
+enum PairForm : int {
+  kPairStagedOut = 1,        // a one-split output through shared memory (p.out 16-byte aligned)
+  kPairLateTable = 2,        // the RoPE table built after the set-up barrier
+  kPairIndicesInFlight = 4,  // the producer's index loads of a look-up issued together
+  kPairNoKeyFence = 8,       // no proxy fence between a key half's arrival and the logits' wgmma
+  kPairForms = 16,
+};
+cudaError_t attention_sm90_pair(const AttentionParams& p, int form, cudaStream_t stream);
 
 }  // namespace lcattn

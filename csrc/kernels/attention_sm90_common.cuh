@@ -88,6 +88,18 @@ struct QueryKeys {
     const int i = indices ? __ldg(indices + (u - n_window)) : u - n_window;
     return i >= 0 && i < N ? pool + int64_t(i) * entry_bytes : nullptr;
   }
+  // row(u) in two steps, so that a thread's index loads for several keys can be in flight together:
+  // entry(u) loads key u's index (an entry key's position without indices; unread otherwise), then
+  // row(u, entry(u)) is row(u).
+  __device__ int entry(int u) const {
+    const int j = u - n_window;
+    return indices && j >= 0 && u < n_keys ? __ldg(indices + j) : j;
+  }
+  __device__ const void* row(int u, int entry) const {
+    if (u < n_window) return window + int64_t(u) * kDim;
+    if (u >= n_keys) return nullptr;
+    return entry >= 0 && entry < N ? pool + int64_t(entry) * entry_bytes : nullptr;
+  }
 };
 
 // Blocks [first, last) of 64 keys that this split computes; each split but the last takes a multiple

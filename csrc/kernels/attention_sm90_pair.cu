@@ -23,6 +23,8 @@
 // Shared memory: Q 64 KB, 2 key buffers of 64 KB, 2 P tiles of 8 KB, all 128B-swizzled.
 #include "attention_sm90.h"
 #include "attention_sm90_common.cuh"
+#include <utility>
+
 #include "common/device.h"
 
 namespace lcattn {
@@ -68,10 +70,13 @@ __device__ __forceinline__ void load_half(uint8_t* tile, int t, int h, const bf1
 
 // S[64 heads x 64 keys] += Q K^T over the dims of half h of key buffer w (first: S = instead), once
 // that half has landed; issued and committed as its own group, not waited.
+// kKeyFence: a proxy fence between the cp.async writes (generic proxy) and the wgmma reads (async
+// proxy); CUTLASS's cp.async + wgmma mainloops and FlashMLA's sparse prefill issue none there.
+template <bool kKeyFence>
 __device__ __forceinline__ void issue_logits_half(float (&s)[32], PairStorage& sm, int w, int h, uint32_t phase,
                                                   bool first) {
   mbar_wait(&sm.full[w][h], phase);
-  fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
+  if constexpr (kKeyFence) fence_proxy_async();
   const uint64_t q_desc = smem_desc(sm.q + 4 * h * kChunkBytes, 16, 1024);
   const uint64_t k_desc = smem_desc(sm.k[w] + 4 * h * kChunkBytes, 16, 1024);
   wgmma_fence();
@@ -146,13 +151,14 @@ __device__ __forceinline__ void issue_pv_other(float (&o)[128], const PairStorag
   wgmma_commit();
 }
 
-// kStagedOut: a one-split output through shared memory (write_rows_staged, in Q's place) instead of
-// 4-byte stores. kLateTable: the RoPE table built by math warp 0 after the set-up barrier, while Q
-// loads, instead of before it. Version 7 by keys has both; here the dispatch (attention_sm90) takes
-// them only with LCATTN_ATTN_STAGED_OUT=1 and LCATTN_ATTN_LATE_ROPE=1 (H100: 1.01-1.07x and
-// 0.98-1.05x on prefill, dense S = 1024 0.80x under either; kernel notes).
-template <bool kStagedOut, bool kLateTable>
+// kForm: the PairForm flags (attention_sm90.h). The dispatch (attention_sm90) takes the default, 0,
+// unless LCATTN_ATTN_STAGED_OUT=1, LCATTN_ATTN_LATE_ROPE=1, LCATTN_ATTN_INDICES_IN_FLIGHT=1 or
+// LCATTN_ATTN_KEY_FENCE=0 (H100: the first two 1.01-1.07x and 0.98-1.05x on prefill, dense S = 1024
+// 0.80x under either; kernel notes).
+template <int kForm>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const AttentionParams p) {
+  constexpr bool kStagedOut = kForm & kPairStagedOut, kLateTable = kForm & kPairLateTable;
+  constexpr bool kKeyFence = !(kForm & kPairNoKeyFence);
   extern __shared__ uint8_t smem_raw[];
   // Aligned by pointer arithmetic on the shared array, so accesses stay LDS/STS (kernel notes).
   PairStorage& sm = *reinterpret_cast<PairStorage*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
@@ -184,12 +190,28 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     // the split's last); the next pair's looked up once this pair's copies are issued.
     const int t = threadIdx.x - 256;
     auto look_up = [&](int it, const bf16*(&rows)[2][4]) {
+      if constexpr (kForm & kPairIndicesInFlight) {  // 8 index loads, then 8 rows
+        int u[2][4], entry[2][4];
 #pragma unroll
-      for (int w = 0; w < 2; ++w) {
-        const int blk = range.first + 2 * it + w;
+        for (int w = 0; w < 2; ++w)
 #pragma unroll
-        for (int r = 0; r < 4; ++r)
-          rows[w][r] = blk < range.last ? static_cast<const bf16*>(keys.row(blk * kKeys + 4 * (t / 8) + r)) : nullptr;
+          for (int r = 0; r < 4; ++r) {
+            const int blk = range.first + 2 * it + w;
+            u[w][r] = blk < range.last ? blk * kKeys + 4 * (t / 8) + r : keys.n_keys;  // n_keys: absent
+            entry[w][r] = keys.entry(u[w][r]);
+          }
+#pragma unroll
+        for (int w = 0; w < 2; ++w)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) rows[w][r] = static_cast<const bf16*>(keys.row(u[w][r], entry[w][r]));
+      } else {
+#pragma unroll
+        for (int w = 0; w < 2; ++w) {
+          const int blk = range.first + 2 * it + w;
+#pragma unroll
+          for (int r = 0; r < 4; ++r)
+            rows[w][r] = blk < range.last ? static_cast<const bf16*>(keys.row(blk * kKeys + 4 * (t / 8) + r)) : nullptr;
+        }
       }
     };
     const bf16* rows[2][4];
@@ -226,8 +248,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
   mbar_wait(&sm.q_full, 0);
   if (wg == 0) {
     if (pairs > 0) {
-      issue_logits_half(sacc, sm, 0, 0, 0, true);
-      issue_logits_half(sacc, sm, 0, 1, 0, false);
+      issue_logits_half<kKeyFence>(sacc, sm, 0, 0, 0, true);
+      issue_logits_half<kKeyFence>(sacc, sm, 0, 1, 0, false);
       wgmma_wait<0>();
       fence_registers(sacc);
     }
@@ -265,11 +287,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       named_barrier_sync(kBarP1, 256);
       issue_pv_other(o, sm, 1, 0);
       if (it + 1 < pairs) {
-        issue_logits_half(sacc, sm, 0, 0, (it + 1) & 1, true);
+        issue_logits_half<kKeyFence>(sacc, sm, 0, 0, (it + 1) & 1, true);
         wgmma_wait<1>();
         fence_registers(o);
         mbar_arrive(&sm.empty[1][0]);
-        issue_logits_half(sacc, sm, 0, 1, (it + 1) & 1, false);
+        issue_logits_half<kKeyFence>(sacc, sm, 0, 1, (it + 1) & 1, false);
         wgmma_wait<0>();
         fence_registers(sacc);
       } else {
@@ -280,8 +302,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     }
   } else {
     for (int it = 0; it < pairs; ++it) {
-      issue_logits_half(sacc, sm, 1, 1, it & 1, true);  // the half its producer loads first
-      issue_logits_half(sacc, sm, 1, 0, it & 1, false);
+      issue_logits_half<kKeyFence>(sacc, sm, 1, 1, it & 1, true);  // the half its producer loads first
+      issue_logits_half<kKeyFence>(sacc, sm, 1, 0, it & 1, false);
       wgmma_wait<0>();
       fence_registers(sacc);
       // Block 2i + 1's softmax against WG0's new maximum (its own maximum taken before it waits for
@@ -337,17 +359,20 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     combine_if_last(p, sm.last_split, sm.unrotate, work.cta, head0, kBarSums, kBarCombine);
 }
 
-template <bool kStagedOut, bool kLateTable>
-cudaError_t launch_pair(const AttentionParams& p, cudaStream_t stream) {
-  static PerDevice<cudaError_t> allowed;
-  return launch_per_item(attention_sm90_pair_kernel<kStagedOut, kLateTable>, allowed, kThreads, kSmemBytes, p, stream);
+template <int... kForms>
+cudaError_t launch_pair(int form, const AttentionParams& p, cudaStream_t stream,
+                        std::integer_sequence<int, kForms...>) {
+  static PerDevice<cudaError_t> allowed[kPairForms];
+  using Kernel = void (*)(AttentionParams);
+  static constexpr Kernel kernels[] = {attention_sm90_pair_kernel<kForms>...};
+  return launch_per_item(kernels[form], allowed[form], kThreads, kSmemBytes, p, stream);
 }
 
 }  // namespace
 
-cudaError_t attention_sm90_pair(const AttentionParams& p, bool staged_out, bool late_table, cudaStream_t stream) {
-  if (staged_out) return late_table ? launch_pair<true, true>(p, stream) : launch_pair<true, false>(p, stream);
-  return late_table ? launch_pair<false, true>(p, stream) : launch_pair<false, false>(p, stream);
+cudaError_t attention_sm90_pair(const AttentionParams& p, int form, cudaStream_t stream) {
+  if (form < 0 || form >= kPairForms) return cudaErrorInvalidValue;
+  return launch_pair(form, p, stream, std::make_integer_sequence<int, kPairForms>());
 }
 
 }  // namespace lcattn
