@@ -57,14 +57,15 @@ def hopper_call(form, q, kv, kvs, qs, ckv, idx, sink, f):
             lambda: reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
 
 
-def ran_sm90_kernel(kernels, fp8, schedule, staged_out=None):
-    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule, staged_out>
-    (staged_out None: the schedule's default, the output through shared memory by keys only)."""
+def ran_sm90_kernel(kernels, fp8, schedule, staged_out=None, cluster=False):
+    """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule, staged_out,
+    cluster> (staged_out None: the schedule's default, the output through shared memory by keys only;
+    never with the cluster combine)."""
     flag = {False: "false", True: "true"}
     if staged_out is None:
-        staged_out = schedule == "keys"
+        staged_out = schedule == "keys" and not cluster
     schedule = rf"\(.*?Schedule\){SCHEDULE_NUMBER[schedule]}"
-    pattern = rf"attention_sm90_kernel<{flag[fp8]}, {schedule}, {flag[staged_out]}>"
+    pattern = rf"attention_sm90_kernel<{flag[fp8]}, {schedule}, {flag[staged_out]}, {flag[cluster]}>"
     return re.search(pattern, kernels) is not None
 
 
@@ -560,6 +561,53 @@ def test_hopper_fused_combine_cuda(monkeypatch, splits, form, pair):
     assert_close(out[1], separate[1], 1e-5, "lse")
     if form == "sparse":
         assert torch.equal(out[0][-1], torch.zeros_like(out[0][-1])) and bool((out[1][-1] == float("-inf")).all())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("form", ["sparse", "dense128", "kv_fp8"])
+@pytest.mark.parametrize("H", [64, 128])
+def test_hopper_cluster_combine_cuda(monkeypatch, form, H):
+    """LCATTN_ATTN_CLUSTER_SPLITS=1: a decode batch of (row, head group) items too many for the split
+    rule (one split each) and few enough for two CTAs each in one wave runs two splits a query, whose
+    two CTAs, a cluster, combine through distributed shared memory: the reference's result (a sequence
+    with no key, dense: one whose second split has no key block, sinks that take nothing or almost all),
+    repeatable bitwise, in both schedules (bf16 by keys, kv_fp8 by dims), no combine kernel; and within
+    rounding of one split."""
+    for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_SPLITS", "LCATTN_ATTN_FUSED_COMBINE"):
+        monkeypatch.delenv(name, raising=False)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    B = (sms // 2 - 4) // (H // 64)  # 2 B H / 64 CTAs: nearly one wave (124 of 132)
+    N = 900
+    q_start = [int(p) for p in torch.randint(128, 128 * N, (B,))]
+    q_start[-2:] = [70, 5]
+    kv_start = [p - 127 for p in q_start[:-1]] + [6]  # the last sequence has no window row (and no entry)
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, 1, H, 512, 64, 128, N, q_start, kv_start, "cuda")
+    sink[:8], sink[8:16] = float("-inf"), 30.0
+    idx = random_indices(B, 1, 512, N, "cuda")
+    idx[-1] = -1
+    values = ckv
+    if form == "kv_fp8":
+        ckv = ops.quantize_kv_fp8(ckv.float(), 64)
+        values = ops.dequantize_kv_fp8(ckv, 512, 64)
+    if form == "dense128":  # position 70: 71 window rows, no entry: one key block, none in the second split
+        run = lambda: ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=128)  # noqa: E731
+        ref = reference.attention(q, kv, kvs, qs, values, sink, f, ratio=128)
+    else:
+        run = lambda: ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)  # noqa: E731
+        ref = reference.attention(q, kv, kvs, qs, values, sink, f, indices=idx)
+    one_split = run()
+    monkeypatch.setenv("LCATTN_ATTN_CLUSTER_SPLITS", "1")
+    out, kernels = run_and_kernels(run)
+    if kernels:
+        fp8 = form == "kv_fp8"
+        assert ran_sm90_kernel(kernels, fp8, "dims" if fp8 else "keys", cluster=True), kernels
+        assert "attention_combine_kernel" not in kernels, kernels
+    check(*out, *ref)
+    again = run()
+    assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
+    assert_close(out[0].float(), one_split[0].float(), 1e-2, "out")
+    assert_close(out[1], one_split[1], 1e-5, "lse")
+    assert torch.equal(out[0][-1], torch.zeros_like(out[0][-1])) and bool((out[1][-1] == float("-inf")).all())
 
 
 @pytest.mark.cuda

@@ -3,8 +3,8 @@ under each setting in turn (the order rotated each round), for several rounds, o
 sets, so a drift of clocks or of the GPU's state over the run falls on all settings alike (the
 driver's --switch times the reference first, then each switch). Prints each setting's median over
 the rounds, its spread (min-max) and its ratio to the first setting (above 1: faster than the
-first). Cases replayed as CUDA graphs ("(graph)") are left out: their kernel is fixed when the graph
-is captured, so a switch read per call would not reach it (run.py --switch times those).
+first). A case replayed as a CUDA graph ("(graph)", decode) fixes its kernels when the graph is
+captured, so it is captured once under each setting (its input sets then differ between settings).
 
     python bench/python/switch_ab.py --ops sparse_attn,dense_attn --match prefill \\
         --setting "" --setting "LCATTN_ATTN_STAGED_OUT=1 LCATTN_ATTN_LATE_ROPE=1" [--rounds 5]
@@ -53,16 +53,22 @@ def main() -> None:
     try:
         for family in args.ops.split(","):
             for op, case, _, nbytes, make, *_ in FAMILIES[family](args.quick):
-                if args.match not in case or "(graph)" in case:
+                if args.match not in case:
                     continue
-                apply({})
-                fns = rotated(make, max(nbytes, 1))
+                if "(graph)" in case:  # captured under each setting
+                    fns = []
+                    for setting in settings:
+                        apply(setting)
+                        fns.append(rotated(make, max(nbytes, 1)))
+                else:
+                    apply({})
+                    fns = [rotated(make, max(nbytes, 1))] * len(settings)
                 times = [[] for _ in settings]
                 for r in range(args.rounds):
                     for j in range(len(settings)):
                         i = (j + r) % len(settings)
                         apply(settings[i])
-                        times[i].append(median_ms(fns, args.reps))
+                        times[i].append(median_ms(fns[i], args.reps))
                 del fns
                 torch.cuda.empty_cache()
                 first = statistics.median(times[0])

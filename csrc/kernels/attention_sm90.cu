@@ -50,7 +50,8 @@ struct SharedStorage {
   uint8_t staged[2][kKeys];        // kFp8Entries: 1 for a row copied as a kv_fp8 entry
   float2 unrotate[kMaxRopePairs];  // (cos, -sin) of the query position per RoPE pair
   uint64_t q_full, full[2], empty[2];
-  int last_split;  // fused combine: this CTA is the last of its query's splits to finish
+  uint64_t pair_free, pair_data;  // kClusterCombine: the other CTA's key buffers free; its rows arrived
+  int last_split;                 // fused combine: this CTA is the last of its query's splits to finish
 };
 constexpr int kSmemBytes = sizeof(SharedStorage) + 1024;  // + room to align the base to 1024
 static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
@@ -216,13 +217,64 @@ __device__ __forceinline__ void partial_logits(float (&sacc)[32], const uint8_t*
   fence_registers(sacc);
 }
 
+// kClusterCombine: the two splits of a query are the two CTAs of a cluster (rank = split), which
+// combine through distributed shared memory instead of the workspace: CTA 0 finishes heads 0-31 (the
+// rows of warps 0-1 of each math warpgroup), CTA 1 heads 32-63. Each math thread holding the other
+// CTA's heads sends its O and (max, sum) into that CTA's key buffers (64 KB + 2 KB; free once all 256
+// of its math threads have arrived on pair_free after their last P.V), then arrives on its pair_data;
+// the thread there holding the same (row, dims) adds the two splits in split order (the same bits
+// whichever finishes first) and writes the output. A CTA exits only after every access the other
+// makes to its shared memory: its receivers wait for pair_data, its senders for pair_free.
+__device__ __forceinline__ void cluster_combine(const AttentionParams& p, SharedStorage& sm, float (&o)[128],
+                                                const float (&m)[2], const float (&l)[2], int split, int64_t head0,
+                                                const float* sinks, int r0, int c0, int wg, int tid, bool stats) {
+  const uint32_t other = 1 - split;
+  mbar_arrive_cluster(cluster_map(smem_addr(&sm.pair_free), other));  // this thread is done with the key buffers
+  const int slot = wg * 64 + tid % 64;                                // the same on both CTAs
+  float4* const values = reinterpret_cast<float4*>(sm.k[0]);          // [32][128 slots] O, 4 at a time
+  float4* const rows = reinterpret_cast<float4*>(sm.k[1]);            // [128 slots] (m0, m1, l0, l1)
+  if ((tid / 64 == 0) != (split == 0)) {                              // the other CTA's heads: send them
+    mbar_wait_cluster(&sm.pair_free, 0);
+    const uint32_t to = cluster_map(smem_addr(values + slot), other);
+#pragma unroll
+    for (int i = 0; i < 32; ++i)
+      st_cluster_v4(to + i * 128 * sizeof(float4), make_float4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]));
+    st_cluster_v4(cluster_map(smem_addr(rows + slot), other), make_float4(m[0], m[1], l[0], l[1]));
+    mbar_arrive_cluster(cluster_map(smem_addr(&sm.pair_data), other));
+    return;
+  }
+  mbar_wait_cluster(&sm.pair_data, 0);
+  const float4 theirs = rows[slot];
+  const float their_m[2] = {theirs.x, theirs.y}, their_l[2] = {theirs.z, theirs.w};
+  float m_all[2], l_all[2], w_mine[2], w_theirs[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    m_all[h] = fmaxf(m[h], their_m[h]);
+    w_mine[h] = exp2_ftz(m[h] - max_ref(m_all[h]));  // 0 for a split that saw no key
+    w_theirs[h] = exp2_ftz(their_m[h] - max_ref(m_all[h]));
+    const float mine = __fmul_rn(w_mine[h], l[h]), them = __fmul_rn(w_theirs[h], their_l[h]);
+    l_all[h] = split == 0 ? __fadd_rn(mine, them) : __fadd_rn(them, mine);
+  }
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    const float4 v = values[i * 128 + slot];
+    const float them[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float a = __fmul_rn(w_mine[e / 2], o[4 * i + e]), b = __fmul_rn(w_theirs[e / 2], them[e]);
+      o[4 * i + e] = split == 0 ? __fadd_rn(a, b) : __fadd_rn(b, a);
+    }
+  }
+  write_output_rows(p, o, m_all, l_all, head0, sinks, r0, 256 * wg + c0, stats, sm.unrotate);
+}
+
 // kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form). By keys, the RoPE (cos, -sin) table is built by
 // math warp 0 while Q loads (the row sums' barrier after the blocks orders it before the epilogue), so
 // the producer issues Q without waiting on the accurate sincosf, whose angles past 105,615 rad at 128K
 // context take its slow path; by dims it is built before the set-up barrier. kStagedOut (by keys,
 // launch_for_schedule): with one split, O goes out through shared memory in 16-byte pieces
 // (write_rows_staged) instead of 4-byte stores.
-template <bool kFp8Entries, Schedule kSchedule, bool kStagedOut = false>
+template <bool kFp8Entries, Schedule kSchedule, bool kStagedOut = false, bool kClusterCombine = false>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
   constexpr bool kLateTable = kSchedule == Schedule::kKeys;
   extern __shared__ uint8_t smem_raw[];
@@ -240,10 +292,17 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       mbar_init(&sm.full[i], 128 + 4);  // 128 cp.async arrivals + 4 warps' key_bias stores
       mbar_init(&sm.empty[i], 256);     // every math thread, after its P.V product
     }
+    if constexpr (kClusterCombine) {
+      mbar_init(&sm.pair_free, 256);  // the other CTA's math threads
+      mbar_init(&sm.pair_data, 128);  // its threads that hold this CTA's heads
+    }
     fence_barrier_init();
   }
   if constexpr (!kLateTable) fill_unrotate(sm.unrotate, p, work.pos);
-  __syncthreads();
+  if constexpr (kClusterCombine)
+    cluster_sync();  // also orders both CTAs' barrier set-up before either arrives on the other's
+  else
+    __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
     reg_dealloc<56>();
@@ -423,6 +482,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   }
 
   const int64_t head0 = work.row * p.H + work.group * kHeads;  // flat (row, head) of accumulator row 0
+  if constexpr (kClusterCombine) {
+    cluster_combine(p, sm, o, m_run, l_run, work.split, head0, p.sink + work.group * kHeads, r0, c0, wg, tid,
+                    wg == 0 && lane % 4 == 0);
+    return;
+  }
   if constexpr (kStagedOut) {
     // Staged in WG w's 32 KB half of Q (dims 256 w ..): by keys both warpgroups' logits are done (the
     // row sums' barrier); by dims WG w's logits read only that half, and its last wgmma has completed.
@@ -488,11 +552,50 @@ bool sm90_takes(const AttentionParams& p, bool kv_fp8) {
   return p.D == kDim && p.H % kHeads == 0 && p.rope_dim <= 2 * kMaxRopePairs && (!kv_fp8 || p.rope_dim % 8 == 0);
 }
 
-template <bool kFp8Entries, Schedule kSchedule, bool kStagedOut>
+// A launch of `kernel` in clusters of two CTAs along x (the two splits of each item, kClusterCombine).
+cudaLaunchConfig_t pair_launch(unsigned ctas, cudaStream_t stream, cudaLaunchAttribute& cluster) {
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = 2;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(ctas);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = kSmemBytes;
+  config.stream = stream;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  return config;
+}
+
+template <bool kFp8Entries, Schedule kSchedule, bool kStagedOut, bool kClusterCombine = false>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> allowed;
-  return launch_per_item(attention_sm90_kernel<kFp8Entries, kSchedule, kStagedOut>, allowed, kThreads, kSmemBytes, p,
-                         stream);
+  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule, kStagedOut, kClusterCombine>;
+  if constexpr (!kClusterCombine) {
+    return launch_per_item(kernel, allowed, kThreads, kSmemBytes, p, stream);
+  } else {
+    const cudaError_t err = allow_dynamic_smem(allowed, reinterpret_cast<const void*>(kernel), kSmemBytes);
+    if (err != cudaSuccess) return err;
+    cudaLaunchAttribute cluster;
+    const cudaLaunchConfig_t config = pair_launch(unsigned(head_group_items(p) * 2), stream, cluster);
+    return cudaLaunchKernelEx(&config, kernel, p);
+  }
+}
+
+// How many clusters of two of these CTAs the current device holds at once (0 if it cannot say).
+int max_cluster_pairs() {
+  static PerDevice<int> cache;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  return cache.get(device, [](int) {
+    const auto kernel = attention_sm90_kernel<false, Schedule::kKeys, false, true>;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) != cudaSuccess) return 0;
+    cudaLaunchAttribute cluster;
+    const cudaLaunchConfig_t config = pair_launch(2, nullptr, cluster);
+    int clusters = 0;
+    return cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess ? clusters : 0;
+  });
 }
 
 // The one-split output through shared memory in 16-byte pieces (write_rows_staged): on by default where
@@ -511,6 +614,9 @@ template <bool kFp8Entries>
 cudaError_t launch_for_schedule(const AttentionParams& p, cudaStream_t stream) {
   const bool by_keys =
       env_is("LCATTN_ATTN_SCHEDULE", "keys") || (!kFp8Entries && !env_is("LCATTN_ATTN_SCHEDULE", "dims"));
+  if (p.cluster_combine)
+    return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, false, true>(p, stream)
+                   : launch_attention_sm90<kFp8Entries, Schedule::kDims, false, true>(p, stream);
   if (stages_output(p, by_keys))
     return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, true>(p, stream)
                    : launch_attention_sm90<kFp8Entries, Schedule::kDims, true>(p, stream);
@@ -530,7 +636,7 @@ int max_key_blocks(const AttentionParams& p) {
 // blocks, 0.96x at 4; decode 0.87-0.90x). LCATTN_ATTN_PAIR=1 or 0 takes it or not; an explicit
 // LCATTN_ATTN_SCHEDULE asks for version 7 or 4.
 bool pair_schedule_applies(const AttentionParams& p) {
-  if (p.ckv_fp8 || env_is("LCATTN_ATTN_PAIR", "0")) return false;
+  if (p.ckv_fp8 || p.cluster_combine || env_is("LCATTN_ATTN_PAIR", "0")) return false;
   if (env_is("LCATTN_ATTN_PAIR", "1")) return true;
   return !std::getenv("LCATTN_ATTN_SCHEDULE") && p.splits == 1 && p.S > 1 && max_key_blocks(p) >= 8;
 }
@@ -559,18 +665,27 @@ int attention_splits(const AttentionParams& p, int num_sms) {
   // LCATTN_ATTN_SPLITS=n forces n parts (no more than the key blocks), to measure other splits.
   if (const long forced = env_int("LCATTN_ATTN_SPLITS", 0); forced > 0 && ctas > 0)
     return int(std::min<long>(forced, std::max(1, blocks)));
+  if (attention_cluster_combines(p, num_sms)) return 2;
   if (ctas == 0 || ctas * 4 > num_sms) return 1;
   return max(1, min(int(num_sms / (2 * ctas)), blocks / 2));
 }
 
+bool attention_cluster_combines(const AttentionParams& p, int num_sms) {
+  if (!env_is("LCATTN_ATTN_CLUSTER_SPLITS", "1") || env_int("LCATTN_ATTN_SPLITS", 0) > 0 ||
+      !attention_sm90_supported(p))
+    return false;
+  const int64_t items = head_group_items(p);
+  return items * 4 > num_sms && items <= max_cluster_pairs() && max_key_blocks(p) >= 2;
+}
+
 int64_t attention_workspace_floats(const AttentionParams& p) {
-  if (p.splits <= 1) return 0;
+  if (p.splits <= 1 || p.cluster_combine) return 0;
   const int64_t counters = p.fused_combine ? head_group_items(p) : 0;  // one int each
   return partial_floats(p) + counters;
 }
 
 bool attention_fuses_combine(const AttentionParams& p) {
-  return p.splits > 1 && p.splits <= kMaxFusedSplits && attention_sm90_supported(p) &&
+  return p.splits > 1 && p.splits <= kMaxFusedSplits && !p.cluster_combine && attention_sm90_supported(p) &&
          !env_is("LCATTN_ATTN_FUSED_COMBINE", "0");
 }
 
@@ -580,7 +695,7 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
   // of repeated runs. At most 32, so that sums of up to 2^32 exponentials of 2^32 each stay far from the fp32 range.
   if (const long slack = env_int("LCATTN_ATTN_RESCALE_SLACK", -1); slack >= 0)
     p.rescale_slack = float(std::min(slack, 32L));
-  if (p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
+  if (p.cluster_combine ? p.splits != 2 || p.fused_combine : p.splits > 1 && !p.workspace) return cudaErrorInvalidValue;
   if (p.fused_combine && p.splits > kMaxFusedSplits) return cudaErrorInvalidValue;  // its loop holds 4
   cudaError_t err = cudaSuccess;
   if (p.splits > 1 && p.fused_combine) {  // the arrival counters after the partials start at zero
@@ -592,7 +707,7 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
   else
     err = p.ckv_fp8 ? launch_for_schedule<true>(p, stream) : launch_for_schedule<false>(p, stream);
   if (err != cudaSuccess) return err;
-  if (p.splits > 1 && !p.fused_combine) {
+  if (p.splits > 1 && !p.fused_combine && !p.cluster_combine) {
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     const unsigned rows = unsigned(int64_t(p.B) * p.S * p.H);

@@ -209,25 +209,11 @@ __device__ __forceinline__ uint32_t output_pair(float x0, float x1, float inv, i
 
 // A math thread's rows r0 and r0 + 8 (of the 64 heads from head0 = flat (row, head) of row 0, whose
 // sinks start at `sinks`) and its dims dim0 + 8 j, + 1 of O (unnormalised, relative to the base-2
-// maxima m) with the rows' sums l: with several splits, split's partial (O, then (m, l) from the
-// threads with `stats`); else the output (sink in the denominator, RoPE undone with unrotate) and,
-// from those threads, the lse.
-__device__ __forceinline__ void write_rows(const AttentionParams& p, const float (&o)[128], const float (&m)[2],
-                                           const float (&l)[2], int64_t head0, const float* sinks, int split, int r0,
-                                           int dim0, bool stats, const float2* unrotate) {
-  if (p.splits > 1) {  // partial result: unnormalised O, base-2 max and sum
-    const int64_t rows_total = int64_t(p.B) * p.S * p.H;
-    float* part = p.workspace + (split * rows_total + head0) * kPartStride;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float* dst = part + int64_t(r0 + 8 * h) * kPartStride;
-#pragma unroll
-      for (int j = 0; j < 32; ++j)
-        *reinterpret_cast<float2*>(dst + dim0 + 8 * j) = make_float2(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1]);
-      if (stats) *reinterpret_cast<float2*>(dst + kDim) = make_float2(m[h], l[h]);
-    }
-    return;
-  }
+// maxima m) with the rows' sums l, as the output (sink in the denominator, RoPE undone with unrotate)
+// and, from the threads with `stats`, the lse.
+__device__ __forceinline__ void write_output_rows(const AttentionParams& p, const float (&o)[128], const float (&m)[2],
+                                                  const float (&l)[2], int64_t head0, const float* sinks, int r0,
+                                                  int dim0, bool stats, const float2* unrotate) {
   const int rope_begin = kDim - p.rope_dim;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -240,6 +226,24 @@ __device__ __forceinline__ void write_rows(const AttentionParams& p, const float
           output_pair(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1], inv, d, rope_begin, unrotate);
     }
     if (stats) p.lse[head0 + r0 + 8 * h] = natural_lse(l[h], m[h]);
+  }
+}
+
+// write_output_rows with one split; with several, split's partial (O, then (m, l) from the threads
+// with `stats`) into the workspace.
+__device__ __forceinline__ void write_rows(const AttentionParams& p, const float (&o)[128], const float (&m)[2],
+                                           const float (&l)[2], int64_t head0, const float* sinks, int split, int r0,
+                                           int dim0, bool stats, const float2* unrotate) {
+  if (p.splits == 1) return write_output_rows(p, o, m, l, head0, sinks, r0, dim0, stats, unrotate);
+  const int64_t rows_total = int64_t(p.B) * p.S * p.H;
+  float* part = p.workspace + (split * rows_total + head0) * kPartStride;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float* dst = part + int64_t(r0 + 8 * h) * kPartStride;
+#pragma unroll
+    for (int j = 0; j < 32; ++j)
+      *reinterpret_cast<float2*>(dst + dim0 + 8 * j) = make_float2(o[j * 4 + 2 * h], o[j * 4 + 2 * h + 1]);
+    if (stats) *reinterpret_cast<float2*>(dst + kDim) = make_float2(m[h], l[h]);
   }
 }
 

@@ -121,6 +121,7 @@ void plan_splits(AttentionParams& p, const at::Tensor& q, at::Tensor& workspace)
   const int sms = device_sm_count(q.get_device());  // read once per device: decode calls this every step
   LCATTN_CHECK(sms > 0, "attention", "cannot read the multiprocessor count of ", q.device());
   p.splits = attention_splits(p, sms);
+  p.cluster_combine = attention_cluster_combines(p, sms);
   p.fused_combine = attention_fuses_combine(p);
   if (const int64_t floats = attention_workspace_floats(p)) {
     workspace = at::empty({floats}, q.options().dtype(at::kFloat));

@@ -118,6 +118,9 @@ struct AttentionParams {
   int B, S, H, D, L, N, K, window, ratio, rope_dim;
   int splits;          // CUDA: parts the keys of each query are split into (attention_splits)
   bool fused_combine;  // CUDA, splits > 1: the last split of each query combines them (attention_fuses_combine)
+  // CUDA, splits == 2: the two splits of each query are a cluster of two CTAs that combine through
+  // distributed shared memory, with no workspace (attention_cluster_combines)
+  bool cluster_combine = false;
   float scale;
   // CUDA, Hopper kernel: a key block moves a warp's softmax reference maxima only when one of its rows'
   // maxima passes its reference by more than this (base 2; the exponentials are then at most
