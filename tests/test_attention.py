@@ -305,7 +305,7 @@ def test_hopper_default_kernel_cuda(monkeypatch, case, pair):
     """Without switches, bf16 entries take version 6 for prefill of at least 8 key blocks and version 7
     otherwise (decode, fewer blocks): the reference's result and the kernel that ran."""
     for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_SPLITS", "LCATTN_ATTN_STAGED_OUT",
-                 "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK"):
+                 "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK", "LCATTN_ATTN_CLUSTER_SPLITS"):
         monkeypatch.delenv(name, raising=False)
     B, S, H, K, N, q_start, kv_start, L = HOPPER_CASES[case]
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
@@ -449,7 +449,8 @@ def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, 
     positions whose angles take sincosf's slow path, with the default splits, with one (the staged
     path at decode too) and with 3 (the partials and the fused combine, the same either way), on bf16
     entries (by keys, and on version 6) and kv_fp8 ones (by dims); and the kernels that ran."""
-    for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK", *BITWISE_SWITCHES):
+    for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK",
+                 "LCATTN_ATTN_CLUSTER_SPLITS", *BITWISE_SWITCHES):
         monkeypatch.delenv(name, raising=False)  # each form's default kernel, the one switch under test
     pair = entries == "pair"
     monkeypatch.setenv("LCATTN_ATTN_PAIR", "1" if pair else "0")  # else prefill of 8 blocks takes version 6
@@ -573,23 +574,25 @@ def test_hopper_cluster_combine_cuda(monkeypatch, form, H):
     with no key, dense: one whose second split has no key block, sinks that take nothing or almost all),
     repeatable bitwise, in both schedules (bf16 by keys, kv_fp8 by dims), no combine kernel; and within
     rounding of one split."""
-    for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_SPLITS", "LCATTN_ATTN_FUSED_COMBINE"):
+    for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_SPLITS", "LCATTN_ATTN_FUSED_COMBINE",
+                 "LCATTN_ATTN_CLUSTER_SPLITS"):
         monkeypatch.delenv(name, raising=False)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     B = (sms // 2 - 4) // (H // 64)  # 2 B H / 64 CTAs: nearly one wave (124 of 132)
     N = 900
     q_start = [int(p) for p in torch.randint(128, 128 * N, (B,))]
-    q_start[-2:] = [70, 5]
+    q_start[-2:] = [40, 5]
     kv_start = [p - 127 for p in q_start[:-1]] + [6]  # the last sequence has no window row (and no entry)
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, 1, H, 512, 64, 128, N, q_start, kv_start, "cuda")
-    sink[:8], sink[8:16] = float("-inf"), 30.0
+    for first in (0, 32):  # heads that either CTA finishes
+        sink[first:first + 8], sink[first + 8:first + 16] = float("-inf"), 30.0
     idx = random_indices(B, 1, 512, N, "cuda")
     idx[-1] = -1
     values = ckv
     if form == "kv_fp8":
         ckv = ops.quantize_kv_fp8(ckv.float(), 64)
         values = ops.dequantize_kv_fp8(ckv, 512, 64)
-    if form == "dense128":  # position 70: 71 window rows, no entry: one key block, none in the second split
+    if form == "dense128":  # position 40: 41 window rows, no entry: one key block, none in the second split
         run = lambda: ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=128)  # noqa: E731
         ref = reference.attention(q, kv, kvs, qs, values, sink, f, ratio=128)
     else:

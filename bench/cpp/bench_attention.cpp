@@ -55,6 +55,8 @@ int main(int argc, char** argv) {
   int sms = 0;
   BENCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   p.splits = lcattn::attention_splits(p, sms);
+  p.cluster_combine = lcattn::attention_cluster_combines(p, sms);
+  p.fused_combine = lcattn::attention_fuses_combine(p);
   bench::Buffer<float> workspace(size_t(lcattn::attention_workspace_floats(p)));
   p.workspace = workspace.dev;
   const double ms = bench::time_ms([&] { return lcattn::attention_cuda(p, nullptr); });

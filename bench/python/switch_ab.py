@@ -4,7 +4,7 @@ sets, so a drift of clocks or of the GPU's state over the run falls on all setti
 driver's --switch times the reference first, then each switch). Prints each setting's median over
 the rounds, its spread (min-max) and its ratio to the first setting (above 1: faster than the
 first). A case replayed as a CUDA graph ("(graph)", decode) fixes its kernels when the graph is
-captured, so it is captured once under each setting (its input sets then differ between settings).
+captured, so it is captured once under each setting, with the same input sets (the same seed).
 
     python bench/python/switch_ab.py --ops sparse_attn,dense_attn --match prefill \\
         --setting "" --setting "LCATTN_ATTN_STAGED_OUT=1 LCATTN_ATTN_LATE_ROPE=1" [--rounds 5]
@@ -55,10 +55,11 @@ def main() -> None:
             for op, case, _, nbytes, make, *_ in FAMILIES[family](args.quick):
                 if args.match not in case:
                     continue
-                if "(graph)" in case:  # captured under each setting
+                if "(graph)" in case:  # captured under each setting, on the same input sets
                     fns = []
                     for setting in settings:
                         apply(setting)
+                        torch.manual_seed(0)
                         fns.append(rotated(make, max(nbytes, 1)))
                 else:
                     apply({})

@@ -120,6 +120,7 @@ void plan_splits(AttentionParams& p, const at::Tensor& q, at::Tensor& workspace)
   if (!q.is_cuda()) return;
   const int sms = device_sm_count(q.get_device());  // read once per device: decode calls this every step
   LCATTN_CHECK(sms > 0, "attention", "cannot read the multiprocessor count of ", q.device());
+  const c10::cuda::CUDAGuard guard(q.device());  // attention_cluster_combines asks the current device
   p.splits = attention_splits(p, sms);
   p.cluster_combine = attention_cluster_combines(p, sms);
   p.fused_combine = attention_fuses_combine(p);
