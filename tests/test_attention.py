@@ -431,6 +431,7 @@ BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": ("0", "1", ["bf16", "kv_fp8", "pai
                     "LCATTN_ATTN_LATE_ROPE": ("0", "1", ["pair"], 2),
                     "LCATTN_ATTN_INDICES_IN_FLIGHT": ("0", "1", ["pair"], 4),
                     "LCATTN_ATTN_KEY_FENCE": ("1", "0", ["pair"], 8)}
+PAIR_DEFAULT_FORM = 1 | 2 | 4  # version 6's default: staged output, late table, index loads in flight
 
 
 @pytest.mark.cuda
@@ -467,8 +468,9 @@ def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, 
     for on in (False, True):
         monkeypatch.setenv(switch, on_value if on else off_value)
         out, kernels = run_and_kernels(lambda: ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f))
-        if kernels and pair:  # attention_sm90_pair_kernel<form>
-            assert f"attention_sm90_pair_kernel<{form if on else 0}>" in kernels, kernels
+        if kernels and pair:  # attention_sm90_pair_kernel<form>: the default's with this switch's flag set or not
+            expected = (PAIR_DEFAULT_FORM & ~form) | (form if on else 0)
+            assert f"attention_sm90_pair_kernel<{expected}>" in kernels, kernels
         elif kernels:
             assert ran_sm90_kernel(kernels, fp8, "dims" if fp8 else "keys", staged_out=on), kernels
         if kernels and splits == "3":  # at most 4 splits combine in the last CTA of each query

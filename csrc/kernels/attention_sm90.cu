@@ -218,33 +218,34 @@ __device__ __forceinline__ void partial_logits(float (&sacc)[32], const uint8_t*
 }
 
 // kClusterCombine: the two splits of a query are the two CTAs of a cluster (rank = split), which
-// combine through distributed shared memory instead of the workspace: CTA 0 finishes heads 0-31 (the
-// rows of warps 0-1 of each math warpgroup), CTA 1 heads 32-63. Each math thread holding the other
-// CTA's heads sends its O and (max, sum) into that CTA's key buffers (64 KB + 2 KB; free once all 256
-// of its math threads have arrived on pair_free after their last P.V), then arrives on its pair_data;
-// the thread there holding the same (row, dims) adds the two splits in split order (the same bits
-// whichever finishes first) and writes the output. A CTA exits only after every access the other
-// makes to its shared memory: its receivers wait for pair_data, its senders for pair_free.
+// combine through distributed shared memory instead of the workspace: CTA s finishes the dims of its
+// math warpgroup s (256 s .. 256 s + 255, all 64 heads). Its other warpgroup sends its O and (max, sum)
+// into the other CTA's key buffers (64 KB + 2 KB; free once all 256 of that CTA's math threads have
+// arrived on pair_free after their last P.V), then arrives on that CTA's pair_data; the thread there
+// holding the same (row, dims) adds the two splits in split order (the same bits whichever finishes
+// first) and the warpgroup writes its half of the output as one split does (through shared memory in
+// Q's half of its dims, free by then, when p.out is 16-byte aligned). A CTA exits only after every
+// access the other makes to its shared memory: its receivers wait for pair_data, its senders for
+// pair_free.
 __device__ __forceinline__ void cluster_combine(const AttentionParams& p, SharedStorage& sm, float (&o)[128],
                                                 const float (&m)[2], const float (&l)[2], int split, int64_t head0,
                                                 const float* sinks, int r0, int c0, int wg, int tid, bool stats) {
   const uint32_t other = 1 - split;
   mbar_arrive_cluster(cluster_map(smem_addr(&sm.pair_free), other));  // this thread is done with the key buffers
-  const int slot = wg * 64 + tid % 64;                                // the same on both CTAs
-  float4* const values = reinterpret_cast<float4*>(sm.k[0]);          // [32][128 slots] O, 4 at a time
-  float4* const rows = reinterpret_cast<float4*>(sm.k[1]);            // [128 slots] (m0, m1, l0, l1)
-  if ((tid / 64 == 0) != (split == 0)) {                              // the other CTA's heads: send them
+  float4* const values = reinterpret_cast<float4*>(sm.k[0]);          // [32][128 threads] O, 4 at a time
+  float4* const rows = reinterpret_cast<float4*>(sm.k[1]);            // [128 threads] (m0, m1, l0, l1)
+  if (wg != split) {                                                  // the other CTA's dims: send them
     mbar_wait_cluster(&sm.pair_free, 0);
-    const uint32_t to = cluster_map(smem_addr(values + slot), other);
+    const uint32_t to = cluster_map(smem_addr(values + tid), other);
 #pragma unroll
     for (int i = 0; i < 32; ++i)
       st_cluster_v4(to + i * 128 * sizeof(float4), make_float4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]));
-    st_cluster_v4(cluster_map(smem_addr(rows + slot), other), make_float4(m[0], m[1], l[0], l[1]));
+    st_cluster_v4(cluster_map(smem_addr(rows + tid), other), make_float4(m[0], m[1], l[0], l[1]));
     mbar_arrive_cluster(cluster_map(smem_addr(&sm.pair_data), other));
     return;
   }
   mbar_wait_cluster(&sm.pair_data, 0);
-  const float4 theirs = rows[slot];
+  const float4 theirs = rows[tid];
   const float their_m[2] = {theirs.x, theirs.y}, their_l[2] = {theirs.z, theirs.w};
   float m_all[2], l_all[2], w_mine[2], w_theirs[2];
 #pragma unroll
@@ -257,7 +258,7 @@ __device__ __forceinline__ void cluster_combine(const AttentionParams& p, Shared
   }
 #pragma unroll
   for (int i = 0; i < 32; ++i) {
-    const float4 v = values[i * 128 + slot];
+    const float4 v = values[i * 128 + tid];
     const float them[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
@@ -265,7 +266,11 @@ __device__ __forceinline__ void cluster_combine(const AttentionParams& p, Shared
       o[4 * i + e] = split == 0 ? __fadd_rn(a, b) : __fadd_rn(b, a);
     }
   }
-  write_output_rows(p, o, m_all, l_all, head0, sinks, r0, 256 * wg + c0, stats, sm.unrotate);
+  if (reinterpret_cast<uintptr_t>(p.out) % 16 == 0)
+    write_rows_staged(p, o, m_all, l_all, head0, sinks, r0, c0, wg, stats, sm.unrotate,
+                      sm.q + wg * (kChunks / 2) * kChunkBytes, kBarWidened + wg);
+  else
+    write_output_rows(p, o, m_all, l_all, head0, sinks, r0, 256 * wg + c0, stats, sm.unrotate);
 }
 
 // kFp8Entries: the entries are p.ckv_fp8 (kv_fp8 form). By keys, the RoPE (cos, -sin) table is built by
@@ -484,7 +489,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
   const int64_t head0 = work.row * p.H + work.group * kHeads;  // flat (row, head) of accumulator row 0
   if constexpr (kClusterCombine) {
     cluster_combine(p, sm, o, m_run, l_run, work.split, head0, p.sink + work.group * kHeads, r0, c0, wg, tid,
-                    wg == 0 && lane % 4 == 0);
+                    lane % 4 == 0);
     return;
   }
   if constexpr (kStagedOut) {
@@ -641,10 +646,13 @@ bool pair_schedule_applies(const AttentionParams& p) {
   return !std::getenv("LCATTN_ATTN_SCHEDULE") && p.splits == 1 && p.S > 1 && max_key_blocks(p) >= 8;
 }
 
-// Version 6's form (PairForm flags): each off unless its switch asks for it (read per call).
+// Version 6's form (PairForm flags), read per call: the output through shared memory, the late table
+// and the index loads in flight on unless LCATTN_ATTN_STAGED_OUT, LCATTN_ATTN_LATE_ROPE or
+// LCATTN_ATTN_INDICES_IN_FLIGHT is 0 (H100: 1.04-1.12x together on prefill); the key fence left out
+// only with LCATTN_ATTN_KEY_FENCE=0 (0.98-1.04x more, within the spread; PTX asks for the fence).
 int pair_form(const AttentionParams& p) {
-  return (stages_output(p, false) ? kPairStagedOut : 0) | (env_is("LCATTN_ATTN_LATE_ROPE", "1") ? kPairLateTable : 0) |
-         (env_is("LCATTN_ATTN_INDICES_IN_FLIGHT", "1") ? kPairIndicesInFlight : 0) |
+  return (stages_output(p, true) ? kPairStagedOut : 0) | (!env_is("LCATTN_ATTN_LATE_ROPE", "0") ? kPairLateTable : 0) |
+         (!env_is("LCATTN_ATTN_INDICES_IN_FLIGHT", "0") ? kPairIndicesInFlight : 0) |
          (env_is("LCATTN_ATTN_KEY_FENCE", "0") ? kPairNoKeyFence : 0);
 }
 

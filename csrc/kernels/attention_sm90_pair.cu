@@ -151,10 +151,8 @@ __device__ __forceinline__ void issue_pv_other(float (&o)[128], const PairStorag
   wgmma_commit();
 }
 
-// kForm: the PairForm flags (attention_sm90.h). The dispatch (attention_sm90) takes the default, 0,
-// unless LCATTN_ATTN_STAGED_OUT=1, LCATTN_ATTN_LATE_ROPE=1, LCATTN_ATTN_INDICES_IN_FLIGHT=1 or
-// LCATTN_ATTN_KEY_FENCE=0 (H100: the first two 1.01-1.07x and 0.98-1.05x on prefill, dense S = 1024
-// 0.80x under either; kernel notes).
+// kForm: the PairForm flags (attention_sm90.h); the dispatch's default (pair_form in attention_sm90.cu)
+// is the staged output, the late table and the index loads in flight, with the key fence.
 template <int kForm>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const AttentionParams p) {
   constexpr bool kStagedOut = kForm & kPairStagedOut, kLateTable = kForm & kPairLateTable;
