@@ -569,18 +569,20 @@ def test_hopper_fused_combine_cuda(monkeypatch, splits, form, pair):
 @pytest.mark.cuda
 @pytest.mark.parametrize("form", ["sparse", "dense128", "kv_fp8"])
 @pytest.mark.parametrize("H", [64, 128])
-def test_hopper_cluster_combine_cuda(monkeypatch, form, H):
-    """LCATTN_ATTN_CLUSTER_SPLITS=1: a decode batch of (row, head group) items too many for the split
-    rule (one split each) and few enough for two CTAs each in one wave runs two splits a query, whose
+@pytest.mark.parametrize("quarter", [False, True])
+def test_hopper_cluster_combine_cuda(monkeypatch, form, H, quarter):
+    """LCATTN_ATTN_CLUSTER_SPLITS=1: a decode batch of (row, head group) items that the split rule gives
+    one split each (more than a quarter of the SMs) or two (a quarter), and few enough for two CTAs each
+    in one wave, runs two splits a query, whose
     two CTAs, a cluster, combine through distributed shared memory: the reference's result (a sequence
     with no key, dense: one whose second split has no key block, sinks that take nothing or almost all),
     repeatable bitwise, in both schedules (bf16 by keys, kv_fp8 by dims), no combine kernel; and within
-    rounding of one split."""
+    rounding of the split rule's result."""
     for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_SPLITS", "LCATTN_ATTN_FUSED_COMBINE",
                  "LCATTN_ATTN_CLUSTER_SPLITS"):
         monkeypatch.delenv(name, raising=False)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    B = (sms // 2 - 4) // (H // 64)  # 2 B H / 64 CTAs: nearly one wave (124 of 132)
+    B = (sms // 4 if quarter else sms // 2 - 4) // (H // 64)  # items: 33 or 62 of 132 SMs
     N = 900
     q_start = [int(p) for p in torch.randint(128, 128 * N, (B,))]
     q_start[-2:] = [40, 5]
@@ -600,7 +602,7 @@ def test_hopper_cluster_combine_cuda(monkeypatch, form, H):
     else:
         run = lambda: ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)  # noqa: E731
         ref = reference.attention(q, kv, kvs, qs, values, sink, f, indices=idx)
-    one_split = run()
+    by_rule = run()  # one split, or two with the fused combine
     monkeypatch.setenv("LCATTN_ATTN_CLUSTER_SPLITS", "1")
     out, kernels = run_and_kernels(run)
     if kernels:
@@ -610,8 +612,8 @@ def test_hopper_cluster_combine_cuda(monkeypatch, form, H):
     check(*out, *ref)
     again = run()
     assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
-    assert_close(out[0].float(), one_split[0].float(), 1e-2, "out")
-    assert_close(out[1], one_split[1], 1e-5, "lse")
+    assert_close(out[0].float(), by_rule[0].float(), 1e-2, "out")
+    assert_close(out[1], by_rule[1], 1e-5, "lse")
     assert torch.equal(out[0][-1], torch.zeros_like(out[0][-1])) and bool((out[1][-1] == float("-inf")).all())
 
 

@@ -682,8 +682,10 @@ bool attention_cluster_combines(const AttentionParams& p, int num_sms) {
   if (!env_is("LCATTN_ATTN_CLUSTER_SPLITS", "1") || env_int("LCATTN_ATTN_SPLITS", 0) > 0 ||
       !attention_sm90_supported(p))
     return false;
-  const int64_t items = head_group_items(p);  // decode only: prefill keeps its kernels (version 6)
-  return p.S == 1 && items * 4 > num_sms && items <= max_cluster_pairs() && max_key_blocks(p) >= 2;
+  // Decode only (prefill keeps its kernels, version 6), where the split rule below gives one split
+  // (items past a quarter of the SMs) or two (past a sixth), and the device holds all the pairs at once.
+  const int64_t items = head_group_items(p);
+  return p.S == 1 && items * 6 > num_sms && items <= max_cluster_pairs() && max_key_blocks(p) >= 2;
 }
 
 int64_t attention_workspace_floats(const AttentionParams& p) {
