@@ -54,9 +54,14 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
 }
 
 // ---- clusters ----------------------------------------------------------------------------------
-// Every thread of every CTA of the cluster: arrive (releasing its writes) and wait (acquiring theirs).
+// Every thread of every CTA of the cluster: arrive (releasing its writes) and wait (acquiring theirs);
+// a thread that leaves after arriving, without waiting, uses cluster_arrive.
+__device__ __forceinline__ void cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
 __device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+  cluster_arrive();
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
 // The address of this CTA's shared `addr` in the CTA of cluster rank `rank` (shared::cluster).
 __device__ __forceinline__ uint32_t cluster_map(uint32_t addr, uint32_t rank) {
