@@ -296,18 +296,19 @@ def test_hopper_schedules_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L,
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("case,pair", [
-    (0, True),   # V4-Flash prefill, 10 key blocks: version 6
-    (1, True),   # V4-Pro prefill, 18 blocks
-    (2, False),  # decode: version 7 (by keys, its output through shared memory)
-    (3, False),  # prefill of 4 blocks: version 7
+    (HOPPER_CASES[0], True),   # V4-Flash prefill, 10 key blocks: version 6
+    (HOPPER_CASES[1], True),   # V4-Pro prefill, 18 blocks
+    (HOPPER_CASES[2], False),  # decode: version 7 (by keys, its output through shared memory)
+    (HOPPER_CASES[3], True),   # prefill of 4 blocks
+    ((2, 33, 64, 50, 140, [0, 37], [-127, -90], 160), False),  # prefill of 3 blocks: version 7
 ])
 def test_hopper_default_kernel_cuda(monkeypatch, case, pair):
-    """Without switches, bf16 entries take version 6 for prefill of at least 8 key blocks and version 7
+    """Without switches, bf16 entries take version 6 for prefill of at least 4 key blocks and version 7
     otherwise (decode, fewer blocks): the reference's result and the kernel that ran."""
     for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_SPLITS", "LCATTN_ATTN_STAGED_OUT",
                  "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK", "LCATTN_ATTN_CLUSTER_SPLITS"):
         monkeypatch.delenv(name, raising=False)
-    B, S, H, K, N, q_start, kv_start, L = HOPPER_CASES[case]
+    B, S, H, K, N, q_start, kv_start, L = case
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
     idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
     out, kernels = run_and_kernels(lambda: ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f))
@@ -454,7 +455,7 @@ def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, 
                  "LCATTN_ATTN_CLUSTER_SPLITS", *BITWISE_SWITCHES):
         monkeypatch.delenv(name, raising=False)  # each form's default kernel, the one switch under test
     pair = entries == "pair"
-    monkeypatch.setenv("LCATTN_ATTN_PAIR", "1" if pair else "0")  # else prefill of 8 blocks takes version 6
+    monkeypatch.setenv("LCATTN_ATTN_PAIR", "1" if pair else "0")  # else prefill of 4 blocks takes version 6
     monkeypatch.setenv("LCATTN_ATTN_SPLITS", splits)
     q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, H, 512, 64, L, N, q_start, kv_start, "cuda")
     values = ckv  # the entries' values: bf16, or kv_fp8 entries dequantized

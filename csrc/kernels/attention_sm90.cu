@@ -9,7 +9,7 @@
 //   WG0, WG1, math: WG w accumulates O[:, dims 256w .. 256w + 255] += P V[:, those dims] in fp32, V = K
 //        read MN-major from the key buffer. How the two share a block's logits and online softmax
 //        (base 2) is the Schedule below: by keys (version 7, bf16 entries' default but for prefill of
-//        8 key blocks or more, which version 6 takes: pair_schedule_applies) or by dims (version 4,
+//        4 key blocks or more, which version 6 takes: pair_schedule_applies) or by dims (version 4,
 //        kv_fp8 entries' default).
 // Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB (kKeys: the P tile and
 // the row statistics in their place), 128B-swizzled tiles.
@@ -633,14 +633,14 @@ int max_key_blocks(const AttentionParams& p) {
 }
 
 // Version 6 where it measured faster than version 7 (H100, bf16 entries): one split, queries that share
-// their sequence's keys (S > 1, so the gathered rows mostly come from L2) and at least 8 key blocks.
-// Its CTA's fixed cost is about 2 us more and its block about 0.3 us less (prefill 1.03-1.19x at 10-18
-// blocks, 0.96x at 4; decode 0.87-0.90x). LCATTN_ATTN_PAIR=1 or 0 takes it or not; an explicit
-// LCATTN_ATTN_SCHEDULE asks for version 7 or 4.
+// their sequence's keys (S > 1, so the gathered rows mostly come from L2) and at least 4 key blocks.
+// With its default form its CTA's fixed cost is about 0.7 us more and its block about 0.4-0.5 us less
+// (prefill 1.05-1.09x at 4 blocks; decode 0.87-0.90x in its first form). LCATTN_ATTN_PAIR=1 or 0 takes it
+// or not; an explicit LCATTN_ATTN_SCHEDULE asks for version 7 or 4.
 bool pair_schedule_applies(const AttentionParams& p) {
   if (p.ckv_fp8 || p.cluster_combine || env_is("LCATTN_ATTN_PAIR", "0")) return false;
   if (env_is("LCATTN_ATTN_PAIR", "1")) return true;
-  return !std::getenv("LCATTN_ATTN_SCHEDULE") && p.splits == 1 && p.S > 1 && max_key_blocks(p) >= 8;
+  return !std::getenv("LCATTN_ATTN_SCHEDULE") && p.splits == 1 && p.S > 1 && max_key_blocks(p) >= 4;
 }
 
 // Version 6's form (PairForm flags), read per call: the output through shared memory, the late table

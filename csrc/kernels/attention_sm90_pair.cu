@@ -1,5 +1,5 @@
 // Version 6 of the Hopper attention kernel (SPEC 5; kernel notes): blocks of 64 keys taken in pairs,
-// the schedule of FlashMLA's sparse prefill. The default for bf16 prefill of 8 key blocks or more
+// the schedule of FlashMLA's sparse prefill. The default for bf16 prefill of 4 key blocks or more
 // (pair_schedule_applies in attention_sm90.cu; LCATTN_ATTN_PAIR=0 or 1 overrides); kv_fp8 entries run
 // version 4.
 //
