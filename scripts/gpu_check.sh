@@ -72,7 +72,9 @@ if [ -n "${DEMO_CONTEXT:-}" ]; then step demo python3 -m lcattn.demo --context "
 # cuts too): racecheck flags those even where every access is ordered by bar.sync
 # (scripts/racecheck_named_barriers.cu reproduces it). In the attention family it reports version 6's
 # row maxima hand-off (a bar.arrive -> bar.sync pair; scripts/racecheck_pair_exchange.cu shows the tool
-# flags that ordered pattern): any other hazard there is news.
+# flags that ordered pattern), and the decode in clusters of two's exchange through distributed shared
+# memory (scripts/racecheck_cluster_exchange.cu: racecheck reports an ordered exchange as a race): any
+# other hazard there is news.
 [ "${SANITIZE:-1}" != 0 ] || families=()
 chosen=${SANITIZE_K:+($SANITIZE_K) and }
 for family in "${families[@]}"; do

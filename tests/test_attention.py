@@ -572,13 +572,13 @@ def test_hopper_fused_combine_cuda(monkeypatch, splits, form, pair):
 @pytest.mark.parametrize("H", [64, 128])
 @pytest.mark.parametrize("quarter", [False, True])
 def test_hopper_cluster_combine_cuda(monkeypatch, form, H, quarter):
-    """LCATTN_ATTN_CLUSTER_SPLITS=1: a decode batch of (row, head group) items that the split rule gives
-    one split each (more than a quarter of the SMs) or two (a quarter), and few enough for two CTAs each
-    in one wave, runs two splits a query, whose
-    two CTAs, a cluster, combine through distributed shared memory: the reference's result (a sequence
-    with no key, dense: one whose second split has no key block, sinks that take nothing or almost all),
-    repeatable bitwise, in both schedules (bf16 by keys, kv_fp8 by dims), no combine kernel; and within
-    rounding of the split rule's result."""
+    """By default (LCATTN_ATTN_CLUSTER_SPLITS=0 turns it off) a decode batch of (row, head group) items
+    that the split rule gives one split each (more than a quarter of the SMs) or two (a quarter), and
+    few enough for two CTAs each in one wave, runs two splits a query, whose two CTAs, a cluster,
+    combine through distributed shared memory: the reference's result (a sequence with no key, dense:
+    one whose second split has no key block, sinks that take nothing or almost all), repeatable
+    bitwise, in both schedules (bf16 by keys, kv_fp8 by dims), no combine kernel; and within rounding
+    of the split rule's result (the switch off)."""
     for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_SPLITS", "LCATTN_ATTN_FUSED_COMBINE",
                  "LCATTN_ATTN_CLUSTER_SPLITS"):
         monkeypatch.delenv(name, raising=False)
@@ -603,8 +603,9 @@ def test_hopper_cluster_combine_cuda(monkeypatch, form, H, quarter):
     else:
         run = lambda: ops.sparse_attn(q, kv, kvs, qs, ckv, idx, sink, f)  # noqa: E731
         ref = reference.attention(q, kv, kvs, qs, values, sink, f, indices=idx)
+    monkeypatch.setenv("LCATTN_ATTN_CLUSTER_SPLITS", "0")
     by_rule = run()  # one split, or two with the fused combine
-    monkeypatch.setenv("LCATTN_ATTN_CLUSTER_SPLITS", "1")
+    monkeypatch.delenv("LCATTN_ATTN_CLUSTER_SPLITS")
     out, kernels = run_and_kernels(run)
     if kernels:
         fp8 = form == "kv_fp8"

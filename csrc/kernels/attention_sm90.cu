@@ -676,13 +676,12 @@ int attention_splits(const AttentionParams& p, int num_sms) {
 }
 
 bool attention_cluster_combines(const AttentionParams& p, int num_sms) {
-  if (!env_is("LCATTN_ATTN_CLUSTER_SPLITS", "1") || env_int("LCATTN_ATTN_SPLITS", 0) > 0 ||
-      !attention_sm90_supported(p))
+  if (env_is("LCATTN_ATTN_CLUSTER_SPLITS", "0") || env_int("LCATTN_ATTN_SPLITS", 0) > 0 || !attention_sm90_supported(p))
     return false;
   // Decode only (prefill keeps its kernels, version 6), where the split rule below gives one split
   // (items past a quarter of the SMs) or two (past a sixth), and the device holds all the pairs at once.
-  // Where it replaces one split, only with 8 key blocks or more (H100, B = 64: 1.05x at 10 blocks, 0.92x
-  // at 4); where it replaces two, with 4 or more (B = 32: 1.67x at 10 blocks).
+  // Where it replaces one split, only with 8 key blocks or more (H100, B = 64: 1.05x at 10 blocks, kv_fp8
+  // 1.40x; 0.92x at 4 blocks); where it replaces two, with 4 or more (B = 32: 1.66x, kv_fp8 1.50x).
   const int64_t items = head_group_items(p);
   return p.S == 1 && items * 6 > num_sms && items <= max_cluster_pairs() &&
          max_key_blocks(p) >= (items * 4 > num_sms ? 8 : 4);
