@@ -18,7 +18,8 @@
 // the math is the same and the producer's loads stay asynchronous.
 // With several splits (decode), each CTA writes its unnormalised output and (max, sum) to the
 // workspace and the last CTA of each query to finish (2 to 4 splits; fused_combine) or a second
-// kernel combines them, adds the sink and undoes the query rotation.
+// kernel combines them, adds the sink and undoes the query rotation; or, with two splits as a cluster
+// (cluster_combine), the two CTAs exchange halves of their output through distributed shared memory.
 #include "attention_sm90.h"
 #include "attention_sm90_common.cuh"
 #include "common/device.h"
@@ -678,7 +679,7 @@ int attention_splits(const AttentionParams& p, int num_sms) {
 bool attention_cluster_combines(const AttentionParams& p, int num_sms) {
   if (env_is("LCATTN_ATTN_CLUSTER_SPLITS", "0") || env_int("LCATTN_ATTN_SPLITS", 0) > 0 || !attention_sm90_supported(p))
     return false;
-  // Decode only (prefill keeps its kernels, version 6), where the split rule below gives one split
+  // Decode only (prefill keeps its kernels, version 6), where attention_splits' rule gives one split
   // (items past a quarter of the SMs) or two (past a sixth), and the device holds all the pairs at once.
   // Where it replaces one split, only with 8 key blocks or more (H100, B = 64: 1.05x at 10 blocks, kv_fp8
   // 1.40x; 0.92x at 4 blocks); where it replaces two, with 4 or more (B = 32: 1.66x, kv_fp8 1.50x).

@@ -10,7 +10,7 @@ cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream);
 
 // Version 6 (attention_sm90_pair.cu): blocks in pairs, one softmax per block; taken by attention_sm90
 // for bf16 entries where it measured faster (pair_schedule_applies); its splits write version 4's partials.
-// Its forms, flags of a bit each (the dispatch reads them from LCATTN_ATTN_* switches, all off by default):
+// Its forms, flags of a bit each (pair_form in attention_sm90.cu picks one from the LCATTN_ATTN_* switches):
 enum PairForm : int {
   kPairStagedOut = 1,        // a one-split output through shared memory (p.out 16-byte aligned)
   kPairLateTable = 2,        // the RoPE table built after the set-up barrier

@@ -23,9 +23,9 @@
 // Shared memory: Q 64 KB, 2 key buffers of 64 KB, 2 P tiles of 8 KB, all 128B-swizzled.
 #include "attention_sm90.h"
 #include "attention_sm90_common.cuh"
-#include <utility>
-
 #include "common/device.h"
+
+#include <utility>
 
 namespace lcattn {
 namespace {

@@ -52,9 +52,9 @@ cudaError_t attention_cuda(const AttentionParams& p, cudaStream_t stream);
 // attention_workspace_floats(p) floats.
 int attention_splits(const AttentionParams& p, int num_sms);
 // Whether the queries' keys go in two splits whose two CTAs, a cluster, combine them through
-// distributed shared memory (no workspace; LCATTN_ATTN_CLUSTER_SPLITS=0 turns it off), at decode (S = 1) where
-// the split rule would give one or two splits and the current device holds every query's pair at
-// once; attention_splits then gives 2. Set p.cluster_combine from it.
+// distributed shared memory, with no workspace: at decode (S = 1) where the split rule would give one
+// or two splits and the current device holds every query's pair at once, unless
+// LCATTN_ATTN_CLUSTER_SPLITS=0; attention_splits then gives 2. Set p.cluster_combine from it.
 bool attention_cluster_combines(const AttentionParams& p, int num_sms);
 // Whether attention_cuda reads entries in the kv_fp8 form (p.ckv_fp8) directly: the Hopper kernel's
 // shapes (otherwise the caller widens them to bf16).
