@@ -44,13 +44,13 @@ __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
 __device__ __forceinline__ void mbar_arrive_cp_async(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
+// A loop on mbarrier.try_wait.parity with the given semantics and scope (operands: the barrier's
+// shared address, the parity of the phase waited for).
+#define LCATTN_MBAR_WAIT_LOOP(SEMANTICS)                              \
+  "{\n.reg .pred done;\nwait_%=:\nmbarrier.try_wait.parity" SEMANTICS \
+  ".shared::cta.b64 done, [%0], %1;\n@!done bra wait_%=;\n}\n"
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred done;\nwait_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra wait_%=;\n}\n" ::"r"(smem_addr(bar)),
-      "r"(parity)
-      : "memory");
+  asm volatile(LCATTN_MBAR_WAIT_LOOP("")::"r"(smem_addr(bar)), "r"(parity) : "memory");
 }
 
 // ---- clusters ----------------------------------------------------------------------------------
@@ -81,12 +81,7 @@ __device__ __forceinline__ void mbar_arrive_cluster(uint32_t remote) {
 }
 // Waits for a phase of this CTA's mbarrier that other CTAs of the cluster arrive on, acquiring their writes.
 __device__ __forceinline__ void mbar_wait_cluster(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred done;\nwait_%=:\n"
-      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra wait_%=;\n}\n" ::"r"(smem_addr(bar)),
-      "r"(parity)
-      : "memory");
+  asm volatile(LCATTN_MBAR_WAIT_LOOP(".acquire.cluster")::"r"(smem_addr(bar)), "r"(parity) : "memory");
 }
 
 // ---- copies and fences --------------------------------------------------------------------------
