@@ -90,7 +90,8 @@ struct QueryKeys {
   }
   // row(u) in two steps, so that a thread's index loads for several keys can be in flight together:
   // entry(u) loads key u's index (an entry key's position without indices; unread otherwise), then
-  // row(u, entry(u)) is row(u).
+  // row(u, entry(u)) is row(u). (row(u) keeps its own body: as row(u, entry(u)) it compiles to other
+  // SASS in version 7.)
   __device__ int entry(int u) const {
     const int j = u - n_window;
     return indices && j >= 0 && u < n_keys ? __ldg(indices + j) : j;

@@ -188,29 +188,21 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     // the split's last); the next pair's looked up once this pair's copies are issued.
     const int t = threadIdx.x - 256;
     auto look_up = [&](int it, const bf16*(&rows)[2][4]) {
-      if constexpr (kForm & kPairIndicesInFlight) {  // 8 index loads, then 8 rows
-        int u[2][4], entry[2][4];
+      int u[2][4], entry[2][4];  // kPairIndicesInFlight: the 8 index loads first, then the 8 rows
 #pragma unroll
-        for (int w = 0; w < 2; ++w)
+      for (int w = 0; w < 2; ++w)
 #pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            const int blk = range.first + 2 * it + w;
-            u[w][r] = blk < range.last ? blk * kKeys + 4 * (t / 8) + r : keys.n_keys;  // n_keys: absent
-            entry[w][r] = keys.entry(u[w][r]);
-          }
-#pragma unroll
-        for (int w = 0; w < 2; ++w)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) rows[w][r] = static_cast<const bf16*>(keys.row(u[w][r], entry[w][r]));
-      } else {
-#pragma unroll
-        for (int w = 0; w < 2; ++w) {
+        for (int r = 0; r < 4; ++r) {
           const int blk = range.first + 2 * it + w;
-#pragma unroll
-          for (int r = 0; r < 4; ++r)
-            rows[w][r] = blk < range.last ? static_cast<const bf16*>(keys.row(blk * kKeys + 4 * (t / 8) + r)) : nullptr;
+          u[w][r] = blk < range.last ? blk * kKeys + 4 * (t / 8) + r : keys.n_keys;  // n_keys: absent
+          if constexpr (kForm & kPairIndicesInFlight) entry[w][r] = keys.entry(u[w][r]);
         }
-      }
+#pragma unroll
+      for (int w = 0; w < 2; ++w)
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          rows[w][r] = static_cast<const bf16*>((kForm & kPairIndicesInFlight) ? keys.row(u[w][r], entry[w][r])
+                                                                               : keys.row(u[w][r]));
     };
     const bf16* rows[2][4];
     if (pairs > 0) look_up(0, rows);
