@@ -2,7 +2,7 @@
 // (attention_sm90.cu, kClusterCombine) alone. On a GPU machine:
 //   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc/include -Icsrc/kernels \
 //     scripts/racecheck_cluster_exchange.cu -o /tmp/rx
-//   for v in 0 1 2; do compute-sanitizer --tool racecheck /tmp/rx $v | tail -1; done
+//   for v in 0 1 2 3 4; do compute-sanitizer --tool racecheck /tmp/rx $v | tail -1; done
 // One cluster of two CTAs of 64 threads. Warp 0 of each CTA copies 32 floats from global memory into
 // its shared buffer with cp.async, arriving on an mbarrier when they land; warp 1 waits on it and reads
 // them. Then, as in the kernel, rank 1 stores 32 floats into rank 0's buffer with st.shared::cluster and
@@ -13,11 +13,16 @@
 //   1  no cluster barrier there: rank 1 may store into rank 0's buffer before rank 0's copies land or
 //      are read                                                 -> a real race
 //   2  as 0, with the copy by ordinary loads and stores instead of cp.async -> ordered
+//   3  two cluster barriers and no mbarrier at cluster scope: warp 0 waits for its own copies
+//      (cp.async.wait_all) before the first; rank 1 stores, then every thread meets the second, after
+//      which rank 0 reads                                       -> ordered
+//   4  as 3 without the first cluster barrier                   -> a real race
 // Each variant prints the sum of what rank 0 read last (32 x 1000 + 496 = 32,496).
-// Outcome (H100, compute-sanitizer of CUDA 13.0): each of the three reports the same 32 "potential
+// Outcome (H100, compute-sanitizer of CUDA 13.0): variants 0-2 each report the same 32 "potential
 // invalid __shared__ write ... in a block that might have already exited", one per remote store, and
-// reads 32,496: racecheck does not follow the mbarrier wait at cluster scope that keeps rank 0 alive,
-// so it cannot tell the ordered exchange from the race.
+// read 32,496: racecheck does not follow the mbarrier wait at cluster scope that keeps rank 0 alive,
+// so it cannot tell the ordered exchange from the race. Variants 3 and 4 both report nothing (and read
+// 32,496): racecheck sees no race in the two-barrier form, not even the real one.
 #include <cstdio>
 #include <cstdlib>
 
@@ -45,12 +50,26 @@ __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(64, 1) probe(const f
       asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(buf + lane)), "l"(src + lane)
                    : "memory");
       mbar_arrive_cp_async(&full);
+      if (V >= 3) cp_async_wait_all();
     }
   } else {
     mbar_wait(&full, 0);
     seen = buf[lane];
   }
-  if (V != 1) cluster_sync();  // both CTAs are done with their buffers
+  if (V != 1 && V != 4) cluster_sync();  // both CTAs are done with their buffers
+  if (V >= 3) {
+    if (rank == 1 && warp == 1)
+      asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(cluster_map(smem_addr(buf + lane), 0)),
+                   "f"(1000.f + lane)
+                   : "memory");
+    if (rank == 1) {  // arrives and leaves: rank 0 waits for its stores
+      cluster_arrive();
+      return;
+    }
+    cluster_sync();
+    if (warp == 1) atomicAdd(out, buf[lane]);
+    return;
+  }
   if (rank == 1 && warp == 1) {
     asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(cluster_map(smem_addr(buf + lane), 0)),
                  "f"(1000.f + lane)
@@ -73,6 +92,8 @@ int main(int argc, char** argv) {
   if (v == 0) probe<0><<<2, 64>>>(src, out);
   if (v == 1) probe<1><<<2, 64>>>(src, out);
   if (v == 2) probe<2><<<2, 64>>>(src, out);
+  if (v == 3) probe<3><<<2, 64>>>(src, out);
+  if (v == 4) probe<4><<<2, 64>>>(src, out);
   float host = 0.f;
   const cudaError_t err = cudaMemcpy(&host, out, sizeof(float), cudaMemcpyDeviceToHost);
   printf("variant %d: %s, sum read %.0f\n", v, cudaGetErrorString(err), host);

@@ -52,8 +52,8 @@ PROBES = [
      "namespace {\n"),
     ("  const CtaWork work(p);\n",
      "  PROBE(0, 0);\n  PUT(10, 0, clock64());\n  PUT(6, 0, sm_id());\n  const CtaWork work(p);\n"),
-    ("  if constexpr (!kLateTable) fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n",
-     "  if constexpr (!kLateTable) fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n  PROBE(1, 0);\n"
+    ("  else\n    __syncthreads();\n",
+     "  else\n    __syncthreads();\n  PROBE(1, 0);\n"
      "  PUT(7, 0, (unsigned long long)(range.last - range.first));\n"),
     ("    load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills\n",
      "    load_tile(sm.q, warp, lane, q + my_row * kDim, q, nullptr);  // q: any valid address for zero fills\n"
