@@ -636,8 +636,8 @@ int max_key_blocks(const AttentionParams& p) {
 // Version 6 where it measured faster than version 7 (H100, bf16 entries): one split, queries that share
 // their sequence's keys (S > 1, so the gathered rows mostly come from L2) and at least 4 key blocks.
 // With its default form its CTA's fixed cost is about 0.7 us more and its block about 0.4-0.5 us less
-// (prefill 1.05-1.09x at 4 blocks; decode 0.87-0.90x in its first form). LCATTN_ATTN_PAIR=1 or 0 takes it
-// or not; an explicit LCATTN_ATTN_SCHEDULE asks for version 7 or 4.
+// (prefill 1.05-1.09x at 4 blocks; decode of one split 1.03-1.06x in its A/B, kernel notes, not yet
+// taken). LCATTN_ATTN_PAIR=1 or 0 takes it or not; an explicit LCATTN_ATTN_SCHEDULE asks for version 7 or 4.
 bool pair_schedule_applies(const AttentionParams& p) {
   if (p.ckv_fp8 || p.cluster_combine || env_is("LCATTN_ATTN_PAIR", "0")) return false;
   if (env_is("LCATTN_ATTN_PAIR", "1")) return true;
@@ -647,11 +647,13 @@ bool pair_schedule_applies(const AttentionParams& p) {
 // Version 6's form (PairForm flags), read per call: the output through shared memory, the late table
 // and the index loads in flight on unless LCATTN_ATTN_STAGED_OUT, LCATTN_ATTN_LATE_ROPE or
 // LCATTN_ATTN_INDICES_IN_FLIGHT is 0 (H100: 1.04-1.12x together on prefill); the key fence left out
-// only with LCATTN_ATTN_KEY_FENCE=0 (0.98-1.04x more, within the spread; PTX asks for the fence).
+// only with LCATTN_ATTN_KEY_FENCE=0 (0.98-1.04x more, within the spread; PTX asks for the fence); the
+// next pair's rows asked of L2 only with LCATTN_ATTN_PAIR_ROWS_TO_L2=1 (not yet run).
 int pair_form(const AttentionParams& p) {
   return (stages_output(p, true) ? kPairStagedOut : 0) | (!env_is("LCATTN_ATTN_LATE_ROPE", "0") ? kPairLateTable : 0) |
          (!env_is("LCATTN_ATTN_INDICES_IN_FLIGHT", "0") ? kPairIndicesInFlight : 0) |
-         (env_is("LCATTN_ATTN_KEY_FENCE", "0") ? kPairNoKeyFence : 0);
+         (env_is("LCATTN_ATTN_KEY_FENCE", "0") ? kPairNoKeyFence : 0) |
+         (env_is("LCATTN_ATTN_PAIR_ROWS_TO_L2", "1") ? kPairRowsToL2 : 0);
 }
 
 }  // namespace

@@ -16,7 +16,8 @@ enum PairForm : int {
   kPairLateTable = 2,        // the RoPE table built after the set-up barrier
   kPairIndicesInFlight = 4,  // the producer's index loads of a look-up issued together
   kPairNoKeyFence = 8,       // no proxy fence between a key half's arrival and the logits' wgmma
-  kPairForms = 16,
+  kPairRowsToL2 = 16,        // the next pair's rows asked of L2 when looked up, a pair before their copies
+  kPairForms = 32,
 };
 cudaError_t attention_sm90_pair(const AttentionParams& p, int form, cudaStream_t stream);
 
