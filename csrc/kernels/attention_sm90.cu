@@ -164,7 +164,7 @@ __device__ __forceinline__ void prefetch_row_l2(const void* row, int bytes, int 
 #pragma unroll
   for (int line = 0; line < 4; ++line) {
     const uintptr_t at = first + (lane / 16 * 4 + line) * 128;
-    if (at < end) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(at));
+    if (at < end) prefetch_l2(reinterpret_cast<const void*>(at));
   }
 }
 

@@ -68,6 +68,16 @@ __device__ __forceinline__ void load_half(uint8_t* tile, int t, int h, const bf1
     for (int r = 0; r < 4; ++r) bias[row0 + r] = rows[r] ? 0.f : -INFINITY;
 }
 
+// kPairRowsToL2: the producer thread t asks L2 for line t % 8 of each of its 8 rows (1 KB each; the 8
+// threads of a row ask for all of it), a pair's time before the copies that read them.
+__device__ __forceinline__ void rows_to_l2(int t, const bf16* const (&rows)[2][4]) {
+#pragma unroll
+  for (int w = 0; w < 2; ++w)
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      if (rows[w][r]) prefetch_l2(rows[w][r] + (t % 8) * 64);
+}
+
 // S[64 heads x 64 keys] += Q K^T over the dims of half h of key buffer w (first: S = instead), once
 // that half has landed; issued and committed as its own group, not waited.
 // kKeyFence: a proxy fence between the cp.async writes (generic proxy) and the wgmma reads (async
@@ -187,7 +197,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     // This thread's 4 rows of the pair's two blocks (block first + 2 it + w in buffer w; absent past
     // the split's last); the next pair's looked up once this pair's copies are issued.
     const int t = threadIdx.x - 256;
-    auto look_up = [&](int it, const bf16*(&rows)[2][4], bool ahead) {
+    auto look_up = [&](int it, const bf16*(&rows)[2][4]) {
       int u[2][4], entry[2][4];  // kPairIndicesInFlight: the 8 index loads first, then the 8 rows
 #pragma unroll
       for (int w = 0; w < 2; ++w)
@@ -203,17 +213,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
         for (int r = 0; r < 4; ++r)
           rows[w][r] = static_cast<const bf16*>((kForm & kPairIndicesInFlight) ? keys.row(u[w][r], entry[w][r])
                                                                                : keys.row(u[w][r]));
-      // kPairRowsToL2: the 8 threads of a row ask L2 for its 128-byte line t % 8 (a 1 KB row).
-      if constexpr (kForm & kPairRowsToL2)
-        if (ahead)
-#pragma unroll
-          for (int w = 0; w < 2; ++w)
-#pragma unroll
-            for (int r = 0; r < 4; ++r)
-              if (rows[w][r]) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(rows[w][r] + (t % 8) * 64));
     };
     const bf16* rows[2][4];
-    if (pairs > 0) look_up(0, rows, false);
+    if (pairs > 0) look_up(0, rows);
     for (int it = 0; it < pairs; ++it) {
 #pragma unroll
       for (int step = 0; step < 4; ++step) {  // in the order the halves are freed: (0, 0), (1, 1), (0, 1), (1, 0)
@@ -223,7 +225,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
         mbar_arrive_cp_async(&sm.full[w][h]);
         if (h == 0 && t % 8 == 0) mbar_arrive(&sm.full[w][0]);
       }
-      if (it + 1 < pairs) look_up(it + 1, rows, true);  // the copies above already hold their addresses
+      if (it + 1 < pairs) {
+        look_up(it + 1, rows);  // the copies above already hold their addresses
+        if constexpr (kForm & kPairRowsToL2) rows_to_l2(t, rows);
+      }
     }
     return;
   }

@@ -99,6 +99,10 @@ __device__ __forceinline__ void cp_async_4(void* dst, const void* src, int src_b
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
                : "memory");
 }
+// Asks L2 for the 128-byte line holding `addr` (global), without waiting for it.
+__device__ __forceinline__ void prefetch_l2(const void* addr) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(addr));
+}
 // Waits until every cp.async this thread issued has landed.
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 // Orders this thread's ordinary shared-memory stores before later wgmma reads of them.
