@@ -13,8 +13,8 @@ On a GPU machine, from the repository root:
 
 Needs nvcc. The stamps go in by matching lines of the kernel's source: an edit there that moves one
 of them is an error here, to be mended in PROBES. Stamps (slot: thread, where): 0: 0, entry;
-1: 0, after the set-up barrier (mbarriers; the RoPE table too by dims and in version 6, by keys and
-with version 6's LCATTN_ATTN_LATE_ROPE=1 it is in 2); 2: 0, Q
+1: 0, after the set-up barrier (mbarriers; the RoPE table too by dims; by keys and in version 6 it
+is in 2); 2: 0, Q
 arrived; 3: 0, first block arrived;
 4: 0, last block's P.V done; 5: 0, its output stores issued; 8: 256 (producer), Q's copies issued;
 9: 256, the first block's copies issued. Slot 6 holds the SM, slot 7 the CTA's blocks, 10 and 11
@@ -25,9 +25,8 @@ blocks followed by another): its keys arrived, its logits done, the maxima excha
 tile, its P.V done, the next block's keys arrived; with --pair per pair of blocks (PAIR_PROBES). The
 driver sets LCATTN_ATTN_PAIR to 1 for --pair, else to 0, and clears LCATTN_ATTN_SCHEDULE (other
 kernels, or no per-block stamps); LCATTN_ATTN_STAGED_OUT=0 in the
-environment times the kernel with 4-byte output stores (by keys, O goes out through shared memory),
-and with --pair LCATTN_ATTN_STAGED_OUT=1 and LCATTN_ATTN_LATE_ROPE=1 time version 6 with the output
-through shared memory and the table built after the set-up barrier.
+environment times the kernel with 4-byte output stores (by keys and in version 6, O goes out through
+shared memory).
 """
 import argparse
 
@@ -88,8 +87,8 @@ PROBES = [
 # its own P.V done, WG1's pair maximum arrived, WG1's P arrived; the next pair's logits done.
 PAIR_PROBES = [
     PROBES[0], PROBES[1],
-    ("  if constexpr (!kLateTable) fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n",
-     "  if constexpr (!kLateTable) fill_unrotate(sm.unrotate, p, work.pos);\n  __syncthreads();\n  PROBE(1, 0);\n"
+    ("    fence_barrier_init();\n  }\n  __syncthreads();\n",
+     "    fence_barrier_init();\n  }\n  __syncthreads();\n  PROBE(1, 0);\n"
      "  PUT(7, 0, (unsigned long long)(range.last - range.first));\n"),
     ("    load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address\n",
      "    load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address\n"

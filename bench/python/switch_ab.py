@@ -7,7 +7,7 @@ first). A case replayed as a CUDA graph ("(graph)", decode) fixes its kernels wh
 captured, so it is captured once under each setting, with the same input sets (the same seed).
 
     python bench/python/switch_ab.py --ops sparse_attn,dense_attn --match prefill \\
-        --setting "" --setting "LCATTN_ATTN_STAGED_OUT=1 LCATTN_ATTN_LATE_ROPE=1" [--rounds 5]
+        --setting "" --setting "LCATTN_ATTN_STAGED_OUT=0 LCATTN_ATTN_KEY_FENCE=0" [--rounds 5]
 
 A setting is a space-separated list of NAME=VALUE; "" is the environment as it is. The switches
 must be read per call (the dispatch's are).

@@ -644,15 +644,12 @@ bool pair_schedule_applies(const AttentionParams& p) {
   return !std::getenv("LCATTN_ATTN_SCHEDULE") && p.splits == 1 && p.S > 1 && max_key_blocks(p) >= 4;
 }
 
-// Version 6's form (PairForm flags), read per call: the output through shared memory, the late table
-// and the index loads in flight on unless LCATTN_ATTN_STAGED_OUT, LCATTN_ATTN_LATE_ROPE or
-// LCATTN_ATTN_INDICES_IN_FLIGHT is 0 (H100: 1.04-1.12x together on prefill); the key fence left out
-// only with LCATTN_ATTN_KEY_FENCE=0 (0.98-1.04x more, within the spread; PTX asks for the fence); the
-// next pair's rows asked of L2 only with LCATTN_ATTN_PAIR_ROWS_TO_L2=1 (not yet run).
+// Version 6's form (PairForm flags), read per call: the output through shared memory unless
+// LCATTN_ATTN_STAGED_OUT is 0 (or p.out is not 16-byte aligned); the key fence left out only with
+// LCATTN_ATTN_KEY_FENCE=0 (0.98-1.04x, within the spread; PTX asks for the fence); the next pair's rows
+// asked of L2 only with LCATTN_ATTN_PAIR_ROWS_TO_L2=1 (not yet run).
 int pair_form(const AttentionParams& p) {
-  return (stages_output(p, true) ? kPairStagedOut : 0) | (!env_is("LCATTN_ATTN_LATE_ROPE", "0") ? kPairLateTable : 0) |
-         (!env_is("LCATTN_ATTN_INDICES_IN_FLIGHT", "0") ? kPairIndicesInFlight : 0) |
-         (env_is("LCATTN_ATTN_KEY_FENCE", "0") ? kPairNoKeyFence : 0) |
+  return (stages_output(p, true) ? kPairStagedOut : 0) | (env_is("LCATTN_ATTN_KEY_FENCE", "0") ? kPairNoKeyFence : 0) |
          (env_is("LCATTN_ATTN_PAIR_ROWS_TO_L2", "1") ? kPairRowsToL2 : 0);
 }
 

@@ -162,10 +162,10 @@ __device__ __forceinline__ void issue_pv_other(float (&o)[128], const PairStorag
 }
 
 // kForm: the PairForm flags (attention_sm90.h); the dispatch's default (pair_form in attention_sm90.cu)
-// is the staged output, the late table and the index loads in flight, with the key fence.
+// is the staged output, with the key fence.
 template <int kForm>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const AttentionParams p) {
-  constexpr bool kStagedOut = kForm & kPairStagedOut, kLateTable = kForm & kPairLateTable;
+  constexpr bool kStagedOut = kForm & kPairStagedOut;
   constexpr bool kKeyFence = !(kForm & kPairNoKeyFence);
   extern __shared__ uint8_t smem_raw[];
   // Aligned by pointer arithmetic on the shared array, so accesses stay LDS/STS (kernel notes).
@@ -186,7 +186,6 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     }
     fence_barrier_init();
   }
-  if constexpr (!kLateTable) fill_unrotate(sm.unrotate, p, work.pos);
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
@@ -198,21 +197,19 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     // the split's last); the next pair's looked up once this pair's copies are issued.
     const int t = threadIdx.x - 256;
     auto look_up = [&](int it, const bf16*(&rows)[2][4]) {
-      int u[2][4], entry[2][4];  // kPairIndicesInFlight: the 8 index loads first, then the 8 rows
+      int u[2][4], entry[2][4];  // the 8 index loads first (in flight together), then the 8 rows
 #pragma unroll
       for (int w = 0; w < 2; ++w)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           const int blk = range.first + 2 * it + w;
           u[w][r] = blk < range.last ? blk * kKeys + 4 * (t / 8) + r : keys.n_keys;  // n_keys: absent
-          if constexpr (kForm & kPairIndicesInFlight) entry[w][r] = keys.entry(u[w][r]);
+          entry[w][r] = keys.entry(u[w][r]);
         }
 #pragma unroll
       for (int w = 0; w < 2; ++w)
 #pragma unroll
-        for (int r = 0; r < 4; ++r)
-          rows[w][r] = static_cast<const bf16*>((kForm & kPairIndicesInFlight) ? keys.row(u[w][r], entry[w][r])
-                                                                               : keys.row(u[w][r]));
+        for (int r = 0; r < 4; ++r) rows[w][r] = static_cast<const bf16*>(keys.row(u[w][r], entry[w][r]));
     };
     const bf16* rows[2][4];
     if (pairs > 0) look_up(0, rows);
@@ -235,9 +232,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
 
   // ------------------------------------------------------------------------------------ math
   reg_alloc<216>();
-  // kLateTable: threads 0 .. rope_dim / 2 - 1 (math warp 0); the row sums' barrier after the pairs,
-  // which every CTA meets, orders it before the epilogue's and the fused combine's reads.
-  if constexpr (kLateTable) fill_unrotate(sm.unrotate, p, work.pos);
+  // The RoPE table, by threads 0 .. rope_dim / 2 - 1 (math warp 0) while Q loads; the row sums' barrier
+  // after the pairs, which every CTA meets, orders it before the epilogue's and the fused combine's reads.
+  fill_unrotate(sm.unrotate, p, work.pos);
   const int r0 = warp * 16 + lane / 4;  // this thread's rows r0 and r0 + 8 of every accumulator
   const int c0 = (lane % 4) * 2;        // and columns c0, c0 + 1 of every 8-column block
   const float scale = p.scale * kLog2e;
