@@ -1,0 +1,102 @@
+// Does a cp.async with an L2 policy (evict-last) and a 256-byte L2 fetch copy right on this GPU? The
+// gather of version 6's producer (attention_sm90_pair.cu: 128 threads, thread t unit t % 8 of rows
+// 4 (t / 8) .. + 3, absent rows zero-filled from a valid address) with those hints, one 64-row tile
+// of 512 bf16 a CTA, read back and compared with the host's copy. On a GPU machine:
+//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc/kernels \
+//     scripts/cp_async_hint_probe.cu -o /tmp/hint && /tmp/hint && compute-sanitizer /tmp/hint
+//   cuobjdump -sass /tmp/hint | grep LDGSTS
+// Why (kernel notes, Version 6, L2 hints): with a uniform shared base, ptxas (CUDA 13.0) compiles these
+// copies to `LDGSTS.E.BYPASS.LTC256B.128 [Rn+UR0], desc[UR1][Rm.64]` (all 32 here), whose UR0 and
+// UR1 nothing in the kernel writes; it sets UR4 to the shared base and UR5 to the policy's upper word
+// just before, so the names may be cuobjdump's for UR4 and UR5. FlashMLA's copies are `[Rn],
+// desc[UR4][Rm.64]`. A first try of the hint on version 4 faulted (illegal instruction) on an H100.
+// "ok" with no fault says this form copies right, so the policy can go on version 6's gather.
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "common/sm90.cuh"
+
+using lcattn::sm90::smem_addr;
+
+constexpr int kRows = 64, kDim = 512, kThreads = 128, kTileBytes = kRows * kDim * 2;
+
+__device__ __forceinline__ uint64_t evict_last_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+
+__device__ __forceinline__ void cp_async_16_hinted(void* dst, const void* src, int src_bytes, uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2, %3;\n" ::"r"(smem_addr(dst)),
+               "l"(src), "r"(src_bytes), "l"(policy)
+               : "memory");
+}
+
+// Byte offset of 16-byte unit u (of 64) of row r in a 128B-swizzled [8 chunks][64 rows][128 B] tile.
+__host__ __device__ int tile_offset(int r, int u) { return (u / 8) * kRows * 128 + r * 128 + ((u % 8) ^ (r % 8)) * 16; }
+
+// out[cta]: the tile of rows idx[cta * 64 + r] of kv (-1: zeros), in the tile's byte order.
+__global__ void __launch_bounds__(kThreads, 1) gather(const uint16_t* kv, const int* idx, uint8_t* out) {
+  extern __shared__ __align__(1024) uint8_t tile[];
+  const int t = threadIdx.x, unit = t % 8, row0 = 4 * (t / 8);
+  const uint64_t policy = evict_last_policy();
+  const uint16_t* rows[4];
+  for (int r = 0; r < 4; ++r) {
+    const int e = idx[blockIdx.x * kRows + row0 + r];
+    rows[r] = e >= 0 ? kv + int64_t(e) * kDim : nullptr;
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h)  // the two halves of the dims, as the producer fills them
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int u = (4 * h + c) * 8 + unit;
+        cp_async_16_hinted(tile + tile_offset(row0 + r, u), rows[r] ? rows[r] + u * 8 : kv, rows[r] ? 16 : 0, policy);
+      }
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+  __syncthreads();
+  for (int i = t; i < kTileBytes / 16; i += kThreads)
+    reinterpret_cast<uint4*>(out + int64_t(blockIdx.x) * kTileBytes)[i] = reinterpret_cast<const uint4*>(tile)[i];
+}
+
+int main() {
+  const int entries = 4096, ctas = 264;
+  std::vector<uint16_t> kv(size_t(entries) * kDim);
+  std::vector<int> idx(ctas * kRows);
+  srand(7);
+  for (auto& x : kv) x = uint16_t(rand());
+  for (auto& i : idx) i = rand() % 5 == 0 ? -1 : rand() % entries;
+  uint16_t* d_kv;
+  int* d_idx;
+  uint8_t* d_out;
+  cudaMalloc(&d_kv, kv.size() * 2);
+  cudaMalloc(&d_idx, idx.size() * 4);
+  cudaMalloc(&d_out, size_t(ctas) * kTileBytes);
+  cudaMemcpy(d_kv, kv.data(), kv.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(d_idx, idx.data(), idx.size() * 4, cudaMemcpyHostToDevice);
+  cudaFuncSetAttribute(gather, cudaFuncAttributeMaxDynamicSharedMemorySize, kTileBytes);
+  gather<<<ctas, kThreads, kTileBytes>>>(d_kv, d_idx, d_out);
+  const cudaError_t err = cudaDeviceSynchronize();
+  if (err != cudaSuccess) {
+    printf("fault: %s\n", cudaGetErrorString(err));
+    return 1;
+  }
+  std::vector<uint8_t> out(size_t(ctas) * kTileBytes);
+  cudaMemcpy(out.data(), d_out, out.size(), cudaMemcpyDeviceToHost);
+  long wrong = 0;
+  for (int cta = 0; cta < ctas; ++cta)
+    for (int r = 0; r < kRows; ++r)
+      for (int u = 0; u < kDim / 8; ++u) {
+        const int e = idx[cta * kRows + r];
+        const uint8_t* got = out.data() + size_t(cta) * kTileBytes + tile_offset(r, u);
+        for (int b = 0; b < 16; ++b) {
+          const uint8_t want = e < 0 ? 0 : reinterpret_cast<const uint8_t*>(kv.data() + size_t(e) * kDim + u * 8)[b];
+          wrong += got[b] != want;
+        }
+      }
+  printf("%s: %ld wrong bytes of %zu\n", wrong ? "WRONG" : "ok", wrong, out.size());
+  return wrong != 0;
+}
