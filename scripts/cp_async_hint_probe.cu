@@ -5,6 +5,7 @@
 //   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc/kernels \
 //     scripts/cp_async_hint_probe.cu -o /tmp/hint && /tmp/hint && compute-sanitizer /tmp/hint
 //   cuobjdump -sass /tmp/hint | grep LDGSTS
+// (cp_async_16_hinted and evict_last_policy of common/sm90.cuh, as version 6's form kPairKeyPolicy uses them)
 // Why (kernel notes, Version 6, L2 hints): with a uniform shared base, ptxas (CUDA 13.0) compiles these
 // copies to `LDGSTS.E.BYPASS.LTC256B.128 [Rn+UR0], desc[UR1][Rm.64]` (all 32 here), whose UR0 and
 // UR1 nothing in the kernel writes; it sets UR4 to the shared base and UR5 to the policy's upper word
@@ -18,21 +19,9 @@
 
 #include "common/sm90.cuh"
 
-using lcattn::sm90::smem_addr;
+using namespace lcattn::sm90;
 
 constexpr int kRows = 64, kDim = 512, kThreads = 128, kTileBytes = kRows * kDim * 2;
-
-__device__ __forceinline__ uint64_t evict_last_policy() {
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
-  return policy;
-}
-
-__device__ __forceinline__ void cp_async_16_hinted(void* dst, const void* src, int src_bytes, uint64_t policy) {
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2, %3;\n" ::"r"(smem_addr(dst)),
-               "l"(src), "r"(src_bytes), "l"(policy)
-               : "memory");
-}
 
 // Byte offset of 16-byte unit u (of 64) of row r in a 128B-swizzled [8 chunks][64 rows][128 B] tile.
 __host__ __device__ int tile_offset(int r, int u) { return (u / 8) * kRows * 128 + r * 128 + ((u % 8) ^ (r % 8)) * 16; }
