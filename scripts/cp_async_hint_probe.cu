@@ -5,7 +5,8 @@
 //   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc/kernels \
 //     scripts/cp_async_hint_probe.cu -o /tmp/hint && /tmp/hint && compute-sanitizer /tmp/hint
 //   cuobjdump -sass /tmp/hint | grep LDGSTS
-// (cp_async_16_hinted and evict_last_policy of common/sm90.cuh, as version 6's form kPairKeyPolicy uses them)
+// (cp_async_16_hinted and evict_last_policy of common/sm90.cuh, as version 6's kPairKeyPolicy form
+// uses them.)
 // Why (kernel notes, Version 6, L2 hints): with a uniform shared base, ptxas (CUDA 13.0) compiles these
 // copies to `LDGSTS.E.BYPASS.LTC256B.128 [Rn+UR0], desc[UR1][Rm.64]` (all 32 here), whose UR0 and
 // UR1 nothing in the kernel writes; it sets UR4 to the shared base and UR5 to the policy's upper word
