@@ -2,30 +2,31 @@
 // gather of version 6's producer (attention_sm90_pair.cu: 128 threads, thread t unit t % 8 of rows
 // 4 (t / 8) .. + 3, absent rows zero-filled from a valid address) with those hints, one 64-row tile
 // of 512 bf16 a CTA, read back and compared with the host's copy. On a GPU machine:
-//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc/kernels \
+//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc/include -Icsrc/kernels \
 //     scripts/cp_async_hint_probe.cu -o /tmp/hint && /tmp/hint && compute-sanitizer /tmp/hint
 //   cuobjdump -sass /tmp/hint | grep LDGSTS
-// (cp_async_16_hinted and evict_last_policy of common/sm90.cuh, as version 6's kPairKeyPolicy form
-// uses them.)
-// Why (kernel notes, Version 6, L2 hints): with a uniform shared base, ptxas (CUDA 13.0) compiles these
-// copies to `LDGSTS.E.BYPASS.LTC256B.128 [Rn+UR0], desc[UR1][Rm.64]` (all 32 here), whose UR0 and
-// UR1 nothing in the kernel writes; it sets UR4 to the shared base and UR5 to the policy's upper word
-// just before, so the names may be cuobjdump's for UR4 and UR5. FlashMLA's copies are `[Rn],
-// desc[UR4][Rm.64]`. A first try of the hint on version 4 faulted (illegal instruction) on an H100.
-// "ok" with no fault says this form copies right, so the policy can go on version 6's gather.
+// (The kernel's own copy_row_unit<true> and evict_last_policy, as version 6's kPairKeyPolicy form
+// calls them; the host's tile_offset is the layout written out independently, as the check.)
+// Why (kernel notes, Version 6, L2 hints): with a uniform shared base, ptxas (CUDA 13.0) compiles such
+// copies to `LDGSTS.E.BYPASS.LTC256B.128 [Rn+UR0], desc[UR1][Rm.64]` (4 of the 32 here; in
+// version 6's form all 64, 2 of them naming UR20 and UR21), whose UR0 and UR1 nothing in the kernel writes; it sets UR4 to the shared base
+// and UR5 to the policy's upper word just before, so the names may be cuobjdump's for UR4 and UR5.
+// The other 28 here are FlashMLA's form, `[Rn], desc[UR4][Rm.64]`. A first try of the hint on
+// version 4 faulted (illegal instruction) on an H100. "ok" with no fault says both forms copy right,
+// so the policy can go on version 6's gather.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 
-#include "common/sm90.cuh"
+#include "attention_sm90_common.cuh"
 
-using namespace lcattn::sm90;
+using namespace lcattn;
 
-constexpr int kRows = 64, kDim = 512, kThreads = 128, kTileBytes = kRows * kDim * 2;
+constexpr int kRows = 64, kThreads = 128, kTileBytes = kRows * kDim * 2;  // kDim (512) from the kernels
 
 // Byte offset of 16-byte unit u (of 64) of row r in a 128B-swizzled [8 chunks][64 rows][128 B] tile.
-__host__ __device__ int tile_offset(int r, int u) { return (u / 8) * kRows * 128 + r * 128 + ((u % 8) ^ (r % 8)) * 16; }
+int tile_offset(int r, int u) { return (u / 8) * kRows * 128 + r * 128 + ((u % 8) ^ (r % 8)) * 16; }
 
 // out[cta]: the tile of rows idx[cta * 64 + r] of kv (-1: zeros), in the tile's byte order.
 __global__ void __launch_bounds__(kThreads, 1) gather(const uint16_t* kv, const int* idx, uint8_t* out) {
@@ -43,8 +44,7 @@ __global__ void __launch_bounds__(kThreads, 1) gather(const uint16_t* kv, const 
     for (int r = 0; r < 4; ++r)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        const int u = (4 * h + c) * 8 + unit;
-        cp_async_16_hinted(tile + tile_offset(row0 + r, u), rows[r] ? rows[r] + u * 8 : kv, rows[r] ? 16 : 0, policy);
+        copy_row_unit<true>(tile, row0 + r, (4 * h + c) * 8 + unit, rows[r], kv, policy);
       }
   asm volatile("cp.async.wait_all;\n" ::: "memory");
   __syncthreads();

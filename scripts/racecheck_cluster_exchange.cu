@@ -57,11 +57,12 @@ __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(64, 1) probe(const f
     seen = buf[lane];
   }
   if (V != 1 && V != 4) cluster_sync();  // both CTAs are done with their buffers
+  auto store_into_rank0 = [&] {
+    asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(cluster_map(smem_addr(buf + lane), 0)), "f"(1000.f + lane)
+                 : "memory");
+  };
   if (V >= 3) {
-    if (rank == 1 && warp == 1)
-      asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(cluster_map(smem_addr(buf + lane), 0)),
-                   "f"(1000.f + lane)
-                   : "memory");
+    if (rank == 1 && warp == 1) store_into_rank0();
     if (rank == 1) {  // arrives and leaves: rank 0 waits for its stores
       cluster_arrive();
       return;
@@ -71,9 +72,7 @@ __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(64, 1) probe(const f
     return;
   }
   if (rank == 1 && warp == 1) {
-    asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(cluster_map(smem_addr(buf + lane), 0)),
-                 "f"(1000.f + lane)
-                 : "memory");
+    store_into_rank0();
     mbar_arrive_cluster(cluster_map(smem_addr(&ready), 0));
   }
   if (rank == 0) {  // every thread of rank 0 stays until the stores have arrived
