@@ -1,19 +1,14 @@
 // Does a cp.async with an L2 policy (evict-last) and a 256-byte L2 fetch copy right on this GPU? The
 // gather of version 6's producer (attention_sm90_pair.cu: 128 threads, thread t unit t % 8 of rows
 // 4 (t / 8) .. + 3, absent rows zero-filled from a valid address) with those hints, one 64-row tile
-// of 512 bf16 a CTA, read back and compared with the host's copy. On a GPU machine:
-//   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -Icsrc/include -Icsrc/kernels \
+// of 512 bf16 a CTA, read back and compared with the host's copy. On a GPU machine, for n in 0..3:
+//   nvcc -std=c++17 -O3 -DFORM=n -gencode arch=compute_90a,code=sm_90a -Icsrc/include -Icsrc/kernels \
 //     scripts/cp_async_hint_probe.cu -o /tmp/hint && /tmp/hint && compute-sanitizer /tmp/hint
 //   cuobjdump -sass /tmp/hint | grep LDGSTS
-// (The kernel's own copy_row_unit<true> and evict_last_policy, as version 6's kPairKeyPolicy form
-// calls them; the host's tile_offset is the layout written out independently, as the check.)
-// Why (kernel notes, Version 6, L2 hints): with a uniform shared base, ptxas (CUDA 13.0) compiles such
-// copies to `LDGSTS.E.BYPASS.LTC256B.128 [Rn+UR0], desc[UR1][Rm.64]` (4 of the 32 here; in
-// version 6's form all 64, 2 of them naming UR20 and UR21), whose UR0 and UR1 nothing in the kernel writes; it sets UR4 to the shared base
-// and UR5 to the policy's upper word just before, so the names may be cuobjdump's for UR4 and UR5.
-// The other 28 here are FlashMLA's form, `[Rn], desc[UR4][Rm.64]`. A first try of the hint on
-// version 4 faulted (illegal instruction) on an H100. "ok" with no fault says both forms copy right,
-// so the policy can go on version 6's gather.
+// Why (kernel notes, Version 6, L2 hints): FORM 0, both hints with the source size (the form version
+// 6's evict-last key copies had), faulted with an illegal instruction on an H100 (2026-12-07), as a
+// first try of the hint on version 4 had; ptxas (CUDA 13.0) compiles some of its copies to
+// `LDGSTS.E.BYPASS.LTC256B.128 [Rn+UR0], desc[UR1][Rm.64]`. The other forms tell which part faults.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -28,11 +23,37 @@ constexpr int kRows = 64, kThreads = 128, kTileBytes = kRows * kDim * 2;  // kDi
 // Byte offset of 16-byte unit u (of 64) of row r in a 128B-swizzled [8 chunks][64 rows][128 B] tile.
 int tile_offset(int r, int u) { return (u / 8) * kRows * 128 + r * 128 + ((u % 8) ^ (r % 8)) * 16; }
 
+// FORM (-DFORM=n): 0 the policy and the 256-byte fetch, with the source size; 1 the policy without the
+// 256-byte fetch; 2 the 256-byte fetch without the policy; 3 both, without the source size (absent rows
+// then copy `any`, so its check reports wrong bytes; what it tells is whether it faults).
+#ifndef FORM
+#define FORM 0
+#endif
+__device__ __forceinline__ void copy_form(uint8_t* tile, int r, int unit, const uint16_t* src, const void* any,
+                                          uint64_t policy) {
+  const uint32_t dst = smem_addr(tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8));
+  const void* from = src ? src + unit * 8 : any;
+  const int bytes = src ? 16 : 0;
+  if (FORM == 0)
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2, %3;\n" ::"r"(dst),
+                 "l"(from), "r"(bytes), "l"(policy) : "memory");
+  else if (FORM == 1)
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(from),
+                 "r"(bytes), "l"(policy) : "memory");
+  else if (FORM == 2)
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(from), "r"(bytes)
+                 : "memory");
+  else
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst),
+                 "l"(from), "l"(policy) : "memory");
+}
+
 // out[cta]: the tile of rows idx[cta * 64 + r] of kv (-1: zeros), in the tile's byte order.
 __global__ void __launch_bounds__(kThreads, 1) gather(const uint16_t* kv, const int* idx, uint8_t* out) {
   extern __shared__ __align__(1024) uint8_t tile[];
   const int t = threadIdx.x, unit = t % 8, row0 = 4 * (t / 8);
-  const uint64_t policy = evict_last_policy();
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
   const uint16_t* rows[4];
   for (int r = 0; r < 4; ++r) {
     const int e = idx[blockIdx.x * kRows + row0 + r];
@@ -44,7 +65,7 @@ __global__ void __launch_bounds__(kThreads, 1) gather(const uint16_t* kv, const 
     for (int r = 0; r < 4; ++r)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        copy_row_unit<true>(tile, row0 + r, (4 * h + c) * 8 + unit, rows[r], kv, policy);
+        copy_form(tile, row0 + r, (4 * h + c) * 8 + unit, rows[r], kv, policy);
       }
   asm volatile("cp.async.wait_all;\n" ::: "memory");
   __syncthreads();

@@ -164,16 +164,10 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 // Producer: 16-byte unit `unit` (of 64) of a 1 KB bf16 row `src` into row r of a swizzled
 // [8 chunks][64 rows][128 B] tile; src null: zeros (reading nothing, from the valid address `any`).
-// kHinted: under the L2 policy `policy`, with a 256-byte L2 fetch (cp_async_16_hinted).
-template <bool kHinted = false, typename T>
-__device__ __forceinline__ void copy_row_unit(uint8_t* tile, int r, int unit, const T* src, const void* any,
-                                              uint64_t policy = 0) {
-  uint8_t* dst = tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8);
-  const void* from = src ? src + unit * (16 / sizeof(T)) : any;
-  if constexpr (kHinted)
-    cp_async_16_hinted(dst, from, src ? 16 : 0, policy);
-  else
-    cp_async_16(dst, from, src ? 16 : 0);
+template <typename T>
+__device__ __forceinline__ void copy_row_unit(uint8_t* tile, int r, int unit, const T* src, const void* any) {
+  cp_async_16(tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8), src ? src + unit * (16 / sizeof(T)) : any,
+              src ? 16 : 0);
 }
 
 // Producer: loads 64 rows of 512 bf16 into a swizzled [8 chunks][64 rows][128 B] tile. Warp w takes

@@ -55,16 +55,14 @@ enum : int { kBarMax0 = 1, kBarMax1 = 2, kBarP0 = 3, kBarP1 = 4, kBarSums = 5, k
 // 128 producer threads: thread t copies 16-byte unit t % 8 of each 128-byte chunk row of its rows
 // 4 (t / 8) .. + 3, whose sources (null: absent, zero-filled from `any`) it looked up itself, so
 // that a warp's copy is 4 rows x 128 contiguous bytes and no address crosses lanes; 16 copies a
-// thread, under the L2 policy `policy` with kKeyPolicy. With h = 0 the threads of unit 0 set their
-// rows' bias.
-template <bool kKeyPolicy>
+// thread. With h = 0 the threads of unit 0 set their rows' bias.
 __device__ __forceinline__ void load_half(uint8_t* tile, int t, int h, const bf16* const (&rows)[4], const bf16* any,
-                                          float* bias, uint64_t policy) {
+                                          float* bias) {
   const int unit = t % 8, row0 = 4 * (t / 8);
 #pragma unroll
   for (int r = 0; r < 4; ++r)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) copy_row_unit<kKeyPolicy>(tile, row0 + r, (4 * h + c) * 8 + unit, rows[r], any, policy);
+    for (int c = 0; c < 4; ++c) copy_row_unit(tile, row0 + r, (4 * h + c) * 8 + unit, rows[r], any);
   if (h == 0 && unit == 0)
 #pragma unroll
     for (int r = 0; r < 4; ++r) bias[row0 + r] = rows[r] ? 0.f : -INFINITY;
@@ -168,7 +166,7 @@ __device__ __forceinline__ void issue_pv_other(float (&o)[128], const PairStorag
 template <int kForm>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const AttentionParams p) {
   constexpr bool kStagedOut = kForm & kPairStagedOut;
-  constexpr bool kKeyFence = !(kForm & kPairNoKeyFence), kKeyPolicy = kForm & kPairKeyPolicy;
+  constexpr bool kKeyFence = !(kForm & kPairNoKeyFence);
   extern __shared__ uint8_t smem_raw[];
   // Aligned by pointer arithmetic on the shared array, so accesses stay LDS/STS (kernel notes).
   PairStorage& sm = *reinterpret_cast<PairStorage*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
@@ -214,14 +212,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
         for (int r = 0; r < 4; ++r) rows[w][r] = static_cast<const bf16*>(keys.row(u[w][r], entry[w][r]));
     };
     const bf16* rows[2][4];
-    const uint64_t policy = kKeyPolicy ? evict_last_policy() : 0;
     if (pairs > 0) look_up(0, rows);
     for (int it = 0; it < pairs; ++it) {
 #pragma unroll
       for (int step = 0; step < 4; ++step) {  // in the order the halves are freed: (0, 0), (1, 1), (0, 1), (1, 0)
         const int w = step % 2, h = (step + step / 2) % 2;
         if (it > 0) mbar_wait(&sm.empty[w][h], (it - 1) & 1);
-        load_half<kKeyPolicy>(sm.k[w], t, h, rows[w], q, sm.key_bias[w], policy);
+        load_half(sm.k[w], t, h, rows[w], q, sm.key_bias[w]);
         mbar_arrive_cp_async(&sm.full[w][h]);
         if (h == 0 && t % 8 == 0) mbar_arrive(&sm.full[w][0]);
       }

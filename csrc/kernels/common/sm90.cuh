@@ -90,18 +90,6 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
                : "memory");
 }
-// An L2 policy that keeps what it is given to in L2 ahead of other lines (evict-last, for all of it).
-__device__ __forceinline__ uint64_t evict_last_policy() {
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
-  return policy;
-}
-// cp_async_16 under an L2 policy, L2 fetching the 256 bytes around the source on a miss.
-__device__ __forceinline__ void cp_async_16_hinted(void* dst, const void* src, int src_bytes, uint64_t policy) {
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2, %3;\n" ::"r"(smem_addr(dst)),
-               "l"(src), "r"(src_bytes), "l"(policy)
-               : "memory");
-}
 // 8 bytes global -> shared (through L1), for sources only 8-byte aligned.
 __device__ __forceinline__ void cp_async_8(void* dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
