@@ -629,11 +629,11 @@ def test_hopper_cluster_combine_cuda(monkeypatch, form, H, quarter):
 @pytest.mark.skipif(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") == "1",
                     reason="graph capture allocates through the caching allocator")
 @pytest.mark.parametrize("fused", [False, True])
-@pytest.mark.parametrize("schedule", ["dims", "keys"])
+@pytest.mark.parametrize("schedule", ["dims", "keys", "pair"])
 def test_hopper_decode_replays_in_cuda_graph_cuda(monkeypatch, fused, schedule):
     """Decode captured once at a fixed batch, replayed on new inputs and positions: no host sync; also
     with the fused combine, the default for 2 to 4 splits (its counters zeroed in the graph), in both
-    schedules of the math warpgroups."""
+    schedules of the math warpgroups and in version 6 (LCATTN_ATTN_PAIR=1)."""
     for name, value in SCHEDULES[schedule].items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("LCATTN_ATTN_FUSED_COMBINE", "1" if fused else "0")
