@@ -9,7 +9,8 @@ the ceiling (the larger of FLOPs / matmul rate and bytes / copy rate, over the t
 to each baseline: unfused stock-torch ops, torch.topk, F.grouped_mm, FlexAttention, and FlashMLA
 when it is importable. The `layers` family times one V4-Flash CSA and one HCA attention layer at
 8K to 1M context (bench/python/layers.py). Writes results.json, results.csv, layers.csv and the
-plots ops.png and layers.png under --out, and prints a table last.
+plots ops.png and layers.png under --out (the tables rewritten after each case, so a run cut short
+keeps what it measured), and prints a table last.
 
 `--switch NAME=A,B,...[:OPS]` (repeatable) times every case again (or those of the comma list OPS:
 op names, or `layers`) with an LCATTN_* run-time switch at each value after the first, the others at
@@ -222,6 +223,7 @@ def main() -> None:
                 r = measure(op, f"{case} [{changed}]", flops, nbytes, ours, {}, ceil, args.reps, *context)
                 r.baselines[first] = reference.ms / r.ms
                 results.append(r)
+            write_tables(results, [], meta, args.out)  # keep what is done if a later case dies or times out
             torch.cuda.empty_cache()
         set_switches(reference_env)
     bar.update(len(todo) * len(settings), "ops done")
