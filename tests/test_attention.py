@@ -298,18 +298,18 @@ def test_hopper_schedules_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L,
 @pytest.mark.parametrize("case,kernel", [
     (HOPPER_CASES[0], "pair"),   # V4-Flash prefill, 10 key blocks: version 6
     (HOPPER_CASES[1], "pair"),   # V4-Pro prefill, 18 blocks
-    (HOPPER_CASES[2], "keys"),   # decode of 4 queries in 5 splits: version 7 (by keys)
+    (HOPPER_CASES[2], "pair"),   # decode of 4 queries in 5 splits, 10 blocks: version 6
     (HOPPER_CASES[3], "pair"),   # prefill of 4 blocks
     ((2, 33, 64, 50, 140, [0, 37], [-127, -90], 160), "keys"),  # prefill of 3 blocks: version 7
-    # Decode of 160 queries at 4 blocks: one split, too many for the clusters; version 7.
-    ((160, 1, 64, 128, 300, [1200 + 7 * i for i in range(160)], [1073 + 7 * i for i in range(160)], 128), "keys"),
+    # Decode of 160 queries at 4 blocks: one split, too many for the clusters; version 6.
+    ((160, 1, 64, 128, 300, [1200 + 7 * i for i in range(160)], [1073 + 7 * i for i in range(160)], 128), "pair"),
     # Decode of 48 queries at 10 blocks: clusters of two, version 7's.
     ((48, 1, 64, 512, 900, [3599 - 13 * i for i in range(48)], [3472 - 13 * i for i in range(48)], 128), "cluster"),
 ])
 def test_hopper_default_kernel_cuda(monkeypatch, case, kernel):
-    """Without switches, bf16 entries take version 6 for prefill of at least 4 key blocks, version 7 in
-    clusters of two for decode where those apply, and version 7 otherwise: the reference's result and
-    the kernel that ran."""
+    """Without switches, bf16 entries take version 7 in clusters of two for decode where those apply,
+    version 6 for the rest of at least 4 key blocks, and version 7 below: the reference's result and the
+    kernel that ran."""
     for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_PAIR", "LCATTN_ATTN_SPLITS", "LCATTN_ATTN_STAGED_OUT",
                  "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_RESCALE_SLACK", "LCATTN_ATTN_CLUSTER_SPLITS"):
         monkeypatch.delenv(name, raising=False)

@@ -8,9 +8,9 @@
 //        marks absent keys (-1 indices, past the end) with a -inf bias and zero rows.
 //   WG0, WG1, math: WG w accumulates O[:, dims 256w .. 256w + 255] += P V[:, those dims] in fp32, V = K
 //        read MN-major from the key buffer. How the two share a block's logits and online softmax
-//        (base 2) is the Schedule below: by keys (version 7, bf16 entries' default but for prefill of
-//        4 key blocks or more, which version 6 takes: pair_schedule_applies) or by dims (version 4,
-//        kv_fp8 entries' default).
+//        (base 2) is the Schedule below: by keys (version 7, bf16 entries' default below 4 key blocks and
+//        in the decode's clusters; version 6 takes the rest: pair_schedule_applies) or by dims
+//        (version 4, kv_fp8 entries' default).
 // Shared memory: Q 64 KB + 2 key buffers of 64 KB + the partial logits 32 KB (kKeys: the P tile and
 // the row statistics in their place), 128B-swizzled tiles.
 // Entries in the kv_fp8 form (kFp8Entries) are copied as they are by the producer's cp.async and
@@ -633,15 +633,15 @@ int max_key_blocks(const AttentionParams& p) {
   return (max_keys + kKeys - 1) / kKeys;
 }
 
-// Version 6 where it measured faster than version 7 (H100, bf16 entries): one split, queries that share
-// their sequence's keys (S > 1, so the gathered rows mostly come from L2) and at least 4 key blocks.
-// With its default form its CTA's fixed cost is about 0.7 us more and its block about 0.4-0.5 us less
-// (prefill 1.05-1.09x at 4 blocks; decode of one split 1.03-1.06x in its A/B, kernel notes, not yet
-// taken). LCATTN_ATTN_PAIR=1 or 0 takes it or not; an explicit LCATTN_ATTN_SCHEDULE asks for version 7 or 4.
+// Version 6 where it measured faster than version 7 (H100, bf16 entries): at least 4 key blocks, outside
+// the decode's clusters. With its default form its CTA's fixed cost is about 0.7 us more and its block
+// about 0.4-0.5 us less: prefill 1.05-1.09x at 4 blocks; decode 1.03-1.05x at B = 1 (five splits),
+// 1.03-1.04x at B = 128 and 1.04x at B = 64 of 4 blocks (one split; kernel notes). LCATTN_ATTN_PAIR=1 or 0 takes it
+// or not; an explicit LCATTN_ATTN_SCHEDULE asks for version 7 or 4.
 bool pair_schedule_applies(const AttentionParams& p) {
   if (p.ckv_fp8 || p.cluster_combine || env_is("LCATTN_ATTN_PAIR", "0")) return false;
   if (env_is("LCATTN_ATTN_PAIR", "1")) return true;
-  return !std::getenv("LCATTN_ATTN_SCHEDULE") && p.splits == 1 && p.S > 1 && max_key_blocks(p) >= 4;
+  return !std::getenv("LCATTN_ATTN_SCHEDULE") && max_key_blocks(p) >= 4;
 }
 
 // Version 6's form (PairForm flags), read per call: the output through shared memory unless

@@ -1,7 +1,7 @@
 // Version 6 of the Hopper attention kernel (SPEC 5; kernel notes): blocks of 64 keys taken in pairs,
-// the schedule of FlashMLA's sparse prefill. The default for bf16 prefill of 4 key blocks or more
-// (pair_schedule_applies in attention_sm90.cu; LCATTN_ATTN_PAIR=0 or 1 overrides); kv_fp8 entries run
-// version 4.
+// the schedule of FlashMLA's sparse prefill. The default for bf16 entries at 4 key blocks or more
+// outside the decode's clusters (pair_schedule_applies in attention_sm90.cu; LCATTN_ATTN_PAIR=0 or 1
+// overrides); kv_fp8 entries run version 4.
 //
 // One CTA = one query token x 64 heads (x one split of its keys, written as a partial result that
 // attention_sm90 combines, as version 4's), three warpgroups. For the pair of blocks (2i, 2i + 1):
