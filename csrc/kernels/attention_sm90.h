@@ -12,12 +12,10 @@ cudaError_t attention_sm90(const AttentionParams& p, cudaStream_t stream);
 // for bf16 entries where it measured faster (pair_schedule_applies); its splits write version 4's partials.
 // Its forms, flags of a bit each (pair_form in attention_sm90.cu picks one from the LCATTN_ATTN_* switches):
 enum PairForm : int {
-  kPairStagedOut = 1,      // a one-split output through shared memory (p.out 16-byte aligned)
-  kPairNoKeyFence = 2,     // no proxy fence between a key half's arrival and the logits' wgmma
-  kPairRowsToL2 = 4,       // the next pair's rows asked of L2 when looked up, a pair before their copies
-  kPairFetch256 = 8,       // the key copies fetch 256 bytes into L2 on a miss (.L2::256B)
-  kPairStreamingOut = 16,  // the staged output stored as read-once data (evicted first from L2)
-  kPairForms = 32,
+  kPairStagedOut = 1,   // a one-split output through shared memory (p.out 16-byte aligned)
+  kPairNoKeyFence = 2,  // no proxy fence between a key half's arrival and the logits' wgmma
+  kPairRowsToL2 = 4,    // the next pair's rows asked of L2 when looked up, a pair before their copies
+  kPairForms = 8,
 };
 cudaError_t attention_sm90_pair(const AttentionParams& p, int form, cudaStream_t stream);
 

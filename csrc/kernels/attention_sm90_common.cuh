@@ -164,10 +164,10 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 // Producer: 16-byte unit `unit` (of 64) of a 1 KB bf16 row `src` into row r of a swizzled
 // [8 chunks][64 rows][128 B] tile; src null: zeros (reading nothing, from the valid address `any`).
-template <bool kFetch256 = false, typename T>
+template <typename T>
 __device__ __forceinline__ void copy_row_unit(uint8_t* tile, int r, int unit, const T* src, const void* any) {
-  cp_async_16<kFetch256>(tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8),
-                         src ? src + unit * (16 / sizeof(T)) : any, src ? 16 : 0);
+  cp_async_16(tile + (unit / 8) * kChunkBytes + swizzled(r, unit % 8), src ? src + unit * (16 / sizeof(T)) : any,
+              src ? 16 : 0);
 }
 
 // Producer: loads 64 rows of 512 bf16 into a swizzled [8 chunks][64 rows][128 B] tile. Warp w takes
@@ -254,7 +254,6 @@ __device__ __forceinline__ void write_rows(const AttentionParams& p, const float
 // each warp copies one half-row at a time with 16-byte loads and stores: 512 contiguous bytes a
 // store instruction instead of 8 rows' 16 bytes. Bit for bit write_rows' result. `bar`: a named
 // barrier of the warpgroup's 128 threads.
-template <bool kStreaming = false>
 __device__ __forceinline__ void write_rows_staged(const AttentionParams& p, const float (&o)[128], const float (&m)[2],
                                                   const float (&l)[2], int64_t head0, const float* sinks, int r0,
                                                   int c0, int wg, bool stats, const float2* unrotate, uint8_t* stage,
@@ -279,7 +278,7 @@ __device__ __forceinline__ void write_rows_staged(const AttentionParams& p, cons
   for (int i = 0; i < 16; ++i) {  // piece g = 128 i + t: row g / 32, 16-byte piece g % 32
     const int r = 4 * i + t / 32, piece = t % 32;
     const uint4 v = *reinterpret_cast<const uint4*>(stage + r * kRowBytes + (piece ^ (r % 8)) * 16);
-    store_16<kStreaming>(out + int64_t(r) * kDim + piece * 8, v);
+    *reinterpret_cast<uint4*>(out + int64_t(r) * kDim + piece * 8) = v;
   }
 }
 

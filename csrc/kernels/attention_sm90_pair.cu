@@ -55,15 +55,14 @@ enum : int { kBarMax0 = 1, kBarMax1 = 2, kBarP0 = 3, kBarP1 = 4, kBarSums = 5, k
 // 128 producer threads: thread t copies 16-byte unit t % 8 of each 128-byte chunk row of its rows
 // 4 (t / 8) .. + 3, whose sources (null: absent, zero-filled from `any`) it looked up itself, so
 // that a warp's copy is 4 rows x 128 contiguous bytes and no address crosses lanes; 16 copies a
-// thread. With h = 0 the threads of unit 0 set their rows' bias. kFetch256: kPairFetch256.
-template <bool kFetch256>
+// thread. With h = 0 the threads of unit 0 set their rows' bias.
 __device__ __forceinline__ void load_half(uint8_t* tile, int t, int h, const bf16* const (&rows)[4], const bf16* any,
                                           float* bias) {
   const int unit = t % 8, row0 = 4 * (t / 8);
 #pragma unroll
   for (int r = 0; r < 4; ++r)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) copy_row_unit<kFetch256>(tile, row0 + r, (4 * h + c) * 8 + unit, rows[r], any);
+    for (int c = 0; c < 4; ++c) copy_row_unit(tile, row0 + r, (4 * h + c) * 8 + unit, rows[r], any);
   if (h == 0 && unit == 0)
 #pragma unroll
     for (int r = 0; r < 4; ++r) bias[row0 + r] = rows[r] ? 0.f : -INFINITY;
@@ -219,7 +218,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       for (int step = 0; step < 4; ++step) {  // in the order the halves are freed: (0, 0), (1, 1), (0, 1), (1, 0)
         const int w = step % 2, h = (step + step / 2) % 2;
         if (it > 0) mbar_wait(&sm.empty[w][h], (it - 1) & 1);
-        load_half<bool(kForm & kPairFetch256)>(sm.k[w], t, h, rows[w], q, sm.key_bias[w]);
+        load_half(sm.k[w], t, h, rows[w], q, sm.key_bias[w]);
         mbar_arrive_cp_async(&sm.full[w][h]);
         if (h == 0 && t % 8 == 0) mbar_arrive(&sm.full[w][0]);
       }
@@ -349,9 +348,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
   const float sums[2] = {sm.row_sum[0][r0] + sm.row_sum[1][r0], sm.row_sum[0][r0 + 8] + sm.row_sum[1][r0 + 8]};
   if constexpr (kStagedOut) {
     if (p.splits == 1) {  // in WG w's 32 KB half of Q: both warpgroups' logits are done (the sums' barrier)
-      write_rows_staged<bool(kForm & kPairStreamingOut)>(p, o, m_run, sums, head0, p.sink + work.group * kHeads, r0, c0,
-                                                         wg, wg == 0 && lane % 4 == 0, sm.unrotate,
-                                                         sm.q + wg * (kChunks / 2) * kChunkBytes, kBarStaged + wg);
+      write_rows_staged(p, o, m_run, sums, head0, p.sink + work.group * kHeads, r0, c0, wg, wg == 0 && lane % 4 == 0,
+                        sm.unrotate, sm.q + wg * (kChunks / 2) * kChunkBytes, kBarStaged + wg);
       return;
     }
   }

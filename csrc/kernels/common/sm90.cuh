@@ -85,17 +85,10 @@ __device__ __forceinline__ void mbar_wait_cluster(uint64_t* bar, uint32_t parity
 }
 
 // ---- copies and fences --------------------------------------------------------------------------
-// 16 bytes global -> shared; src_bytes = 0 writes zeros and reads nothing. kFetch256: a miss fetches
-// the 256 bytes around the source into L2 (the copy's .L2::256B prefetch size, no cache policy).
-template <bool kFetch256 = false>
+// 16 bytes global -> shared; src_bytes = 0 writes zeros and reads nothing.
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
-  if constexpr (kFetch256)
-    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-                 "r"(src_bytes)
-                 : "memory");
-  else
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
-                 : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
+               : "memory");
 }
 // 8 bytes global -> shared (through L1), for sources only 8-byte aligned.
 __device__ __forceinline__ void cp_async_8(void* dst, const void* src) {
@@ -109,15 +102,6 @@ __device__ __forceinline__ void cp_async_4(void* dst, const void* src, int src_b
 // Asks L2 for the 128-byte line holding `addr` (global), without waiting for it.
 __device__ __forceinline__ void prefetch_l2(const void* addr) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(addr));
-}
-// 16 bytes to global memory, kStreaming: as data read once (st.global.cs, evicted first from L2).
-template <bool kStreaming>
-__device__ __forceinline__ void store_16(void* dst, const uint4& v) {
-  if constexpr (kStreaming)
-    asm volatile("st.global.cs.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
-                 : "memory");
-  else
-    *reinterpret_cast<uint4*>(dst) = v;
 }
 // Waits until every cp.async this thread issued has landed.
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
