@@ -8,7 +8,8 @@
 // Why (kernel notes, Version 6, L2 hints): FORM 0, both hints with the source size (the form version
 // 6's evict-last key copies had), faulted with an illegal instruction on an H100 (2026-12-07), as a
 // first try of the hint on version 4 had; ptxas (CUDA 13.0) compiles some of its copies to
-// `LDGSTS.E.BYPASS.LTC256B.128 [Rn+UR0], desc[UR1][Rm.64]`. The other forms tell which part faults.
+// `LDGSTS.E.BYPASS.LTC256B.128 [Rn+UR0], desc[UR1][Rm.64]`. The other forms tell which part faults:
+// on an H100 (2026-12-07) forms 0, 1 and 3, each with a policy, fault; form 2, the fetch alone, does not.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
