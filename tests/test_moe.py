@@ -85,6 +85,8 @@ def test_grouped_gemm_masked(device, counts, M, N, K):
     assert_within_bf16_error(y, ref, torch.einsum("emk,enk->emn", x, w).masked_fill(past_count, 0))
     for e, n in enumerate(counts):
         assert (y[e, n:] == 0).all()
+    for hint in (sum(counts), 1, E * M):  # the expected rows size the CUDA grid only
+        assert torch.equal(ops.grouped_gemm_masked(x, w, c, expected_rows=hint), y), hint
 
 
 def test_grouped_gemm_empty_input(device):
@@ -164,8 +166,9 @@ def test_grouped_gemm_each_tile_cuda(monkeypatch, tile):
 @pytest.mark.parametrize("T", [1, 8, 300])
 def test_grid_size_does_not_change_output_cuda(monkeypatch, T):
     """The balanced persistent grid (each CTA the same number of tiles) computes the same tiles as a
-    grid of every SM and as a small odd one (LCATTN_GROUPED_GEMM_CTAS): bitwise equal, on decode
-    routing (6 of 256 experts per token plus a shared expert) and a prefill-sized call, both layouts."""
+    grid of every SM and as a small odd one (LCATTN_GROUPED_GEMM_CTAS), and as the masked layout's grid
+    sized by expected_rows (exact, and far too low): bitwise equal, on decode routing (6 of 256 experts
+    per token plus a shared expert) and a prefill-sized call, both layouts."""
     E, N, K = 257, 4096, 512
     picks = torch.rand(T, E - 1).argsort(dim=1)[:, :6].flatten()
     counts = torch.bincount(picks, minlength=E)
@@ -176,6 +179,8 @@ def test_grid_size_does_not_change_output_cuda(monkeypatch, T):
     balanced = ops.grouped_gemm_contiguous(x, w, offsets), ops.grouped_gemm_masked(xm, w, c)
     assert_close(balanced[0].float(), reference.grouped_gemm_contiguous(x, w, offsets), GEMM_TOL)
     assert_close(balanced[1].float(), reference.grouped_gemm_masked(xm, w, c), GEMM_TOL)
+    for hint in (int(counts.sum()), 1):
+        assert torch.equal(ops.grouped_gemm_masked(xm, w, c, expected_rows=hint), balanced[1]), hint
     for ctas in ("100000", "7"):
         monkeypatch.setenv("LCATTN_GROUPED_GEMM_CTAS", ctas)
         forced = ops.grouped_gemm_contiguous(x, w, offsets), ops.grouped_gemm_masked(xm, w, c)
@@ -354,6 +359,10 @@ def test_bad_input_is_rejected(device):
         ops.grouped_gemm_contiguous(x, w[..., :4].contiguous(), as_int([0, 2, 6], device))
     with pytest.raises(RuntimeError, match=r"\[lcattn\] grouped_gemm_masked: counts values must lie in \[0, 3\]"):
         ops.grouped_gemm_masked(x.view(2, 3, 8), w, as_int([1, 4], device))
+    for hint in (-1, 7):
+        with pytest.raises(RuntimeError, match=rf"\[lcattn\] grouped_gemm_masked: expected_rows must lie in \[0, 6\], "
+                                               rf"got {hint}"):
+            ops.grouped_gemm_masked(x.view(2, 3, 8), w, as_int([1, 2], device), expected_rows=hint)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_route: k must lie in \[1, E = 4\]"):
         ops.moe_route(torch.randn(3, 4, device=device), 5, 1.0)
     with pytest.raises(RuntimeError, match=r"\[lcattn\] moe_route: token_ids values must lie in \[0, 9\]"):

@@ -49,13 +49,16 @@ inline Tile pick_tile(const GroupedGemmParams& p) {
 // the others stream theirs: flash T=1 is 224 tiles of 1 MB, 92 CTAs with 2 and 40 with 1; 112 CTAs
 // with 2 each ran 0.073 against 0.077 ms in the benchmark driver, and Pro T=1 (336 tiles, 112 CTAs
 // with 3) 0.170 against 0.182 ms (H200). The masked layout's bound (every expert up to M rows) is
-// loose at decode, so it keeps about num_sms.
+// loose at decode, so without p.expected_rows it keeps about num_sms.
 inline int balanced_ctas(const GroupedGemmParams& p, int tile_features, int tile_rows, int cluster, int num_sms) {
   const int64_t feature_tiles = (p.N + tile_features - 1) / tile_features;
-  // sum over experts of ceil(rows_e / tile_rows): contiguous, at most M / tile_rows plus one per
-  // expert with rows (min(E, M) of them); masked, ceil(M / tile_rows) per expert.
-  const int64_t row_tiles =
-      p.counts ? int64_t(p.E) * ((p.M + tile_rows - 1) / tile_rows) : std::min<int64_t>(p.E, p.M) + p.M / tile_rows;
+  // sum over experts of ceil(rows_e / tile_rows) for R rows in all: at most R / tile_rows plus one
+  // per expert with rows (min(E, R) of them); masked, also at most ceil(M / tile_rows) per expert.
+  auto bound = [&](int64_t rows) { return std::min<int64_t>(p.E, rows) + rows / tile_rows; };
+  const int64_t masked_bound = int64_t(p.E) * ((p.M + tile_rows - 1) / tile_rows);
+  const int64_t row_tiles = !p.counts             ? bound(p.M)
+                            : p.expected_rows > 0 ? std::min(masked_bound, bound(p.expected_rows))
+                                                  : masked_bound;
   const int64_t tiles = feature_tiles * row_tiles;
   if (tiles == 0 || num_sms <= 0) return num_sms;
   const int64_t waves = (tiles + num_sms - 1) / num_sms;

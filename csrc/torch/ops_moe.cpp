@@ -93,7 +93,8 @@ at::Tensor grouped_gemm_contiguous(const at::Tensor& x, const at::Tensor& w, con
   return y;
 }
 
-at::Tensor grouped_gemm_masked(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts) {
+at::Tensor grouped_gemm_masked(const at::Tensor& x, const at::Tensor& w, const at::Tensor& counts,
+                               int64_t expected_rows) {
   constexpr const char* op = "grouped_gemm_masked";
   LCATTN_CHECK(x.dim() == 3, op, "x must be [E, M, K], got shape ", x.sizes());
   LCATTN_CHECK(w.dim() == 3, op, "w must be [E, N, K], got shape ", w.sizes());
@@ -106,8 +107,10 @@ at::Tensor grouped_gemm_masked(const at::Tensor& x, const at::Tensor& w, const a
   check_aligned(op, "x", x);
   check_aligned(op, "w", w);
   check_values(op, "counts", counts, 0, M);
+  check_int_arg(op, "expected_rows", expected_rows, 0, E * M);
   at::Tensor y = at::empty({E, M, N}, x.options());
   GroupedGemmParams p = gemm_params(x, w, y, E, M);
+  p.expected_rows = expected_rows;
   p.counts = ptr<const int>(counts);
   run_grouped_gemm(op, x, p, true);
   return y;

@@ -62,7 +62,7 @@ TORCH_LIBRARY(lcattn, m) {
       "Tensor inv_freq, int ratio, float? scale=None, int window=128) -> (Tensor, Tensor)");
   // [6] MoE.
   def(m, "grouped_gemm_contiguous(Tensor x, Tensor w, Tensor offsets) -> Tensor");
-  def(m, "grouped_gemm_masked(Tensor x, Tensor w, Tensor counts) -> Tensor");
+  def(m, "grouped_gemm_masked(Tensor x, Tensor w, Tensor counts, int expected_rows=0) -> Tensor");
   def(m,
       "moe_route(Tensor logits, int k, float route_scale, Tensor? bias=None, Tensor? tid2eid=None, "
       "Tensor? token_ids=None) -> (Tensor, Tensor)");

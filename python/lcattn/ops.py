@@ -271,14 +271,16 @@ def _(x, w, offsets):
     return x.new_empty((x.shape[0], w.shape[1]))
 
 
-def grouped_gemm_masked(x: Tensor, w: Tensor, counts: Tensor) -> Tensor:
+def grouped_gemm_masked(x: Tensor, w: Tensor, counts: Tensor, expected_rows: int = 0) -> Tensor:
     """x [E, M, K] bf16, w [E, N, K] bf16, counts [E] int32 -> y [E, M, N] bf16; rows at or past
-    counts[e] are zero."""
-    return _ops.grouped_gemm_masked(x, w, counts)
+    counts[e] are zero. expected_rows in [0, E M]: the sum of counts the caller expects (at decode,
+    tokens x experts per token), which lets the CUDA kernel size its grid as for the contiguous
+    layout; 0 if unknown. A hint only: the result is the same for any value."""
+    return _ops.grouped_gemm_masked(x, w, counts, expected_rows)
 
 
 @_fake("grouped_gemm_masked")
-def _(x, w, counts):
+def _(x, w, counts, expected_rows=0):
     return x.new_empty((x.shape[0], x.shape[1], w.shape[1]))
 
 

@@ -44,7 +44,8 @@ DECODE_DIMS = {"flash": (256, 2 * 2048, 4096), "pro": (384, 2 * 3072, 7168)}  # 
 
 def decode_gemm_cases(quick):
     """Decode's gate + up GEMM: 1, 8, 64 tokens on 6 of 256 (Flash) / 384 (Pro) experts plus the shared
-    expert as one more group, graph-replayed. Bytes: the weights of the groups that get rows, plus x, y."""
+    expert as one more group, graph-replayed; the masked layout told the rows routed (expected_rows, as
+    a caller knows tokens x experts per token). Bytes: the weights of the groups that get rows, plus x, y."""
     for model, (E, N, K) in DECODE_DIMS.items():
         for T in (1, 64) if quick else (1, 8, 64):
             counts = decode_routing(T, E)
@@ -56,9 +57,9 @@ def decode_gemm_cases(quick):
             def ours(M=M, K=K, offsets=offsets, weights=weights):
                 x, w = torch.randn(M, K, device=DEV, dtype=BF), weights()
                 return replayed(lambda: ops.grouped_gemm_contiguous(x, w, offsets))
-            def masked(T=T, K=K, counts=counts, weights=weights):
+            def masked(T=T, M=M, K=K, counts=counts, weights=weights):
                 x, w = torch.randn(counts.numel(), T, K, device=DEV, dtype=BF), weights()
-                return replayed(lambda: ops.grouped_gemm_masked(x, w, counts))
+                return replayed(lambda: ops.grouped_gemm_masked(x, w, counts, expected_rows=M))
             def base(M=M, K=K, offsets=offsets, weights=weights):
                 x, w = torch.randn(M, K, device=DEV, dtype=BF), weights()
                 return replayed(lambda: F.grouped_mm(x, w.transpose(-2, -1), offs=offsets[1:]))

@@ -141,6 +141,9 @@ struct GroupedGemmParams {
   // (gate_up_row below) and y [.., N / 2] = swiglu(gate, up, swiglu_limit) of the fp32 products.
   bool gated = false;  // N a multiple of 16
   float swiglu_limit = 0.f;
+  // Masked: the rows the caller expects over all experts (the sum of counts), 0 if unknown. It only
+  // sizes the CUDA grid (moe_gemm_sm90.h: balanced_ctas); any value gives the same result.
+  int64_t expected_rows = 0;
   LCATTN_HD int out_cols() const { return gated ? N / 2 : N; }
   // Expert e's rows [begin, begin + rows) of x and y: from offsets (contiguous) or counts (masked,
   // begin = e M), clamped into [0, M] so that no value reaches outside x or y.
