@@ -19,10 +19,11 @@
 
 using namespace lcattn;
 
-constexpr int kRows = 64, kThreads = 128, kTileBytes = kRows * kDim * 2;  // kDim (512) from the kernels
+constexpr int kThreads = 128, kTileBytes = kKeys * kDim * 2;  // kKeys (64 rows), kDim (512) from the kernels
 
 // Byte offset of 16-byte unit u (of 64) of row r in a 128B-swizzled [8 chunks][64 rows][128 B] tile.
-int tile_offset(int r, int u) { return (u / 8) * kRows * 128 + r * 128 + ((u % 8) ^ (r % 8)) * 16; }
+// The host's own reading of the swizzled layout (the check does not reuse the device's `swizzled`).
+int tile_offset(int r, int u) { return (u / 8) * kChunkBytes + r * 128 + ((u % 8) ^ (r % 8)) * 16; }
 
 // FORM (-DFORM=n): 0 the policy and the 256-byte fetch, with the source size; 1 the policy without the
 // 256-byte fetch; 2 the 256-byte fetch without the policy; 3 both, without the source size (absent rows
@@ -57,7 +58,7 @@ __global__ void __launch_bounds__(kThreads, 1) gather(const uint16_t* kv, const 
   asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
   const uint16_t* rows[4];
   for (int r = 0; r < 4; ++r) {
-    const int e = idx[blockIdx.x * kRows + row0 + r];
+    const int e = idx[blockIdx.x * kKeys + row0 + r];
     rows[r] = e >= 0 ? kv + int64_t(e) * kDim : nullptr;
   }
 #pragma unroll
@@ -77,7 +78,7 @@ __global__ void __launch_bounds__(kThreads, 1) gather(const uint16_t* kv, const 
 int main() {
   const int entries = 4096, ctas = 264;
   std::vector<uint16_t> kv(size_t(entries) * kDim);
-  std::vector<int> idx(ctas * kRows);
+  std::vector<int> idx(ctas * kKeys);
   srand(7);
   for (auto& x : kv) x = uint16_t(rand());
   for (auto& i : idx) i = rand() % 5 == 0 ? -1 : rand() % entries;
@@ -100,9 +101,9 @@ int main() {
   cudaMemcpy(out.data(), d_out, out.size(), cudaMemcpyDeviceToHost);
   long wrong = 0;
   for (int cta = 0; cta < ctas; ++cta)
-    for (int r = 0; r < kRows; ++r)
+    for (int r = 0; r < kKeys; ++r)
       for (int u = 0; u < kDim / 8; ++u) {
-        const int e = idx[cta * kRows + r];
+        const int e = idx[cta * kKeys + r];
         const uint8_t* got = out.data() + size_t(cta) * kTileBytes + tile_offset(r, u);
         for (int b = 0; b < 16; ++b) {
           const uint8_t want = e < 0 ? 0 : reinterpret_cast<const uint8_t*>(kv.data() + size_t(e) * kDim + u * 8)[b];
