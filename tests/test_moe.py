@@ -191,7 +191,8 @@ def test_grid_size_does_not_change_output_cuda(monkeypatch, T):
 def test_unknown_tile_override_is_an_error_cuda(monkeypatch):
     monkeypatch.setenv("LCATTN_GROUPED_GEMM_TILE", "n48")
     x, w = torch.randn(4, 16, device="cuda").bfloat16(), expert_weights(2, 8, 16, "cuda")
-    with pytest.raises(RuntimeError, match=r"LCATTN_GROUPED_GEMM_TILE must be n32, n64, n128, n256 or n256_pingpong, got 'n48'"):
+    message = r"LCATTN_GROUPED_GEMM_TILE must be n32, n64, n128, n256 or n256_pingpong, got 'n48'"
+    with pytest.raises(RuntimeError, match=message):
         ops.grouped_gemm_contiguous(x, w, offsets_of([1, 3], "cuda"))
 
 

@@ -333,11 +333,11 @@ cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
 
 // One config per file: defines grouped_gemm_<name> and grouped_gemm_workspace_<name>.
 #define LCATTN_GROUPED_GEMM_SM90(name, TILE_M, TILE_N, TILE_K, CLUSTER_M, GATED, SCHEDULE)                            \
-  namespace lcattn::moe_sm90 {                                                                                         \
-  using Gemm_##name = GroupedGemm<Shape<Int<TILE_M>, Int<TILE_N>, Int<TILE_K>>, Shape<Int<CLUSTER_M>, _1, _1>, GATED,  \
-                                  Schedule::SCHEDULE>;                                                                 \
-  cudaError_t grouped_gemm_##name(const GroupedGemmParams& p, cudaStream_t stream) {                                   \
-    return run<Gemm_##name>(p, stream);                                                                                \
-  }                                                                                                                    \
-  size_t grouped_gemm_workspace_##name(const GroupedGemmParams& p) { return workspace_bytes<Gemm_##name>(p); }         \
+  namespace lcattn::moe_sm90 {                                                                                        \
+  using Gemm_##name = GroupedGemm<Shape<Int<TILE_M>, Int<TILE_N>, Int<TILE_K>>, Shape<Int<CLUSTER_M>, _1, _1>, GATED, \
+                                  Schedule::SCHEDULE>;                                                                \
+  cudaError_t grouped_gemm_##name(const GroupedGemmParams& p, cudaStream_t stream) {                                  \
+    return run<Gemm_##name>(p, stream);                                                                               \
+  }                                                                                                                   \
+  size_t grouped_gemm_workspace_##name(const GroupedGemmParams& p) { return workspace_bytes<Gemm_##name>(p); }        \
   }

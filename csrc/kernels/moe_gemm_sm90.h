@@ -17,10 +17,10 @@ namespace lcattn::moe_sm90 {
 #define LCATTN_GROUPED_GEMM_SM90_DECLARE(name)                                      \
   cudaError_t grouped_gemm_##name(const GroupedGemmParams& p, cudaStream_t stream); \
   size_t grouped_gemm_workspace_##name(const GroupedGemmParams& p);
-LCATTN_GROUPED_GEMM_SM90_DECLARE(n32)   // 128 x 32 x 128
-LCATTN_GROUPED_GEMM_SM90_DECLARE(n64)   // 256 x 64 x 64
-LCATTN_GROUPED_GEMM_SM90_DECLARE(n128)  // 128 x 128 x 64, cluster 2
-LCATTN_GROUPED_GEMM_SM90_DECLARE(n256)  // 128 x 256 x 64, cluster 2
+LCATTN_GROUPED_GEMM_SM90_DECLARE(n32)            // 128 x 32 x 128
+LCATTN_GROUPED_GEMM_SM90_DECLARE(n64)            // 256 x 64 x 64
+LCATTN_GROUPED_GEMM_SM90_DECLARE(n128)           // 128 x 128 x 64, cluster 2
+LCATTN_GROUPED_GEMM_SM90_DECLARE(n256)           // 128 x 256 x 64, cluster 2
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n256_pingpong)  // 64 x 256 x 64 per consumer warpgroup, cluster 2
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n32_gated)
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n64_gated)
