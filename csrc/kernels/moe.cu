@@ -173,8 +173,8 @@ struct GemmConfig {
   GemmWorkspaceFn workspace;
 };
 
-// The CUTLASS tile by rows per expert; LCATTN_GROUPED_GEMM_TILE=n32|n64|n128|n256|n256_pingpong
-// overrides it (for tuning, and for tests that run every tile on the same shapes); read per call.
+// The CUTLASS tile by rows per expert; LCATTN_GROUPED_GEMM_TILE=n32|n64|n128|n256 overrides it (for
+// tuning, and for tests that run every tile on the same shapes); read per call.
 moe_sm90::Tile tile_for(const GroupedGemmParams& p) {
   if (const char* forced = std::getenv("LCATTN_GROUPED_GEMM_TILE")) {
     const std::string name(forced);
@@ -182,7 +182,6 @@ moe_sm90::Tile tile_for(const GroupedGemmParams& p) {
     if (name == "n64") return moe_sm90::Tile::n64;
     if (name == "n128") return moe_sm90::Tile::n128;
     if (name == "n256") return moe_sm90::Tile::n256;
-    if (name == "n256_pingpong") return moe_sm90::Tile::n256_pingpong;
   }
   return moe_sm90::pick_tile(p);
 }
@@ -198,8 +197,6 @@ GemmConfig gemm_config(const GroupedGemmParams& p) {
       return p.gated ? LCATTN_GEMM_CONFIG(n64_gated) : LCATTN_GEMM_CONFIG(n64);
     case moe_sm90::Tile::n128:
       return p.gated ? LCATTN_GEMM_CONFIG(n128_gated) : LCATTN_GEMM_CONFIG(n128);
-    case moe_sm90::Tile::n256_pingpong:
-      return p.gated ? LCATTN_GEMM_CONFIG(n256_pingpong_gated) : LCATTN_GEMM_CONFIG(n256_pingpong);
     default:
       return p.gated ? LCATTN_GEMM_CONFIG(n256_gated) : LCATTN_GEMM_CONFIG(n256);
   }

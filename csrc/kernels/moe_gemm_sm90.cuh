@@ -127,15 +127,10 @@ class SwigluEpilogue {
   Params params;
 };
 
-// The kernel schedule: cooperative (both consumer warpgroups on one tile, then its epilogue) or
-// pingpong (each warpgroup its own tile, one's epilogue under the other's math).
-enum class Schedule { cooperative, pingpong };
-
 // TileShape (features, rows, K); cluster along features, so the CTAs of a cluster share (multicast)
 // the token rows they read.
-template <class TileShape, class ClusterShape, bool Gated, Schedule S>
+template <class TileShape, class ClusterShape, bool Gated>
 struct GroupedGemm {
-  static constexpr bool kPingpong = S == Schedule::pingpong;
   using ProblemShape = cutlass::gemm::GroupProblemShape<Shape<int, int, int>>;  // (N, rows_e, K) per expert
   using Element = cutlass::bfloat16_t;
   using LayoutA = cutlass::layout::RowMajor;     // w_e [N, K]
@@ -145,8 +140,7 @@ struct GroupedGemm {
   using StoreEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD*, kAlign, Element, LayoutD*, kAlign,
-      cute::conditional_t<kPingpong, cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong,
-                          cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>,
+      cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
       cutlass::epilogue::fusion::LinearCombination<Element, float, void>>::CollectiveOp;
   using Epilogue = cute::conditional_t<Gated,
                                        cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<
@@ -156,8 +150,7 @@ struct GroupedGemm {
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA*, kAlign, Element, LayoutB*, kAlign, float,
       TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      cute::conditional_t<kPingpong, cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong,
-                          cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>>::CollectiveOp;
+      cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
   using Tile = TileShape;
   using Cluster = ClusterShape;
@@ -332,12 +325,11 @@ cudaError_t run(const GroupedGemmParams& p, cudaStream_t stream) {
 }  // namespace lcattn::moe_sm90
 
 // One config per file: defines grouped_gemm_<name> and grouped_gemm_workspace_<name>.
-#define LCATTN_GROUPED_GEMM_SM90(name, TILE_M, TILE_N, TILE_K, CLUSTER_M, GATED, SCHEDULE)                            \
-  namespace lcattn::moe_sm90 {                                                                                        \
-  using Gemm_##name = GroupedGemm<Shape<Int<TILE_M>, Int<TILE_N>, Int<TILE_K>>, Shape<Int<CLUSTER_M>, _1, _1>, GATED, \
-                                  Schedule::SCHEDULE>;                                                                \
-  cudaError_t grouped_gemm_##name(const GroupedGemmParams& p, cudaStream_t stream) {                                  \
-    return run<Gemm_##name>(p, stream);                                                                               \
-  }                                                                                                                   \
-  size_t grouped_gemm_workspace_##name(const GroupedGemmParams& p) { return workspace_bytes<Gemm_##name>(p); }        \
+#define LCATTN_GROUPED_GEMM_SM90(name, TILE_M, TILE_N, TILE_K, CLUSTER_M, GATED)                                       \
+  namespace lcattn::moe_sm90 {                                                                                         \
+  using Gemm_##name = GroupedGemm<Shape<Int<TILE_M>, Int<TILE_N>, Int<TILE_K>>, Shape<Int<CLUSTER_M>, _1, _1>, GATED>; \
+  cudaError_t grouped_gemm_##name(const GroupedGemmParams& p, cudaStream_t stream) {                                   \
+    return run<Gemm_##name>(p, stream);                                                                                \
+  }                                                                                                                    \
+  size_t grouped_gemm_workspace_##name(const GroupedGemmParams& p) { return workspace_bytes<Gemm_##name>(p); }         \
   }

@@ -17,20 +17,17 @@ namespace lcattn::moe_sm90 {
 #define LCATTN_GROUPED_GEMM_SM90_DECLARE(name)                                      \
   cudaError_t grouped_gemm_##name(const GroupedGemmParams& p, cudaStream_t stream); \
   size_t grouped_gemm_workspace_##name(const GroupedGemmParams& p);
-LCATTN_GROUPED_GEMM_SM90_DECLARE(n32)            // 128 x 32 x 128
-LCATTN_GROUPED_GEMM_SM90_DECLARE(n64)            // 256 x 64 x 64
-LCATTN_GROUPED_GEMM_SM90_DECLARE(n128)           // 128 x 128 x 64, cluster 2
-LCATTN_GROUPED_GEMM_SM90_DECLARE(n256)           // 128 x 256 x 64, cluster 2
-LCATTN_GROUPED_GEMM_SM90_DECLARE(n256_pingpong)  // 64 x 256 x 64 per consumer warpgroup, cluster 2
+LCATTN_GROUPED_GEMM_SM90_DECLARE(n32)   // 128 x 32 x 128
+LCATTN_GROUPED_GEMM_SM90_DECLARE(n64)   // 256 x 64 x 64
+LCATTN_GROUPED_GEMM_SM90_DECLARE(n128)  // 128 x 128 x 64, cluster 2
+LCATTN_GROUPED_GEMM_SM90_DECLARE(n256)  // 128 x 256 x 64, cluster 2
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n32_gated)
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n64_gated)
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n128_gated)
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n256_gated)
-LCATTN_GROUPED_GEMM_SM90_DECLARE(n256_pingpong_gated)
 #undef LCATTN_GROUPED_GEMM_SM90_DECLARE
 
-// n256_pingpong is reached only through LCATTN_GROUPED_GEMM_TILE (on trial against n256).
-enum class Tile { n32, n64, n128, n256, n256_pingpong };
+enum class Tile { n32, n64, n128, n256 };
 
 // The tile's row count follows the mean rows per expert (M / E contiguous, the capacity M masked).
 // Up to 64 rows the GEMM is bound by reading the weights, and its rate follows the weight bytes in

@@ -2,4 +2,4 @@
 // clusters of 2 along the features.
 #include "moe_gemm_sm90.cuh"
 
-LCATTN_GROUPED_GEMM_SM90(n128_gated, 128, 128, 64, 2, true, cooperative)
+LCATTN_GROUPED_GEMM_SM90(n128_gated, 128, 128, 64, 2, true)

@@ -2,4 +2,4 @@
 // clusters of 2 along the features.
 #include "moe_gemm_sm90.cuh"
 
-LCATTN_GROUPED_GEMM_SM90(n256_gated, 128, 256, 64, 2, true, cooperative)
+LCATTN_GROUPED_GEMM_SM90(n256_gated, 128, 256, 64, 2, true)

@@ -1,4 +1,4 @@
 // Grouped GEMM config n32: tiles of 128 features x 32 rows x 128 K, clusters of 1 along the features.
 #include "moe_gemm_sm90.cuh"
 
-LCATTN_GROUPED_GEMM_SM90(n32, 128, 32, 128, 1, false, cooperative)
+LCATTN_GROUPED_GEMM_SM90(n32, 128, 32, 128, 1, false)

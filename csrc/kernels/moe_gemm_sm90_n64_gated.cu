@@ -2,4 +2,4 @@
 // clusters of 1 along the features.
 #include "moe_gemm_sm90.cuh"
 
-LCATTN_GROUPED_GEMM_SM90(n64_gated, 256, 64, 64, 1, true, cooperative)
+LCATTN_GROUPED_GEMM_SM90(n64_gated, 256, 64, 64, 1, true)

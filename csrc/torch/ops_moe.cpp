@@ -39,8 +39,8 @@ void check_tile_override(const char* op) {
   const char* tile = std::getenv("LCATTN_GROUPED_GEMM_TILE");
   if (!tile) return;
   const std::string name(tile);
-  LCATTN_CHECK(name == "n32" || name == "n64" || name == "n128" || name == "n256" || name == "n256_pingpong", op,
-               "LCATTN_GROUPED_GEMM_TILE must be n32, n64, n128, n256 or n256_pingpong, got '", name, "'");
+  LCATTN_CHECK(name == "n32" || name == "n64" || name == "n128" || name == "n256", op,
+               "LCATTN_GROUPED_GEMM_TILE must be n32, n64, n128 or n256, got '", name, "'");
 }
 #endif
 
