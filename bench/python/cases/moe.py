@@ -1,5 +1,7 @@
 """Grouped GEMM (prefill and graph-replayed decode shapes) and the routed MoE block, against
-F.grouped_mm and the same block on stock torch."""
+F.grouped_mm and the same block on stock torch; the prefill shapes, whose experts all get the same
+rows, also against cuBLAS's batched GEMM (torch.bmm: one strided problem, the rate a grouped kernel
+could reach on the same FLOPs and bytes)."""
 import functools
 import os
 
@@ -24,9 +26,12 @@ def gemm_cases(quick):
         def base(per=per):
             x, w, o = inputs(per)
             return lambda: F.grouped_mm(x, w.transpose(-2, -1), offs=o[1:])
+        def batched(per=per):
+            x, w, _ = inputs(per)
+            return lambda: torch.bmm(x.view(E, per, K), w.transpose(-2, -1))
         flops = 2 * E * per * N * K
         yield "grouped_gemm_contiguous", f"E={E} rows/expert={per} N={N} K={K}", flops, 2 * E * N * K, ours, {
-            "F.grouped_mm": base}
+            "F.grouped_mm": base, "torch.bmm": batched}
     yield from decode_gemm_cases(quick)
 
 
