@@ -1,7 +1,7 @@
 """Grouped GEMM (prefill and graph-replayed decode shapes) and the routed MoE block, against
 F.grouped_mm and the same block on stock torch; the prefill shapes, whose experts all get the same
-rows, also against cuBLAS's batched GEMM (torch.bmm: one strided problem, the rate a grouped kernel
-could reach on the same FLOPs and bytes)."""
+rows, also against cuBLAS's batched GEMM (torch.bmm: the same FLOPs and bytes as one strided
+problem, with no per-expert pointers or descriptors)."""
 import functools
 import os
 
