@@ -12,9 +12,8 @@ import threading
 import time
 
 import torch
-import torch.nn.functional as F
+from cases.moe import uniform_gemms  # bench/python/cases/, beside this script
 
-from lcattn import ops
 from lcattn.testing.bench import median_ms
 
 ROWS, N, K = 65536, 4096, 4096
@@ -50,17 +49,6 @@ class Sampler:
         return f"{mhz[len(mhz) // 2]} MHz, {watts[len(watts) // 2]:.0f} W, reasons {reasons}"
 
 
-def gemms(E):
-    """The same product, x [ROWS, K] by E experts' w [E, N, K] over ROWS / E rows each, three ways."""
-    per = ROWS // E
-    x = torch.randn(ROWS, K, device="cuda", dtype=BF)
-    w = torch.randn(E, N, K, device="cuda", dtype=BF) * K**-0.5
-    offsets = torch.arange(0, E + 1, device="cuda", dtype=torch.int32) * per
-    return {"lcattn": lambda: ops.grouped_gemm_contiguous(x, w, offsets),
-            "F.grouped_mm": lambda: F.grouped_mm(x, w.transpose(-2, -1), offs=offsets[1:]),
-            "torch.bmm": lambda: torch.bmm(x.view(E, per, K), w.transpose(-2, -1))}
-
-
 def sustained(fn, seconds, sampler):
     """Runs fn for `seconds` and returns the clock and power of its last two thirds."""
     torch.cuda.synchronize()
@@ -85,7 +73,8 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}: matmul 8192^3 {2 * 8192**3 / median_ms([matmul], 20) / 1e9:.0f} "
           f"TFLOP/s; {sustained(matmul, args.seconds, sampler)}", flush=True)
     for E in (int(e) for e in args.experts.split(",")):
-        for who, call in gemms(E).items():
+        for who, make in uniform_gemms(E, ROWS // E, N, K).items():
+            call = make()
             rate = flops / median_ms([call], 20) / 1e9
             print(f"E={E} rows/expert={ROWS // E} {who}: {rate:.0f} TFLOP/s; "
                   f"{sustained(call, args.seconds, sampler)}", flush=True)

@@ -12,26 +12,33 @@ from cases import BF, DEV, replayed
 from lcattn import ops
 
 
+def uniform_gemms(E, per, N, K):
+    """Makers of the same product, E experts of `per` rows each (x [E * per, K], w [E, N, K]): lcattn's
+    grouped GEMM, F.grouped_mm and torch.bmm; each maker builds its own inputs."""
+    def inputs():
+        x = torch.randn(E * per, K, device=DEV, dtype=BF)
+        w = torch.randn(E, N, K, device=DEV, dtype=BF) * K ** -0.5
+        offsets = torch.arange(0, E + 1, device=DEV, dtype=torch.int32) * per
+        return x, w, offsets
+    def ours():
+        x, w, o = inputs()
+        return lambda: ops.grouped_gemm_contiguous(x, w, o)
+    def base():
+        x, w, o = inputs()
+        return lambda: F.grouped_mm(x, w.transpose(-2, -1), offs=o[1:])
+    def batched():
+        x, w, _ = inputs()
+        return lambda: torch.bmm(x.view(E, per, K), w.transpose(-2, -1))
+    return {"lcattn": ours, "F.grouped_mm": base, "torch.bmm": batched}
+
+
 def gemm_cases(quick):
     E, N, K = 256, 4096, 4096  # V4-Flash gate + up
     for per in (16, 64) if quick else (16, 64, 256):
-        def inputs(per=per):
-            x = torch.randn(E * per, K, device=DEV, dtype=BF)
-            w = torch.randn(E, N, K, device=DEV, dtype=BF) * K ** -0.5
-            offsets = torch.arange(0, E + 1, device=DEV, dtype=torch.int32) * per
-            return x, w, offsets
-        def ours(per=per):
-            x, w, o = inputs(per)
-            return lambda: ops.grouped_gemm_contiguous(x, w, o)
-        def base(per=per):
-            x, w, o = inputs(per)
-            return lambda: F.grouped_mm(x, w.transpose(-2, -1), offs=o[1:])
-        def batched(per=per):
-            x, w, _ = inputs(per)
-            return lambda: torch.bmm(x.view(E, per, K), w.transpose(-2, -1))
+        makers = uniform_gemms(E, per, N, K)
+        ours = makers.pop("lcattn")
         flops = 2 * E * per * N * K
-        yield "grouped_gemm_contiguous", f"E={E} rows/expert={per} N={N} K={K}", flops, 2 * E * N * K, ours, {
-            "F.grouped_mm": base, "torch.bmm": batched}
+        yield "grouped_gemm_contiguous", f"E={E} rows/expert={per} N={N} K={K}", flops, 2 * E * N * K, ours, makers
     yield from decode_gemm_cases(quick)
 
 
