@@ -353,6 +353,29 @@ def test_hopper_no_keys_and_extreme_sinks_cuda(monkeypatch, schedule):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("form", ["sparse", "dense128"])
+@pytest.mark.parametrize("B,S,K,N", [(2, 3, 40, 50), (40, 1, 512, 600)])  # splits; decode's clusters
+def test_hopper_nan_logit_cuda(monkeypatch, schedule, form, B, S, K, N):
+    """A NaN in one entry: output and lse NaN for every query that sees it, as in the reference (the
+    lse too, in every way a row's result is finished: one split, the combine kernel, the fused
+    combine, the cluster); the other queries as usual."""
+    for name, value in SCHEDULES[schedule].items():
+        monkeypatch.setenv(name, value)
+    q, kv, kvs, qs, ckv, sink, f = make_attention(B, S, 64, 512, 64, 130, N, [400] * B, [273] * B, "cuda")
+    idx = random_indices(B, S, K, N, "cuda", invalid=0.1)
+    idx[0, 0, 0] = 1  # entry 1 of sequence 0: visible to its queries in the dense form too (400 // 128 = 3)
+    ckv[0, 1, 5] = float("nan")
+    call, ref = hopper_call(form, q, kv, kvs, qs, ckv, idx, sink, f)
+    out, lse = call()
+    ref_out, ref_lse = ref()
+    nan_rows = ref_lse.isnan().all(-1)  # the queries that see the NaN entry: every head NaN
+    assert nan_rows[0, 0] and not nan_rows[1:].any()
+    assert lse[nan_rows].isnan().all() and out[nan_rows].isnan().all()
+    check(out, lse, ref_out, ref_lse)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES[:4])
 @pytest.mark.parametrize("form", ["sparse", "dense128"])
 @pytest.mark.parametrize("rope_dim", [64, 32, 8])
@@ -699,16 +722,18 @@ def test_every_logit_minus_inf_is_no_key(device):
           *reference.attention(q, kv, kvs, qs, ckv, sink, f, indices=idx))
     check(*ops.dense_attn(q, kv, kvs, qs, ckv, sink, f, ratio=4),
           *reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=4))
-    if device.type == "cpu":  # the CPU implementation: a -inf key adds nothing there; a NaN q stays NaN
-        q = torch.tensor([[-inf, 0, 0, 1.0], [nan, 0, 0, 0]]).view(1, 1, 2, 4).bfloat16()
-        kv = torch.tensor([[1.0, 0, 0, -inf], [1.0, 2, 3, 4]]).view(1, 2, 4).bfloat16()
-        args = (q, kv, torch.tensor([0], dtype=torch.int32), torch.tensor([1], dtype=torch.int32), kv,
-                torch.zeros(2), torch.zeros(0))
-        out, lse = ops.dense_attn(*args, ratio=1)
-        ref_out, ref_lse = reference.attention(*args, ratio=1)
-        assert torch.equal(out[0, 0, 0], torch.zeros(4, dtype=torch.bfloat16)) and lse[0, 0, 0] == -inf
-        assert out[0, 0, 1].isnan().all() and lse[0, 0, 1].isnan() and ref_lse[0, 0, 1].isnan()
-        assert torch.equal(ref_out[0, 0, 0], out[0, 0, 0].float()) and ref_lse[0, 0, 0] == -inf
+    # A -inf key adds nothing; a NaN q makes every logit NaN, and the output and lse NaN (on CUDA the
+    # general kernel: head dim 4).
+    q = torch.tensor([[-inf, 0, 0, 1.0], [nan, 0, 0, 0]], device=device).view(1, 1, 2, 4).bfloat16()
+    kv = torch.tensor([[1.0, 0, 0, -inf], [1.0, 2, 3, 4]], device=device).view(1, 2, 4).bfloat16()
+    as_int = lambda v: torch.tensor([v], dtype=torch.int32, device=device)  # noqa: E731
+    args = (q, kv, as_int(0), as_int(1), kv, torch.zeros(2, device=device), torch.zeros(0, device=device))
+    out, lse = ops.dense_attn(*args, ratio=1)
+    ref_out, ref_lse = reference.attention(*args, ratio=1)
+    assert torch.equal(out[0, 0, 0], torch.zeros_like(out[0, 0, 0])) and lse[0, 0, 0] == -inf
+    assert out[0, 0, 1].isnan().all() and lse[0, 0, 1].isnan()
+    assert ref_out[0, 0, 1].isnan().all() and ref_lse[0, 0, 1].isnan()
+    assert torch.equal(ref_out[0, 0, 0], out[0, 0, 0].float()) and ref_lse[0, 0, 0] == -inf
 
 
 def test_repeat_runs_are_bitwise_identical(device):

@@ -26,6 +26,14 @@ struct KeySet {
   }
 };
 
+// The larger of a and b, NaN if either is (fmaxf drops a NaN), so that a chunk of NaN logits is not
+// taken for one without keys.
+__device__ __forceinline__ float max_nan(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+
 // grid (B * S * H); dynamic smem: q [D] and the output row [D].
 __global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionParams p) {
   extern __shared__ float smem[];
@@ -67,8 +75,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionPara
     }
     __syncthreads();
     float chunk_max = -INFINITY;
-    for (int j = 0; j < kChunk; ++j) chunk_max = fmaxf(chunk_max, logits[j]);
-    const float nm = fmaxf(mx, chunk_max);
+    for (int j = 0; j < kChunk; ++j) chunk_max = max_nan(chunk_max, logits[j]);
+    const float nm = max_nan(mx, chunk_max);
     if (nm != -INFINITY) {
       const float corr = expf(mx - nm);
       sum *= corr;
@@ -100,7 +108,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionPara
     rope_rotate_pair(&o[p.D - p.rope_dim + 2 * k], pos, p.inv_freq[k], -1.f);
   __syncthreads();
   for (int d = threadIdx.x; d < p.D; d += kThreads) p.out[n * p.D + d] = float_to_bf16(o[d]);
-  if (threadIdx.x == 0) p.lse[n] = sum > 0.f ? mx + logf(sum) : -INFINITY;
+  if (threadIdx.x == 0) p.lse[n] = !(sum <= 0.f) ? mx + logf(sum) : -INFINITY;  // NaN after a NaN logit
 }
 
 }  // namespace

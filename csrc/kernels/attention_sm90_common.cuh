@@ -152,9 +152,10 @@ __device__ __forceinline__ float output_scale(float sum, float m, float sink) {
   return sum > 0.f ? 1.f / (sum + exp2_ftz(sink * kLog2e - max_ref(m))) : 0.f;
 }
 
-// Natural log-sum-exp of the scaled logits from the base-2 maximum and sum; -inf with no key.
+// Natural log-sum-exp of the scaled logits from the base-2 maximum and sum; -inf with no key, NaN
+// after a NaN logit (the unordered compare lets a NaN sum through).
 __device__ __forceinline__ float natural_lse(float sum, float m) {
-  return sum > 0.f ? (m + log2f(sum)) * kLn2 : -INFINITY;
+  return !(sum <= 0.f) ? (m + log2f(sum)) * kLn2 : -INFINITY;
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {

@@ -121,7 +121,7 @@ def attention(q: Tensor, kv: Tensor, kv_start: Tensor, q_start: Tensor, ckv: Ten
     e = torch.exp(l - mx)
     total = e.sum(dim=-1, keepdim=True)
     out = torch.einsum("bshu,bsud->bshd", e, v) / (total + torch.exp(sink.float()[:, None] - mx))
-    out = torch.where(total > 0, out, 0.0)  # no key: 0, whatever the sink (-inf gives 0 / 0 above)
+    out = torch.where(total == 0, 0.0, out)  # no key: 0, whatever the sink (-inf gives 0 / 0 above); NaN stays
     rd = 2 * inv_freq.numel()
     if rd:
         out = torch.cat((out[..., : D - rd], rope(out[..., D - rd:], pos[..., None], inv_freq, -1.0)), dim=-1)
