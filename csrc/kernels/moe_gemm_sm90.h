@@ -1,6 +1,7 @@
 // The sm_90a grouped GEMM configs (moe_gemm_sm90_<name>.cu) and the heuristic that picks one.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -19,7 +20,7 @@ namespace lcattn::moe_sm90 {
   size_t grouped_gemm_workspace_##name(const GroupedGemmParams& p);
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n32)   // 128 x 32 x 128
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n64)   // 256 x 64 x 64
-LCATTN_GROUPED_GEMM_SM90_DECLARE(n128)  // 128 x 128 x 64, cluster 2
+LCATTN_GROUPED_GEMM_SM90_DECLARE(n128)  // 256 x 128 x 64
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n256)  // 128 x 256 x 64, cluster 2
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n32_gated)
 LCATTN_GROUPED_GEMM_SM90_DECLARE(n64_gated)
@@ -29,17 +30,27 @@ LCATTN_GROUPED_GEMM_SM90_DECLARE(n256_gated)
 
 enum class Tile { n32, n64, n128, n256 };
 
-// The tile's row count follows the mean rows per expert (M / E contiguous, the capacity M masked).
-// Up to 64 rows the GEMM is bound by reading the weights, and its rate follows the weight bytes in
-// flight per SM: a tile just wide enough for the rows, with weights 80% of each pipeline stage (128 x
-// 32, 256 x 64). Past that it is bound by the tensor cores, and wider tiles reuse each weight tile for
-// more rows. Measured on the H200 (csrc/kernels/NOTES.md): 256 x 64 beat 128 x 64 by 8% at 64 rows,
-// 128 x 32 at 64 rows read each weight tile twice (0.6x), 256 x 32 lost 4-8% in decode.
+// The rows a tile should hold: the capacity M (masked), or (contiguous) the rows of the largest
+// experts as routing spreads them around the mean m = M / E. Tokens routed to experts at random give
+// each expert about Poisson(m) rows; m + 2 sqrt(m) leaves about one expert in 40 past it.
+inline int rows_to_hold(const GroupedGemmParams& p) {
+  if (p.counts) return p.M;
+  if (p.E <= 0) return 0;
+  const double mean = double(p.M) / p.E;
+  return int(std::ceil(mean + 2.0 * std::sqrt(mean)));
+}
+
+// The smallest tile that holds rows_to_hold. Up to 256 rows at the V4 dims the GEMM is bound by
+// reading the weights: an expert with more rows than its tile takes a second row tile, which streams
+// its weights again (1.3-1.8x slower where many experts do), while a tile larger than needed costs
+// little; among tiles that hold the rows, more weight bytes per pipeline stage stream faster (128 x
+// 32 and 256 x 64: weights 80% of a stage; 256 x 128: two thirds, 1-4% ahead of 128 x 128 at 64-128
+// rows). Measured on an H100 and the H200 (csrc/kernels/NOTES.md, Grouped GEMM).
 inline Tile pick_tile(const GroupedGemmParams& p) {
-  const int rows = p.counts ? p.M : (p.E > 0 ? (p.M + p.E - 1) / p.E : 0);
+  const int rows = rows_to_hold(p);
   if (rows <= 32) return Tile::n32;
   if (rows <= 64) return Tile::n64;
-  if (rows <= 160) return Tile::n128;
+  if (rows <= 128) return Tile::n128;
   return Tile::n256;
 }
 

@@ -39,15 +39,36 @@ def gemm_cases(quick):
         ours = makers.pop("lcattn")
         flops = 2 * E * per * N * K
         yield "grouped_gemm_contiguous", f"E={E} rows/expert={per} N={N} K={K}", flops, 2 * E * N * K, ours, makers
+    # A prefill chunk's tokens routed at random (6 distinct experts each): the experts' rows spread
+    # around the mean (at a mean of 64, the largest about 90).
+    for mean in () if quick else (64, 128):
+        T = mean * E // 6
+        counts = routed_counts(T, E, generator=torch.Generator().manual_seed(T))  # the same rows in every run
+        M = int(counts.sum())
+        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32)
+        def inputs(M=M, offsets=offsets):
+            x = torch.randn(M, K, device=DEV, dtype=BF)
+            return x, torch.randn(E, N, K, device=DEV, dtype=BF) * K ** -0.5, offsets.to(DEV)
+        def ours(inputs=inputs):
+            x, w, o = inputs()
+            return lambda: ops.grouped_gemm_contiguous(x, w, o)
+        def base(inputs=inputs):
+            x, w, o = inputs()
+            return lambda: F.grouped_mm(x, w.transpose(-2, -1), offs=o[1:])
+        yield ("grouped_gemm_contiguous", f"E={E} routed T={T} k=6 (rows/expert {mean} on average, {int(counts.max())} "
+               f"at most) N={N} K={K}", 2 * M * N * K, 2 * E * N * K, ours, {"F.grouped_mm": base})
     yield from decode_gemm_cases(quick)
+
+
+def routed_counts(T, E, k=6, generator=None):
+    """Rows per expert for T tokens, each routed to k distinct random experts of E: [E] int64 counts."""
+    return torch.bincount(torch.rand(T, E, generator=generator).argsort(dim=1)[:, :k].flatten(), minlength=E)
 
 
 def decode_routing(T, E, k=6):
     """Rows per group for T decode tokens: k distinct random experts of E per token, and all T rows
     on group E, the shared expert: [E + 1] int32 counts."""
-    experts = torch.rand(T, E).argsort(dim=1)[:, :k].flatten()
-    counts = torch.bincount(experts, minlength=E + 1)
-    counts[E] = T
+    counts = torch.cat([routed_counts(T, E, k), torch.tensor([T])])
     return counts.to(torch.int32).to(DEV)
 
 
@@ -111,7 +132,7 @@ def moe_block_cases(quick):
     """The routed half of a V4-Flash MoE block (router GEMM, route, permute, gate + up, SwiGLU, down,
     weighted unpermute) against the same block on stock torch; graph-replayed."""
     E, D, I, k = 256, 4096, 2048, 6
-    for T in (1, 64) if quick else (1, 64, 8192):
+    for T in (1, 64) if quick else (1, 64, 2730, 8192):  # 2730: about 64 rows per expert
         def inputs(T=T):
             x = torch.randn(T, D, device=DEV, dtype=BF)
             gate, bias = torch.randn(E, D, device=DEV) * D ** -0.5, torch.randn(E, device=DEV) * 0.1
@@ -130,5 +151,5 @@ def moe_block_cases(quick):
         flops = 2 * T * k * 3 * I * D
         nbytes = round(2 * 3 * I * D * active + 4 * E * D)
         for fused, label in (("0", ""), ("1", " fused SwiGLU")):
-            yield ("moe_block", f"flash T={T} E={E} k={k}{label}", flops, nbytes,
+            yield ("moe_block", f"flash T={T} E={E} k={k}{label} (graph)", flops, nbytes,
                    functools.partial(ours, fused=fused), {"stock torch": base})
