@@ -44,8 +44,8 @@ inline int rows_to_hold(const GroupedGemmParams& p) {
 // reading the weights: an expert with more rows than its tile takes a second row tile, which streams
 // its weights again (1.3-1.8x slower where many experts do), while a tile larger than needed costs
 // little; among tiles that hold the rows, more weight bytes per pipeline stage stream faster (128 x
-// 32 and 256 x 64: weights 80% of a stage; 256 x 128: two thirds, 1-4% ahead of 128 x 128 at 64-128
-// rows). Measured on an H100 and the H200 (csrc/kernels/NOTES.md, Grouped GEMM).
+// 32 and 256 x 64: weights 80% of a stage; 256 x 128: two thirds, 0.5-4% ahead of 128 x 128 at 48-128
+// rows). Measured on an H100 (csrc/kernels/NOTES.md, Grouped GEMM, version 11).
 inline Tile pick_tile(const GroupedGemmParams& p) {
   const int rows = rows_to_hold(p);
   if (rows <= 32) return Tile::n32;
