@@ -207,6 +207,12 @@ struct GroupedGemm {
                                     {arr.a, arr.stride_a, arr.b, arr.stride_b},
                                     {},
                                     hw};
+    // The scheduler walks an expert's row tiles before its feature tiles (CUTLASS's grouped default
+    // walks the features first), so the row tiles that read one weight tile run side by side and the
+    // later ones find it in L2 rather than streaming it again from HBM. LCATTN_GROUPED_GEMM_RASTER=m
+    // takes CUTLASS's order (read per call, to compare the two).
+    using Raster = decltype(args.scheduler.raster_order);
+    args.scheduler.raster_order = env_is("LCATTN_GROUPED_GEMM_RASTER", "m") ? Raster::AlongM : Raster::AlongN;
     if constexpr (Gated) {
       args.epilogue = {p.swiglu_limit, arr.d, arr.stride_d};
     } else {

@@ -1,7 +1,6 @@
 // The sm_90a grouped GEMM configs (moe_gemm_sm90_<name>.cu) and the heuristic that picks one.
 #pragma once
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -30,27 +29,19 @@ LCATTN_GROUPED_GEMM_SM90_DECLARE(n256_gated)
 
 enum class Tile { n32, n64, n128, n256 };
 
-// The rows a tile should hold: the capacity M (masked), or (contiguous) the rows of the largest
-// experts as routing spreads them around the mean m = M / E. Tokens routed to experts at random give
-// each expert about Poisson(m) rows; m + 2 sqrt(m) leaves about one expert in 40 past it.
-inline int rows_to_hold(const GroupedGemmParams& p) {
-  if (p.counts) return p.M;
-  if (p.E <= 0) return 0;
-  const double mean = double(p.M) / p.E;
-  return int(std::ceil(mean + 2.0 * std::sqrt(mean)));
-}
-
-// The smallest tile that holds rows_to_hold. Up to 256 rows at the V4 dims the GEMM is bound by
-// reading the weights: an expert with more rows than its tile takes a second row tile, which streams
-// its weights again (1.3-1.8x slower where many experts do), while a tile larger than needed costs
-// little; among tiles that hold the rows, more weight bytes per pipeline stage stream faster (128 x
-// 32 and 256 x 64: weights 80% of a stage; 256 x 128: two thirds, 0.5-4% ahead of 128 x 128 at 48-128
-// rows). Measured on an H100 (csrc/kernels/NOTES.md, Grouped GEMM, version 11).
+// The tile by the rows per expert (M / E contiguous, the capacity M masked). Up to about 192 rows at
+// the V4 dims the GEMM is bound by reading the weights, and the tiles with more weight bytes per
+// pipeline stage stream faster (128 x 32 and 256 x 64: weights 80% of a stage, 256 x 128 two thirds,
+// 128 x 256 one third). An expert with more rows than its tile takes more row tiles; as the scheduler
+// runs those side by side, they find its weights in L2 (the raster order in moe_gemm_sm90.cuh), so a
+// tile somewhat short of the rows costs less than a tall one: routed rows that spread past the mean
+// cost a few percent. Thresholds from a sweep of every tile over uniform and routed rows (H100;
+// csrc/kernels/NOTES.md, Grouped GEMM, version 11), each within 3% of the best tile there.
 inline Tile pick_tile(const GroupedGemmParams& p) {
-  const int rows = rows_to_hold(p);
-  if (rows <= 32) return Tile::n32;
-  if (rows <= 64) return Tile::n64;
-  if (rows <= 128) return Tile::n128;
+  const int rows = p.counts ? p.M : (p.E > 0 ? (p.M + p.E - 1) / p.E : 0);
+  if (rows <= 48) return Tile::n32;
+  if (rows <= 96) return Tile::n64;
+  if (rows <= 160) return Tile::n128;
   return Tile::n256;
 }
 
