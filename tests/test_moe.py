@@ -134,10 +134,13 @@ def test_grouped_gemm_replays_in_cuda_graph_cuda():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("tile", ["n32", "n64", "n128", "n256"])
-def test_grouped_gemm_each_tile_cuda(monkeypatch, tile):
+@pytest.mark.parametrize("raster", ["n", "m"])
+def test_grouped_gemm_each_tile_cuda(monkeypatch, tile, raster):
     """Each CUTLASS tile forced (LCATTN_GROUPED_GEMM_TILE) on irregular shapes in both layouts, and in
-    moe_experts with the gated epilogue, whatever the heuristic would pick for them."""
+    moe_experts with the gated epilogue, whatever the heuristic would pick for them; in either raster
+    order (LCATTN_GROUPED_GEMM_RASTER: the experts' row tiles first, the default, or the features)."""
     monkeypatch.setenv("LCATTN_GROUPED_GEMM_TILE", tile)
+    monkeypatch.setenv("LCATTN_GROUPED_GEMM_RASTER", raster)
     for counts, N, K in (([3, 0, 70, 1, 0, 9], 40, 24), ([1, 2, 0, 12], 4096, 2048), ([0] * 9 + [1] * 7, 136, 520)):
         x = torch.randn(sum(counts), K, device="cuda").bfloat16()
         w, offsets = expert_weights(len(counts), N, K, "cuda"), offsets_of(counts, "cuda")
