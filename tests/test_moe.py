@@ -37,7 +37,7 @@ def bf16_grouped_gemm(x, w, offsets):
     return y
 
 
-# Rows per expert (the tile heuristic follows their mean and spread: 32, 64, 128 and 256-row tiles), E from 1
+# Rows per expert (the tile heuristic follows their mean: 32, 64, 128 and 256-row tiles), E from 1
 # to 384, empty experts, one expert with every row, V4-Flash and V4-Pro dims.
 @pytest.mark.parametrize("counts,N,K", [
     ([3, 0, 70, 1, 0, 129], 40, 24),           # experts with no rows; rows not multiples of a tile
