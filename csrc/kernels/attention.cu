@@ -26,14 +26,6 @@ struct KeySet {
   }
 };
 
-// The larger of a and b, NaN if either is (fmaxf drops a NaN), so that a chunk of NaN logits is not
-// taken for one without keys.
-__device__ __forceinline__ float max_nan(float a, float b) {
-  float r;
-  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-}
-
 // grid (B * S * H); dynamic smem: q [D] and the output row [D].
 __global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionParams p) {
   extern __shared__ float smem[];
@@ -75,8 +67,9 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionPara
     }
     __syncthreads();
     float chunk_max = -INFINITY;
-    for (int j = 0; j < kChunk; ++j) chunk_max = max_nan(chunk_max, logits[j]);
-    const float nm = max_nan(mx, chunk_max);
+    // nan_max (fmaxf drops a NaN): a chunk of NaN logits must not be taken for one without keys.
+    for (int j = 0; j < kChunk; ++j) chunk_max = nan_max(chunk_max, logits[j]);
+    const float nm = nan_max(mx, chunk_max);
     if (nm != -INFINITY) {
       const float corr = expf(mx - nm);
       sum *= corr;
