@@ -12,12 +12,12 @@ import threading
 import time
 
 import torch
-from cases.moe import uniform_gemms  # bench/python/cases/, beside this script
+from cases import BF  # bench/python/cases/, beside this script
+from cases.moe import uniform_gemms
 
 from lcattn.testing.bench import median_ms
 
 ROWS, N, K = 65536, 4096, 4096
-BF = torch.bfloat16
 
 
 class Sampler:

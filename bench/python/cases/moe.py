@@ -12,24 +12,30 @@ from cases import BF, DEV, replayed
 from lcattn import ops
 
 
-def uniform_gemms(E, per, N, K):
-    """Makers of the same product, E experts of `per` rows each (x [E * per, K], w [E, N, K]): lcattn's
-    grouped GEMM, F.grouped_mm and torch.bmm; each maker builds its own inputs."""
+def contiguous_gemms(counts, N, K):
+    """Makers of the same product, expert e taking counts[e] rows (x [sum counts, K], w [E, N, K]):
+    lcattn's grouped GEMM and F.grouped_mm; each maker builds its own inputs."""
+    E, M = counts.numel(), int(counts.sum())
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32)
     def inputs():
-        x = torch.randn(E * per, K, device=DEV, dtype=BF)
-        w = torch.randn(E, N, K, device=DEV, dtype=BF) * K ** -0.5
-        offsets = torch.arange(0, E + 1, device=DEV, dtype=torch.int32) * per
-        return x, w, offsets
+        x = torch.randn(M, K, device=DEV, dtype=BF)
+        return x, torch.randn(E, N, K, device=DEV, dtype=BF) * K ** -0.5, offsets.to(DEV)
     def ours():
         x, w, o = inputs()
         return lambda: ops.grouped_gemm_contiguous(x, w, o)
     def base():
         x, w, o = inputs()
         return lambda: F.grouped_mm(x, w.transpose(-2, -1), offs=o[1:])
+    return {"lcattn": ours, "F.grouped_mm": base}
+
+
+def uniform_gemms(E, per, N, K):
+    """contiguous_gemms with E experts of `per` rows each, and torch.bmm of the same product."""
     def batched():
-        x, w, _ = inputs()
+        x = torch.randn(E * per, K, device=DEV, dtype=BF)
+        w = torch.randn(E, N, K, device=DEV, dtype=BF) * K ** -0.5
         return lambda: torch.bmm(x.view(E, per, K), w.transpose(-2, -1))
-    return {"lcattn": ours, "F.grouped_mm": base, "torch.bmm": batched}
+    return {**contiguous_gemms(torch.full((E,), per), N, K), "torch.bmm": batched}
 
 
 def gemm_cases(quick):
@@ -44,19 +50,10 @@ def gemm_cases(quick):
     for mean in () if quick else (64, 128):
         T = mean * E // 6
         counts = routed_counts(T, E, generator=torch.Generator().manual_seed(T))  # the same rows in every run
-        M = int(counts.sum())
-        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32)
-        def inputs(M=M, offsets=offsets):
-            x = torch.randn(M, K, device=DEV, dtype=BF)
-            return x, torch.randn(E, N, K, device=DEV, dtype=BF) * K ** -0.5, offsets.to(DEV)
-        def ours(inputs=inputs):
-            x, w, o = inputs()
-            return lambda: ops.grouped_gemm_contiguous(x, w, o)
-        def base(inputs=inputs):
-            x, w, o = inputs()
-            return lambda: F.grouped_mm(x, w.transpose(-2, -1), offs=o[1:])
+        makers = contiguous_gemms(counts, N, K)
+        ours = makers.pop("lcattn")
         yield ("grouped_gemm_contiguous", f"E={E} routed T={T} k=6 (rows/expert {mean} on average, {int(counts.max())} "
-               f"at most) N={N} K={K}", 2 * M * N * K, 2 * E * N * K, ours, {"F.grouped_mm": base})
+               f"at most) N={N} K={K}", 2 * int(counts.sum()) * N * K, 2 * E * N * K, ours, makers)
     yield from decode_gemm_cases(quick)
 
 
