@@ -185,30 +185,6 @@ def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, reads_e4m3):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("B,S,N,HI,q_start", [
-    (1, 33, 70, 64, [250]),               # 17 pairs (odd), one CTA of keys
-    (2, 300, 517, 40, [0, 700]),          # fewer heads, entries not a multiple of 128, two row chunks
-    (3, 70, 1000, 64, [0, 1000, 133]),    # several sequences; early rows see no entry
-    (1, 514, 4100, 64, [16384 - 514]),    # 257 pairs in the last chunk of 2
-])
-@pytest.mark.parametrize("fp8", [False, True])
-def test_indexer_scores_overlap_cuda(monkeypatch, B, S, N, HI, q_start, fp8):
-    """LCATTN_INDEXER_OVERLAP=1 (128 keys a CTA, the next pair's products under this pair's sums):
-    the same products per tile and the same sum order as the default kernel, so the same bits, bf16
-    and e4m3; and against the reference."""
-    if fp8:
-        (q8, w8, k8, qs, key_scales), _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
-        args, kw, tol = (q8, w8, k8, qs), {"key_scales": key_scales}, 5e-4
-    else:
-        args, kw, tol = make_indexer(B, S, N, HI, 128, "cuda", q_start), {}, 1e-5
-    default = ops.indexer_scores(*args, ratio=4, **kw)
-    monkeypatch.setenv("LCATTN_INDEXER_OVERLAP", "1")
-    mine = ops.indexer_scores(*args, ratio=4, **kw)
-    assert torch.equal(mine, default)
-    assert_close(mine, reference.indexer_scores(*args, ratio=4, **kw), tol, "scores")
-
-
-@pytest.mark.cuda
 def test_indexer_misaligned_inputs_cuda():
     """A contiguous view that starts off a 16-byte boundary gets an [lcattn] error, not a misaligned
     vector load (which would end the CUDA context)."""

@@ -15,8 +15,7 @@ enum PairForm : int {
   kPairStagedOut = 1,   // a one-split output through shared memory (p.out 16-byte aligned)
   kPairNoKeyFence = 2,  // no proxy fence between a key half's arrival and the logits' wgmma
   kPairRowsToL2 = 4,    // the next pair's rows asked of L2 when looked up, a pair before their copies
-  kPairLeanCopy = 8,    // a key row's source and size chosen once a row: one instruction a 16-byte copy
-  kPairForms = 16,
+  kPairForms = 8,
 };
 cudaError_t attention_sm90_pair(const AttentionParams& p, int form, cudaStream_t stream);
 

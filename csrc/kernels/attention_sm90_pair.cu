@@ -55,24 +55,18 @@ enum : int { kBarMax0 = 1, kBarMax1 = 2, kBarP0 = 3, kBarP1 = 4, kBarSums = 5, k
 // 128 producer threads: thread t copies 16-byte unit t % 8 of each 128-byte chunk row of its rows
 // 4 (t / 8) .. + 3, whose sources (null: absent, zero-filled from `any`) it looked up itself, so
 // that a warp's copy is 4 rows x 128 contiguous bytes and no address crosses lanes; 16 copies a
-// thread. With h = 0 the threads of unit 0 set their rows' bias.
-// kLean: a row's source and size chosen once (an absent row reads nothing, from `any`), so that each
-// copy is one LDGSTS with immediate offsets; else each copy picks its own (an IMAD.WIDE and two SEL).
-template <bool kLean>
+// thread. A row's source and size are chosen once (an absent row reads nothing, from `any`), so that
+// each copy is one LDGSTS with immediate offsets (a choice per copy took an IMAD.WIDE and two SEL
+// more: 3-9% on prefill). With h = 0 the threads of unit 0 set their rows' bias.
 __device__ __forceinline__ void load_half(uint8_t* tile, int t, int h, const bf16* const (&rows)[4], const bf16* any,
                                           float* bias) {
   const int unit = t % 8, row0 = 4 * (t / 8);
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
-    if constexpr (kLean) {
-      const uint8_t* src = reinterpret_cast<const uint8_t*>(rows[r] ? rows[r] : any) + (4 * h * 8 + unit) * 16;
-      uint8_t* dst = tile + 4 * h * kChunkBytes + swizzled(row0 + r, unit);
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(rows[r] ? rows[r] : any) + (4 * h * 8 + unit) * 16;
+    uint8_t* dst = tile + 4 * h * kChunkBytes + swizzled(row0 + r, unit);
 #pragma unroll
-      for (int c = 0; c < 4; ++c) cp_async_16(dst + c * kChunkBytes, src + c * 128, rows[r] ? 16 : 0);
-    } else {
-#pragma unroll
-      for (int c = 0; c < 4; ++c) copy_row_unit(tile, row0 + r, (4 * h + c) * 8 + unit, rows[r], any);
-    }
+    for (int c = 0; c < 4; ++c) cp_async_16(dst + c * kChunkBytes, src + c * 128, rows[r] ? 16 : 0);
   }
   if (h == 0 && unit == 0)
 #pragma unroll
@@ -229,7 +223,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       for (int step = 0; step < 4; ++step) {  // in the order the halves are freed: (0, 0), (1, 1), (0, 1), (1, 0)
         const int w = step % 2, h = (step + step / 2) % 2;
         if (it > 0) mbar_wait(&sm.empty[w][h], (it - 1) & 1);
-        load_half<bool(kForm & kPairLeanCopy)>(sm.k[w], t, h, rows[w], q, sm.key_bias[w]);
+        load_half(sm.k[w], t, h, rows[w], q, sm.key_bias[w]);
         mbar_arrive_cp_async(&sm.full[w][h]);
         if (h == 0 && t % 8 == 0) mbar_arrive(&sm.full[w][0]);
       }

@@ -12,15 +12,10 @@
 //        row's visible entries, written to the score row.
 // Rows that see no key of the block are written -inf up front and not computed.
 // Shared memory: keys 64 KB + 4 stages of 32.5 KB; tiles 128B-swizzled [2 chunks of 64 dims][rows][128 B].
-//
-// Version 13 (kOverlap, LCATTN_INDEXER_OVERLAP=1; kernel notes): 128 keys per CTA, WG w owns keys
-// 64w .. 64w + 63 (one m64 tile), and issues the next pair's products into a second accumulator set
-// before it sums this pair's, so that its own sums run under its own products (stages: 5 bf16, 8 e4m3).
 #include "common/device.h"
 #include "indexer_sm90.cuh"
 #include "indexer_sm90.h"
 #include "lcattn/shared_math.h"
-#include "lcattn/switches.h"
 
 namespace lcattn {
 namespace {
@@ -28,42 +23,33 @@ namespace {
 using namespace indexer_sm90;
 
 constexpr int kRows = 256;  // query rows per CTA at most
+constexpr int kStages = 4;
 
-template <int kElemBytes, bool kOverlap>
-struct Config {
-  static constexpr int kCtaKeys = kOverlap ? kKeys / 2 : kKeys;  // keys of a CTA
-  static constexpr int kKeyChunk = kCtaKeys * 128;               // bytes of a 128-byte chunk of every key
-  static constexpr int kStages = !kOverlap ? 4 : kElemBytes == 2 ? 5 : 8;
-};
-
-template <int kElemBytes, bool kOverlap>
+template <int kElemBytes>
 struct SharedStorage {
-  static constexpr int kChunks = Elem<kElemBytes>::kChunks, kStages = Config<kElemBytes, kOverlap>::kStages;
-  alignas(1024) uint8_t keys[kChunks * Config<kElemBytes, kOverlap>::kKeyChunk];  // [chunks][CTA's keys][128 B]
+  static constexpr int kChunks = Elem<kElemBytes>::kChunks;
+  alignas(1024) uint8_t keys[kChunks * kKeyChunkBytes];         // [chunks][256 keys][128 B]
   alignas(1024) uint8_t q[kStages][kChunks * kPairChunkBytes];  // [chunks][row 0's heads, row 1's][128 B]
   float w[kStages][kPairRows];                                  // head weights, 0 for absent heads and rows
   uint64_t keys_full, full[kStages], empty[kStages];
 };
-template <int kElemBytes, bool kOverlap>
-constexpr int kSmemBytes = sizeof(SharedStorage<kElemBytes, kOverlap>) + 1024;  // + room to align the base
-static_assert(kSmemBytes<2, false> <= 232448 && kSmemBytes<2, true> <= 232448 && kSmemBytes<1, true> <= 232448,
-              "more shared memory than an H100 block may have");
+template <int kElemBytes>
+constexpr int kSmemBytes = sizeof(SharedStorage<kElemBytes>) + 1024;  // + room to align the base to 1024
+static_assert(kSmemBytes<2> <= 232448, "more shared memory than an H100 block may have");
 
 __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int64_t row) {
   return row / p.S * ceil_div(p.S, kRows) + row % p.S / kRows;
 }
 
-// grid (ceil(N / kCtaKeys), chunks of query rows of [row_begin, row_end)), kThreads threads; q and
-// keys bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3).
-template <int kElemBytes, bool kOverlap>
+// grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreads threads; q and keys
+// bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3).
+template <int kElemBytes>
 __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const IndexerParams p) {
   using E = Elem<kElemBytes>;
-  using C = Config<kElemBytes, kOverlap>;
-  constexpr int kStages = C::kStages;
   extern __shared__ uint8_t smem_raw[];
-  SharedStorage<kElemBytes, kOverlap>& sm = *reinterpret_cast<SharedStorage<kElemBytes, kOverlap>*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  const int n0 = blockIdx.x * C::kCtaKeys;
+  SharedStorage<kElemBytes>& sm =
+      *reinterpret_cast<SharedStorage<kElemBytes>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const int n0 = blockIdx.x * kKeys;
   const int64_t chunk = chunk_of(p, p.row_begin) + blockIdx.y;
   const int chunks_per_seq = ceil_div(p.S, kRows);
   const int b = int(chunk / chunks_per_seq), s0 = int(chunk % chunks_per_seq) * kRows;
@@ -75,7 +61,7 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
   const int q0 = p.q_start[b];
   // The first position that sees entry n0: (pos + 1) / ratio > n0.
   const int s_first = int(min(int64_t(s_hi), max(int64_t(s_lo), int64_t(p.ratio) * (n0 + 1) - 1 - q0)));
-  const int n_end = min(n0 + C::kCtaKeys, p.N);
+  const int n_end = min(n0 + kKeys, p.N);
   for (int64_t x = threadIdx.x; x < int64_t(s_first - s_lo) * (n_end - n0); x += kThreads) {
     const int s = s_lo + int(x / (n_end - n0)), n = n0 + int(x % (n_end - n0));
     p.scores[(seq_row0 + s - p.row_begin) * p.N + n] = -INFINITY;
@@ -99,10 +85,10 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
     const uint8_t* q_all = kElemBytes == 2 ? reinterpret_cast<const uint8_t*>(p.q) : p.q_e4m3;
     const uint8_t* keys_all = kElemBytes == 2 ? reinterpret_cast<const uint8_t*>(p.keys) : p.keys_e4m3;
     const uint8_t* keys = keys_all + (int64_t(b) * p.N + n0) * E::kRowBytes;
-    for (int v = tid; v < C::kCtaKeys * E::kUnits; v += 128) {  // 16-byte unit u of key r
+    for (int v = tid; v < kKeys * E::kUnits; v += 128) {  // 16-byte unit u of key r
       const int r = v / E::kUnits, u = v % E::kUnits;
       const bool valid = n0 + r < p.N;
-      cp_async_16(sm.keys + (u / 8) * C::kKeyChunk + swizzled(r, u % 8),
+      cp_async_16(sm.keys + (u / 8) * kKeyChunkBytes + swizzled(r, u % 8),
                   valid ? keys + r * E::kRowBytes + u * 16 : keys_all, valid ? 16 : 0);
     }
     mbar_arrive_cp_async(&sm.keys_full);
@@ -129,99 +115,54 @@ __global__ void __launch_bounds__(kThreads, 1) indexer_scores_sm90_kernel(const 
   // ------------------------------------------------------------------------------------ math
   reg_alloc<224>();
   const int c0 = (lane % 4) * 2;  // this thread's columns c0, c0 + 1 of every 8-column block
-  if constexpr (kOverlap) {
-    // This thread's keys: accumulator rows warp * 16 + lane / 4 (+ 8) of warpgroup wg's tile. After the
-    // quad's sums lane l writes (query row, half) = (l % 2, l % 4 / 2).
-    const int q_out = lane % 2, key_n = n0 + 64 * wg + warp * 16 + lane / 4 + 8 * ((lane % 4) / 2);
-    const float key_scale = key_n < p.N ? p.key_scale(b, key_n) : 0.f;
-    const int half_out = (lane % 4) / 2;
-    mbar_wait(&sm.keys_full, 0);
-    // Pair j's products into a, once its q has landed; committed as one group. No wgmma may sit in a
-    // branch (ptxas then serializes them all), so past the last pair the products run again on the
-    // last pair's q, which no copy overwrites any more, and nothing of them is written.
-    auto issue = [&](float (&a)[64], int j) {
-      const int stage = min(j, pairs - 1) % kStages;
-      if (j < pairs) mbar_wait(&sm.full[stage], (j / kStages) & 1);
-      fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
-      wgmma_fence();
-      tile_products<kElemBytes, C::kKeyChunk>(a, sm.keys, sm.q[stage], 64 * wg);
-      wgmma_commit();
-    };
-    // Pair i: wait for its products (the only group in flight), issue pair i + 1's into next, then sum
-    // and write pair i's while those run. Rows of pairs past the last are past s_hi.
-    auto finish = [&](float (&a)[64], float (&next)[64], int i) {
-      const int stage = min(i, pairs - 1) % kStages;
-      float2 w[2][8];
-      load_pair_weights(w, sm.w[stage], c0);
-      wgmma_wait<0>();
-      fence_registers(a);
-      if (i < pairs) mbar_arrive(&sm.empty[stage]);
-      issue(next, i + 1);
-      const float total = tile_head_sum_selected(a, w, q_out, half_out);
-      const int s = s_first + 2 * i + q_out;
-      if (s < s_hi && key_n < p.N) {
-        const int visible = visible_entries(q0 + s, p.ratio, p.N);
-        p.scores[(seq_row0 + s - p.row_begin) * p.N + key_n] = key_n < visible ? key_scale * total : -INFINITY;
-      }
-    };
+  // This thread's keys: accumulator rows warp * 16 + lane / 4 (+ 8) of tiles 0 and 1.
+  const int key0 = n0 + 128 * wg + warp * 16 + lane / 4;
+  // Lane l of a quad writes (tile, query row) = (l % 4 / 2, l % 2) of keys key_n[half], both halves.
+  const int t_out = (lane % 4) / 2, q_out = lane % 2;
+  int key_n[2];
+  float key_scale[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    key_n[half] = key0 + 64 * t_out + 8 * half;
+    key_scale[half] = key_n[half] < p.N ? p.key_scale(b, key_n[half]) : 0.f;
+  }
+  mbar_wait(&sm.keys_full, 0);
+  for (int i = 0; i < pairs; ++i) {
+    const int stage = i % kStages;
+    mbar_wait(&sm.full[stage], (i / kStages) & 1);
+    fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
     float acc[2][64];
-    issue(acc[0], 0);
-    for (int i = 0; i < pairs; i += 2) {
-      finish(acc[0], acc[1], i);
-      finish(acc[1], acc[0], i + 1);
-    }
-    wgmma_wait<0>();  // the products issued past the last pair
-  } else {
-    // This thread's keys: accumulator rows warp * 16 + lane / 4 (+ 8) of tiles 0 and 1.
-    const int key0 = n0 + 128 * wg + warp * 16 + lane / 4;
-    // Lane l of a quad writes (tile, query row) = (l % 4 / 2, l % 2) of keys key_n[half], both halves.
-    const int t_out = (lane % 4) / 2, q_out = lane % 2;
-    int key_n[2];
-    float key_scale[2];
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      key_n[half] = key0 + 64 * t_out + 8 * half;
-      key_scale[half] = key_n[half] < p.N ? p.key_scale(b, key_n[half]) : 0.f;
-    }
-    mbar_wait(&sm.keys_full, 0);
-    for (int i = 0; i < pairs; ++i) {
-      const int stage = i % kStages;
-      mbar_wait(&sm.full[stage], (i / kStages) & 1);
-      fence_proxy_async();  // the cp.async writes (generic proxy) before wgmma reads them (async proxy)
-      float acc[2][64];
-      issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);
-      float2 w[2][8];
-      load_pair_weights(w, sm.w[stage], c0);
-      wait_pair_products(acc);
-      mbar_arrive(&sm.empty[stage]);
+    issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);
+    float2 w[2][8];
+    load_pair_weights(w, sm.w[stage], c0);
+    wait_pair_products(acc);
+    mbar_arrive(&sm.empty[stage]);
 
-      // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.
-      float total[2];
-      head_sums_selected(acc, w, t_out, q_out, total);
-      const int s = s_first + 2 * i + q_out;
-      if (s < s_hi) {
-        const int visible = visible_entries(q0 + s, p.ratio, p.N);
-        float* dst = p.scores + (seq_row0 + s - p.row_begin) * p.N;
+    // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.
+    float total[2];
+    head_sums_selected(acc, w, t_out, q_out, total);
+    const int s = s_first + 2 * i + q_out;
+    if (s < s_hi) {
+      const int visible = visible_entries(q0 + s, p.ratio, p.N);
+      float* dst = p.scores + (seq_row0 + s - p.row_begin) * p.N;
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int n = key_n[half];
-          if (n < p.N) dst[n] = n < visible ? key_scale[half] * total[half] : -INFINITY;
-        }
+      for (int half = 0; half < 2; ++half) {
+        const int n = key_n[half];
+        if (n < p.N) dst[n] = n < visible ? key_scale[half] * total[half] : -INFINITY;
       }
     }
   }
 }
 
-template <int kElemBytes, bool kOverlap>
+template <int kElemBytes>
 cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  constexpr int smem = kSmemBytes<kElemBytes, kOverlap>;
-  const void* kernel = reinterpret_cast<const void*>(indexer_scores_sm90_kernel<kElemBytes, kOverlap>);
-  const cudaError_t err = allow_dynamic_smem(smem_limit, kernel, smem);
+  const void* kernel = reinterpret_cast<const void*>(indexer_scores_sm90_kernel<kElemBytes>);
+  const cudaError_t err = allow_dynamic_smem(smem_limit, kernel, kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
-  const dim3 grid(unsigned(ceil_div(p.N, Config<kElemBytes, kOverlap>::kCtaKeys)), unsigned(chunks));
-  indexer_scores_sm90_kernel<kElemBytes, kOverlap><<<grid, kThreads, smem, stream>>>(p);
+  const dim3 grid(unsigned(ceil_div(p.N, kKeys)), unsigned(chunks));
+  indexer_scores_sm90_kernel<kElemBytes><<<grid, kThreads, kSmemBytes<kElemBytes>, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -234,9 +175,7 @@ bool indexer_sm90_supported(const IndexerParams& p) {
 
 cudaError_t indexer_scores_sm90(const IndexerParams& p, cudaStream_t stream) {
   if (!indexer_sm90_supported(p)) return cudaErrorInvalidValue;
-  if (env_is("LCATTN_INDEXER_OVERLAP", "1"))
-    return p.keys_e4m3 ? launch<1, true>(p, stream) : launch<2, true>(p, stream);
-  return p.keys_e4m3 ? launch<1, false>(p, stream) : launch<2, false>(p, stream);
+  return p.keys_e4m3 ? launch<1>(p, stream) : launch<2>(p, stream);
 }
 
 }  // namespace lcattn

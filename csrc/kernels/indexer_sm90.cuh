@@ -28,13 +28,12 @@ struct Elem {
 
 // The k-steps of S = K Q^T for one m64 tile (keys key_row0 .. key_row0 + 63 of the key tile) against
 // the pair's 128 head rows (no fence or commit: the callers group them).
-// kKeyChunk: the bytes of a 128-byte chunk of every key of the tile (kKeys keys, or fewer).
-template <int kElemBytes, int kKeyChunk = kKeyChunkBytes>
+template <int kElemBytes>
 __device__ __forceinline__ void tile_products(float (&acc)[64], const uint8_t* keys, const uint8_t* q, int key_row0) {
   const uint64_t keys_desc = smem_desc(keys + key_row0 * 128, 16, 1024), q_desc = smem_desc(q, 16, 1024);
 #pragma unroll
   for (int ks = 0; ks < Elem<kElemBytes>::kSteps; ++ks) {
-    const uint64_t desc_keys = desc_advance(keys_desc, (ks / 4) * kKeyChunk + (ks % 4) * 32);
+    const uint64_t desc_keys = desc_advance(keys_desc, (ks / 4) * kKeyChunkBytes + (ks % 4) * 32);
     const uint64_t desc_q = desc_advance(q_desc, (ks / 4) * kPairChunkBytes + (ks % 4) * 32);
     if constexpr (kElemBytes == 2)
       wgmma_m64n128k16_ss(acc, desc_keys, desc_q, ks > 0);
@@ -94,23 +93,6 @@ __device__ __forceinline__ void thread_head_sums(const float (&acc)[2][64], cons
     for (int q = 0; q < 2; ++q)
 #pragma unroll
       for (int half = 0; half < 2; ++half) sums[t][q][half] = thread_head_sum(acc[t], w[q], q, half);
-}
-
-// All 64 heads of one tile's accumulators for the lane's (query row q, half), reduced over the quad (8
-// shuffles), then selected.
-__device__ __forceinline__ float tile_head_sum_selected(const float (&acc)[64], const float2 (&w)[2][8], int q,
-                                                        int half) {
-  float sums[2][2];
-#pragma unroll
-  for (int qq = 0; qq < 2; ++qq)
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      float sum = thread_head_sum(acc, w[qq], qq, hh);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sums[qq][hh] = sum + __shfl_xor_sync(0xffffffffu, sum, 2);
-    }
-  const float h0 = q == 0 ? sums[0][0] : sums[1][0], h1 = q == 0 ? sums[0][1] : sums[1][1];
-  return half == 0 ? h0 : h1;
 }
 
 // All 64 heads for the lane's (tile t, query row q), both halves: each sum in one chain and reduced
