@@ -57,7 +57,7 @@ enum : int { kBarMax0 = 1, kBarMax1 = 2, kBarP0 = 3, kBarP1 = 4, kBarSums = 5, k
 // that a warp's copy is 4 rows x 128 contiguous bytes and no address crosses lanes; 16 copies a
 // thread. A row's source and size are chosen once (an absent row reads nothing, from `any`), so that
 // each copy is one LDGSTS with immediate offsets (a choice per copy took an IMAD.WIDE and two SEL
-// more: 3-9% on prefill). With h = 0 the threads of unit 0 set their rows' bias.
+// more, and prefill 2-13% longer: kernel notes). With h = 0 the threads of unit 0 set their rows' bias.
 __device__ __forceinline__ void load_half(uint8_t* tile, int t, int h, const bf16* const (&rows)[4], const bf16* any,
                                           float* bias) {
   const int unit = t % 8, row0 = 4 * (t / 8);
