@@ -1,29 +1,12 @@
 """The dense bf16 and e4m3 matmul rates of this GPU in one process (cuBLAS: `a @ b` and
-`torch._scaled_mm`, 8192^3, median of back-to-back calls over 1.5 s, three rounds): the ceiling an
-fp8 kernel's rate is read against, beside the driver's bf16 one.
+`torch._scaled_mm`, 8192^3, timed as the driver times its ceilings, three rounds): the ceiling an fp8
+kernel's rate is read against, beside the driver's bf16 one.
 
     python bench/python/matmul_ceilings.py
 """
-import time
-
 import torch
 
-
-def rate(fn, n, secs=1.5):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    t0 = time.time()
-    while time.time() - t0 < secs:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return 2 * n**3 / times[len(times) // 2] / 1e9
+from lcattn.testing.bench import median_ms
 
 
 def main() -> None:
@@ -36,8 +19,8 @@ def main() -> None:
     one = torch.ones((), device="cuda")
     print(torch.cuda.get_device_name())
     for r in range(3):
-        bf16 = rate(lambda: a @ b, n)
-        e4m3 = rate(lambda: torch._scaled_mm(a8, b8, one, one, out_dtype=torch.bfloat16), n)
+        bf16, e4m3 = (2 * n**3 / median_ms([fn], 50) / 1e9 for fn in (
+            lambda: a @ b, lambda: torch._scaled_mm(a8, b8, one, one, out_dtype=torch.bfloat16)))
         print(f"round {r}: bf16 {bf16:.0f} TFLOP/s, e4m3 {e4m3:.0f} TFLOP/s, ratio {e4m3 / bf16:.2f}")
 
 
