@@ -476,7 +476,7 @@ PAIR_DEFAULT_FORM = 1  # version 6's default: staged output
 def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, N, q_start, kv_start, L, splits):
     """The switches that move data, not arithmetic, give the same bits off and on:
     LCATTN_ATTN_STAGED_OUT (one split's O out through shared memory in 16-byte pieces) and, on version
-    6, LCATTN_ATTN_KEY_FENCE=0 (no proxy fence before the logits' wgmma) and
+    6, LCATTN_ATTN_KEY_FENCE=0 (no proxy fence before the logits' wgmma),
     LCATTN_ATTN_PAIR_ROWS_TO_L2 (the next pair's rows asked of L2) and LCATTN_ATTN_STMATRIX_P (P stored
     by stmatrix), in prefill and decode, at
     positions whose angles take sincosf's slow path, with the default splits, with one (the staged
