@@ -728,8 +728,8 @@ def test_every_logit_minus_inf_is_no_key(device):
     # general kernel: head dim 4).
     q = torch.tensor([[-inf, 0, 0, 1.0], [nan, 0, 0, 0]], device=device).view(1, 1, 2, 4).bfloat16()
     kv = torch.tensor([[1.0, 0, 0, -inf], [1.0, 2, 3, 4]], device=device).view(1, 2, 4).bfloat16()
-    as_int = lambda v: torch.tensor([v], dtype=torch.int32, device=device)  # noqa: E731
-    args = (q, kv, as_int(0), as_int(1), kv, torch.zeros(2, device=device), torch.zeros(0, device=device))
+    kv_start, q_start = torch.tensor([[0], [1]], dtype=torch.int32, device=device)
+    args = (q, kv, kv_start, q_start, kv, torch.zeros(2, device=device), torch.zeros(0, device=device))
     out, lse = ops.dense_attn(*args, ratio=1)
     ref_out, ref_lse = reference.attention(*args, ratio=1)
     assert torch.equal(out[0, 0, 0], torch.zeros_like(out[0, 0, 0])) and lse[0, 0, 0] == -inf

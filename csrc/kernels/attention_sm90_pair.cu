@@ -134,12 +134,13 @@ __device__ __forceinline__ void pack_p(const float (&s)[32], uint32_t (&pa)[4][4
   }
 }
 
-// P (bf16) into a swizzled [64 heads][64 keys] tile: row r0 (+ 8), keys 8j + c0, + 1; then the
-// fence that lets the other warpgroup's wgmma read it. kStmatrix: 4 stmatrix.x4, each of two 8-key
-// blocks j, j + 1 and the warp's rows 0-7 and 8-15 (matrix m: rows 8 (m % 2) .., block j + m / 2);
-// else 16 32-bit stores.
+// P (bf16) into a swizzled [64 heads][64 keys] tile: the thread's accumulator rows r0 (+ 8), keys
+// 8j + c0, + 1; then the fence that lets the other warpgroup's wgmma read it. kStmatrix: 4
+// stmatrix.x4, each of two 8-key blocks j, j + 1 and the warp's rows 0-7 and 8-15 (matrix m: rows
+// 8 (m % 2) .., block j + m / 2); else 16 32-bit stores.
 template <bool kStmatrix>
-__device__ __forceinline__ void store_p(uint8_t* tile, const float (&s)[32], int r0, int c0, int warp, int lane) {
+__device__ __forceinline__ void store_p(uint8_t* tile, const float (&s)[32], int warp, int lane) {
+  const int r0 = warp * 16 + lane / 4, c0 = (lane % 4) * 2;
   if constexpr (kStmatrix) {
     const int m = lane / 8, row = warp * 16 + (m % 2) * 8 + lane % 8;
 #pragma unroll
@@ -297,7 +298,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       }
 #pragma unroll
       for (int i = 0; i < 32; ++i) sacc[i] *= factor[(i % 4) / 2];
-      store_p<kStmatrixP>(sm.p[0], sacc, r0, c0, warp, lane);
+      store_p<kStmatrixP>(sm.p[0], sacc, warp, lane);
       named_barrier_arrive(kBarP0, 256);
       rescale(o, l_run, factor);
       // O += P1 V1 (first half of the dims) with WG1's P1; the next pair's logits meanwhile: buffer 1's
@@ -342,7 +343,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       // P1 to WG0; each of buffer 1's and buffer 0's second halves free once its product is done.
       pack_p(sacc, pa);
       issue_pv_own(o, pa, sm, 1, 1);
-      store_p<kStmatrixP>(sm.p[1], sacc, r0, c0, warp, lane);
+      store_p<kStmatrixP>(sm.p[1], sacc, warp, lane);
       named_barrier_arrive(kBarP1, 256);
       named_barrier_sync(kBarP0, 256);
       issue_pv_other(o, sm, 0, 1);
