@@ -185,6 +185,38 @@ def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, reads_e4m3):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("B,S,N,HI,q_start", [
+    (1, 33, 70, 64, [250]),               # odd rows: the last pair has one row; one key block
+    (3, 70, 1000, 64, [0, 1000, 133]),    # several sequences; early rows see no entry
+    (1, 513, 4100, 64, [16384 - 513]),    # 17 key blocks: the last cluster's second CTA is past N
+    (2, 300, 517, 40, [0, 700]),          # fewer heads: cp.async as before
+])
+@pytest.mark.parametrize("form", ["1", "2"])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_indexer_q_tma_cuda(monkeypatch, B, S, N, HI, q_start, form, fp8):
+    """q by TMA (LCATTN_INDEXER_Q_TMA=1) and by TMA multicast in clusters of two (=2): the same
+    products in the same order as the cp.async kernel, so the same scores bit for bit, whole and in
+    blocks of rows that cross sequences; and the reference's."""
+    if fp8:
+        (q, w, keys, qs, key_scales), _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
+    else:
+        (q, w, keys, qs), key_scales = make_indexer(B, S, N, HI, 128, "cuda", q_start), None
+
+    def scores_and_picks():
+        scores = ops.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
+        return scores, ops.indexer_topk(q, w, keys, qs, k=64, ratio=4, block_rows=50, key_scales=key_scales)
+
+    monkeypatch.delenv("LCATTN_INDEXER_Q_TMA", raising=False)
+    want, want_picks = scores_and_picks()
+    monkeypatch.setenv("LCATTN_INDEXER_Q_TMA", form)
+    got, got_picks = scores_and_picks()
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32)), "scores differ from the cp.async kernel's"
+    assert torch.equal(got_picks, want_picks)
+    ref = reference.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
+    assert_close(got, ref, 5e-4 if fp8 else 1e-5, "scores")
+
+
+@pytest.mark.cuda
 def test_indexer_misaligned_inputs_cuda():
     """A contiguous view that starts off a 16-byte boundary gets an [lcattn] error, not a misaligned
     vector load (which would end the CUDA context)."""
