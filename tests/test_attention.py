@@ -461,8 +461,7 @@ def test_hopper_rescale_slack_cuda(monkeypatch, schedule, B, S, H, K, N, q_start
 # ones by dims (version 4), bf16 entries on version 6 ("pair"); its flag in version 6's form, PairForm).
 BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": ("0", "1", ["bf16", "kv_fp8", "pair"], 1),
                     "LCATTN_ATTN_KEY_FENCE": ("1", "0", ["pair"], 2),
-                    "LCATTN_ATTN_PAIR_ROWS_TO_L2": ("0", "1", ["pair"], 4),
-                    "LCATTN_ATTN_STMATRIX_P": ("0", "1", ["pair"], 8)}
+                    "LCATTN_ATTN_PAIR_ROWS_TO_L2": ("0", "1", ["pair"], 4)}
 PAIR_DEFAULT_FORM = 1  # version 6's default: staged output
 
 
@@ -476,9 +475,8 @@ PAIR_DEFAULT_FORM = 1  # version 6's default: staged output
 def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, N, q_start, kv_start, L, splits):
     """The switches that move data, not arithmetic, give the same bits off and on:
     LCATTN_ATTN_STAGED_OUT (one split's O out through shared memory in 16-byte pieces) and, on version
-    6, LCATTN_ATTN_KEY_FENCE=0 (no proxy fence before the logits' wgmma),
-    LCATTN_ATTN_PAIR_ROWS_TO_L2 (the next pair's rows asked of L2) and LCATTN_ATTN_STMATRIX_P (P stored
-    by stmatrix), in prefill and decode, at
+    6, LCATTN_ATTN_KEY_FENCE=0 (no proxy fence before the logits' wgmma) and
+    LCATTN_ATTN_PAIR_ROWS_TO_L2 (the next pair's rows asked of L2), in prefill and decode, at
     positions whose angles take sincosf's slow path, with the default splits, with one (the staged
     path at decode too) and with 3 (the partials and the fused combine, the same either way), on bf16
     entries (by keys, and on version 6) and kv_fp8 ones (by dims); and the kernels that ran."""

@@ -647,12 +647,10 @@ bool pair_schedule_applies(const AttentionParams& p) {
 // Version 6's form (PairForm flags), read per call: the output through shared memory unless
 // LCATTN_ATTN_STAGED_OUT is 0 (or p.out is not 16-byte aligned); the key fence left out only with
 // LCATTN_ATTN_KEY_FENCE=0 (0.98-1.04x, within the spread; PTX asks for the fence); the next pair's rows
-// asked of L2 only with LCATTN_ATTN_PAIR_ROWS_TO_L2=1 (0.99-1.02x at decode, within the spread); P
-// stored by stmatrix only with LCATTN_ATTN_STMATRIX_P=1 (not yet run on a GPU).
+// asked of L2 only with LCATTN_ATTN_PAIR_ROWS_TO_L2=1 (0.99-1.02x at decode, within the spread).
 int pair_form(const AttentionParams& p) {
   return (stages_output(p, true) ? kPairStagedOut : 0) | (env_is("LCATTN_ATTN_KEY_FENCE", "0") ? kPairNoKeyFence : 0) |
-         (env_is("LCATTN_ATTN_PAIR_ROWS_TO_L2", "1") ? kPairRowsToL2 : 0) |
-         (env_is("LCATTN_ATTN_STMATRIX_P", "1") ? kPairStmatrixP : 0);
+         (env_is("LCATTN_ATTN_PAIR_ROWS_TO_L2", "1") ? kPairRowsToL2 : 0);
 }
 
 }  // namespace

@@ -15,8 +15,7 @@ enum PairForm : int {
   kPairStagedOut = 1,   // a one-split output through shared memory (p.out 16-byte aligned)
   kPairNoKeyFence = 2,  // no proxy fence between a key half's arrival and the logits' wgmma
   kPairRowsToL2 = 4,    // the next pair's rows asked of L2 when looked up, a pair before their copies
-  kPairStmatrixP = 8,   // P into shared memory by stmatrix (4 a thread), not 16 32-bit stores
-  kPairForms = 16,
+  kPairForms = 8,
 };
 cudaError_t attention_sm90_pair(const AttentionParams& p, int form, cudaStream_t stream);
 

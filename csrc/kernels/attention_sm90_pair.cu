@@ -135,25 +135,13 @@ __device__ __forceinline__ void pack_p(const float (&s)[32], uint32_t (&pa)[4][4
 }
 
 // P (bf16) into a swizzled [64 heads][64 keys] tile: the thread's accumulator rows r0 (+ 8), keys
-// 8j + c0, + 1; then the fence that lets the other warpgroup's wgmma read it. kStmatrix: 4
-// stmatrix.x4, each of two 8-key blocks j, j + 1 and the warp's rows 0-7 and 8-15 (matrix m: rows
-// 8 (m % 2) .., block j + m / 2); else 16 32-bit stores.
-template <bool kStmatrix>
+// 8j + c0, + 1; then the fence that lets the other warpgroup's wgmma read it.
 __device__ __forceinline__ void store_p(uint8_t* tile, const float (&s)[32], int warp, int lane) {
   const int r0 = warp * 16 + lane / 4, c0 = (lane % 4) * 2;
-  if constexpr (kStmatrix) {
-    const int m = lane / 8, row = warp * 16 + (m % 2) * 8 + lane % 8;
 #pragma unroll
-    for (int j = 0; j < 8; j += 2)
-      stmatrix_x4(smem_addr(tile + swizzled(row, j + m / 2)), pack_bf16(s[j * 4], s[j * 4 + 1]),
-                  pack_bf16(s[j * 4 + 2], s[j * 4 + 3]), pack_bf16(s[j * 4 + 4], s[j * 4 + 5]),
-                  pack_bf16(s[j * 4 + 6], s[j * 4 + 7]));
-  } else {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      *reinterpret_cast<uint32_t*>(tile + swizzled(r0, j) + c0 * 2) = pack_bf16(s[j * 4], s[j * 4 + 1]);
-      *reinterpret_cast<uint32_t*>(tile + swizzled(r0 + 8, j) + c0 * 2) = pack_bf16(s[j * 4 + 2], s[j * 4 + 3]);
-    }
+  for (int j = 0; j < 8; ++j) {
+    *reinterpret_cast<uint32_t*>(tile + swizzled(r0, j) + c0 * 2) = pack_bf16(s[j * 4], s[j * 4 + 1]);
+    *reinterpret_cast<uint32_t*>(tile + swizzled(r0 + 8, j) + c0 * 2) = pack_bf16(s[j * 4 + 2], s[j * 4 + 3]);
   }
   fence_proxy_async();
 }
@@ -185,7 +173,6 @@ template <int kForm>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const AttentionParams p) {
   constexpr bool kStagedOut = kForm & kPairStagedOut;
   constexpr bool kKeyFence = !(kForm & kPairNoKeyFence);
-  constexpr bool kStmatrixP = kForm & kPairStmatrixP;
   extern __shared__ uint8_t smem_raw[];
   // Aligned by pointer arithmetic on the shared array, so accesses stay LDS/STS (kernel notes).
   PairStorage& sm = *reinterpret_cast<PairStorage*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
@@ -298,7 +285,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       }
 #pragma unroll
       for (int i = 0; i < 32; ++i) sacc[i] *= factor[(i % 4) / 2];
-      store_p<kStmatrixP>(sm.p[0], sacc, warp, lane);
+      store_p(sm.p[0], sacc, warp, lane);
       named_barrier_arrive(kBarP0, 256);
       rescale(o, l_run, factor);
       // O += P1 V1 (first half of the dims) with WG1's P1; the next pair's logits meanwhile: buffer 1's
@@ -343,7 +330,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       // P1 to WG0; each of buffer 1's and buffer 0's second halves free once its product is done.
       pack_p(sacc, pa);
       issue_pv_own(o, pa, sm, 1, 1);
-      store_p<kStmatrixP>(sm.p[1], sacc, warp, lane);
+      store_p(sm.p[1], sacc, warp, lane);
       named_barrier_arrive(kBarP1, 256);
       named_barrier_sync(kBarP0, 256);
       issue_pv_other(o, sm, 0, 1);

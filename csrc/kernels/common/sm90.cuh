@@ -29,14 +29,6 @@ __device__ __forceinline__ void sts_v4(uint32_t addr, uint4 v) {
                : "memory");
 }
 
-// Four 8 x 8 b16 matrices to shared memory: lane l gives the address of row l % 8 of matrix l / 8, and
-// register i holds its part of matrix i in the mma fragment layout (row l / 4, columns 2 (l % 4), + 1).
-__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
-  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0), "r"(r1),
-               "r"(r2), "r"(r3)
-               : "memory");
-}
-
 // Byte offset of 16-byte unit `unit` (0..7) of row `row` in a 128B-swizzled tile.
 __device__ __forceinline__ uint32_t swizzled(int row, int unit) { return row * 128 + ((unit ^ (row & 7)) << 4); }
 
