@@ -6,10 +6,9 @@
 //
 // One CTA = 256 keys of one sequence x up to 256 query rows of it, three warpgroups:
 //   WG2, producer: loads the keys once, then per pair of query rows q [2 x 64 heads, 128] (32 KB)
-//        with cp.async and their head weights, into a ring of 4 stages. With q by TMA (64 heads, q on a
-//        16-byte boundary; LCATTN_INDEXER_Q_TMA=1) one thread loads q by TMA; in clusters of two CTAs
-//        along the keys (LCATTN_INDEXER_Q_TMA=2) both CTAs' math warps use one pair's q, each CTA
-//        loads one of its query rows and multicasts it to both: half the q traffic from L2.
+//        with cp.async and their head weights, into a ring of 4 stages. With kQTma (64 heads, q on a
+//        16-byte boundary; LCATTN_INDEXER_Q_TMA=1) one thread loads a pair's q by TMA instead of
+//        1,024 (bf16: 2,048) cp.async, which share the schedulers' issue slots with the math warps.
 //   WG0, WG1, math: WG w owns keys 128w .. 128w + 127 (two m64 tiles). Per pair: S = K Q^T
 //        (m64n128k16, 8 k-steps per tile), then per key and row sum_h w_h max(S, 0), -inf past the
 //        row's visible entries, written to the score row.
@@ -32,10 +31,6 @@ using namespace indexer_sm90;
 constexpr int kRows = 256;  // query rows per CTA at most
 constexpr int kStages = 4;
 
-// How q reaches shared memory: cp.async by the producer warpgroup, TMA by one of its threads, or TMA
-// in clusters of two CTAs (key blocks 2c, 2c + 1), each loading one query row of the pair for both.
-enum class QLoad { kCpAsync, kTma, kTmaPair };
-
 template <int kElemBytes>
 struct SharedStorage {
   static constexpr int kChunks = Elem<kElemBytes>::kChunks;
@@ -54,18 +49,15 @@ __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int
 
 // grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreads threads; q and keys
 // bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3).
-// q_map (TMA forms): q as [B * S * 64 head rows, kDim], boxes of 128 B x (128 / CTAs sharing q) rows.
-template <int kElemBytes, QLoad kQLoad>
+// kQTma: q by TMA through q_map (q as [B * S * 64 head rows, kDim], boxes of 128 B x 128 rows).
+template <int kElemBytes, bool kQTma>
 __global__ void __launch_bounds__(kThreads, 1)
     indexer_scores_sm90_kernel(const IndexerParams p, const __grid_constant__ CUtensorMap q_map) {
   using E = Elem<kElemBytes>;
-  constexpr bool kTma = kQLoad != QLoad::kCpAsync;
-  constexpr int kQCtas = kQLoad == QLoad::kTmaPair ? 2 : 1;  // CTAs that share each pair's q
   extern __shared__ uint8_t smem_raw[];
   SharedStorage<kElemBytes>& sm =
       *reinterpret_cast<SharedStorage<kElemBytes>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   const int n0 = blockIdx.x * kKeys;
-  const int n0_first = (blockIdx.x & ~(kQCtas - 1)) * kKeys;  // the cluster's first key block
   const int64_t chunk = chunk_of(p, p.row_begin) + blockIdx.y;
   const int chunks_per_seq = ceil_div(p.S, kRows);
   const int b = int(chunk / chunks_per_seq), s0 = int(chunk % chunks_per_seq) * kRows;
@@ -75,10 +67,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int s_hi = int(min(int64_t(min(s0 + kRows, p.S)), p.row_end - seq_row0));
   if (s_lo >= s_hi) return;
   const int q0 = p.q_start[b];
-  // The first position that sees entry n0 (of the cluster's first block, so that both CTAs of a
-  // cluster take the same pairs): (pos + 1) / ratio > n0.
-  const int s_first = int(min(int64_t(s_hi), max(int64_t(s_lo), int64_t(p.ratio) * (n0_first + 1) - 1 - q0)));
-  const int n_end = max(n0, min(n0 + kKeys, p.N));  // n0 >= N: the second CTA of the last cluster
+  // The first position that sees entry n0: (pos + 1) / ratio > n0.
+  const int s_first = int(min(int64_t(s_hi), max(int64_t(s_lo), int64_t(p.ratio) * (n0 + 1) - 1 - q0)));
+  const int n_end = min(n0 + kKeys, p.N);
   for (int64_t x = threadIdx.x; x < int64_t(s_first - s_lo) * (n_end - n0); x += kThreads) {
     const int s = s_lo + int(x / (n_end - n0)), n = n0 + int(x % (n_end - n0));
     p.scores[(seq_row0 + s - p.row_begin) * p.N + n] = -INFINITY;
@@ -90,19 +81,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     mbar_init(&sm.keys_full, 128);
     for (int i = 0; i < kStages; ++i) {
-      // The producer's cp.async arrivals (q and weights; with TMA the weights and one expect_tx).
-      mbar_init(&sm.full[i], kTma ? 129 : 128);
-      // Every math thread after its products and weight loads; with TMA one lane a warp of each CTA
-      // sharing the stage.
-      mbar_init(&sm.empty[i], kTma ? 8 * kQCtas : 256);
+      // The producer's cp.async arrivals (q and weights; with kQTma the weights and one expect_tx).
+      mbar_init(&sm.full[i], kQTma ? 129 : 128);
+      mbar_init(&sm.empty[i], 256);  // every math thread, after its products and weight loads
     }
     fence_barrier_init();
   }
-  if constexpr (kQCtas > 1)
-    cluster_sync();  // the peer's barriers initialized before any multicast or remote arrive
-  else
-    __syncthreads();
-  const uint32_t rank = kQCtas > 1 ? cluster_rank() : 0;
+  __syncthreads();
 
   if (wg == 2) {        // ---------------------------------------------------------------- producer
     reg_dealloc<56>();  // 40 spills in the e4m3 producer
@@ -118,28 +103,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_arrive_cp_async(&sm.keys_full);
     for (int i = 0; i < pairs; ++i) {
       const int stage = i % kStages;
-      if (i >= kStages) {
-        if constexpr (kQCtas > 1)
-          mbar_wait_cluster(&sm.empty[stage], ((i / kStages) - 1) & 1);  // the peer's warps arrive too
-        else
-          mbar_wait(&sm.empty[stage], ((i / kStages) - 1) & 1);
-      }
+      if (i >= kStages) mbar_wait(&sm.empty[stage], ((i / kStages) - 1) & 1);
       const int s_pair = s_first + 2 * i;
-      if constexpr (kTma) {
-        // Head rows of query rows s_pair, s_pair + 1 (64 each); rows past s_hi are read (or zero
-        // past the tensor's end) and their columns' sums never written.
+      if constexpr (kQTma) {
+        // The 128 head rows of query rows s_pair, s_pair + 1; a row past s_hi is read (zeros past the
+        // tensor's end) and its columns' sums are never written.
         if (tid == 0) {
           mbar_arrive_expect_tx(&sm.full[stage], E::kChunks * kPairChunkBytes);
-          constexpr int kBoxRows = kPairRows / kQCtas;
-          const int row = int((seq_row0 + s_pair) * kHeads) + int(rank) * kBoxRows;
 #pragma unroll
-          for (int c = 0; c < E::kChunks; ++c) {
-            uint8_t* dst = sm.q[stage] + c * kPairChunkBytes + rank * kBoxRows * 128;
-            if constexpr (kQCtas > 1)
-              tma_load_2d_multicast(dst, &q_map, &sm.full[stage], c * 128 / kElemBytes, row, 0x3);
-            else
-              tma_load_2d(dst, &q_map, &sm.full[stage], c * 128 / kElemBytes, row);
-          }
+          for (int c = 0; c < E::kChunks; ++c)
+            tma_load_2d(sm.q[stage] + c * kPairChunkBytes, &q_map, &sm.full[stage], c * 128 / kElemBytes,
+                        int((seq_row0 + s_pair) * kHeads));
         }
       } else {
         for (int v = tid; v < kPairRows * E::kUnits; v += 128) {  // unit u of head row r (query row s_pair + r / 64)
@@ -157,7 +131,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       mbar_arrive_cp_async(&sm.full[stage]);
     }
-    if constexpr (kQCtas > 1) cluster_sync();  // stay until the peer is done with this CTA's barriers
     return;
   }
 
@@ -176,26 +149,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     key_scale[half] = key_n[half] < p.N ? p.key_scale(b, key_n[half]) : 0.f;
   }
   mbar_wait(&sm.keys_full, 0);
-  if constexpr (kTma) fence_proxy_async();  // the keys' cp.async writes before wgmma reads them
+  if constexpr (kQTma) fence_proxy_async();  // the keys' cp.async writes before wgmma reads them
   for (int i = 0; i < pairs; ++i) {
     const int stage = i % kStages;
     mbar_wait(&sm.full[stage], (i / kStages) & 1);
     // The cp.async writes (generic proxy) before wgmma reads them (async proxy); TMA writes are async.
-    if constexpr (!kTma) fence_proxy_async();
+    if constexpr (!kQTma) fence_proxy_async();
     float acc[2][64];
     issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);
     float2 w[2][8];
     load_pair_weights(w, sm.w[stage], c0);
     wait_pair_products(acc);
-    if constexpr (kTma) {
-      __syncwarp();
-      if (lane == 0) {
-        mbar_arrive(&sm.empty[stage]);
-        if constexpr (kQCtas > 1) mbar_arrive_cluster(cluster_map(smem_addr(&sm.empty[stage]), rank ^ 1));
-      }
-    } else {
-      mbar_arrive(&sm.empty[stage]);
-    }
+    mbar_arrive(&sm.empty[stage]);
 
     // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.
     float total[2];
@@ -211,23 +176,18 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
-  if constexpr (kQCtas > 1) cluster_sync();  // the peer may still arrive on this CTA's barriers
 }
 
-// The form LCATTN_INDEXER_Q_TMA asks for (0 or unset: cp.async, 1: TMA, 2: TMA in clusters of two)
-// where q allows TMA: 64 heads (a pair's head rows consecutive), a 16-byte aligned base, row
-// coordinates within int32.
-QLoad q_load(const IndexerParams& p, const void* q) {
-  const long form = env_int("LCATTN_INDEXER_Q_TMA", 0);
-  if (form < 1 || form > 2 || p.HI != kHeads || reinterpret_cast<uintptr_t>(q) % 16 != 0 ||
-      int64_t(p.B) * p.S * kHeads > INT32_MAX)
-    return QLoad::kCpAsync;
-  return form == 1 ? QLoad::kTma : QLoad::kTmaPair;
+// q by TMA (LCATTN_INDEXER_Q_TMA=1; not yet the default) where q allows it: 64 heads (a pair's 128 head rows
+// consecutive), a 16-byte aligned base, head rows counted in int32.
+bool q_by_tma(const IndexerParams& p, const void* q) {
+  return env_is("LCATTN_INDEXER_Q_TMA", "1") && p.HI == kHeads && reinterpret_cast<uintptr_t>(q) % 16 == 0 &&
+         int64_t(p.B) * p.S * kHeads <= INT32_MAX;
 }
 
-// q [B * S * 64 head rows, kDim elements] for TMA: boxes of 128 bytes x box_rows rows, 128B swizzle
-// (the layout of the tiles above); rows past the end read as zeros.
-cudaError_t q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q, int elem_bytes, int box_rows) {
+// q [B * S * 64 head rows, kDim elements] for TMA: boxes of 128 bytes x 128 rows, 128B swizzle (the
+// layout of the tiles above); rows past the end read as zeros.
+cudaError_t q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q, int elem_bytes) {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found;
@@ -240,7 +200,7 @@ cudaError_t q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q
   if (!encode) return cudaErrorNotSupported;
   const cuuint64_t dims[2] = {cuuint64_t(kDim), cuuint64_t(int64_t(p.B) * p.S * kHeads)};
   const cuuint64_t strides[1] = {cuuint64_t(kDim * elem_bytes)};
-  const cuuint32_t box[2] = {cuuint32_t(128 / elem_bytes), cuuint32_t(box_rows)}, steps[2] = {1, 1};
+  const cuuint32_t box[2] = {cuuint32_t(128 / elem_bytes), cuuint32_t(kPairRows)}, steps[2] = {1, 1};
   const CUresult r =
       encode(&map, elem_bytes == 2 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_UINT8, 2,
              const_cast<void*>(q), dims, strides, box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
@@ -248,43 +208,27 @@ cudaError_t q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-template <int kElemBytes, QLoad kQLoad>
+template <int kElemBytes, bool kQTma>
 cudaError_t launch(const IndexerParams& p, const void* q, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQLoad>;
+  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma>;
   cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
-  constexpr int kQCtas = kQLoad == QLoad::kTmaPair ? 2 : 1;
   CUtensorMap q_map = {};
-  if constexpr (kQLoad != QLoad::kCpAsync) {
-    err = q_tensor_map(q_map, p, q, kElemBytes, kPairRows / kQCtas);
+  if constexpr (kQTma) {
+    err = q_tensor_map(q_map, p, q, kElemBytes);
     if (err != cudaSuccess) return err;
   }
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
-  cudaLaunchAttribute cluster = {};
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim = {unsigned(kQCtas), 1, 1};
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(ceil_div(p.N, kKeys * kQCtas) * kQCtas), unsigned(chunks));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = kSmemBytes<kElemBytes>;
-  config.stream = stream;
-  config.attrs = &cluster;
-  config.numAttrs = kQCtas > 1 ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, p, q_map);
+  const dim3 grid(unsigned(ceil_div(p.N, kKeys)), unsigned(chunks));
+  kernel<<<grid, kThreads, kSmemBytes<kElemBytes>, stream>>>(p, q_map);
+  return cudaGetLastError();
 }
 
 template <int kElemBytes>
 cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   const void* q = kElemBytes == 2 ? static_cast<const void*>(p.q) : static_cast<const void*>(p.q_e4m3);
-  switch (q_load(p, q)) {
-    case QLoad::kTma:
-      return launch<kElemBytes, QLoad::kTma>(p, q, stream);
-    case QLoad::kTmaPair:
-      return launch<kElemBytes, QLoad::kTmaPair>(p, q, stream);
-    default:
-      return launch<kElemBytes, QLoad::kCpAsync>(p, q, stream);
-  }
+  return q_by_tma(p, q) ? launch<kElemBytes, true>(p, q, stream) : launch<kElemBytes, false>(p, q, stream);
 }
 
 }  // namespace
