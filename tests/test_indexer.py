@@ -193,7 +193,7 @@ def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, reads_e4m3):
 ])
 @pytest.mark.parametrize("fp8", [False, True])
 def test_indexer_q_tma_cuda(monkeypatch, B, S, N, HI, q_start, fp8):
-    """q by TMA (LCATTN_INDEXER_Q_TMA=1, for 64 heads) takes the same products in the same order as the
+    """q by TMA (the default for 64 heads; LCATTN_INDEXER_Q_TMA=1) takes the same products in the same order as the
     cp.async kernel (=0), so the same scores bit for bit, whole and in blocks of rows that
     cross sequences; and the reference's. Fewer heads keep cp.async."""
     if fp8:

@@ -7,7 +7,7 @@
 // One CTA = 256 keys of one sequence x up to 256 query rows of it, three warpgroups:
 //   WG2, producer: loads the keys once, then per pair of query rows q [2 x 64 heads, 128] (32 KB)
 //        with cp.async and their head weights, into a ring of 4 stages. With kQTma (64 heads, q on a
-//        16-byte boundary; LCATTN_INDEXER_Q_TMA=1) one thread loads a pair's q by TMA instead of
+//        16-byte boundary; LCATTN_INDEXER_Q_TMA=0 turns it off) one thread loads a pair's q by TMA instead of
 //        1,024 (bf16: 2,048) cp.async, which share the schedulers' issue slots with the math warps.
 //   WG0, WG1, math: WG w owns keys 128w .. 128w + 127 (two m64 tiles). Per pair: S = K Q^T
 //        (m64n128k16, 8 k-steps per tile), then per key and row sum_h w_h max(S, 0), -inf past the
@@ -178,10 +178,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// q by TMA (LCATTN_INDEXER_Q_TMA=1; not yet the default) where q allows it: 64 heads (a pair's 128 head rows
+// q by TMA (unless LCATTN_INDEXER_Q_TMA=0) where q allows it: 64 heads (a pair's 128 head rows
 // consecutive), a 16-byte aligned base, head rows counted in int32.
 bool q_by_tma(const IndexerParams& p, const void* q) {
-  return env_is("LCATTN_INDEXER_Q_TMA", "1") && p.HI == kHeads && reinterpret_cast<uintptr_t>(q) % 16 == 0 &&
+  return !env_is("LCATTN_INDEXER_Q_TMA", "0") && p.HI == kHeads && reinterpret_cast<uintptr_t>(q) % 16 == 0 &&
          int64_t(p.B) * p.S * kHeads <= INT32_MAX;
 }
 
