@@ -6,9 +6,10 @@
 //
 // One CTA = 256 keys of one sequence x up to 256 query rows of it, three warpgroups:
 //   WG2, producer: loads the keys once, then per pair of query rows q [2 x 64 heads, 128] (32 KB)
-//        with cp.async and their head weights, into a ring of 4 stages. With kQTma (64 heads, q on a
-//        16-byte boundary; LCATTN_INDEXER_Q_TMA=0 turns it off) one thread loads a pair's q by TMA instead of
-//        1,024 (bf16: 2,048) cp.async, which share the schedulers' issue slots with the math warps.
+//        with cp.async and their head weights, into a ring of 4 stages. With kQTma (64 heads, q on
+//        a 16-byte boundary; LCATTN_INDEXER_Q_TMA=0 turns it off) one thread loads a pair's q by TMA
+//        instead of 1,024 (bf16: 2,048) cp.async, which share the schedulers' issue slots with the
+//        math warps.
 //   WG0, WG1, math: WG w owns keys 128w .. 128w + 127 (two m64 tiles). Per pair: S = K Q^T
 //        (m64n128k16, 8 k-steps per tile), then per key and row sum_h w_h max(S, 0), -inf past the
 //        row's visible entries, written to the score row.
@@ -50,13 +51,18 @@ __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int
 // grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreads threads; q and keys
 // bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3).
 // kQTma: q by TMA through q_map (q as [B * S * 64 head rows, kDim], boxes of 128 B x 128 rows).
-template <int kElemBytes, bool kQTma>
+// kLean (LCATTN_INDEXER_LEAN_PAIR=1; not yet run): the storage's base aligned by an offset from
+// smem_raw, so that the head weights' loads are LDS (through an integer they compile to generic LD,
+// on the global memory path: 16 LD.E.64 a pair), and a key's visibility by one compare with its
+// first position instead of a division per pair.
+template <int kElemBytes, bool kQTma, bool kLean>
 __global__ void __launch_bounds__(kThreads, 1)
     indexer_scores_sm90_kernel(const IndexerParams p, const __grid_constant__ CUtensorMap q_map) {
   using E = Elem<kElemBytes>;
   extern __shared__ uint8_t smem_raw[];
-  SharedStorage<kElemBytes>& sm =
-      *reinterpret_cast<SharedStorage<kElemBytes>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  SharedStorage<kElemBytes>& sm = *reinterpret_cast<SharedStorage<kElemBytes>*>(
+      kLean ? smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023)
+            : reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023)));
   const int n0 = blockIdx.x * kKeys;
   const int64_t chunk = chunk_of(p, p.row_begin) + blockIdx.y;
   const int chunks_per_seq = ceil_div(p.S, kRows);
@@ -143,10 +149,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int t_out = (lane % 4) / 2, q_out = lane % 2;
   int key_n[2];
   float key_scale[2];
+  int64_t first_pos[2];  // the first position that sees key n: n < visible_entries(pos) iff pos >= it
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     key_n[half] = key0 + 64 * t_out + 8 * half;
     key_scale[half] = key_n[half] < p.N ? p.key_scale(b, key_n[half]) : 0.f;
+    first_pos[half] = int64_t(key_n[half] + 1) * p.ratio - 1;
   }
   mbar_wait(&sm.keys_full, 0);
   if constexpr (kQTma) fence_proxy_async();  // the keys' cp.async writes before wgmma reads them
@@ -167,12 +175,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     head_sums_selected(acc, w, t_out, q_out, total);
     const int s = s_first + 2 * i + q_out;
     if (s < s_hi) {
-      const int visible = visible_entries(q0 + s, p.ratio, p.N);
+      const int visible = kLean ? 0 : visible_entries(q0 + s, p.ratio, p.N);
       float* dst = p.scores + (seq_row0 + s - p.row_begin) * p.N;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int n = key_n[half];
-        if (n < p.N) dst[n] = n < visible ? key_scale[half] * total[half] : -INFINITY;
+        const bool seen = kLean ? q0 + s >= first_pos[half] : n < visible;
+        if (n < p.N) dst[n] = seen ? key_scale[half] * total[half] : -INFINITY;
       }
     }
   }
@@ -186,7 +195,8 @@ bool q_by_tma(const IndexerParams& p, const void* q) {
 }
 
 // q [B * S * 64 head rows, kDim elements] for TMA: boxes of 128 bytes x 128 rows, 128B swizzle (the
-// layout of the tiles above); rows past the end read as zeros.
+// layout of the tiles above); rows past the end read as zeros. An error (no driver entry point, a
+// map the driver refuses) leaves the call to cp.async.
 cudaError_t q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q, int elem_bytes) {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
@@ -208,17 +218,12 @@ cudaError_t q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-template <int kElemBytes, bool kQTma>
-cudaError_t launch(const IndexerParams& p, const void* q, cudaStream_t stream) {
+template <int kElemBytes, bool kQTma, bool kLean>
+cudaError_t launch(const IndexerParams& p, const CUtensorMap& q_map, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma>;
-  cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes<kElemBytes>);
+  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma, kLean>;
+  const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
-  CUtensorMap q_map = {};
-  if constexpr (kQTma) {
-    err = q_tensor_map(q_map, p, q, kElemBytes);
-    if (err != cudaSuccess) return err;
-  }
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
   const dim3 grid(unsigned(ceil_div(p.N, kKeys)), unsigned(chunks));
   kernel<<<grid, kThreads, kSmemBytes<kElemBytes>, stream>>>(p, q_map);
@@ -228,7 +233,11 @@ cudaError_t launch(const IndexerParams& p, const void* q, cudaStream_t stream) {
 template <int kElemBytes>
 cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   const void* q = kElemBytes == 2 ? static_cast<const void*>(p.q) : static_cast<const void*>(p.q_e4m3);
-  return q_by_tma(p, q) ? launch<kElemBytes, true>(p, q, stream) : launch<kElemBytes, false>(p, q, stream);
+  CUtensorMap q_map = {};
+  const bool tma = q_by_tma(p, q) && q_tensor_map(q_map, p, q, kElemBytes) == cudaSuccess;  // else q_map unused
+  if (env_is("LCATTN_INDEXER_LEAN_PAIR", "1"))
+    return tma ? launch<kElemBytes, true, true>(p, q_map, stream) : launch<kElemBytes, false, true>(p, q_map, stream);
+  return tma ? launch<kElemBytes, true, false>(p, q_map, stream) : launch<kElemBytes, false, false>(p, q_map, stream);
 }
 
 }  // namespace
