@@ -195,9 +195,9 @@ bool q_by_tma(const IndexerParams& p, const void* q) {
 }
 
 // q [B * S * 64 head rows, kDim elements] for TMA: boxes of 128 bytes x 128 rows, 128B swizzle (the
-// layout of the tiles above); rows past the end read as zeros. An error (no driver entry point, a
-// map the driver refuses) leaves the call to cp.async.
-cudaError_t q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q, int elem_bytes) {
+// layout of the tiles above); rows past the end read as zeros. False where no map was made (no driver
+// entry point, or the driver refused it): the call takes cp.async.
+bool q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q, int elem_bytes) {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found;
@@ -207,15 +207,14 @@ cudaError_t q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q
                ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)
                : nullptr;
   }();
-  if (!encode) return cudaErrorNotSupported;
+  if (!encode) return false;
   const cuuint64_t dims[2] = {cuuint64_t(kDim), cuuint64_t(int64_t(p.B) * p.S * kHeads)};
   const cuuint64_t strides[1] = {cuuint64_t(kDim * elem_bytes)};
   const cuuint32_t box[2] = {cuuint32_t(128 / elem_bytes), cuuint32_t(kPairRows)}, steps[2] = {1, 1};
-  const CUresult r =
-      encode(&map, elem_bytes == 2 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_UINT8, 2,
-             const_cast<void*>(q), dims, strides, box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return encode(&map, elem_bytes == 2 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_UINT8, 2,
+                const_cast<void*>(q), dims, strides, box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 template <int kElemBytes, bool kQTma, bool kLean>
@@ -234,7 +233,7 @@ template <int kElemBytes>
 cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   const void* q = kElemBytes == 2 ? static_cast<const void*>(p.q) : static_cast<const void*>(p.q_e4m3);
   CUtensorMap q_map = {};
-  const bool tma = q_by_tma(p, q) && q_tensor_map(q_map, p, q, kElemBytes) == cudaSuccess;  // else q_map unused
+  const bool tma = q_by_tma(p, q) && q_tensor_map(q_map, p, q, kElemBytes);  // else q_map unused
   if (env_is("LCATTN_INDEXER_LEAN_PAIR", "1"))
     return tma ? launch<kElemBytes, true, true>(p, q_map, stream) : launch<kElemBytes, false, true>(p, q_map, stream);
   return tma ? launch<kElemBytes, true, false>(p, q_map, stream) : launch<kElemBytes, false, false>(p, q_map, stream);
