@@ -212,9 +212,9 @@ def test_indexer_scoring_switches_cuda(monkeypatch, B, S, N, HI, q_start, fp8, s
     monkeypatch.setenv(switch, "1")
     got, got_picks = scores_and_picks()
     ran = [k for k in kernel_names(scores_and_picks).splitlines() if "indexer_scores_sm90_kernel" in k]
-    if ran:  # none under compute-sanitizer
-        on = ", true" if switch == "LCATTN_INDEXER_Q_TMA" else ", true>"
-        assert all((on in k) == (HI == 64 or switch != "LCATTN_INDEXER_Q_TMA") for k in ran), ran
+    # The kernel's template flags <element, q by TMA, lean>: TMA only with 64 heads.
+    flag, taken = {"LCATTN_INDEXER_Q_TMA": (", true,", HI == 64), "LCATTN_INDEXER_LEAN_PAIR": (", true>", True)}[switch]
+    assert all((flag in k) == taken for k in ran), ran  # ran is empty under compute-sanitizer
     assert torch.equal(got.view(torch.int32), want.view(torch.int32)), "scores differ with the switch on"
     assert torch.equal(got_picks, want_picks)
     ref = reference.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
