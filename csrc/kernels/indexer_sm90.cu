@@ -15,10 +15,8 @@
 //        row's visible entries, written to the score row.
 // Rows that see no key of the block are written -inf up front and not computed.
 // Shared memory: keys 64 KB + 4 stages of 32.5 KB; tiles 128B-swizzled [2 chunks of 64 dims][rows][128 B].
-#include <cuda.h>
-#include <cudaTypedefs.h>
-
 #include "common/device.h"
+#include "cutlass/cuda_host_adapter.hpp"  // call_cuTensorMapEncodeTiled: the driver call without -lcuda
 #include "indexer_sm90.cuh"
 #include "indexer_sm90.h"
 #include "lcattn/shared_math.h"
@@ -198,23 +196,13 @@ bool q_by_tma(const IndexerParams& p, const void* q) {
 // layout of the tiles above); rows past the end read as zeros. False where no map was made (no driver
 // entry point, or the driver refused it): the call takes cp.async.
 bool q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q, int elem_bytes) {
-  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult found;
-    return cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) ==
-                       cudaSuccess &&
-                   found == cudaDriverEntryPointSuccess
-               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)
-               : nullptr;
-  }();
-  if (!encode) return false;
   const cuuint64_t dims[2] = {cuuint64_t(kDim), cuuint64_t(int64_t(p.B) * p.S * kHeads)};
   const cuuint64_t strides[1] = {cuuint64_t(kDim * elem_bytes)};
   const cuuint32_t box[2] = {cuuint32_t(128 / elem_bytes), cuuint32_t(kPairRows)}, steps[2] = {1, 1};
-  return encode(&map, elem_bytes == 2 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_UINT8, 2,
-                const_cast<void*>(q), dims, strides, box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  return cutlass::call_cuTensorMapEncodeTiled(
+             &map, elem_bytes == 2 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_UINT8, 2,
+             const_cast<void*>(q), dims, strides, box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 template <int kElemBytes, bool kQTma, bool kLean>
