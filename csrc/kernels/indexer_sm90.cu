@@ -49,18 +49,16 @@ __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int
 // grid (ceil(N / kKeys), chunks of query rows of [row_begin, row_end)), kThreads threads; q and keys
 // bf16 (kElemBytes 2) or e4m3 (1: q_e4m3, keys_e4m3).
 // kQTma: q by TMA through q_map (q as [B * S * 64 head rows, kDim], boxes of 128 B x 128 rows).
-// kLean (LCATTN_INDEXER_LEAN_PAIR=1; not yet run): the storage's base aligned by an offset from
-// smem_raw, so that the head weights' loads are LDS (through an integer they compile to generic LD,
-// on the global memory path: 16 LD.E.64 a pair), and a key's visibility by one compare with its
-// first position instead of a division per pair.
-template <int kElemBytes, bool kQTma, bool kLean>
+// The storage's base is aligned by an offset from smem_raw, so that the head weights' loads are LDS
+// (through an integer they compile to generic LD, on the global memory path: 16 LD.E.64 a pair); a
+// key's visibility is one compare with its first position, not a division per pair.
+template <int kElemBytes, bool kQTma>
 __global__ void __launch_bounds__(kThreads, 1)
     indexer_scores_sm90_kernel(const IndexerParams p, const __grid_constant__ CUtensorMap q_map) {
   using E = Elem<kElemBytes>;
   extern __shared__ uint8_t smem_raw[];
-  SharedStorage<kElemBytes>& sm = *reinterpret_cast<SharedStorage<kElemBytes>*>(
-      kLean ? smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023)
-            : reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023)));
+  SharedStorage<kElemBytes>& sm =
+      *reinterpret_cast<SharedStorage<kElemBytes>*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
   const int n0 = blockIdx.x * kKeys;
   const int64_t chunk = chunk_of(p, p.row_begin) + blockIdx.y;
   const int chunks_per_seq = ceil_div(p.S, kRows);
@@ -173,12 +171,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     head_sums_selected(acc, w, t_out, q_out, total);
     const int s = s_first + 2 * i + q_out;
     if (s < s_hi) {
-      const int visible = kLean ? 0 : visible_entries(q0 + s, p.ratio, p.N);
       float* dst = p.scores + (seq_row0 + s - p.row_begin) * p.N;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int n = key_n[half];
-        const bool seen = kLean ? q0 + s >= first_pos[half] : n < visible;
+        const bool seen = q0 + s >= first_pos[half];
         if (n < p.N) dst[n] = seen ? key_scale[half] * total[half] : -INFINITY;
       }
     }
@@ -205,10 +202,10 @@ bool q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q, int e
              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <int kElemBytes, bool kQTma, bool kLean>
+template <int kElemBytes, bool kQTma>
 cudaError_t launch(const IndexerParams& p, const CUtensorMap& q_map, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma, kLean>;
+  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
@@ -222,9 +219,7 @@ cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   const void* q = kElemBytes == 2 ? static_cast<const void*>(p.q) : static_cast<const void*>(p.q_e4m3);
   CUtensorMap q_map = {};
   const bool tma = q_by_tma(p, q) && q_tensor_map(q_map, p, q, kElemBytes);  // else q_map unused
-  if (env_is("LCATTN_INDEXER_LEAN_PAIR", "1"))
-    return tma ? launch<kElemBytes, true, true>(p, q_map, stream) : launch<kElemBytes, false, true>(p, q_map, stream);
-  return tma ? launch<kElemBytes, true, false>(p, q_map, stream) : launch<kElemBytes, false, false>(p, q_map, stream);
+  return tma ? launch<kElemBytes, true>(p, q_map, stream) : launch<kElemBytes, false>(p, q_map, stream);
 }
 
 }  // namespace
