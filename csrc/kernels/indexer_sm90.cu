@@ -29,6 +29,7 @@ using namespace indexer_sm90;
 
 constexpr int kRows = 256;  // query rows per CTA at most
 constexpr int kStages = 4;
+constexpr int kBarTurn = 1;  // named barriers kBarTurn + wg: math warpgroup wg's turn to issue (kTurns)
 
 template <int kElemBytes>
 struct SharedStorage {
@@ -52,7 +53,10 @@ __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int
 // The storage's base is aligned by an offset from smem_raw, so that the head weights' loads are LDS
 // (through an integer they compile to generic LD, on the global memory path: 16 LD.E.64 a pair); a
 // key's visibility is one compare with its first position, not a division per pair.
-template <int kElemBytes, bool kQTma>
+// kTurns (LCATTN_INDEXER_TURNS=1; not yet run): the math warpgroups issue their products in turn
+// (WG0, WG1, WG0, ...; two named barriers), so that the tensor cores take one warpgroup's group
+// whole and then the other's, and one warpgroup sums while the other's products run.
+template <int kElemBytes, bool kQTma, bool kTurns>
 __global__ void __launch_bounds__(kThreads, 1)
     indexer_scores_sm90_kernel(const IndexerParams p, const __grid_constant__ CUtensorMap q_map) {
   using E = Elem<kElemBytes>;
@@ -154,13 +158,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   mbar_wait(&sm.keys_full, 0);
   if constexpr (kQTma) fence_proxy_async();  // the keys' cp.async writes before wgmma reads them
+  if constexpr (kTurns)
+    if (wg == 1) named_barrier_arrive(kBarTurn, 256);  // WG0 goes first
   for (int i = 0; i < pairs; ++i) {
     const int stage = i % kStages;
     mbar_wait(&sm.full[stage], (i / kStages) & 1);
     // The cp.async writes (generic proxy) before wgmma reads them (async proxy); TMA writes are async.
     if constexpr (!kQTma) fence_proxy_async();
     float acc[2][64];
+    if constexpr (kTurns) named_barrier_sync(kBarTurn + wg, 256);
     issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);
+    // The other's turn; WG1 gives none after the last pair (WG0 waits for no more).
+    if constexpr (kTurns)
+      if (wg == 0 || i + 1 < pairs) named_barrier_arrive(kBarTurn + 1 - wg, 256);
     float2 w[2][8];
     load_pair_weights(w, sm.w[stage], c0);
     wait_pair_products(acc);
@@ -202,10 +212,10 @@ bool q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q, int e
              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <int kElemBytes, bool kQTma>
+template <int kElemBytes, bool kQTma, bool kTurns>
 cudaError_t launch(const IndexerParams& p, const CUtensorMap& q_map, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma>;
+  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma, kTurns>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
@@ -219,7 +229,9 @@ cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   const void* q = kElemBytes == 2 ? static_cast<const void*>(p.q) : static_cast<const void*>(p.q_e4m3);
   CUtensorMap q_map = {};
   const bool tma = q_by_tma(p, q) && q_tensor_map(q_map, p, q, kElemBytes);  // else q_map unused
-  return tma ? launch<kElemBytes, true>(p, q_map, stream) : launch<kElemBytes, false>(p, q_map, stream);
+  if (env_is("LCATTN_INDEXER_TURNS", "1"))
+    return tma ? launch<kElemBytes, true, true>(p, q_map, stream) : launch<kElemBytes, false, true>(p, q_map, stream);
+  return tma ? launch<kElemBytes, true, false>(p, q_map, stream) : launch<kElemBytes, false, false>(p, q_map, stream);
 }
 
 }  // namespace
