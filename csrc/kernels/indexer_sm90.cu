@@ -56,7 +56,10 @@ __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int
 // kTurns (LCATTN_INDEXER_TURNS=1; not yet run): the math warpgroups issue their products in turn
 // (WG0, WG1, WG0, ...; two named barriers), so that the tensor cores take one warpgroup's group
 // whole and then the other's, and one warpgroup sums while the other's products run.
-template <int kElemBytes, bool kQTma, bool kTurns>
+// kLeanStores (LCATTN_INDEXER_LEAN_STORES=1; not yet run): the lane's score pointer advanced two rows
+// a pair and each key's first seeing row as an int of this sequence's positions, so that a pair's
+// stores take no 64-bit multiply or compare (about 60 instructions from the shuffles to the stores).
+template <int kElemBytes, bool kQTma, bool kTurns, bool kLeanStores>
 __global__ void __launch_bounds__(kThreads, 1)
     indexer_scores_sm90_kernel(const IndexerParams p, const __grid_constant__ CUtensorMap q_map) {
   using E = Elem<kElemBytes>;
@@ -156,6 +159,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     key_scale[half] = key_n[half] < p.N ? p.key_scale(b, key_n[half]) : 0.f;
     first_pos[half] = int64_t(key_n[half] + 1) * p.ratio - 1;
   }
+  // kLeanStores: position s sees key n iff s >= first_s (INT_MAX: never); the lane's first row.
+  int first_s[2];
+  bool key_in[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    first_s[half] = int(max(int64_t(0), min(first_pos[half] - q0, int64_t(INT_MAX))));
+    key_in[half] = key_n[half] < p.N;
+  }
+  float* out = p.scores + (seq_row0 + s_first + q_out - p.row_begin) * p.N + key_n[0];  // key_n[1] = key_n[0] + 8
   mbar_wait(&sm.keys_full, 0);
   if constexpr (kQTma) fence_proxy_async();  // the keys' cp.async writes before wgmma reads them
   if constexpr (kTurns)
@@ -180,7 +192,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     float total[2];
     head_sums_selected(acc, w, t_out, q_out, total);
     const int s = s_first + 2 * i + q_out;
-    if (s < s_hi) {
+    if constexpr (kLeanStores) {
+      if (s < s_hi) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          if (key_in[half]) out[8 * half] = s >= first_s[half] ? key_scale[half] * total[half] : -INFINITY;
+      }
+      out += 2 * int64_t(p.N);
+    } else if (s < s_hi) {
       float* dst = p.scores + (seq_row0 + s - p.row_begin) * p.N;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
@@ -212,10 +231,10 @@ bool q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q, int e
              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <int kElemBytes, bool kQTma, bool kTurns>
+template <int kElemBytes, bool kQTma, bool kTurns, bool kLeanStores>
 cudaError_t launch(const IndexerParams& p, const CUtensorMap& q_map, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma, kTurns>;
+  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma, kTurns, kLeanStores>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
@@ -229,9 +248,18 @@ cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   const void* q = kElemBytes == 2 ? static_cast<const void*>(p.q) : static_cast<const void*>(p.q_e4m3);
   CUtensorMap q_map = {};
   const bool tma = q_by_tma(p, q) && q_tensor_map(q_map, p, q, kElemBytes);  // else q_map unused
-  if (env_is("LCATTN_INDEXER_TURNS", "1"))
-    return tma ? launch<kElemBytes, true, true>(p, q_map, stream) : launch<kElemBytes, false, true>(p, q_map, stream);
-  return tma ? launch<kElemBytes, true, false>(p, q_map, stream) : launch<kElemBytes, false, false>(p, q_map, stream);
+  const bool turns = env_is("LCATTN_INDEXER_TURNS", "1"), lean = env_is("LCATTN_INDEXER_LEAN_STORES", "1");
+  if (turns && lean)
+    return tma ? launch<kElemBytes, true, true, true>(p, q_map, stream)
+               : launch<kElemBytes, false, true, true>(p, q_map, stream);
+  if (turns)
+    return tma ? launch<kElemBytes, true, true, false>(p, q_map, stream)
+               : launch<kElemBytes, false, true, false>(p, q_map, stream);
+  if (lean)
+    return tma ? launch<kElemBytes, true, false, true>(p, q_map, stream)
+               : launch<kElemBytes, false, false, true>(p, q_map, stream);
+  return tma ? launch<kElemBytes, true, false, false>(p, q_map, stream)
+             : launch<kElemBytes, false, false, false>(p, q_map, stream);
 }
 
 }  // namespace
