@@ -52,14 +52,16 @@ __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int
 // kQTma: q by TMA through q_map (q as [B * S * 64 head rows, kDim], boxes of 128 B x 128 rows).
 // The storage's base is aligned by an offset from smem_raw, so that the head weights' loads are LDS
 // (through an integer they compile to generic LD, on the global memory path: 16 LD.E.64 a pair); a
-// key's visibility is one compare with its first position, not a division per pair.
-// kTurns (LCATTN_INDEXER_TURNS=1; not yet run): the math warpgroups issue their products in turn
-// (WG0, WG1, WG0, ...; two named barriers), so that the tensor cores take one warpgroup's group
-// whole and then the other's, and one warpgroup sums while the other's products run.
-// kLeanStores (LCATTN_INDEXER_LEAN_STORES=1; not yet run): the lane's score pointer advanced two rows
-// a pair and each key's first seeing row as an int of this sequence's positions, so that a pair's
-// stores take no 64-bit multiply or compare (about 60 instructions from the shuffles to the stores).
-template <int kElemBytes, bool kQTma, bool kTurns, bool kLeanStores>
+// key's visibility is one int compare with its first seeing position, not a division per pair, and
+// the lane's score pointer is advanced two rows a pair (no 64-bit multiply per pair).
+// kTurns (LCATTN_INDEXER_TURNS=1; not yet run): a math warpgroup issues its products only once the
+// other's have completed (two named barriers, WG0 first), so that the tensor cores run one
+// warpgroup's group while the other sums (issued together, both groups finish late and both sum
+// while the tensor cores idle).
+// kWideWeights (LCATTN_INDEXER_WIDE_WEIGHTS=1; not yet run): the producer places each lane's 16 head
+// weights of a row together (wide_weight_slot), so that the math threads load them in 8 LDS.128,
+// not 16 LDS.64.
+template <int kElemBytes, bool kQTma, bool kTurns, bool kWideWeights>
 __global__ void __launch_bounds__(kThreads, 1)
     indexer_scores_sm90_kernel(const IndexerParams p, const __grid_constant__ CUtensorMap q_map) {
   using E = Elem<kElemBytes>;
@@ -136,7 +138,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       {  // the weights by cp.async too: a plain load would stall the producer for an L2 round trip per pair
         const int s = s_pair + tid / kHeads, h = tid % kHeads;
         const bool valid = s < s_hi && h < p.HI;
-        cp_async_4(&sm.w[stage][tid], valid ? p.weights + (seq_row0 + s) * p.HI + h : p.weights, valid ? 4 : 0);
+        cp_async_4(&sm.w[stage][kWideWeights ? wide_weight_slot(tid / kHeads, h) : tid],
+                   valid ? p.weights + (seq_row0 + s) * p.HI + h : p.weights, valid ? 4 : 0);
       }
       mbar_arrive_cp_async(&sm.full[stage]);
     }
@@ -152,22 +155,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int t_out = (lane % 4) / 2, q_out = lane % 2;
   int key_n[2];
   float key_scale[2];
-  int64_t first_pos[2];  // the first position that sees key n: n < visible_entries(pos) iff pos >= it
+  bool key_in[2];
+  // Position s sees key n iff n < visible_entries(q0 + s), i.e. s >= first_s = (n + 1) ratio - 1 - q0.
+  int first_s[2];
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     key_n[half] = key0 + 64 * t_out + 8 * half;
-    key_scale[half] = key_n[half] < p.N ? p.key_scale(b, key_n[half]) : 0.f;
-    first_pos[half] = int64_t(key_n[half] + 1) * p.ratio - 1;
-  }
-  // kLeanStores: position s sees key n iff s >= first_s (INT_MAX: never); the lane's first row.
-  int first_s[2];
-  bool key_in[2];
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    first_s[half] = int(max(int64_t(0), min(first_pos[half] - q0, int64_t(INT_MAX))));
     key_in[half] = key_n[half] < p.N;
+    key_scale[half] = key_in[half] ? p.key_scale(b, key_n[half]) : 0.f;
+    const int64_t first_pos = int64_t(key_n[half] + 1) * p.ratio - 1;
+    first_s[half] = int(max(int64_t(0), min(first_pos - q0, int64_t(INT_MAX))));
   }
-  float* out = p.scores + (seq_row0 + s_first + q_out - p.row_begin) * p.N + key_n[0];  // key_n[1] = key_n[0] + 8
+  // This lane's score of key_n[0] in its row of the first pair (key_n[1] = key_n[0] + 8); 2 rows a pair.
+  float* out = p.scores + (seq_row0 + s_first + q_out - p.row_begin) * p.N + key_n[0];
   mbar_wait(&sm.keys_full, 0);
   if constexpr (kQTma) fence_proxy_async();  // the keys' cp.async writes before wgmma reads them
   if constexpr (kTurns)
@@ -180,34 +180,27 @@ __global__ void __launch_bounds__(kThreads, 1)
     float acc[2][64];
     if constexpr (kTurns) named_barrier_sync(kBarTurn + wg, 256);
     issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);
+    float2 w[2][8];
+    if constexpr (kWideWeights)
+      load_pair_weights_wide(w, sm.w[stage], c0);
+    else
+      load_pair_weights(w, sm.w[stage], c0);
+    wait_pair_products(acc);
     // The other's turn; WG1 gives none after the last pair (WG0 waits for no more).
     if constexpr (kTurns)
       if (wg == 0 || i + 1 < pairs) named_barrier_arrive(kBarTurn + 1 - wg, 256);
-    float2 w[2][8];
-    load_pair_weights(w, sm.w[stage], c0);
-    wait_pair_products(acc);
     mbar_arrive(&sm.empty[stage]);
 
     // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.
     float total[2];
     head_sums_selected(acc, w, t_out, q_out, total);
     const int s = s_first + 2 * i + q_out;
-    if constexpr (kLeanStores) {
-      if (s < s_hi) {
+    if (s < s_hi) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half)
-          if (key_in[half]) out[8 * half] = s >= first_s[half] ? key_scale[half] * total[half] : -INFINITY;
-      }
-      out += 2 * int64_t(p.N);
-    } else if (s < s_hi) {
-      float* dst = p.scores + (seq_row0 + s - p.row_begin) * p.N;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int n = key_n[half];
-        const bool seen = q0 + s >= first_pos[half];
-        if (n < p.N) dst[n] = seen ? key_scale[half] * total[half] : -INFINITY;
-      }
+      for (int half = 0; half < 2; ++half)
+        if (key_in[half]) out[8 * half] = s >= first_s[half] ? key_scale[half] * total[half] : -INFINITY;
     }
+    out += 2 * int64_t(p.N);
   }
 }
 
@@ -231,10 +224,10 @@ bool q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q, int e
              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <int kElemBytes, bool kQTma, bool kTurns, bool kLeanStores>
+template <int kElemBytes, bool kQTma, bool kTurns, bool kWideWeights>
 cudaError_t launch(const IndexerParams& p, const CUtensorMap& q_map, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma, kTurns, kLeanStores>;
+  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma, kTurns, kWideWeights>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
@@ -248,14 +241,14 @@ cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   const void* q = kElemBytes == 2 ? static_cast<const void*>(p.q) : static_cast<const void*>(p.q_e4m3);
   CUtensorMap q_map = {};
   const bool tma = q_by_tma(p, q) && q_tensor_map(q_map, p, q, kElemBytes);  // else q_map unused
-  const bool turns = env_is("LCATTN_INDEXER_TURNS", "1"), lean = env_is("LCATTN_INDEXER_LEAN_STORES", "1");
-  if (turns && lean)
+  const bool turns = env_is("LCATTN_INDEXER_TURNS", "1"), wide = env_is("LCATTN_INDEXER_WIDE_WEIGHTS", "1");
+  if (turns && wide)
     return tma ? launch<kElemBytes, true, true, true>(p, q_map, stream)
                : launch<kElemBytes, false, true, true>(p, q_map, stream);
   if (turns)
     return tma ? launch<kElemBytes, true, true, false>(p, q_map, stream)
                : launch<kElemBytes, false, true, false>(p, q_map, stream);
-  if (lean)
+  if (wide)
     return tma ? launch<kElemBytes, true, false, true>(p, q_map, stream)
                : launch<kElemBytes, false, false, true>(p, q_map, stream);
   return tma ? launch<kElemBytes, true, false, false>(p, q_map, stream)
