@@ -192,13 +192,11 @@ def test_indexer_fp8_kernel_cuda(monkeypatch, B, S, N, HI, q_start, reads_e4m3):
     (2, 300, 517, 40, [0, 700]),          # fewer heads: cp.async either way
 ])
 @pytest.mark.parametrize("fp8", [False, True])
-@pytest.mark.parametrize("switch", ["LCATTN_INDEXER_Q_TMA", "LCATTN_INDEXER_TURNS", "LCATTN_INDEXER_WIDE_WEIGHTS"])
-def test_indexer_scoring_switches_cuda(monkeypatch, B, S, N, HI, q_start, fp8, switch):
-    """The prefill scoring kernel's switches take the same products in the same order, so give the
-    same scores and picks bit for bit off (=0) and on (=1), whole and in blocks of rows that cross
-    sequences; and the reference's: q by TMA (the default for 64 heads; fewer heads keep cp.async),
-    the math warpgroups' products issued in turn (each after the other's completed), the head
-    weights in 16-byte loads."""
+def test_indexer_q_tma_cuda(monkeypatch, B, S, N, HI, q_start, fp8):
+    """The prefill scoring kernel takes the same products in the same order with q by TMA (the
+    default for 64 heads; fewer heads keep cp.async) as with q by cp.async (LCATTN_INDEXER_Q_TMA=0),
+    so gives the same scores and picks bit for bit, whole and in blocks of rows that cross
+    sequences; and the reference's."""
     if fp8:
         (q, w, keys, qs, key_scales), _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
     else:
@@ -208,17 +206,14 @@ def test_indexer_scoring_switches_cuda(monkeypatch, B, S, N, HI, q_start, fp8, s
         scores = ops.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
         return scores, ops.indexer_topk(q, w, keys, qs, k=64, ratio=4, block_rows=50, key_scales=key_scales)
 
-    monkeypatch.setenv(switch, "0")
+    monkeypatch.setenv("LCATTN_INDEXER_Q_TMA", "0")
     want, want_picks = scores_and_picks()
-    monkeypatch.setenv(switch, "1")
+    monkeypatch.setenv("LCATTN_INDEXER_Q_TMA", "1")
     got, got_picks = scores_and_picks()
     ran = [k for k in kernel_names(scores_and_picks).splitlines() if "indexer_scores_sm90_kernel" in k]
-    # The kernel's template flags <element, q by TMA, turns, wide weights>: TMA only with 64 heads.
-    flag, taken = {"LCATTN_INDEXER_Q_TMA": (1, HI == 64), "LCATTN_INDEXER_TURNS": (2, True),
-                   "LCATTN_INDEXER_WIDE_WEIGHTS": (3, True)}[switch]
-    flags = [k[k.index("<") + 1:k.index(">")].split(", ") for k in ran]  # ran is empty under compute-sanitizer
-    assert all(f[flag] == str(taken).lower() for f in flags), ran
-    assert torch.equal(got.view(torch.int32), want.view(torch.int32)), "scores differ with the switch on"
+    # The kernel's template flags <element, q by TMA>: TMA only with 64 heads.
+    assert all((", true>" in k) == (HI == 64) for k in ran), ran  # ran is empty under compute-sanitizer
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32)), "scores differ with TMA"
     assert torch.equal(got_picks, want_picks)
     ref = reference.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
     assert_close(got, ref, 5e-4 if fp8 else 1e-5, "scores")

@@ -29,7 +29,6 @@ using namespace indexer_sm90;
 
 constexpr int kRows = 256;  // query rows per CTA at most
 constexpr int kStages = 4;
-constexpr int kBarTurn = 1;  // named barriers kBarTurn + wg: math warpgroup wg's turn to issue (kTurns)
 
 template <int kElemBytes>
 struct SharedStorage {
@@ -54,14 +53,7 @@ __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int
 // (through an integer they compile to generic LD, on the global memory path: 16 LD.E.64 a pair); a
 // key's visibility is one int compare with its first seeing position, not a division per pair, and
 // the lane's score pointer is advanced two rows a pair (no 64-bit multiply per pair).
-// kTurns (LCATTN_INDEXER_TURNS=1; not yet run): a math warpgroup issues its products only once the
-// other's have completed (two named barriers, WG0 first), so that the tensor cores run one
-// warpgroup's group while the other sums (issued together, both groups finish late and both sum
-// while the tensor cores idle).
-// kWideWeights (LCATTN_INDEXER_WIDE_WEIGHTS=1; not yet run): the producer places each lane's 16 head
-// weights of a row together (wide_weight_slot), so that the math threads load them in 8 LDS.128,
-// not 16 LDS.64.
-template <int kElemBytes, bool kQTma, bool kTurns, bool kWideWeights>
+template <int kElemBytes, bool kQTma>
 __global__ void __launch_bounds__(kThreads, 1)
     indexer_scores_sm90_kernel(const IndexerParams p, const __grid_constant__ CUtensorMap q_map) {
   using E = Elem<kElemBytes>;
@@ -138,8 +130,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       {  // the weights by cp.async too: a plain load would stall the producer for an L2 round trip per pair
         const int s = s_pair + tid / kHeads, h = tid % kHeads;
         const bool valid = s < s_hi && h < p.HI;
-        cp_async_4(&sm.w[stage][kWideWeights ? wide_weight_slot(tid / kHeads, h) : tid],
-                   valid ? p.weights + (seq_row0 + s) * p.HI + h : p.weights, valid ? 4 : 0);
+        cp_async_4(&sm.w[stage][tid], valid ? p.weights + (seq_row0 + s) * p.HI + h : p.weights, valid ? 4 : 0);
       }
       mbar_arrive_cp_async(&sm.full[stage]);
     }
@@ -170,25 +161,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* out = p.scores + (seq_row0 + s_first + q_out - p.row_begin) * p.N + key_n[0];
   mbar_wait(&sm.keys_full, 0);
   if constexpr (kQTma) fence_proxy_async();  // the keys' cp.async writes before wgmma reads them
-  if constexpr (kTurns)
-    if (wg == 1) named_barrier_arrive(kBarTurn, 256);  // WG0 goes first
   for (int i = 0; i < pairs; ++i) {
     const int stage = i % kStages;
     mbar_wait(&sm.full[stage], (i / kStages) & 1);
     // The cp.async writes (generic proxy) before wgmma reads them (async proxy); TMA writes are async.
     if constexpr (!kQTma) fence_proxy_async();
     float acc[2][64];
-    if constexpr (kTurns) named_barrier_sync(kBarTurn + wg, 256);
     issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);
     float2 w[2][8];
-    if constexpr (kWideWeights)
-      load_pair_weights_wide(w, sm.w[stage], c0);
-    else
-      load_pair_weights(w, sm.w[stage], c0);
+    load_pair_weights(w, sm.w[stage], c0);
     wait_pair_products(acc);
-    // The other's turn; WG1 gives none after the last pair (WG0 waits for no more).
-    if constexpr (kTurns)
-      if (wg == 0 || i + 1 < pairs) named_barrier_arrive(kBarTurn + 1 - wg, 256);
     mbar_arrive(&sm.empty[stage]);
 
     // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.
@@ -224,10 +206,10 @@ bool q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q, int e
              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <int kElemBytes, bool kQTma, bool kTurns, bool kWideWeights>
+template <int kElemBytes, bool kQTma>
 cudaError_t launch(const IndexerParams& p, const CUtensorMap& q_map, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma, kTurns, kWideWeights>;
+  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
@@ -241,18 +223,7 @@ cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   const void* q = kElemBytes == 2 ? static_cast<const void*>(p.q) : static_cast<const void*>(p.q_e4m3);
   CUtensorMap q_map = {};
   const bool tma = q_by_tma(p, q) && q_tensor_map(q_map, p, q, kElemBytes);  // else q_map unused
-  const bool turns = env_is("LCATTN_INDEXER_TURNS", "1"), wide = env_is("LCATTN_INDEXER_WIDE_WEIGHTS", "1");
-  if (turns && wide)
-    return tma ? launch<kElemBytes, true, true, true>(p, q_map, stream)
-               : launch<kElemBytes, false, true, true>(p, q_map, stream);
-  if (turns)
-    return tma ? launch<kElemBytes, true, true, false>(p, q_map, stream)
-               : launch<kElemBytes, false, true, false>(p, q_map, stream);
-  if (wide)
-    return tma ? launch<kElemBytes, true, false, true>(p, q_map, stream)
-               : launch<kElemBytes, false, false, true>(p, q_map, stream);
-  return tma ? launch<kElemBytes, true, false, false>(p, q_map, stream)
-             : launch<kElemBytes, false, false, false>(p, q_map, stream);
+  return tma ? launch<kElemBytes, true>(p, q_map, stream) : launch<kElemBytes, false>(p, q_map, stream);
 }
 
 }  // namespace

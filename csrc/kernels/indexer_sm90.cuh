@@ -69,24 +69,6 @@ __device__ __forceinline__ void load_pair_weights(float2 (&w)[2][8], const float
     for (int j = 0; j < 8; ++j) w[q][j] = *reinterpret_cast<const float2*>(&pair_weights[q * kHeads + 8 * j + c0]);
 }
 
-// Where the producer puts the weight of head h of query row r (0 or 1) for load_pair_weights_wide:
-// lane (c0 / 2)'s 16 heads 8 j + c0, + 1 of a row at 16 (c0 / 2) + 2 j, + 1 of its 64 slots.
-__host__ __device__ constexpr int wide_weight_slot(int r, int h) {
-  return r * kHeads + (h % 8) / 2 * 16 + (h / 8) * 2 + h % 2;
-}
-
-// load_pair_weights from the wide_weight_slot layout: 4 16-byte loads a row.
-__device__ __forceinline__ void load_pair_weights_wide(float2 (&w)[2][8], const float* pair_weights, int c0) {
-#pragma unroll
-  for (int q = 0; q < 2; ++q)
-#pragma unroll
-    for (int m = 0; m < 4; ++m) {
-      const float4 v = *reinterpret_cast<const float4*>(&pair_weights[q * kHeads + (c0 / 2) * 16 + 4 * m]);
-      w[q][2 * m] = make_float2(v.x, v.y);
-      w[q][2 * m + 1] = make_float2(v.z, v.w);
-    }
-}
-
 // The sum over this thread's 16 heads of w_h max(S, 0) for query row q and half (key rows + 0 or + 8)
 // of one tile's accumulators (a thread holds 16 heads of each of its key rows and query rows; the
 // other 48 are in the 3 other lanes of its quad): one fma chain of a max and an fma a product.
