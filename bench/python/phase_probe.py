@@ -36,17 +36,27 @@ def instrumented_source(kernel: str, probes, head: str, driver: str) -> str:
     return head + src + driver
 
 
+def build(name: str, source: str, folder: str, sources=(), flags=()) -> str:
+    """Builds source (with csrc/kernels/<sources> beside it and nvcc's extra flags) for sm_90a into
+    folder; returns the executable's path."""
+    cu, exe = os.path.join(folder, f"{name}.cu"), os.path.join(folder, name)
+    with open(cu, "w") as f:
+        f.write(source)
+    nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+    subprocess.run([nvcc, "-std=c++17", "-O3", "-DLCATTN_WITH_CUDA", "-DNDEBUG", "-gencode",
+                    "arch=compute_90a,code=sm_90a", f"-I{ROOT}/csrc/include", f"-I{ROOT}/csrc/kernels", cu,
+                    *(os.path.join(ROOT, "csrc/kernels", s) for s in sources), *flags, "-o", exe], check=True)
+    return exe
+
+
+def run(exe: str, args, settings=({},)):
+    """What exe prints when run with args, once for each of settings (environment variables on top of
+    this process's: the dispatch's switches are read per call, so one build times several)."""
+    return [subprocess.run([exe, *map(str, args)], check=True, capture_output=True, text=True,
+                           env={**os.environ, **setting}).stdout for setting in settings]
+
+
 def build_and_run(name: str, source: str, args, sources=(), settings=({},)):
-    """Builds source (with csrc/kernels/<sources> beside it) for sm_90a once and returns what it prints
-    when run with args, once for each of settings (environment variables on top of this process's: the
-    dispatch's switches are read per call, so one build times several)."""
+    """build, then run."""
     with tempfile.TemporaryDirectory() as tmp:
-        cu, exe = os.path.join(tmp, f"{name}.cu"), os.path.join(tmp, name)
-        with open(cu, "w") as f:
-            f.write(source)
-        nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
-        subprocess.run([nvcc, "-std=c++17", "-O3", "-DLCATTN_WITH_CUDA", "-DNDEBUG", "-gencode",
-                        "arch=compute_90a,code=sm_90a", f"-I{ROOT}/csrc/include", f"-I{ROOT}/csrc/kernels", cu,
-                        *(os.path.join(ROOT, "csrc/kernels", s) for s in sources), "-o", exe], check=True)
-        return [subprocess.run([exe, *map(str, args)], check=True, capture_output=True, text=True,
-                               env={**os.environ, **setting}).stdout for setting in settings]
+        return run(build(name, source, tmp, sources), args, settings)
