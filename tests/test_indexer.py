@@ -249,12 +249,15 @@ def test_indexer_packed_sums_cuda(monkeypatch, B, S, N, q_start, fp8):
     ReLU(q_h . k) to bf16 and sums them while the next pair's products run. Its scores: those of the
     reference with each ReLU so rounded, up to the products' own rounding (fp8 wgmma adds inside an
     instruction at about 14 bits; bf16 rounding can then flip); within the bf16 rounding of the exact
-    reference (1.6-1.7e-3 at these shapes, emulated); picks by the top-k contract."""
+    reference (1.6-1.7e-3 at these shapes, emulated); picks by the top-k contract. A NaN in one head
+    of row 5 makes that row's visible scores NaN, as the reference's, and leaves its pair's other row
+    alone."""
     monkeypatch.setenv("LCATTN_INDEXER_PACKED_SUMS", "1")
     if fp8:
         (q, w, keys, qs, key_scales), _ = fp8_indexer(B, S, N, 64, 128, "cuda", q_start)
     else:
         (q, w, keys, qs), key_scales = make_indexer(B, S, N, 64, 128, "cuda", q_start), None
+    q[0, 5, 3, 7] = float("nan")
     got = ops.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
     ran = scoring_kernel_flags(lambda: ops.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales))
     assert ran == [] or ran == [(1 if fp8 else 2, True, True)], ran  # empty under compute-sanitizer
