@@ -34,10 +34,10 @@ DRIVER_CALL = (
     "  return fn ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)(a...) : CUDA_ERROR_NOT_FOUND;\n"
     "}\n"
     "}  // namespace cutlass\n")
-NO_SUMS = ("      head_sums_selected(acc, w, t_out, q_out, total);\n",
-           "      total[0] = acc[0][0];\n      total[1] = acc[1][2];\n")
-NO_PRODUCTS = ("      issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);\n",
-               "      fence_registers(acc[0]), fence_registers(acc[1]);\n")
+NO_SUMS = ("    head_sums_selected(acc, w, t_out, q_out, total);\n",
+           "    total[0] = acc[0][0];\n    total[1] = acc[1][2];\n")
+NO_PRODUCTS = ("    issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);\n",
+               "    fence_registers(acc[0]), fence_registers(acc[1]);\n")
 CUTS = {"whole": [], "products, no sums": [NO_SUMS], "sums, no products": [NO_PRODUCTS],
         "neither": [NO_SUMS, NO_PRODUCTS]}
 

@@ -53,9 +53,7 @@ __host__ __device__ __forceinline__ int64_t chunk_of(const IndexerParams& p, int
 // (through an integer they compile to generic LD, on the global memory path: 16 LD.E.64 a pair); a
 // key's visibility is one int compare with its first seeing position, not a division per pair, and
 // the lane's score pointer is advanced two rows a pair (no 64-bit multiply per pair).
-// kPackedSums (with kQTma; LCATTN_INDEXER_PACKED_SUMS=1): a pair's ReLU(S) packed to bf16 (64
-// registers), so that the accumulators take the next pair's products while this pair is summed.
-template <int kElemBytes, bool kQTma, bool kPackedSums>
+template <int kElemBytes, bool kQTma>
 __global__ void __launch_bounds__(kThreads, 1)
     indexer_scores_sm90_kernel(const IndexerParams p, const __grid_constant__ CUtensorMap q_map) {
   using E = Elem<kElemBytes>;
@@ -161,8 +159,23 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   // This lane's score of key_n[0] in its row of the first pair (key_n[1] = key_n[0] + 8); 2 rows a pair.
   float* out = p.scores + (seq_row0 + s_first + q_out - p.row_begin) * p.N + key_n[0];
-  // Writes the lane's scores of pair i, total[half] of key_n[half], and moves out to the next pair.
-  const auto store_pair = [&](int i, const float (&total)[2]) {
+  mbar_wait(&sm.keys_full, 0);
+  if constexpr (kQTma) fence_proxy_async();  // the keys' cp.async writes before wgmma reads them
+  for (int i = 0; i < pairs; ++i) {
+    const int stage = i % kStages;
+    mbar_wait(&sm.full[stage], (i / kStages) & 1);
+    // The cp.async writes (generic proxy) before wgmma reads them (async proxy); TMA writes are async.
+    if constexpr (!kQTma) fence_proxy_async();
+    float acc[2][64];
+    issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);
+    float2 w[2][8];
+    load_pair_weights(w, sm.w[stage], c0);
+    wait_pair_products(acc);
+    mbar_arrive(&sm.empty[stage]);
+
+    // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.
+    float total[2];
+    head_sums_selected(acc, w, t_out, q_out, total);
     const int s = s_first + 2 * i + q_out;
     if (s < s_hi) {
 #pragma unroll
@@ -170,49 +183,6 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (key_in[half]) out[8 * half] = s >= first_s[half] ? key_scale[half] * total[half] : -INFINITY;
     }
     out += 2 * int64_t(p.N);
-  };
-  mbar_wait(&sm.keys_full, 0);
-  if constexpr (kQTma) fence_proxy_async();  // the keys' cp.async writes before wgmma reads them
-  if constexpr (kPackedSums) {
-    static_assert(kQTma, "q by cp.async would need its proxy fence before each pair's products");
-    float acc[2][64];
-    mbar_wait(&sm.full[0], 0);
-    issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[0], wg);
-    for (int i = 0; i < pairs; ++i) {
-      const int stage = i % kStages;
-      wait_pair_products(acc);
-      uint32_t relu[2][32];
-      pack_relu(acc, relu);
-      // The next pair's products; past the last pair the last stage's again (no wgmma may sit in a
-      // branch), never read. That stage is not released before its sums, so its phase stays.
-      const int next = min(i + 1, pairs - 1);
-      mbar_wait(&sm.full[next % kStages], (next / kStages) & 1);
-      issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[next % kStages], wg);
-      float sums[2][2][2], total[2];
-      packed_head_sums(relu, sm.w[stage], c0, sums);
-      mbar_arrive(&sm.empty[stage]);
-      quad_sums_selected(sums, t_out, q_out, total);
-      store_pair(i, total);
-    }
-    wait_pair_products(acc);  // the extra products, before the CTA ends
-  } else {
-    for (int i = 0; i < pairs; ++i) {
-      const int stage = i % kStages;
-      mbar_wait(&sm.full[stage], (i / kStages) & 1);
-      // The cp.async writes (generic proxy) before wgmma reads them (async proxy); TMA writes are async.
-      if constexpr (!kQTma) fence_proxy_async();
-      float acc[2][64];
-      issue_pair_products<kElemBytes>(acc, sm.keys, sm.q[stage], wg);
-      float2 w[2][8];
-      load_pair_weights(w, sm.w[stage], c0);
-      wait_pair_products(acc);
-      mbar_arrive(&sm.empty[stage]);
-
-      // This lane's (tile, query row) = (t_out, q_out) of its keys key_n[half], summed over the 64 heads.
-      float total[2];
-      head_sums_selected(acc, w, t_out, q_out, total);
-      store_pair(i, total);
-    }
   }
 }
 
@@ -236,10 +206,10 @@ bool q_tensor_map(CUtensorMap& map, const IndexerParams& p, const void* q, int e
              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <int kElemBytes, bool kQTma, bool kPackedSums = false>
+template <int kElemBytes, bool kQTma>
 cudaError_t launch(const IndexerParams& p, const CUtensorMap& q_map, cudaStream_t stream) {
   static PerDevice<cudaError_t> smem_limit;
-  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma, kPackedSums>;
+  const auto kernel = indexer_scores_sm90_kernel<kElemBytes, kQTma>;
   const cudaError_t err = allow_dynamic_smem(smem_limit, reinterpret_cast<const void*>(kernel), kSmemBytes<kElemBytes>);
   if (err != cudaSuccess) return err;
   const int64_t chunks = chunk_of(p, p.row_end - 1) - chunk_of(p, p.row_begin) + 1;
@@ -253,7 +223,6 @@ cudaError_t launch(const IndexerParams& p, cudaStream_t stream) {
   const void* q = kElemBytes == 2 ? static_cast<const void*>(p.q) : static_cast<const void*>(p.q_e4m3);
   CUtensorMap q_map = {};
   const bool tma = q_by_tma(p, q) && q_tensor_map(q_map, p, q, kElemBytes);  // else q_map unused
-  if (tma && env_is("LCATTN_INDEXER_PACKED_SUMS", "1")) return launch<kElemBytes, true, true>(p, q_map, stream);
   return tma ? launch<kElemBytes, true>(p, q_map, stream) : launch<kElemBytes, false>(p, q_map, stream);
 }
 

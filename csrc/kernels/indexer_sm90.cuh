@@ -95,9 +95,12 @@ __device__ __forceinline__ void thread_head_sums(const float (&acc)[2][64], cons
       for (int half = 0; half < 2; ++half) sums[t][q][half] = thread_head_sum(acc[t], w[q], q, half);
 }
 
-// The thread sums of a pair sums[tile][query row][half], each reduced over the quad (16 shuffles),
-// then the lane's (tile t, query row q) selected: all 64 heads, both halves.
-__device__ __forceinline__ void quad_sums_selected(float (&sums)[2][2][2], int t, int q, float (&total)[2]) {
+// All 64 heads for the lane's (tile t, query row q), both halves: each sum in one chain and reduced
+// over the quad (16 shuffles), then selected.
+__device__ __forceinline__ void head_sums_selected(const float (&acc)[2][64], const float2 (&w)[2][8], int t, int q,
+                                                   float (&total)[2]) {
+  float sums[2][2][2];
+  thread_head_sums(acc, w, sums);
 #pragma unroll
   for (int tt = 0; tt < 2; ++tt)
 #pragma unroll
@@ -115,49 +118,6 @@ __device__ __forceinline__ void quad_sums_selected(float (&sums)[2][2][2], int t
     v = (t == 1 && q == 0) ? sums[1][0][half] : v;
     v = (t == 1 && q == 1) ? sums[1][1][half] : v;
     total[half] = v;
-  }
-}
-
-// All 64 heads for the lane's (tile t, query row q), both halves: each sum in one chain and reduced
-// over the quad, then selected.
-__device__ __forceinline__ void head_sums_selected(const float (&acc)[2][64], const float2 (&w)[2][8], int t, int q,
-                                                   float (&total)[2]) {
-  float sums[2][2][2];
-  thread_head_sums(acc, w, sums);
-  quad_sums_selected(sums, t, q, total);
-}
-
-// ReLU(S) of a pair's accumulators rounded to bf16, two columns a register: relu[t][k] holds
-// acc[t][2 k] (low half) and acc[t][2 k + 1], so that the accumulators can take the next pair's
-// products while these are summed.
-__device__ __forceinline__ void pack_relu(const float (&acc)[2][64], uint32_t (&relu)[2][32]) {
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int k = 0; k < 32; ++k) relu[t][k] = pack_relu_bf16x2(acc[t][2 * k], acc[t][2 * k + 1]);
-}
-
-// thread_head_sums over packed ReLU(S), the same chains in the same order; each weight pair read
-// from the pair's weights in shared memory once, where it is used (registers are short here).
-__device__ __forceinline__ void packed_head_sums(const uint32_t (&relu)[2][32], const float* pair_weights, int c0,
-                                                 float (&sums)[2][2][2]) {
-#pragma unroll
-  for (int q = 0; q < 2; ++q) {
-#pragma unroll
-    for (int t = 0; t < 2; ++t) sums[t][q][0] = sums[t][q][1] = 0.f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float2 w = *reinterpret_cast<const float2*>(&pair_weights[q * kHeads + 8 * j + c0]);
-#pragma unroll
-      for (int t = 0; t < 2; ++t)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const uint32_t r = relu[t][(8 * q + j) * 2 + half];
-          float& sum = sums[t][q][half];
-          sum = fmaf(w.x, __uint_as_float(r << 16), sum);
-          sum = fmaf(w.y, __uint_as_float(r & 0xFFFF0000u), sum);
-        }
-    }
   }
 }
 

@@ -168,14 +168,6 @@ __device__ __forceinline__ void fence_registers(float (&d)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// Two floats as bf16x2 (lo in the low half), each rounded to nearest with negatives made 0: one
-// F2FP. NaN stays NaN.
-__device__ __forceinline__ uint32_t pack_relu_bf16x2(float lo, float hi) {
-  uint32_t r;
-  asm("cvt.rn.relu.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
-
 // The accumulator operands of a wgmma with M = 64, in blocks of 32: their names in the instruction
 // and their "+f" constraints on the float array d.
 #define LCATTN_ACC_NAMES_0_31                                                                                      \
