@@ -219,6 +219,32 @@ def test_indexer_q_tma_cuda(monkeypatch, B, S, N, HI, q_start, fp8):
     assert_close(got, ref, 5e-4 if fp8 else 1e-5, "scores")
 
 
+@pytest.mark.parametrize("B,S,N,HI,DI,q_start,fp8", [
+    (2, 7, 13, 4, 32, [0, 45], False),
+    (3, 1, 1000, 64, 128, [2, 4000, 2100], False),  # decode: one token per sequence
+    (1, 33, 300, 64, 128, [1200], False),
+    (1, 33, 300, 64, 128, [1200], True),            # the fp8 form
+])
+def test_indexer_nan_inputs_cpu(B, S, N, HI, DI, q_start, fp8):
+    """A NaN in one head of one query row makes that row's visible scores NaN, and a NaN in one key
+    makes its visible scores NaN, as in the reference (ReLU keeps NaN); every other score stays, and
+    the picks skip the NaN scores. On the CPU only: the CUDA kernels' ReLU (fmaxf) turns a NaN
+    product into 0 (kernel notes, "NaN products")."""
+    if fp8:
+        (q, w, keys, qs, key_scales), _ = fp8_indexer(B, S, N, HI, DI, "cpu", q_start)
+    else:
+        (q, w, keys, qs), key_scales = make_indexer(B, S, N, HI, DI, "cpu", q_start), None
+    q[B // 2, S // 2, 1, 3] = float("nan")
+    keys[B - 1, 5, 2] = float("nan")
+    mine = ops.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
+    ref = reference.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
+    assert torch.isnan(ref[B // 2, S // 2]).any() and torch.isnan(ref[B - 1, :, 5]).any()  # both seen
+    assert_close(mine, ref, 1e-5, "scores")
+    picks = ops.indexer_topk(q, w, keys, qs, k=16, ratio=4, block_rows=7, key_scales=key_scales)
+    finite = torch.isfinite(ref)
+    check_topk(picks, ref, 16, tol=2 * (mine - ref)[finite].abs().max().item())
+
+
 @pytest.mark.cuda
 def test_indexer_misaligned_inputs_cuda():
     """A contiguous view that starts off a 16-byte boundary gets an [lcattn] error, not a misaligned
