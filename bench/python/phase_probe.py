@@ -1,5 +1,6 @@
-"""What the phase probes (topk_phases.py, attention_phases.py) share: a kernel's source with timer
-stamps put in by matching its lines, built with nvcc beside a small driver and run."""
+"""What the probes (topk_phases.py, attention_phases.py, indexer_parts.py) share: a kernel's source
+with lines replaced by matching them (timer stamps, or parts cut out), built with nvcc beside a small
+driver and run."""
 import os
 import shutil
 import subprocess
