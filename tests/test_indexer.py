@@ -138,6 +138,14 @@ def fp8_indexer(B, S, N, HI, DI, device, q_start):
     return (q8, w * q_scales, k8, qs, key_scales), (q, w, keys, qs)
 
 
+def indexer_inputs(B, S, N, HI, DI, device, q_start, fp8):
+    """(q, weights, keys, q_start, key_scales): fp8_indexer's fp8 form, or make_indexer's with no
+    key_scales."""
+    if fp8:
+        return fp8_indexer(B, S, N, HI, DI, device, q_start)[0]
+    return (*make_indexer(B, S, N, HI, DI, device, q_start), None)
+
+
 @pytest.mark.parametrize("B,S,N,HI,DI,q_start", [
     (1, 5, 40, 8, 32, [100]),             # general CUDA kernel
     (3, 1, 1000, 64, 128, [2, 4000, 2100]),  # decode: the heads-as-M kernel
@@ -197,10 +205,7 @@ def test_indexer_q_tma_cuda(monkeypatch, B, S, N, HI, q_start, fp8):
     default for 64 heads; fewer heads keep cp.async) as with q by cp.async (LCATTN_INDEXER_Q_TMA=0),
     so gives the same scores and picks bit for bit, whole and in blocks of rows that cross
     sequences; and the reference's."""
-    if fp8:
-        (q, w, keys, qs, key_scales), _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
-    else:
-        (q, w, keys, qs), key_scales = make_indexer(B, S, N, HI, 128, "cuda", q_start), None
+    q, w, keys, qs, key_scales = indexer_inputs(B, S, N, HI, 128, "cuda", q_start, fp8)
 
     def scores_and_picks():
         scores = ops.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
@@ -230,10 +235,7 @@ def test_indexer_nan_inputs_cpu(B, S, N, HI, DI, q_start, fp8):
     makes its visible scores NaN, as in the reference (ReLU keeps NaN); every other score stays, and
     the picks skip the NaN scores. On the CPU only: the CUDA kernels' ReLU (fmaxf) turns a NaN
     product into 0 (kernel notes, "NaN products")."""
-    if fp8:
-        (q, w, keys, qs, key_scales), _ = fp8_indexer(B, S, N, HI, DI, "cpu", q_start)
-    else:
-        (q, w, keys, qs), key_scales = make_indexer(B, S, N, HI, DI, "cpu", q_start), None
+    q, w, keys, qs, key_scales = indexer_inputs(B, S, N, HI, DI, "cpu", q_start, fp8)
     q[B // 2, S // 2, 1, 3] = float("nan")
     keys[B - 1, 5, 2] = float("nan")
     mine = ops.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
@@ -475,11 +477,8 @@ def test_indexer_topk_fused_cuda(monkeypatch, B, S, N, HI, q_start, k, fp8):
     """Scoring fused with the top-k (LCATTN_INDEXER_FUSED_TOPK=1) picks what scoring then top-k picks:
     the same scores, ties to the lower index; the k best by the reference's scores; repeatable; and
     the fused kernel is the one that ran."""
-    if fp8:
-        args, _ = fp8_indexer(B, S, N, HI, 128, "cuda", q_start)
-        args, kw = args[:4], {"key_scales": args[4]}
-    else:
-        args, kw = make_indexer(B, S, N, HI, 128, "cuda", q_start), {}
+    *args, key_scales = indexer_inputs(B, S, N, HI, 128, "cuda", q_start, fp8)
+    kw = {"key_scales": key_scales} if fp8 else {}
     fused, unfused, kernels = fused_and_unfused(monkeypatch, args, k, **kw)
     mine = ops.indexer_scores(*args, ratio=4, **kw)
     ref = reference.indexer_scores(*args, ratio=4, **kw)
