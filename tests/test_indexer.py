@@ -230,18 +230,22 @@ def test_indexer_q_tma_cuda(monkeypatch, B, S, N, HI, q_start, fp8):
     (1, 33, 300, 64, 128, [1200], False),
     (1, 33, 300, 64, 128, [1200], True),            # the fp8 form
 ])
-def test_indexer_nan_inputs_cpu(B, S, N, HI, DI, q_start, fp8):
+def test_indexer_nan_inputs(device, request, B, S, N, HI, DI, q_start, fp8):
     """A NaN in one head of one query row makes that row's visible scores NaN, and a NaN in one key
     makes its visible scores NaN, as in the reference (ReLU keeps NaN); every other score stays, and
-    the picks skip the NaN scores. On the CPU only: the CUDA kernels' ReLU (fmaxf) turns a NaN
-    product into 0 (kernel notes, "NaN products")."""
-    q, w, keys, qs, key_scales = indexer_inputs(B, S, N, HI, DI, "cpu", q_start, fp8)
+    the picks skip the NaN scores. On CUDA an expected failure for now: the kernels' ReLU (fmaxf,
+    shared_math.h's relu) turns a NaN product into 0 (kernel notes, "NaN products")."""
+    if device.type == "cuda":
+        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError,
+                                              reason="the CUDA kernels' ReLU makes a NaN product 0"))
+    q, w, keys, qs, key_scales = indexer_inputs(B, S, N, HI, DI, device, q_start, fp8)
     q[B // 2, S // 2, 1, 3] = float("nan")
     keys[B - 1, 5, 2] = float("nan")
     mine = ops.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
     ref = reference.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
     assert torch.isnan(ref[B // 2, S // 2]).any() and torch.isnan(ref[B - 1, :, 5]).any()  # both seen
-    assert_close(mine, ref, 1e-5, "scores")
+    e4m3_products = fp8 and device.type == "cuda" and S > 16 and DI == 128  # as test_indexer_fp8_form
+    assert_close(mine, ref, 5e-4 if e4m3_products else 1e-5, "scores")
     picks = ops.indexer_topk(q, w, keys, qs, k=16, ratio=4, block_rows=7, key_scales=key_scales)
     finite = torch.isfinite(ref)
     check_topk(picks, ref, 16, tol=2 * (mine - ref)[finite].abs().max().item())

@@ -32,7 +32,7 @@ void indexer_scores_cpu(const IndexerParams& p) {
       for (int j = 0; j < p.HI; ++j) {
         float dot = 0.f;
         for (int d = 0; d < p.DI; ++d) dot += q[j * p.DI + d] * bf16_to_float(key[d]);
-        total += w[j] * std::max(dot, 0.f);
+        total += w[j] * relu(dot);
       }
       out[i] = p.key_scale(b, i) * total;
     }

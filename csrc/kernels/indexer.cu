@@ -43,7 +43,7 @@ __global__ void indexer_scores_kernel(const IndexerParams p) {
       for (int h = 0; h < p.HI; ++h) {
         float dot = 0.f;
         for (int d = lane; d < p.DI; d += 32) dot += q[h * p.DI + d] * key[d];
-        total += w[h] * fmaxf(warp_sum(dot), 0.f);
+        total += w[h] * relu(warp_sum(dot));
       }
       total *= p.key_scale(b, i);
       __syncwarp();
@@ -140,10 +140,10 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_mma_kernel(const 
       const float w_lo = w[wm + g], w_hi = w[wm + g + 8];
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
-        out[nt][0] += w_lo * fmaxf(acc[nt][0], 0.f);
-        out[nt][1] += w_lo * fmaxf(acc[nt][1], 0.f);
-        out[nt][2] += w_hi * fmaxf(acc[nt][2], 0.f);
-        out[nt][3] += w_hi * fmaxf(acc[nt][3], 0.f);
+        out[nt][0] += w_lo * relu(acc[nt][0]);
+        out[nt][1] += w_lo * relu(acc[nt][1]);
+        out[nt][2] += w_hi * relu(acc[nt][2]);
+        out[nt][3] += w_hi * relu(acc[nt][3]);
       }
     }
   }
@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(kTileThreads) indexer_scores_heads_kernel(cons
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       // This lane's two heads, then the 8 lanes of the same key (lane bits 2-4) hold the warp's 16.
-      float sum = w_lo * fmaxf(acc[nt][j], 0.f) + w_hi * fmaxf(acc[nt][2 + j], 0.f);
+      float sum = w_lo * relu(acc[nt][j]) + w_hi * relu(acc[nt][2 + j]);
       sum += __shfl_xor_sync(0xffffffffu, sum, 4);
       sum += __shfl_xor_sync(0xffffffffu, sum, 8);
       sum += __shfl_xor_sync(0xffffffffu, sum, 16);

@@ -4,6 +4,7 @@
 // accumulator row. Tiles in shared memory: 128B-swizzled [chunks of 64 dims][rows][128 B].
 #pragma once
 #include "common/sm90.cuh"
+#include "lcattn/shared_math.h"
 
 namespace lcattn {
 namespace indexer_sm90 {
@@ -78,8 +79,8 @@ __device__ __forceinline__ float thread_head_sum(const float (&acc)[64], const f
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     const float* a = &acc[(8 * q + j) * 4 + 2 * half];
-    sum = fmaf(w[j].x, fmaxf(a[0], 0.f), sum);
-    sum = fmaf(w[j].y, fmaxf(a[1], 0.f), sum);
+    sum = fmaf(w[j].x, relu(a[0]), sum);
+    sum = fmaf(w[j].y, relu(a[1]), sum);
   }
   return sum;
 }

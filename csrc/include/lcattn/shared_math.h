@@ -6,6 +6,17 @@
 
 namespace lcattn {
 
+// SPEC 4's ReLU. On the host NaN stays NaN, as in torch. The CUDA kernels still take fmaxf (one
+// FMNMX), which makes a NaN product 0; `max.NaN.f32` (one FMNMX.NAN) would keep it, and replaces the
+// fmaxf once it has run on a GPU (kernel notes, "NaN products").
+LCATTN_HD float relu(float x) {
+#ifdef __CUDA_ARCH__
+  return fmaxf(x, 0.f);
+#else
+  return x < 0.f ? 0.f : x;
+#endif
+}
+
 // Compressed entries visible to a query at position pos (SPEC 4, 5): those whose block of `ratio`
 // positions ends at or before pos, at most N.
 LCATTN_HD int visible_entries(int pos, int ratio, int N) {
