@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from model_helpers import rel, same_argmax
+from model_helpers import rel, same_argmax, write_published_checkpoint
 
 from lcattn.modules import DeepseekV4Config, DeepseekV4ForCausalLM
 from lcattn.parallel import ExpertParallelMoE, expert_parallel, shut_down
@@ -80,6 +80,11 @@ def worker(rank: int, world: int, store: str, backend: str = "gloo") -> None:
         with torch.device("meta"):
             lazy = expert_parallel(DeepseekV4ForCausalLM(DeepseekV4Config.tiny()))
         lazy.to_empty(device=device).load_hf_state_dict(checkpoint)
+        assert all(torch.equal(a, b) for a, b in zip(run_calls(lazy, ids, lengths), parallel))
+        # The same weights in the published form (unquantized), read file by file: this rank's experts only.
+        folder = f"{store}.published{rank}"
+        write_published_checkpoint({k: v.cpu() for k, v in checkpoint.items()}, folder, quantize=False)
+        lazy.load_checkpoint(folder, log=None)
         assert all(torch.equal(a, b) for a, b in zip(run_calls(lazy, ids, lengths), parallel))
 
         # Slots routed nowhere (expert -1, as hash routing gives for unchecked input) add nothing.

@@ -1,7 +1,7 @@
 """DeepSeek-V4 model blocks against the transformers deepseek_v4 model: logits, config, RoPE, state dict."""
 import pytest
 import torch
-from model_helpers import rel, same_argmax
+from model_helpers import rel, same_argmax, write_published_checkpoint
 
 from lcattn.modules import CSA, HCA, SLIDING, DeepseekV4Config, DeepseekV4ForCausalLM
 from lcattn.modules.rope import layer_inv_freq
@@ -77,3 +77,24 @@ def test_hf_config_rope_and_state_dict():
     del state["lm_head.weight"]
     with pytest.raises(ValueError, match=r"\[lcattn\] state dict mismatch: missing \['lm_head.weight'\]"):
         model.load_hf_state_dict(state)
+
+
+def test_published_checkpoint_loads_as_transformers_loads_it(tmp_path):
+    """The published form (DeepSeek's names, e4m3 weights with UE8M0 block scales, e2m1 experts, spread
+    over files) read by DeepseekV4ForCausalLM.from_pretrained and by transformers (its FP8 loading with
+    dequantize=True, bf16): every tensor the same, bit for bit. transformers also checks the names
+    the test writes: it loads them with no key missing or left over."""
+    pytest.importorskip("accelerate")  # transformers' FP8 loading needs it
+    from transformers import AutoModelForCausalLM, FineGrainedFP8Config
+    hf = hf_tiny(HF_LAYERS, HF_RATES)
+    write_published_checkpoint(hf.state_dict(), tmp_path, files=3, config=hf.config.to_dict())
+    theirs, info = AutoModelForCausalLM.from_pretrained(
+        tmp_path, dtype=torch.bfloat16, output_loading_info=True,
+        quantization_config=FineGrainedFP8Config(dequantize=True, scale_fmt="ue8m0", expert_dtype="fp4"))
+    assert not any(info.values()), info
+    ours = DeepseekV4ForCausalLM.from_pretrained(str(tmp_path), log=None).hf_state_dict()
+    theirs = theirs.state_dict()
+    assert set(ours) == set(theirs)
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor.to(ours[name].dtype)), name
+        assert ours[name].dtype == tensor.dtype or name.endswith("tid2eid"), name  # int32 hash table

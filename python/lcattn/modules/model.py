@@ -453,9 +453,39 @@ class DeepseekV4ForCausalLM(nn.Module):
             if name.endswith("experts.gate_up_proj"):
                 converted[name] = ops.interleave_gate_up(converted[name])
         self.load_state_dict(converted, strict=True, assign=True)
-        for module in self.modules():  # not in a state dict: rebuilt, for a model made with to_empty too
+        self.rebuild_rope_tables()
+
+    def rebuild_rope_tables(self) -> None:
+        """The RoPE tables, which no state dict holds, computed again: for a model made with to_empty."""
+        device = self.lm_head.weight.device
+        for module in self.modules():
             if isinstance(module, Attention):
                 module.inv_freq = layer_inv_freq(self.config, module.kind).to(device)
+
+    @classmethod
+    def from_pretrained(cls, folder: str, device="cpu", dtype: torch.dtype = torch.bfloat16,
+                        log=print) -> "DeepseekV4ForCausalLM":
+        """DeepSeek-V4's published checkpoint (a folder with config.json and its safetensors files, the
+        weights in e4m3 and e2m1 with their scales; modules/checkpoint.py): the config read by
+        transformers' AutoConfig, the weights dequantized into `dtype` (the fixed-dtype tensors keep
+        theirs) on `device`, one file at a time (`log` gets a line a file; None for none)."""
+        try:
+            from transformers import AutoConfig
+        except ImportError as e:
+            raise ImportError("[lcattn] from_pretrained reads config.json with transformers (pip install "
+                              "transformers); or build the model from a DeepseekV4Config and call "
+                              "load_checkpoint") from e
+        with torch.device("meta"):
+            model = cls(DeepseekV4Config.from_hf(AutoConfig.from_pretrained(folder)))
+        model = model.to_empty(device=device).to(dtype)
+        model.load_checkpoint(folder, log)
+        return model
+
+    def load_checkpoint(self, folder: str, log=print) -> None:
+        """Reads DeepSeek-V4's published checkpoint in `folder` into this model (modules/checkpoint.py);
+        an expert-parallel model reads only its own experts."""
+        from lcattn.modules.checkpoint import load_checkpoint
+        load_checkpoint(self, folder, log)
 
     def hf_state_dict(self) -> dict:
         """The state dict in transformers' format, as load_hf_state_dict takes it: the experts' gate rows
