@@ -84,6 +84,8 @@ def worker(rank: int, world: int, store: str, backend: str = "gloo") -> None:
         # The same weights in the published form (unquantized), read file by file: this rank's experts only.
         folder = f"{store}.published{rank}"
         write_published_checkpoint({k: v.cpu() for k, v in checkpoint.items()}, folder, quantize=False)
+        for tensor in lazy.state_dict().values():
+            tensor.zero_()
         lazy.load_checkpoint(folder, log=None)
         assert all(torch.equal(a, b) for a, b in zip(run_calls(lazy, ids, lengths), parallel))
 
