@@ -2,9 +2,10 @@
 own tensor names (`layers.3.attn.wq_a.weight`, `layers.3.ffn.experts.17.w1.weight`, ...), linear
 weights in e4m3 with one scale per 128 x 128 block (`...wq_a.scale`), routed experts in e2m1 (FP4, two
 values a byte, the low nibble first) with one scale per 32 inputs of a row, scales as UE8M0 powers of
-two, raw exponent bytes or fp32; a weight without a scale is stored as it is (bf16, fp32). Each tensor
-is read, dequantized in fp32 and copied into its parameter on its own, so memory holds one tensor
-beside the model, and an expert-parallel model reads only its own experts."""
+two, raw exponent bytes or fp32; a weight without a scale is stored as it is (bf16, fp32). These are
+the names and forms that transformers' deepseek_v4 loading reads. Each tensor is read, dequantized in
+fp32 on the CPU and copied into its parameter (on the model's device) on its own, so memory holds one
+tensor beside the model, and an expert-parallel model reads only its own experts."""
 import json
 import os
 import re
@@ -179,11 +180,11 @@ def load_checkpoint(model, folder: str, log: Optional[Callable[[str], None]] = p
             local = expert - getattr(modules[target.rsplit(".", 2)[0]], "first", 0)  # the layer's first expert
             if not 0 <= local < dest.shape[0]:
                 continue  # another rank's expert
-            rows = expert_rows(dest.shape[1], part) if part != "w2" else slice(None)
+            rows = expert_rows(dest.shape[1], part).to(dest.device) if part != "w2" else slice(None)
             want = (dest.shape[1] // 2 if part != "w2" else dest.shape[1], dest.shape[2])
             if tuple(tensor.shape) != want:
                 raise ValueError(f"[lcattn] checkpoint {name}: shape {tuple(tensor.shape)}, expected {want}")
-            dest[local, rows] = tensor.to(dest.dtype)
+            dest[local, rows] = tensor.to(device=dest.device, dtype=dest.dtype)
             flags = experts.setdefault(target, torch.zeros(dest.shape[0], 3, dtype=torch.bool))
             flags[local, "w1 w3 w2".split().index(part)] = True
         opened.clear()
