@@ -143,3 +143,41 @@ def test_compiled_model_matches_eager(device):
     want, got = torch.cat(wants, 1), torch.cat(gots, 1)
     assert rel(got, want) < TOL and same_argmax(got, want) > 0.9
     assert compiled_cache.host_lengths == eager_cache.host_lengths == [24, 24]
+
+
+def test_generate(device):
+    """Greedy generate gives the tokens of prefill then argmax steps, row by row; a sequence's row holds
+    -1 after its eos token and decoding stops once every sequence has ended; sampling draws the same
+    tokens from the same generator state, within the vocabulary; bad arguments are errors."""
+    model = tiny_model(device)
+    ids = torch.randint(0, model.config.vocab_size, (3, max(LENGTHS)), device=device)
+    dec = model.decoder(3, max(LENGTHS) + 8, graph=False)
+    logits, want = dec.prefill(ids, LENGTHS), []
+    for _ in range(8):
+        want.append(logits.argmax(-1))
+        logits = dec.step(want[-1])
+    want = torch.stack(want, 1)
+    got = model.decoder(3, max(LENGTHS) + 8).generate(ids, LENGTHS, max_new_tokens=8)
+    assert torch.equal(got, want)
+
+    eos = int(want[1, 2])  # sequence 1 ends at its third token at the latest
+    got = model.decoder(3, max(LENGTHS) + 8).generate(ids, LENGTHS, max_new_tokens=8, eos_token_id=eos)
+    for b in range(3):
+        end = next((i for i in range(8) if want[b, i] == eos), None)
+        if end is None:
+            assert torch.equal(got[b], want[b])
+        else:
+            assert torch.equal(got[b, :end + 1], want[b, :end + 1]) and (got[b, end + 1:] == -1).all()
+    everywhere = model.decoder(3, max(LENGTHS) + 8).generate(ids[:1].expand(3, -1), [LENGTHS[0]] * 3,
+                                                             max_new_tokens=8, eos_token_id=int(want[0, 0]))
+    assert (everywhere[:, 0] == want[0, 0]).all() and (everywhere[:, 1:] == -1).all()  # one token, then stop
+
+    draws = []
+    for _ in range(2):
+        generator = torch.Generator(device=device).manual_seed(7)
+        draws.append(model.decoder(3, max(LENGTHS) + 8).generate(ids, LENGTHS, max_new_tokens=8, temperature=1.0,
+                                                                 generator=generator))
+    assert torch.equal(draws[0], draws[1])
+    assert ((draws[0] >= 0) & (draws[0] < model.config.vocab_size)).all()
+    with pytest.raises(ValueError, match=r"\[lcattn\] generate: max_new_tokens must be >= 1"):
+        model.decoder(3, 64).generate(ids, LENGTHS, max_new_tokens=0)

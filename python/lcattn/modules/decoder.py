@@ -83,6 +83,36 @@ class Decoder:
         self.cache.host_lengths = [h + 1 for h in self.cache.host_lengths]
         return self.logits
 
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, lengths: Optional[List[int]] = None, max_new_tokens: int = 32,
+                 eos_token_id: Optional[int] = None, temperature: float = 0.0,
+                 generator: Optional[torch.Generator] = None, chunk: int = 8192) -> Tensor:
+        """Prefills the prompts (as prefill does), then decodes up to max_new_tokens tokens per sequence:
+        the most likely one (temperature 0) or one drawn from softmax(logits / temperature) with
+        `generator`. Returns [batch, max_new_tokens] token ids; after a sequence's eos_token_id its row
+        holds -1. Decoding stops once every sequence has ended, except in an expert-parallel model, where
+        every rank takes the same max_new_tokens steps (each step is a collective)."""
+        if max_new_tokens < 1 or temperature < 0:
+            raise ValueError(f"[lcattn] generate: max_new_tokens must be >= 1 and temperature >= 0, got "
+                             f"{max_new_tokens} and {temperature}")
+        logits = self.prefill(input_ids, lengths, chunk)
+        out = torch.full((self.batch, max_new_tokens), -1, dtype=torch.long, device=input_ids.device)
+        ended = torch.zeros(self.batch, dtype=torch.bool, device=input_ids.device)
+        for i in range(max_new_tokens):
+            if temperature == 0:
+                token = logits.argmax(-1)
+            else:
+                probs = torch.softmax(logits.float() / temperature, dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            out[:, i] = token.masked_fill(ended, -1)
+            if eos_token_id is not None:
+                ended |= token == eos_token_id
+                if not self.collective and bool(ended.all()):  # one host sync a token
+                    break
+            if i + 1 < max_new_tokens:
+                logits = self.step(token)
+        return out
+
     def warm_up_or_capture(self) -> Tensor:
         """Runs the step on a side stream (the first ones warm up, and compile, every kernel and library
         handle); after warmup_steps of them, captures the next step, if the cache has room for it.
