@@ -54,6 +54,11 @@ def worker(rank: int, world: int, store: str, backend: str = "gloo") -> None:
         prompt = torch.randint(0, model.config.vocab_size, (1, 20)).to(device)
         prompt_lengths = [20 if rank == 0 else 5]
         single_prefill = model.decoder(1, 64, graph=False).prefill(prompt, prompt_lengths, chunk=8)
+        # generate: rank 0's sequence ends at its first token, the others' run all 6 steps; every rank
+        # takes all 6 (each a collective), else the others would wait in an all-to-all.
+        first = int(model.decoder(1, 64, graph=False).prefill(prompt, prompt_lengths, chunk=8).argmax())
+        eos = first if rank == 0 else None
+        single_generate = model.decoder(1, 64, graph=False).generate(prompt, prompt_lengths, 6, eos, chunk=8)
 
         expert_parallel(model)
         local = model.config.num_experts // world
@@ -71,6 +76,9 @@ def worker(rank: int, world: int, store: str, backend: str = "gloo") -> None:
 
         got = model.decoder(1, 64, graph=False).prefill(prompt, prompt_lengths, chunk=8)
         assert rel(got, single_prefill) < 1e-2 if device.type == "cuda" else torch.equal(got, single_prefill)
+        got = model.decoder(1, 64).generate(prompt, prompt_lengths, 6, eos, chunk=8)
+        assert torch.equal(got, single_generate) or device.type == "cuda", (rank, got, single_generate)
+        assert (got[0, 1:] == -1).all() if rank == 0 else (got >= 0).all()
 
         # A transformers-format checkpoint loads into the sharded model as this rank's experts, also into
         # one built on the meta device, sharded, then given memory: no rank holds every expert.
