@@ -11,10 +11,10 @@ from lcattn.modules import DeepseekV4ForCausalLM
 from lcattn.modules.checkpoint import dequantize, model_name
 
 
-def fresh_model(config):
+def fresh_model(config, device="cpu"):
     with torch.device("meta"):
         model = DeepseekV4ForCausalLM(config)
-    return model.to_empty(device="cpu").to(torch.bfloat16)
+    return model.to_empty(device=device).to(torch.bfloat16)
 
 
 @pytest.mark.parametrize("rows,cols", [(256, 384), (200, 300), (64, 40)])
@@ -71,26 +71,29 @@ def test_model_names():
     assert model_name("mtp.0.embed.weight") is None
 
 
-def test_checkpoint_loads_the_model_it_was_written_from(tmp_path):
+def test_checkpoint_loads_the_model_it_was_written_from(device, tmp_path):
     """Unquantized, the published form gives back every tensor bit for bit (so the same logits), one
     logged line a file; quantized, each weight is its dequantized value."""
-    model = tiny_model("cpu").to(torch.bfloat16)
-    write_published_checkpoint(model.hf_state_dict(), tmp_path / "plain", quantize=False, files=3)
+    model = tiny_model(device).to(torch.bfloat16)
+    state = {k: v.cpu() for k, v in model.hf_state_dict().items()}
+    write_published_checkpoint(state, tmp_path / "plain", quantize=False, files=3)
     lines = []
-    loaded = fresh_model(model.config)
+    loaded = fresh_model(model.config, device)
     loaded.load_checkpoint(str(tmp_path / "plain"), log=lines.append)
     assert [line.split(":")[0] for line in lines] == [f"[lcattn] checkpoint {i}/3" for i in (1, 2, 3)]
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), device=device)
     assert torch.equal(loaded(ids), model(ids))
 
-    written = write_published_checkpoint(model.hf_state_dict(), tmp_path / "fp8", files=2)
+    written = write_published_checkpoint(state, tmp_path / "fp8", files=2)
     loaded.load_checkpoint(str(tmp_path / "fp8"), log=None)
     q, s = written["layers.1.attn.wq_a.weight"], written["layers.1.attn.wq_a.scale"]
-    assert torch.equal(loaded.model.layers[1].self_attn.q_a_proj.weight, (q.float() * s.float()).bfloat16())
+    want = (q.float() * s.float()).bfloat16().to(device)
+    assert torch.equal(loaded.model.layers[1].self_attn.q_a_proj.weight, want)
     q, s = written["layers.1.ffn.experts.3.w2.weight"], written["layers.1.ffn.experts.3.w2.scale"]
-    assert torch.equal(loaded.model.layers[1].mlp.experts.down_proj[3], dequantize(q, s, (128, 128)).bfloat16())
+    want = dequantize(q, s, (128, 128)).bfloat16().to(device)
+    assert torch.equal(loaded.model.layers[1].mlp.experts.down_proj[3], want)
     assert torch.isfinite(loaded(ids)).all()
 
 
