@@ -230,14 +230,10 @@ def test_indexer_q_tma_cuda(monkeypatch, B, S, N, HI, q_start, fp8):
     (1, 33, 300, 64, 128, [1200], False),
     (1, 33, 300, 64, 128, [1200], True),            # the fp8 form
 ])
-def test_indexer_nan_inputs(device, request, B, S, N, HI, DI, q_start, fp8):
+def test_indexer_nan_inputs(device, B, S, N, HI, DI, q_start, fp8):
     """A NaN in one head of one query row makes that row's visible scores NaN, and a NaN in one key
     makes its visible scores NaN, as in the reference (ReLU keeps NaN); every other score stays, and
-    the picks skip the NaN scores. On CUDA an expected failure for now: the kernels' ReLU (fmaxf,
-    shared_math.h's relu) turns a NaN product into 0 (kernel notes, "NaN products")."""
-    if device.type == "cuda":
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError,
-                                              reason="the CUDA kernels' ReLU makes a NaN product 0"))
+    the picks skip the NaN scores."""
     q, w, keys, qs, key_scales = indexer_inputs(B, S, N, HI, DI, device, q_start, fp8)
     q[B // 2, S // 2, 1, 3] = float("nan")
     keys[B - 1, 5, 2] = float("nan")

@@ -6,12 +6,13 @@
 
 namespace lcattn {
 
-// SPEC 4's ReLU. On the host NaN stays NaN, as in torch. The CUDA kernels still take fmaxf (one
-// FMNMX), which makes a NaN product 0; `max.NaN.f32` (one FMNMX.NAN) would keep it, and replaces the
-// fmaxf once it has run on a GPU (kernel notes, "NaN products").
+// SPEC 4's ReLU, as torch's: negatives to 0, NaN stays NaN (fmaxf would make it 0). On the GPU one
+// FMNMX.NAN.
 LCATTN_HD float relu(float x) {
 #ifdef __CUDA_ARCH__
-  return fmaxf(x, 0.f);
+  float r;
+  asm("max.NaN.f32 %0, %1, 0f00000000;" : "=f"(r) : "f"(x));
+  return r;
 #else
   return x < 0.f ? 0.f : x;
 #endif
