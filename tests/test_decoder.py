@@ -147,7 +147,7 @@ def test_compiled_model_matches_eager(device):
 
 def test_generate(device):
     """Greedy generate gives the tokens of prefill then argmax steps, row by row; a sequence's row holds
-    -1 after its eos token and decoding stops once every sequence has ended; sampling draws the same
+    -1 after its eos token, also when every sequence has ended; sampling draws the same
     tokens from the same generator state, within the vocabulary; bad arguments are errors."""
     model = tiny_model(device)
     ids = torch.randint(0, model.config.vocab_size, (3, max(LENGTHS)), device=device)

@@ -138,6 +138,13 @@ def fp8_indexer(B, S, N, HI, DI, device, q_start):
     return (q8, w * q_scales, k8, qs, key_scales), (q, w, keys, qs)
 
 
+def runs_e4m3_products(device, S, DI):
+    """Whether fp8 inputs take the e4m3 wgmma kernel (a prefill of 128 dims on CUDA), whose products
+    add inside an instruction at about 14 bits (test_indexer_fp8_kernel_cuda: 5e-4); the other kernels
+    widen e4m3 exactly."""
+    return str(device) == "cuda" and S > 16 and DI == 128
+
+
 def indexer_inputs(B, S, N, HI, DI, device, q_start, fp8):
     """(q, weights, keys, q_start, key_scales): fp8_indexer's fp8 form, or make_indexer's with no
     key_scales."""
@@ -158,9 +165,7 @@ def test_indexer_fp8_form(device, B, S, N, HI, DI, q_start):
     (q8, w8, k8, qs, key_scales), bf16_args = fp8_indexer(B, S, N, HI, DI, device, q_start)
     mine = ops.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
     ref = reference.indexer_scores(q8, w8, k8, qs, ratio=4, key_scales=key_scales)
-    # On CUDA the prefill case runs e4m3 products (test_indexer_fp8_kernel_cuda says why 5e-4); the
-    # others widen e4m3 exactly.
-    e4m3_products = str(device) == "cuda" and S > 16 and DI == 128
+    e4m3_products = runs_e4m3_products(device, S, DI)
     assert_close(mine, ref, 5e-4 if e4m3_products else 1e-5, "fp8 scores")
     assert_close(mine, reference.indexer_scores(*bf16_args, ratio=4), 0.1, "fp8 against bf16 scores")
     out = ops.indexer_topk(q8, w8, k8, qs, k=16, ratio=4, block_rows=7, key_scales=key_scales)
@@ -240,7 +245,7 @@ def test_indexer_nan_inputs(device, B, S, N, HI, DI, q_start, fp8):
     mine = ops.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
     ref = reference.indexer_scores(q, w, keys, qs, ratio=4, key_scales=key_scales)
     assert torch.isnan(ref[B // 2, S // 2]).any() and torch.isnan(ref[B - 1, :, 5]).any()  # both seen
-    e4m3_products = fp8 and device.type == "cuda" and S > 16 and DI == 128  # as test_indexer_fp8_form
+    e4m3_products = fp8 and runs_e4m3_products(device, S, DI)
     assert_close(mine, ref, 5e-4 if e4m3_products else 1e-5, "scores")
     picks = ops.indexer_topk(q, w, keys, qs, k=16, ratio=4, block_rows=7, key_scales=key_scales)
     finite = torch.isfinite(ref)

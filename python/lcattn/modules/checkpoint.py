@@ -6,6 +6,7 @@ two, raw exponent bytes or fp32; a weight without a scale is stored as it is (bf
 the names and forms that transformers' deepseek_v4 loading reads. Each tensor is read, dequantized in
 fp32 on the CPU and copied into its parameter (on the model's device) on its own, so memory holds one
 tensor beside the model, and an expert-parallel model reads only its own experts."""
+import functools
 import json
 import os
 import re
@@ -62,15 +63,13 @@ def model_name(name: str) -> Optional[Tuple[str, Optional[int], Optional[str]]]:
     if not layer:
         return name, None, None  # reported as unexpected
     index, rest = layer.groups()
+    head = ""
     for old, new in LAYER_PREFIXES:
         if rest.startswith(old):
-            rest = new + rest[len(old):]
-            cut = len(new)
+            head, rest = new, rest[len(old):]
             break
-    else:
-        cut = 0
-    tail = ".".join(SEGMENTS.get(s, s) for s in rest[cut:].split(".")) if rest[cut:] else ""
-    return f"model.layers.{index}.{rest[:cut]}{tail}", None, None
+    tail = ".".join(SEGMENTS.get(s, s) for s in rest.split(".")) if rest else ""
+    return f"model.layers.{index}.{head}{tail}", None, None
 
 
 def dequantize(weight: Tensor, scale: Tensor, block: Tuple[int, int], name: str = "weight") -> Tensor:
@@ -119,8 +118,10 @@ def checkpoint_files(folder: str) -> Dict[str, str]:
 
 def weight_block(folder: str) -> Tuple[int, int]:
     """The fp8 weights' scale block from config.json's quantization_config (128 x 128 if unnamed)."""
-    path = os.path.join(folder, "config.json")
-    config = json.load(open(path)) if os.path.exists(path) else {}
+    path, config = os.path.join(folder, "config.json"), {}
+    if os.path.exists(path):
+        with open(path) as f:
+            config = json.load(f)
     block = (config.get("quantization_config") or {}).get("weight_block_size") or (128, 128)
     return int(block[0]), int(block[1])
 
@@ -201,8 +202,9 @@ def load_checkpoint(model, folder: str, log: Optional[Callable[[str], None]] = p
     model.rebuild_rope_tables()
 
 
+@functools.lru_cache(maxsize=None)
 def expert_rows(rows: int, part: str) -> Tensor:
     """The rows of an expert's interleaved gate_up_proj [rows = 2I, D] (ops.interleave_gate_up) that hold
-    its gate (w1) or up (w3) weight rows, in their order."""
+    its gate (w1) or up (w3) weight rows, in their order (computed once per size)."""
     at = ops.interleave_gate_up(torch.arange(rows)[:, None])[:, 0].argsort()  # checkpoint row -> model row
     return at[:rows // 2] if part == "w1" else at[rows // 2:]
