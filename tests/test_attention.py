@@ -57,16 +57,15 @@ def hopper_call(form, q, kv, kvs, qs, ckv, idx, sink, f):
             lambda: reference.attention(q, kv, kvs, qs, ckv, sink, f, ratio=ratio))
 
 
-def ran_sm90_kernel(kernels, fp8, schedule, staged_out=None, cluster=False, copy16=False):
+def ran_sm90_kernel(kernels, fp8, schedule, staged_out=None, cluster=False):
     """Whether the profiler's kernel lines name attention_sm90_kernel<fp8, schedule, staged_out,
-    cluster, copy16> (staged_out None: the schedule's default, the output through shared memory by
-    keys only; never with the cluster combine)."""
+    cluster> (staged_out None: the schedule's default, the output through shared memory by keys only;
+    never with the cluster combine)."""
     flag = {False: "false", True: "true"}
     if staged_out is None:
         staged_out = schedule == "keys" and not cluster
     schedule = rf"\(.*?Schedule\){SCHEDULE_NUMBER[schedule]}"
-    pattern = (rf"attention_sm90_kernel<{flag[fp8]}, {schedule}, {flag[staged_out]}, {flag[cluster]}, "
-               rf"{flag[copy16]}>")
+    pattern = rf"attention_sm90_kernel<{flag[fp8]}, {schedule}, {flag[staged_out]}, {flag[cluster]}>"
     return re.search(pattern, kernels) is not None
 
 
@@ -381,17 +380,13 @@ def test_hopper_nan_logit_cuda(monkeypatch, schedule, form, B, S, K, N):
 @pytest.mark.parametrize("form", ["sparse", "dense128"])
 @pytest.mark.parametrize("rope_dim", [64, 32, 8])
 @pytest.mark.parametrize("schedule", ["dims", "keys"])
-@pytest.mark.parametrize("copy16", ["0", "1"])
-def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, rope_dim, schedule, copy16):
+def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, rope_dim, schedule):
     """The Hopper kernel reads kv_fp8 entries as they are and widens them exactly in shared memory, so
     it gives bit for bit what it gives on the dequantized bf16 entries (prefill, split decode, absent
     keys), also with RoPE widths whose e4m3 part is not a multiple of 32 channels, in both schedules
-    of the math warpgroups (by keys each widens both halves of its own rows), with the entries copied
-    in 8-byte pieces and in 16-byte ones where they fit (LCATTN_ATTN_FP8_COPY16: the entries alternate
-    between 16-byte aligned and 8 bytes past, and each RoPE width moves where the pieces fall); and it
-    is the kernel that ran."""
+    of the math warpgroups (by keys each widens both halves of its own rows); and it is the kernel
+    that ran."""
     monkeypatch.delenv("LCATTN_ATTN_STAGED_OUT", raising=False)  # each schedule's own way of writing O
-    monkeypatch.setenv("LCATTN_ATTN_FP8_COPY16", copy16)
     for name, value in SCHEDULES[schedule].items():
         monkeypatch.setenv(name, value)
     q, kv, kvs, qs, _, sink, f = make_attention(B, S, H, 512, rope_dim, L, N, q_start, kv_start, "cuda")
@@ -406,7 +401,7 @@ def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start,
     want = run(ops.dequantize_kv_fp8(ckv8, 512, rope_dim))
     got, kernels = run_and_kernels(lambda: run(ckv8))
     if kernels:
-        assert ran_sm90_kernel(kernels, True, schedule, copy16=copy16 == "1"), kernels
+        assert ran_sm90_kernel(kernels, True, schedule), kernels
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -466,8 +461,7 @@ def test_hopper_rescale_slack_cuda(monkeypatch, schedule, B, S, H, K, N, q_start
 # ones by dims (version 4), bf16 entries on version 6 ("pair"); its flag in version 6's form, PairForm).
 BITWISE_SWITCHES = {"LCATTN_ATTN_STAGED_OUT": ("0", "1", ["bf16", "kv_fp8", "pair"], 1),
                     "LCATTN_ATTN_KEY_FENCE": ("1", "0", ["pair"], 2),
-                    "LCATTN_ATTN_PAIR_ROWS_TO_L2": ("0", "1", ["pair"], 4),
-                    "LCATTN_ATTN_FP8_COPY16": ("0", "1", ["kv_fp8"], 0)}
+                    "LCATTN_ATTN_PAIR_ROWS_TO_L2": ("0", "1", ["pair"], 4)}
 PAIR_DEFAULT_FORM = 1  # version 6's default: staged output
 
 
@@ -482,8 +476,7 @@ def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, 
     """The switches that move data, not arithmetic, give the same bits off and on:
     LCATTN_ATTN_STAGED_OUT (one split's O out through shared memory in 16-byte pieces) and, on version
     6, LCATTN_ATTN_KEY_FENCE=0 (no proxy fence before the logits' wgmma) and
-    LCATTN_ATTN_PAIR_ROWS_TO_L2 (the next pair's rows asked of L2), and LCATTN_ATTN_FP8_COPY16 (kv_fp8
-    entries copied in 16-byte pieces where they fit), in prefill and decode, at
+    LCATTN_ATTN_PAIR_ROWS_TO_L2 (the next pair's rows asked of L2), in prefill and decode, at
     positions whose angles take sincosf's slow path, with the default splits, with one (the staged
     path at decode too) and with 3 (the partials and the fused combine, the same either way), on bf16
     entries (by keys, and on version 6) and kv_fp8 ones (by dims); and the kernels that ran."""
@@ -509,9 +502,7 @@ def test_hopper_bitwise_switches_cuda(monkeypatch, switch, entries, B, S, H, K, 
             expected = (PAIR_DEFAULT_FORM & ~form) | (form if on else 0)
             assert f"attention_sm90_pair_kernel<{expected}>" in kernels, kernels
         elif kernels:
-            staged_out = on if switch == "LCATTN_ATTN_STAGED_OUT" else None  # else the schedule's default
-            assert ran_sm90_kernel(kernels, fp8, "dims" if fp8 else "keys", staged_out=staged_out,
-                                   copy16=on and switch == "LCATTN_ATTN_FP8_COPY16"), kernels
+            assert ran_sm90_kernel(kernels, fp8, "dims" if fp8 else "keys", staged_out=on), kernels
         if kernels and splits == "3":  # at most 4 splits combine in the last CTA of each query
             assert "attention_combine_kernel" not in kernels, kernels
         results.append(out)

@@ -51,9 +51,8 @@ struct SharedStorage {
   uint8_t staged[2][kKeys];        // kFp8Entries: 1 for a row copied as a kv_fp8 entry
   float2 unrotate[kMaxRopePairs];  // (cos, -sin) of the query position per RoPE pair
   uint64_t q_full, full[2], empty[2];
-  uint64_t pair_data;          // kClusterCombine: the other CTA's rows have arrived
-  int last_split;              // fused combine: this CTA is the last of its query's splits to finish
-  uint32_t fp8_pieces[2][64];  // kCopy16: Fp8Staging::piece by phase, packed (Fp8Copy16)
+  uint64_t pair_data;  // kClusterCombine: the other CTA's rows have arrived
+  int last_split;      // fused combine: this CTA is the last of its query's splits to finish
 };
 constexpr int kSmemBytes = sizeof(SharedStorage) + 1024;  // + room to align the base to 1024
 static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
@@ -71,9 +70,8 @@ struct Fp8Staging {
   KvFp8Layout l;
   __device__ int units(int w) const { return w == 0 ? 32 : (l.nope() - 256) / 8; }  // 8-channel units
   // Where w's staged e4m3 units, then its 8 scale bytes, start, so that they end its part that is not
-  // RoPE: 512 - 8 (32 + 1) for w = 0, 2 nope - 8 ((nope - 256) / 8 + 1) for w = 1; with shift 1
-  // (kCopy16), 8 bytes before that.
-  __device__ int begin(int w, int shift = 0) const { return (w == 0 ? 248 : l.nope() + 248) - 8 * shift; }
+  // RoPE: 512 - 8 (32 + 1) for w = 0, 2 nope - 8 ((nope - 256) / 8 + 1) for w = 1.
+  __device__ int begin(int w) const { return w == 0 ? 248 : l.nope() + 248; }
   // Linear destination of the entry's 8-byte piece t (pieces() - 1: the second copy of the scales).
   __device__ int pieces() const { return l.bytes() / 8 + 1; }
   __device__ int source(int t) const { return t < pieces() - 1 ? 8 * t : l.scale_offset(); }
@@ -84,41 +82,6 @@ struct Fp8Staging {
     if (o < l.nope()) return begin(1) + o - 256;
     if (o < l.scale_offset()) return l.nope() + o;  // RoPE: 2 nope + (o - nope)
     return begin(0) + 8 * units(0);                 // scales for warpgroup 0
-  }
-
-  // kCopy16: the same bytes to the same places (up to w's shift), in 16-byte pieces where they fit.
-  // The shift that puts the 16-byte aligned bytes of an entry 8 * phase (mod 16) bytes past a 16-byte
-  // boundary at 16-byte aligned places.
-  __device__ int shift(int w, int phase) const { return (begin(w) / 8 + phase) & 1; }
-  // Piece t of the copy of an entry at that phase: (source offset, linear destination, bytes), source
-  // -1 past the last. Part by part (w's e4m3 channels, the RoPE channels, a copy of the scales for each
-  // w): where a part's source and destination are 16-byte aligned at the same bytes, an 8-byte piece
-  // up to the first aligned byte, then 16-byte pieces, then an 8-byte piece for what is left; else
-  // 8-byte pieces.
-  __device__ int3 piece(int t, int phase) const {
-    const int b0 = begin(0, shift(0, phase)), b1 = begin(1, shift(1, phase));
-    // [source begin, source end, destination of the source begin)
-    const int parts[5][3] = {{0, 256, b0},
-                             {256, l.nope(), b1},
-                             {l.nope(), l.scale_offset(), 2 * l.nope()},
-                             {l.scale_offset(), l.bytes(), b0 + 8 * units(0)},
-                             {l.scale_offset(), l.bytes(), b1 + 8 * units(1)}};
-#pragma unroll
-    for (const auto& part : parts) {
-      const int a = part[0], n = part[1] - part[0], to = part[2] - part[0];  // destination = source + to
-      const bool aligned = ((to / 8 + phase) & 1) == 0;                      // source and destination alike, mod 16
-      const int lead = aligned && ((a / 8 + phase) & 1) ? 1 : 0;             // an 8-byte piece first
-      const int wide = aligned ? (n - 8 * lead) / 16 : 0;                    // then 16-byte pieces
-      const int pieces = lead + wide + (n - 8 * lead - 16 * wide) / 8;
-      if (t < pieces) {
-        const int o = t < lead          ? a
-                      : t < lead + wide ? a + 8 * lead + 16 * (t - lead)
-                                        : a + 8 * lead + 16 * wide + 8 * (t - lead - wide);
-        return make_int3(o, o + to, t >= lead && t < lead + wide ? 16 : 8);
-      }
-      t -= pieces;
-    }
-    return make_int3(-1, 0, 0);
   }
 };
 
@@ -161,86 +124,18 @@ __device__ __forceinline__ void load_tile_kv_fp8(uint8_t* tile, int warp, int la
   }
 }
 
-// kCopy16: the copy of kv_fp8 entries (Fp8Staging::piece) as a table in shared memory, [phase][piece],
-// made by the CTA's first 128 threads at set-up: source offset << 16 | linear destination, + 1 for a
-// 16-byte piece (destinations are multiples of 8); a negative source for none. A producer lane keeps
-// its pieces t = lane + 32 k for both phases in registers, and the mark that tells the math warpgroups
-// where an entry at each phase is staged: 1 + shift(0) + 2 shift(1).
-struct Fp8Copy16 {
-  // Head dim 512 with rope_dim a multiple of 8 up to 64 (sm90_takes) makes at most 48 pieces (rope_dim
-  // 64, an entry 8 bytes past a 16-byte boundary: its RoPE channels in 8-byte pieces).
-  static constexpr int kPiecesPerLane = 2;
-  static constexpr int kTable = 32 * kPiecesPerLane;
-  static __device__ void make_table(uint32_t (&table)[2][kTable], const Fp8Staging& st) {
-    if (threadIdx.x >= 2 * kTable) return;
-    const int phase = threadIdx.x / kTable, t = threadIdx.x % kTable;
-    const int3 piece = st.piece(t, phase);
-    table[phase][t] = uint32_t(piece.x) << 16 | uint32_t(piece.y + (piece.z == 16));
-  }
-  int src[2][kPiecesPerLane], dst[2][kPiecesPerLane], mark[2];
-  __device__ Fp8Copy16() {}  // unused (not kCopy16)
-  __device__ Fp8Copy16(const uint32_t (&table)[2][kTable], const Fp8Staging& st, int lane) {
-#pragma unroll
-    for (int phase = 0; phase < 2; ++phase) {
-#pragma unroll
-      for (int k = 0; k < kPiecesPerLane; ++k) {
-        const uint32_t piece = table[phase][lane + 32 * k];
-        src[phase][k] = int(piece) >> 16, dst[phase][k] = int(piece & 0xffffu);
-      }
-      mark[phase] = 1 + st.shift(0, phase) + 2 * st.shift(1, phase);
-    }
-  }
-};
-
-// Producer, kCopy16: as load_tile_kv_fp8, but in the pieces of Fp8Copy16 (16-byte ones by cp.async.cg,
-// not through L1), and staged[r] is the row's mark.
-__device__ __forceinline__ void load_tile_kv_fp8_copy16(uint8_t* tile, int warp, int lane, const void* mine, bool entry,
-                                                        const void* any, float* bias, uint8_t* staged,
-                                                        const Fp8Copy16& copy) {
-#pragma unroll 4
-  for (int j = 0; j < 16; ++j) {
-    const int r = warp * 16 + j;
-    const auto* row =
-        reinterpret_cast<const uint8_t*>(__shfl_sync(0xffffffff, reinterpret_cast<unsigned long long>(mine), j));
-    const bool is_entry = __shfl_sync(0xffffffff, entry, j);
-    const int phase = int(reinterpret_cast<uintptr_t>(row) / 8 % 2);
-    if (is_entry) {
-#pragma unroll
-      for (int k = 0; k < Fp8Copy16::kPiecesPerLane; ++k) {
-        const int s = phase ? copy.src[1][k] : copy.src[0][k], d = phase ? copy.dst[1][k] : copy.dst[0][k];
-        if (s < 0) continue;
-        if (d % 2)
-          cp_async_16(tile + linear_offset(r, d - 1), row + s, 16);
-        else
-          cp_async_8(tile + linear_offset(r, d), row + s);
-      }
-    } else {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) copy_row_unit(tile, r, half * 32 + lane, row, any);
-    }
-    if (lane == 0) {
-      bias[r] = row ? 0.f : -INFINITY;
-      staged[r] = is_entry ? uint8_t(phase ? copy.mark[1] : copy.mark[0]) : 0;
-    }
-  }
-}
-
 // Widens half w (dims 256 w .., linear bytes [512 w, 512 w + 512)) of row r of a key tile (shared
 // address `tile`) in place, if the row was staged. The row's four threads q = 0..3 (one warp) read all
 // of its staged bytes, then write; every lane of the warp calls it (a __syncwarp inside). Unit i = 4k + q
 // of the half (channels 256 w + 8 i ..) lands in chunk 4 w + k / 2 at unit 4 (k % 2) + q, and its scale
 // is the row's byte 4 w + k / 2, so both are fixed per k. Every half has at least 24 units (nope >= 448),
 // so only k = 6, 7 can be past the end.
-// kCopy16: the row's staging starts where its mark says.
-template <bool kCopy16>
 __device__ __forceinline__ void widen_row(uint32_t tile, uint32_t staged, int r, int w, int q, const Fp8Staging& st) {
   const int units = st.units(w);
-  const int mark = lds_u8(staged + r);  // 0: not staged; kCopy16: 1 + shift(0) + 2 shift(1)
-  const int begin = kCopy16 ? st.begin(w, ((mark - 1) >> w) & 1) : st.begin(w);
-  const uint32_t first = begin + 8 * q, scales_at = begin + 8 * units;
+  const uint32_t first = st.begin(w) + 8 * q, scales_at = st.begin(w) + 8 * units;
   const uint32_t out = 4 * w * kChunkBytes + ((uint32_t(q) ^ uint32_t(r % 8)) << 4);  // unit q of chunk 4 w
   const uint32_t row = tile + r * 128;
-  const bool mine = mark != 0;
+  const bool mine = lds_u8(staged + r) != 0;
   uint2 raw[8];
   uint32_t scale_bytes = 0;
   if (mine) {
@@ -384,8 +279,7 @@ __device__ __forceinline__ void cluster_combine(const AttentionParams& p, Shared
 // context take its slow path; by dims it is built before the set-up barrier. kStagedOut (by keys,
 // launch_for_schedule): with one split, O goes out through shared memory in 16-byte pieces
 // (write_rows_staged) instead of 4-byte stores.
-template <bool kFp8Entries, Schedule kSchedule, bool kStagedOut = false, bool kClusterCombine = false,
-          bool kCopy16 = false>
+template <bool kFp8Entries, Schedule kSchedule, bool kStagedOut = false, bool kClusterCombine = false>
 __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const AttentionParams p) {
   constexpr bool kLateTable = kSchedule == Schedule::kKeys;
   extern __shared__ uint8_t smem_raw[];
@@ -407,7 +301,6 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
     fence_barrier_init();
   }
   if constexpr (!kLateTable) fill_unrotate(sm.unrotate, p, work.pos);
-  if constexpr (kCopy16) Fp8Copy16::make_table(sm.fp8_pieces, Fp8Staging{KvFp8Layout{kDim, p.rope_dim}});
   if constexpr (kClusterCombine)
     cluster_sync();  // also orders both CTAs' barrier set-up before either arrives on the other's
   else
@@ -428,16 +321,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
       return row;
     };
     const void* next = keys.row(range.first * kKeys + my_row);
-    const Fp8Copy16 fp8_copy =
-        kCopy16 ? Fp8Copy16(sm.fp8_pieces, Fp8Staging{KvFp8Layout{kDim, p.rope_dim}}, lane) : Fp8Copy16{};
     for (int blk = range.first; blk < range.last; ++blk) {
       const int it = blk - range.first, buf = it & 1;
       const void* cur = next;
       if (it >= 2) mbar_wait(&sm.empty[buf], ((it >> 1) - 1) & 1);
-      if constexpr (kCopy16) {
-        load_tile_kv_fp8_copy16(sm.k[buf], warp, lane, cur, cur && blk * kKeys + my_row >= keys.n_window, q,
-                                sm.key_bias[buf], sm.staged[buf], fp8_copy);
-      } else if constexpr (kFp8Entries) {
+      if constexpr (kFp8Entries) {
         const bool entry = cur && blk * kKeys + my_row >= keys.n_window;
         load_tile_kv_fp8(sm.k[buf], warp, lane, cur, entry, q, sm.key_bias[buf], sm.staged[buf],
                          Fp8Staging{KvFp8Layout{kDim, p.rope_dim}});
@@ -477,7 +365,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_kernel(const Atten
 #pragma unroll 1
     for (int pass = 0; pass < 2; ++pass) {
       const int r = (kOwnRows ? 32 * wg : 32 * pass) + tid / 4, half = kOwnRows ? pass : wg;
-      widen_row<kCopy16>(tile, staged, r, half, tid % 4, staging);
+      widen_row(tile, staged, r, half, tid % 4, staging);
     }
     fence_proxy_async();  // this thread's stores, before the warpgroup's wgmma reads them
     named_barrier_sync(kBarWidened + wg, 128);
@@ -683,10 +571,10 @@ cudaLaunchConfig_t pair_launch(unsigned ctas, cudaStream_t stream, cudaLaunchAtt
   return config;
 }
 
-template <bool kFp8Entries, Schedule kSchedule, bool kStagedOut, bool kClusterCombine = false, bool kCopy16 = false>
+template <bool kFp8Entries, Schedule kSchedule, bool kStagedOut, bool kClusterCombine = false>
 cudaError_t launch_attention_sm90(const AttentionParams& p, cudaStream_t stream) {
   static PerDevice<cudaError_t> allowed;
-  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule, kStagedOut, kClusterCombine, kCopy16>;
+  const auto kernel = attention_sm90_kernel<kFp8Entries, kSchedule, kStagedOut, kClusterCombine>;
   if constexpr (!kClusterCombine) {
     return launch_per_item(kernel, allowed, kThreads, kSmemBytes, p, stream);
   } else {
@@ -724,20 +612,19 @@ bool stages_output(const AttentionParams& p, bool by_default) {
 // The math warpgroups' schedule: by keys for bf16 entries, by dims for kv_fp8 entries, where keys
 // measured 2-4% slower (H100); LCATTN_ATTN_SCHEDULE=keys or dims picks one (read per call). The output
 // through shared memory by default by keys (1.00-1.11x on the bf16 sparse rows, H100), not by dims
-// (kv_fp8 rows 0.98-1.02x, with more spills in their producer). kCopy16: kv_fp8 entries copied in
-// 16-byte pieces where they fit (LCATTN_ATTN_FP8_COPY16=1; kernel notes, "Entries in the kv_fp8 form").
-template <bool kFp8Entries, bool kCopy16 = false>
+// (kv_fp8 rows 0.98-1.02x, with more spills in their producer).
+template <bool kFp8Entries>
 cudaError_t launch_for_schedule(const AttentionParams& p, cudaStream_t stream) {
   const bool by_keys =
       env_is("LCATTN_ATTN_SCHEDULE", "keys") || (!kFp8Entries && !env_is("LCATTN_ATTN_SCHEDULE", "dims"));
   if (p.cluster_combine)
-    return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, false, true, kCopy16>(p, stream)
-                   : launch_attention_sm90<kFp8Entries, Schedule::kDims, false, true, kCopy16>(p, stream);
+    return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, false, true>(p, stream)
+                   : launch_attention_sm90<kFp8Entries, Schedule::kDims, false, true>(p, stream);
   if (stages_output(p, by_keys))
-    return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, true, false, kCopy16>(p, stream)
-                   : launch_attention_sm90<kFp8Entries, Schedule::kDims, true, false, kCopy16>(p, stream);
-  return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, false, false, kCopy16>(p, stream)
-                 : launch_attention_sm90<kFp8Entries, Schedule::kDims, false, false, kCopy16>(p, stream);
+    return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, true>(p, stream)
+                   : launch_attention_sm90<kFp8Entries, Schedule::kDims, true>(p, stream);
+  return by_keys ? launch_attention_sm90<kFp8Entries, Schedule::kKeys, false>(p, stream)
+                 : launch_attention_sm90<kFp8Entries, Schedule::kDims, false>(p, stream);
 }
 
 // The key blocks of the query with the most keys: its window and its top-k or compressed entries.
@@ -827,9 +714,7 @@ cudaError_t attention_sm90(const AttentionParams& params, cudaStream_t stream) {
   if (pair_schedule_applies(p))
     err = attention_sm90_pair(p, pair_form(p), stream);
   else
-    err = !p.ckv_fp8                              ? launch_for_schedule<false>(p, stream)
-          : env_is("LCATTN_ATTN_FP8_COPY16", "1") ? launch_for_schedule<true, true>(p, stream)
-                                                  : launch_for_schedule<true>(p, stream);
+    err = p.ckv_fp8 ? launch_for_schedule<true>(p, stream) : launch_for_schedule<false>(p, stream);
   if (err != cudaSuccess) return err;
   if (p.splits > 1 && !p.fused_combine && !p.cluster_combine) {
     err = cudaGetLastError();
