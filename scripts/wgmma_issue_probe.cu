@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kThreads, 1) probe(float* out) {
   __shared__ alignas(1024) uint8_t keys[256 * 128];  // the kernel's 256 keys x 128 e4m3 dims
   __shared__ alignas(1024) uint8_t q[128 * 128];     // a pair's 128 head rows x 128 dims
   // Operands of magnitude 0.5-1 and either sign (no zeros, no NaN): a first run on zeroed operands
-  // timed the products at a quarter of what the e4m3 rate allows.
+  // timed the products in a quarter of the time the e4m3 rate needs.
   for (int i = threadIdx.x; i < int(sizeof(keys)); i += kThreads) keys[i] = nonzero_e4m3(i);
   for (int i = threadIdx.x; i < int(sizeof(q)); i += kThreads) q[i] = nonzero_e4m3(i + 7919);
   fence_proxy_async();  // the generic stores before the async proxy reads them
