@@ -20,6 +20,9 @@ class Decoder:
     Sequences may have different lengths; every step adds one token to each. The logits step()
     returns are overwritten by the next step (clone them to keep them)."""
 
+    # generate looks at whether every sequence has ended once per this many tokens (a host sync each).
+    ENDED_CHECK_TOKENS = 16
+
     def __init__(self, model, batch: int, max_context: int, graph: Optional[bool] = None, compile: bool = False):
         self.model, self.batch = model, batch
         self.forward = torch.compile(model, fullgraph=True) if compile else model  # the decode step's
@@ -90,9 +93,9 @@ class Decoder:
         """Prefills the prompts (as prefill does), then decodes up to max_new_tokens tokens per sequence:
         the most likely one (temperature 0) or one drawn from softmax(logits / temperature) with
         `generator`. Returns [batch, max_new_tokens] token ids; after a sequence's eos_token_id its row
-        holds -1. Decoding stops once every sequence has ended (looked at every 16 tokens, so that the
-        host does not wait for each step), except in an expert-parallel model, where every rank takes
-        the same max_new_tokens steps (each step is a collective)."""
+        holds -1. Decoding stops once every sequence has ended (looked at every ENDED_CHECK_TOKENS
+        tokens, so that the host does not wait for each step), except in an expert-parallel model,
+        where every rank takes the same max_new_tokens steps (each step is a collective)."""
         if max_new_tokens < 1 or temperature < 0:
             raise ValueError(f"[lcattn] generate: max_new_tokens must be >= 1 and temperature >= 0, got "
                              f"{max_new_tokens} and {temperature}")
@@ -108,7 +111,7 @@ class Decoder:
             out[:, i] = token.masked_fill(ended, -1)
             if eos_token_id is not None:
                 ended |= token == eos_token_id
-                if not self.collective and i % 16 == 15 and bool(ended.all()):  # a host sync
+                if not self.collective and (i + 1) % self.ENDED_CHECK_TOKENS == 0 and bool(ended.all()):
                     break
             if i + 1 < max_new_tokens:
                 logits = self.step(token)
