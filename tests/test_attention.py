@@ -406,6 +406,36 @@ def test_hopper_reads_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start,
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("B,S,H,K,N,q_start,kv_start,L", HOPPER_CASES[:4])
+@pytest.mark.parametrize("form", ["sparse", "dense128"])
+@pytest.mark.parametrize("rope_dim", [64, 32, 24, 8])
+@pytest.mark.parametrize("staged_out", ["0", "1"])
+def test_pair_widens_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, L, form, rope_dim, staged_out):
+    """LCATTN_ATTN_FP8_PAIR=1: version 6 on kv_fp8 entries, copied as they are and widened in shared
+    memory by a fourth warpgroup, gives bit for bit version 6's result on the dequantized entries
+    (prefill, split decode, absent keys, window rows beside entries), also where the second half's
+    e4m3 part is not whole chunks (RoPE widths 32, 24 and 8: 28, 29 and 31 units), with O out
+    through shared memory or not; the reference's within rounding; and it is the kernel that ran."""
+    for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_SPLITS", "LCATTN_ATTN_KEY_FENCE", "LCATTN_ATTN_PAIR_ROWS_TO_L2"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LCATTN_ATTN_PAIR", "1")
+    monkeypatch.setenv("LCATTN_ATTN_STAGED_OUT", staged_out)
+    monkeypatch.setenv("LCATTN_ATTN_FP8_PAIR", "1")
+    q, kv, kvs, qs, _, sink, f = make_attention(B, S, H, 512, rope_dim, L, N, q_start, kv_start, "cuda")
+    x = torch.randn(B, N, 512, device="cuda") * torch.rand(B, N, 1, device="cuda") * 8
+    ckv8 = ops.quantize_kv_fp8(x, rope_dim)
+    values = ops.dequantize_kv_fp8(ckv8, 512, rope_dim)
+    idx = random_indices(B, S, K, N, "cuda", invalid=0.2)
+    want, expected = hopper_call(form, q, kv, kvs, qs, values, idx, sink, f)
+    got, kernels = run_and_kernels(hopper_call(form, q, kv, kvs, qs, ckv8, idx, sink, f)[0])
+    if kernels:  # attention_sm90_pair_kernel<kPairFp8 | kPairStagedOut or kPairFp8>
+        assert f"attention_sm90_pair_kernel<{8 | int(staged_out)}>" in kernels, kernels
+    want = want()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    check(*got, *expected())
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_hopper_very_negative_logits_after_an_empty_block_cuda(monkeypatch, schedule):
     """No window row, a first block of absent keys, then keys whose logits are all far below -128 in

@@ -85,11 +85,6 @@ struct Fp8Staging {
   }
 };
 
-// Offset of linear byte `lin` (Fp8Staging) of row r in a swizzled [8 chunks][64 rows][128 B] tile.
-__device__ __forceinline__ int linear_offset(int r, int lin) {
-  return (lin / 128) * kChunkBytes + swizzled(r, (lin % 128) / 16) + lin % 16;
-}
-
 // Producer, kFp8Entries: as load_tile, but a row that is a kv_fp8 entry (entry: lane's row is one) is
 // copied as it is, in 8-byte cp.async pieces (entries are 8-byte aligned), to the places Fp8Staging
 // gives; staged[r] tells the math warpgroups which rows to widen.
@@ -637,9 +632,11 @@ int max_key_blocks(const AttentionParams& p) {
 // the decode's clusters. With its default form its CTA's fixed cost is about 0.7 us more and its block
 // about 0.4-0.5 us less: prefill 1.05-1.09x at 4 blocks; decode 1.03-1.05x at B = 1 (five splits),
 // 1.03-1.04x at B = 128 and 1.04x at B = 64 of 4 blocks (one split; kernel notes). LCATTN_ATTN_PAIR=1 or 0 takes it
-// or not; an explicit LCATTN_ATTN_SCHEDULE asks for version 7 or 4.
+// or not; an explicit LCATTN_ATTN_SCHEDULE asks for version 7 or 4. kv_fp8 entries take it (its kPairFp8
+// form) only with LCATTN_ATTN_FP8_PAIR=1, by the same rule.
 bool pair_schedule_applies(const AttentionParams& p) {
-  if (p.ckv_fp8 || p.cluster_combine || env_is("LCATTN_ATTN_PAIR", "0")) return false;
+  if ((p.ckv_fp8 && !env_is("LCATTN_ATTN_FP8_PAIR", "1")) || p.cluster_combine || env_is("LCATTN_ATTN_PAIR", "0"))
+    return false;
   if (env_is("LCATTN_ATTN_PAIR", "1")) return true;
   return !std::getenv("LCATTN_ATTN_SCHEDULE") && max_key_blocks(p) >= 4;
 }
@@ -648,7 +645,9 @@ bool pair_schedule_applies(const AttentionParams& p) {
 // LCATTN_ATTN_STAGED_OUT is 0 (or p.out is not 16-byte aligned); the key fence left out only with
 // LCATTN_ATTN_KEY_FENCE=0 (0.98-1.04x, within the spread; PTX asks for the fence); the next pair's rows
 // asked of L2 only with LCATTN_ATTN_PAIR_ROWS_TO_L2=1 (0.99-1.02x at decode, within the spread).
+// kv_fp8 entries: kPairFp8, with the key fence and no rows asked of L2 (its copier's own rows).
 int pair_form(const AttentionParams& p) {
+  if (p.ckv_fp8) return kPairFp8 | (stages_output(p, true) ? kPairStagedOut : 0);
   return (stages_output(p, true) ? kPairStagedOut : 0) | (env_is("LCATTN_ATTN_KEY_FENCE", "0") ? kPairNoKeyFence : 0) |
          (env_is("LCATTN_ATTN_PAIR_ROWS_TO_L2", "1") ? kPairRowsToL2 : 0);
 }

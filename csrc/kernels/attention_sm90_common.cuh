@@ -163,6 +163,12 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+// Offset of "linear" byte `lin` (chunk * 128 + byte in the chunk's row) of row r in a swizzled
+// [8 chunks][64 rows][128 B] tile.
+__device__ __forceinline__ int linear_offset(int r, int lin) {
+  return (lin / 128) * kChunkBytes + swizzled(r, (lin % 128) / 16) + lin % 16;
+}
+
 // Producer: 16-byte unit `unit` (of 64) of a 1 KB bf16 row `src` into row r of a swizzled
 // [8 chunks][64 rows][128 B] tile; src null: zeros (reading nothing, from the valid address `any`).
 template <typename T>

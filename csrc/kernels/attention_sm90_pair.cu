@@ -1,7 +1,7 @@
 // Version 6 of the Hopper attention kernel (SPEC 5; kernel notes): blocks of 64 keys taken in pairs,
 // the schedule of FlashMLA's sparse prefill. The default for bf16 entries at 4 key blocks or more
 // outside the decode's clusters (pair_schedule_applies in attention_sm90.cu; LCATTN_ATTN_PAIR=0 or 1
-// overrides); kv_fp8 entries run version 4.
+// overrides); kv_fp8 entries run version 4, or this kernel's kPairFp8 form with LCATTN_ATTN_FP8_PAIR=1.
 //
 // One CTA = one query token x 64 heads (x one split of its keys, written as a partial result that
 // attention_sm90 combines, as version 4's), three warpgroups. For the pair of blocks (2i, 2i + 1):
@@ -21,16 +21,24 @@
 //   order the halves are freed, (0, 0), (1, 1), (0, 1), (1, 0) as (buffer, half), from row addresses
 //   looked up a pair ahead (load_half).
 // Shared memory: Q 64 KB, 2 key buffers of 64 KB, 2 P tiles of 8 KB, all 128B-swizzled.
+// kPairFp8 (kv_fp8 entries): a fourth warpgroup, the widener, so that the math warpgroups read bf16
+// tiles exactly as for bf16 entries. The producer (the copier here) copies an entry's bytes of a half
+// as they are, in 8-byte cp.async pieces, to staging places inside that half (HalfStaging) and arrives
+// on the half's `staged` barrier; the widener waits for it, widens the half's entries to bf16 in place
+// (exact), fences and arrives on the half's `full` barrier, which the math warpgroups wait for. The
+// math warpgroups never touch fp8, and the producer never waits for its copies.
 #include "attention_sm90.h"
 #include "attention_sm90_common.cuh"
 #include "common/device.h"
+#include "common/fp8.cuh"
 
 #include <utility>
 
 namespace lcattn {
 namespace {
 
-constexpr int kThreads = 384;
+// Three warpgroups, four with kPairFp8 (the widener).
+constexpr int pair_threads(int form) { return form & kPairFp8 ? 512 : 384; }
 
 struct PairStorage {
   alignas(1024) uint8_t q[kChunks * kChunkBytes];     // Q [8 chunks][64 heads][128 B]
@@ -42,9 +50,19 @@ struct PairStorage {
   float2 unrotate[kMaxRopePairs];  // (cos, -sin) of the query position per RoPE pair
   uint64_t q_full, full[2][2], empty[2][2];  // [buffer][half]
   int last_split;                            // fused combine: the last split of its query
+  // kPairFp8 only, after the fields of the bf16 forms (whose places stay as they are):
+  uint64_t staged[2][2];        // [buffer][half]: the copier's pieces have landed
+  uint8_t entry_row[2][kKeys];  // 1 for a row copied as a kv_fp8 entry (the widener widens it)
 };
 constexpr int kSmemBytes = sizeof(PairStorage) + 1024;  // + room to align the base to 1024
 static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
+
+// Registers of a thread of each warpgroup; kPairFp8's four warpgroups share the SM's 64K as the three
+// of the bf16 forms do.
+constexpr int kMathRegs = 216, kProducerRegs = 72;
+constexpr int kFp8MathRegs = 208, kCopierRegs = 64, kWidenerRegs = 32;
+static_assert(2 * kMathRegs + kProducerRegs == 504 && 2 * kFp8MathRegs + kCopierRegs + kWidenerRegs == 512,
+              "the register file of one CTA an SM");
 
 // Named barriers (0 is __syncthreads) between the two math warpgroups (256 threads): one arrives,
 // the other waits.
@@ -71,6 +89,96 @@ __device__ __forceinline__ void load_half(uint8_t* tile, int t, int h, const bf1
   if (h == 0 && unit == 0)
 #pragma unroll
     for (int r = 0; r < 4; ++r) bias[row0 + r] = rows[r] ? 0.f : -INFINITY;
+}
+
+// kPairFp8: where half h (bf16 dims 256 h .., linear bytes [512 h, 512 h + 512) as in linear_offset) of
+// a kv_fp8 entry waits in its own half-row for the widener: its `units` e4m3 units of 8 channels (32,
+// or (nope - 256) / 8 for h = 1) at half-row bytes [8 units, 16 units), the upper half of what they
+// widen to; a copy of the entry's 8 scale bytes just before them; for h = 1 its RoPE channels (bf16)
+// straight at their place [16 units, 512). Widened unit i, at [16 i, 16 i + 16), overwrites staged
+// units 2 i - units and 2 i - units + 1 at most, never one past i.
+struct HalfStaging {
+  KvFp8Layout l;
+  int h, units, pieces;  // pieces of 8 bytes: the e4m3 units, the RoPE channels (h = 1), the scales
+  __device__ HalfStaging(const KvFp8Layout& layout, int half)
+      : l(layout),
+        h(half),
+        units(half == 0 ? 32 : (layout.nope() - 256) / 8),
+        pieces(units + (half == 0 ? 0 : layout.rope_dim / 4) + 1) {}
+  __device__ int scales_at() const { return 512 * h + 8 * units - 8; }         // linear
+  __device__ int unit_at(int i) const { return 512 * h + 8 * units + 8 * i; }  // linear, staged unit i
+  // Piece i: (its byte in the entry, its linear destination).
+  __device__ int2 piece(int i) const {
+    if (i < units) return make_int2(256 * h + 8 * i, unit_at(i));
+    if (i < pieces - 1) return make_int2(l.nope() + 8 * (i - units), 512 * h + 16 * units + 8 * (i - units));
+    return make_int2(l.scale_offset(), scales_at());
+  }
+};
+
+// kPairFp8, the copier: half st.h of a key buffer's 64 rows as load_half, but a row that is a kv_fp8
+// entry (entry[r]) goes in 8-byte pieces (entries are 8-byte aligned) to its staging places, the row's
+// 8 threads taking pieces t % 8, t % 8 + 8, ...; with h = 0 the threads of unit 0 also set their rows'
+// bias and mark the rows the widener widens.
+__device__ __forceinline__ void load_half_kv_fp8(uint8_t* tile, int t, const HalfStaging& st,
+                                                 const bf16* const (&rows)[4], const bool (&entry)[4], const bf16* any,
+                                                 float* bias, uint8_t* entry_row) {
+  const int unit = t % 8, row0 = 4 * (t / 8);
+#pragma unroll
+  for (int k = 0; k < 6; ++k) {  // at most 41 pieces (h = 1 with 64 RoPE channels)
+    const int i = unit + 8 * k;
+    if (i < st.pieces) {
+      const int2 at = st.piece(i);
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        if (entry[r])
+          cp_async_8(tile + linear_offset(row0 + r, at.y), reinterpret_cast<const uint8_t*>(rows[r]) + at.x);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    if (entry[r]) continue;
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(rows[r] ? rows[r] : any) + (4 * st.h * 8 + unit) * 16;
+    uint8_t* dst = tile + 4 * st.h * kChunkBytes + swizzled(row0 + r, unit);
+#pragma unroll
+    for (int c = 0; c < 4; ++c) cp_async_16(dst + c * kChunkBytes, src + c * 128, rows[r] ? 16 : 0);
+  }
+  if (st.h == 0 && unit == 0)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      bias[row0 + r] = rows[r] ? 0.f : -INFINITY;
+      entry_row[row0 + r] = entry[r];
+    }
+}
+
+// kPairFp8, the widener warpgroup: half h of a key buffer (shared address `tile`) widened to bf16 in
+// place for the rows marked in `entry_row`; `units` as HalfStaging's. Row 16 warp + lane / 2 is its two
+// lanes' (q = lane % 2), in groups of 8 units (a chunk, one scale tile): each lane reads its 4 staged
+// units, the warp syncs, each writes them widened (lane q = 1 in the order k ^ 1, so that the two lanes
+// of a row meet other banks). A group's stores overwrite only staged units of its own group or earlier
+// ones (HalfStaging), all read before its sync; the scales are read before the first.
+__device__ __forceinline__ void widen_half(uint32_t tile, uint32_t entry_row, int h, int units, int warp, int lane) {
+  const int r = 16 * warp + lane / 2, q = lane % 2;
+  const bool mine = lds_u8(entry_row + r) != 0;
+  // Byte `at` (0 .. 511) of this row's half, swizzled.
+  const uint32_t row = tile + 4 * h * kChunkBytes + r * 128;
+  auto place = [&](int at) { return row + (at >> 7) * kChunkBytes + ((((at >> 4) & 7) ^ (r & 7)) << 4) + (at & 15); };
+  uint32_t scales = 0;  // the scale bytes of tiles 4 h .. 4 h + 3
+  if (mine) {
+    const uint2 both = lds_v2(place(8 * units - 8));
+    scales = h == 0 ? both.x : both.y;
+  }
+  for (int g = 0; 8 * g < units; ++g) {
+    const int first = 8 * g + 4 * q;  // this lane's units first .. first + 3
+    uint2 raw[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (mine && first + (k ^ q) < units) raw[k] = lds_v2(place(8 * units + 8 * (first + (k ^ q))));
+    __syncwarp();
+    const float scale = kv_fp8_scale(uint8_t(scales >> (8 * g)));
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (mine && first + (k ^ q) < units) sts_v4(place(16 * (first + (k ^ q))), widen8_e4m3(raw[k], scale));
+  }
 }
 
 // kPairRowsToL2: the producer thread t asks L2 for line t % 8 of each of its 8 rows (1 KB each; the 8
@@ -146,33 +254,59 @@ __device__ __forceinline__ void store_p(uint8_t* tile, const float (&s)[32], int
   fence_proxy_async();
 }
 
-// O[:, dims of half h] += P V[:, dims of half h] for key buffer w, P from registers.
+// The dims 128 n .. 128 n + 127 of a math thread's O (its accumulators 64 n ..), for the m64n128 products.
+__device__ __forceinline__ float (&o_half(float (&o)[128], int n))[64] {
+  return *reinterpret_cast<float (*)[64]>(o + 64 * n);
+}
+
+// O[:, dims of half h] += P V[:, dims of half h] for key buffer w, P from registers. kNarrow (the 512
+// threads of kPairFp8): as two m64n128 products a k-step (the dims 0-127, then 128-255 of the half).
+template <bool kNarrow>
 __device__ __forceinline__ void issue_pv_own(float (&o)[128], const uint32_t (&pa)[4][4], const PairStorage& sm, int w,
                                              int h) {
   const uint64_t v_desc = smem_desc(sm.k[w] + 4 * h * kChunkBytes, kChunkBytes, 1024);
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk) wgmma_m64n256k16_rs_bmn(o, pa[kk], desc_advance(v_desc, kk * 2048), 1);
+  for (int kk = 0; kk < 4; ++kk) {
+    if constexpr (kNarrow) {
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+        wgmma_m64n128k16_rs_bmn(o_half(o, n), pa[kk], desc_advance(v_desc, kk * 2048 + n * 2 * kChunkBytes), 1);
+    } else {
+      wgmma_m64n256k16_rs_bmn(o, pa[kk], desc_advance(v_desc, kk * 2048), 1);
+    }
+  }
   wgmma_commit();
 }
 
-// O[:, dims of half h] += P V[:, dims of half h] for key buffer w, P from the other warpgroup's tile.
+// O[:, dims of half h] += P V[:, dims of half h] for key buffer w, P from the other warpgroup's tile;
+// kNarrow as in issue_pv_own.
+template <bool kNarrow>
 __device__ __forceinline__ void issue_pv_other(float (&o)[128], const PairStorage& sm, int w, int h) {
   const uint64_t p_desc = smem_desc(sm.p[w], 16, 1024);
   const uint64_t v_desc = smem_desc(sm.k[w] + 4 * h * kChunkBytes, kChunkBytes, 1024);
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk)
-    wgmma_m64n256k16_ss_bmn(o, desc_advance(p_desc, kk * 32), desc_advance(v_desc, kk * 2048), 1);
+  for (int kk = 0; kk < 4; ++kk) {
+    if constexpr (kNarrow) {
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+        wgmma_m64n128k16_ss_bmn(o_half(o, n), desc_advance(p_desc, kk * 32),
+                                desc_advance(v_desc, kk * 2048 + n * 2 * kChunkBytes), 1);
+    } else {
+      wgmma_m64n256k16_ss_bmn(o, desc_advance(p_desc, kk * 32), desc_advance(v_desc, kk * 2048), 1);
+    }
+  }
   wgmma_commit();
 }
 
 // kForm: the PairForm flags (attention_sm90.h); the dispatch's default (pair_form in attention_sm90.cu)
 // is the staged output, with the key fence.
 template <int kForm>
-__global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(pair_threads(kForm), 1) attention_sm90_pair_kernel(const AttentionParams p) {
   constexpr bool kStagedOut = kForm & kPairStagedOut;
   constexpr bool kKeyFence = !(kForm & kPairNoKeyFence);
+  constexpr bool kFp8 = kForm & kPairFp8;
   extern __shared__ uint8_t smem_raw[];
   // Aligned by pointer arithmetic on the shared array, so accesses stay LDS/STS (kernel notes).
   PairStorage& sm = *reinterpret_cast<PairStorage*>(smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023));
@@ -185,17 +319,24 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 128);
     for (int w = 0; w < 2; ++w) {
-      mbar_init(&sm.full[w][0], 128 + 16);  // 128 cp.async arrivals + the 16 bias writers' stores
-      mbar_init(&sm.full[w][1], 128);
-      mbar_init(&sm.empty[w][0], 128);  // one math warpgroup, after its product that reads it last
+      mbar_init(&sm.full[w][0], kFp8 ? 128 : 128 + 16);  // 128 cp.async arrivals + the 16 bias writers' stores
+      mbar_init(&sm.full[w][1], 128);                    // kFp8: the widener's 128 threads, after their fence
+      mbar_init(&sm.empty[w][0], 128);                   // one math warpgroup, after its product that reads it last
       mbar_init(&sm.empty[w][1], 128);
+      if constexpr (kFp8) {
+        mbar_init(&sm.staged[w][0], 128 + 16);  // as full without kFp8
+        mbar_init(&sm.staged[w][1], 128);
+      }
     }
     fence_barrier_init();
   }
   __syncthreads();
 
   if (wg == 2) {  // ---------------------------------------------------------------- producer
-    reg_dealloc<72>();
+    if constexpr (kFp8)
+      reg_dealloc<kCopierRegs>();
+    else
+      reg_dealloc<kProducerRegs>();
     const bf16* q = p.q + (work.row * p.H + work.group * kHeads) * kDim;
     load_tile(sm.q, warp, lane, q + (warp * 16 + lane % 16) * kDim, q, nullptr);  // q: any valid address
     mbar_arrive_cp_async(&sm.q_full);
@@ -220,13 +361,30 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     const bf16* rows[2][4];
     if (pairs > 0) look_up(0, rows);
     for (int it = 0; it < pairs; ++it) {
-#pragma unroll
+      // kFp8: not unrolled, else the pieces' places of all four steps are hoisted out of the pairs' loop
+      // and spill at the copier's registers.
+#pragma unroll(kFp8 ? 1 : 4)
       for (int step = 0; step < 4; ++step) {  // in the order the halves are freed: (0, 0), (1, 1), (0, 1), (1, 0)
         const int w = step % 2, h = (step + step / 2) % 2;
         if (it > 0) mbar_wait(&sm.empty[w][h], (it - 1) & 1);
-        load_half(sm.k[w], t, h, rows[w], q, sm.key_bias[w]);
-        mbar_arrive_cp_async(&sm.full[w][h]);
-        if (h == 0 && t % 8 == 0) mbar_arrive(&sm.full[w][0]);
+        if constexpr (kFp8) {
+          const int u0 = (range.first + 2 * it + w) * kKeys + 4 * (t / 8);  // the key of this thread's first row
+          const bf16* mine[4];  // rows[w], chosen by value (w is not known at compile time here)
+          bool entry[4];
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            mine[r] = w == 0 ? rows[0][r] : rows[1][r];
+            entry[r] = mine[r] && u0 + r >= keys.n_window;
+          }
+          load_half_kv_fp8(sm.k[w], t, HalfStaging(KvFp8Layout{kDim, p.rope_dim}, h), mine, entry, q, sm.key_bias[w],
+                           sm.entry_row[w]);
+          mbar_arrive_cp_async(&sm.staged[w][h]);
+          if (h == 0 && t % 8 == 0) mbar_arrive(&sm.staged[w][0]);
+        } else {
+          load_half(sm.k[w], t, h, rows[w], q, sm.key_bias[w]);
+          mbar_arrive_cp_async(&sm.full[w][h]);
+          if (h == 0 && t % 8 == 0) mbar_arrive(&sm.full[w][0]);
+        }
       }
       if (it + 1 < pairs) {
         look_up(it + 1, rows);  // the copies above already hold their addresses
@@ -236,8 +394,29 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     return;
   }
 
+  if constexpr (kFp8) {
+    if (wg == 3) {  // -------------------------------------------------------------- widener
+      reg_dealloc<kWidenerRegs>();
+      for (int it = 0; it < pairs; ++it) {
+#pragma unroll 1
+        for (int step = 0; step < 4; ++step) {  // the halves in the copier's order (not unrolled: as there)
+          const int w = step % 2, h = (step + step / 2) % 2;
+          mbar_wait(&sm.staged[w][h], it & 1);
+          widen_half(smem_addr(sm.k[w]), smem_addr(sm.entry_row[w]), h,
+                     HalfStaging(KvFp8Layout{kDim, p.rope_dim}, h).units, warp, lane);
+          fence_proxy_async();  // the widened units (ordinary stores) before the math's wgmma reads them
+          mbar_arrive(&sm.full[w][h]);
+        }
+      }
+      return;
+    }
+  }
+
   // ------------------------------------------------------------------------------------ math
-  reg_alloc<216>();
+  if constexpr (kFp8)
+    reg_alloc<kFp8MathRegs>();
+  else
+    reg_alloc<kMathRegs>();
   // The RoPE table, by threads 0 .. rope_dim / 2 - 1 (math warp 0) while Q loads; the row sums' barrier
   // after the pairs, which every CTA meets, orders it before the epilogue's and the fused combine's reads.
   fill_unrotate(sm.unrotate, p, work.pos);
@@ -271,7 +450,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       // O += P0 V0 (first half of the dims); buffer 0's first half free once it is done, so that its
       // refill for the next pair starts while WG1 runs its softmax.
       pack_p(sacc, pa);
-      issue_pv_own(o, pa, sm, 0, 0);
+      issue_pv_own<kFp8>(o, pa, sm, 0, 0);
       wgmma_wait<0>();
       fence_registers(o);
       mbar_arrive(&sm.empty[0][0]);
@@ -291,7 +470,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       // O += P1 V1 (first half of the dims) with WG1's P1; the next pair's logits meanwhile: buffer 1's
       // first half is free as soon as the product is done, before buffer 0's second half has landed.
       named_barrier_sync(kBarP1, 256);
-      issue_pv_other(o, sm, 1, 0);
+      issue_pv_other<kFp8>(o, sm, 1, 0);
       if (it + 1 < pairs) {
         issue_logits_half<kKeyFence>(sacc, sm, 0, 0, (it + 1) & 1, true);
         wgmma_wait<1>();
@@ -329,11 +508,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
       // O += P1 V1 and O += P0 V0 (second half of the dims, P0 rescaled by WG0), issued back to back;
       // P1 to WG0; each of buffer 1's and buffer 0's second halves free once its product is done.
       pack_p(sacc, pa);
-      issue_pv_own(o, pa, sm, 1, 1);
+      issue_pv_own<kFp8>(o, pa, sm, 1, 1);
       store_p(sm.p[1], sacc, warp, lane);
       named_barrier_arrive(kBarP1, 256);
       named_barrier_sync(kBarP0, 256);
-      issue_pv_other(o, sm, 0, 1);
+      issue_pv_other<kFp8>(o, sm, 0, 1);
       wgmma_wait<1>();
       mbar_arrive(&sm.empty[1][1]);
       wgmma_wait<0>();
@@ -365,18 +544,25 @@ __global__ void __launch_bounds__(kThreads, 1) attention_sm90_pair_kernel(const 
     combine_if_last(p, sm.last_split, sm.unrotate, work.cta, head0, kBarSums, kBarCombine);
 }
 
+// Launches the kernel of form kForms[index].
 template <int... kForms>
-cudaError_t launch_pair(int form, const AttentionParams& p, cudaStream_t stream,
+cudaError_t launch_pair(int index, const AttentionParams& p, cudaStream_t stream,
                         std::integer_sequence<int, kForms...>) {
-  static PerDevice<cudaError_t> allowed[kPairForms];
+  static PerDevice<cudaError_t> allowed[sizeof...(kForms)];
   using Kernel = void (*)(AttentionParams);
   static constexpr Kernel kernels[] = {attention_sm90_pair_kernel<kForms>...};
-  return launch_per_item(kernels[form], allowed[form], kThreads, kSmemBytes, p, stream);
+  static constexpr int threads[] = {pair_threads(kForms)...};
+  return launch_per_item(kernels[index], allowed[index], threads[index], kSmemBytes, p, stream);
 }
 
 }  // namespace
 
 cudaError_t attention_sm90_pair(const AttentionParams& p, int form, cudaStream_t stream) {
+  if (form & kPairFp8) {  // two forms only: with the output through shared memory or not
+    if (form & ~(kPairFp8 | kPairStagedOut)) return cudaErrorInvalidValue;
+    return launch_pair(form & kPairStagedOut, p, stream,
+                       std::integer_sequence<int, kPairFp8, kPairFp8 | kPairStagedOut>());
+  }
   if (form < 0 || form >= kPairForms) return cudaErrorInvalidValue;
   return launch_pair(form, p, stream, std::make_integer_sequence<int, kPairForms>());
 }

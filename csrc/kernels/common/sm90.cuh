@@ -274,6 +274,32 @@ __device__ __forceinline__ void wgmma_m64n256k16_ss_bmn(float (&d)[128], uint64_
   LCATTN_WGMMA_M64N256_BMN("%128", "%130", "%129, p, 1, 1, 0, 1", "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 #undef LCATTN_WGMMA_M64N256_BMN
+
+// A D[64x128] bf16 wgmma with B MN-major in shared memory, as LCATTN_WGMMA_M64N256_BMN with the A
+// operand from %64 on: half the accumulators of the m64n256 form, for kernels whose launch leaves
+// fewer than the 154 registers that form's operands take (ptxas sizes one instruction by the launch's
+// register count, not by setmaxnreg).
+#define LCATTN_WGMMA_M64N128_BMN(a_operand, flag, tail, ...)                                   \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " flag                                        \
+               ", 0;\n"                                                                        \
+               "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" LCATTN_ACC_NAMES_0_31 \
+               ", " LCATTN_ACC_NAMES_32_63 "}, " a_operand ", " tail ";\n}\n"                  \
+               : LCATTN_ACC_0_31(d), LCATTN_ACC_32_63(d)                                       \
+               : __VA_ARGS__)
+
+// D[64x128] (+)= A[64x16] (registers) B[16x128], B MN-major in shared memory.
+__device__ __forceinline__ void wgmma_m64n128k16_rs_bmn(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b,
+                                                        int accumulate) {
+  LCATTN_WGMMA_M64N128_BMN("{%64, %65, %66, %67}", "%69", "%68, p, 1, 1, 1", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]),
+                           "l"(desc_b), "r"(accumulate));
+}
+
+// D[64x128] (+)= A[64x16] B[16x128], A K-major and B MN-major in shared memory.
+__device__ __forceinline__ void wgmma_m64n128k16_ss_bmn(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
+                                                        int accumulate) {
+  LCATTN_WGMMA_M64N128_BMN("%64", "%66", "%65, p, 1, 1, 0, 1", "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+#undef LCATTN_WGMMA_M64N128_BMN
 #undef LCATTN_ACC_NAMES_0_31
 #undef LCATTN_ACC_NAMES_32_63
 #undef LCATTN_ACC_NAMES_64_127
