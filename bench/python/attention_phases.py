@@ -10,6 +10,8 @@ On a GPU machine, from the repository root:
     python bench/python/attention_phases.py --pair     (version 6, attention_sm90_pair.cu: stamps per pair)
     python bench/python/attention_phases.py --pair --setting "LCATTN_ATTN_STAGED_OUT=1"   (one build, timed
         as the environment is, then with each --setting's switches set)
+    python bench/python/attention_phases.py --pair --kv-fp8   (entries in the kv_fp8 form: version 6's
+        kPairFp8 form, LCATTN_ATTN_FP8_PAIR=1; version 4, their default, has no per-block stamps)
 
 Needs nvcc. The stamps go in by matching lines of the kernel's source: an edit there that moves one
 of them is an error here, to be mended in PROBES. Stamps (slot: thread, where): 0: 0, entry;
@@ -95,6 +97,8 @@ PAIR_PROBES = [
      "    PROBE(8, 256);\n"),
     ("        mbar_arrive_cp_async(&sm.full[w][h]);\n",
      "        mbar_arrive_cp_async(&sm.full[w][h]);\n        if (it == 0 && step == 0) PROBE(9, 256);\n"),
+    ("          mbar_arrive_cp_async(&sm.staged[w][h]);\n",  # kPairFp8: the copier's arrival
+     "          mbar_arrive_cp_async(&sm.staged[w][h]);\n          if (it == 0 && step == 0) PROBE(9, 256);\n"),
     ("  mbar_wait(&sm.q_full, 0);\n  if (wg == 0) {\n",
      "  mbar_wait(&sm.q_full, 0);\n  PROBE(2, 0);\n  if (wg == 0) {\n"),
     ("      issue_logits_half<kKeyFence>(sacc, sm, 0, 1, 0, false);\n      wgmma_wait<0>();\n"
@@ -126,11 +130,30 @@ DRIVER = r"""
 #include <vector>
 using namespace lcattn;
 
+__device__ uint32_t mix(int64_t i, uint32_t seed) {
+  uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+  h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
+  return h;
+}
+
 __global__ void fill_random(bf16* x, int64_t n, uint32_t seed) {  // uniform in [-1, 1)
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
-    x[i] = float_to_bf16(float(h >> 8) / 8388608.f - 1.f);  // bf16 is the bits (uint16_t)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = float_to_bf16(float(mix(i, seed) >> 8) / 8388608.f - 1.f);  // bf16 is the bits (uint16_t)
+}
+
+// n kv_fp8 entries (KvFp8Layout l): e4m3 bytes without NaN (bit 3 clear: exponent below 15), RoPE
+// values uniform in [-1, 1), every scale 2^-4.
+__global__ void fill_kv_fp8(uint8_t* x, int64_t n, KvFp8Layout l, uint32_t seed) {
+  const int bytes = l.bytes();
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n * bytes;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int b = int(i % bytes);
+    if (b < l.nope())
+      x[i] = uint8_t(mix(i, seed) & 0xf7u);
+    else if (b < l.scale_offset() && b % 2 == 0)
+      *reinterpret_cast<bf16*>(x + i) = float_to_bf16(float(mix(i, seed) >> 8) / 8388608.f - 1.f);
+    else if (b >= l.scale_offset())
+      x[i] = 127 - 4;
   }
 }
 
@@ -146,22 +169,32 @@ T* device_copy(const std::vector<T>& h) {
 // ending at position 131,071 (prefill: B = 1; decode: S = 1), a window of 128 raw rows, K entries a
 // token drawn without repeats from its sequence's pool of 32,768, random sinks, RoPE base 160,000.
 int main(int argc, char** argv) {
-  // The stamped kernel: version 6 (attention_sm90_pair.cu) with kPair, else attention_sm90.cu's by keys.
+  // The stamped kernel: version 6 (attention_sm90_pair.cu) with kPair (its kPairFp8 form with kKvFp8),
+  // else attention_sm90.cu's by keys.
   setenv("LCATTN_ATTN_PAIR", kPair ? "1" : "0", 1);
+  setenv("LCATTN_ATTN_FP8_PAIR", kPair && kKvFp8 ? "1" : "0", 1);
   unsetenv("LCATTN_ATTN_SCHEDULE");
   const int B = atoi(argv[1]), S = atoi(argv[2]), cold = atoi(argv[3]), reps = 20, H = 64, D = 512, N = 32768;
   const int rope = 64, window = 128;
   const int L = S + window - 1, q_start = 131072 - S, kv_start = q_start - (window - 1);
-  bf16 *q, *kv, *ckv, *out;
+  bf16 *q, *kv, *ckv = nullptr, *out;
+  uint8_t* ckv8 = nullptr;
   float* lse;
   cudaMalloc(&q, size_t(B) * S * H * D * 2);
   cudaMalloc(&kv, size_t(B) * L * D * 2);
-  cudaMalloc(&ckv, size_t(B) * N * D * 2);
+  const KvFp8Layout layout{D, rope};
+  if (kKvFp8)
+    cudaMalloc(&ckv8, size_t(B) * N * layout.bytes());
+  else
+    cudaMalloc(&ckv, size_t(B) * N * D * 2);
   cudaMalloc(&out, size_t(B) * S * H * D * 2);
   cudaMalloc(&lse, size_t(B) * S * H * 4);
   fill_random<<<1024, 256>>>(q, int64_t(B) * S * H * D, 1u);
   fill_random<<<1024, 256>>>(kv, int64_t(B) * L * D, 2u);
-  fill_random<<<1024, 256>>>(ckv, int64_t(B) * N * D, 3u);
+  if (kKvFp8)
+    fill_kv_fp8<<<1024, 256>>>(ckv8, int64_t(B) * N, layout, 3u);
+  else
+    fill_random<<<1024, 256>>>(ckv, int64_t(B) * N * D, 3u);
   std::mt19937 gen(7);
   std::normal_distribution<float> normal;
   std::vector<float> inv_freq(rope / 2), sink(H);
@@ -189,7 +222,8 @@ int main(int argc, char** argv) {
       }
     int* d_idx = device_copy(idx);
     AttentionParams p{};
-    p.q = q, p.kv = kv, p.kv_start = d_kv_start, p.q_start = d_q_start, p.ckv = ckv, p.indices = d_idx;
+    p.q = q, p.kv = kv, p.kv_start = d_kv_start, p.q_start = d_q_start, p.ckv = ckv, p.ckv_fp8 = ckv8;
+    p.indices = d_idx;
     p.sink = d_sink, p.inv_freq = d_inv_freq, p.out = out, p.lse = lse;
     p.B = B, p.S = S, p.H = H, p.D = D, p.L = L, p.N = N, p.K = K, p.window = window, p.ratio = 4, p.rope_dim = rope;
     p.splits = 1, p.scale = 1.f / std::sqrt(float(D));
@@ -303,12 +337,16 @@ def main() -> None:
                         "change; the driver's graph replays reuse them)")
     parser.add_argument("--topk", default="512,128", help="comma list of top-k values (entries a query)")
     parser.add_argument("--pair", action="store_true", help="version 6 (attention_sm90_pair.cu), stamps per pair")
+    parser.add_argument("--kv-fp8", action="store_true", help="entries in the kv_fp8 form (with --pair: kPairFp8)")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE ...",
                         help="also time the build with these switches set (repeatable; one build for all)")
     args = parser.parse_args()
+    if args.kv_fp8 and not args.pair:
+        parser.error("--kv-fp8 stamps version 6's kPairFp8 form: give --pair too")
     settings = [{}] + [parse_setting(text) for text in args.setting]
     topks = [int(k) for k in args.topk.split(",")]
-    head = HEAD + f"constexpr bool kPair = {str(args.pair).lower()};\nconstexpr int kBlocksAStep = {1 + args.pair};\n"
+    head = HEAD + (f"constexpr bool kPair = {str(args.pair).lower()};\nconstexpr int kBlocksAStep = {1 + args.pair};\n"
+                   f"constexpr bool kKvFp8 = {str(args.kv_fp8).lower()};\n")
     kernel, other = ("attention_sm90_pair.cu", "attention_sm90.cu") if args.pair else \
         ("attention_sm90.cu", "attention_sm90_pair.cu")
     source = instrumented_source(kernel, PAIR_PROBES if args.pair else PROBES, head, DRIVER)
