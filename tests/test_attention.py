@@ -429,10 +429,11 @@ def test_pair_widens_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, 
     want, expected = hopper_call(form, q, kv, kvs, qs, values, idx, sink, f)
     got, kernels = run_and_kernels(hopper_call(form, q, kv, kvs, qs, ckv8, idx, sink, f)[0])
     if kernels:  # attention_sm90_pair_kernel<kPairFp8 | kPairStagedOut or kPairFp8>
-        assert f"attention_sm90_pair_kernel<{8 | int(staged_out)}>" in kernels, kernels
-    want = want()
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert f"attention_sm90_pair_kernel<{16 | int(staged_out)}>" in kernels, kernels
     check(*got, *expected())
+    want = want()
+    # Its P.V products are m64n128, bf16's m64n256: the same k-steps for every output element.
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), "not bit for bit version 6 on bf16"
 
 
 @pytest.mark.cuda

@@ -16,7 +16,7 @@ enum PairForm : int {
   kPairNoKeyFence = 2,  // no proxy fence between a key half's arrival and the logits' wgmma
   kPairRowsToL2 = 4,    // the next pair's rows asked of L2 when looked up, a pair before their copies
   kPairForms = 8,       // the bf16 forms: any of the flags above
-  kPairFp8 = 8,         // kv_fp8 entries, widened by a fourth warpgroup: alone or with kPairStagedOut only
+  kPairFp8 = 16,        // kv_fp8 entries, widened by a fourth warpgroup: alone or with kPairStagedOut only
 };
 cudaError_t attention_sm90_pair(const AttentionParams& p, int form, cudaStream_t stream);
 

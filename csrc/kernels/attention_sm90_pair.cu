@@ -52,7 +52,7 @@ struct PairStorage {
   int last_split;                            // fused combine: the last split of its query
   // kPairFp8 only, after the fields of the bf16 forms (whose places stay as they are):
   uint64_t staged[2][2];        // [buffer][half]: the copier's pieces have landed
-  uint8_t entry_row[2][kKeys];  // 1 for a row copied as a kv_fp8 entry (the widener widens it)
+  uint8_t entry_row[2][kKeys];  // 1 for a row copied as a kv_fp8 entry (the widener widens it): marks_with_half
 };
 constexpr int kSmemBytes = sizeof(PairStorage) + 1024;  // + room to align the base to 1024
 static_assert(kSmemBytes <= 232448, "more shared memory than an H100 block may have");
@@ -63,6 +63,11 @@ constexpr int kMathRegs = 216, kProducerRegs = 72;
 constexpr int kFp8MathRegs = 208, kCopierRegs = 64, kWidenerRegs = 32;
 static_assert(2 * kMathRegs + kProducerRegs == 504 && 2 * kFp8MathRegs + kCopierRegs + kWidenerRegs == 512,
               "the register file of one CTA an SM");
+// What a form's warpgroups hold after their setmaxnreg, 128 threads each: the launch must give at least
+// that (ptxas gives 168 a thread to 384 threads, 128 to 512), else the math's setmaxnreg.inc never returns.
+constexpr int pair_registers(int form) {
+  return 128 * (form & kPairFp8 ? 2 * kFp8MathRegs + kCopierRegs + kWidenerRegs : 2 * kMathRegs + kProducerRegs);
+}
 
 // Named barriers (0 is __syncthreads) between the two math warpgroups (256 threads): one arrives,
 // the other waits.
@@ -115,11 +120,13 @@ struct HalfStaging {
   }
 };
 
-// kPairFp8, the copier: half st.h of a key buffer's 64 rows as load_half, but a row that is a kv_fp8
+// kPairFp8, the copier: half st.h of key buffer w's 64 rows as load_half, but a row that is a kv_fp8
 // entry (entry[r]) goes in 8-byte pieces (entries are 8-byte aligned) to its staging places, the row's
-// 8 threads taking pieces t % 8, t % 8 + 8, ...; with h = 0 the threads of unit 0 also set their rows'
-// bias and mark the rows the widener widens.
-__device__ __forceinline__ void load_half_kv_fp8(uint8_t* tile, int t, const HalfStaging& st,
+// 8 threads taking pieces t % 8, t % 8 + 8, ...; the threads of unit 0 also set their rows' bias with
+// h = 0 and mark the rows the widener widens with the buffer's first half in the copier's order
+// (h = w), before the widener reads the marks for either half (marks_with_half).
+__device__ __forceinline__ bool marks_with_half(int w, int h) { return h == w; }
+__device__ __forceinline__ void load_half_kv_fp8(uint8_t* tile, int t, int w, const HalfStaging& st,
                                                  const bf16* const (&rows)[4], const bool (&entry)[4], const bf16* any,
                                                  float* bias, uint8_t* entry_row) {
   const int unit = t % 8, row0 = 4 * (t / 8);
@@ -142,11 +149,11 @@ __device__ __forceinline__ void load_half_kv_fp8(uint8_t* tile, int t, const Hal
 #pragma unroll
     for (int c = 0; c < 4; ++c) cp_async_16(dst + c * kChunkBytes, src + c * 128, rows[r] ? 16 : 0);
   }
-  if (st.h == 0 && unit == 0)
+  if (unit == 0)
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
-      bias[row0 + r] = rows[r] ? 0.f : -INFINITY;
-      entry_row[row0 + r] = entry[r];
+      if (st.h == 0) bias[row0 + r] = rows[r] ? 0.f : -INFINITY;
+      if (marks_with_half(w, st.h)) entry_row[row0 + r] = entry[r];
     }
 }
 
@@ -323,10 +330,8 @@ __global__ void __launch_bounds__(pair_threads(kForm), 1) attention_sm90_pair_ke
       mbar_init(&sm.full[w][1], 128);                    // kFp8: the widener's 128 threads, after their fence
       mbar_init(&sm.empty[w][0], 128);                   // one math warpgroup, after its product that reads it last
       mbar_init(&sm.empty[w][1], 128);
-      if constexpr (kFp8) {
-        mbar_init(&sm.staged[w][0], 128 + 16);  // as full without kFp8
-        mbar_init(&sm.staged[w][1], 128);
-      }
+      if constexpr (kFp8)  // + the 16 bias writers' or row markers' stores, in the halves that have them
+        for (int h = 0; h < 2; ++h) mbar_init(&sm.staged[w][h], h == 0 || marks_with_half(w, h) ? 128 + 16 : 128);
     }
     fence_barrier_init();
   }
@@ -376,10 +381,10 @@ __global__ void __launch_bounds__(pair_threads(kForm), 1) attention_sm90_pair_ke
             mine[r] = w == 0 ? rows[0][r] : rows[1][r];
             entry[r] = mine[r] && u0 + r >= keys.n_window;
           }
-          load_half_kv_fp8(sm.k[w], t, HalfStaging(KvFp8Layout{kDim, p.rope_dim}, h), mine, entry, q, sm.key_bias[w],
+          load_half_kv_fp8(sm.k[w], t, w, HalfStaging(KvFp8Layout{kDim, p.rope_dim}, h), mine, entry, q, sm.key_bias[w],
                            sm.entry_row[w]);
           mbar_arrive_cp_async(&sm.staged[w][h]);
-          if (h == 0 && t % 8 == 0) mbar_arrive(&sm.staged[w][0]);
+          if ((h == 0 || marks_with_half(w, h)) && t % 8 == 0) mbar_arrive(&sm.staged[w][h]);
         } else {
           load_half(sm.k[w], t, h, rows[w], q, sm.key_bias[w]);
           mbar_arrive_cp_async(&sm.full[w][h]);
@@ -544,14 +549,24 @@ __global__ void __launch_bounds__(pair_threads(kForm), 1) attention_sm90_pair_ke
     combine_if_last(p, sm.last_split, sm.unrotate, work.cta, head0, kBarSums, kBarCombine);
 }
 
-// Launches the kernel of form kForms[index].
+// Launches the kernel of form kForms[index], once its compiled registers are checked (pair_registers).
 template <int... kForms>
 cudaError_t launch_pair(int index, const AttentionParams& p, cudaStream_t stream,
                         std::integer_sequence<int, kForms...>) {
-  static PerDevice<cudaError_t> allowed[sizeof...(kForms)];
+  static PerDevice<cudaError_t> allowed[sizeof...(kForms)], registers_checked[sizeof...(kForms)];
   using Kernel = void (*)(AttentionParams);
   static constexpr Kernel kernels[] = {attention_sm90_pair_kernel<kForms>...};
-  static constexpr int threads[] = {pair_threads(kForms)...};
+  static constexpr int threads[] = {pair_threads(kForms)...}, registers[] = {pair_registers(kForms)...};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  err = registers_checked[index].get(device, [&](int) {
+    cudaFuncAttributes attributes;
+    const cudaError_t e = cudaFuncGetAttributes(&attributes, kernels[index]);
+    if (e != cudaSuccess) return e;
+    return attributes.numRegs * threads[index] >= registers[index] ? cudaSuccess : cudaErrorInvalidConfiguration;
+  });
+  if (err != cudaSuccess) return err;
   return launch_per_item(kernels[index], allowed[index], threads[index], kSmemBytes, p, stream);
 }
 
