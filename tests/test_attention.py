@@ -416,7 +416,8 @@ def test_pair_widens_kv_fp8_cuda(monkeypatch, B, S, H, K, N, q_start, kv_start, 
     (prefill, split decode, absent keys, window rows beside entries), also where the second half's
     e4m3 part is not whole chunks (RoPE widths 32, 24 and 8: 28, 29 and 31 units), with O out
     through shared memory or not; the reference's within rounding; and it is the kernel that ran."""
-    for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_SPLITS", "LCATTN_ATTN_KEY_FENCE", "LCATTN_ATTN_PAIR_ROWS_TO_L2"):
+    for name in ("LCATTN_ATTN_SCHEDULE", "LCATTN_ATTN_SPLITS", "LCATTN_ATTN_KEY_FENCE", "LCATTN_ATTN_PAIR_ROWS_TO_L2",
+                 "LCATTN_ATTN_FUSED_COMBINE", "LCATTN_ATTN_CLUSTER_SPLITS", "LCATTN_ATTN_RESCALE_SLACK"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LCATTN_ATTN_PAIR", "1")
     monkeypatch.setenv("LCATTN_ATTN_STAGED_OUT", staged_out)

@@ -68,6 +68,10 @@ static_assert(2 * kMathRegs + kProducerRegs == 504 && 2 * kFp8MathRegs + kCopier
 constexpr int pair_registers(int form) {
   return 128 * (form & kPairFp8 ? 2 * kFp8MathRegs + kCopierRegs + kWidenerRegs : 2 * kMathRegs + kProducerRegs);
 }
+// The most a launch of one CTA an SM can give: 64K / threads, in steps of 8 a thread.
+constexpr int launch_registers(int form) { return 65536 / pair_threads(form) / 8 * 8 * pair_threads(form); }
+static_assert(launch_registers(0) >= pair_registers(0) && launch_registers(kPairFp8) >= pair_registers(kPairFp8),
+              "more registers asked by setmaxnreg than a launch can give");
 
 // Named barriers (0 is __syncthreads) between the two math warpgroups (256 threads): one arrives,
 // the other waits.
