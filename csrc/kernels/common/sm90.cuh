@@ -250,56 +250,53 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3_ss(float (&d)[64], uint64_
 }
 #undef LCATTN_WGMMA_M64N128_SS
 
-// A D[64x256] bf16 wgmma with B MN-major in shared memory: the 128 accumulators %0-%127, then the
-// A operand (`a_operand`, from %128 on), the B descriptor and the accumulate flag (`tail` names them
-// and the immediates); the arguments after `tail` are the operands after the accumulators.
-#define LCATTN_WGMMA_M64N256_BMN(a_operand, flag, tail, ...)                                               \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " flag                                                    \
-               ", 0;\n"                                                                                    \
-               "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" LCATTN_ACC_NAMES_0_31             \
-               ", " LCATTN_ACC_NAMES_32_63 ", " LCATTN_ACC_NAMES_64_127 "}, " a_operand ", " tail ";\n}\n" \
-               : LCATTN_ACC_0_31(d), LCATTN_ACC_32_63(d), LCATTN_ACC_64_127(d)                             \
+// A bf16 wgmma with B MN-major in shared memory, of `shape` (m64n256k16 or m64n128k16): its
+// accumulators (`acc_names`, %0 on; `acc(d)` their constraints), then the A operand (`a_operand`), the
+// B descriptor and the accumulate flag (`tail` names them and the immediates); the arguments after
+// `tail` are the operands after the accumulators. The m64n128 form takes half the registers, for
+// kernels whose launch leaves fewer than the 154 the m64n256 form's operands take (ptxas sizes one
+// instruction by the launch's register count, not by setmaxnreg).
+#define LCATTN_ACC_0_63(d) LCATTN_ACC_0_31(d), LCATTN_ACC_32_63(d)
+#define LCATTN_ACC_0_127(d) LCATTN_ACC_0_31(d), LCATTN_ACC_32_63(d), LCATTN_ACC_64_127(d)
+#define LCATTN_WGMMA_BMN(shape, acc_names, acc, a_operand, flag, tail, ...)                                          \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " flag                                                              \
+               ", 0;\n"                                                                                              \
+               "wgmma.mma_async.sync.aligned." shape ".f32.bf16.bf16 {" acc_names "}, " a_operand ", " tail ";\n}\n" \
+               : acc(d)                                                                                              \
                : __VA_ARGS__)
 
 // D[64x256] (+)= A[64x16] (registers) B[16x256], B MN-major in shared memory.
 __device__ __forceinline__ void wgmma_m64n256k16_rs_bmn(float (&d)[128], const uint32_t (&a)[4], uint64_t desc_b,
                                                         int accumulate) {
-  LCATTN_WGMMA_M64N256_BMN("{%128, %129, %130, %131}", "%133", "%132, p, 1, 1, 1", "r"(a[0]), "r"(a[1]), "r"(a[2]),
-                           "r"(a[3]), "l"(desc_b), "r"(accumulate));
+  LCATTN_WGMMA_BMN("m64n256k16", LCATTN_ACC_NAMES_0_31 ", " LCATTN_ACC_NAMES_32_63 ", " LCATTN_ACC_NAMES_64_127,
+                   LCATTN_ACC_0_127, "{%128, %129, %130, %131}", "%133", "%132, p, 1, 1, 1", "r"(a[0]), "r"(a[1]),
+                   "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
 }
 
 // D[64x256] (+)= A[64x16] B[16x256], A K-major and B MN-major in shared memory.
 __device__ __forceinline__ void wgmma_m64n256k16_ss_bmn(float (&d)[128], uint64_t desc_a, uint64_t desc_b,
                                                         int accumulate) {
-  LCATTN_WGMMA_M64N256_BMN("%128", "%130", "%129, p, 1, 1, 0, 1", "l"(desc_a), "l"(desc_b), "r"(accumulate));
+  LCATTN_WGMMA_BMN("m64n256k16", LCATTN_ACC_NAMES_0_31 ", " LCATTN_ACC_NAMES_32_63 ", " LCATTN_ACC_NAMES_64_127,
+                   LCATTN_ACC_0_127, "%128", "%130", "%129, p, 1, 1, 0, 1", "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
-#undef LCATTN_WGMMA_M64N256_BMN
-
-// A D[64x128] bf16 wgmma with B MN-major in shared memory, as LCATTN_WGMMA_M64N256_BMN with the A
-// operand from %64 on: half the accumulators of the m64n256 form, for kernels whose launch leaves
-// fewer than the 154 registers that form's operands take (ptxas sizes one instruction by the launch's
-// register count, not by setmaxnreg).
-#define LCATTN_WGMMA_M64N128_BMN(a_operand, flag, tail, ...)                                   \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " flag                                        \
-               ", 0;\n"                                                                        \
-               "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" LCATTN_ACC_NAMES_0_31 \
-               ", " LCATTN_ACC_NAMES_32_63 "}, " a_operand ", " tail ";\n}\n"                  \
-               : LCATTN_ACC_0_31(d), LCATTN_ACC_32_63(d)                                       \
-               : __VA_ARGS__)
 
 // D[64x128] (+)= A[64x16] (registers) B[16x128], B MN-major in shared memory.
 __device__ __forceinline__ void wgmma_m64n128k16_rs_bmn(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b,
                                                         int accumulate) {
-  LCATTN_WGMMA_M64N128_BMN("{%64, %65, %66, %67}", "%69", "%68, p, 1, 1, 1", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]),
-                           "l"(desc_b), "r"(accumulate));
+  LCATTN_WGMMA_BMN("m64n128k16", LCATTN_ACC_NAMES_0_31 ", " LCATTN_ACC_NAMES_32_63, LCATTN_ACC_0_63,
+                   "{%64, %65, %66, %67}", "%69", "%68, p, 1, 1, 1", "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]),
+                   "l"(desc_b), "r"(accumulate));
 }
 
 // D[64x128] (+)= A[64x16] B[16x128], A K-major and B MN-major in shared memory.
 __device__ __forceinline__ void wgmma_m64n128k16_ss_bmn(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
                                                         int accumulate) {
-  LCATTN_WGMMA_M64N128_BMN("%64", "%66", "%65, p, 1, 1, 0, 1", "l"(desc_a), "l"(desc_b), "r"(accumulate));
+  LCATTN_WGMMA_BMN("m64n128k16", LCATTN_ACC_NAMES_0_31 ", " LCATTN_ACC_NAMES_32_63, LCATTN_ACC_0_63, "%64", "%66",
+                   "%65, p, 1, 1, 0, 1", "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
-#undef LCATTN_WGMMA_M64N128_BMN
+#undef LCATTN_WGMMA_BMN
+#undef LCATTN_ACC_0_63
+#undef LCATTN_ACC_0_127
 #undef LCATTN_ACC_NAMES_0_31
 #undef LCATTN_ACC_NAMES_32_63
 #undef LCATTN_ACC_NAMES_64_127
