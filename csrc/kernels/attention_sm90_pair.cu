@@ -78,6 +78,16 @@ static_assert(launch_registers(0) >= pair_registers(0) && launch_registers(kPair
 // kBarStaged + w: math warpgroup w's own 128 threads (the staged output).
 enum : int { kBarMax0 = 1, kBarMax1 = 2, kBarP0 = 3, kBarP1 = 4, kBarSums = 5, kBarCombine = 6, kBarStaged = 7 };
 
+// Producer: 16-byte unit `unit` of each of the 4 chunks of half h of bf16 row `row` of a key buffer,
+// from `src_row` (null: zeros, reading nothing, from `any`).
+__device__ __forceinline__ void copy_half_row(uint8_t* tile, int unit, int h, int row, const bf16* src_row,
+                                              const bf16* any) {
+  const uint8_t* src = reinterpret_cast<const uint8_t*>(src_row ? src_row : any) + (4 * h * 8 + unit) * 16;
+  uint8_t* dst = tile + 4 * h * kChunkBytes + swizzled(row, unit);
+#pragma unroll
+  for (int c = 0; c < 4; ++c) cp_async_16(dst + c * kChunkBytes, src + c * 128, src_row ? 16 : 0);
+}
+
 // Producer: half h (dims 256h .. 256h + 255, chunks 4h .. 4h + 3) of a key buffer's 64 rows, by the
 // 128 producer threads: thread t copies 16-byte unit t % 8 of each 128-byte chunk row of its rows
 // 4 (t / 8) .. + 3, whose sources (null: absent, zero-filled from `any`) it looked up itself, so
@@ -89,12 +99,7 @@ __device__ __forceinline__ void load_half(uint8_t* tile, int t, int h, const bf1
                                           float* bias) {
   const int unit = t % 8, row0 = 4 * (t / 8);
 #pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    const uint8_t* src = reinterpret_cast<const uint8_t*>(rows[r] ? rows[r] : any) + (4 * h * 8 + unit) * 16;
-    uint8_t* dst = tile + 4 * h * kChunkBytes + swizzled(row0 + r, unit);
-#pragma unroll
-    for (int c = 0; c < 4; ++c) cp_async_16(dst + c * kChunkBytes, src + c * 128, rows[r] ? 16 : 0);
-  }
+  for (int r = 0; r < 4; ++r) copy_half_row(tile, unit, h, row0 + r, rows[r], any);
   if (h == 0 && unit == 0)
 #pragma unroll
     for (int r = 0; r < 4; ++r) bias[row0 + r] = rows[r] ? 0.f : -INFINITY;
@@ -146,13 +151,8 @@ __device__ __forceinline__ void load_half_kv_fp8(uint8_t* tile, int t, int w, co
     }
   }
 #pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    if (entry[r]) continue;
-    const uint8_t* src = reinterpret_cast<const uint8_t*>(rows[r] ? rows[r] : any) + (4 * st.h * 8 + unit) * 16;
-    uint8_t* dst = tile + 4 * st.h * kChunkBytes + swizzled(row0 + r, unit);
-#pragma unroll
-    for (int c = 0; c < 4; ++c) cp_async_16(dst + c * kChunkBytes, src + c * 128, rows[r] ? 16 : 0);
-  }
+  for (int r = 0; r < 4; ++r)
+    if (!entry[r]) copy_half_row(tile, unit, st.h, row0 + r, rows[r], any);
   if (unit == 0)
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
@@ -170,7 +170,8 @@ __device__ __forceinline__ void load_half_kv_fp8(uint8_t* tile, int t, int w, co
 __device__ __forceinline__ void widen_half(uint32_t tile, uint32_t entry_row, int h, int units, int warp, int lane) {
   const int r = 16 * warp + lane / 2, q = lane % 2;
   const bool mine = lds_u8(entry_row + r) != 0;
-  // Byte `at` (0 .. 511) of this row's half, swizzled.
+  // Byte `at` (0 .. 511) of this row's half, swizzled: linear_offset(r, 512 h + at) from the row's base
+  // (through linear_offset and HalfStaging's places the widener spilled at its 32 registers).
   const uint32_t row = tile + 4 * h * kChunkBytes + r * 128;
   auto place = [&](int at) { return row + (at >> 7) * kChunkBytes + ((((at >> 4) & 7) ^ (r & 7)) << 4) + (at & 15); };
   uint32_t scales = 0;  // the scale bytes of tiles 4 h .. 4 h + 3
